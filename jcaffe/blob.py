@@ -1,0 +1,218 @@
+"""Blob: Caffe's N-d array with ``data`` and ``diff``, synced host <-> device.
+
+Each of ``data`` and ``diff`` is a :class:`SyncedArray`, Caffe's SyncedMemory:
+a device copy (an immutable ``jax.Array``) and/or a host copy (a writable
+numpy array) and a head saying which one is current. Reading ``blob.data``
+from Python returns the host array and makes the host the head, because the
+caller may write into it (``net.blobs['data'].data[...] = x``), exactly as
+pycaffe's ``mutable_cpu_data``; the next compiled call uploads it. Compiled
+code only ever sees device arrays.
+
+Two blobs can share one SyncedArray (Caffe's ShareData/ShareDiff): that is how
+shared params and test nets that share the train net's weights work.
+"""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+HOST, DEVICE, SYNCED = "host", "device", "synced"
+
+MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
+
+
+class SyncedArray:
+    """One array living on the host, the device, or both (head says which is current)."""
+
+    def __init__(self, shape, dtype):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+        self._host = np.zeros(self.shape, self.dtype)
+        self._dev = None
+        self.head = HOST
+
+    def host(self):
+        """The host copy, synced from the device if the device is ahead."""
+        if self.head == DEVICE:
+            self._host = np.array(self._dev, dtype=self.dtype)  # writable copy
+            self.head = SYNCED
+        return self._host
+
+    def mutable_host(self):
+        """The host copy for writing: the device copy becomes stale."""
+        arr = self.host()
+        self.head = HOST
+        return arr
+
+    def device(self):
+        """The device copy, uploaded from the host if the host is ahead."""
+        if self.head == HOST:
+            self._dev = jnp.array(self._host, dtype=self.dtype)  # always a copy
+            self.head = SYNCED
+        return self._dev
+
+    def set_device(self, value):
+        """Make ``value`` (a jax array of this shape) the current content."""
+        if tuple(value.shape) != self.shape:
+            value = jnp.reshape(value, self.shape)
+        if value.dtype != self.dtype:
+            value = value.astype(self.dtype)
+        self._dev = value
+        self.head = DEVICE
+
+    def set_host(self, value):
+        self._host = np.array(value, dtype=self.dtype).reshape(self.shape)
+        self.head = HOST
+
+    def reshape(self, shape):
+        """Caffe's Reshape: keep the content when the count is unchanged, else zeros."""
+        shape = tuple(shape)
+        if shape == self.shape:
+            return
+        if math.prod(shape) == math.prod(self.shape):
+            if self.head == DEVICE:
+                self._dev = jnp.reshape(self._dev, shape)
+            else:
+                self._host = self._host.reshape(shape)
+                self._dev = None if self._dev is None else jnp.reshape(self._dev, shape)
+        else:
+            self._host = np.zeros(shape, self.dtype)
+            self._dev = None
+            self.head = HOST
+        self.shape = shape
+
+
+def shape_count(shape, start=0, end=None):
+    """Product of ``shape[start:end]`` (Caffe's Blob::count(start, end))."""
+    return int(math.prod(shape[start:end]))
+
+
+def canonical_axis(axis, num_axes):
+    """Caffe's CanonicalAxisIndex: negative axes count from the end; checks range."""
+    if not -num_axes <= axis < max(num_axes, 1):
+        raise IndexError("axis %d out of range for a %d-axis blob" % (axis, num_axes))
+    return axis + num_axes if axis < 0 else axis
+
+
+def shape_string(shape):
+    """Caffe's shape_string: '2 3 4 5 (120)'."""
+    return " ".join(str(d) for d in shape) + " (%d)" % shape_count(shape)
+
+
+class Blob:
+    """Caffe's Blob as pycaffe shows it: ``data``, ``diff``, ``shape``, ``count``, ``reshape``."""
+
+    def __init__(self, shape=(), dtype=np.float32):
+        shape = tuple(int(d) for d in shape)
+        self._check_shape(shape)
+        self._shape = shape
+        self._data = SyncedArray(shape, dtype)
+        self._diff = SyncedArray(shape, dtype)
+
+    @staticmethod
+    def _check_shape(shape):
+        if len(shape) > MAX_BLOB_AXES:
+            raise ValueError("blob shape %s has more than %d axes" % (shape, MAX_BLOB_AXES))
+        if any(d < 0 for d in shape):
+            raise ValueError("blob shape %s has a negative dimension" % (shape,))
+
+    # -- pycaffe surface -------------------------------------------------
+    @property
+    def data(self):
+        return self._data.mutable_host().reshape(self._shape)
+
+    @data.setter
+    def data(self, value):
+        self.data[...] = value
+
+    @property
+    def diff(self):
+        return self._diff.mutable_host().reshape(self._shape)
+
+    @diff.setter
+    def diff(self, value):
+        self.diff[...] = value
+
+    @property
+    def shape(self):
+        return self._shape
+
+    @property
+    def dtype(self):
+        return self._data.dtype
+
+    @property
+    def count(self):
+        return shape_count(self._shape)
+
+    @property
+    def num_axes(self):
+        return len(self._shape)
+
+    def count_range(self, start=0, end=None):
+        """Caffe's count(start, end): product of the dims in [start, end)."""
+        return shape_count(self._shape, start, end)
+
+    def canonical_axis_index(self, axis):
+        return canonical_axis(axis, len(self._shape))
+
+    def legacy_shape(self, index):
+        """Caffe's LegacyShape: axes beyond a <4-d blob read as 1."""
+        if index >= len(self._shape) or index < -len(self._shape):
+            return 1
+        return self._shape[index]
+
+    num = property(lambda self: self.legacy_shape(0))
+    channels = property(lambda self: self.legacy_shape(1))
+    height = property(lambda self: self.legacy_shape(2))
+    width = property(lambda self: self.legacy_shape(3))
+
+    def reshape(self, *shape):
+        """``blob.reshape(2, 3, 4)`` or ``blob.reshape((2, 3, 4))``."""
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        shape = tuple(int(d) for d in shape)
+        self._check_shape(shape)
+        if self._data.shape == self._shape:  # not a view onto someone else's storage
+            self._data.reshape(shape)
+        if self._diff.shape == self._shape:
+            self._diff.reshape(shape)
+        self._shape = shape
+
+    def shape_string(self):
+        return shape_string(self._shape)
+
+    def __repr__(self):
+        return "Blob(%s, %s)" % (self._shape, self.dtype.name)
+
+    # -- Caffe's sharing ---------------------------------------------------
+    def share_data(self, other):
+        """Use ``other``'s data storage (counts must match), as Caffe's ShareData."""
+        if other.count != self.count:
+            raise ValueError("cannot share data: counts %d and %d differ" % (self.count, other.count))
+        self._data = other._data
+
+    def share_diff(self, other):
+        if other.count != self.count:
+            raise ValueError("cannot share diff: counts %d and %d differ" % (self.count, other.count))
+        self._diff = other._diff
+
+    # -- engine side (device arrays) ---------------------------------------
+    def device_data(self):
+        return jnp.reshape(self._data.device(), self._shape)
+
+    def device_diff(self):
+        return jnp.reshape(self._diff.device(), self._shape)
+
+    def set_device_data(self, value):
+        self._data.set_device(value)
+
+    def set_device_diff(self, value):
+        self._diff.set_device(value)
+
+    def host_data(self):
+        """Read-only use of the host data (does not mark the host as ahead)."""
+        return self._data.host().reshape(self._shape)
+
+    def host_diff(self):
+        return self._diff.host().reshape(self._shape)

@@ -1,0 +1,144 @@
+"""Compiled execution: a contiguous run of JaxLayers traced into one jitted call.
+
+A segment's forward is a pure function of the data blobs it reads, the loss
+weights (diffs of loss tops), the learnable params and a PRNG key; it returns
+the final value of every blob it writes, each layer's ``saved`` residuals,
+updated params (BatchNorm statistics) and the loss. Its backward is a pure
+function of blob data, the top diffs it reads, the saved residuals and the
+param diffs so far; it returns every diff it writes and the accumulated param
+diffs. Blob I/O happens outside, in the Net. The trace functions are kept
+separate from ``jax.jit`` so a Solver can fuse forward, backward and update
+into a single call.
+"""
+import jax
+import jax.numpy as jnp
+
+
+class LayerSlot:
+    """What the engine needs to know of one layer in the net (names, ids, flags)."""
+
+    def __init__(self, index, layer, bottoms, tops, param_ids):
+        self.index = index
+        self.layer = layer
+        self.bottoms = bottoms          # blob names
+        self.tops = tops                # blob names (in-place: same as a bottom)
+        self.param_ids = param_ids      # learnable param index of each layer blob
+        self.bottom_need_backward = [False] * len(bottoms)
+        self.need_backward = False
+
+
+def _layer_params(slot, params):
+    out = []
+    for blob, pid in zip(slot.layer.blobs, slot.param_ids):
+        value = params[pid]
+        if tuple(value.shape) != tuple(blob.shape):  # PERMISSIVE sharing: same count
+            value = jnp.reshape(value, blob.shape)
+        out.append(value)
+    return out
+
+
+class Segment:
+    """Layers ``slots`` (in execution order), all JaxLayers, run as one jitted call."""
+
+    def __init__(self, slots):
+        self.slots = slots
+        written, reads, loss_tops = set(), [], []
+        for s in slots:
+            if not s.layer.forward_writes_tops:
+                continue
+            for b in s.bottoms:
+                if b not in written and b not in reads:
+                    reads.append(b)
+            for t, w in zip(s.tops, s.layer.loss):
+                written.add(t)
+                if w and t not in loss_tops:
+                    loss_tops.append(t)
+        self.reads = reads
+        self.writes = sorted(written)
+        self.loss_tops = loss_tops
+        self.param_ids = sorted({p for s in slots for p in s.param_ids})
+        self.needs_rng = any(s.layer.needs_rng for s in slots)
+        self._forward_jit = jax.jit(self.trace_forward)
+        self._backward_jit = {}
+
+    # -- forward ---------------------------------------------------------------
+    def trace_forward(self, params, data, loss_weights, rng):
+        """(params {pid: a}, data {blob: a}, loss_weights {blob: a}, rng) ->
+        (written {blob: a}, saved {layer index: pytree}, new params {pid: a}, loss)."""
+        env = dict(data)
+        saved, new_params = {}, {}
+        loss = None
+        for s in self.slots:
+            layer = s.layer
+            if not layer.forward_writes_tops:
+                continue
+            key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
+            lp = _layer_params(s, {**params, **new_params})
+            out = layer.forward(lp, [env[b] for b in s.bottoms], key)
+            tops, saved[s.index] = out[0], out[1]
+            if layer.updates_params_in_forward:
+                for pid, value in zip(s.param_ids, out[2]):
+                    if value is not None:
+                        new_params[pid] = value
+            if len(tops) != len(s.tops):
+                raise ValueError("%s layer '%s' returned %d tops, expected %d"
+                                 % (layer.type, layer.name, len(tops), len(s.tops)))
+            for name, value, w in zip(s.tops, tops, layer.loss):
+                env[name] = value
+                if w:
+                    term = jnp.vdot(value, loss_weights[name].astype(value.dtype))
+                    loss = term if loss is None else loss + term
+        written = {name: env[name] for name in self.writes}
+        return written, saved, new_params, loss
+
+    def run_forward(self, params, data, loss_weights, rng):
+        return self._forward_jit(params, data, loss_weights, rng)
+
+    # -- backward --------------------------------------------------------------
+    def backward_plan(self):
+        """Blobs whose data / top diffs the backward reads, the diffs it writes,
+        and the params whose diffs it accumulates (only layers that need backward)."""
+        active = [s for s in self.slots if s.need_backward]
+        data, diffs, written, pids = [], [], set(), set()
+        for s in reversed(active):
+            for t in s.tops:
+                if t not in written and t not in diffs:
+                    diffs.append(t)
+            for name in list(s.bottoms) + list(s.tops):
+                if name not in data:
+                    data.append(name)
+            for b, need in zip(s.bottoms, s.bottom_need_backward):
+                if need:
+                    written.add(b)
+            for pid, pd in zip(s.param_ids, s.layer.param_propagate_down):
+                if pd:
+                    pids.add(pid)
+        return active, data, diffs, sorted(written), sorted(pids)
+
+    def trace_backward(self, params, data, top_diffs, saved, param_diffs):
+        """-> (written diffs {blob: a}, param diffs {pid: a} accumulated)."""
+        active, _, _, written, _ = self.backward_plan()
+        env = dict(top_diffs)
+        acc = dict(param_diffs)
+        for s in reversed(active):
+            layer = s.layer
+            lp = _layer_params(s, params)
+            bottom_diffs, p_diffs = layer.backward(
+                lp, [data[b] for b in s.bottoms], [data[t] for t in s.tops],
+                saved.get(s.index), [env[t] for t in s.tops], tuple(s.bottom_need_backward))
+            for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
+                if need:
+                    if diff is None:
+                        raise ValueError("%s layer '%s' returned no diff for bottom '%s' although "
+                                         "propagate_down is true" % (layer.type, layer.name, name))
+                    env[name] = diff
+            for pid, pd, diff in zip(s.param_ids, layer.param_propagate_down, p_diffs):
+                if pd and diff is not None:
+                    acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
+        return {name: env[name] for name in written}, acc
+
+    def run_backward(self, params, data, top_diffs, saved, param_diffs):
+        fn = self._backward_jit.get("fn")
+        if fn is None:
+            fn = self._backward_jit["fn"] = jax.jit(self.trace_backward)
+        return fn(params, data, top_diffs, saved, param_diffs)

@@ -1,0 +1,304 @@
+"""Layer bases and the layer registry.
+
+Two kinds of layer live in a Net:
+
+* :class:`JaxLayer` (every built-in layer, and user layers written in JAX): shape
+  logic on the host (``setup``, ``reshape``) and two pure JAX functions,
+  ``forward(params, bottoms, rng) -> (tops, saved)`` and
+  ``backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+  -> (bottom_diffs, param_diffs)``. The Net traces runs of them into one
+  jitted call. Backward is written by hand, Caffe style.
+* :class:`Layer` (pycaffe's ``caffe.Layer``): a user Python layer working on
+  numpy through real Blob objects, run on the host between compiled segments.
+
+Rules kept from Caffe: bottom diffs are overwritten, param diffs accumulate
+(the Net adds what ``backward`` returns to the param's diff); ``None`` stands
+for a diff that is not wanted (``propagate_down`` false, ``lr_mult: 0``).
+"""
+import importlib
+import sys
+
+import numpy as np
+
+from . import fillers
+from .blob import Blob
+from .errors import LayerSetupError, PythonLayerError, UnknownLayerTypeError
+from .proto import caffe_pb2
+
+_REGISTRY = {}
+
+
+def register(type_name):
+    """Class decorator: make ``cls`` the implementation of layer type ``type_name``."""
+    def deco(cls):
+        if type_name in _REGISTRY:
+            raise ValueError("layer type %r is registered twice (%s and %s)"
+                             % (type_name, _REGISTRY[type_name].__qualname__, cls.__qualname__))
+        cls.type = type_name
+        _REGISTRY[type_name] = cls
+        return cls
+    return deco
+
+
+def layer_type_list():
+    """Registered layer types, sorted (pycaffe's caffe.layer_type_list())."""
+    _load_builtin_layers()
+    return sorted(_REGISTRY)
+
+
+def layer_class(type_name, layer_name="?"):
+    _load_builtin_layers()
+    try:
+        return _REGISTRY[type_name]
+    except KeyError:
+        raise UnknownLayerTypeError(
+            "Unknown layer type: '%s' (layer '%s'). Known types: %s"
+            % (type_name, layer_name, ", ".join(sorted(_REGISTRY)))) from None
+
+
+def _load_builtin_layers():
+    from . import layers  # noqa: F401  (registers on import)
+
+
+def _param_field_for(type_name):
+    """The LayerParameter field holding ``<Type>Parameter``, from the descriptor."""
+    wanted = type_name + "Parameter"
+    for field in caffe_pb2.LayerParameter.DESCRIPTOR.fields:
+        if field.message_type is not None and field.message_type.name == wanted:
+            return field.name
+    return None
+
+
+class _LayerCommon:
+    """What the Net needs from any layer: names, param blobs, loss weights."""
+
+    type = None
+    # Arity, as Caffe's ExactNumBottomBlobs() & co. (-1: no constraint).
+    exact_num_bottom_blobs = -1
+    min_bottom_blobs = -1
+    max_bottom_blobs = -1
+    exact_num_top_blobs = -1
+    min_top_blobs = -1
+    max_top_blobs = -1
+    equal_num_bottom_top_blobs = False
+    auto_top_blobs = False
+    # Loss weight of each top when the prototxt gives none (LossLayer: (1,)).
+    default_loss_weights = ()
+
+    def _init_common(self, layer_param, dtype):
+        self.layer_param = layer_param
+        self.name = layer_param.name
+        self.phase = layer_param.phase
+        self.dtype = np.dtype(dtype)
+        self.blobs = []
+        for proto in layer_param.blobs:  # weights given inside the net param
+            from .protoio import blobproto_to_array
+            arr = blobproto_to_array(proto)
+            blob = Blob(arr.shape, self.dtype)
+            blob.data[...] = arr
+            self.blobs.append(blob)
+        self.param_propagate_down = []
+        self.loss = []
+
+    def allow_force_backward(self, bottom_index):
+        """Caffe's AllowForceBackward: may force_backward send a diff to this bottom?"""
+        return True
+
+    def check_blob_counts(self, num_bottom, num_top):
+        """Caffe's CheckBlobCounts, with messages naming the layer."""
+        def fail(what, n, rule, k):
+            raise LayerSetupError("%s layer '%s' takes %s %d %s blob%s, got %d"
+                                  % (self.type, self.name, rule, k, what, "" if k == 1 else "s", n))
+        for what, n, exact, lo, hi in (
+                ("bottom", num_bottom, self.exact_num_bottom_blobs,
+                 self.min_bottom_blobs, self.max_bottom_blobs),
+                ("top", num_top, self.exact_num_top_blobs,
+                 self.min_top_blobs, self.max_top_blobs)):
+            if exact >= 0 and n != exact:
+                fail(what, n, "exactly", exact)
+            if lo >= 0 and n < lo:
+                fail(what, n, "at least", lo)
+            if hi >= 0 and n > hi:
+                fail(what, n, "at most", hi)
+        if self.equal_num_bottom_top_blobs and num_bottom != num_top:
+            raise LayerSetupError("%s layer '%s' needs as many tops as bottoms, got %d bottoms and %d tops"
+                                  % (self.type, self.name, num_bottom, num_top))
+
+    def set_loss_weights(self, num_top):
+        """Caffe's SetLossWeights (+ LossLayer's implicit weight 1 on top 0)."""
+        weights = list(self.layer_param.loss_weight)
+        if not weights and self.default_loss_weights:
+            weights = list(self.default_loss_weights)[:num_top]
+        if weights and len(weights) != num_top:
+            raise LayerSetupError("layer '%s': loss_weight must be unspecified or given once per top "
+                                  "blob (%d tops, %d loss_weight)" % (self.name, num_top, len(weights)))
+        self.loss = [float(w) for w in weights] + [0.0] * (num_top - len(weights))
+
+
+class JaxLayer(_LayerCommon):
+    """Base of built-in layers: host shape logic plus pure-JAX forward and backward."""
+
+    is_host = False
+    # The LayerParameter field this layer reads (default: derived from the type name).
+    param_field = None
+    # Does forward consume randomness (Dropout, DummyData's random fillers)?
+    needs_rng = False
+    # Does forward return new values for its param blobs (BatchNorm's running stats)?
+    # Then forward returns (tops, saved, new_params).
+    updates_params_in_forward = False
+    # False for layers whose tops are filled from outside (Input).
+    forward_writes_tops = True
+
+    def __init__(self, layer_param, dtype=np.float32):
+        self._init_common(layer_param, dtype)
+        self.bottom_shapes = ()
+        self.top_shapes = ()
+
+    @property
+    def p(self):
+        """This layer's ``*_param`` message (e.g. ``convolution_param``)."""
+        field = self.param_field or _param_field_for(self.type)
+        if field is None:
+            raise AttributeError("%s layers have no *_param message" % self.type)
+        return getattr(self.layer_param, field)
+
+    def fail(self, message, *args):
+        """Raise a LayerSetupError naming this layer."""
+        raise LayerSetupError("%s layer '%s': %s" % (self.type, self.name, message % args))
+
+    # -- host lifecycle ------------------------------------------------------
+    def setup(self, bottom_shapes):
+        """Caffe's LayerSetUp: read options, create param blobs (``init_params``)."""
+
+    def reshape(self, bottom_shapes):
+        """Return the list of top shapes for these bottom shapes."""
+        raise NotImplementedError("%s must define reshape()" % type(self).__name__)
+
+    def init_params(self, specs, rng):
+        """Create and fill param blobs from ``[(shape, FillerParameter or None), ...]``.
+
+        Like Caffe, params already given (weights inside the NetParameter) are
+        kept ("Skipping parameter initialization").
+        """
+        if self.blobs:
+            return
+        for shape, filler in specs:
+            blob = Blob(shape, self.dtype)
+            if filler is not None:
+                blob.data[...] = fillers.fill(filler, tuple(shape), rng, self.dtype)
+            self.blobs.append(blob)
+
+    def layer_setup(self, bottom_shapes, num_top, rng):
+        """Caffe's Layer::SetUp: check counts, LayerSetUp, Reshape, loss weights."""
+        self.check_blob_counts(len(bottom_shapes), num_top)
+        self.filler_rng = rng
+        self.bottom_shapes = tuple(tuple(s) for s in bottom_shapes)
+        self.setup(self.bottom_shapes)
+        top_shapes = self.do_reshape(self.bottom_shapes)
+        self.set_loss_weights(num_top)
+        return top_shapes
+
+    def do_reshape(self, bottom_shapes):
+        """Reshape for these bottom shapes (memoized: it runs before every forward)."""
+        bottom_shapes = tuple(tuple(int(d) for d in s) for s in bottom_shapes)
+        if bottom_shapes != self.bottom_shapes or not self.top_shapes:
+            self.bottom_shapes = bottom_shapes
+            self.top_shapes = tuple(tuple(int(d) for d in s) for s in self.reshape(bottom_shapes))
+        return self.top_shapes
+
+    # -- compiled computation --------------------------------------------------
+    def forward(self, params, bottoms, rng):
+        """Return ``(tops, saved)``: lists of arrays and whatever backward needs."""
+        raise NotImplementedError("%s must define forward()" % type(self).__name__)
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        """Return ``(bottom_diffs, param_diffs)``; ``None`` where not wanted."""
+        raise NotImplementedError("%s must define backward()" % type(self).__name__)
+
+
+class Layer(_LayerCommon):
+    """pycaffe's ``caffe.Layer``: base class of user Python layers.
+
+    Override ``setup(bottom, top)``, ``reshape(bottom, top)``,
+    ``forward(bottom, top)`` and ``backward(top, propagate_down, bottom)``;
+    ``bottom`` and ``top`` are lists of Blob. ``self.param_str``,
+    ``self.phase`` and ``self.blobs`` (learnable params, see ``add_blob``) are
+    available. Caffe calls ``backward`` only when the net needs it (see
+    ``Net.backward_reasons``): a Python layer with no learnable params whose
+    bottoms need no gradient is never asked for one unless the net sets
+    ``force_backward: true``.
+    """
+
+    is_host = True
+    type = "Python"
+
+    def __init__(self, layer_param=None):
+        self._init_common(layer_param if layer_param is not None else caffe_pb2.LayerParameter(),
+                          np.float32)
+        self.param_str = self.layer_param.python_param.param_str
+
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        pass
+
+    def add_blob(self, *shape):
+        """Add a learnable param blob of this shape (pycaffe's ``self.blobs.add_blob``)."""
+        blob = Blob(shape, self.dtype)
+        self.blobs.append(blob)
+        return blob
+
+
+_REGISTRY["Python"] = Layer
+
+
+class BlobVec(list):
+    """A list of Blob with pycaffe's ``add_blob(*shape)``."""
+
+    def __init__(self, items=(), dtype=np.float32):
+        super().__init__(items)
+        self.dtype = np.dtype(dtype)
+
+    def add_blob(self, *shape):
+        self.append(Blob(shape, self.dtype))
+        return self[-1]
+
+
+def create_python_layer(layer_param, dtype):
+    """Import ``python_param.module``, instantiate ``python_param.layer`` (Caffe's PythonLayer)."""
+    pp = layer_param.python_param
+    where = "Python layer '%s'" % layer_param.name
+    if not pp.module or not pp.layer:
+        raise LayerSetupError("%s: python_param needs both 'module' and 'layer'" % where)
+    try:
+        module = importlib.import_module(pp.module)
+    except ImportError as e:
+        raise PythonLayerError(
+            "%s: cannot import module '%s' (%s). The module must be importable from "
+            "sys.path/PYTHONPATH; searched: %s" % (where, pp.module, e, ", ".join(sys.path[:6]) + " ...")) from e
+    cls = getattr(module, pp.layer, None)
+    if cls is None:
+        raise PythonLayerError("%s: module '%s' (%s) has no class '%s'"
+                               % (where, pp.module, getattr(module, "__file__", "?"), pp.layer))
+    try:
+        layer = cls(layer_param)
+    except TypeError:
+        layer = cls()
+    if not isinstance(layer, Layer):
+        raise PythonLayerError("%s: %s.%s must subclass jcaffe.Layer" % (where, pp.module, pp.layer))
+    if not hasattr(layer, "layer_param"):  # the user's __init__ skipped super().__init__
+        Layer.__init__(layer, layer_param)
+    layer.layer_param = layer_param
+    layer.blobs = BlobVec(layer.blobs, dtype)
+    layer.dtype = np.dtype(dtype)
+    layer.python_class = "%s.%s" % (pp.module, pp.layer)
+    return layer
+
+
+def create_layer(layer_param, dtype=np.float32):
+    """Caffe's LayerRegistry::CreateLayer."""
+    if layer_param.type == "Python":
+        return create_python_layer(layer_param, dtype)
+    cls = layer_class(layer_param.type, layer_param.name)
+    return cls(layer_param, dtype)

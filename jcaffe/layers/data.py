@@ -1,0 +1,107 @@
+"""Data-less input layers: Input (blobs the user fills) and DummyData (fillers)."""
+import jax
+import jax.numpy as jnp
+
+from ..layer import JaxLayer, register
+
+
+def _shapes_from(shape_msgs, num_top, layer, what):
+    """One BlobShape for all tops, one per top (Caffe's rule for Input/DummyData)."""
+    shapes = [tuple(int(d) for d in s.dim) for s in shape_msgs]
+    if len(shapes) not in (0, 1, num_top):
+        layer.fail("%s must be given once, once per top blob (%d), or not at all; got %d",
+                   what, num_top, len(shapes))
+    if len(shapes) == 1:
+        shapes = shapes * num_top
+    return shapes
+
+
+@register("Input")
+class Input(JaxLayer):
+    """The net's input blobs: shaped by ``input_param.shape``, filled by the user.
+
+    Forward does nothing and Reshape keeps whatever shape the user gave the
+    blob (``net.blobs['data'].reshape(...)`` then ``net.reshape()``), as in Caffe.
+    """
+
+    exact_num_bottom_blobs = 0
+    min_top_blobs = 1
+    forward_writes_tops = False
+
+    def layer_setup(self, bottom_shapes, num_top, rng):
+        self.check_blob_counts(len(bottom_shapes), num_top)
+        self.top_shapes = tuple(_shapes_from(self.p.shape, num_top, self, "input_param.shape"))
+        self.set_loss_weights(num_top)
+        return self.top_shapes
+
+    def reshape(self, bottom_shapes):
+        return self.top_shapes
+
+    def forward(self, params, bottoms, rng):
+        raise AssertionError("Input layers are not run")
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        return [], []
+
+
+_JAX_FILLERS = ("constant", "uniform", "gaussian")
+
+
+@register("DummyData")
+class DummyData(JaxLayer):
+    """Tops filled by ``data_filler`` on every forward (constant 0 by default).
+
+    Shapes come from ``shape`` (or the legacy num/channels/height/width lists);
+    fillers are given once for all tops or once per top. Constant, uniform and
+    gaussian fillers are drawn on the device with the net's random key.
+    """
+
+    exact_num_bottom_blobs = 0
+    min_top_blobs = 1
+    needs_rng = True
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        num_top = len(self.layer_param.top)
+        legacy = [len(p.num), len(p.channels), len(p.height), len(p.width)]
+        if p.shape and any(legacy):
+            self.fail("give either shape or num/channels/height/width, not both")
+        if any(legacy):
+            if len(set(legacy)) != 1 or legacy[0] not in (1, num_top):
+                self.fail("num, channels, height and width must each be given once or once per top")
+            n = legacy[0]
+            pick = (lambda lst, i: lst[i if n > 1 else 0])
+            self.shapes = [(pick(p.num, i), pick(p.channels, i), pick(p.height, i), pick(p.width, i))
+                           for i in range(num_top)]
+        else:
+            self.shapes = _shapes_from(p.shape, num_top, self, "shape")
+            if not self.shapes:
+                self.fail("needs a shape for its tops")
+        fl = list(p.data_filler)
+        if len(fl) not in (0, 1, num_top):
+            self.fail("data_filler must be given once, once per top (%d), or not at all; got %d",
+                      num_top, len(fl))
+        self.fillers = [fl[0] if len(fl) == 1 else fl[i] if fl else None for i in range(num_top)]
+        for f in self.fillers:
+            if f is not None and f.type not in _JAX_FILLERS:
+                self.fail("data_filler type '%s' is not supported here; use one of %s",
+                          f.type, ", ".join(_JAX_FILLERS))
+
+    def reshape(self, bottom_shapes):
+        return self.shapes
+
+    def forward(self, params, bottoms, rng):
+        tops = []
+        for i, (shape, f) in enumerate(zip(self.shapes, self.fillers)):
+            key = jax.random.fold_in(rng, i)
+            if f is None or f.type == "constant":
+                value = 0.0 if f is None else f.value
+                tops.append(jnp.full(shape, value, self.dtype))
+            elif f.type == "uniform":
+                tops.append(jax.random.uniform(key, shape, self.dtype, f.min, f.max))
+            else:
+                tops.append(f.mean + f.std * jax.random.normal(key, shape, self.dtype))
+        return tops, None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        return [], []

@@ -1,0 +1,93 @@
+"""Neuron layers: elementwise y = f(x), one bottom, one top of the same shape.
+
+Each may run in place (top == bottom), so, as in Caffe, a backward uses only
+what survives in-place computation: the top, or the bottom when the sign is
+all it needs (ReLU).
+"""
+import jax
+import jax.numpy as jnp
+
+from ..layer import JaxLayer, register
+
+
+class NeuronLayer(JaxLayer):
+    """Caffe's NeuronLayer: exactly one bottom and one top, top shaped like bottom."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+
+@register("ReLU")
+class ReLU(NeuronLayer):
+    """y = max(x, 0) + negative_slope * min(x, 0);  dE/dx = dE/dy * (1 if x > 0 else negative_slope)."""
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        slope = self.p.negative_slope
+        return [jnp.where(x > 0, x, x * slope) if slope else jnp.maximum(x, 0)], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        x, = bottoms
+        dy, = top_diffs
+        slope = self.p.negative_slope
+        return [jnp.where(x > 0, dy, dy * slope)], []
+
+
+@register("TanH")
+class TanH(NeuronLayer):
+    """y = tanh(x);  dE/dx = dE/dy * (1 - y^2)."""
+
+    def forward(self, params, bottoms, rng):
+        return [jnp.tanh(bottoms[0])], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        y, = tops
+        return [top_diffs[0] * (1 - y * y)], []
+
+
+@register("Sigmoid")
+class Sigmoid(NeuronLayer):
+    """y = 1 / (1 + exp(-x));  dE/dx = dE/dy * y * (1 - y)."""
+
+    def forward(self, params, bottoms, rng):
+        return [jax.nn.sigmoid(bottoms[0])], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        y, = tops
+        return [top_diffs[0] * y * (1 - y)], []
+
+
+@register("Dropout")
+class Dropout(NeuronLayer):
+    """TRAIN: y = x * mask / (1 - ratio), mask ~ Bernoulli(1 - ratio); TEST: y = x.
+
+    dE/dx = dE/dy * mask / (1 - ratio) in TRAIN, dE/dy in TEST. The mask is what
+    backward keeps, so in-place dropout is fine.
+    """
+
+    needs_rng = True
+
+    def setup(self, bottom_shapes):
+        ratio = self.p.dropout_ratio
+        if not 0.0 <= ratio < 1.0:
+            self.fail("dropout_ratio must be in [0, 1), got %g", ratio)
+
+    def _train(self):
+        from ..proto import caffe_pb2
+        return self.phase == caffe_pb2.TRAIN
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        if not self._train():
+            return [x], None
+        ratio = self.p.dropout_ratio
+        keep = jax.random.bernoulli(rng, 1.0 - ratio, x.shape)
+        scaled_mask = keep.astype(x.dtype) * jnp.asarray(1.0 / (1.0 - ratio), x.dtype)
+        return [x * scaled_mask], scaled_mask
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        dy, = top_diffs
+        return [dy if saved is None else dy * saved], []

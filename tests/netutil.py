@@ -1,0 +1,41 @@
+"""Small helpers for net-level tests: write a prototxt, build a Net, capture log lines."""
+import logging
+import textwrap
+
+import jcaffe
+
+
+def write_prototxt(tmp_path, text, name="net.prototxt"):
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+def make_net(tmp_path, text, phase=jcaffe.TRAIN, **kw):
+    return jcaffe.Net(write_prototxt(tmp_path, text), phase, **kw)
+
+
+class LogLines(logging.Handler):
+    """Collect the messages of the 'jcaffe' logger."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        logger = logging.getLogger("jcaffe")
+        self._old_level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger("jcaffe")
+        logger.removeHandler(self)
+        logger.setLevel(self._old_level)
+
+    def matching(self, *suffixes):
+        return [l for l in self.lines if l.endswith(suffixes)]

@@ -1,0 +1,87 @@
+"""Python layers used by the tests (importable because tests/ is on sys.path)."""
+import numpy as np
+
+import jcaffe
+
+
+class Identity(jcaffe.Layer):
+    """top = bottom; counts calls so tests can see whether Caffe asked for backward."""
+
+    forward_calls = 0
+    backward_calls = 0
+
+    def setup(self, bottom, top):
+        if len(bottom) != 1:
+            raise Exception("Identity needs one bottom")
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        type(self).forward_calls += 1
+        top[0].data[...] = bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        type(self).backward_calls += 1
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
+class ScaleByParam(jcaffe.Layer):
+    """top = w * bottom with one learnable scalar w (self.blobs[0])."""
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[...] = float(self.param_str or 2.0)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[0] += np.sum(top[0].diff * bottom[0].data)
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff
+
+
+class EuclideanLossLayer(jcaffe.Layer):
+    """The classic pycaffe example: loss = sum((a - b)^2) / num / 2."""
+
+    def setup(self, bottom, top):
+        if len(bottom) != 2:
+            raise Exception("Need two inputs to compute distance.")
+
+    def reshape(self, bottom, top):
+        if bottom[0].count != bottom[1].count:
+            raise Exception("Inputs must have the same dimension.")
+        self.diff = np.zeros_like(bottom[0].data, dtype=np.float32)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.
+
+    def backward(self, top, propagate_down, bottom):
+        for i in range(2):
+            if not propagate_down[i]:
+                continue
+            sign = 1 if i == 0 else -1
+            bottom[i].diff[...] = sign * self.diff / bottom[i].num
+
+
+class Failing(jcaffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        raise ZeroDivisionError("user bug in forward")
+
+
+class NoBackward(jcaffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
