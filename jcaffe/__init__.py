@@ -6,6 +6,9 @@ from .common import (Timer, has_nccl, init_log, set_device, set_mode_cpu, set_mo
 from .common import log_message as log
 from .layer import JaxLayer, Layer, layer_type_list, register
 from .net import Net
+from . import layers as _builtin_layers  # noqa: F401  (registers them; jcaffe.layers is NetSpec's)
+from . import net_spec
+from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .proto.caffe_pb2 import TEST, TRAIN
 
@@ -19,10 +22,3 @@ __all__ = [
     "__version__",
 ]
 
-
-def __getattr__(name):
-    # NetSpec lives in its own module (pycaffe's caffe.net_spec); loaded on first use.
-    if name in ("NetSpec", "layers", "params", "to_proto", "net_spec"):
-        from . import net_spec
-        return net_spec if name == "net_spec" else getattr(net_spec, name)
-    raise AttributeError("module 'jcaffe' has no attribute %r" % name)

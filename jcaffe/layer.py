@@ -57,7 +57,9 @@ def layer_class(type_name, layer_name="?"):
 
 
 def _load_builtin_layers():
-    from . import layers  # noqa: F401  (registers on import)
+    # By module name: ``from . import layers`` would return pycaffe's NetSpec
+    # ``jcaffe.layers`` attribute instead of importing the subpackage.
+    importlib.import_module(__package__ + ".layers")  # registers on import
 
 
 def _param_field_for(type_name):
@@ -191,6 +193,7 @@ class JaxLayer(_LayerCommon):
     def layer_setup(self, bottom_shapes, num_top, rng):
         """Caffe's Layer::SetUp: check counts, LayerSetUp, Reshape, loss weights."""
         self.check_blob_counts(len(bottom_shapes), num_top)
+        self.num_top = num_top
         self.filler_rng = rng
         self.bottom_shapes = tuple(tuple(s) for s in bottom_shapes)
         self.setup(self.bottom_shapes)

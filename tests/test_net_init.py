@@ -117,7 +117,7 @@ def test_loss_weight_on_a_consumed_top_moves_to_the_split(tmp_path):
     assert net.top_names["y_ip_0_split"] == ["y_ip_0_split_0", "y_ip_0_split_1"]
     assert net.layer_dict["y_ip_0_split"].loss == [0.5, 0.0]
     assert net.layer_dict["ip"].loss == [0.0]
-    assert net.bottom_names["l2"] == ["y_ip_0_split_1", "x"]
+    assert net.bottom_names["l2"] == ["y_ip_0_split_1", "x_in_0_split_1"]
     net.blobs["x"].data[...] = [[1, 2, 3], [4, 5, 6]]
     net.forward()
     y = net.blobs["y"].data

@@ -1,0 +1,259 @@
+"""Common layers: InnerProduct, Softmax, and the blob plumbing Split, Concat, Flatten.
+
+Shapes follow Caffe's axis conventions: an ``axis`` may be negative (counted
+from the end) and the dimensions from an axis on are "flattened" by taking
+their product (Caffe's ``Blob::count(axis)``).
+"""
+import jax.numpy as jnp
+
+from ..blob import shape_count, shape_string
+from ..errors import ShapeMismatchError
+from ..layer import JaxLayer, register
+
+
+def canonical_axis(layer, axis, shape, what="axis"):
+    """Caffe's CanonicalAxisIndex for a bottom of this shape; the error names the layer."""
+    n = len(shape)
+    if not -n <= axis < n:
+        layer.fail("%s %d is out of range for a %d-axis bottom of shape %s",
+                   what, axis, n, shape_string(shape))
+    return axis + n if axis < 0 else axis
+
+
+def _wants_param_diff(layer, index):
+    """Caffe's param_propagate_down(index) (true until the Net says otherwise)."""
+    pd = layer.param_propagate_down
+    return pd[index] if index < len(pd) else True
+
+
+def _not_in_place(layer):
+    """Split and Flatten refuse top == bottom, as in Caffe."""
+    lp = layer.layer_param
+    if lp.bottom and lp.top and lp.bottom[0] in lp.top:
+        layer.fail("does not allow in-place computation (top '%s' is its bottom)", lp.bottom[0])
+
+
+@register("InnerProduct")
+class InnerProduct(JaxLayer):
+    """y = x W^T + b, x flattened to (M, K) from ``axis`` on, W (N, K) ((K, N) if transpose).
+
+    dE/dx = dE/dy W;  dE/dW = dE/dy^T x;  dE/db = sum over M of dE/dy.
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        shape = bottom_shapes[0]
+        self.N = p.num_output
+        self.K = shape_count(shape, canonical_axis(self, p.axis, shape))
+        weight_shape = (self.K, self.N) if p.transpose else (self.N, self.K)
+        specs = [(weight_shape, p.weight_filler)]
+        if p.bias_term:
+            specs.append(((self.N,), p.bias_filler))
+        if self.blobs:  # weights given inside the NetParameter: check them
+            self._check_given(specs)
+        self.init_params(specs, self.filler_rng)
+
+    def _check_given(self, specs):
+        if len(self.blobs) != len(specs):
+            raise ShapeMismatchError("InnerProduct layer '%s': %d param blobs given, expected %d "
+                                     "(bias_term: %s)" % (self.name, len(self.blobs), len(specs),
+                                                          str(self.p.bias_term).lower()))
+        for i, (blob, (shape, _)) in enumerate(zip(self.blobs, specs)):
+            if tuple(blob.shape) != tuple(shape):
+                raise ShapeMismatchError(
+                    "InnerProduct layer '%s': param %d has shape %s, expected %s"
+                    % (self.name, i, shape_string(blob.shape), shape_string(shape)))
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        axis = canonical_axis(self, self.p.axis, shape)
+        new_k = shape_count(shape, axis)
+        if new_k != self.K:
+            self.fail("Input size incompatible with inner product parameters: bottom shape %s "
+                      "gives K = %d from axis %d on, but the weights were set up for K = %d",
+                      shape_string(shape), new_k, axis, self.K)
+        self.axis = axis
+        return [tuple(shape[:axis]) + (self.N,)]
+
+    def _weight_nk(self, params):
+        """The weight as (N, K), whatever way it is stored."""
+        return params[0].T if self.p.transpose else params[0]
+
+    def _as_matrix(self, a, cols):
+        """(M, cols) view: the axes before ``axis`` become M."""
+        return a.reshape(shape_count(a.shape, 0, self.axis), cols)
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        x2 = self._as_matrix(x, self.K)
+        y = x2 @ self._weight_nk(params).T
+        if self.p.bias_term:
+            y = y + params[1]
+        return [y.reshape(x.shape[:self.axis] + (self.N,))], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        x, = bottoms
+        x2 = self._as_matrix(x, self.K)
+        dy2 = self._as_matrix(top_diffs[0], self.N)
+        dw = db = dx = None
+        if _wants_param_diff(self, 0):
+            dw = x2.T @ dy2 if self.p.transpose else dy2.T @ x2
+        if self.p.bias_term and _wants_param_diff(self, 1):
+            db = jnp.sum(dy2, axis=0)
+        if propagate_down[0]:
+            dx = (dy2 @ self._weight_nk(params)).reshape(x.shape)
+        param_diffs = [dw, db] if self.p.bias_term else [dw]
+        return [dx], param_diffs
+
+
+@register("Softmax")
+class Softmax(JaxLayer):
+    """y = exp(x) / sum_axis exp(x);  dE/dx = (dE/dy - sum_axis(dE/dy * y)) * y.
+
+    Backward uses only the top, so in-place softmax is fine.
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def reshape(self, bottom_shapes):
+        self.axis = canonical_axis(self, self.p.axis, bottom_shapes[0])
+        return [bottom_shapes[0]]
+
+    def forward(self, params, bottoms, rng):
+        return [softmax(bottoms[0], self.axis)], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None], []
+        y, = tops
+        dy, = top_diffs
+        return [(dy - jnp.sum(dy * y, axis=self.axis, keepdims=True)) * y], []
+
+
+def softmax(x, axis):
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (Caffe subtracts the max too)."""
+    e = jnp.exp(x - jnp.max(x, axis=axis, keepdims=True))
+    return e / jnp.sum(e, axis=axis, keepdims=True)
+
+
+@register("Split")
+class Split(JaxLayer):
+    """y_i = x for every top i;  dE/dx = sum_i dE/dy_i.
+
+    The Net inserts these where one blob feeds several layers.
+    """
+
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        _not_in_place(self)
+
+    def reshape(self, bottom_shapes):
+        return [bottom_shapes[0]] * self.num_top
+
+    def forward(self, params, bottoms, rng):
+        return [bottoms[0]] * self.num_top, None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None], []
+        total = top_diffs[0]
+        for dy in top_diffs[1:]:
+            total = total + dy
+        return [total], []
+
+
+@register("Concat")
+class Concat(JaxLayer):
+    """y = the bottoms joined along ``axis``;  dE/dx_i = the slice of dE/dy where x_i went."""
+
+    min_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        if p.HasField("axis") and p.HasField("concat_dim"):
+            self.fail("Either axis or concat_dim should be specified; not both.")
+
+    def _axis(self, shape):
+        p = self.p
+        if not p.HasField("concat_dim"):
+            return canonical_axis(self, p.axis, shape)
+        # The legacy uint32 field takes no negative values.
+        if p.concat_dim >= len(shape):
+            self.fail("concat_dim %d out of range for a %d-axis bottom of shape %s "
+                      "(concat_dim must satisfy 0 <= concat_dim < num_axes)",
+                      p.concat_dim, len(shape), shape_string(shape))
+        return p.concat_dim
+
+    def reshape(self, bottom_shapes):
+        first = bottom_shapes[0]
+        axis = self.axis = self._axis(first)
+        top = list(first)
+        for i, shape in enumerate(bottom_shapes[1:], start=1):
+            if len(shape) != len(first):
+                self.fail("All inputs must have the same #axes: bottom 0 has shape %s, bottom %d "
+                          "has shape %s", shape_string(first), i, shape_string(shape))
+            for j in range(len(first)):
+                if j != axis and shape[j] != first[j]:
+                    self.fail("All inputs must have the same shape, except at concat axis %d: "
+                              "bottom 0 has shape %s, bottom %d has shape %s (axis %d differs)",
+                              axis, shape_string(first), i, shape_string(shape), j)
+            top[axis] += shape[axis]
+        return [tuple(top)]
+
+    def forward(self, params, bottoms, rng):
+        if len(bottoms) == 1:
+            return [bottoms[0]], None
+        return [jnp.concatenate(bottoms, axis=self.axis)], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        dy, = top_diffs
+        diffs, start = [], 0
+        for x, pd in zip(bottoms, propagate_down):
+            size = x.shape[self.axis]
+            diffs.append(_slice(dy, self.axis, start, start + size) if pd else None)
+            start += size
+        return diffs, []
+
+
+def _slice(x, axis, start, stop):
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+@register("Flatten")
+class Flatten(JaxLayer):
+    """y = x with axes ``axis``..``end_axis`` merged into one;  dE/dx = dE/dy reshaped back."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        _not_in_place(self)
+
+    def reshape(self, bottom_shapes):
+        return [self._flat_shape(tuple(bottom_shapes[0]))]
+
+    def _flat_shape(self, shape):
+        start = canonical_axis(self, self.p.axis, shape)
+        end = canonical_axis(self, self.p.end_axis, shape, "end_axis")
+        if end < start:
+            self.fail("end_axis %d comes before axis %d (bottom shape %s)",
+                      self.p.end_axis, self.p.axis, shape_string(shape))
+        return shape[:start] + (shape_count(shape, start, end + 1),) + shape[end + 1:]
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        return [x.reshape(self._flat_shape(x.shape))], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None], []
+        return [top_diffs[0].reshape(bottoms[0].shape)], []

@@ -1,0 +1,224 @@
+"""InnerProduct, Softmax, Split, Concat, Flatten: forward vs numpy, backward vs jax.vjp."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcaffe.errors import LayerSetupError, ShapeMismatchError
+from layer_testing import check_backward, forward, make_layer
+
+GAUSS = 'weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "gaussian" std: 0.5 }'
+
+
+def ip_reference(x, w, b, axis, transpose):
+    lead = x.shape[:axis]
+    x2 = x.reshape(int(np.prod(lead)), -1)
+    w_nk = w.T if transpose else w
+    y = x2 @ w_nk.T + (0 if b is None else b)
+    return y.reshape(lead + (w_nk.shape[0],))
+
+
+def softmax_reference(x, axis):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+# -- InnerProduct ----------------------------------------------------------------
+
+@pytest.mark.parametrize("axis,transpose,bias", [(1, False, True), (1, True, True),
+                                                 (2, False, True), (2, True, False),
+                                                 (-1, False, True)])
+def test_inner_product(x64, rng, axis, transpose, bias):
+    shape = (2, 3, 4, 5)
+    snippet = ('type: "InnerProduct" inner_product_param { num_output: 6 axis: %d transpose: %s '
+               'bias_term: %s %s }' % (axis, str(transpose).lower(), str(bias).lower(), GAUSS))
+    layer = make_layer(snippet, [shape])
+    k = int(np.prod(shape[axis:]))
+    assert layer.blobs[0].shape == ((k, 6) if transpose else (6, k))
+    assert len(layer.blobs) == (2 if bias else 1)
+    if bias:
+        assert layer.blobs[1].shape == (6,)
+    x = rng.standard_normal(shape)
+    (y,), _ = forward(layer, [x])
+    b = layer.blobs[1].data if bias else None
+    expected = ip_reference(x, layer.blobs[0].data, b, axis % 4, transpose)
+    assert y.shape == expected.shape == layer.top_shapes[0]
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-12, atol=1e-12)
+    check_backward(layer, [x])
+
+
+def test_inner_product_float32_keeps_dtype(rng):
+    layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 3 %s }' % GAUSS,
+                       [(4, 5)], dtype=np.float32)
+    x = rng.standard_normal((4, 5)).astype(np.float32)
+    (y,), _ = forward(layer, [x])
+    assert y.dtype == jnp.float32 and layer.blobs[0].data.dtype == np.float32
+    np.testing.assert_allclose(np.asarray(y), ip_reference(x, layer.blobs[0].data,
+                                                           layer.blobs[1].data, 1, False),
+                               rtol=1e-5, atol=1e-5)
+    top_diffs = [jnp.ones((4, 3), jnp.float32)]
+    (dx,), (dw, db) = layer.backward([jnp.asarray(b.data) for b in layer.blobs], [jnp.asarray(x)],
+                                     [y], None, top_diffs, (True,))
+    assert dx.dtype == dw.dtype == db.dtype == jnp.float32
+
+
+def test_inner_product_param_propagate_down_false_gives_none(x64, rng):
+    layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 %s }' % GAUSS,
+                       [(3, 4)])
+    params = [jnp.asarray(b.data) for b in layer.blobs]
+    x = jnp.asarray(rng.standard_normal((3, 4)))
+    dy = [jnp.ones((3, 2))]
+    layer.param_propagate_down = [False, True]
+    (dx,), (dw, db) = layer.backward(params, [x], None, None, dy, (True,))
+    assert dw is None and db is not None and dx is not None
+    layer.param_propagate_down = [True, False]
+    (dx,), (dw, db) = layer.backward(params, [x], None, None, dy, (False,))
+    assert dx is None and db is None and dw.shape == (2, 4)
+
+
+def test_inner_product_default_fillers_are_zero():
+    layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 }', [(3, 4)])
+    assert not layer.blobs[0].data.any() and not layer.blobs[1].data.any()
+
+
+def test_inner_product_checks_k_on_reshape():
+    layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 }', [(3, 4, 5)])
+    layer.do_reshape([(7, 20)])  # a new batch size and the same K is fine
+    assert layer.top_shapes == ((7, 2),)
+    with pytest.raises(LayerSetupError, match="Input size incompatible.*K = 21.*K = 20"):
+        layer.do_reshape([(3, 21)])
+
+
+def test_inner_product_checks_given_weights():
+    snippet = ('type: "InnerProduct" inner_product_param { num_output: 2 } '
+               'blobs { shape { dim: 2 dim: 5 } %s } blobs { shape { dim: 2 } data: 0 data: 0 }'
+               % ("data: 0 " * 10))
+    with pytest.raises(ShapeMismatchError, match="param 0 has shape 2 5 .*expected 2 4"):
+        make_layer(snippet, [(3, 4)])
+
+
+def test_inner_product_axis_out_of_range():
+    with pytest.raises(LayerSetupError, match="axis 3 is out of range for a 2-axis bottom"):
+        make_layer('type: "InnerProduct" inner_product_param { num_output: 2 axis: 3 }', [(3, 4)])
+
+
+# -- Softmax ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("axis", [1, 2, -1, 0])
+def test_softmax(x64, rng, axis):
+    shape = (2, 3, 4)
+    layer = make_layer('type: "Softmax" softmax_param { axis: %d }' % axis, [shape])
+    x = rng.standard_normal(shape) * 3
+    (y,), _ = forward(layer, [x])
+    np.testing.assert_allclose(np.asarray(y), softmax_reference(x, axis), rtol=1e-12)
+    check_backward(layer, [x])
+
+
+def test_softmax_default_axis_is_channels(x64, rng):
+    layer = make_layer('type: "Softmax"', [(2, 5, 3)])
+    x = rng.standard_normal((2, 5, 3))
+    (y,), _ = forward(layer, [x])
+    np.testing.assert_allclose(np.asarray(y).sum(axis=1), np.ones((2, 3)), rtol=1e-12)
+
+
+def test_softmax_large_inputs_and_float32(rng):
+    layer = make_layer('type: "Softmax"', [(2, 4)], dtype=np.float32)
+    x = (rng.standard_normal((2, 4)) * 1000).astype(np.float32)
+    (y,), _ = forward(layer, [x])
+    assert y.dtype == jnp.float32 and np.isfinite(np.asarray(y)).all()
+    np.testing.assert_allclose(np.asarray(y), softmax_reference(x.astype(np.float64), 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+# -- Split -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_top", [1, 2, 3])
+def test_split(x64, rng, num_top):
+    tops = " ".join('top: "t%d"' % i for i in range(num_top))
+    layer = make_layer('type: "Split" %s' % tops, [(2, 3)])
+    x = rng.standard_normal((2, 3))
+    ys, _ = forward(layer, [x])
+    assert len(ys) == num_top and layer.top_shapes == ((2, 3),) * num_top
+    for y in ys:
+        np.testing.assert_array_equal(np.asarray(y), x)
+    (dx,), _ = check_backward(layer, [x])
+    diffs = [np.full((2, 3), i + 1.0) for i in range(num_top)]
+    (dx,), _ = layer.backward([], [jnp.asarray(x)], ys, None, [jnp.asarray(d) for d in diffs], (True,))
+    np.testing.assert_array_equal(np.asarray(dx), sum(diffs))
+
+
+def test_split_refuses_in_place():
+    with pytest.raises(LayerSetupError, match="in-place"):
+        make_layer('type: "Split" bottom: "x" top: "x" top: "y"', [(2, 3)])
+
+
+# -- Concat ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("param,axis", [("axis: 0", 0), ("axis: 1", 1), ("", 1), ("axis: -1", 2),
+                                        ("concat_dim: 0", 0), ("concat_dim: 2", 2)])
+def test_concat(x64, rng, param, axis):
+    base = [2, 3, 4]
+    shapes = []
+    for size in (1, 2, 3):
+        s = list(base)
+        s[axis] = size
+        shapes.append(tuple(s))
+    layer = make_layer('type: "Concat" concat_param { %s }' % param, shapes)
+    xs = [rng.standard_normal(s) for s in shapes]
+    (y,), _ = forward(layer, xs)
+    np.testing.assert_array_equal(np.asarray(y), np.concatenate(xs, axis=axis))
+    assert layer.top_shapes[0] == y.shape
+    check_backward(layer, xs)
+    diffs, _ = check_backward(layer, xs, propagate_down=[True, False, True])
+    assert diffs[1] is None
+
+
+def test_concat_single_bottom_is_a_copy(x64, rng):
+    layer = make_layer('type: "Concat"', [(2, 3)])
+    x = rng.standard_normal((2, 3))
+    (y,), _ = forward(layer, [x])
+    np.testing.assert_array_equal(np.asarray(y), x)
+    check_backward(layer, [x])
+
+
+def test_concat_float32(rng):
+    layer = make_layer('type: "Concat"', [(2, 1), (2, 2)], dtype=np.float32)
+    xs = [rng.standard_normal(s).astype(np.float32) for s in [(2, 1), (2, 2)]]
+    (y,), _ = forward(layer, xs)
+    assert y.dtype == jnp.float32 and y.shape == (2, 3)
+
+
+def test_concat_shape_mismatch_names_shapes_and_bottom():
+    with pytest.raises(LayerSetupError, match=r"bottom 0 has shape 2 3 4 \(24\), bottom 2 has "
+                                              r"shape 2 5 4 \(40\) \(axis 1 differs\)"):
+        make_layer('type: "Concat" concat_param { axis: 0 }', [(2, 3, 4), (1, 3, 4), (2, 5, 4)])
+    with pytest.raises(LayerSetupError, match="same #axes.*bottom 1 has shape 2 3 \\(6\\)"):
+        make_layer('type: "Concat"', [(2, 3, 4), (2, 3)])
+
+
+def test_concat_axis_and_concat_dim_conflict():
+    with pytest.raises(LayerSetupError, match="not both"):
+        make_layer('type: "Concat" concat_param { axis: 1 concat_dim: 1 }', [(2, 3), (2, 3)])
+    with pytest.raises(LayerSetupError, match="concat_dim 2 out of range"):
+        make_layer('type: "Concat" concat_param { concat_dim: 2 }', [(2, 3), (2, 3)])
+
+
+# -- Flatten ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("param,expected", [("", (2, 60)), ("axis: 2", (2, 3, 20)),
+                                            ("axis: 1 end_axis: 2", (2, 12, 5)),
+                                            ("axis: 0 end_axis: -2", (24, 5)),
+                                            ("axis: -1", (2, 3, 4, 5))])
+def test_flatten(x64, rng, param, expected):
+    layer = make_layer('type: "Flatten" flatten_param { %s }' % param, [(2, 3, 4, 5)])
+    x = rng.standard_normal((2, 3, 4, 5))
+    (y,), _ = forward(layer, [x])
+    assert layer.top_shapes == (expected,) and y.shape == expected
+    np.testing.assert_array_equal(np.asarray(y), x.reshape(expected))
+    check_backward(layer, [x])
+
+
+def test_flatten_errors():
+    with pytest.raises(LayerSetupError, match="end_axis 0 comes before axis 1"):
+        make_layer('type: "Flatten" flatten_param { end_axis: 0 }', [(2, 3)])
+    with pytest.raises(LayerSetupError, match="in-place"):
+        make_layer('type: "Flatten" bottom: "x" top: "x"', [(2, 3)])
