@@ -187,7 +187,10 @@ class JaxLayer(_LayerCommon):
         for shape, filler in specs:
             blob = Blob(shape, self.dtype)
             if filler is not None:
-                blob.data[...] = fillers.fill(filler, tuple(shape), rng, self.dtype)
+                try:
+                    blob.data[...] = fillers.fill(filler, tuple(shape), rng, self.dtype)
+                except LayerSetupError as e:
+                    self.fail("param %d: %s", len(self.blobs), e)
             self.blobs.append(blob)
 
     def layer_setup(self, bottom_shapes, num_top, rng):

@@ -1,0 +1,67 @@
+"""Input and DummyData: shapes, fillers, Caffe's once/once-per-top rules."""
+import jax
+import numpy as np
+import pytest
+
+import jcaffe
+from jcaffe.errors import LayerSetupError
+from layer_testing import forward
+from netutil import make_net
+
+
+def test_input_shapes_once_or_per_top(tmp_path):
+    net = make_net(tmp_path, """
+        layer { name: "in" type: "Input" top: "a" top: "b" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "in2" type: "Input" top: "c" top: "d"
+          input_param { shape { dim: 1 } shape { dim: 4 dim: 5 } } }""")
+    assert [net.blobs[n].shape for n in "abcd"] == [(2, 3), (2, 3), (1,), (4, 5)]
+    assert net.inputs == ["a", "b", "c", "d"]
+    with pytest.raises(LayerSetupError, match="Input layer 'in'.*once per top blob"):
+        make_net(tmp_path, """
+            layer { name: "in" type: "Input" top: "a" top: "b" top: "c"
+              input_param { shape { dim: 1 } shape { dim: 2 } } }""")
+
+
+def test_input_keeps_user_data_and_user_reshape(tmp_path):
+    net = make_net(tmp_path, """
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 2 } } }
+        layer { name: "r" type: "ReLU" bottom: "x" top: "y" }""")
+    net.blobs["x"].reshape(3, 2)
+    net.blobs["x"].data[...] = [[1, -1], [2, -2], [-3, 3]]
+    out = net.forward()
+    np.testing.assert_array_equal(out["y"], [[1, 0], [2, 0], [0, 3]])
+    assert net.blobs["x"].shape == (3, 2)
+
+
+def test_dummy_data_fillers_and_shapes(tmp_path):
+    jcaffe.set_random_seed(5)
+    net = make_net(tmp_path, """
+        layer { name: "d" type: "DummyData" top: "c" top: "u" top: "g"
+          dummy_data_param {
+            shape { dim: 2 dim: 3 } shape { dim: 1000 } shape { dim: 4000 }
+            data_filler { type: "constant" value: 7 }
+            data_filler { type: "uniform" min: -2 max: 3 }
+            data_filler { type: "gaussian" mean: 1 std: 0.5 } } }""")
+    out = net.forward()
+    np.testing.assert_array_equal(out["c"], np.full((2, 3), 7.0))
+    assert out["u"].min() >= -2 and out["u"].max() <= 3 and abs(out["u"].mean() - 0.5) < 0.15
+    assert abs(out["g"].mean() - 1) < 0.05 and abs(out["g"].std() - 0.5) < 0.05
+    first = out["g"].copy()
+    second = net.forward()["g"]
+    assert not np.array_equal(first, second), "random fillers refill on every forward"
+
+
+def test_dummy_data_legacy_dims_and_default_zero(tmp_path):
+    net = make_net(tmp_path, """
+        layer { name: "d" type: "DummyData" top: "x"
+          dummy_data_param { num: 2 channels: 3 height: 4 width: 5 } }""")
+    out = net.forward()
+    assert out["x"].shape == (2, 3, 4, 5) and not out["x"].any()
+
+
+def test_dummy_data_bad_filler_count(tmp_path):
+    with pytest.raises(LayerSetupError, match="DummyData layer 'd'.*data_filler"):
+        make_net(tmp_path, """
+            layer { name: "d" type: "DummyData" top: "a" top: "b" top: "c"
+              dummy_data_param { shape { dim: 2 }
+                data_filler { type: "constant" } data_filler { type: "constant" } } }""")

@@ -1,0 +1,66 @@
+"""The pycaffe module surface: top-level names, Timer, seeds, layer lists, Python layers with params."""
+import numpy as np
+
+import jcaffe
+from netutil import make_net
+
+
+def test_top_level_names():
+    for name in ["Net", "Layer", "Blob", "TRAIN", "TEST", "__version__", "set_mode_cpu", "set_mode_gpu",
+                 "set_device", "set_random_seed", "layer_type_list", "init_log", "log", "Timer",
+                 "solver_count", "solver_rank", "set_solver_count", "set_solver_rank", "has_nccl",
+                 "NetSpec", "layers", "params", "to_proto"]:
+        assert hasattr(jcaffe, name), name
+    assert jcaffe.has_nccl() is False
+    jcaffe.set_solver_count(2)
+    assert jcaffe.solver_count() == 2
+    jcaffe.set_solver_count(1)
+    jcaffe.set_mode_cpu()
+
+
+def test_layer_type_list_has_the_engine_layers():
+    types = set(jcaffe.layer_type_list())
+    assert {"Input", "DummyData", "Convolution", "Pooling", "InnerProduct", "ReLU", "TanH", "Sigmoid",
+            "Softmax", "SoftmaxWithLoss", "EuclideanLoss", "Accuracy", "Split", "Concat", "Dropout",
+            "LRN", "Flatten", "Python"} <= types
+
+
+def test_timer_measures_milliseconds():
+    t = jcaffe.Timer()
+    t.start()
+    sum(range(10000))
+    t.stop()
+    assert t.ms > 0
+
+
+def test_same_seed_same_weights(tmp_path):
+    text = """
+        layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+          inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 1 } } }"""
+    jcaffe.set_random_seed(3)
+    a = make_net(tmp_path, text).params["ip"][0].data.copy()
+    jcaffe.set_random_seed(3)
+    b = make_net(tmp_path, text).params["ip"][0].data.copy()
+    np.testing.assert_array_equal(a, b)
+
+
+def test_python_layer_with_learnable_blob_gets_backward_and_param_str(tmp_path):
+    net = make_net(tmp_path, """
+        layer { name: "in" type: "Input" top: "x" top: "t" input_param { shape { dim: 3 dim: 2 } } }
+        layer { name: "scale" type: "Python" bottom: "x" top: "y"
+          python_param { module: "pylayers" layer: "ScaleByParam" param_str: "1.5" } }
+        layer { name: "loss" type: "Python" bottom: "y" bottom: "t" top: "loss" loss_weight: 1
+          python_param { module: "pylayers" layer: "EuclideanLossLayer" } }""")
+    layer = net.layer_dict["scale"]
+    assert layer.param_str == "1.5" and layer.type == "Python" and layer.phase == jcaffe.TRAIN
+    assert net.layer_need_backward["scale"] and net.layer_need_backward["loss"]
+    assert net.params["scale"][0].data[0] == 1.5
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    t = np.ones((3, 2), np.float32)
+    out = net.forward(x=x, t=t)
+    np.testing.assert_allclose(out["loss"], np.sum((1.5 * x - t) ** 2) / 3 / 2, rtol=1e-6)
+    net.backward()
+    np.testing.assert_allclose(net.params["scale"][0].diff[0], np.sum((1.5 * x - t) / 3 * x), rtol=1e-5)
+    # The net's loss counts a Python loss layer only through its loss_weight.
+    assert net.blob_loss_weights["loss"] == 1.0
