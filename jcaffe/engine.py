@@ -75,7 +75,9 @@ class Segment:
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
             lp = _layer_params(s, {**params, **new_params})
             out = layer.forward(lp, [env[b] for b in s.bottoms], key)
-            tops, saved[s.index] = out[0], out[1]
+            tops = out[0]
+            if s.need_backward:  # residuals are kept only where backward will use them
+                saved[s.index] = out[1]
             if layer.updates_params_in_forward:
                 for pid, value in zip(s.param_ids, out[2]):
                     if value is not None:

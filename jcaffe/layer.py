@@ -92,7 +92,7 @@ class _LayerCommon:
         self.name = layer_param.name
         self.phase = layer_param.phase
         self.dtype = np.dtype(dtype)
-        self.blobs = []
+        self.blobs = BlobVec((), dtype)
         for proto in layer_param.blobs:  # weights given inside the net param
             from .protoio import blobproto_to_array
             arr = blobproto_to_array(proto)
