@@ -70,6 +70,12 @@ data_input_0_split -> data_input_0_split_0
 data_input_0_split -> data_input_0_split_1
 data_input_0_split -> data_input_0_split_2
 data_input_0_split -> data_input_0_split_3
+Setting up data_input_0_split
+Top shape: 2 8 6 6 (576)
+Top shape: 2 8 6 6 (576)
+Top shape: 2 8 6 6 (576)
+Top shape: 2 8 6 6 (576)
+Memory required for data: 11528
 Creating Layer label_input_1_split
 label_input_1_split <- label
 label_input_1_split -> label_input_1_split_0

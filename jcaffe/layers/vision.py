@@ -1,0 +1,434 @@
+"""Vision layers: Convolution, Pooling, LRN.
+
+Shapes and window rules follow Caffe exactly (output sizes, Pooling's ceil
+rounding and border clipping, AVE's divisor, MAX's tie rule); the arithmetic
+is XLA's: convolutions go through ``lax.conv_general_dilated``, window sums
+through ``lax.reduce_window``. Every backward is written out: convolution's
+data gradient is a transposed convolution, its weight gradient a convolution
+of the input with the top diff, and pooling routes diffs back by gathering,
+for each bottom element, the few windows that cover it (no scatter, so the
+result does not depend on the order of atomic adds on a GPU).
+"""
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..blob import shape_count, shape_string
+from ..errors import ShapeMismatchError
+from ..layer import JaxLayer, register
+from ..proto import caffe_pb2
+from .common import _wants_param_diff, canonical_axis
+
+_POOL = caffe_pb2.PoolingParameter
+_LRN = caffe_pb2.LRNParameter
+FLT_MAX = float(np.finfo(np.float32).max)  # Caffe's max-pool start value, for float and double
+
+
+def _zero(x):
+    """A scalar 0 of x's dtype (reduce_window wants its init value exactly typed)."""
+    return np.zeros((), x.dtype)
+
+
+def _window_sum(x, window, padding):
+    """Sum over each window (stride 1) of x zero-padded by ``padding`` ((lo, hi) per axis)."""
+    return lax.reduce_window(x, _zero(x), lax.add, window, (1,) * x.ndim, padding)
+
+
+@register("Convolution")
+class Convolution(JaxLayer):
+    """y = W * x + b (cross-correlation, per group), for each bottom with the same W, b.
+
+    dE/dx = W^T * dE/dy (transposed convolution);  dE/dW = x * dE/dy;  dE/db = sum dE/dy.
+    """
+
+    min_bottom_blobs = 1
+    min_top_blobs = 1
+    equal_num_bottom_top_blobs = True
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        shape = bottom_shapes[0]
+        self.axis = canonical_axis(self, p.axis, shape)
+        self.num_spatial = len(shape) - self.axis - 1
+        n = self.num_spatial
+        if n < 1:
+            self.fail("needs at least one spatial axis after the channel axis %d; "
+                      "bottom shape is %s", self.axis, shape_string(shape))
+        self.kernel = self._per_axis("kernel", "kernel_size", None)
+        self.stride = self._per_axis("stride", "stride", 1)
+        self.pad = self._per_axis("pad", "pad", 0)
+        self.dilation = self._per_axis(None, "dilation", 1)
+        for what, values in (("kernel_size", self.kernel), ("stride", self.stride),
+                             ("dilation", self.dilation)):
+            if min(values) < 1:
+                self.fail("%s must be positive, got %s", what, values)
+        self.channels = shape[self.axis]
+        self.num_output = p.num_output
+        self.group = p.group
+        if self.num_output < 1:
+            self.fail("num_output must be positive, got %d", self.num_output)
+        if self.group < 1:
+            self.fail("group must be positive, got %d", self.group)
+        if self.channels % self.group or self.num_output % self.group:
+            self.fail("group %d must divide both the input channels (%d) and num_output (%d)",
+                      self.group, self.channels, self.num_output)
+        specs = [((self.num_output, self.channels // self.group) + tuple(self.kernel),
+                  p.weight_filler)]
+        if p.bias_term:
+            specs.append(((self.num_output,), p.bias_filler))
+        if self.blobs:
+            self._check_given(specs)
+        self.init_params(specs, self.filler_rng)
+
+    def _per_axis(self, hw, repeated, default):
+        """One value per spatial axis: ``repeated`` given once or per axis, or ``<hw>_h/_w``."""
+        p, n = self.p, self.num_spatial
+        values = list(getattr(p, repeated))
+        if hw and (p.HasField(hw + "_h") or p.HasField(hw + "_w")):
+            if n != 2:
+                self.fail("%s_h & %s_w can only be used for 2-d convolution (%d spatial axes)",
+                          hw, hw, n)
+            if values:
+                self.fail("give either %s or %s_h/%s_w, not both", repeated, hw, hw)
+            return [getattr(p, hw + "_h"), getattr(p, hw + "_w")]
+        if not values and default is not None:
+            return [default] * n
+        if len(values) not in (1, n):
+            self.fail("%s must be given once, or once per spatial axis (given %d times; %d spatial "
+                      "axes)", repeated, len(values), n)
+        return values * n if len(values) == 1 else values
+
+    def _check_given(self, specs):
+        if len(self.blobs) != len(specs):
+            raise ShapeMismatchError("Convolution layer '%s': %d param blobs given, expected %d "
+                                     "(bias_term: %s)" % (self.name, len(self.blobs), len(specs),
+                                                          str(self.p.bias_term).lower()))
+        for i, (blob, (shape, _)) in enumerate(zip(self.blobs, specs)):
+            if tuple(blob.shape) != tuple(shape):
+                raise ShapeMismatchError(
+                    "Convolution layer '%s': param %d has shape %s, expected %s"
+                    % (self.name, i, shape_string(blob.shape), shape_string(shape)))
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            self.fail("bottom num_axes may not change: set up for %d axes, got shape %s",
+                      self.axis + 1 + self.num_spatial, shape_string(shape))
+        if shape[self.axis] != self.channels:
+            self.fail("input size incompatible with convolution kernel: set up for %d "
+                      "channels, bottom shape %s has %d",
+                      self.channels, shape_string(shape), shape[self.axis])
+        for i, other in enumerate(bottom_shapes[1:], 1):
+            if tuple(other) != tuple(shape):
+                self.fail("shape mismatch - bottom[0]: %s vs. bottom[%d]: %s",
+                          shape_string(shape), i, shape_string(other))
+        self.in_spatial = tuple(shape[self.axis + 1:])
+        out = []
+        for i, size in enumerate(self.in_spatial):
+            extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+            o = (size + 2 * self.pad[i] - extent) // self.stride[i] + 1
+            if o < 1:
+                self.fail("kernel extent %d is larger than the padded input %d "
+                          "(size %d + 2 * pad %d) along spatial axis %d",
+                          extent, size + 2 * self.pad[i], size, self.pad[i], i)
+            out.append(o)
+        self.out_spatial = tuple(out)
+        top_shape = tuple(shape[:self.axis]) + (self.num_output,) + self.out_spatial
+        return [top_shape] * len(bottom_shapes)
+
+    # The leading axes (before ``axis``) are one batch axis for lax.
+    def _batched(self, a):
+        return a.reshape((shape_count(a.shape, 0, self.axis),) + a.shape[self.axis:])
+
+    def forward(self, params, bottoms, rng):
+        w = params[0]
+        tops = []
+        for x in bottoms:
+            y = lax.conv_general_dilated(
+                self._batched(x), w, window_strides=self.stride,
+                padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation,
+                feature_group_count=self.group)
+            if self.p.bias_term:
+                y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
+            tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
+        return tops, None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        w = params[0]
+        want_w = _wants_param_diff(self, 0)
+        want_b = self.p.bias_term and _wants_param_diff(self, 1)
+        bottom_diffs, dw, db = [], None, None
+        for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
+            xb, dyb = self._batched(x), self._batched(dy)
+            bottom_diffs.append(self._data_diff(dyb, w).reshape(x.shape) if pd else None)
+            if want_w:
+                d = self._weight_diff(xb, dyb)
+                dw = d if dw is None else dw + d
+            if want_b:
+                s = jnp.sum(dyb, axis=(0,) + tuple(range(2, dyb.ndim)))
+                db = s if db is None else db + s
+        return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
+
+    def _data_diff(self, dy, w):
+        """dE/dx: dy dilated by the stride, convolved with the flipped, group-transposed kernel."""
+        g, n = self.group, self.num_spatial
+        o, cg = w.shape[:2]
+        wt = w.reshape((g, o // g, cg) + w.shape[2:]).swapaxes(1, 2)
+        wt = jnp.flip(wt.reshape((g * cg, o // g) + w.shape[2:]), axis=tuple(range(2, 2 + n)))
+        padding = []
+        for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
+                                          self.stride, self.pad, self.dilation):
+            extent = d * (k - 1) + 1
+            padding.append((extent - 1 - p, size - 1 + p - (out - 1) * s))
+        return lax.conv_general_dilated(dy, wt, window_strides=(1,) * n, padding=padding,
+                                        lhs_dilation=self.stride, rhs_dilation=self.dilation,
+                                        feature_group_count=g)
+
+    def _weight_diff(self, x, dy):
+        """dE/dW[o, c, j] = sum over n and out of dy[n, o, out] * x[n, c, out*stride + j*dilation].
+
+        A convolution with the batch axis as the summed "feature" axis: x's channels
+        play the batch (split into groups), dy is the kernel, the stride becomes
+        its dilation and the dilation the window stride.
+        """
+        n = self.num_spatial
+        spec = (1, 0) + tuple(range(2, 2 + n))
+        padding = [(p, (k - 1) * d + (out - 1) * s + 1 - size - p)
+                   for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
+                                                     self.stride, self.pad, self.dilation)]
+        return lax.conv_general_dilated(
+            x, dy, window_strides=self.dilation, padding=padding, rhs_dilation=self.stride,
+            dimension_numbers=lax.ConvDimensionNumbers(spec, spec, spec),
+            batch_group_count=self.group)
+
+
+def _pool_windows(size, pooled, k, s, p):
+    """Window starts of one axis, in image coordinates (may be negative: padding)."""
+    return (np.arange(pooled) * s - p).astype(np.int32)
+
+
+def _covering_windows(size, pooled, k, s, p):
+    """For each position 0..size-1 of one axis, the windows that contain it.
+
+    Returns (index, valid), both (size, T) with T = the most windows any position
+    lies in: window ``index[h, t]`` covers h where ``valid[h, t]``.
+    """
+    t_max = min(-(-k // s), pooled)
+    hp = np.arange(size)[:, None] + p                      # padded coordinate
+    last = np.minimum(hp // s, pooled - 1)                 # last window starting at or before hp
+    index = last - np.arange(t_max)[None, :]
+    valid = (index >= 0) & (hp - index * s < k)
+    return np.where(valid, index, 0), valid
+
+
+@register("Pooling")
+class Pooling(JaxLayer):
+    """MAX: y = max over the in-image part of each window (the first max wins ties);
+    AVE: y = sum over the in-image part of each window / pool size.
+
+    MAX: dE/dx routes each dE/dy to its window's argmax (summing where windows overlap);
+    AVE: dE/dx = sum over the windows covering x of dE/dy / pool size.
+    """
+
+    exact_num_bottom_blobs = 1
+    min_top_blobs = 1
+
+    @property
+    def max_top_blobs(self):
+        """MAX pooling may output the argmax mask as a second top."""
+        return 2 if self.p.pool == _POOL.MAX else 1
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        if p.pool == _POOL.STOCHASTIC:
+            self.fail("pool: STOCHASTIC is not implemented yet (only MAX and AVE)")
+        if p.pool not in (_POOL.MAX, _POOL.AVE):
+            self.fail("unknown pooling method %d", p.pool)
+        self._check_4d(bottom_shapes[0])
+        has_size, has_h, has_w = (p.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w"))
+        if p.global_pooling:
+            if has_size or has_h or has_w:
+                self.fail("with global_pooling: true the kernel size cannot be specified")
+        elif has_size == (has_h or has_w) or has_h != has_w:
+            self.fail("kernel size is kernel_size OR kernel_h and kernel_w (both are required "
+                      "for non-square kernels); not both")
+        else:
+            self.kernel = (p.kernel_size,) * 2 if has_size else (p.kernel_h, p.kernel_w)
+        self.pad = self._pair("pad")
+        self.stride = self._pair("stride")
+        if p.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
+            self.fail("with global_pooling: true only pad = 0 and stride = 1 are allowed, got "
+                      "pad %s stride %s", self.pad, self.stride)
+        if min(self.stride) < 1:
+            self.fail("stride must be positive, got %s", self.stride)
+
+    def _pair(self, name):
+        p = self.p
+        has_h, has_w = p.HasField(name + "_h"), p.HasField(name + "_w")
+        if has_h or has_w:
+            if p.HasField(name) or not (has_h and has_w):
+                self.fail("%s is %s OR %s_h and %s_w; not both", name, name, name, name)
+            return getattr(p, name + "_h"), getattr(p, name + "_w")
+        return (getattr(p, name),) * 2
+
+    def _check_4d(self, shape):
+        if len(shape) != 4:
+            self.fail("input must have 4 axes (num, channels, height, width), got shape %s",
+                      shape_string(shape))
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        self._check_4d(shape)
+        self.in_hw = tuple(shape[2:])
+        if self.p.global_pooling:
+            self.kernel = self.in_hw
+        for k in self.kernel:
+            if k < 1:
+                self.fail("kernel size must be positive, got %s", self.kernel)
+        if self.pad != (0, 0):
+            for k, p in zip(self.kernel, self.pad):
+                if p >= k:
+                    self.fail("pad %s must be smaller than the kernel %s", self.pad, self.kernel)
+        ceil = self.p.round_mode == _POOL.CEIL
+        pooled = []
+        for size, k, s, p in zip(self.in_hw, self.kernel, self.stride, self.pad):
+            span = size + 2 * p - k
+            n = (-(-span // s) if ceil else span // s) + 1
+            if self.pad != (0, 0) and (n - 1) * s >= size + p:
+                n -= 1  # the last window must start inside the image, not in the padding
+            if n < 1:
+                self.fail("kernel %s is larger than the padded input %s (pad %s)",
+                          self.kernel, self.in_hw, self.pad)
+            pooled.append(n)
+        self.pooled = tuple(pooled)
+        return [tuple(shape[:2]) + self.pooled] * self.num_top
+
+    def _axes(self):
+        """Per spatial axis: (input size, pooled size, kernel, stride, pad)."""
+        return list(zip(self.in_hw, self.pooled, self.kernel, self.stride, self.pad))
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        if self.p.pool == _POOL.MAX:
+            top, index = self._max_forward(x)
+            tops = [top, index.astype(x.dtype)] if self.num_top > 1 else [top]
+            return tops, index
+        return [self._ave_forward(x)], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None], []
+        if self.p.pool == _POOL.MAX:
+            return [self._max_backward(saved, top_diffs[0])], []
+        return [self._ave_backward(top_diffs[0])], []
+
+    # -- MAX -------------------------------------------------------------------
+    def _max_forward(self, x):
+        """Top and the flat index h * W + w of each window's first maximum (-1: none > -FLT_MAX)."""
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        hs, ws = (_pool_windows(*a) for a in self._axes())
+        # Windows gathered from x padded with -inf, so padding never wins.
+        pad_h = (ph, max(0, int(hs[-1]) + kh - H))
+        pad_w = (pw, max(0, int(ws[-1]) + kw - W))
+        xp = jnp.pad(x, ((0, 0), (0, 0), pad_h, pad_w), constant_values=-np.inf)
+        rows = (hs + ph)[:, None] + np.arange(kh)                # (PH, kh), padded coordinates
+        cols = (ws + pw)[:, None] + np.arange(kw)                # (PW, kw)
+        win = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+        win = win.reshape(win.shape[:4] + (kh * kw,))
+        win = jnp.where(jnp.isnan(win), -jnp.inf, win)           # Caffe's '>' never picks NaN
+        first = jnp.argmax(win, axis=-1).astype(jnp.int32)       # first maximum, row-major
+        best = jnp.take_along_axis(win, first[..., None], axis=-1)[..., 0]
+        found = best > -FLT_MAX                                  # Caffe starts from -FLT_MAX
+        floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
+        top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
+        h = hs[:, None] + first // kw
+        w = ws[None, :] + first % kw
+        index = jnp.where(found, h * W + w, -1).astype(jnp.int32)
+        return top, index
+
+    def _max_backward(self, index, dy):
+        """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w)."""
+        (H, _, _, _, _), (W, _, _, _, _) = self._axes()
+        (rows, row_ok), (cols, col_ok) = (_covering_windows(*a) for a in self._axes())
+        r = rows[:, None, :, None]                               # (H, 1, T, 1)
+        c = cols[None, :, None, :]                               # (1, W, 1, U)
+        own = (np.arange(H)[:, None] * W + np.arange(W)).astype(np.int32)[:, :, None, None]
+        hit = (row_ok[:, None, :, None] & col_ok[None, :, None, :]) & (index[:, :, r, c] == own)
+        return jnp.sum(jnp.where(hit, dy[:, :, r, c], _zero(dy)), axis=(-2, -1))
+
+    # -- AVE -------------------------------------------------------------------
+    def _pool_size(self, dtype):
+        """Caffe's divisor: the window cut at the padded border (padding counts, overhang not)."""
+        sizes = []
+        for size, pooled, k, s, p in self._axes():
+            start = _pool_windows(size, pooled, k, s, p)
+            sizes.append(np.minimum(start + k, size + p) - start)
+        return np.asarray(np.outer(*sizes), dtype)
+
+    def _ave_forward(self, x):
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        hi_h = max(0, (PH - 1) * sh + kh - ph - H)
+        hi_w = max(0, (PW - 1) * sw + kw - pw - W)
+        sums = lax.reduce_window(x, _zero(x), lax.add, (1, 1, kh, kw), (1, 1, sh, sw),
+                                 ((0, 0), (0, 0), (ph, hi_h), (pw, hi_w)))
+        return sums[:, :, :PH, :PW] / self._pool_size(x.dtype)
+
+    def _ave_backward(self, dy):
+        """Each bottom element gets the sum of dE/dy / pool size over the windows covering it:
+        the share of each window, placed at its start (stride-dilated), summed over k positions."""
+        share = dy / self._pool_size(dy.dtype)
+        padding = [(0, 0, 0), (0, 0, 0)]
+        for size, pooled, k, s, p in self._axes():
+            padding.append((k - 1 - p, size - 1 + p - (pooled - 1) * s, s - 1))
+        spread = lax.pad(share, _zero(share), padding)
+        return _window_sum(spread, (1, 1) + tuple(self.kernel), ((0, 0),) * 4)
+
+
+@register("LRN")
+class LRN(JaxLayer):
+    """y = x * scale^-beta, scale = k + alpha/n * (sum of x^2 over a local window of n elements);
+
+    dE/dx = dE/dy * scale^-beta - 2 alpha beta/n * x * (window sum of dE/dy * y / scale).
+    ACROSS_CHANNELS: window of local_size channels, n = local_size. WITHIN_CHANNEL: a
+    local_size^2 spatial window zero-padded at the border, n = local_size^2, and k = 1
+    (Caffe builds it from AVE pooling and a Power layer with shift 1).
+    """
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        size = self.p.local_size
+        if size % 2 != 1:
+            self.fail("local_size must be odd, got %d", size)
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if len(shape) != 4:
+            self.fail("input must have 4 axes (num, channels, height, width), got shape %s",
+                      shape_string(shape))
+        return [shape]
+
+    def _window(self):
+        """(window, padding, n, k) of the local sum, for reduce_window on NCHW."""
+        size = self.p.local_size
+        half = (size - 1) // 2
+        none, around = (0, 0), (half, half)
+        if self.p.norm_region == _LRN.WITHIN_CHANNEL:
+            return (1, 1, size, size), (none, none, around, around), size * size, 1.0
+        return (1, size, 1, 1), (none, around, none, none), size, self.p.k
+
+    def forward(self, params, bottoms, rng):
+        x, = bottoms
+        window, padding, n, k = self._window()
+        scale = k + self.p.alpha * (_window_sum(x * x, window, padding) / n)
+        return [x * scale ** -self.p.beta], scale
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not propagate_down[0]:
+            return [None], []
+        (x,), (y,), (dy,), scale = bottoms, tops, top_diffs, saved
+        window, padding, n, _ = self._window()
+        alpha, beta = self.p.alpha, self.p.beta
+        ratio_sum = _window_sum(dy * y / scale, window, padding)
+        return [dy * scale ** -beta - (2 * alpha * beta / n) * x * ratio_sum], []
