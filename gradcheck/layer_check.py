@@ -1,0 +1,209 @@
+"""check_layer: a built-in or JAX-written layer's explicit backward vs jax.vjp and
+finite differences, in float64.
+
+The layer is built as the Net builds it (parse, create, SetUp) with float64
+blobs inside ``jax.enable_x64(True)``, so float64 never leaks into the
+caller's process. Every forward uses the same PRNG key (Dropout keeps its
+mask). The objective is ``L = sum_i <v_i, top_i>`` with a random ``v_i`` per
+top, so every top (and every element of it) is covered; the explicit
+backward gets ``v`` as its top diffs.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from google.protobuf import text_format
+
+from jcaffe.layer import create_layer
+from jcaffe.proto import caffe_pb2
+
+from . import compare, numeric
+from .report import BlobCheck, Report
+
+TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+MAX_EXHAUSTIVE = 2048     # "auto" checks blobs up to this many elements one by one
+
+
+def parse_layer_param(layer):
+    """A LayerParameter from a prototxt snippet (``type: "ReLU" ...``) or a copy of one."""
+    lp = caffe_pb2.LayerParameter()
+    if isinstance(layer, caffe_pb2.LayerParameter):
+        lp.CopyFrom(layer)
+    else:
+        text_format.Parse(layer, lp)
+    if not lp.name:
+        lp.name = (lp.type or "layer").lower()
+    return lp
+
+
+def build_layer(layer, bottom_shapes, phase=TRAIN, seed=0, layer_class=None, dtype=np.float64):
+    """A set-up layer (Caffe's SetUp) with every param marked to propagate down."""
+    lp = parse_layer_param(layer)
+    lp.phase = phase
+    if not lp.bottom:
+        lp.bottom.extend("b%d" % i for i in range(len(bottom_shapes)))
+    layer = layer_class(lp, dtype) if layer_class is not None else create_layer(lp, dtype)
+    num_top = len(lp.top) or max(layer.exact_num_top_blobs, layer.min_top_blobs, 1)
+    if not lp.top:
+        lp.top.extend("t%d" % i for i in range(num_top))
+    layer.layer_setup([tuple(s) for s in bottom_shapes], num_top, np.random.default_rng(seed))
+    layer.param_propagate_down = [True] * len(layer.blobs)
+    return layer
+
+
+def default_label_bottoms(layer, num_bottoms):
+    """Bottoms force_backward never reaches (Caffe's AllowForceBackward false): labels."""
+    return [i for i in range(num_bottoms) if not layer.allow_force_backward(i)]
+
+
+def draw_bottoms(layer, shapes, label_bottoms, rng, num_classes=None):
+    """Standard normal values; integer labels in [0, num_classes) for label bottoms."""
+    out = []
+    for i, shape in enumerate(shapes):
+        if i in label_bottoms:
+            c = num_classes or _guess_classes(layer, shapes)
+            out.append(rng.integers(0, c, size=shape).astype(np.float64))
+        else:
+            out.append(rng.standard_normal(shape))
+    return out
+
+
+def _guess_classes(layer, shapes):
+    axis = getattr(layer, "axis", 1)
+    first = shapes[0]
+    return int(first[axis]) if len(first) > axis else 2
+
+
+def check_layer(layer, bottom_shapes=None, bottoms=None, *, propagate_down=None, check_bottom=None,
+                phase=TRAIN, seed=0, eps=None, rtol=None, atol=None, mode="auto",
+                label_bottoms=None, num_classes=None, projections=4, layer_class=None,
+                max_exhaustive=MAX_EXHAUSTIVE):
+    """Check a layer's explicit backward. ``layer``: a prototxt snippet or LayerParameter.
+
+    ``bottoms`` (arrays) or ``bottom_shapes`` (drawn: standard normal, labels as
+    integers). ``propagate_down`` defaults to true for every non-label bottom;
+    ``check_bottom`` selects which of those to check (all params are always
+    checked). ``mode``: "exhaustive" (every element), "projection" (random
+    directions, for large blobs) or "auto" (by size). ``layer_class``: a
+    JaxLayer subclass to use instead of the registry (user JAX layers).
+    Raises the layer's own errors (unknown type, rejected shapes, a backward
+    that refuses, such as Accuracy's) unchanged.
+    """
+    if mode not in ("auto", "exhaustive", "projection"):
+        raise ValueError("mode must be 'auto', 'exhaustive' or 'projection', got %r" % (mode,))
+    lp = parse_layer_param(layer)
+    if lp.type == "Python" and layer_class is None:
+        from .python_check import check_python_layer
+        return check_python_layer(lp, bottom_shapes, bottoms=bottoms, propagate_down=propagate_down,
+                                  seed=seed, eps=eps, rtol=rtol, atol=atol, phase=phase,
+                                  label_bottoms=label_bottoms, num_classes=num_classes)
+    with jax.enable_x64(True):
+        return _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed,
+                      numeric.tolerances(np.float64, eps, rtol, atol), mode, label_bottoms,
+                      num_classes, projections, layer_class, max_exhaustive)
+
+
+def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed, tol, mode,
+           label_bottoms, num_classes, projections, layer_class, max_exhaustive):
+    if bottoms is not None:
+        bottoms = [np.asarray(b, np.float64) for b in bottoms]
+        bottom_shapes = [b.shape for b in bottoms]
+    bottom_shapes = [tuple(s) for s in (bottom_shapes or [])]
+    layer = build_layer(lp, bottom_shapes, phase, seed, layer_class)
+    report = Report("%s layer '%s' (bottoms %s)" % (layer.type, layer.name,
+                                                  ", ".join(_shape(s) for s in bottom_shapes) or "none"))
+    if not layer.forward_writes_tops:
+        report.notes.append("tops are filled from outside (no forward, no backward): setup checked")
+        return report
+    nb = len(bottom_shapes)
+    labels = default_label_bottoms(layer, nb) if label_bottoms is None else list(label_bottoms)
+    rng = np.random.default_rng(seed)
+    if bottoms is None:
+        bottoms = draw_bottoms(layer, bottom_shapes, labels, rng, num_classes)
+    pd = [i not in labels for i in range(nb)] if propagate_down is None else \
+        [bool(p) for p in propagate_down]
+    key = jax.random.PRNGKey(seed)
+    params = [jnp.asarray(b.data, jnp.float64) for b in layer.blobs]
+    xs = [jnp.asarray(b) for b in bottoms]
+
+    def tops_of(p, b):
+        return layer.forward(p, b, key)[0]
+
+    tops, saved = layer.forward(params, xs, key)[:2]
+    _check_tops(report, layer, tops)
+    if not report.ok:
+        return report
+    vs = [jnp.asarray(rng.standard_normal(np.shape(t))) for t in tops]
+    scale = float(sum(jnp.sum(jnp.abs(v * t)) for v, t in zip(vs, tops)))
+    bottom_diffs, param_diffs = layer.backward(params, xs, tops, saved, vs, tuple(pd))
+    ref_params, ref_bottoms = _vjp(report, tops_of, params, xs, vs)
+
+    targets = []
+    for i in range(nb):
+        if pd[i] and (check_bottom is None or i in check_bottom):
+            targets.append(("bottom %d" % i, "b", i, xs[i], _at(bottom_diffs, i), _at(ref_bottoms, i)))
+    for j in range(len(params)):
+        targets.append(("param %d" % j, "p", j, params[j], _at(param_diffs, j), _at(ref_params, j)))
+    for name, kind, i, x, analytic, ref in targets:
+        check = report.add(BlobCheck(name, tuple(x.shape)))
+        problem = compare.structural_problem(name, analytic, x.shape)
+        if problem:
+            check.add_error(problem)
+            continue
+        analytic = np.asarray(analytic, np.float64).reshape(x.shape)
+        obj = numeric.JaxObjective(_objective(tops_of, params, xs, vs, kind, i), jnp.ravel(x))
+        use_proj = mode == "projection" or (mode == "auto" and x.size > max_exhaustive)
+        if use_proj:
+            check.mode = "projection"
+            kinks = compare.check_projections(check, obj, analytic, tol, scale, np.float64,
+                                              np.random.default_rng([seed, len(report.checks)]),
+                                              projections, ref)
+        else:
+            kinks = compare.check_elements(check, obj, np.arange(x.size), analytic, ref, tol,
+                                           scale, np.float64)
+        if ref is not None:
+            compare.check_vjp(check, analytic, ref, tol, skip=kinks)
+    return report
+
+
+def _check_tops(report, layer, tops):
+    check = BlobCheck("tops", None, mode="contract")
+    if len(tops) != len(layer.top_shapes):
+        check.add_error("forward returned %d tops, reshape declared %d" % (len(tops), len(layer.top_shapes)))
+    for i, (t, s) in enumerate(zip(tops, layer.top_shapes)):
+        if tuple(np.shape(t)) != tuple(s):
+            check.add_error("top %d has shape %s, reshape declared %s" % (i, np.shape(t), s))
+    if check.errors:
+        report.add(check)
+
+
+def _vjp(report, tops_of, params, xs, vs):
+    try:
+        _, fn = jax.vjp(tops_of, params, xs)
+        return fn(vs)
+    except Exception as e:   # a forward jax cannot differentiate: finite differences only
+        report.notes.append("jax.vjp of the forward failed (%s: %s); checked against finite "
+                            "differences only" % (type(e).__name__, e))
+        return None, None
+
+
+def _objective(tops_of, params, xs, vs, kind, i):
+    shape = xs[i].shape if kind == "b" else params[i].shape
+
+    def L(flat):
+        p, b = list(params), list(xs)
+        if kind == "b":
+            b[i] = flat.reshape(shape)
+        else:
+            p[i] = flat.reshape(shape)
+        return sum(jnp.vdot(v, t) for v, t in zip(vs, tops_of(p, b)))
+    return L
+
+
+def _at(seq, i):
+    if seq is None or i >= len(seq):
+        return None
+    return seq[i]
+
+
+def _shape(s):
+    return "x".join(str(d) for d in s) or "scalar"
