@@ -21,8 +21,8 @@ import sys
 import numpy as np
 
 from . import fillers
-from .blob import Blob
-from .errors import LayerSetupError, PythonLayerError, UnknownLayerTypeError
+from .blob import Blob, shape_string
+from .errors import LayerSetupError, PythonLayerError, ShapeMismatchError, UnknownLayerTypeError
 from .proto import caffe_pb2
 
 _REGISTRY = {}
@@ -101,6 +101,11 @@ class _LayerCommon:
             self.blobs.append(blob)
         self.param_propagate_down = []
         self.loss = []
+
+    def wants_param_diff(self, index):
+        """Caffe's param_propagate_down(index): should backward compute this param's diff?"""
+        pd = self.param_propagate_down
+        return pd[index] if index < len(pd) else True
 
     def allow_force_backward(self, bottom_index):
         """Caffe's AllowForceBackward: may force_backward send a diff to this bottom?"""
@@ -183,6 +188,7 @@ class JaxLayer(_LayerCommon):
         kept ("Skipping parameter initialization").
         """
         if self.blobs:
+            self._check_given_params(specs)
             return
         for shape, filler in specs:
             blob = Blob(shape, self.dtype)
@@ -192,6 +198,16 @@ class JaxLayer(_LayerCommon):
                 except LayerSetupError as e:
                     self.fail("param %d: %s", len(self.blobs), e)
             self.blobs.append(blob)
+
+    def _check_given_params(self, specs):
+        if len(self.blobs) != len(specs):
+            raise ShapeMismatchError("%s layer '%s': %d param blobs given in the net, expected %d"
+                                     % (self.type, self.name, len(self.blobs), len(specs)))
+        for i, (blob, (shape, _)) in enumerate(zip(self.blobs, specs)):
+            if tuple(blob.shape) != tuple(shape):
+                raise ShapeMismatchError("%s layer '%s': param %d given in the net has shape %s, "
+                                         "expected %s" % (self.type, self.name, i,
+                                                          shape_string(blob.shape), shape_string(shape)))
 
     def layer_setup(self, bottom_shapes, num_top, rng):
         """Caffe's Layer::SetUp: check counts, LayerSetUp, Reshape, loss weights."""

@@ -92,7 +92,7 @@ def test_inner_product_checks_given_weights():
     snippet = ('type: "InnerProduct" inner_product_param { num_output: 2 } '
                'blobs { shape { dim: 2 dim: 5 } %s } blobs { shape { dim: 2 } data: 0 data: 0 }'
                % ("data: 0 " * 10))
-    with pytest.raises(ShapeMismatchError, match="param 0 has shape 2 5 .*expected 2 4"):
+    with pytest.raises(ShapeMismatchError, match="param 0 given in the net has shape 2 5 .*expected 2 4"):
         make_layer(snippet, [(3, 4)])
 
 

@@ -268,7 +268,7 @@ def test_convolution_reshape_checks_channels():
 
 
 def test_convolution_given_weights_of_the_wrong_shape():
-    message = r"param 0 has shape 2 1 2 2 \(8\), expected 2 1 3 3 \(18\)"
+    message = r"param 0 given in the net has shape 2 1 2 2 \(8\), expected 2 1 3 3 \(18\)"
     with pytest.raises(ShapeMismatchError, match=message):
         make_layer('type: "Convolution" convolution_param { num_output: 2 kernel_size: 3 '
                    'bias_term: false } blobs { shape { dim: 2 dim: 1 dim: 2 dim: 2 } '

@@ -7,7 +7,6 @@ their product (Caffe's ``Blob::count(axis)``).
 import jax.numpy as jnp
 
 from ..blob import shape_count, shape_string
-from ..errors import ShapeMismatchError
 from ..layer import JaxLayer, register
 
 
@@ -18,12 +17,6 @@ def canonical_axis(layer, axis, shape, what="axis"):
         layer.fail("%s %d is out of range for a %d-axis bottom of shape %s",
                    what, axis, n, shape_string(shape))
     return axis + n if axis < 0 else axis
-
-
-def _wants_param_diff(layer, index):
-    """Caffe's param_propagate_down(index) (true until the Net says otherwise)."""
-    pd = layer.param_propagate_down
-    return pd[index] if index < len(pd) else True
 
 
 def _not_in_place(layer):
@@ -52,20 +45,8 @@ class InnerProduct(JaxLayer):
         specs = [(weight_shape, p.weight_filler)]
         if p.bias_term:
             specs.append(((self.N,), p.bias_filler))
-        if self.blobs:  # weights given inside the NetParameter: check them
-            self._check_given(specs)
         self.init_params(specs, self.filler_rng)
 
-    def _check_given(self, specs):
-        if len(self.blobs) != len(specs):
-            raise ShapeMismatchError("InnerProduct layer '%s': %d param blobs given, expected %d "
-                                     "(bias_term: %s)" % (self.name, len(self.blobs), len(specs),
-                                                          str(self.p.bias_term).lower()))
-        for i, (blob, (shape, _)) in enumerate(zip(self.blobs, specs)):
-            if tuple(blob.shape) != tuple(shape):
-                raise ShapeMismatchError(
-                    "InnerProduct layer '%s': param %d has shape %s, expected %s"
-                    % (self.name, i, shape_string(blob.shape), shape_string(shape)))
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -99,9 +80,9 @@ class InnerProduct(JaxLayer):
         x2 = self._as_matrix(x, self.K)
         dy2 = self._as_matrix(top_diffs[0], self.N)
         dw = db = dx = None
-        if _wants_param_diff(self, 0):
+        if self.wants_param_diff(0):
             dw = x2.T @ dy2 if self.p.transpose else dy2.T @ x2
-        if self.p.bias_term and _wants_param_diff(self, 1):
+        if self.p.bias_term and self.wants_param_diff(1):
             db = jnp.sum(dy2, axis=0)
         if propagate_down[0]:
             dx = (dy2 @ self._weight_nk(params)).reshape(x.shape)

@@ -14,10 +14,9 @@ import numpy as np
 from jax import lax
 
 from ..blob import shape_count, shape_string
-from ..errors import ShapeMismatchError
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
-from .common import _wants_param_diff, canonical_axis
+from .common import canonical_axis
 
 _POOL = caffe_pb2.PoolingParameter
 _LRN = caffe_pb2.LRNParameter
@@ -76,8 +75,6 @@ class Convolution(JaxLayer):
                   p.weight_filler)]
         if p.bias_term:
             specs.append(((self.num_output,), p.bias_filler))
-        if self.blobs:
-            self._check_given(specs)
         self.init_params(specs, self.filler_rng)
 
     def _per_axis(self, hw, repeated, default):
@@ -98,16 +95,6 @@ class Convolution(JaxLayer):
                       "axes)", repeated, len(values), n)
         return values * n if len(values) == 1 else values
 
-    def _check_given(self, specs):
-        if len(self.blobs) != len(specs):
-            raise ShapeMismatchError("Convolution layer '%s': %d param blobs given, expected %d "
-                                     "(bias_term: %s)" % (self.name, len(self.blobs), len(specs),
-                                                          str(self.p.bias_term).lower()))
-        for i, (blob, (shape, _)) in enumerate(zip(self.blobs, specs)):
-            if tuple(blob.shape) != tuple(shape):
-                raise ShapeMismatchError(
-                    "Convolution layer '%s': param %d has shape %s, expected %s"
-                    % (self.name, i, shape_string(blob.shape), shape_string(shape)))
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
@@ -155,8 +142,8 @@ class Convolution(JaxLayer):
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         w = params[0]
-        want_w = _wants_param_diff(self, 0)
-        want_b = self.p.bias_term and _wants_param_diff(self, 1)
+        want_w = self.wants_param_diff(0)
+        want_b = self.p.bias_term and self.wants_param_diff(1)
         bottom_diffs, dw, db = [], None, None
         for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
             xb, dyb = self._batched(x), self._batched(dy)
