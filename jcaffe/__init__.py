@@ -6,6 +6,8 @@ from .common import (Timer, has_nccl, init_log, set_device, set_mode_cpu, set_mo
 from .common import log_message as log
 from .layer import JaxLayer, Layer, layer_type_list, register
 from .net import Net
+from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, RMSPropSolver,
+                     SGDSolver, Solver, get_solver)
 from . import layers as _builtin_layers  # noqa: F401  (registers them; jcaffe.layers is NetSpec's)
 from . import net_spec
 from .net_spec import NetSpec, layers, params, to_proto
@@ -15,7 +17,9 @@ from .proto.caffe_pb2 import TEST, TRAIN
 __version__ = "0.1.0"
 
 __all__ = [
-    "Blob", "Layer", "JaxLayer", "Net", "NetSpec", "TEST", "TRAIN", "Timer", "caffe_pb2",
+    "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "JaxLayer", "Layer", "Net",
+    "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
+    "caffe_pb2", "get_solver",
     "has_nccl", "init_log", "layer_type_list", "layers", "log", "params", "register",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank", "to_proto",

@@ -52,3 +52,7 @@ class PythonLayerError(JcaffeError):
 
 class BackwardError(JcaffeError, RuntimeError):
     """A backward that Caffe refuses (label bottoms, layers without backward)."""
+
+
+class SolverError(JcaffeError, ValueError):
+    """A SolverParameter Caffe would refuse, or a snapshot that does not restore."""

@@ -1,0 +1,314 @@
+"""The ``jcaffe`` command line tool, mirroring Caffe's ``caffe`` tool.
+
+    jcaffe train -solver solver.prototxt [-weights a.caffemodel,b.caffemodel | -snapshot s.solverstate]
+                 [-stage a,b] [-level N] [-iterations N] [-sigint_effect stop|snapshot|none]
+                 [-sighup_effect stop|snapshot|none] [-gpu N]
+    jcaffe test  -model net.prototxt -weights w.caffemodel [-iterations 50] [-stage ..] [-level N]
+    jcaffe time  -model net.prototxt [-iterations 50] [-phase TRAIN|TEST] [-stage ..] [-level N]
+    jcaffe device_query
+
+Flags are gflags-style: ``-solver x``, ``-solver=x``, ``--solver x`` and
+``--solver=x`` all work. For ``train``, ``-iterations`` (when given)
+overrides the solver's max_iter.
+"""
+import logging
+import signal
+import sys
+import time
+
+import jax
+
+from . import common, protoio
+from .errors import JcaffeError
+from .net import Net
+from .proto import caffe_pb2
+from .solver import NONE, SNAPSHOT, STOP, get_solver
+
+log = logging.getLogger("jcaffe")
+
+FLAGS = {
+    "solver": ("", "The solver definition protocol buffer text file."),
+    "model": ("", "The model definition protocol buffer text file."),
+    "phase": ("", "Optional; network phase (TRAIN or TEST). Only used for 'time'."),
+    "level": (0, "Optional; network level."),
+    "stage": ("", "Optional; network stages (not to be confused with phase), separated by ','."),
+    "snapshot": ("", "Optional; the snapshot solver state to resume training."),
+    "weights": ("", "Optional; the pretrained weights to initialize finetuning, separated by ','. "
+                    "Cannot be set simultaneously with snapshot."),
+    "iterations": (50, "The number of iterations to run (test, time; for train: overrides max_iter)."),
+    "sigint_effect": ("stop", "Optional; action to take when a SIGINT signal is received: "
+                              "snapshot, stop or none."),
+    "sighup_effect": ("snapshot", "Optional; action to take when a SIGHUP signal is received: "
+                                  "snapshot, stop or none."),
+    "gpu": ("", "Optional; run on the given accelerator index (as listed by device_query)."),
+}
+
+USAGE = """command line brew
+usage: jcaffe <command> <args>
+
+commands:
+  train           train or finetune a model
+  test            score a model
+  device_query    show diagnostic information for the devices JAX sees
+  time            benchmark model execution time
+
+flags:
+""" + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
+
+
+class UsageError(JcaffeError):
+    """A bad command line."""
+
+
+def parse_flags(argv):
+    """-> (positional args, {flag: value}, set of flags given explicitly)."""
+    values = {k: v[0] for k, v in FLAGS.items()}
+    given, positional = set(), []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            positional.append(arg)
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in ("help", "h"):
+            raise UsageError(USAGE)
+        if name not in FLAGS:
+            raise UsageError("unknown command line flag '%s'\n\n%s" % (name, USAGE))
+        if not eq:
+            if i >= len(argv):
+                raise UsageError("flag '-%s' is missing its argument" % name)
+            value = argv[i]
+            i += 1
+        if isinstance(FLAGS[name][0], int):
+            try:
+                value = int(value)
+            except ValueError:
+                raise UsageError("flag '-%s' wants an integer, got '%s'" % (name, value)) from None
+        values[name] = value
+        given.add(name)
+    return positional, values, given
+
+
+def _stages(flags):
+    return [s for s in flags["stage"].split(",") if s]
+
+
+def _action(value, flag):
+    if value not in (STOP, SNAPSHOT, NONE):
+        raise UsageError("Invalid signal effect \"%s\" was specified for -%s (use stop, snapshot "
+                         "or none)" % (value, flag))
+    return value
+
+
+def _use_device(flags):
+    if flags["gpu"] != "":
+        ids = [int(x) for x in str(flags["gpu"]).split(",") if x not in ("", "all")] or [0]
+        common.set_mode_gpu()
+        common.set_device(ids[0])
+        log.info("Using device %d: %s", ids[0], jax.devices()[ids[0]])
+    else:
+        log.info("Using %s (JAX default device %s).", jax.default_backend().upper(), jax.devices()[0])
+
+
+class SignalHandler:
+    """Caffe's SignalHandler: remember SIGINT/SIGHUP; the solver asks between iterations."""
+
+    def __init__(self, sigint_effect, sighup_effect):
+        self.effects = {signal.SIGINT: sigint_effect}
+        if hasattr(signal, "SIGHUP"):
+            self.effects[signal.SIGHUP] = sighup_effect
+        self.pending = []
+        self.old = {sig: signal.signal(sig, self._handle) for sig in self.effects}
+
+    def _handle(self, signum, frame):
+        self.pending.append(signum)
+
+    def action(self):
+        """The requested action (SIGHUP's first, as Caffe checks it first), once per signal."""
+        for sig in sorted(self.effects, key=lambda s: s != getattr(signal, "SIGHUP", None)):
+            if sig in self.pending:
+                self.pending.remove(sig)
+                return self.effects[sig]
+        return NONE
+
+    def restore(self):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)
+
+
+def train(flags, given):
+    if not flags["solver"]:
+        raise UsageError("Need a solver definition to train (-solver).")
+    if flags["snapshot"] and flags["weights"]:
+        raise UsageError("Give a snapshot to resume training or weights to finetune but not both.")
+    param = protoio.read_solver_param(flags["solver"])
+    param.train_state.level = flags["level"]
+    param.train_state.stage.extend(_stages(flags))
+    if "iterations" in given:
+        log.info("max_iter: %d (from -iterations)", flags["iterations"])
+        param.max_iter = flags["iterations"]
+    _use_device(flags)
+    handler = SignalHandler(_action(flags["sigint_effect"], "sigint_effect"),
+                            _action(flags["sighup_effect"], "sighup_effect"))
+    try:
+        if flags["snapshot"]:
+            param.ClearField("weights")
+        elif flags["weights"]:
+            param.ClearField("weights")
+            param.weights.append(flags["weights"])
+        solver = get_solver(param, flags["solver"])
+        solver.set_action_function(handler.action)
+        if flags["snapshot"]:
+            log.info("Resuming from %s", flags["snapshot"])
+            solver.restore(flags["snapshot"])
+        log.info("Starting Optimization")
+        solver.solve()
+    finally:
+        handler.restore()
+    log.info("Optimization Done.")
+    return 0
+
+
+def test(flags, given):
+    if not flags["model"]:
+        raise UsageError("Need a model definition to score (-model).")
+    if not flags["weights"]:
+        raise UsageError("Need model weights to score (-weights).")
+    _use_device(flags)
+    net = Net(flags["model"], caffe_pb2.TEST, level=flags["level"], stages=_stages(flags))
+    for name in flags["weights"].split(","):
+        net.copy_from(name.strip())
+    iterations = flags["iterations"]
+    log.info("Running for %d iterations.", iterations)
+    scores, loss = None, 0.0
+    for i in range(iterations):
+        loss += net._forward(0, len(net._slots) - 1)
+        values = [(name, float(v)) for name in net.outputs for v in net.blobs[name].host_data().ravel()]
+        for name, v in values:
+            log.info("Batch %d, %s = %g", i, name, v)
+        scores = [v for _, v in values] if scores is None else [s + v for s, (_, v) in zip(scores, values)]
+    log.info("Loss: %g", loss / max(iterations, 1))
+    idx = 0
+    for name in net.outputs:
+        weight = net.blob_loss_weights[name]
+        for _ in range(net.blobs[name].count):
+            mean = scores[idx] / iterations if scores else 0.0
+            extra = " (* %g = %g loss)" % (weight, weight * mean) if weight else ""
+            log.info("%s = %g%s", name, mean, extra)
+            idx += 1
+    return 0
+
+
+def _sync(net, names):
+    for name in names:
+        net.blobs[name].device_data().block_until_ready()
+
+
+def _sync_diffs(net, slot):
+    for name in slot.bottoms:
+        net.blobs[name].device_diff().block_until_ready()
+    for blob in slot.layer.blobs:
+        blob.device_diff().block_until_ready()
+
+
+def time_net(flags, given):
+    if not flags["model"]:
+        raise UsageError("Need a model definition to time (-model).")
+    phase = {"": caffe_pb2.TRAIN, "TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}.get(flags["phase"])
+    if phase is None:
+        raise UsageError("phase must be \"TRAIN\" or \"TEST\"")
+    _use_device(flags)
+    net = Net(flags["model"], phase, level=flags["level"], stages=_stages(flags))
+    n, iterations = len(net._slots), flags["iterations"]
+    log.info("Performing Forward")
+    log.info("Initial loss: %g", net._forward(0, n - 1))
+    log.info("Performing Backward")
+    net._backward(n - 1, 0)
+    for i in range(n):                   # compile every single-layer segment before timing
+        net._forward(i, i)
+    for i in reversed(range(n)):
+        net._backward(i, i)
+    log.info("*** Benchmark begins ***")
+    log.info("Testing for %d iterations.", iterations)
+    fwd_layer, bwd_layer = [0.0] * n, [0.0] * n
+    for _ in range(iterations):
+        for i, slot in enumerate(net._slots):
+            t0 = time.perf_counter()
+            net._forward(i, i)
+            _sync(net, slot.tops)
+            fwd_layer[i] += time.perf_counter() - t0
+        for i in reversed(range(n)):
+            t0 = time.perf_counter()
+            net._backward(i, i)
+            _sync_diffs(net, net._slots[i])
+            bwd_layer[i] += time.perf_counter() - t0
+    total_start = time.perf_counter()
+    fwd_total = bwd_total = 0.0
+    for j in range(iterations):
+        t0 = time.perf_counter()
+        net._forward(0, n - 1)
+        _sync(net, net.outputs)
+        t1 = time.perf_counter()
+        net._backward(n - 1, 0)
+        for blob in net.learnable_params:
+            blob.device_diff().block_until_ready()
+        t2 = time.perf_counter()
+        fwd_total += t1 - t0
+        bwd_total += t2 - t1
+        log.info("Iteration: %d forward-backward time: %g ms.", j + 1, (t2 - t0) * 1000)
+    total = time.perf_counter() - total_start
+    log.info("Average time per layer (each layer compiled and run on its own): ")
+    for i, slot in enumerate(net._slots):
+        name = slot.layer.name
+        log.info("%10s\tforward: %g ms.", name, fwd_layer[i] * 1000 / iterations)
+        log.info("%10s\tbackward: %g ms.", name, bwd_layer[i] * 1000 / iterations)
+    log.info("Average Forward pass: %g ms.", fwd_total * 1000 / iterations)
+    log.info("Average Backward pass: %g ms.", bwd_total * 1000 / iterations)
+    log.info("Average Forward-Backward: %g ms.", total * 1000 / iterations)
+    log.info("Total Time: %g ms.", total * 1000)
+    log.info("*** Benchmark ends ***")
+    return 0
+
+
+def device_query(flags, given):
+    log.info("Querying devices %s", flags["gpu"] or "(all)")
+    for i, d in enumerate(jax.devices()):
+        log.info("Device id:                     %d", i)
+        log.info("Platform:                      %s", d.platform)
+        log.info("Device kind:                   %s", d.device_kind)
+        try:
+            stats = d.memory_stats() or {}
+        except Exception:       # not every backend reports memory
+            stats = {}
+        if "bytes_limit" in stats:
+            log.info("Total memory:                  %d", stats["bytes_limit"])
+    return 0
+
+
+COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": device_query}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    common.init_log()
+    try:
+        positional, flags, given = parse_flags(argv)
+        if len(positional) != 1:
+            raise UsageError(USAGE)
+        command = COMMANDS.get(positional[0])
+        if command is None:
+            raise UsageError("Unknown action: %s (available: %s)"
+                             % (positional[0], ", ".join(sorted(COMMANDS))))
+        return command(flags, given)
+    except UsageError as e:
+        print("jcaffe: %s" % e, file=sys.stderr)
+        return 2
+    except (JcaffeError, OSError) as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

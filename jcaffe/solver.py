@@ -1,0 +1,611 @@
+"""Solvers: Caffe's training loop, snapshots and pycaffe's Solver API.
+
+``Solver`` follows Caffe's Solver/SGDSolver: it builds the train net and the
+test nets from a SolverParameter (test nets share the train net's params),
+and ``step`` runs Caffe's iteration (test when due, forward/backward
+``iter_size`` times, display, update, snapshot when due) with Caffe's log
+lines. The update itself is ``update_rules.make_update`` (one pure function
+per solver type, Caffe's stage order).
+
+Two ways to run an iteration, with the same numbers:
+
+* **fused** (the default when the train net is one compiled segment: no
+  Python layers, no net hooks, no solver callbacks): forward, backward
+  (``iter_size`` times), regularization and update are ONE jitted call; params
+  and solver history stay on the device; the Net's blobs receive the new
+  device arrays (host copies are synced only when read).
+* **pycaffe-style**: ``net._forward`` / ``net._backward`` as ``net.forward()``
+  / ``net.backward()`` run them, the ``on_gradients_ready`` callbacks, then a
+  jitted update (``apply_update``).
+
+Randomness (Dropout, random DummyData): the k-th forward of iteration ``it``
+uses the net's key folded with ``it * iter_size + k + 1`` in both ways, so a
+run restored from a snapshot continues the same trajectory.
+"""
+import collections
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import common, protoio
+from .errors import ProtoFileError, SolverError
+from .lr_policy import check_policy, learning_rate
+from .net import Net
+from .proto import caffe_pb2
+from .update_rules import make_update, rule_for
+from .upgrade import upgrade_solver_as_needed
+
+log = logging.getLogger("jcaffe")
+
+NONE, STOP, SNAPSHOT = "none", "stop", "snapshot"   # Caffe's SolverAction
+
+
+def _read_solver_param(source):
+    if isinstance(source, caffe_pb2.SolverParameter):
+        param = caffe_pb2.SolverParameter()
+        param.CopyFrom(source)
+        upgrade_solver_as_needed(param, "<SolverParameter>")
+        return param, None
+    path = os.fspath(source)
+    return protoio.read_solver_param(path), path
+
+
+class Solver:
+    """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
+    parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
+    type whatever the file says, as pycaffe's classes do."""
+
+    type_name = None
+
+    def __init__(self, source, _source_path=None):
+        param, path = _read_solver_param(source)
+        self._path = path = path or _source_path
+        self._source_dir = os.path.dirname(os.path.abspath(path)) if path else None
+        log.info("Initializing solver from parameters: \n%s", param)
+        self.param = param
+        self._check_param()
+        self._rule = rule_for(param, self.type_name)
+        self._check_snapshot_write_permissions()
+        if param.random_seed >= 0:
+            common.set_random_seed(param.random_seed + common.solver_rank())
+        self.net = self._init_train_net()
+        self.test_nets = self._init_test_nets()
+        log.info("Solver scaffolding done.")
+        self._iter = 0
+        self.current_step = 0
+        self._callbacks = []
+        self._action_function = None
+        self._early_exit = False
+        self._losses = collections.deque()
+        self.fuse_step = True           # False forces the pycaffe-style path
+        learnable = self.net._learnable
+        self._init, self._update = make_update(param, self._rule, self.net.params_lr,
+                                               self.net.params_weight_decay)
+        self._history = self._init([b.device_data() for b in learnable])
+        self._update_jit = jax.jit(self._update)
+        self._fused = None              # (segment, jitted fn)
+
+    # ------------------------------------------------------------------
+    # setup
+    # ------------------------------------------------------------------
+    def _check_param(self):
+        p = self.param
+        if p.average_loss < 1:
+            raise SolverError("average_loss should be at least 1, got %d" % p.average_loss)
+        if p.base_lr < 0:
+            raise SolverError("base_lr must not be negative, got %g" % p.base_lr)
+        if p.iter_size < 1:
+            raise SolverError("iter_size must be at least 1, got %d" % p.iter_size)
+        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
+            raise SolverError("snapshot_format: HDF5 needs h5py, which jcaffe does not depend "
+                              "on; use snapshot_format: BINARYPROTO")
+        check_policy(p)
+
+    def _check_snapshot_write_permissions(self):
+        if not self.param.snapshot:
+            return
+        if not self.param.snapshot_prefix:
+            raise SolverError("In solver params, snapshot is specified but snapshot_prefix is not")
+        probe = self._snapshot_filename(".tempfile", 0)
+        try:
+            with open(probe, "wb"):
+                pass
+            os.remove(probe)
+        except OSError as e:
+            raise SolverError("Cannot write to snapshot prefix '%s' (%s). Make sure that the "
+                              "directory exists and is writable." % (self.param.snapshot_prefix,
+                                                                     e.strerror or e)) from e
+
+    def _resolve(self, path, what):
+        """A file named in the solver: as given (Caffe reads it relative to the current
+        directory); failing that, relative to the solver file's directory."""
+        if os.path.exists(path):
+            return path
+        if not os.path.isabs(path) and self._source_dir:
+            alt = os.path.join(self._source_dir, path)
+            if os.path.exists(alt):
+                log.info("%s '%s' read from %s (relative to the solver file)", what, path, alt)
+                return alt
+        raise SolverError("%s: %s '%s' does not exist (looked in the current directory %s%s)"
+                          % (self._path or "<SolverParameter>", what, path, os.getcwd(),
+                             " and in " + self._source_dir if self._source_dir else ""))
+
+    def _read_net(self, path, what):
+        return protoio.read_net_param(self._resolve(path, what))
+
+    def _make_net(self, net_param, state):
+        net_param = _copy(net_param)
+        net_param.ClearField("state")
+        return Net(net_param, state.phase, level=state.level, stages=list(state.stage))
+
+    def _init_train_net(self):
+        p = self.param
+        fields = ("net", "net_param", "train_net", "train_net_param")
+        given = [f for f in fields if p.HasField(f)]
+        if len(given) != 1:
+            raise SolverError("SolverParameter must specify exactly one train net using one of "
+                              "these fields: %s (got %s)"
+                              % (", ".join(fields), ", ".join(given) or "none"))
+        if p.HasField("train_net_param"):
+            log.info("Creating training net specified in train_net_param.")
+            net_param = _copy(p.train_net_param)
+        elif p.HasField("train_net"):
+            log.info("Creating training net from train_net file: %s", p.train_net)
+            net_param = self._read_net(p.train_net, "train_net")
+        elif p.HasField("net_param"):
+            log.info("Creating training net specified in net_param.")
+            net_param = _copy(p.net_param)
+        else:
+            log.info("Creating training net from net file: %s", p.net)
+            net_param = self._read_net(p.net, "net")
+        state = caffe_pb2.NetState(phase=caffe_pb2.TRAIN)
+        state.MergeFrom(net_param.state)
+        state.MergeFrom(p.train_state)
+        net = self._make_net(net_param, state)
+        self._load_weights(net)
+        return net
+
+    def _init_test_nets(self):
+        p = self.param
+        generic = p.HasField("net") + p.HasField("net_param")
+        num_specific = len(p.test_net_param) + len(p.test_net)
+        if generic:
+            if len(p.test_iter) < num_specific:
+                raise SolverError("test_iter must be specified for each test network (%d test nets, "
+                                  "%d test_iter)" % (num_specific, len(p.test_iter)))
+        elif len(p.test_iter) != num_specific:
+            raise SolverError(
+                "test_iter must be specified for each test network: %d test_iter for %d test nets "
+                "(test_net / test_net_param; a train_net has no test phase of its own)"
+                % (len(p.test_iter), num_specific))
+        sources = [("test_net_param", _copy(n)) for n in p.test_net_param]
+        sources += [("test_net file: " + f, self._read_net(f, "test_net")) for f in p.test_net]
+        remaining = len(p.test_iter) - len(sources)
+        if p.HasField("net_param"):
+            sources += [("net_param", _copy(p.net_param)) for _ in range(remaining)]
+        elif p.HasField("net"):
+            sources += [("net file: " + p.net, self._read_net(p.net, "net")) for _ in range(remaining)]
+        if p.test_state and len(p.test_state) != len(sources):
+            raise SolverError("test_state must be unspecified or specified once per test net "
+                              "(%d test_state, %d test nets)" % (len(p.test_state), len(sources)))
+        if sources and p.test_interval <= 0:
+            raise SolverError("test_interval must be > 0 when there are test nets (got %d)"
+                              % p.test_interval)
+        nets = []
+        for i, (source, net_param) in enumerate(sources):
+            state = caffe_pb2.NetState(phase=caffe_pb2.TEST)
+            state.MergeFrom(net_param.state)
+            if p.test_state:
+                state.MergeFrom(p.test_state[i])
+            log.info("Creating test net (#%d) specified by %s", i, source)
+            net = self._make_net(net_param, state)
+            self._load_weights(net)
+            net.share_with(self.net)
+            nets.append(net)
+        return nets
+
+    def _load_weights(self, net):
+        for entry in self.param.weights:
+            for name in entry.split(","):
+                name = name.strip()
+                log.info("Finetuning from %s", name)
+                net.copy_from(name)
+
+    # ------------------------------------------------------------------
+    # pycaffe surface
+    # ------------------------------------------------------------------
+    @property
+    def iter(self):
+        return self._iter
+
+    @property
+    def lr(self):
+        """The learning rate the next update will use."""
+        return learning_rate(self.param, self._iter, self.current_step)[0]
+
+    @property
+    def history(self):
+        """The history blobs as numpy arrays, in Caffe's order (all first slots, then
+        the second slots of AdaDelta/Adam)."""
+        return [np.asarray(h) for slot in self._history for h in slot]
+
+    def add_callback(self, on_start, on_gradients_ready):
+        """Call ``on_start()`` before each iteration's forward and
+        ``on_gradients_ready()`` before its update (pycaffe's add_callback)."""
+        self._callbacks.append((on_start, on_gradients_ready))
+
+    def set_action_function(self, function):
+        """``function()`` -> "none" | "stop" | "snapshot", asked after each iteration
+        and during tests (Caffe's SetActionFunction; the CLI's signal handling)."""
+        self._action_function = function
+
+    def share_weights(self, net):
+        net.share_with(self.net)
+
+    def _requested_action(self):
+        return self._action_function() if self._action_function else NONE
+
+    # ------------------------------------------------------------------
+    # the training loop
+    # ------------------------------------------------------------------
+    def step(self, iters):
+        """Run ``iters`` iterations (Caffe's Solver::Step)."""
+        p = self.param
+        stop_iter = self._iter + int(iters)
+        self._losses = collections.deque(maxlen=p.average_loss)
+        timer_start, iter_last = time.perf_counter(), self._iter
+        while self._iter < stop_iter:
+            if p.test_interval and self._iter % p.test_interval == 0 and \
+                    (self._iter > 0 or p.test_initialization):
+                self.test_all()
+                if self._early_exit:
+                    break
+            for on_start, _ in self._callbacks:
+                on_start()
+            display = bool(p.display) and self._iter % p.display == 0
+            if self._can_fuse():
+                loss, after = self._fused_iteration(display)
+            else:
+                loss, after = self._forward_backward(), None
+            self._losses.append(loss)
+            if display:
+                lapse = time.perf_counter() - timer_start
+                per_s = (self._iter - iter_last) / (lapse or 1.0)
+                log.info("Iteration %d (%g iter/s, %gs/%d iters), loss = %g",
+                         self._iter, per_s, lapse, p.display, self.smoothed_loss)
+                timer_start, iter_last = time.perf_counter(), self._iter
+                self._log_outputs(self.net, "Train", 1.0)
+            if after is None:
+                for _, on_gradients_ready in self._callbacks:
+                    on_gradients_ready()
+                self.apply_update()
+            else:
+                after()
+            request = self._requested_action()
+            if (p.snapshot and self._iter % p.snapshot == 0) or request == SNAPSHOT:
+                self.snapshot()
+            if request == STOP:
+                self._early_exit = True
+                break
+
+    @property
+    def smoothed_loss(self):
+        """The mean of the last ``average_loss`` iteration losses (Caffe's smoothed_loss_)."""
+        if not self._losses:
+            return 0.0
+        return float(np.mean([float(x) for x in self._losses]))
+
+    def solve(self, resume_file=None):
+        """Train to max_iter (Caffe's Solver::Solve), optionally resuming a .solverstate."""
+        p = self.param
+        log.info("Solving %s", self.net.name)
+        log.info("Learning Rate Policy: %s", p.lr_policy)
+        self._early_exit = False
+        if resume_file:
+            log.info("Restoring previous solver status from %s", os.fspath(resume_file))
+            self.restore(resume_file)
+        self.step(p.max_iter - self._iter)
+        if p.snapshot_after_train and (not p.snapshot or self._iter % p.snapshot != 0):
+            self.snapshot()
+        if self._early_exit:
+            log.info("Optimization stopped early.")
+            return
+        if p.display and self._iter % p.display == 0:
+            self._losses.append(self.net._forward(0, len(self.net._slots) - 1))
+            log.info("Iteration %d, loss = %g", self._iter, self.smoothed_loss)
+        if p.test_interval and self._iter % p.test_interval == 0:
+            self.test_all()
+        log.info("Optimization Done.")
+
+    def _forward_backward(self):
+        """pycaffe-style: clear diffs, then iter_size forward/backward passes; mean loss."""
+        net, n = self.net, len(self.net._slots)
+        net.clear_param_diffs()
+        loss = 0.0
+        for k in range(self.param.iter_size):
+            net._forward_count = self._iter * self.param.iter_size + k
+            loss += net._forward(0, n - 1)
+            net._backward(n - 1, 0)
+        return loss / self.param.iter_size
+
+    def _next_rate(self):
+        rate, self.current_step = learning_rate(self.param, self._iter, self.current_step)
+        return rate
+
+    def _log_rate(self, rate, display):
+        if display:
+            log.info("Iteration %d, lr = %g", self._iter, rate)
+
+    def _log_clip(self, norm):
+        clip = self.param.clip_gradients
+        if clip >= 0:
+            norm = float(norm)
+            if norm > clip:
+                log.info("Gradient clipping: scaling down gradients (L2 norm %g > %g) by scale "
+                         "factor %g", norm, clip, clip / norm)
+
+    def apply_update(self):
+        """Update the train net's params from their diffs (Caffe's ApplyUpdate): the
+        learning rate, clipping, normalization, regularization, the solver's rule."""
+        display = bool(self.param.display) and self._iter % self.param.display == 0
+        rate = self._next_rate()
+        self._log_rate(rate, display)
+        learnable = self.net._learnable
+        params = [b.device_data() for b in learnable]
+        grads = [b.device_diff() for b in learnable]
+        new_params, self._history, values, norm = self._update_jit(
+            grads, self._history, params, jnp.asarray(rate, self.net.dtype),
+            jnp.asarray(self._iter, jnp.int32))
+        for blob, value, diff in zip(learnable, new_params, values):
+            blob.set_device_data(value)
+            blob.set_device_diff(diff)
+        self._log_clip(norm)
+        self._iter += 1
+
+    # ------------------------------------------------------------------
+    # fused iteration: forward + backward (+ iter_size) + update in one jit
+    # ------------------------------------------------------------------
+    def _can_fuse(self):
+        if not self.fuse_step or self._callbacks:
+            return False
+        net = self.net
+        if not net._slots:
+            return False
+        runs = net._runs(0, len(net._slots) - 1)
+        return len(runs) == 1 and not runs[0][0].layer.is_host
+
+    def _fused_iteration(self, display):
+        net = self.net
+        run = net._runs(0, len(net._slots) - 1)[0]
+        for slot in run:
+            net._reshape_slot(slot)
+        seg = net._segment(run)
+        if self._fused is None or self._fused[0] is not seg:
+            self._fused = (seg, jax.jit(self._trace_fused(seg)))
+        _, data_names, diff_names, _, _ = seg.backward_plan()
+        blobs, learnable = net.blobs, net._learnable
+        data_in = {name: blobs[name].device_data() for name in seg.reads}
+        extra = {name: blobs[name].device_data() for name in data_names
+                 if name not in data_in and name not in seg.writes}
+        loss_w = {name: blobs[name].device_diff() for name in seg.loss_tops}
+        top_diffs = {name: blobs[name].device_diff() for name in diff_names}
+        params = [b.device_data() for b in learnable]
+        rate = self._next_rate()
+        count0 = self._iter * self.param.iter_size
+        out = self._fused[1](params, self._history, data_in, extra, loss_w, top_diffs,
+                             net._base_key, jnp.asarray(count0, jnp.int32),
+                             jnp.asarray(rate, net.dtype), jnp.asarray(self._iter, jnp.int32))
+        new_params, self._history, values, norm, written, saved, diffs, loss = out
+        for blob, value, diff in zip(learnable, new_params, values):
+            blob.set_device_data(value)
+            blob.set_device_diff(diff)
+        for name, value in written.items():
+            blobs[name].set_device_data(value)
+        net._saved.update(saved)
+        for name, value in diffs.items():
+            blobs[name].set_device_diff(value)
+        net._forward_count = count0 + self.param.iter_size
+
+        def after():   # what ApplyUpdate logs, after Step's display lines
+            self._log_rate(rate, display)
+            self._log_clip(norm)
+            self._iter += 1
+        return loss, after
+
+    def _trace_fused(self, seg):
+        """The pure function of one training iteration over the segment ``seg``."""
+        _, data_names, _, _, pids = seg.backward_plan()
+        iter_size = self.param.iter_size
+        update = self._update
+        n = len(self.net._learnable)
+
+        def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0):
+            key = jax.random.fold_in(base_key, count0 + k + 1)
+            seg_params = {pid: params[pid] for pid in seg.param_ids}
+            written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key)
+            params = dict(params)
+            params.update(new_params)
+            seg_params = {pid: params[pid] for pid in seg.param_ids}
+            env = {**extra, **data_in, **written}
+            bdata = {name: env[name] for name in data_names}
+            diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs)
+            if loss is None:
+                loss = jnp.zeros((), self.net.dtype)
+            return params, pdiffs, written, saved, diffs, loss
+
+        def fused(params, history, data_in, extra, loss_w, top_diffs, base_key, count0, rate, t):
+            params = dict(enumerate(params))
+            pdiffs = {pid: jnp.zeros_like(params[pid]) for pid in pids}
+            args = (data_in, extra, loss_w, top_diffs, base_key, count0)
+            if iter_size == 1:
+                carry = one(0, params, pdiffs, *args)
+            else:   # one traced body, whatever iter_size is
+                def body(k, carry):
+                    out = one(k, carry[0], carry[1], *args)
+                    return out[:5] + (carry[5] + out[5],)
+                shapes = jax.eval_shape(one, 0, params, pdiffs, *args)
+                init = (params, pdiffs) + jax.tree_util.tree_map(
+                    lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:])
+                carry = jax.lax.fori_loop(0, iter_size, body, init)
+            params, pdiffs, written, saved, diffs, loss = carry
+            loss = loss / jnp.asarray(iter_size, loss.dtype)
+            grads = [pdiffs[pid] if pid in pdiffs else jnp.zeros_like(params[pid])
+                     for pid in range(n)]
+            new_params, new_hist, values, norm = update(
+                grads, history, [params[pid] for pid in range(n)], rate, t)
+            return new_params, new_hist, values, norm, written, saved, diffs, loss
+
+        return fused
+
+    # ------------------------------------------------------------------
+    # testing and display
+    # ------------------------------------------------------------------
+    def test_all(self):
+        for i in range(len(self.test_nets)):
+            if self._early_exit:
+                break
+            self.test(i)
+
+    def test(self, test_net_id=0):
+        """Run test net ``test_net_id`` for its test_iter batches; log the mean outputs."""
+        p = self.param
+        log.info("Iteration %d, Testing net (#%d)", self._iter, test_net_id)
+        net = self.test_nets[test_net_id]
+        scores, loss = None, 0.0
+        for _ in range(p.test_iter[test_net_id]):
+            request = self._requested_action()
+            while request != NONE:
+                if request == SNAPSHOT:
+                    self.snapshot()
+                elif request == STOP:
+                    self._early_exit = True
+                request = self._requested_action()
+            if self._early_exit:
+                break
+            iter_loss = net._forward(0, len(net._slots) - 1)
+            if p.test_compute_loss:
+                loss += iter_loss
+            values = np.concatenate([net.blobs[name].host_data().ravel().astype(np.float64)
+                                     for name in net.outputs]) if net.outputs else np.zeros(0)
+            scores = values if scores is None else scores + values
+        if self._early_exit:
+            log.info("Test interrupted.")
+            return
+        if p.test_compute_loss:
+            log.info("Test loss: %g", loss / p.test_iter[test_net_id])
+        if scores is not None:
+            self._log_outputs(net, "Test", p.test_iter[test_net_id], scores)
+
+    def _log_outputs(self, net, which, divisor, values=None):
+        if values is None:
+            values = [v for name in net.outputs for v in net.blobs[name].host_data().ravel()]
+        idx = 0
+        for name in net.outputs:
+            weight = net.blob_loss_weights[name]
+            for _ in range(net.blobs[name].count):
+                score = float(values[idx]) / divisor
+                extra = " (* %g = %g loss)" % (weight, weight * score) if weight else ""
+                log.info("    %s net output #%d: %s = %g%s", which, idx, name, score, extra)
+                idx += 1
+
+    # ------------------------------------------------------------------
+    # snapshots
+    # ------------------------------------------------------------------
+    def _snapshot_filename(self, extension, iter=None):
+        return "%s_iter_%d%s" % (self.param.snapshot_prefix, self._iter if iter is None else iter,
+                                 extension)
+
+    def snapshot(self):
+        """Write <prefix>_iter_N.caffemodel and <prefix>_iter_N.solverstate (atomically);
+        return both file names."""
+        model = self._snapshot_filename(".caffemodel")
+        log.info("Snapshotting to binary proto file %s", model)
+        self.net.save(model, write_diff=self.param.snapshot_diff)
+        state = caffe_pb2.SolverState(iter=self._iter, learned_net=model,
+                                      current_step=self.current_step)
+        double = self.net.dtype == np.float64
+        for h in self.history:
+            state.history.add().CopyFrom(protoio.array_to_blobproto(h, double=double))
+        state_file = self._snapshot_filename(".solverstate")
+        log.info("Snapshotting solver state to binary proto file %s", state_file)
+        protoio.write_binary(state, state_file)
+        return model, state_file
+
+    def restore(self, state_file):
+        """Resume from a .solverstate: iter, current_step, history and the learned_net
+        weights (read as named, or relative to the .solverstate's directory)."""
+        state_file = os.fspath(state_file)
+        if state_file.endswith(".h5"):
+            raise SolverError("%s: HDF5 solver states need h5py, which jcaffe does not depend on; "
+                              "snapshot with snapshot_format: BINARYPROTO" % state_file)
+        state = protoio.read_binary(state_file, caffe_pb2.SolverState)
+        learnable = self.net._learnable
+        needed = self._rule.num_history * len(learnable)
+        if len(state.history) != needed:
+            raise SolverError("%s: Incorrect length of history blobs: the file has %d, the %s solver "
+                              "for net '%s' needs %d (%d per learnable param)"
+                              % (state_file, len(state.history), self._rule.type_name,
+                                 self.net.name, needed, self._rule.num_history))
+        history = []
+        for i, proto in enumerate(state.history):
+            blob = learnable[i % len(learnable)]
+            arr = protoio.blobproto_to_array(proto)
+            if arr.size != blob.count:
+                raise SolverError("%s: history blob %d has %d values, param %d of the net has shape "
+                                  "%s" % (state_file, i, arr.size, i % len(learnable),
+                                          blob.shape_string()))
+            history.append(jnp.asarray(arr.reshape(blob.shape), self.net.dtype))
+        if state.HasField("learned_net") and state.learned_net:
+            self.net.copy_from(self._learned_net_path(state.learned_net, state_file))
+        n = len(learnable)
+        self._history = tuple(tuple(history[k * n:(k + 1) * n])
+                              for k in range(self._rule.num_history))
+        self._iter = state.iter
+        self.current_step = state.current_step
+        self.net._forward_count = self._iter * self.param.iter_size
+        log.info("%sSolver: restoring history", self._rule.type_name)
+
+    @staticmethod
+    def _learned_net_path(name, state_file):
+        folder = os.path.dirname(os.path.abspath(state_file))
+        for candidate in (name, os.path.join(folder, name), os.path.join(folder, os.path.basename(name))):
+            if os.path.exists(candidate):
+                return candidate
+        raise ProtoFileError("%s: learned_net '%s' does not exist (looked in the current directory "
+                             "and beside the .solverstate)" % (state_file, name))
+
+
+def _copy(msg):
+    out = type(msg)()
+    out.CopyFrom(msg)
+    return out
+
+
+def _solver_class(type_name):
+    cls = type(type_name + "Solver", (Solver,), {"type_name": type_name, "__doc__":
+                                                 "pycaffe's %sSolver(path)." % type_name})
+    cls.__module__ = __name__
+    return cls
+
+
+SGDSolver = _solver_class("SGD")
+NesterovSolver = _solver_class("Nesterov")
+AdaGradSolver = _solver_class("AdaGrad")
+RMSPropSolver = _solver_class("RMSProp")
+AdaDeltaSolver = _solver_class("AdaDelta")
+AdamSolver = _solver_class("Adam")
+
+SOLVER_CLASSES = {c.type_name: c for c in (SGDSolver, NesterovSolver, AdaGradSolver,
+                                           RMSPropSolver, AdaDeltaSolver, AdamSolver)}
+
+
+def get_solver(source, _source_path=None):
+    """The solver of the type the parameter names (pycaffe's get_solver)."""
+    param, _ = _read_solver_param(source)
+    if param.type not in SOLVER_CLASSES:
+        rule_for(param)     # raises, listing the known types
+    return SOLVER_CLASSES[param.type](source, _source_path)

@@ -1,0 +1,175 @@
+"""Solver update rules as pure functions, in Caffe's stage order.
+
+``make_update(param, lr_mults, decay_mults)`` returns an optax-style pair:
+
+    init(params) -> history            history[k][i]: k-th history blob of param i
+    update(grads, history, params, rate, iter)
+        -> (new params, new history, update values, gradient L2 norm)
+
+``update`` does what SGDSolver::ApplyUpdate does after the learning rate is
+known: clip_gradients (global L2 norm) -> Normalize (divide by iter_size) ->
+Regularize (L2: += decay * data, L1: += decay * sign(data), decay =
+weight_decay * decay_mult) -> ComputeUpdateValue (per solver type, with
+local_rate = rate * lr_mult) -> Update (data -= value). Params with lr_mult 0
+go through every stage too (their history moves, their data does not), as in
+Caffe. Everything is traceable: a Solver jits it alone or fused with the
+net's forward and backward.
+
+Each rule's ``compute(g, hist, local_rate, t)`` maps the regularized gradient
+to (update value, new history); ``t`` is the iteration (a traced int).
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from .errors import SolverError
+
+
+class SGD:
+    """h = momentum * h + local_rate * g;  value = h."""
+    type_name = "SGD"
+    num_history = 1
+
+    def __init__(self, param):
+        self.momentum = _f32(param.momentum)
+
+    def compute(self, g, hist, local_rate, t):
+        h = self.momentum * hist[0] + local_rate * g
+        return h, (h,)
+
+
+class Nesterov(SGD):
+    """h' = momentum * h + local_rate * g;  value = (1 + momentum) * h' - momentum * h."""
+    type_name = "Nesterov"
+
+    def compute(self, g, hist, local_rate, t):
+        m = self.momentum
+        h = m * hist[0] + local_rate * g
+        return (1.0 + m) * h - m * hist[0], (h,)
+
+
+class AdaGrad:
+    """h += g^2;  value = local_rate * g / (sqrt(h) + delta)."""
+    type_name = "AdaGrad"
+    num_history = 1
+
+    def __init__(self, param):
+        if param.momentum != 0:
+            raise SolverError("Momentum cannot be used with AdaGrad (momentum: %g)" % param.momentum)
+        self.delta = _f32(param.delta)
+
+    def compute(self, g, hist, local_rate, t):
+        h = hist[0] + g * g
+        return local_rate * (g / (jnp.sqrt(h) + self.delta)), (h,)
+
+
+class RMSProp:
+    """h = rms_decay * h + (1 - rms_decay) * g^2;  value = local_rate * g / (sqrt(h) + delta)."""
+    type_name = "RMSProp"
+    num_history = 1
+
+    def __init__(self, param):
+        if param.momentum != 0:
+            raise SolverError("Momentum cannot be used with RMSProp (momentum: %g)" % param.momentum)
+        if not 0 <= param.rms_decay < 1:
+            raise SolverError("rms_decay should lie between 0 and 1, got %g" % param.rms_decay)
+        self.delta = _f32(param.delta)
+        self.rms_decay = _f32(param.rms_decay)
+
+    def compute(self, g, hist, local_rate, t):
+        d = self.rms_decay
+        h = (1.0 - d) * (g * g) + d * hist[0]
+        return local_rate * (g / (jnp.sqrt(h) + self.delta)), (h,)
+
+
+class AdaDelta:
+    """Gradient history h1 and update history h2, both decayed by ``momentum``:
+    h1 = m h1 + (1-m) g^2;  u = g * sqrt((h2 + delta) / (h1 + delta));
+    h2 = m h2 + (1-m) u^2;  value = local_rate * u."""
+    type_name = "AdaDelta"
+    num_history = 2
+
+    def __init__(self, param):
+        self.momentum = _f32(param.momentum)
+        self.delta = _f32(param.delta)
+
+    def compute(self, g, hist, local_rate, t):
+        m, delta = self.momentum, self.delta
+        h1 = (1.0 - m) * (g * g) + m * hist[0]
+        u = g * jnp.sqrt((hist[1] + delta) / (h1 + delta))
+        h2 = (1.0 - m) * (u * u) + m * hist[1]
+        return local_rate * u, (h1, h2)
+
+
+class Adam:
+    """m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+    value = local_rate * sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) * m / (sqrt(v) + delta)."""
+    type_name = "Adam"
+    num_history = 2
+
+    def __init__(self, param):
+        self.beta1 = _f32(param.momentum)
+        self.beta2 = _f32(param.momentum2)
+        self.delta = _f32(param.delta)
+
+    def compute(self, g, hist, local_rate, t):
+        b1, b2 = self.beta1, self.beta2
+        m = (1.0 - b1) * g + b1 * hist[0]
+        v = (1.0 - b2) * (g * g) + b2 * hist[1]
+        step = (t + 1).astype(g.dtype)
+        correction = jnp.sqrt(1.0 - jnp.power(jnp.asarray(b2, g.dtype), step)) / \
+            (1.0 - jnp.power(jnp.asarray(b1, g.dtype), step))
+        return (local_rate * correction) * (m / (jnp.sqrt(v) + self.delta)), (m, v)
+
+
+RULES = {cls.type_name: cls for cls in (SGD, Nesterov, AdaGrad, RMSProp, AdaDelta, Adam)}
+
+
+def rule_for(param, type_name=None):
+    """The rule for ``type_name`` (default: ``param.type``), checked against ``param``."""
+    name = type_name or param.type
+    if name not in RULES:
+        raise SolverError("Unknown solver type: '%s' (known types: %s)"
+                          % (name, ", ".join(sorted(RULES))))
+    return RULES[name](param)
+
+
+def _f32(x):
+    """A proto float as the exact float32 value Caffe's Dtype holds."""
+    return float(np.float32(x))
+
+
+def make_update(param, rule, lr_mults, decay_mults):
+    """The (init, update) pair for one net's learnable params (see the module doc)."""
+    clip = _f32(param.clip_gradients)
+    iter_size = int(param.iter_size)
+    reg = param.regularization_type
+    if reg not in ("L1", "L2"):
+        raise SolverError("Unknown regularization type: '%s' (known: L1, L2)" % reg)
+    decays = [_f32(np.float32(param.weight_decay) * np.float32(d)) for d in decay_mults]
+    lr_mults = [_f32(m) for m in lr_mults]
+
+    def init(params):
+        return tuple(tuple(jnp.zeros_like(p) for p in params) for _ in range(rule.num_history))
+
+    def update(grads, history, params, rate, t):
+        grads = list(grads)
+        norm = jnp.zeros((), rate.dtype)
+        if clip >= 0:
+            norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads)).astype(rate.dtype)
+            scale = jnp.where(norm > clip, clip / norm, jnp.ones((), rate.dtype))
+            grads = [g * scale.astype(g.dtype) for g in grads]
+        new_params, values, new_hist = [], [], [[] for _ in range(rule.num_history)]
+        for i, (g, p) in enumerate(zip(grads, params)):
+            if iter_size != 1:
+                g = g * _f32(1.0 / iter_size)
+            if decays[i]:
+                g = g + decays[i] * (p if reg == "L2" else jnp.sign(p))
+            local_rate = rate.astype(g.dtype) * lr_mults[i]
+            value, hist = rule.compute(g, [h[i] for h in history], local_rate, t)
+            for k, h in enumerate(hist):
+                new_hist[k].append(h)
+            values.append(value)
+            new_params.append(p - value)
+        return new_params, tuple(tuple(h) for h in new_hist), values, norm
+
+    return init, update

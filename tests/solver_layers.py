@@ -1,0 +1,53 @@
+"""Python layers for the solver tests (importable because tests/ is on sys.path)."""
+import numpy as np
+
+import jcaffe
+
+# 64 fixed samples: x (3 features) and y (2 targets)
+_RNG = np.random.default_rng(42)
+SAMPLES_X = _RNG.normal(size=(64, 3)).astype(np.float32)
+SAMPLES_Y = _RNG.normal(size=(64, 2)).astype(np.float32)
+
+
+class BatchFeeder(jcaffe.Layer):
+    """Tops x, y: the next ``param_str`` samples of SAMPLES_X / SAMPLES_Y on each forward."""
+
+    def setup(self, bottom, top):
+        self.batch = int(self.param_str)
+        self.pos = 0
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.batch, 3)
+        top[1].reshape(self.batch, 2)
+
+    def forward(self, bottom, top):
+        idx = np.arange(self.pos, self.pos + self.batch) % len(SAMPLES_X)
+        top[0].data[...] = SAMPLES_X[idx]
+        top[1].data[...] = SAMPLES_Y[idx]
+        self.pos += self.batch
+
+    def backward(self, top, propagate_down, bottom):
+        pass
+
+
+class ClassFeeder(jcaffe.Layer):
+    """Tops data (N, 8), label (N,): points around 4 fixed centres, label = centre index;
+    a new random batch (seeded) on each forward. param_str: batch size."""
+
+    CENTRES = np.random.default_rng(7).normal(0, 2, size=(4, 8)).astype(np.float32)
+
+    def setup(self, bottom, top):
+        self.batch = int(self.param_str)
+        self.rng = np.random.default_rng(0)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.batch, 8)
+        top[1].reshape(self.batch)
+
+    def forward(self, bottom, top):
+        labels = self.rng.integers(0, 4, self.batch)
+        top[0].data[...] = self.CENTRES[labels] + self.rng.normal(0, 1, (self.batch, 8))
+        top[1].data[...] = labels
+
+    def backward(self, top, propagate_down, bottom):
+        pass

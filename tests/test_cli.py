@@ -1,0 +1,164 @@
+"""The jcaffe command line tool: flags, train/resume/finetune, test, time, errors, SIGINT."""
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import jcaffe
+from jcaffe import cli
+from jcaffe.proto import caffe_pb2
+from netutil import LogLines
+from test_solver import DROPOUT_NET
+
+SOLVER = """net: "net.prototxt"
+base_lr: 0.01
+momentum: 0.9
+lr_policy: "fixed"
+max_iter: %(max_iter)d
+display: %(display)d
+snapshot: %(snapshot)d
+snapshot_prefix: "out/drop"
+random_seed: 3
+test_iter: 1
+test_interval: 1000000
+"""
+
+
+@pytest.fixture(autouse=True)
+def restore_logger():
+    """cli.main() configures the 'jcaffe' logger (glog lines on stderr); undo it."""
+    logger = logging.getLogger("jcaffe")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    (tmp_path / "net.prototxt").write_text(DROPOUT_NET)
+    (tmp_path / "out").mkdir()
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_solver(path, max_iter=6, display=2, snapshot=0):
+    path.write_text(SOLVER % {"max_iter": max_iter, "display": display, "snapshot": snapshot})
+    return str(path)
+
+
+def test_flag_styles():
+    for argv in (["train", "-solver", "s.pt"], ["train", "-solver=s.pt"], ["--solver", "s.pt", "train"],
+                 ["train", "--solver=s.pt"]):
+        positional, flags, given = cli.parse_flags(argv)
+        assert positional == ["train"] and flags["solver"] == "s.pt" and given == {"solver"}
+    _, flags, _ = cli.parse_flags(["test", "-iterations", "7", "--level=2"])
+    assert flags["iterations"] == 7 and flags["level"] == 2 and flags["sigint_effect"] == "stop"
+
+
+def test_train_resume_finetune_and_test(workdir):
+    solver = write_solver(workdir / "solver.prototxt", max_iter=6, snapshot=4)
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", solver]) == 0
+    assert "Optimization Done." in lines.lines and "Starting Optimization" in lines.lines
+    assert sorted(os.listdir(workdir / "out")) == [
+        "drop_iter_4.caffemodel", "drop_iter_4.solverstate",
+        "drop_iter_6.caffemodel", "drop_iter_6.solverstate"]
+    straight = jcaffe.Net("net.prototxt", jcaffe.TEST, weights="out/drop_iter_6.caffemodel")
+    os.rename("out/drop_iter_6.caffemodel", "out/straight.caffemodel")
+    # resume from 4 to 6: same weights as straight through
+    assert cli.main(["train", "--solver", solver, "--snapshot=out/drop_iter_4.solverstate"]) == 0
+    resumed = jcaffe.Net("net.prototxt", jcaffe.TEST, weights="out/drop_iter_6.caffemodel")
+    for name in ("ip1", "ip2"):
+        np.testing.assert_allclose(resumed.params[name][0].data, straight.params[name][0].data,
+                                   rtol=1e-6)
+    # -iterations overrides max_iter; -weights a,b finetunes
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", solver, "-iterations", "2",
+                         "-weights", "out/straight.caffemodel,out/drop_iter_4.caffemodel"]) == 0
+    assert "Finetuning from out/straight.caffemodel" in lines.lines
+    assert "Finetuning from out/drop_iter_4.caffemodel" in lines.lines
+    assert os.path.exists("out/drop_iter_2.solverstate")
+    with LogLines() as lines:
+        assert cli.main(["test", "-model", "net.prototxt", "-weights", "out/straight.caffemodel",
+                         "-iterations", "3"]) == 0
+    assert sum(l.startswith("Batch ") and ", loss = " in l for l in lines.lines) == 3
+    assert any(l.startswith("loss = ") and "(* 1 = " in l for l in lines.lines)
+
+
+def test_time_and_device_query(workdir):
+    with LogLines() as lines:
+        assert cli.main(["time", "-model", "net.prototxt", "-iterations", "2"]) == 0
+    text = "\n".join(lines.lines)
+    for expected in ("ip1\tforward: ", "ip1\tbackward: ", "Average Forward pass: ",
+                     "Average Backward pass: ", "Average Forward-Backward: ", "Total Time: ",
+                     "*** Benchmark ends ***"):
+        assert expected in text, expected
+    with LogLines() as lines:
+        assert cli.main(["device_query"]) == 0
+    assert any(l.startswith("Platform:") for l in lines.lines)
+
+
+def test_cli_errors(workdir, capsys):
+    assert cli.main(["train"]) == 2
+    assert "Need a solver definition" in capsys.readouterr().err
+    assert cli.main(["train", "-solver", "s", "-snapshot", "a", "-weights", "b"]) == 2
+    assert cli.main(["train", "-bogus", "1"]) == 2
+    assert "unknown command line flag 'bogus'" in capsys.readouterr().err
+    assert cli.main(["fly"]) == 2
+    solver = write_solver(workdir / "solver.prototxt")
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", solver, "-snapshot", "out/none.solverstate"]) == 1
+        assert cli.main(["train", "-solver", "missing.prototxt"]) == 1
+        assert cli.main(["train", "-solver", solver, "-sigint_effect", "explode"]) == 2
+    assert any("out/none.solverstate" in l and "cannot read" in l for l in lines.lines)
+    assert any("missing.prototxt" in l for l in lines.lines)
+
+
+def test_sigint_stops_with_a_valid_snapshot(workdir):
+    solver = write_solver(workdir / "solver.prototxt", max_iter=10 ** 8, display=200)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "jcaffe.cli", "train", "-solver", solver],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.time() + 120
+    for line in proc.stderr:   # wait until training runs
+        if "] Iteration 200 (" in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, rest
+    assert "Optimization stopped early." in rest
+    states = [f for f in os.listdir("out") if f.endswith(".solverstate")]
+    assert len(states) == 1
+    state = caffe_pb2.SolverState()
+    with open(os.path.join("out", states[0]), "rb") as f:
+        state.ParseFromString(f.read())
+    assert state.iter >= 200 and os.path.exists(state.learned_net)
+    assert states[0] == "drop_iter_%d.solverstate" % state.iter
+
+
+def test_sigint_snapshot_effect_then_sighup_stop(workdir):
+    solver = write_solver(workdir / "solver.prototxt", max_iter=10 ** 8, display=200)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "jcaffe.cli", "train", "-solver", solver,
+                             "-sigint_effect", "snapshot", "-sighup_effect", "stop"],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if "] Iteration 200 (" in line:
+            proc.send_signal(signal.SIGINT)
+        if "Snapshotting solver state" in line:
+            proc.send_signal(signal.SIGHUP)
+            break
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, "".join(seen) + rest
+    assert "Optimization stopped early." in rest
+    states = sorted(f for f in os.listdir("out") if f.endswith(".solverstate"))
+    assert len(states) == 2, states      # one for SIGINT, one when SIGHUP stopped training

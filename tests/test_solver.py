@@ -1,0 +1,434 @@
+"""Solvers: each rule, lr policy and regularization against a numpy version of
+Caffe's formulas; iter_size; the fused single-jit step against the pycaffe-style path."""
+import math
+import os
+
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import jcaffe
+from jcaffe.errors import SolverError
+from jcaffe.proto import caffe_pb2
+from netutil import LogLines
+
+# InnerProduct (3 -> 2, bias lr_mult 2, decay_mult 0) + EuclideanLoss on Python-filled inputs.
+NET = """
+name: "tiny"
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: %(n)d dim: 3 } } }
+layer { name: "y" type: "Input" top: "y" input_param { shape { dim: %(n)d dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: 2
+    weight_filler { type: "gaussian" std: 0.5 } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+
+X = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
+Y = np.random.default_rng(2).normal(size=(4, 2)).astype(np.float32)
+
+
+def solver_param(text, n=4):
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse(text, param)
+    text_format.Parse(NET % {"n": n}, param.net_param)
+    if not param.HasField("random_seed"):
+        param.random_seed = 5
+    if not param.lr_policy:
+        param.lr_policy = "fixed"
+    return param
+
+
+def make_solver(text, n=4, fuse=True):
+    solver = jcaffe.get_solver(solver_param(text, n))
+    solver.fuse_step = fuse
+    solver.net.blobs["x"].data[...] = np.concatenate([X] * (n // 4))
+    solver.net.blobs["y"].data[...] = np.concatenate([Y] * (n // 4))
+    return solver
+
+
+# ---------------------------------------------------------------------------
+# numpy reference: Caffe's GetLearningRate, ClipGradients, Normalize,
+# Regularize, ComputeUpdateValue and Update, written from their formulas
+
+def ref_rate(p, it, step):
+    base, g, pw = p["base_lr"], p.get("gamma", 0.0), p.get("power", 0.0)
+    policy = p.get("lr_policy", "fixed")
+    if policy == "fixed":
+        return base, step
+    if policy == "step":
+        step = it // p["stepsize"]
+        return base * g ** step, step
+    if policy == "exp":
+        return base * g ** it, step
+    if policy == "inv":
+        return base * (1 + g * it) ** (-pw), step
+    if policy == "multistep":
+        if step < len(p["stepvalue"]) and it >= p["stepvalue"][step]:
+            step += 1
+        return base * g ** step, step
+    if policy == "poly":
+        return base * (1 - it / p["max_iter"]) ** pw, step
+    if policy == "sigmoid":
+        return base / (1 + math.exp(-g * (it - p["stepsize"]))), step
+    raise ValueError(policy)
+
+
+def ref_grads(W, b, x, y):
+    d = (x @ W.T + b - y) / x.shape[0]
+    return [d.T @ x, d.sum(0)]
+
+
+def ref_train(p, W, b, iters, kind="SGD"):
+    params = [W.astype(np.float64), b.astype(np.float64)]
+    lr_mults, decay_mults = [1.0, 2.0], [1.0, 0.0]
+    n_hist = 2 if kind in ("AdaDelta", "Adam") else 1
+    hist = [[np.zeros_like(q) for q in params] for _ in range(n_hist)]
+    m, delta = p.get("momentum", 0.0), p.get("delta", 1e-8)
+    step, out = 0, []
+    for it in range(iters):
+        grads = ref_grads(params[0], params[1], X.astype(np.float64), Y.astype(np.float64))
+        rate, step = ref_rate(p, it, step)
+        clip = p.get("clip_gradients", -1)
+        if clip >= 0:
+            norm = math.sqrt(sum((g * g).sum() for g in grads))
+            if norm > clip:
+                grads = [g * clip / norm for g in grads]
+        for i in range(2):
+            g, w = grads[i], params[i]
+            decay = p.get("weight_decay", 0.0) * decay_mults[i]
+            if decay:
+                g = g + decay * (w if p.get("regularization_type", "L2") == "L2" else np.sign(w))
+            lr = rate * lr_mults[i]
+            h = hist[0][i]
+            if kind == "SGD":
+                h = m * h + lr * g
+                value = h
+            elif kind == "Nesterov":
+                h_new = m * h + lr * g
+                value = (1 + m) * h_new - m * h
+                h = h_new
+            elif kind == "AdaGrad":
+                h = h + g * g
+                value = lr * g / (np.sqrt(h) + delta)
+            elif kind == "RMSProp":
+                d = p["rms_decay"]
+                h = d * h + (1 - d) * g * g
+                value = lr * g / (np.sqrt(h) + delta)
+            elif kind == "AdaDelta":
+                h = m * h + (1 - m) * g * g
+                u = g * np.sqrt((hist[1][i] + delta) / (h + delta))
+                hist[1][i] = m * hist[1][i] + (1 - m) * u * u
+                value = lr * u
+            elif kind == "Adam":
+                b1, b2, t = m, p.get("momentum2", 0.999), it + 1
+                h = b1 * h + (1 - b1) * g
+                hist[1][i] = b2 * hist[1][i] + (1 - b2) * g * g
+                corr = math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+                value = lr * corr * h / (np.sqrt(hist[1][i]) + delta)
+            hist[0][i] = h
+            params[i] = w - value
+        out.append([q.copy() for q in params])
+    return out
+
+
+def p_text(p, kind):
+    lines = ['type: "%s"' % kind]
+    for k, v in p.items():
+        if isinstance(v, list):
+            lines += ["%s: %r" % (k, x) for x in v]
+        elif isinstance(v, str):
+            lines.append('%s: "%s"' % (k, v))
+        else:
+            lines.append("%s: %r" % (k, v))
+    return "\n".join(lines)
+
+
+def check_against_reference(p, kind, iters=3, fuse=True):
+    solver = make_solver(p_text(p, kind), fuse=fuse)
+    W0, b0 = (blob.data.copy() for blob in solver.net.params["ip"])
+    expected = ref_train(p, W0, b0, iters, kind)
+    for it in range(iters):
+        solver.step(1)
+        W, b = (blob.data for blob in solver.net.params["ip"])
+        np.testing.assert_allclose(W, expected[it][0], rtol=2e-5, atol=2e-6, err_msg="iter %d W" % it)
+        np.testing.assert_allclose(b, expected[it][1], rtol=2e-5, atol=2e-6, err_msg="iter %d b" % it)
+    assert solver.iter == iters
+    return solver
+
+
+SOLVERS = {
+    "SGD": {"base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+    "Nesterov": {"base_lr": 0.1, "momentum": 0.9, "weight_decay": 0.01},
+    "AdaGrad": {"base_lr": 0.1, "weight_decay": 0.01, "delta": 1e-6},
+    "RMSProp": {"base_lr": 0.05, "rms_decay": 0.9, "weight_decay": 0.01, "delta": 1e-6},
+    "AdaDelta": {"base_lr": 1.0, "momentum": 0.95, "delta": 1e-6, "weight_decay": 0.01},
+    "Adam": {"base_lr": 0.01, "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8,
+             "weight_decay": 0.01},
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SOLVERS))
+def test_each_solver_matches_caffe_formula(kind):
+    check_against_reference(SOLVERS[kind], kind)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam", "AdaDelta"])
+def test_pycaffe_style_path_matches_formula_too(kind):
+    check_against_reference(SOLVERS[kind], kind, fuse=False)
+
+
+POLICIES = {
+    "fixed": {},
+    "step": {"gamma": 0.5, "stepsize": 2},
+    "exp": {"gamma": 0.9},
+    "inv": {"gamma": 0.1, "power": 0.75},
+    "multistep": {"gamma": 0.3, "stepvalue": [1, 2]},
+    "poly": {"power": 2.0, "max_iter": 5},
+    "sigmoid": {"gamma": 0.7, "stepsize": 1},
+}
+
+
+@pytest.mark.parametrize("policy", sorted(POLICIES))
+def test_lr_policies(policy):
+    p = {"base_lr": 0.1, "momentum": 0.5, "lr_policy": policy, **POLICIES[policy]}
+    solver = check_against_reference(p, "SGD")
+    assert solver.lr == pytest.approx(ref_rate(p, 3, solver.current_step)[0], rel=1e-6)
+
+
+@pytest.mark.parametrize("reg", ["L1", "L2"])
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_regularization(kind, reg):
+    check_against_reference({**SOLVERS[kind], "weight_decay": 0.05, "regularization_type": reg}, kind)
+
+
+def test_clip_gradients_scales_by_global_norm():
+    with LogLines() as lines:
+        check_against_reference({"base_lr": 0.1, "momentum": 0.9, "clip_gradients": 0.01}, "SGD")
+    assert any(l.startswith("Gradient clipping: scaling down gradients (L2 norm ") for l in lines.lines)
+
+
+def test_lr_mult_zero_keeps_param_fixed_but_history_moves():
+    param = solver_param('type: "AdaGrad" base_lr: 0.1 weight_decay: 0.1')
+    param.net_param.layer[2].param[1].lr_mult = 0
+    param.net_param.layer[2].param[1].decay_mult = 1
+    solver = jcaffe.get_solver(param)
+    solver.net.blobs["x"].data[...] = X
+    solver.net.blobs["y"].data[...] = Y
+    b0 = solver.net.params["ip"][1].data.copy()
+    solver.step(2)
+    np.testing.assert_array_equal(solver.net.params["ip"][1].data, b0)
+    # history of the frozen bias: the weight decay term squared, accumulated twice
+    np.testing.assert_allclose(solver.history[1], 2 * (0.1 * b0) ** 2, rtol=1e-5)
+
+
+def test_iter_size_equals_bigger_batch_fused():
+    a = make_solver('base_lr: 0.1 momentum: 0.9 weight_decay: 0.01 iter_size: 2', n=4)
+    b = make_solver('base_lr: 0.1 momentum: 0.9 weight_decay: 0.01', n=8)
+    a.step(3)
+    b.step(3)
+    for pa, pb in zip(a.net.learnable_params, b.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(a.smoothed_loss), float(b.smoothed_loss), rtol=1e-5)
+
+
+FEEDER_NET = """
+name: "feeder"
+layer { name: "data" type: "Python" top: "x" top: "y"
+  python_param { module: "solver_layers" layer: "BatchFeeder" param_str: "%d" } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+
+
+def feeder_solver(batch, iter_size):
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "Nesterov" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 weight_decay: 0.01 '
+                      'random_seed: 3 iter_size: %d' % iter_size, param)
+    text_format.Parse(FEEDER_NET % batch, param.net_param)
+    return jcaffe.get_solver(param)
+
+
+def test_iter_size_k_batch_b_equals_batch_kb_with_a_data_layer():
+    a, b = feeder_solver(2, 3), feeder_solver(6, 1)
+    a.step(4)
+    b.step(4)
+    for pa, pb in zip(a.net.learnable_params, b.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+    assert a.smoothed_loss == pytest.approx(b.smoothed_loss, rel=1e-5)
+
+
+DROPOUT_NET = """
+name: "drop"
+layer { name: "data" type: "DummyData" top: "x" top: "y"
+  dummy_data_param { shape { dim: 8 dim: 5 } shape { dim: 8 dim: 2 }
+    data_filler { type: "gaussian" std: 1 } data_filler { type: "uniform" min: -1 max: 1 } } }
+layer { name: "ip1" type: "InnerProduct" bottom: "x" top: "h"
+  inner_product_param { num_output: 6 weight_filler { type: "xavier" } } }
+layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+layer { name: "drop" type: "Dropout" bottom: "h" top: "h" dropout_param { dropout_ratio: 0.5 } }
+layer { name: "ip2" type: "InnerProduct" bottom: "h" top: "out"
+  inner_product_param { num_output: 2 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "out" bottom: "y" top: "loss" }
+"""
+
+
+def dropout_solver(text, fuse=True, **extra):
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse(text + ' lr_policy: "fixed"', param)
+    text_format.Parse(DROPOUT_NET, param.net_param)
+    param.random_seed = 11
+    for k, v in extra.items():
+        setattr(param, k, v)
+    solver = jcaffe.get_solver(param)
+    solver.fuse_step = fuse
+    return solver
+
+
+def test_fused_step_equals_pycaffe_style_path():
+    text = 'type: "Adam" base_lr: 0.01 momentum: 0.9 weight_decay: 0.001 iter_size: 2 clip_gradients: 5'
+    fused, plain = dropout_solver(text, True), dropout_solver(text, False)
+    assert fused._can_fuse() and not plain._can_fuse()
+    fused.step(3)
+    plain.step(3)
+    for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(pa.diff, pb.diff, rtol=1e-5, atol=1e-7)   # update values
+    for name in ("x", "h", "out", "loss"):   # blobs hold the last forward's values
+        np.testing.assert_allclose(fused.net.blobs[name].data, plain.net.blobs[name].data,
+                                   rtol=1e-5, atol=1e-7)
+    for hf, hp in zip(fused.history, plain.history):
+        np.testing.assert_allclose(hf, hp, rtol=1e-5, atol=1e-8)
+    assert fused.smoothed_loss == pytest.approx(plain.smoothed_loss, rel=1e-5)
+
+
+def test_fused_step_leaves_net_ready_for_backward_and_dropout_varies():
+    solver = dropout_solver('base_lr: 0.01')
+    solver.step(1)
+    first = solver.net.blobs["h"].data.copy()
+    solver.step(1)
+    assert not np.array_equal(first, solver.net.blobs["h"].data)
+    loss = float(solver.net.blobs["loss"].data)
+    assert loss > 0
+    solver.net.clear_param_diffs()
+    solver.net.backward()            # uses the residuals the fused step saved
+    assert np.abs(solver.net.params["ip1"][0].diff).sum() > 0
+
+
+def test_callbacks_run_in_pycaffe_order_and_apply_update():
+    solver = make_solver('base_lr: 0.1 momentum: 0.9')
+    events = []
+    solver.add_callback(lambda: events.append(("start", solver.iter)),
+                        lambda: events.append(("grads", solver.iter)))
+    solver.step(2)
+    assert events == [("start", 0), ("grads", 0), ("start", 1), ("grads", 1)]
+    # manual loop through the public API gives the same as step
+    other = make_solver('base_lr: 0.1 momentum: 0.9')
+    for _ in range(2):
+        other.net.clear_param_diffs()
+        other.net.forward()
+        other.net.backward()
+        other.apply_update()
+    assert other.iter == 2
+    for pa, pb in zip(solver.net.learnable_params, other.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-6)
+
+
+def test_test_nets_share_params_and_log_lines():
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('lr_policy: "fixed" base_lr: 0.01 max_iter: 4 display: 2 test_iter: 2 test_interval: 2 '
+                      'test_compute_loss: true snapshot_after_train: false average_loss: 2', param)
+    text_format.Parse(DROPOUT_NET, param.net_param)
+    solver = jcaffe.SGDSolver(param)
+    assert len(solver.test_nets) == 1
+    test_net = solver.test_nets[0]
+    assert test_net.phase == jcaffe.TEST
+    with LogLines() as lines:
+        solver.solve()
+    np.testing.assert_array_equal(test_net.params["ip1"][0].data, solver.net.params["ip1"][0].data)
+    text = "\n".join(lines.lines)
+    for expected in ("Solving drop", "Learning Rate Policy: fixed", "Iteration 0, Testing net (#0)",
+                     "Test loss: ", "    Test net output #0: loss = ", "Iteration 0, lr = 0.01",
+                     "    Train net output #0: loss = ", "Iteration 2, Testing net (#0)",
+                     "Iteration 4, loss = ", "Optimization Done."):
+        assert expected in text, expected
+    assert any(l.startswith("Iteration 2 (") and " iter/s, " in l and "s/2 iters), loss = " in l
+               for l in lines.lines)
+
+
+def test_solver_type_strings_and_old_enum(tmp_path):
+    (tmp_path / "net.prototxt").write_text(NET % {"n": 4})
+    (tmp_path / "old.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 solver_type: ADAM lr_policy: "fixed"')
+    (tmp_path / "new.prototxt").write_text('net: "net.prototxt" base_lr: 0.1 type: "RMSProp" lr_policy: "fixed"')
+    assert type(jcaffe.get_solver(str(tmp_path / "old.prototxt"))).__name__ == "AdamSolver"
+    assert type(jcaffe.get_solver(str(tmp_path / "new.prototxt"))).__name__ == "RMSPropSolver"
+    assert isinstance(jcaffe.AdaGradSolver(str(tmp_path / "new.prototxt")), jcaffe.AdaGradSolver)
+
+
+@pytest.mark.parametrize("text, message", [
+    ('type: "Fancy" base_lr: 0.1', "Unknown solver type: 'Fancy'"),
+    ('base_lr: -0.1', "base_lr must not be negative"),
+    ('base_lr: 0.1 lr_policy: "cosine"', "Unknown learning rate policy"),
+    ('base_lr: 0.1 lr_policy: "step"', "needs stepsize > 0"),
+    ('base_lr: 0.1 regularization_type: "L3"', "Unknown regularization type"),
+    ('type: "AdaGrad" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with AdaGrad"),
+    ('type: "RMSProp" base_lr: 0.1 rms_decay: 1.5', "rms_decay should lie between 0 and 1"),
+    ('base_lr: 0.1 snapshot_format: HDF5', "HDF5 needs h5py"),
+    ('base_lr: 0.1 test_iter: 3', "test_interval must be > 0"),
+])
+def test_bad_solver_parameters(text, message):
+    with pytest.raises(SolverError, match=message.replace("(", r"\(")):
+        jcaffe.get_solver(solver_param(text))
+
+
+def test_missing_net_and_test_iter_without_test_nets(tmp_path):
+    (tmp_path / "p.prototxt").write_text('net: "nowhere.prototxt" base_lr: 0.1')
+    with pytest.raises(SolverError, match="lr_policy is not set"):
+        jcaffe.get_solver(str(tmp_path / "p.prototxt"))
+    (tmp_path / "s.prototxt").write_text('net: "nowhere.prototxt" base_lr: 0.1 lr_policy: "fixed"')
+    with pytest.raises(SolverError, match="net 'nowhere.prototxt' does not exist"):
+        jcaffe.get_solver(str(tmp_path / "s.prototxt"))
+    (tmp_path / "net.prototxt").write_text(NET % {"n": 4})
+    (tmp_path / "t.prototxt").write_text('train_net: "net.prototxt" base_lr: 0.1 test_iter: 5 lr_policy: "fixed" '
+                                         'test_interval: 10')
+    with pytest.raises(SolverError, match="test_iter must be specified for each test network"):
+        jcaffe.get_solver(str(tmp_path / "t.prototxt"))
+    (tmp_path / "u.prototxt").write_text('base_lr: 0.1 lr_policy: "fixed"')
+    with pytest.raises(SolverError, match="must specify exactly one train net"):
+        jcaffe.get_solver(str(tmp_path / "u.prototxt"))
+
+
+SEED_NET = """
+name: "seed"
+layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "solver_layers" layer: "ClassFeeder" param_str: "32" } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "onehot" type: "Python" bottom: "label" top: "onehot"
+  python_param { module: "one_hot" layer: "OneHot" param_str: "4" } }
+layer { name: "loss" type: "Python" bottom: "ip2" bottom: "onehot" top: "loss"
+  python_param { module: "euclidean_loss" layer: "EuclideanLossLayer" } loss_weight: 1 }
+"""
+
+
+def test_seed_scenario_python_euclidean_loss_with_one_hot_trains(monkeypatch):
+    """The issue's seed scenario on an MLP (no Convolution needed): a numpy EuclideanLoss
+    Python layer in place of SoftmaxWithLoss, labels turned one-hot by a Python layer."""
+    examples = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "python_layers")
+    if not os.path.exists(os.path.join(examples, "one_hot.py")):
+        pytest.skip("examples/python_layers not present")
+    monkeypatch.syspath_prepend(examples)
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" '
+                      'random_seed: 1 average_loss: 10', param)
+    text_format.Parse(SEED_NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    assert not solver._can_fuse()            # host layers: the pycaffe-style path
+    solver.step(10)
+    first = solver.smoothed_loss
+    solver.step(150)
+    assert solver.smoothed_loss < 0.5 * first, (first, solver.smoothed_loss)
