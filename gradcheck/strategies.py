@@ -200,6 +200,24 @@ SPECS = {
 }
 
 
+def _load_family_specs():
+    """Merge ``SPECS`` of every module in gradcheck/specs/ into the table above."""
+    import importlib
+    import pkgutil
+
+    from . import specs
+    for info in sorted(pkgutil.iter_modules(specs.__path__), key=lambda m: m.name):
+        module = importlib.import_module("%s.%s" % (specs.__name__, info.name))
+        clash = set(SPECS) & set(module.SPECS)
+        if clash:
+            raise RuntimeError("gradcheck spec for %s defined twice (in %s)"
+                               % (sorted(clash), module.__name__))
+        SPECS.update(module.SPECS)
+
+
+_load_family_specs()
+
+
 def layer_cases(type_name):
     """The spec-table strategy for ``type_name`` (KeyError names the known types)."""
     try:
