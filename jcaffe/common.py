@@ -106,7 +106,8 @@ class _GlogFormatter(logging.Formatter):
 
 def init_log(level=logging.INFO, stream=None):
     """Send jcaffe's log lines to stderr in glog's format (pycaffe's caffe.init_log)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    from .progress import BarAwareHandler
+    handler = BarAwareHandler(stream or sys.stderr)
     handler.setFormatter(_GlogFormatter())
     for h in list(log.handlers):
         if getattr(h, "_jcaffe", False):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, protoio
+from . import common, progress, protoio
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
@@ -80,6 +80,7 @@ class Solver:
         self._callbacks = []
         self._action_function = None
         self._early_exit = False
+        self._progress = None   # the terminal progress bar while solve() runs
         self._losses = collections.deque()
         self.fuse_step = True           # False forces the pycaffe-style path
         learnable = self.net._learnable
@@ -285,6 +286,8 @@ class Solver:
                 self.apply_update()
             else:
                 after()
+            if self._progress is not None:
+                self._progress.update(self._iter, lambda: self.smoothed_loss)
             request = self._requested_action()
             if (p.snapshot and self._iter % p.snapshot == 0) or request == SNAPSHOT:
                 self.snapshot()
@@ -308,7 +311,9 @@ class Solver:
         if resume_file:
             log.info("Restoring previous solver status from %s", os.fspath(resume_file))
             self.restore(resume_file)
-        self.step(p.max_iter - self._iter)
+        with progress.ProgressBar(p.max_iter, self._iter) as self._progress:
+            self.step(p.max_iter - self._iter)
+        self._progress = None
         if p.snapshot_after_train and (not p.snapshot or self._iter % p.snapshot != 0):
             self.snapshot()
         if self._early_exit:

@@ -51,3 +51,27 @@ class ClassFeeder(jcaffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+class DigitPatternFeeder(jcaffe.Layer):
+    """Tops data (N, 1, 28, 28), label (N,): 10 fixed random 28x28 templates (one per
+    class) plus noise, a new seeded batch on each forward. param_str: batch size."""
+
+    TEMPLATES = (np.random.default_rng(3).random((10, 1, 28, 28)) > 0.7).astype(np.float32)
+
+    def setup(self, bottom, top):
+        self.batch = int(self.param_str)
+        self.rng = np.random.default_rng(0)
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.batch, 1, 28, 28)
+        top[1].reshape(self.batch)
+
+    def forward(self, bottom, top):
+        labels = self.rng.integers(0, 10, self.batch)
+        noise = self.rng.normal(0, 0.3, (self.batch, 1, 28, 28))
+        top[0].data[...] = self.TEMPLATES[labels] + noise
+        top[1].data[...] = labels
+
+    def backward(self, top, propagate_down, bottom):
+        pass

@@ -432,3 +432,58 @@ def test_seed_scenario_python_euclidean_loss_with_one_hot_trains(monkeypatch):
     first = solver.smoothed_loss
     solver.step(150)
     assert solver.smoothed_loss < 0.5 * first, (first, solver.smoothed_loss)
+
+
+LENET_SEED_NET = """
+name: "LeNet-seed"
+layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "solver_layers" layer: "DigitPatternFeeder" param_str: "16" } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  convolution_param { num_output: 20 kernel_size: 5 stride: 1
+    weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  convolution_param { num_output: 50 kernel_size: 5 stride: 1
+    weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+  pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  inner_product_param { num_output: 500 weight_filler { type: "xavier" }
+    bias_filler { type: "constant" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  inner_product_param { num_output: 10 weight_filler { type: "xavier" }
+    bias_filler { type: "constant" } } }
+layer { name: "onehot" type: "Python" bottom: "label" top: "onehot"
+  python_param { module: "one_hot" layer: "OneHot" param_str: "10" } }
+layer { name: "loss" type: "Python" bottom: "ip2" bottom: "onehot" top: "loss"
+  python_param { module: "euclidean_loss" layer: "EuclideanLossLayer" } loss_weight: 1 }
+"""
+
+
+def test_seed_scenario_on_lenet(monkeypatch):
+    """The seed scenario as users hit it: LeNet with SoftmaxWithLoss replaced by the numpy
+    EuclideanLoss Python layer fed by a one-hot Python layer. The loss layer's backward
+    runs (it is under the loss and above learnable layers), conv1's weights move, and the
+    loss falls."""
+    examples = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "python_layers")
+    monkeypatch.syspath_prepend(examples)
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" base_lr: 0.002 momentum: 0.9 lr_policy: "fixed" '
+                      'random_seed: 1 average_loss: 10', param)
+    text_format.Parse(LENET_SEED_NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    net = solver.net
+    assert net.layer_need_backward["loss"]
+    assert not net.layer_need_backward["onehot"]
+    w0 = net.params["conv1"][0].data.copy()
+    solver.step(10)
+    first = solver.smoothed_loss
+    solver.step(60)
+    assert solver.smoothed_loss < 0.5 * first, (first, solver.smoothed_loss)
+    assert not np.allclose(net.params["conv1"][0].data, w0)
