@@ -10,6 +10,12 @@ Besides backward vs finite differences, the layer contract:
 
 A layer computing internally in float32 (float32-exact tops from float64
 bottoms) is still checked, with float32 tolerances and a warning.
+
+A numpy layer may also declare its forward in JAX, as a method
+``jax_forward(self, params, bottoms) -> tops`` (lists of arrays; ``params``
+are the values of ``self.blobs``). Then the checker also runs ``jax.vjp`` of
+it: its tops must equal the numpy forward's, and the hand-written backward is
+compared with the vjp element by element, besides finite differences.
 """
 import importlib
 import importlib.util
@@ -117,7 +123,8 @@ def check_python_layer(layer, bottom_shapes=None, param_str="", *, bottoms=None,
         return report
     vs = [np.ones(t.shape) if top_diff == "ones" else rng.standard_normal(t.shape)
           for t in runner.top]
-    _check_gradients(report, runner, vs, pd, tol, dtype)
+    vjps = _jax_reference(report, runner, vs, tol) if hasattr(layer, "jax_forward") else None
+    _check_gradients(report, runner, vs, pd, tol, dtype, vjps)
     if not report.ok and top_diff != "ones" and all(t.count == 1 for t in runner.top):
         again = Report("")
         _check_gradients(again, runner, [np.ones(t.shape) for t in runner.top], pd, tol, dtype)
@@ -128,7 +135,43 @@ def check_python_layer(layer, bottom_shapes=None, param_str="", *, bottoms=None,
     return report
 
 
-def _check_gradients(report, runner, vs, pd, tol, dtype):
+def _jax_reference(report, runner, vs, tol):
+    """jax.vjp of the layer's ``jax_forward`` at the checked point: (param vjps, bottom vjps).
+
+    Also checks that the JAX forward computes what the numpy forward does."""
+    import jax
+    import jax.numpy as jnp
+
+    layer = runner.layer
+    with jax.enable_x64(True):
+        params = [jnp.asarray(b.data, jnp.float64) for b in layer.blobs]
+        bottoms = [jnp.asarray(x, jnp.float64) for x in runner.x0]
+
+        def f(params, bottoms):
+            return [jnp.asarray(t) for t in layer.jax_forward(params, bottoms)]
+
+        tops, vjp = jax.vjp(f, params, bottoms)
+        if len(tops) != len(runner.tops):
+            report.add(BlobCheck("jax_forward", None, mode="contract")).add_error(
+                "jax_forward returned %d tops, forward() writes %d" % (len(tops), len(runner.tops)))
+            return None
+        check = report.add(BlobCheck("jax_forward tops", None, mode="contract"))
+        for i, (t, ref) in enumerate(zip(tops, runner.tops)):
+            t = np.asarray(t, np.float64).reshape(np.shape(ref))
+            _, _, fail = numeric.close(np.ravel(t), np.ravel(ref), tol)
+            if fail.any():
+                j = int(np.flatnonzero(fail)[0])
+                check.add_error("jax_forward top %d differs from forward(): element %s is %.6g, "
+                                "forward() gives %.6g" % (i, list(np.unravel_index(j, t.shape)),
+                                                          np.ravel(t)[j], np.ravel(ref)[j]))
+        if not check.ok:
+            return None
+        param_vjps, bottom_vjps = vjp([jnp.asarray(v, jnp.float64).reshape(t.shape)
+                                       for v, t in zip(vs, tops)])
+    return [np.asarray(g) for g in param_vjps], [np.asarray(g) for g in bottom_vjps]
+
+
+def _check_gradients(report, runner, vs, pd, tol, dtype, vjps=None):
     layer, bottoms = runner.layer, runner.x0
     bottom_diffs, param_diffs = runner.backward(vs, pd)
     scale = runner.scale(vs)
@@ -138,8 +181,12 @@ def _check_gradients(report, runner, vs, pd, tol, dtype):
         x = bottoms[i] if kind == "b" else layer.blobs[i].data.copy()
         analytic = bottom_diffs[i] if kind == "b" else param_diffs[i]
         check = report.add(BlobCheck(name, x.shape))
+        ref = None if vjps is None else (vjps[1][i] if kind == "b" else vjps[0][i])
         obj = numeric.LoopObjective(runner.objective(vs, kind, i), x.ravel())
-        compare.check_elements(check, obj, np.arange(x.size), analytic, None, tol, scale, dtype)
+        kinks = compare.check_elements(check, obj, np.arange(x.size), analytic, ref, tol, scale,
+                                       dtype)
+        if ref is not None:
+            compare.check_vjp(check, analytic, ref, tol, skip=kinks)
 
 
 class _Runner:

@@ -85,3 +85,40 @@ class NoBackward(jcaffe.Layer):
 
     def forward(self, bottom, top):
         top[0].data[...] = bottom[0].data
+
+
+class JaxScaledTanh(jcaffe.Layer):
+    """top = w * tanh(bottom), numpy forward/backward plus the same forward in JAX
+    (``jax_forward``), so gradcheck also compares backward with jax.vjp."""
+
+    flip_param_sign = False
+    jax_offset = 0.0
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(1)
+        self.blobs[0].data[...] = 1.5
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = self.blobs[0].data[0] * np.tanh(bottom[0].data)
+
+    def backward(self, top, propagate_down, bottom):
+        t = np.tanh(bottom[0].data)
+        g = np.sum(top[0].diff * t)
+        self.blobs[0].diff[0] += -g if self.flip_param_sign else g
+        if propagate_down[0]:
+            bottom[0].diff[...] = self.blobs[0].data[0] * top[0].diff * (1 - t * t)
+
+    def jax_forward(self, params, bottoms):
+        import jax.numpy as jnp
+        return [params[0][0] * jnp.tanh(bottoms[0]) + self.jax_offset]
+
+
+class JaxScaledTanhWrongParamGrad(JaxScaledTanh):
+    flip_param_sign = True
+
+
+class JaxScaledTanhWrongJaxForward(JaxScaledTanh):
+    jax_offset = 0.25

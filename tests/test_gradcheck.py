@@ -143,6 +143,24 @@ def test_relu_kinks_at_zero_are_excluded_and_counted():
         assert "non-differentiable" in str(r)
 
 
+def test_projection_mode_excludes_kinks_and_still_catches_a_bug():
+    """Large ReLU input with exact zeros: the projections that cross a kink are narrowed,
+    the kinks excluded and counted, and the re-drawn directions pass; a wrong element
+    elsewhere is still found and named."""
+    x = np.random.default_rng(3).standard_normal((6, 500))
+    zeros = [(0, 10), (2, 250), (5, 499)]
+    for z in zeros:
+        x[z] = 0.0
+    r = gradcheck.check_layer('type: "ReLU"', bottoms=[x], mode="projection").assert_ok()
+    assert r["bottom 0"].mode == "projection"
+    assert {k.index for k in r["bottom 0"].kinks} <= set(zeros)
+    assert r.num_kinks >= 1
+    fix = lambda bd, pd, b: ([bd[0].at[4, 77].add(0.5)], pd)
+    bad = gradcheck.check_layer('type: "ReLU"', bottoms=[x], mode="projection",
+                                layer_class=mutant("ReLU", fix))
+    assert (4, 77) in [e.index for e in bad["bottom 0"].failures], str(bad)
+
+
 def test_kink_with_impossible_analytic_value_fails():
     x = np.zeros((2, 2))
     fix = lambda bd, pd, b: ([bd[0] + 5.0], pd)   # outside [left, right] at the kink
@@ -329,3 +347,19 @@ def test_cli_net_subprocess(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "param ip1[0]" in out.stdout and "0 failed" in out.stdout
+
+
+def test_python_layer_with_a_jax_forward_is_also_checked_against_vjp():
+    report = gradcheck.check_python_layer("pylayers.JaxScaledTanh", [(3, 4)])
+    assert report.ok, str(report)
+    param = next(c for c in report.checks if c.name == "param 0")
+    assert param.worst is not None and param.worst.vjp is not None
+
+    bad = gradcheck.check_python_layer("pylayers.JaxScaledTanhWrongParamGrad", [(3, 4)])
+    assert not bad.ok
+    failures = next(c for c in bad.checks if c.name == "param 0").failures
+    assert any("vs vjp" in f.note for f in failures), str(bad)
+
+    mismatch = gradcheck.check_python_layer("pylayers.JaxScaledTanhWrongJaxForward", [(3, 4)])
+    assert not mismatch.ok
+    assert "jax_forward top 0 differs from forward()" in str(mismatch)
