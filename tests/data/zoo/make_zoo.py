@@ -1,0 +1,329 @@
+"""Writes the model-zoo prototxts in this folder from the published architectures.
+
+Run ``python tests/data/zoo/make_zoo.py`` after editing; the .prototxt files are
+committed so tests and users read them directly. Data layers are DummyData
+(Gaussian images, constant labels) with each net's published input size and
+batch; the tests shrink batch and, where the architecture allows, image size.
+Built with jcaffe's NetSpec, as pycaffe users write nets.
+"""
+import os
+
+from jcaffe import NetSpec, layers as L, params as P
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+GAUSS = dict(type="gaussian", std=0.01)
+XAVIER = dict(type="xavier")
+ZERO = dict(type="constant", value=0)
+LEARN = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+
+
+def data(n, batch, shape, classes=1000):
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[batch] + list(shape)), dict(dim=[batch])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=classes // 2)],
+        ntop=2)
+
+
+def conv(bottom, num, k, stride=1, pad=0, group=1, filler=XAVIER, bias=True, bias_value=0):
+    kw = dict(num_output=num, kernel_size=k, weight_filler=filler)
+    if stride != 1:
+        kw["stride"] = stride
+    if pad:
+        kw["pad"] = pad
+    if group != 1:
+        kw["group"] = group
+    if bias:
+        kw["bias_filler"] = dict(type="constant", value=bias_value)
+        return L.Convolution(bottom, param=LEARN, **kw)
+    return L.Convolution(bottom, param=[dict(lr_mult=1, decay_mult=1)], bias_term=False, **kw)
+
+
+def fc(bottom, num, filler=XAVIER, bias_value=0):
+    return L.InnerProduct(bottom, num_output=num, param=LEARN, weight_filler=filler,
+                          bias_filler=dict(type="constant", value=bias_value))
+
+
+def relu(bottom):
+    return L.ReLU(bottom, in_place=True)
+
+
+def max_pool(bottom, k, s, pad=0):
+    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=k, stride=s, **({"pad": pad} if pad else {}))
+
+
+def ave_pool(bottom, k, s):
+    return L.Pooling(bottom, pool=P.Pooling.AVE, kernel_size=k, stride=s)
+
+
+def lrn(bottom, size=5, alpha=1e-4, beta=0.75, region=None):
+    kw = dict(local_size=size, alpha=alpha, beta=beta)
+    if region is not None:
+        kw["norm_region"] = region
+    return L.LRN(bottom, **kw)
+
+
+def heads(n, top, with_accuracy=True):
+    if with_accuracy:
+        n.accuracy = L.Accuracy(top, n.label, include=dict(phase=1))
+    n.loss = L.SoftmaxWithLoss(top, n.label)
+
+
+def lenet():
+    n = NetSpec()
+    data(n, 64, (1, 28, 28), classes=10)
+    n.conv1 = conv(n.data, 20, 5)
+    n.pool1 = max_pool(n.conv1, 2, 2)
+    n.conv2 = conv(n.pool1, 50, 5)
+    n.pool2 = max_pool(n.conv2, 2, 2)
+    n.ip1 = fc(n.pool2, 500)
+    n.relu1 = relu(n.ip1)
+    n.ip2 = fc(n.ip1, 10)
+    heads(n, n.ip2)
+    return n
+
+
+def cifar10_quick():
+    n = NetSpec()
+    data(n, 100, (3, 32, 32), classes=10)
+    n.conv1 = conv(n.data, 32, 5, pad=2, filler=dict(type="gaussian", std=1e-4))
+    n.pool1 = max_pool(n.conv1, 3, 2)
+    n.relu1 = relu(n.pool1)
+    n.conv2 = conv(n.pool1, 32, 5, pad=2, filler=GAUSS)
+    n.relu2 = relu(n.conv2)
+    n.pool2 = ave_pool(n.conv2, 3, 2)
+    n.conv3 = conv(n.pool2, 64, 5, pad=2, filler=GAUSS)
+    n.relu3 = relu(n.conv3)
+    n.pool3 = ave_pool(n.conv3, 3, 2)
+    n.ip1 = fc(n.pool3, 64, filler=dict(type="gaussian", std=0.1))
+    n.ip2 = fc(n.ip1, 10, filler=dict(type="gaussian", std=0.1))
+    heads(n, n.ip2)
+    return n
+
+
+def cifar10_full():
+    n = NetSpec()
+    data(n, 100, (3, 32, 32), classes=10)
+    within = P.LRN.WITHIN_CHANNEL
+    n.conv1 = conv(n.data, 32, 5, pad=2, filler=dict(type="gaussian", std=1e-4))
+    n.pool1 = max_pool(n.conv1, 3, 2)
+    n.relu1 = relu(n.pool1)
+    n.norm1 = lrn(n.pool1, 3, 5e-5, 0.75, within)
+    n.conv2 = conv(n.norm1, 32, 5, pad=2, filler=GAUSS)
+    n.relu2 = relu(n.conv2)
+    n.pool2 = ave_pool(n.conv2, 3, 2)
+    n.norm2 = lrn(n.pool2, 3, 5e-5, 0.75, within)
+    n.conv3 = conv(n.norm2, 64, 5, pad=2, filler=GAUSS)
+    n.relu3 = relu(n.conv3)
+    n.pool3 = ave_pool(n.conv3, 3, 2)
+    n.ip1 = L.InnerProduct(n.pool3, num_output=10,
+                           param=[dict(lr_mult=1, decay_mult=250), dict(lr_mult=2, decay_mult=0)],
+                           weight_filler=GAUSS, bias_filler=ZERO)
+    heads(n, n.ip1)
+    return n
+
+
+def _alex_body(n, caffenet):
+    """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
+    n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
+    n.relu1 = relu(n.conv1)
+    if caffenet:
+        n.pool1 = max_pool(n.conv1, 3, 2)
+        n.norm1 = lrn(n.pool1)
+        below2 = n.norm1
+    else:
+        n.norm1 = lrn(n.conv1)
+        n.pool1 = max_pool(n.norm1, 3, 2)
+        below2 = n.pool1
+    n.conv2 = conv(below2, 256, 5, pad=2, group=2, filler=GAUSS, bias_value=0.1)
+    n.relu2 = relu(n.conv2)
+    if caffenet:
+        n.pool2 = max_pool(n.conv2, 3, 2)
+        n.norm2 = lrn(n.pool2)
+        below3 = n.norm2
+    else:
+        n.norm2 = lrn(n.conv2)
+        n.pool2 = max_pool(n.norm2, 3, 2)
+        below3 = n.pool2
+    n.conv3 = conv(below3, 384, 3, pad=1, filler=GAUSS)
+    n.relu3 = relu(n.conv3)
+    n.conv4 = conv(n.conv3, 384, 3, pad=1, group=2, filler=GAUSS, bias_value=0.1)
+    n.relu4 = relu(n.conv4)
+    n.conv5 = conv(n.conv4, 256, 3, pad=1, group=2, filler=GAUSS, bias_value=0.1)
+    n.relu5 = relu(n.conv5)
+    n.pool5 = max_pool(n.conv5, 3, 2)
+    n.fc6 = fc(n.pool5, 4096, filler=dict(type="gaussian", std=0.005), bias_value=0.1)
+    n.relu6 = relu(n.fc6)
+    n.drop6 = L.Dropout(n.fc6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = fc(n.fc6, 4096, filler=dict(type="gaussian", std=0.005), bias_value=0.1)
+    n.relu7 = relu(n.fc7)
+    n.drop7 = L.Dropout(n.fc7, dropout_ratio=0.5, in_place=True)
+    n.fc8 = fc(n.fc7, 1000, filler=GAUSS)
+    heads(n, n.fc8)
+    return n
+
+
+def caffenet():
+    n = NetSpec()
+    data(n, 256, (3, 227, 227))
+    return _alex_body(n, caffenet=True)
+
+
+def alexnet():
+    n = NetSpec()
+    data(n, 256, (3, 227, 227))
+    return _alex_body(n, caffenet=False)
+
+
+def vgg16():
+    n = NetSpec()
+    data(n, 64, (3, 224, 224))
+    bottom = n.data
+    for stage, (width, reps) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], 1):
+        for r in range(1, reps + 1):
+            name = "conv%d_%d" % (stage, r)
+            setattr(n, name, conv(bottom, width, 3, pad=1))
+            setattr(n, "relu%d_%d" % (stage, r), relu(getattr(n, name)))
+            bottom = getattr(n, name)
+        setattr(n, "pool%d" % stage, max_pool(bottom, 2, 2))
+        bottom = getattr(n, "pool%d" % stage)
+    n.fc6 = fc(bottom, 4096)
+    n.relu6 = relu(n.fc6)
+    n.drop6 = L.Dropout(n.fc6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = fc(n.fc6, 4096)
+    n.relu7 = relu(n.fc7)
+    n.drop7 = L.Dropout(n.fc7, dropout_ratio=0.5, in_place=True)
+    n.fc8 = fc(n.fc7, 1000)
+    heads(n, n.fc8)
+    return n
+
+
+def _inception(n, name, bottom, c1, c3r, c3, c5r, c5, pp):
+    def unit(suffix, b, num, k, pad=0):
+        top = conv(b, num, k, pad=pad, bias_value=0.2)
+        setattr(n, "%s/%s" % (name, suffix), top)
+        setattr(n, "%s/relu_%s" % (name, suffix), relu(top))
+        return top
+    one = unit("1x1", bottom, c1, 1)
+    three = unit("3x3", unit("3x3_reduce", bottom, c3r, 1), c3, 3, pad=1)
+    five = unit("5x5", unit("5x5_reduce", bottom, c5r, 1), c5, 5, pad=2)
+    pool = max_pool(bottom, 3, 1, pad=1)
+    setattr(n, name + "/pool", pool)
+    proj = unit("pool_proj", pool, pp, 1)
+    out = L.Concat(one, three, five, proj)
+    setattr(n, name + "/output", out)
+    return out
+
+
+def _aux_head(n, name, bottom):
+    n[name + "/ave_pool"] = ave_pool(bottom, 5, 3)
+    n[name + "/conv"] = conv(n[name + "/ave_pool"], 128, 1, bias_value=0.2)
+    n[name + "/relu_conv"] = relu(n[name + "/conv"])
+    n[name + "/fc"] = fc(n[name + "/conv"], 1024, bias_value=0.2)
+    n[name + "/relu_fc"] = relu(n[name + "/fc"])
+    n[name + "/drop_fc"] = L.Dropout(n[name + "/fc"], dropout_ratio=0.7, in_place=True)
+    n[name + "/classifier"] = fc(n[name + "/fc"], 1000)
+    n[name + "/loss"] = L.SoftmaxWithLoss(n[name + "/classifier"], n.label, loss_weight=0.3)
+
+
+def googlenet():
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    n["conv1/7x7_s2"] = conv(n.data, 64, 7, stride=2, pad=3, bias_value=0.2)
+    n["conv1/relu_7x7"] = relu(n["conv1/7x7_s2"])
+    n["pool1/3x3_s2"] = max_pool(n["conv1/7x7_s2"], 3, 2)
+    n["pool1/norm1"] = lrn(n["pool1/3x3_s2"])
+    n["conv2/3x3_reduce"] = conv(n["pool1/norm1"], 64, 1, bias_value=0.2)
+    n["conv2/relu_3x3_reduce"] = relu(n["conv2/3x3_reduce"])
+    n["conv2/3x3"] = conv(n["conv2/3x3_reduce"], 192, 3, pad=1, bias_value=0.2)
+    n["conv2/relu_3x3"] = relu(n["conv2/3x3"])
+    n["conv2/norm2"] = lrn(n["conv2/3x3"])
+    n["pool2/3x3_s2"] = max_pool(n["conv2/norm2"], 3, 2)
+    x = _inception(n, "inception_3a", n["pool2/3x3_s2"], 64, 96, 128, 16, 32, 32)
+    x = _inception(n, "inception_3b", x, 128, 128, 192, 32, 96, 64)
+    n["pool3/3x3_s2"] = max_pool(x, 3, 2)
+    x = _inception(n, "inception_4a", n["pool3/3x3_s2"], 192, 96, 208, 16, 48, 64)
+    _aux_head(n, "loss1", x)
+    x = _inception(n, "inception_4b", x, 160, 112, 224, 24, 64, 64)
+    x = _inception(n, "inception_4c", x, 128, 128, 256, 24, 64, 64)
+    x = _inception(n, "inception_4d", x, 112, 144, 288, 32, 64, 64)
+    _aux_head(n, "loss2", x)
+    x = _inception(n, "inception_4e", x, 256, 160, 320, 32, 128, 128)
+    n["pool4/3x3_s2"] = max_pool(x, 3, 2)
+    x = _inception(n, "inception_5a", n["pool4/3x3_s2"], 256, 160, 320, 32, 128, 128)
+    x = _inception(n, "inception_5b", x, 384, 192, 384, 48, 128, 128)
+    n["pool5/7x7_s1"] = ave_pool(x, 7, 1)
+    n["pool5/drop_7x7_s1"] = L.Dropout(n["pool5/7x7_s1"], dropout_ratio=0.4, in_place=True)
+    n["loss3/classifier"] = fc(n["pool5/7x7_s1"], 1000)
+    n["loss3/loss3"] = L.SoftmaxWithLoss(n["loss3/classifier"], n.label, loss_weight=1)
+    return n
+
+
+def _bn_scale(n, name, bottom, relu_after):
+    n["bn" + name] = L.BatchNorm(bottom, in_place=True)
+    n["scale" + name] = L.Scale(bottom, bias_term=True, in_place=True)
+    if relu_after:
+        n[name + "_relu"] = relu(bottom)
+
+
+def _bottleneck(n, name, bottom, inner, outer, stride, project):
+    if project:
+        n["res%s_branch1" % name] = conv(bottom, outer, 1, stride=stride, bias=False)
+        _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
+        shortcut = n["res%s_branch1" % name]
+    else:
+        shortcut = bottom
+    a = n["res%s_branch2a" % name] = conv(bottom, inner, 1, stride=stride, bias=False)
+    _bn_scale(n, "%s_branch2a" % name, a, True)
+    b = n["res%s_branch2b" % name] = conv(a, inner, 3, pad=1, bias=False)
+    _bn_scale(n, "%s_branch2b" % name, b, True)
+    c = n["res%s_branch2c" % name] = conv(b, outer, 1, bias=False)
+    _bn_scale(n, "%s_branch2c" % name, c, False)
+    out = n["res" + name] = L.Eltwise(shortcut, c)
+    n["res%s_relu" % name] = relu(out)
+    return out
+
+
+def resnet50():
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, bias=True)
+    _bn_scale(n, "_conv1", n.conv1, False)
+    n.conv1_relu = relu(n.conv1)
+    n.pool1 = max_pool(n.conv1, 3, 2)
+    x = n.pool1
+    for stage, (blocks, inner) in zip("2345", [(3, 64), (4, 128), (6, 256), (3, 512)]):
+        for b in range(blocks):
+            name = stage + "abcdef"[b]
+            stride = 2 if b == 0 and stage != "2" else 1
+            x = _bottleneck(n, name, x, inner, inner * 4, stride, project=(b == 0))
+    n.pool5 = ave_pool(x, 7, 1)
+    n.fc1000 = fc(n.pool5, 1000)
+    heads(n, n.fc1000)
+    return n
+
+
+NETS = {
+    "lenet": (lenet, "LeNet"),
+    "cifar10_quick": (cifar10_quick, "CIFAR10_quick"),
+    "cifar10_full": (cifar10_full, "CIFAR10_full"),
+    "caffenet": (caffenet, "CaffeNet"),
+    "alexnet": (alexnet, "AlexNet"),
+    "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
+    "googlenet": (googlenet, "GoogleNet"),
+    "resnet50": (resnet50, "ResNet-50"),
+}
+
+
+def main():
+    for key, (build, title) in NETS.items():
+        proto = build().to_proto()
+        proto.name = title
+        path = os.path.join(HERE, key + ".prototxt")
+        with open(path, "w") as f:
+            f.write("# %s, written from the published architecture by make_zoo.py.\n" % title)
+            f.write(str(proto))
+        print("wrote", path, len(proto.layer), "layers")
+
+
+if __name__ == "__main__":
+    main()

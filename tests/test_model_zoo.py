@@ -1,0 +1,94 @@
+"""The model-zoo architectures (tests/data/zoo/, written from the published nets) build,
+run forward and backward with DummyData in place of their data layers.
+
+Batch is cut to 1 so the default suite stays fast (VGG-16 and GoogLeNet take
+about 10 s each on 2 cores); nets too slow for it are marked slow. Each check: Caffe's shapes at the classifier, a finite loss,
+and a nonzero diff reaching the first convolution's weights.
+"""
+import os
+
+import numpy as np
+import pytest
+
+import jcaffe
+from jcaffe import protoio
+from jcaffe.proto import caffe_pb2
+
+ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
+
+# name -> (first learnable layer, classifier top, its shape at batch 1, default-suite run?)
+NETS = {
+    "lenet": ("conv1", "ip2", (1, 10), True),
+    "cifar10_quick": ("conv1", "ip2", (1, 10), True),
+    "cifar10_full": ("conv1", "ip1", (1, 10), True),
+    "caffenet": ("conv1", "fc8", (1, 1000), True),
+    "alexnet": ("conv1", "fc8", (1, 1000), True),
+    "vgg16": ("conv1_1", "fc8", (1, 1000), True),
+    "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), True),
+    "resnet50": ("conv1", "fc1000", (1, 1000), False),
+}
+
+
+def _load(name, batch):
+    param = protoio.read_prototxt(os.path.join(ZOO, name + ".prototxt"))
+    for layer in param.layer:
+        if layer.type == "DummyData":
+            for shape in layer.dummy_data_param.shape:
+                shape.dim[0] = batch
+    return param
+
+
+def _run(name, batch=1):
+    first, classifier, shape, _ = NETS[name]
+    jcaffe.set_random_seed(0)
+    net = jcaffe.Net(_load(name, batch), jcaffe.TRAIN)
+    out = net.forward()
+    assert net.blobs[classifier].data.shape == (batch,) + shape[1:]
+    losses = [float(np.ravel(v)[0]) for k, v in out.items() if "loss" in k]
+    assert losses and all(np.isfinite(losses)), out
+    net.backward()
+    diff = net.params[first][0].diff
+    assert np.all(np.isfinite(diff)) and np.any(diff != 0), "no gradient reached %s" % first
+    return net
+
+
+@pytest.mark.parametrize("name", [n for n, v in NETS.items() if v[3]])
+def test_zoo_net_forward_backward(name):
+    _run(name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [n for n, v in NETS.items() if not v[3]])
+def test_big_zoo_net_forward_backward(name):
+    _run(name)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_zoo_net_builds_with_caffe_shapes(name):
+    """Init only (shapes, params, need-backward): every zoo net, at batch 1."""
+    param = _load(name, 1)
+    net = jcaffe.Net(param, jcaffe.TEST)
+    _, classifier, shape, _ = NETS[name]
+    assert net.blobs[classifier].shape == shape
+    assert "accuracy" in net.blobs or name == "googlenet"
+
+
+def test_caffenet_param_shapes_are_caffes():
+    net = jcaffe.Net(_load("caffenet", 1), jcaffe.TEST)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["conv1"] == [(96, 3, 11, 11), (96,)]
+    assert shapes["conv2"] == [(256, 48, 5, 5), (256,)]     # group 2
+    assert shapes["conv4"] == [(384, 192, 3, 3), (384,)]
+    assert shapes["fc6"] == [(4096, 9216), (4096,)]
+    assert net.blobs["pool5"].shape == (1, 256, 6, 6)
+
+
+def test_resnet50_blocks_use_batchnorm_scale_eltwise():
+    param = _load("resnet50", 1)
+    types = {l.type for l in param.layer}
+    assert {"BatchNorm", "Scale", "Eltwise"} <= types
+    if not {"BatchNorm", "Scale", "Eltwise"} <= set(jcaffe.layer_type_list()):
+        pytest.fail("ResNet-50 needs BatchNorm, Scale and Eltwise")
+    net = jcaffe.Net(param, jcaffe.TEST)
+    assert [b.shape for b in net.params["bn_conv1"]] == [(64,), (64,), (1,)]
+    assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
