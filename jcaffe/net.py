@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, netgraph, protoio
+from . import common, hdf5, netgraph, protoio
 from .blob import Blob, shape_string
 from .engine import LayerSlot, Segment
 from .errors import BackwardError, NetGraphError, PythonLayerError, ShapeMismatchError
@@ -495,11 +495,14 @@ class Net:
                 t.share_data(s)
 
     def copy_from(self, weights):
-        """Copy params from a .caffemodel (path or NetParameter) by layer name."""
+        """Copy params from a .caffemodel (path or NetParameter) by layer name; an HDF5
+        weights file (Caffe's .caffemodel.h5) is recognized by its signature, as in Caffe."""
         if isinstance(weights, caffe_pb2.NetParameter):
             source, where = weights, "<NetParameter>"
         else:
             where = os.fspath(weights)
+            if hdf5.is_hdf5(where):
+                return hdf5.copy_from(self, where, log)
             source = protoio.read_weights(where)
         for src in source.layer:
             try:
@@ -537,6 +540,14 @@ class Net:
     def save(self, filename, write_diff=False):
         """Write the weights as a binary NetParameter (.caffemodel), atomically."""
         protoio.write_binary(self.to_proto(write_diff), os.fspath(filename))
+
+    def save_hdf5(self, filename, write_diff=False):
+        """Write the weights as Caffe's HDF5 layout (``data/<layer>/<k>``), atomically."""
+        hdf5.save_net(self, filename, write_diff)
+
+    def load_hdf5(self, filename):
+        """Copy weights from a Caffe HDF5 weights file by layer name."""
+        hdf5.copy_from(self, os.fspath(filename), log)
 
     def before_forward(self, callback):
         """Call ``callback(layer_index)`` before each layer's forward."""

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, progress, protoio
+from . import common, hdf5, progress, protoio
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
@@ -101,9 +101,6 @@ class Solver:
             raise SolverError("base_lr must not be negative, got %g" % p.base_lr)
         if p.iter_size < 1:
             raise SolverError("iter_size must be at least 1, got %d" % p.iter_size)
-        if p.snapshot_format != caffe_pb2.SolverParameter.BINARYPROTO:
-            raise SolverError("snapshot_format: HDF5 needs h5py, which jcaffe does not depend "
-                              "on; use snapshot_format: BINARYPROTO")
         check_policy(p)
 
     def _check_snapshot_write_permissions(self):
@@ -525,8 +522,11 @@ class Solver:
                                  extension)
 
     def snapshot(self):
-        """Write <prefix>_iter_N.caffemodel and <prefix>_iter_N.solverstate (atomically);
-        return both file names."""
+        """Write <prefix>_iter_N.caffemodel and <prefix>_iter_N.solverstate (atomically;
+        ``.caffemodel.h5`` / ``.solverstate.h5`` with snapshot_format: HDF5); return both
+        file names."""
+        if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
+            return self._snapshot_hdf5()
         model = self._snapshot_filename(".caffemodel")
         log.info("Snapshotting to binary proto file %s", model)
         self.net.save(model, write_diff=self.param.snapshot_diff)
@@ -540,37 +540,49 @@ class Solver:
         protoio.write_binary(state, state_file)
         return model, state_file
 
+    def _snapshot_hdf5(self):
+        model = self._snapshot_filename(".caffemodel.h5")
+        log.info("Snapshotting to HDF5 file %s", model)
+        hdf5.save_net(self.net, model, write_diff=self.param.snapshot_diff)
+        state_file = self._snapshot_filename(".solverstate.h5")
+        log.info("Snapshotting solver state to HDF5 file %s", state_file)
+        hdf5.save_solver_state(state_file, self._iter, self.current_step, model,
+                               [np.asarray(h) for h in self.history])
+        return model, state_file
+
     def restore(self, state_file):
-        """Resume from a .solverstate: iter, current_step, history and the learned_net
-        weights (read as named, or relative to the .solverstate's directory)."""
+        """Resume from a .solverstate (or .solverstate.h5): iter, current_step, history and
+        the learned_net weights (read as named, or relative to the .solverstate's directory)."""
         state_file = os.fspath(state_file)
         if state_file.endswith(".h5"):
-            raise SolverError("%s: HDF5 solver states need h5py, which jcaffe does not depend on; "
-                              "snapshot with snapshot_format: BINARYPROTO" % state_file)
-        state = protoio.read_binary(state_file, caffe_pb2.SolverState)
+            iter_, current_step, learned_net, arrays = hdf5.load_solver_state(state_file)
+        else:
+            state = protoio.read_binary(state_file, caffe_pb2.SolverState)
+            iter_, current_step = state.iter, state.current_step
+            learned_net = state.learned_net if state.HasField("learned_net") else None
+            arrays = [protoio.blobproto_to_array(proto) for proto in state.history]
         learnable = self.net._learnable
         needed = self._rule.num_history * len(learnable)
-        if len(state.history) != needed:
+        if len(arrays) != needed:
             raise SolverError("%s: Incorrect length of history blobs: the file has %d, the %s solver "
                               "for net '%s' needs %d (%d per learnable param)"
-                              % (state_file, len(state.history), self._rule.type_name,
+                              % (state_file, len(arrays), self._rule.type_name,
                                  self.net.name, needed, self._rule.num_history))
         history = []
-        for i, proto in enumerate(state.history):
+        for i, arr in enumerate(arrays):
             blob = learnable[i % len(learnable)]
-            arr = protoio.blobproto_to_array(proto)
             if arr.size != blob.count:
                 raise SolverError("%s: history blob %d has %d values, param %d of the net has shape "
                                   "%s" % (state_file, i, arr.size, i % len(learnable),
                                           blob.shape_string()))
             history.append(jnp.asarray(arr.reshape(blob.shape), self.net.dtype))
-        if state.HasField("learned_net") and state.learned_net:
-            self.net.copy_from(self._learned_net_path(state.learned_net, state_file))
+        if learned_net:
+            self.net.copy_from(self._learned_net_path(learned_net, state_file))
         n = len(learnable)
         self._history = tuple(tuple(history[k * n:(k + 1) * n])
                               for k in range(self._rule.num_history))
-        self._iter = state.iter
-        self.current_step = state.current_step
+        self._iter = iter_
+        self.current_step = current_step
         self.net._forward_count = self._iter * self.param.iter_size
         log.info("%sSolver: restoring history", self._rule.type_name)
 

@@ -374,7 +374,6 @@ def test_solver_type_strings_and_old_enum(tmp_path):
     ('base_lr: 0.1 regularization_type: "L3"', "Unknown regularization type"),
     ('type: "AdaGrad" base_lr: 0.1 momentum: 0.9', "Momentum cannot be used with AdaGrad"),
     ('type: "RMSProp" base_lr: 0.1 rms_decay: 1.5', "rms_decay should lie between 0 and 1"),
-    ('base_lr: 0.1 snapshot_format: HDF5', "HDF5 needs h5py"),
     ('base_lr: 0.1 test_iter: 3', "test_interval must be > 0"),
 ])
 def test_bad_solver_parameters(text, message):

@@ -106,7 +106,7 @@ def test_restore_errors(tmp_path):
     protoio.write_binary(caffe_pb2.SolverState(iter=1), str(tmp_path / "short.solverstate"))
     with pytest.raises(SolverError, match="Incorrect length of history blobs"):
         solver.restore(str(tmp_path / "short.solverstate"))
-    with pytest.raises(SolverError, match="HDF5"):
+    with pytest.raises(ProtoFileError, match="cannot open solver state as HDF5"):
         solver.restore(str(tmp_path / "x.solverstate.h5"))
 
 
@@ -121,3 +121,77 @@ def test_solve_snapshots_at_interval_and_after_train(tmp_path):
 def test_snapshot_prefix_not_writable(tmp_path):
     with pytest.raises(JcaffeError, match="Cannot write to snapshot prefix"):
         make(tmp_path, "SGD", snapshot=2, snapshot_prefix=str(tmp_path / "no" / "such" / "dir"))
+
+
+@pytest.mark.parametrize("kind", ["Adam", "SGD"])
+def test_hdf5_snapshots_restore_the_same_trajectory(tmp_path, kind):
+    """snapshot_format: HDF5 writes Caffe's layout (data/<layer>/<k>, iter, current_step,
+    learned_net, history/<i>) and restores to the same trajectory."""
+    h5py = pytest.importorskip("h5py")
+    straight = make(tmp_path, kind)
+    straight.step(6)
+    first = make(tmp_path, kind, snapshot_format=caffe_pb2.SolverParameter.HDF5)
+    first.step(3)
+    with LogLines() as lines:
+        model, state = first.snapshot()
+    assert model == str(tmp_path / "drop_iter_3.caffemodel.h5")
+    assert state == str(tmp_path / "drop_iter_3.solverstate.h5")
+    assert "Snapshotting solver state to HDF5 file %s" % state in lines.lines
+    with h5py.File(model, "r") as f:
+        layers = [s.layer for s in first.net._slots if s.layer.blobs]
+        for layer in layers:
+            for k, blob in enumerate(layer.blobs):
+                np.testing.assert_array_equal(f["data"][layer.name][str(k)][()], blob.data)
+    with h5py.File(state, "r") as f:
+        assert int(f["iter"][()]) == 3 and f["learned_net"][()].decode() == model
+        assert len(f["history"]) == len(first.history)
+    resumed = make(tmp_path, kind)
+    resumed.restore(state)
+    resumed.step(3)
+    for a, b in zip(straight.net.learnable_params, resumed.net.learnable_params):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-8)
+
+
+def test_net_hdf5_round_trip_and_copy_from_detects_hdf5(tmp_path):
+    pytest.importorskip("h5py")
+    solver = make(tmp_path, "SGD")
+    solver.step(2)
+    net = solver.net
+    path = str(tmp_path / "w.caffemodel.h5")
+    net.save_hdf5(path, write_diff=True)
+    other = make(tmp_path, "SGD").net
+    assert not np.allclose(other.learnable_params[0].data, net.learnable_params[0].data)
+    other.copy_from(path)                        # recognized by its HDF5 signature
+    for a, b in zip(net.learnable_params, other.learnable_params):
+        np.testing.assert_array_equal(a.data, b.data)
+    third = make(tmp_path, "SGD").net
+    third.load_hdf5(path)
+    np.testing.assert_array_equal(third.learnable_params[0].data, net.learnable_params[0].data)
+
+
+SHARED_NET = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "a" type: "InnerProduct" bottom: "x" top: "a" param { name: "w" } param { name: "b" }
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+layer { name: "b" type: "InnerProduct" bottom: "a" top: "c" param { name: "w" } param { name: "b" }
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" } } }
+"""
+
+
+def test_hdf5_shared_params_written_by_owner_only_and_shape_errors(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    param = caffe_pb2.NetParameter()
+    text_format.Parse(SHARED_NET, param)
+    net = jcaffe.Net(param, jcaffe.TEST)
+    path = str(tmp_path / "shared.h5")
+    net.save_hdf5(path)
+    with h5py.File(path, "r") as f:
+        assert sorted(f["data"]["a"]) == ["0", "1"] and len(f["data"]["b"]) == 0
+    again = jcaffe.Net(param, jcaffe.TEST)
+    again.load_hdf5(path)
+    np.testing.assert_array_equal(again.params["b"][0].data, net.params["a"][0].data)
+    with h5py.File(path, "r+") as f:
+        del f["data"]["a"]["0"]
+        f["data"]["a"].create_dataset("0", data=np.zeros((4, 3)))
+    with pytest.raises(jcaffe.errors.ShapeMismatchError, match="param 0 .* layer 'a'.*4 3"):
+        again.load_hdf5(path)
