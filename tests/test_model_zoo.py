@@ -63,7 +63,17 @@ def test_big_zoo_net_forward_backward(name):
     _run(name)
 
 
-@pytest.mark.parametrize("name", sorted(NETS))
+# Until BatchNorm/Scale/Eltwise land (the catalog issue), ResNet-50 cannot build;
+# the mark lifts itself the moment jcaffe registers them.
+_RESNET_LAYERS = {"BatchNorm", "Scale", "Eltwise"}
+_needs_resnet_layers = pytest.mark.xfail(
+    not _RESNET_LAYERS <= set(jcaffe.layer_type_list()), strict=True,
+    raises=(jcaffe.errors.UnknownLayerTypeError, pytest.fail.Exception),
+    reason="ResNet-50 needs BatchNorm, Scale and Eltwise (catalog issue)")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=_needs_resnet_layers)
+                                  if n == "resnet50" else n for n in sorted(NETS)])
 def test_zoo_net_builds_with_caffe_shapes(name):
     """Init only (shapes, params, need-backward): every zoo net, at batch 1."""
     param = _load(name, 1)
@@ -83,6 +93,7 @@ def test_caffenet_param_shapes_are_caffes():
     assert net.blobs["pool5"].shape == (1, 256, 6, 6)
 
 
+@_needs_resnet_layers
 def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     param = _load("resnet50", 1)
     types = {l.type for l in param.layer}
