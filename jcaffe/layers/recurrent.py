@@ -140,7 +140,6 @@ class RecurrentLayer(JaxLayer):
 
     def _input_diffs(self, params, bottoms, X, dpre, propagate_down):
         """Diffs of x, x_static and W_x, b, W_x_static from dE/d(pre-activation) (T, N, G)."""
-        _no_backward_to_cont(self, propagate_down, 1)
         n_bottom = len(bottoms)
         bottom_diffs = [None] * n_bottom
         param_diffs = [None] * len(params)
@@ -199,6 +198,7 @@ class RNN(RecurrentLayer):
         return tops, (h0, hs, o)
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        _no_backward_to_cont(self, propagate_down, 1)
         k = self._w_h_index()
         w_hh, w_ho = params[k], params[k + 1]
         h0, hs, o = saved
@@ -285,6 +285,7 @@ class LSTM(RecurrentLayer):
         return tops, (h0, c0, hs, cs, acts)
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        _no_backward_to_cont(self, propagate_down, 1)
         H, k = self.H, self._w_h_index()
         w_hc = params[k]
         h0, c0, hs, cs, acts = saved
