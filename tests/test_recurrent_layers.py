@@ -508,3 +508,19 @@ def test_force_backward_never_reaches_cont_and_net_gradients_check(tmp_path):
         report = check_net(net, inputs={"cont": cont})
     assert report.ok, str(report)
 
+
+
+def test_captioning_net_trains_with_the_fused_solver_step():
+    from google.protobuf import text_format
+    from jcaffe.proto import caffe_pb2
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" random_seed: 1 '
+                      'type: "SGD" display: 0', param)
+    param.net = os.path.join(DATA, "lstm_captioning_onehot.prototxt")
+    solver = jcaffe.get_solver(param)
+    assert solver._can_fuse()
+    _fill_captioning(solver.net, np.random.default_rng(0), onehot=True)
+    first = float(solver.net.forward()["cross_entropy_loss"])
+    solver.step(40)
+    last = float(solver.net.forward()["cross_entropy_loss"])
+    assert last < 0.8 * first, (first, last)
