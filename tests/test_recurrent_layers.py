@@ -524,3 +524,15 @@ def test_captioning_net_trains_with_the_fused_solver_step():
     solver.step(40)
     last = float(solver.net.forward()["cross_entropy_loss"])
     assert last < 0.8 * first, (first, last)
+
+
+def test_setup_logs_the_zero_initial_state_rule():
+    from netutil import LogLines
+    with LogLines() as logs:
+        make_layer(_snippet("RNN", 2), [(3, 2, 4), (3, 2)], dtype=np.float32)
+        make_layer(_snippet("RNN", 2, expose=True), [(3, 2, 4), (3, 2), (1, 2, 2)])
+    assert "3 timesteps of 2 independent streams" in logs.lines[0]
+    assert [l for l in logs.lines if "zero hidden state" in l] == [
+        "RNN layer 'rnn': each forward starts from zero hidden state (Caffe carries the last "
+        "forward's h_T over): start sequences with cont = 0 at t = 0, or use expose_hidden and "
+        "feed h_T back as h_0"]

@@ -22,6 +22,8 @@ both agree whenever ``cont`` is 0 at t = 0). With ``expose_hidden`` the diffs of
 ``h_T``/``c_T`` are backpropagated and ``h_0``/``c_0`` receive their diffs
 (Caffe drops both). The number of timesteps may change between forwards.
 """
+import logging
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -29,6 +31,8 @@ from jax import lax
 from ..blob import shape_count, shape_string
 from ..errors import BackwardError
 from ..layer import JaxLayer, register
+
+log = logging.getLogger("jcaffe")
 
 
 def _no_backward_to_cont(layer, propagate_down, index):
@@ -83,6 +87,12 @@ class RecurrentLayer(JaxLayer):
             if len(xs) < 1:
                 self.fail("bottom 2 (x_static) must have at least 1 axis (#streams, ...)")
             self.Ds = shape_count(xs, 1)
+        log.info("Initializing recurrent layer: assuming input batch contains %d timesteps of %d "
+                 "independent streams.", x[0], x[1])
+        if not p.expose_hidden:
+            log.info("%s layer '%s': each forward starts from zero hidden state (Caffe carries "
+                     "the last forward's h_T over): start sequences with cont = 0 at t = 0, or "
+                     "use expose_hidden and feed h_T back as h_0", self.type, self.name)
         self.init_params(self.param_specs(), self.filler_rng)
 
     def reshape(self, bottom_shapes):
