@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from . import common, protoio
+from . import cli_explain, common, protoio
 from .errors import JcaffeError
 from .net import Net
 from .proto import caffe_pb2
@@ -51,7 +51,7 @@ commands:
   test            score a model
   device_query    show diagnostic information for the devices JAX sees
   time            benchmark model execution time
-
+""" + cli_explain.USAGE + """
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
 
@@ -293,6 +293,8 @@ COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": devi
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     common.init_log()
+    if argv and argv[0] in cli_explain.COMMANDS:
+        return cli_explain.main(argv)
     try:
         positional, flags, given = parse_flags(argv)
         if len(positional) != 1:

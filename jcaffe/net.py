@@ -366,6 +366,19 @@ class Net:
         self._layer_index(layer_name)
         return self.reasons[layer_name]
 
+    def explain(self, start=None, end=None):
+        """Every layer's need-backward decision with its reason, which blobs get
+        diffs, and warnings for the known traps (see jcaffe.explain). ``start`` /
+        ``end``: a planned ``backward(start=..., end=...)`` range to check."""
+        from .explain import explain
+        return explain(self, start, end)
+
+    def to_jax(self, start=None, end=None):
+        """The net (or layers ``start``..``end``) as a pure JAX function
+        ``f(params, inputs) -> outputs`` (see jcaffe.jax_export)."""
+        from .jax_export import to_jax
+        return to_jax(self, start, end)
+
     def _layer_index(self, name):
         for i, s in enumerate(self._slots):
             if s.layer.name == name:
