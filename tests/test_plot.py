@@ -53,7 +53,7 @@ def test_parse_real_caffe_log(tmp_path):
     assert [r["loss"] for r in test] == [2.37115, 0.0612]
     # seconds since the first timestamped line
     assert test[0]["Seconds"] == pytest.approx(0.877778, abs=1e-5)
-    assert train[2]["Seconds"] == pytest.approx(3.977544, abs=1e-5)
+    assert train[2]["Seconds"] == pytest.approx(3.976544, abs=1e-5)
 
 
 def test_parse_jcaffe_log():
