@@ -255,7 +255,7 @@ def _traps(net, ex, consumers):
                 out.append(Trap(
                     "learnable-layer-never-backward", rep.name,
                     "%s layer '%s' has learnable params (lr_mult != 0) but its backward never runs: "
-                    "%s; its params get no gradient (the solver still applies weight decay)"
+                    "%s; its params get no gradient (a solver weight_decay still shrinks them)"
                     % (rep.type, rep.name, rep.reason),
                     "to train it, let a diff reach it (propagate_down: true above it / a loss above "
                     "it); to freeze it, set lr_mult: 0 and decay_mult: 0 on its params"))
@@ -296,8 +296,8 @@ def _traps(net, ex, consumers):
                     out.append(Trap(
                         "blocked-layer-still-decays", anc.name,
                         "layer '%s' gets no gradient (propagate_down: false in '%s'), but its params "
-                        "have lr_mult != 0 and decay_mult > 0, so the solver's weight decay still "
-                        "shrinks them every iteration" % (anc.name, rep.name),
+                        "have lr_mult != 0 and decay_mult > 0, so a solver weight_decay > 0 still "
+                        "shrinks them every iteration (and momentum keeps moving them)" % (anc.name, rep.name),
                         "to freeze '%s' set 'param { lr_mult: 0 decay_mult: 0 }' for each of its params"
                         % anc.name))
 

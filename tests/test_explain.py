@@ -249,3 +249,42 @@ def test_cli_explain_bad_input(tmp_path, capsys):
     assert cli.main(["explain", str(tmp_path / "missing.prototxt")]) == 1
     assert cli.main(["explain"]) == 2
     assert cli.main(["explain", str(bad), "--phase", "VAL"]) == 2
+
+
+def test_blocked_layer_really_decays_and_trains_on_its_own(tmp_path):
+    """What the propagate_down warnings claim, checked with a solver step."""
+    from google.protobuf import text_format
+    from jcaffe.proto import caffe_pb2
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.1 lr_policy: "fixed" weight_decay: 0.5 max_iter: 1 '
+                      'snapshot_after_train: false random_seed: 1', param)
+    text_format.Parse(NETS["blocked"], param.net_param)
+    solver = jcaffe.SGDSolver(param)
+    net = solver.net
+    w1 = net.params["ip1"][0].data.copy()
+    b1 = net.params["ip1"][1].data.copy()
+    w2 = net.params["ip2"][0].data.copy()
+    solver.step(1)
+    np.testing.assert_allclose(net.params["ip1"][0].data, w1 * (1 - 0.1 * 0.5), rtol=1e-5)  # decay only
+    np.testing.assert_allclose(net.params["ip1"][1].data, b1, rtol=1e-6)      # decay_mult 0: fixed
+    assert not np.allclose(net.params["ip2"][0].data, w2 * (1 - 0.1 * 0.5))  # gradient too
+
+
+EXAMPLES = {
+    "python_backward_never_runs.prototxt": ({}, "python-backward-never-runs"),
+    "propagate_down_still_updates.prototxt": ({}, "propagate-down-false-params-update"),
+    "backward_range_misses_split.prototxt": ({"start": "loss", "end": "branch_a"},
+                                             "backward-range-misses-split"),
+    "lr_mult_zero_with_decay.prototxt": ({}, "lr-mult-zero-with-decay"),
+    "force_backward_label.prototxt": ({}, "loss-label-forced"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_examples_show_their_trap(name, monkeypatch):
+    import os
+    here = os.path.join(os.path.dirname(__file__), "..", "examples", "explain")
+    monkeypatch.syspath_prepend(here)
+    net = jcaffe.Net(os.path.join(here, name), jcaffe.TRAIN)
+    kw, kind = EXAMPLES[name]
+    assert kind in [w.kind for w in net.explain(**kw).warnings]
