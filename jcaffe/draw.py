@@ -135,7 +135,11 @@ def _as_net(caffe_net, phase):
     else:
         param = protoio.read_net_param(os.fspath(caffe_net))
     try:
-        return Net(param, caffe_pb2.TRAIN if phase is None else phase), None
+        stages, level = list(param.state.stage), param.state.level
+        bare = caffe_pb2.NetParameter()
+        bare.CopyFrom(param)
+        bare.state.ClearField("stage")
+        return Net(bare, caffe_pb2.TRAIN if phase is None else phase, level=level, stages=stages), None
     except JcaffeError as e:
         return None, (param, e)
 

@@ -165,3 +165,13 @@ def test_cli_draw(tmp_path, capsys):
     capsys.readouterr()
     assert cli.main(["draw", str(bad), str(out)]) == 1
     assert re.search(r"bad\.prototxt:\d+", capsys.readouterr().err)
+
+
+def test_cli_draw_stage_and_level(tmp_path):
+    text = NET.replace('layer { name: "loss2"', 'layer { name: "loss2" include { stage: "extra" min_level: 1 }')
+    path = write_prototxt(tmp_path, text)
+    out = tmp_path / "s.dot"
+    assert cli.main(["draw", path, str(out)]) == 0
+    assert "loss2" not in out.read_text()
+    assert cli.main(["draw", path, str(out), "--stage", "extra", "--level", "1"]) == 0
+    assert "loss2" in out.read_text()
