@@ -18,7 +18,7 @@ import time
 
 import jax
 
-from . import cli_explain, common, protoio
+from . import common, protoio
 from .errors import JcaffeError
 from .net import Net
 from .proto import caffe_pb2
@@ -51,9 +51,13 @@ commands:
   test            score a model
   device_query    show diagnostic information for the devices JAX sees
   time            benchmark model execution time
-""" + cli_explain.USAGE + """
+
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
+USAGE = USAGE.replace("execution time\n", "execution time\n"    # jcaffe/cli_explain.py
+                      "  explain         why each layer runs backward or not, and the traps\n"
+                      "  draw            draw the net graph (.png/.svg/.pdf/.dot)\n"
+                      "  plot            plot training curves from a log\n", 1)
 
 
 class UsageError(JcaffeError):
@@ -292,9 +296,10 @@ COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": devi
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    common.init_log()
-    if argv and argv[0] in cli_explain.COMMANDS:
+    if argv and argv[0] in ("explain", "draw", "plot"):   # jcaffe/cli_explain.py
+        from . import cli_explain
         return cli_explain.main(argv)
+    common.init_log()
     try:
         positional, flags, given = parse_flags(argv)
         if len(positional) != 1:

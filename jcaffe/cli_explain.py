@@ -115,14 +115,12 @@ def plot_cmd(argv):
 
 
 COMMANDS = {"explain": explain_cmd, "draw": draw_cmd, "plot": plot_cmd}
-USAGE = """  explain         explain need-backward decisions and warn about traps (jcaffe explain -h)
-  draw            draw the net graph (jcaffe draw -h)
-  plot            plot training curves from a log (jcaffe plot -h)
-"""
 
 
 def main(argv):
     """``argv[0]`` is one of COMMANDS. -> exit status."""
+    from . import common
+    common.init_log()
     level = log.level
     try:
         return COMMANDS[argv[0]](list(argv[1:]))

@@ -53,7 +53,7 @@ class JaxNet:
             layer = s.layer
             if layer.is_host and not callable(getattr(layer, "jax_forward", None)):
                 raise ExportError(
-                    "to_jax: Python layer '%s' (%s) has no jax_forward(self, params, bottoms) -> tops, "
+                    "to_jax: host layer '%s' (%s) has no jax_forward(self, params, bottoms) -> tops, "
                     "so it cannot be part of a JAX function; define it, or export a range without "
                     "it (start=/end=)" % (layer.name, getattr(layer, "python_class", type(layer).__name__)))
             if not layer.is_host and not layer.forward_writes_tops:   # Input: its tops are inputs
