@@ -232,6 +232,7 @@ def _ancestors(ex, blob_name, before):
 def _traps(net, ex, consumers):
     out = []
     fb = ex.force_backward
+    has_loss = any(any(r.loss_weights) for r in ex.layers)   # a deploy net trains nothing
     for rep in ex.layers:
         # -- a Python (or learnable) layer whose backward never runs ---------------
         if not rep.needs_backward:
@@ -251,7 +252,8 @@ def _traps(net, ex, consumers):
                     "python-backward-never-runs", rep.name,
                     "Python layer '%s' (%s): backward() will never be called: %s"
                     % (rep.name, rep.python_class, rep.reason), fix))
-            elif any(p.updates for p in rep.params) and rep.rule in ("diff-blocked-above", "no-loss-above"):
+            elif any(p.updates for p in rep.params) and has_loss and \
+                    rep.rule in ("diff-blocked-above", "no-loss-above"):
                 out.append(Trap(
                     "learnable-layer-never-backward", rep.name,
                     "%s layer '%s' has learnable params (lr_mult != 0) but its backward never runs: "

@@ -271,15 +271,15 @@ class Net:
             layer, name = slot.layer, slot.layer.name
             contributes = any(w or t in under_loss for t, w in zip(slot.tops, layer.loss))
             all_skipped = all(t in skip_backprop for t in slot.tops)
-            if slot.need_backward and all_skipped:
+            if not contributes:     # checked first so the reason names the root cause
+                if slot.need_backward:
+                    self.reasons[name] = "its tops reach no loss (no loss_weight on them or above them)"
+                slot.need_backward = False
+            elif slot.need_backward and all_skipped:
                 slot.need_backward = False
                 slot.bottom_need_backward = [False] * len(slot.bottoms)
                 self.reasons[name] = ("no diff can reach it: every layer reading its tops has "
                                       "propagate_down false (or needs no backward) for them")
-            if not contributes:
-                if slot.need_backward:
-                    self.reasons[name] = "its tops reach no loss (no loss_weight on them or above them)"
-                slot.need_backward = False
             if slot.need_backward:
                 log.info("%s needs backward computation.", name)
             else:

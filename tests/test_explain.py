@@ -288,3 +288,16 @@ def test_examples_show_their_trap(name, monkeypatch):
     net = jcaffe.Net(os.path.join(here, name), jcaffe.TRAIN)
     kw, kind = EXAMPLES[name]
     assert kind in [w.kind for w in net.explain(**kw).warnings]
+
+
+def test_deploy_net_without_loss_warns_only_about_python_layers(tmp_path):
+    text = """
+layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip" %s }
+layer { name: "py" type: "Python" bottom: "ip" top: "py" %s }
+layer { name: "prob" type: "Softmax" bottom: "py" top: "prob" }
+""" % (IP, PY_IDENT)
+    ex = make_net(tmp_path, text).explain()
+    assert ex.layer("ip").rule == "no-loss-above"
+    assert kinds(ex) == [("python-backward-never-runs", "py")]
+    assert "connect its tops to a loss" in ex.warnings[0].fix
