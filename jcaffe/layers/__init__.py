@@ -1,3 +1,5 @@
 """Built-in layers, one module per family; importing this registers them all."""
 from . import data, neuron  # noqa: F401
 from . import common, loss, vision  # noqa: F401
+from . import loss_extra  # noqa: F401
+from . import crop, deconv, im2col, pool_stochastic, spp  # noqa: F401
