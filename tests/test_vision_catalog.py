@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 
 import jcaffe
 from gradcheck import check_net, strategies
@@ -67,8 +67,8 @@ DECONV_CASES = [
 
 
 @pytest.mark.parametrize("param,shape,pad,stride,dilation,group", DECONV_CASES)
-@pytest.mark.parametrize("bias", [True, False])
-def test_deconvolution_matches_caffe(x64, rng, param, shape, pad, stride, dilation, group, bias):
+def test_deconvolution_matches_caffe(x64, rng, param, shape, pad, stride, dilation, group):
+    bias = len(shape) != 4 or group == 1           # with and without bias among the cases
     snippet = ('type: "Deconvolution" convolution_param { num_output: %d %s bias_term: %s %s }'
                % (2 * group, param, str(bias).lower(), FILLERS))
     layer = make_layer(snippet, [shape])
@@ -84,7 +84,7 @@ def test_deconvolution_matches_caffe(x64, rng, param, shape, pad, stride, dilati
 @pytest.mark.parametrize("conv_param,shape,group", [
     ("kernel_size: 3 stride: 2 pad: 1", (2, 3, 7, 5), 1),
     ("kernel_size: 2 stride: 3 dilation: 2", (1, 2, 9, 6), 1),
-    ("kernel_h: 3 kernel_w: 1 pad_h: 2 stride_w: 2 group: 2", (2, 4, 4, 5), 2),
+    ("kernel_h: 3 kernel_w: 1 pad_h: 2 pad_w: 0 stride_h: 1 stride_w: 2 group: 2", (2, 4, 4, 5), 2),
     ("kernel_size: 3 stride: 2 pad: 1", (1, 2, 5, 3, 5), 1),
 ])
 def test_deconvolution_is_the_transpose_of_convolution(x64, rng, conv_param, shape, group):
@@ -235,8 +235,9 @@ def spp_level_params(size, level):
     return kernel, (kernel * bins - size + 1) // 2
 
 
-@pytest.mark.parametrize("pool", ["MAX", "AVE"])
-@pytest.mark.parametrize("height,hw", [(1, (5, 3)), (2, (6, 7)), (3, (8, 6)), (3, (13, 9))])
+@pytest.mark.parametrize("pool,height,hw", [("MAX", 1, (5, 3)), ("AVE", 1, (4, 4)),
+                                             ("AVE", 2, (6, 7)), ("MAX", 3, (8, 6)),
+                                             ("AVE", 3, (13, 9))])
 def test_spp_matches_caffe(x64, rng, pool, height, hw):
     shape = (2, 3) + hw
     layer = make_layer('type: "SPP" spp_param { pyramid_height: %d pool: %s }' % (height, pool),
@@ -385,6 +386,7 @@ def test_stochastic_pooling_rules():
 def test_stochastic_pooling_gradcheck_property(phase):
     want = getattr(caffe_pb2, phase)
 
+    @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(strategies.SPECS["Pooling/STOCHASTIC"].filter(lambda c: c.check_kwargs["phase"] == want))
     def check(case):
         report = strategies.check_case(case)

@@ -224,8 +224,9 @@ class Pooling(JaxLayer):
     methods = (_POOL.MAX, _POOL.AVE)
     method_classes = {}
 
-    def __new__(cls, layer_param, *args, **kwargs):
-        sub = Pooling.method_classes.get(layer_param.pooling_param.pool)
+    def __new__(cls, layer_param=None, *args, **kwargs):
+        sub = None if layer_param is None else \
+            Pooling.method_classes.get(layer_param.pooling_param.pool)
         return super().__new__(sub if cls is Pooling and sub is not None else cls)
 
     @property
