@@ -5,7 +5,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import jcaffe
 from jcaffe.errors import BackwardError, LayerSetupError
 from jcaffe.proto import caffe_pb2
 from jcaffe.protoio import write_blobproto
