@@ -27,6 +27,9 @@ class Case:
     num_classes: int = None
     backward: bool = True
     seed: int = 0
+    # More keyword arguments for check_layer: explicit ``bottoms`` (value ranges a layer
+    # needs, e.g. probabilities), ``phase``, or a looser ``rtol`` a layer documents.
+    check_kwargs: dict = field(default_factory=dict)
 
     def __str__(self):
         return "%s  bottoms=%s labels=%s" % (self.snippet, self.bottom_shapes, self.label_bottoms)
@@ -237,4 +240,4 @@ def check_case(case, **kwargs):
     pd = None if case.backward else [False] * len(case.bottom_shapes)
     return check_layer(case.snippet, case.bottom_shapes, propagate_down=pd,
                        label_bottoms=case.label_bottoms, num_classes=case.num_classes,
-                       seed=case.seed, **kwargs)
+                       seed=case.seed, **{**case.check_kwargs, **kwargs})

@@ -2,3 +2,5 @@
 from . import data, neuron  # noqa: F401
 from . import common, loss, vision  # noqa: F401
 from . import recurrent  # noqa: F401
+from . import loss_extra  # noqa: F401
+from . import crop, deconv, im2col, pool_stochastic, spp  # noqa: F401

@@ -219,6 +219,15 @@ class Pooling(JaxLayer):
 
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
+    # Methods this class computes; other methods register a subclass in method_classes
+    # (STOCHASTIC: pool_stochastic.py) and Pooling(...) builds that subclass instead.
+    methods = (_POOL.MAX, _POOL.AVE)
+    method_classes = {}
+
+    def __new__(cls, layer_param=None, *args, **kwargs):
+        sub = None if layer_param is None else \
+            Pooling.method_classes.get(layer_param.pooling_param.pool)
+        return super().__new__(sub if cls is Pooling and sub is not None else cls)
 
     @property
     def max_top_blobs(self):
@@ -227,9 +236,7 @@ class Pooling(JaxLayer):
 
     def setup(self, bottom_shapes):
         p = self.p
-        if p.pool == _POOL.STOCHASTIC:
-            self.fail("pool: STOCHASTIC is not implemented yet (only MAX and AVE)")
-        if p.pool not in (_POOL.MAX, _POOL.AVE):
+        if p.pool not in self.methods:
             self.fail("unknown pooling method %d", p.pool)
         self._check_4d(bottom_shapes[0])
         has_size, has_h, has_w = (p.HasField(f) for f in ("kernel_size", "kernel_h", "kernel_w"))

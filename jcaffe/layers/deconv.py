@@ -1,0 +1,98 @@
+"""Deconvolution: the transpose of Convolution (Caffe's DeconvolutionLayer).
+
+Caffe runs a deconvolution as the data-gradient pass of a convolution whose
+input is the deconvolution's top: its weight is (C_in, num_output / group,
+k...) (``reverse_dimensions``), its output size is
+``stride * (in - 1) + dilation * (k - 1) + 1 - 2 * pad``. Here the same
+"virtual convolution" is kept explicitly, so Convolution's helpers apply as
+they are: ``in_spatial`` is the virtual convolution's input (this layer's
+top) and ``out_spatial`` its output (this layer's bottom).
+
+  forward:  y = W^T * x      (Convolution._data_diff of x)
+  backward: dE/dx = W * dE/dy (a plain convolution of the top diff),
+            dE/dW = Convolution._weight_diff(dE/dy, x), dE/db = sum dE/dy.
+"""
+import jax.numpy as jnp
+from jax import lax
+
+from ..blob import shape_string
+from ..layer import register
+from .vision import Convolution
+
+
+@register("Deconvolution")
+class Deconvolution(Convolution):
+    """y = W^T * x + b: a strided "fractional" convolution, the adjoint of Convolution's data map.
+
+    Weight (C_in, num_output / group, k...), bias (num_output,). Options as Convolution
+    (kernel/stride/pad/dilation per axis or _h/_w, group, axis, bias_term, fillers).
+    """
+
+    param_field = "convolution_param"
+
+    def init_params(self, specs, rng):
+        # Convolution.setup asks for (num_output, C_in / group, k...); Caffe's deconvolution
+        # weight is (C_in, num_output / group, k...) and its fillers see that shape.
+        (shape, filler), rest = specs[0], list(specs[1:])
+        shape = (self.channels, self.num_output // self.group) + tuple(shape[2:])
+        super().init_params([(shape, filler)] + rest, rng)
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        if len(shape) != self.axis + 1 + self.num_spatial:
+            self.fail("bottom num_axes may not change: set up for %d axes, got shape %s",
+                      self.axis + 1 + self.num_spatial, shape_string(shape))
+        if shape[self.axis] != self.channels:
+            self.fail("input size incompatible with convolution kernel: set up for %d "
+                      "channels, bottom shape %s has %d",
+                      self.channels, shape_string(shape), shape[self.axis])
+        for i, other in enumerate(bottom_shapes[1:], 1):
+            if tuple(other) != tuple(shape):
+                self.fail("shape mismatch - bottom[0]: %s vs. bottom[%d]: %s",
+                          shape_string(shape), i, shape_string(other))
+        bottom_spatial = tuple(shape[self.axis + 1:])
+        top_spatial = []
+        for i, size in enumerate(bottom_spatial):
+            extent = self.dilation[i] * (self.kernel[i] - 1) + 1
+            o = self.stride[i] * (size - 1) + extent - 2 * self.pad[i]
+            if o < 1:
+                self.fail("output size %d along spatial axis %d is not positive: stride %d * "
+                          "(input %d - 1) + kernel extent %d - 2 * pad %d", o, i,
+                          self.stride[i], size, extent, self.pad[i])
+            top_spatial.append(o)
+        # The virtual convolution runs from this layer's top to its bottom.
+        self.in_spatial, self.out_spatial = tuple(top_spatial), bottom_spatial
+        top_shape = tuple(shape[:self.axis]) + (self.num_output,) + self.in_spatial
+        return [top_shape] * len(bottom_shapes)
+
+    def forward(self, params, bottoms, rng):
+        w = params[0]
+        tops = []
+        for x in bottoms:
+            y = self._data_diff(self._batched(x), w)
+            if self.p.bias_term:
+                y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
+            tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
+        return tops, None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        w = params[0]
+        want_w = self.wants_param_diff(0)
+        want_b = self.p.bias_term and self.wants_param_diff(1)
+        bottom_diffs, dw, db = [], None, None
+        for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
+            xb, dyb = self._batched(x), self._batched(dy)
+            if pd:
+                dx = lax.conv_general_dilated(
+                    dyb, w, window_strides=self.stride, padding=[(p, p) for p in self.pad],
+                    rhs_dilation=self.dilation, feature_group_count=self.group)
+                bottom_diffs.append(dx.reshape(x.shape))
+            else:
+                bottom_diffs.append(None)
+            if want_w:
+                d = self._weight_diff(dyb, xb)
+                dw = d if dw is None else dw + d
+            if want_b:
+                s = jnp.sum(dyb, axis=(0,) + tuple(range(2, dyb.ndim)))
+                db = s if db is None else db + s
+        return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
