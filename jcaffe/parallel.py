@@ -22,9 +22,9 @@ the effective batch is N x batch_size):
   Python data layers, and the DB/memory data layers) run once per local device
   per iteration: device k of a process gets the k-th consecutive batch. With
   one process this is exactly the batch order of a one-device run with batch
-  N x batch_size. A source layer that defines ``set_shard(rank, count)`` is
-  told ``(process index, process count)`` before training, so that each
-  process reads its own disjoint part of the data.
+  N x batch_size. Every layer of the train net that defines
+  ``set_shard(rank, count)`` is told ``(process index, process count)`` before
+  training, so that each process reads its own disjoint part of the data.
 * **Input layers**: the net's Input blob holds the process's whole batch, its
   first axis N_local x the prototxt's (the solver reshapes it at start); a
   pycaffe script fills ``solver.net.blobs['data'].data[...]`` as before and
@@ -293,11 +293,12 @@ class DataParallel:
         self._compiled = None           # (segment, jitted step)
         self._keys = None               # (net base key, per-device keys)
         self._cache = {}                # id(root copy) -> (root copy, global replicated array)
+        self._copies = {}               # id(blob value) -> (value, its copy on every device)
         common.set_solver_count(self.num_devices)
         net = solver.net
         self.sources, _ = self._plan()
         self.split_inputs = self._grow_inputs()
-        for slot in self.sources:
+        for slot in net._slots:
             set_shard = getattr(slot.layer, "set_shard", None)
             if callable(set_shard):
                 set_shard(self.process_index, self.process_count)
@@ -444,15 +445,15 @@ class DataParallel:
         return part
 
     def _blob_parts(self, name, diff, sources, local_shapes):
-        """One array per local device for blob ``name``'s data (or diff)."""
+        """Blob ``name``'s data (or diff) for the devices: a list of one array per local
+        device, or one array that every device gets."""
         if name in sources:
             return sources[name]
         blob = self.solver.net.blobs[name]
         if name in self.split_inputs:
             value = blob.host_diff() if diff else blob.host_data()
             return np.split(value, self.num_local)
-        value = blob.device_diff() if diff else blob.device_data()
-        return [value] * self.num_local
+        return blob.device_diff() if diff else blob.device_data()    # the same on every device
 
     def _read_sources(self):
         """Run each source layer once per local device; -> {top name: [array per device]}."""
@@ -539,9 +540,21 @@ class DataParallel:
         def shape_of(name):
             return local.get(name, blobs[name].shape)
 
+        copies, self._copies = self._copies, {}
+
         def gathered(names, diff=False):
-            return {name: self._global_from_parts(self._blob_parts(name, diff, sources, local))
-                    for name in names}
+            out = {}
+            for name in names:
+                parts = self._blob_parts(name, diff, sources, local)
+                if isinstance(parts, list):
+                    out[name] = self._global_from_parts(parts)
+                    continue
+                hit = copies.get(id(parts))       # unchanged since the last step: reuse
+                if hit is None or hit[0] is not parts:
+                    hit = (parts, self._global_from_parts([parts] * self.num_local))
+                self._copies[id(parts)] = hit
+                out[name] = hit[1]
+            return out
 
         data_in = gathered(seg.reads)
         extra = gathered([n for n in data_names if n not in data_in and n not in seg.writes])

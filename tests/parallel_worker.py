@@ -71,6 +71,38 @@ layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" 
 TINY_X = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
 TINY_Y = np.random.default_rng(2).normal(size=(8, 2)).astype(np.float32)
 
+class ShardedFeeder(jcaffe.Layer):
+    """Tops x, y: the next ``param_str`` samples of its shard on each forward; shard
+    ``rank`` of ``count`` holds samples rank, rank + count, rank + 2 count, ..."""
+
+    def setup(self, bottom, top):
+        self.batch, self.rank, self.count, self.pos = int(self.param_str), 0, 1, 0
+
+    def set_shard(self, rank, count):
+        self.rank, self.count = rank, count
+
+    def reshape(self, bottom, top):
+        top[0].reshape(self.batch, 3)
+        top[1].reshape(self.batch, 2)
+
+    def forward(self, bottom, top):
+        idx = (self.rank + self.count * np.arange(self.pos, self.pos + self.batch)) % len(TINY_XS)
+        top[0].data[...] = TINY_XS[idx]
+        top[1].data[...] = TINY_YS[idx]
+        self.pos += self.batch
+
+
+SHARDED_NET = """
+name: "sharded"
+layer { name: "feed" type: "Python" top: "x" top: "y"
+  python_param { module: "parallel_worker" layer: "ShardedFeeder" param_str: "%(n)d" } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+TINY_XS = np.random.default_rng(3).normal(size=(64, 3)).astype(np.float32)
+TINY_YS = np.random.default_rng(4).normal(size=(64, 2)).astype(np.float32)
+
 MIDDLE_PYTHON_NET = """
 name: "middle"
 layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
@@ -202,15 +234,22 @@ def dist(out_path):
     """One process of a multi-process run: this process's rows of each 8-row batch."""
     jcaffe.init_distributed()
     import jax
-    solver = lenet_solver(BATCH, devices="all")
     rank, local_rows = jax.process_index(), 8 // jax.process_count()
+    param = solver_param(LENET, BATCH)
+    param.random_seed += rank       # different fillers here: process 0's params are broadcast
+    solver = jcaffe.get_solver(param, devices="all")
     prefix = os.path.join(os.path.dirname(out_path), "dist")
     solver.param.snapshot_prefix = prefix
     rows = slice(rank * local_rows, (rank + 1) * local_rows)
     losses = train(solver, 0, ITERS, rows)
     written = solver.snapshot()
     replicas = solver.parallel.replica_params()
+    sharded = jcaffe.get_solver(solver_param(SHARDED_NET, BATCH))   # all local devices
+    sharded.step(3)
+    feeder = sharded.net.layer_dict["feed"]
     np.savez(out_path, *params_of(solver), losses=np.asarray(losses),
+             sharded=np.concatenate([b.data.ravel() for b in sharded.net._learnable]),
+             shard=np.asarray([feeder.rank, feeder.count]),
              devices=np.asarray([jax.device_count(), jax.local_device_count()]),
              wrote_snapshot=np.asarray(written is not None),
              replicas_identical=np.asarray(all(np.array_equal(r[i], replicas[0][i])

@@ -249,6 +249,9 @@ def test_errors_in_the_multi_device_process(local):
 def test_two_processes_train_together_and_match_one_process(runs):
     single = worker.lenet_solver(8)     # one process, one device, the combined batch of 8
     losses = worker.train(single, 0, worker.ITERS)
+    ref = jcaffe.get_solver(worker.solver_param(worker.SHARDED_NET, 8))
+    ref.step(3)
+    sharded_reference = np.concatenate([b.data.ravel() for b in ref.net._learnable])
     results = [runs.result("dist%d" % pid) for pid in (0, 1)]
     for rc, _, output in results:
         assert rc == 0, output[-4000:]
@@ -261,6 +264,11 @@ def test_two_processes_train_together_and_match_one_process(runs):
     np.testing.assert_allclose(a["losses"], losses, rtol=1e-5)
     for i, blob in enumerate(single.net._learnable):
         np.testing.assert_allclose(a["arr_%d" % i], blob.data, rtol=1e-5, atol=1e-6)
+    # a source layer with set_shard: each process reads its own strided shard, and
+    # together they read what one process with the combined batch reads
+    assert list(a["shard"]) == [0, 2] and list(b["shard"]) == [1, 2]
+    np.testing.assert_array_equal(a["sharded"], b["sharded"])
+    np.testing.assert_allclose(a["sharded"], sharded_reference, rtol=1e-5, atol=1e-6)
     # the snapshot is written once, by process 0
     assert bool(a["wrote_snapshot"]) and not bool(b["wrote_snapshot"])
     assert sorted(f for f in os.listdir(runs.tmp) if f.startswith("dist_iter")) == [
