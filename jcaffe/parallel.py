@@ -40,7 +40,8 @@ After a step the solver's net shows the root device's (this process's first
 device's) blobs, and the mean loss over all devices; params and solver history
 are identical on every device. Test nets run on the root device of process 0
 only, and only process 0 writes snapshots; a snapshot holds nothing
-device-specific, so it restores on any device count.
+device-specific, so it restores on any device count (in a multi-process run every
+process calls ``restore`` on the same file, which must be readable by all of them).
 
 Limits: the whole compute path must be one compiled segment (Python layers
 only as sources at the bottom, no net hooks, no ``add_callback``); with source
@@ -403,7 +404,9 @@ class DataParallel:
             varying = mat.varying if mat is not None else getattr(aval, "vma", frozenset())
             if AXIS in varying:
                 return x
-            return jax.lax.pcast(x, AXIS, to="varying")
+            if hasattr(jax.lax, "pcast"):
+                return jax.lax.pcast(x, AXIS, to="varying")
+            return jax.lax.pvary(x, AXIS)         # JAX before pcast
         return jax.tree_util.tree_map(one, tree)
 
     # -- host <-> mesh ---------------------------------------------------------------

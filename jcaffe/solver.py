@@ -64,7 +64,8 @@ def _read_solver_param(source):
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
-    type whatever the file says, as pycaffe's classes do."""
+    type whatever the file says, as pycaffe's classes do. ``devices=`` ("all", a count,
+    or local device ids) trains data parallel: see ``jcaffe.parallel``."""
 
     type_name = None
 
