@@ -155,6 +155,16 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|",
     ] + lines + [
         "",
+    ] + ([] if args.real else [
+        "How to read this: N forced host devices are N XLA programs sharing the same %d cores, "
+        "so the total work per image is unchanged and the best achievable here is flat "
+        "images/s, i.e. efficiency about 1/N (50%% at 2, 25%% at 4). Rows near that line mean "
+        "the data-parallel step (sharding the batch, one program per device, the gradient "
+        "all-reduce) adds little on top of the arithmetic; they say nothing about speed-ups on "
+        "real parallel hardware, which this box does not have. No multi-GPU machine was "
+        "available for this run." % cores,
+        "",
+    ]) + [
         "Machine: %s, %d cores; jax %s, backend %s. Load average before/after: %s / %s "
         "(other jobs shared this machine; timings are noisy)." % (
             cpu, cores, base["jax"], base["backend"],

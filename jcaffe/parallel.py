@@ -102,9 +102,10 @@ def _split_address(coordinator):
     return host.strip("[]"), int(port)
 
 
-def _wait_for_coordinator(host, port, deadline, coordinator):
-    """Connect to the coordinator's port until ``deadline``; a clear error if it never opens."""
-    last = None
+def _wait_for_coordinator(host, port, timeout, coordinator):
+    """Connect to the coordinator's port for up to ``timeout`` s; a clear error if it never
+    opens."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
             with socket.create_connection((host, port), timeout=1.0):
@@ -114,14 +115,10 @@ def _wait_for_coordinator(host, port, deadline, coordinator):
         if time.monotonic() >= deadline:
             raise DeviceError(
                 "the coordinator %s is not reachable (%s) after waiting %.0f s: start process 0 "
-                "(-process_id 0) with the same -coordinator address first, check host and port, "
-                "or raise the wait with %s" % (coordinator, last.strerror or last, _timeout_of(),
-                                              ENV_TIMEOUT))
+                "(-process_id 0) with the same -coordinator address, check host and port, or wait "
+                "longer (-distributed_timeout / %s)"
+                % (coordinator, last.strerror or last, timeout, ENV_TIMEOUT))
         time.sleep(0.2)
-
-
-def _timeout_of():
-    return _distributed.get("timeout_pending", DEFAULT_TIMEOUT)
 
 
 def init_distributed(coordinator=None, num_processes=None, process_id=None, timeout=None):
@@ -155,8 +152,8 @@ def init_distributed(coordinator=None, num_processes=None, process_id=None, time
     if _distributed.get("args") is not None:
         if _distributed["args"] == args:
             return True
-        raise DeviceError("init_distributed was already called with coordinator=%s num_processes=%s "
-                          "process_id=%s" % _distributed["args"])
+        raise DeviceError("init_distributed was already called with coordinator=%s "
+                          "num_processes=%s process_id=%s" % _distributed["args"])
     missing = [name for name, v in zip(("coordinator (-coordinator / %s)" % ENV_COORDINATOR,
                                         "num_processes (-num_processes / %s)" % ENV_NUM_PROCESSES,
                                         "process_id (-process_id / %s)" % ENV_PROCESS_ID), args)
@@ -177,11 +174,10 @@ def init_distributed(coordinator=None, num_processes=None, process_id=None, time
         raise DeviceError("init_distributed must be called before JAX starts its devices (before "
                           "building any net or solver, or calling jax.devices())")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    _distributed["timeout_pending"] = timeout
     deadline = time.monotonic() + timeout
     if process_id != 0:
         log.info("Waiting for the coordinator %s (up to %.0f s)", coordinator, timeout)
-        _wait_for_coordinator(host, port, deadline, coordinator)
+        _wait_for_coordinator(host, port, timeout, coordinator)
     remaining = max(deadline - time.monotonic(), 1.0)
     log.info("Joining the distributed run: process %d of %d, coordinator %s", process_id,
              num_processes, coordinator)
@@ -248,7 +244,8 @@ def resolve_devices(spec):
     for item in spec:
         if isinstance(item, jax.Device):
             if item not in local:
-                raise DeviceError("device %s is not one of this process's %s" % (item, _describe(local)))
+                raise DeviceError("device %s is not one of this process's %s"
+                                  % (item, _describe(local)))
             device = item
         else:
             if not 0 <= int(item) < len(local):
@@ -359,8 +356,8 @@ class DataParallel:
                               "every device, and %s; host (Python) layers are allowed only as data "
                               "sources without bottoms at the start of the net" % what)
         if sources and solver.param.iter_size != 1:
-            raise DeviceError("data-parallel training with host data layers (%s) needs iter_size: 1 "
-                              "(got %d); raise batch_size or the device count instead"
+            raise DeviceError("data-parallel training with host data layers (%s) needs "
+                              "iter_size: 1 (got %d); raise batch_size or the device count instead"
                               % (", ".join(s.layer.name for s in sources), solver.param.iter_size))
         return sources, runs[0]
 
@@ -418,8 +415,8 @@ class DataParallel:
         shape = tuple(np.shape(parts[0]))
         for p in parts[1:]:
             if tuple(np.shape(p)) != shape:
-                raise DeviceError("the devices' inputs differ in shape (%s and %s): every device must "
-                                  "get a batch of the same shape" % (shape, tuple(np.shape(p))))
+                raise DeviceError("the devices' inputs differ in shape (%s and %s): every device "
+                                  "must get a batch of the same shape" % (shape, tuple(np.shape(p))))
         arrays = [jax.device_put(p, d) for p, d in zip(parts, self.local_devices)]
         return jax.make_array_from_single_device_arrays(
             (shape[0] * self.num_devices,) + shape[1:], self._split, arrays)
@@ -447,7 +444,7 @@ class DataParallel:
         self._cache[id(part)] = (part, array)
         return part
 
-    def _blob_parts(self, name, diff, sources, local_shapes):
+    def _blob_parts(self, name, diff, sources):
         """Blob ``name``'s data (or diff) for the devices: a list of one array per local
         device, or one array that every device gets."""
         if name in sources:
@@ -478,8 +475,8 @@ class DataParallel:
             shape = net.blobs[name].shape
             if shape[0] % self.num_local:
                 raise DeviceError(
-                    "Input blob '%s' has %d rows, which %d local devices cannot share evenly: its first "
-                    "axis must be a multiple of %d (each device gets 1/%d of the rows)"
+                    "Input blob '%s' has %d rows, which %d local devices cannot share evenly: its "
+                    "first axis must be a multiple of %d (each device gets 1/%d of the rows)"
                     % (name, shape[0], self.num_local, self.num_local, self.num_local))
             local[name] = (shape[0] // self.num_local,) + tuple(shape[1:])
         for slot in run:
@@ -507,7 +504,8 @@ class DataParallel:
         split, rep = PartitionSpec(AXIS), PartitionSpec()
         mesh = self.mesh
 
-        def step(scalars, params, history, data_in, extra, loss_w, top_diffs, keys, count0, rate, t):
+        def step(scalars, params, history, data_in, extra, loss_w, top_diffs, keys, count0,
+                 rate, t):
             def squeeze(d):
                 return {k: (jnp.reshape(v, ()) if k in scalars else v) for k, v in d.items()}
 
@@ -548,7 +546,7 @@ class DataParallel:
         def gathered(names, diff=False):
             out = {}
             for name in names:
-                parts = self._blob_parts(name, diff, sources, local)
+                parts = self._blob_parts(name, diff, sources)
                 if isinstance(parts, list):
                     out[name] = self._global_from_parts(parts)
                     continue
