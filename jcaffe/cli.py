@@ -2,7 +2,8 @@
 
     jcaffe train -solver solver.prototxt [-weights a.caffemodel,b.caffemodel | -snapshot s.solverstate]
                  [-stage a,b] [-level N] [-iterations N] [-sigint_effect stop|snapshot|none]
-                 [-sighup_effect stop|snapshot|none] [-gpu N]
+                 [-sighup_effect stop|snapshot|none] [-gpu N | -gpu 0,1 | -gpu all | -devices N]
+                 [-coordinator host:port -num_processes N -process_id I [-distributed_timeout S]]
     jcaffe test  -model net.prototxt -weights w.caffemodel [-iterations 50] [-stage ..] [-level N]
     jcaffe time  -model net.prototxt [-iterations 50] [-phase TRAIN|TEST] [-stage ..] [-level N]
     jcaffe device_query
@@ -10,6 +11,12 @@
 Flags are gflags-style: ``-solver x``, ``-solver=x``, ``--solver x`` and
 ``--solver=x`` all work. For ``train``, ``-iterations`` (when given)
 overrides the solver's max_iter.
+
+``train`` with several devices (``-gpu 0,1``, ``-gpu all``, ``-devices N``) or
+several processes (``-coordinator``, ``-num_processes``, ``-process_id``, or the
+``JCAFFE_COORDINATOR`` / ``JCAFFE_NUM_PROCESSES`` / ``JCAFFE_PROCESS_ID``
+environment variables) trains data parallel (``jcaffe.parallel``); as with
+Caffe's ``-gpu``, batch_size is per device.
 """
 import logging
 import signal
@@ -18,7 +25,7 @@ import time
 
 import jax
 
-from . import common, protoio
+from . import common, parallel, protoio
 from .errors import JcaffeError
 from .net import Net
 from .proto import caffe_pb2
@@ -40,7 +47,16 @@ FLAGS = {
                               "snapshot, stop or none."),
     "sighup_effect": ("snapshot", "Optional; action to take when a SIGHUP signal is received: "
                                   "snapshot, stop or none."),
-    "gpu": ("", "Optional; run on the given accelerator index (as listed by device_query)."),
+    "gpu": ("", "Optional; run on the given device index (as listed by device_query); for train, "
+                "several ids separated by ',' or 'all' train data parallel (batch_size per device)."),
+    "devices": (0, "Optional; for train: data-parallel training on the first N local devices."),
+    "coordinator": ("", "Optional; for train on several processes/hosts: host:port of process 0 "
+                        "(or $JCAFFE_COORDINATOR)."),
+    "num_processes": ("", "Optional; the number of processes of a multi-process run "
+                          "(or $JCAFFE_NUM_PROCESSES)."),
+    "process_id": ("", "Optional; this process's id in 0..num_processes-1 (or $JCAFFE_PROCESS_ID)."),
+    "distributed_timeout": ("", "Optional; seconds to wait for the coordinator and the other "
+                                "processes (or $JCAFFE_DISTRIBUTED_TIMEOUT; default 60)."),
 }
 
 USAGE = """command line brew
@@ -108,12 +124,35 @@ def _action(value, flag):
 
 def _use_device(flags):
     if flags["gpu"] != "":
-        ids = [int(x) for x in str(flags["gpu"]).split(",") if x not in ("", "all")] or [0]
+        try:
+            ids = [int(x) for x in str(flags["gpu"]).split(",") if x.strip() not in ("", "all")] or [0]
+        except ValueError:
+            raise UsageError("-gpu wants a device id, ids separated by ',' or 'all'; got '%s'"
+                             % flags["gpu"]) from None
         common.set_mode_gpu()
         common.set_device(ids[0])
         log.info("Using device %d: %s", ids[0], jax.devices()[ids[0]])
     else:
         log.info("Using %s (JAX default device %s).", jax.default_backend().upper(), jax.devices()[0])
+
+
+def _train_devices(flags, given, distributed):
+    """The ``devices`` argument of the solver (None: ordinary one-device training)."""
+    gpu = str(flags["gpu"]).strip()
+    if "devices" in given:
+        if gpu:
+            raise UsageError("give either -gpu or -devices, not both")
+        if flags["devices"] < 1:
+            raise UsageError("-devices wants a positive count, got %d" % flags["devices"])
+        return flags["devices"]
+    if gpu.lower() == "all":
+        return "all"
+    if "," in gpu:
+        return gpu
+    if distributed:
+        return [int(gpu)] if gpu else "all"
+    _use_device(flags)
+    return None
 
 
 class SignalHandler:
@@ -153,7 +192,9 @@ def train(flags, given):
     if "iterations" in given:
         log.info("max_iter: %d (from -iterations)", flags["iterations"])
         param.max_iter = flags["iterations"]
-    _use_device(flags)
+    distributed = parallel.init_distributed(flags["coordinator"] or None, flags["num_processes"],
+                                            flags["process_id"], flags["distributed_timeout"])
+    devices = _train_devices(flags, given, distributed)
     handler = SignalHandler(_action(flags["sigint_effect"], "sigint_effect"),
                             _action(flags["sighup_effect"], "sighup_effect"))
     try:
@@ -162,7 +203,7 @@ def train(flags, given):
         elif flags["weights"]:
             param.ClearField("weights")
             param.weights.append(flags["weights"])
-        solver = get_solver(param, flags["solver"])
+        solver = get_solver(param, flags["solver"], devices=devices)
         solver.set_action_function(handler.action)
         if flags["snapshot"]:
             log.info("Resuming from %s", flags["snapshot"])

@@ -35,10 +35,11 @@ def set_mode_gpu():
 
 def set_device(device_id):
     """Select the accelerator by index among ``jax.devices()``."""
+    from .errors import DeviceError
     devices = jax.devices()
     if not 0 <= device_id < len(devices):
-        raise ValueError("device %d does not exist; this process sees %d device(s): %s"
-                         % (device_id, len(devices), ", ".join(str(d) for d in devices)))
+        raise DeviceError("device %d does not exist; this process sees %d device(s): %s"
+                          % (device_id, len(devices), ", ".join(str(d) for d in devices)))
     _state["device"] = device_id
     jax.config.update("jax_default_device", devices[device_id])
 

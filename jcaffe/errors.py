@@ -56,3 +56,8 @@ class BackwardError(JcaffeError, RuntimeError):
 
 class SolverError(JcaffeError, ValueError):
     """A SolverParameter Caffe would refuse, or a snapshot that does not restore."""
+
+
+class DeviceError(JcaffeError, ValueError):
+    """A device selection or a distributed-runtime setup that cannot work (names the devices
+    this process sees, or the coordinator and the timeout)."""

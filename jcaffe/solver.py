@@ -21,6 +21,12 @@ Two ways to run an iteration, with the same numbers:
 Randomness (Dropout, random DummyData): the k-th forward of iteration ``it``
 uses the net's key folded with ``it * iter_size + k + 1`` in both ways, so a
 run restored from a snapshot continues the same trajectory.
+
+``Solver(path, devices=...)`` (or ``get_solver(path, devices=...)``) trains data
+parallel over several devices and processes (``jcaffe.parallel``): the same
+fused iteration runs on every device under ``shard_map``, with the gradients
+averaged across devices before the update; ``solver.parallel`` is the
+``DataParallel`` object (None when training on one device the ordinary way).
 """
 import collections
 import logging
@@ -35,6 +41,7 @@ from . import common, hdf5, progress, protoio
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
+from .parallel import data_parallel_for
 from .proto import caffe_pb2
 from .update_rules import make_update, rule_for
 from .upgrade import upgrade_solver_as_needed
@@ -57,11 +64,12 @@ def _read_solver_param(source):
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
-    type whatever the file says, as pycaffe's classes do."""
+    type whatever the file says, as pycaffe's classes do. ``devices=`` ("all", a count,
+    or local device ids) trains data parallel: see ``jcaffe.parallel``."""
 
     type_name = None
 
-    def __init__(self, source, _source_path=None):
+    def __init__(self, source, _source_path=None, devices=None):
         param, path = _read_solver_param(source)
         self._path = path = path or _source_path
         self._source_dir = os.path.dirname(os.path.abspath(path)) if path else None
@@ -89,6 +97,7 @@ class Solver:
         self._history = self._init([b.device_data() for b in learnable])
         self._update_jit = jax.jit(self._update)
         self._fused = None              # (segment, jitted fn)
+        self.parallel = data_parallel_for(self, devices)   # None: one device, no collectives
 
     # ------------------------------------------------------------------
     # setup
@@ -265,7 +274,9 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = bool(p.display) and self._iter % p.display == 0
-            if self._can_fuse():
+            if self.parallel is not None:
+                loss, after = self.parallel.iteration(display)
+            elif self._can_fuse():
                 loss, after = self._fused_iteration(display)
             else:
                 loss, after = self._forward_backward(), None
@@ -411,26 +422,36 @@ class Solver:
         for name, value in diffs.items():
             blobs[name].set_device_diff(value)
         net._forward_count = count0 + self.param.iter_size
+        return loss, self._after_fused(rate, display, norm)
 
+    def _after_fused(self, rate, display, norm):
         def after():   # what ApplyUpdate logs, after Step's display lines
             self._log_rate(rate, display)
             self._log_clip(norm)
             self._iter += 1
-        return loss, after
+        return after
 
     def _trace_fused(self, seg):
-        """The pure function of one training iteration over the segment ``seg``."""
+        """The pure function of one training iteration over the segment ``seg``.
+
+        Under data-parallel training (``self.parallel``) it runs on every device
+        inside ``shard_map`` and its collective hooks apply: ``mean`` averages the
+        gradients (Caffe's all-reduce, divided by the solver count), the loss and
+        params that forward updates (BatchNorm statistics) over the devices;
+        ``vary`` marks the accumulators of the ``iter_size`` loop as per-device."""
         _, data_names, _, _, pids = seg.backward_plan()
         iter_size = self.param.iter_size
         update = self._update
         n = len(self.net._learnable)
+        mean = self.parallel.mean if self.parallel is not None else (lambda tree: tree)
+        vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
         def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0):
             key = jax.random.fold_in(base_key, count0 + k + 1)
             seg_params = {pid: params[pid] for pid in seg.param_ids}
             written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key)
             params = dict(params)
-            params.update(new_params)
+            params.update(mean(new_params))
             seg_params = {pid: params[pid] for pid in seg.param_ids}
             env = {**extra, **data_in, **written}
             bdata = {name: env[name] for name in data_names}
@@ -448,15 +469,16 @@ class Solver:
             else:   # one traced body, whatever iter_size is
                 def body(k, carry):
                     out = one(k, carry[0], carry[1], *args)
-                    return out[:5] + (carry[5] + out[5],)
+                    return (out[0],) + vary(out[1:5] + (carry[5] + out[5],))
                 shapes = jax.eval_shape(one, 0, params, pdiffs, *args)
-                init = (params, pdiffs) + jax.tree_util.tree_map(
-                    lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:])
+                init = (params, vary(pdiffs)) + vary(jax.tree_util.tree_map(
+                    lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:]))
                 carry = jax.lax.fori_loop(0, iter_size, body, init)
             params, pdiffs, written, saved, diffs, loss = carry
             loss = loss / jnp.asarray(iter_size, loss.dtype)
             grads = [pdiffs[pid] if pid in pdiffs else jnp.zeros_like(params[pid])
                      for pid in range(n)]
+            grads, loss = mean((grads, loss))
             new_params, new_hist, values, norm = update(
                 grads, history, [params[pid] for pid in range(n)], rate, t)
             return new_params, new_hist, values, norm, written, saved, diffs, loss
@@ -467,6 +489,8 @@ class Solver:
     # testing and display
     # ------------------------------------------------------------------
     def test_all(self):
+        if self.parallel is not None and not self.parallel.is_root:
+            return      # as in Caffe, only the root solver tests
         for i in range(len(self.test_nets)):
             if self._early_exit:
                 break
@@ -524,7 +548,10 @@ class Solver:
     def snapshot(self):
         """Write <prefix>_iter_N.caffemodel and <prefix>_iter_N.solverstate (atomically;
         ``.caffemodel.h5`` / ``.solverstate.h5`` with snapshot_format: HDF5); return both
-        file names."""
+        file names. Under multi-process training only process 0 writes (and returns
+        None elsewhere): every process holds the same params and history."""
+        if self.parallel is not None and not self.parallel.is_root:
+            return None
         if self.param.snapshot_format == caffe_pb2.SolverParameter.HDF5:
             return self._snapshot_hdf5()
         model = self._snapshot_filename(".caffemodel")
@@ -620,9 +647,14 @@ SOLVER_CLASSES = {c.type_name: c for c in (SGDSolver, NesterovSolver, AdaGradSol
                                            RMSPropSolver, AdaDeltaSolver, AdamSolver)}
 
 
-def get_solver(source, _source_path=None):
-    """The solver of the type the parameter names (pycaffe's get_solver)."""
+def get_solver(source, _source_path=None, devices=None):
+    """The solver of the type the parameter names (pycaffe's get_solver).
+
+    ``devices`` switches on data-parallel training (``jcaffe.parallel``):
+    ``"all"``, a device count (``4``) or a list of local device ids
+    (``[0, 1]``, ``"0,1"``), as ``caffe train -gpu``; ``batch_size`` stays per
+    device, so the effective batch is (number of devices) x batch_size."""
     param, _ = _read_solver_param(source)
     if param.type not in SOLVER_CLASSES:
         rule_for(param)     # raises, listing the known types
-    return SOLVER_CLASSES[param.type](source, _source_path)
+    return SOLVER_CLASSES[param.type](source, _source_path, devices=devices)
