@@ -66,6 +66,11 @@ def test_float32_keeps_dtype(snippet, reference):
     assert tops[0].dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(tops[0]), reference(x.astype(np.float64)), rtol=2e-5,
                                atol=2e-6)
+    params = [jnp.asarray(b.data) for b in layer.blobs]
+    saved = layer.forward(params, [jnp.asarray(x)], None)[1]
+    (dx,), pdiffs = layer.backward(params, [jnp.asarray(x)], tops, saved, [jnp.ones_like(tops[0])],
+                                   (True,))
+    assert dx.dtype == jnp.float32 and all(d.dtype == jnp.float32 for d in pdiffs)
 
 
 # ---------------------------------------------------------------------------
