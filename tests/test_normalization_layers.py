@@ -323,3 +323,11 @@ def test_float32_forward_and_backward_keep_dtype(snippet):
     assert out[0][0].dtype == dx.dtype == jnp.float32
     assert all(d is None or d.dtype == jnp.float32 for d in pdiffs)
     assert all(v is None or v.dtype == jnp.float32 for v in (out[2] if len(out) > 2 else []))
+
+
+def test_gradcheck_checks_batch_norm_bottom_and_skips_its_statistics():
+    from gradcheck import check_layer
+    report = check_layer('type: "BatchNorm"', [(3, 2, 4)])
+    assert report.ok, report
+    assert [c.name for c in report.checks] == ["bottom 0"]
+    assert sum("not learned (lr_mult 0)" in n for n in report.notes) == 3

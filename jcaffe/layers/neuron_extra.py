@@ -18,7 +18,11 @@ from .neuron import NeuronLayer
 
 
 class _BottomNeuron(NeuronLayer):
-    """A neuron whose backward needs the bottom: kept in ``saved`` when computed in place."""
+    """A neuron whose backward needs the bottom, kept in ``saved`` when computed in place.
+
+    Subclasses give ``f(x)`` (the top) and ``df(x)`` (dy/dx, elementwise), or override
+    forward and backward (PReLU, which also has a param).
+    """
 
     @property
     def in_place(self):
@@ -179,14 +183,11 @@ def _pow(base, power):
     return jnp.power(base, power)
 
 
-class _BaseLog:
-    """The log(base) of Exp and Log, with Caffe's checks (base -1 means e)."""
-
-    @staticmethod
-    def log_base(layer, base):
-        if base != -1 and not base > 0:
-            layer.fail("base must be strictly positive (got %g; -1 means e)", base)
-        return 1.0 if base == -1 else math.log(base)
+def _log_base(layer, base):
+    """ln(base) for Exp and Log, with Caffe's check (base -1 means e)."""
+    if base != -1 and not base > 0:
+        layer.fail("base must be strictly positive (got %g; -1 means e)", base)
+    return 1.0 if base == -1 else math.log(base)
 
 
 @register("Exp")
@@ -195,7 +196,7 @@ class Exp(_BottomNeuron):
 
     def setup(self, bottom_shapes):
         p = self.p
-        log_base = _BaseLog.log_base(self, p.base)
+        log_base = _log_base(self, p.base)
         self.inner_scale = log_base * p.scale
         self.outer_scale = 1.0 if p.shift == 0 else (
             math.exp(p.shift) if p.base == -1 else p.base ** p.shift)
@@ -213,7 +214,7 @@ class Log(_BottomNeuron):
 
     def setup(self, bottom_shapes):
         p = self.p
-        log_base = _BaseLog.log_base(self, p.base)
+        log_base = _log_base(self, p.base)
         if log_base == 0:
             self.fail("Inf result: 1/log(base) = 1/log(%g) (base must not be 1)", p.base)
         self.base_scale = 1.0 / log_base
