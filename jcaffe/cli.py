@@ -54,6 +54,10 @@ commands:
 
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
+USAGE = USAGE.replace("execution time\n", "execution time\n"    # jcaffe/cli_explain.py
+                      "  explain         why each layer runs backward or not, and the traps\n"
+                      "  draw            draw the net graph (.png/.svg/.pdf/.dot)\n"
+                      "  plot            plot training curves from a log\n", 1)
 
 
 class UsageError(JcaffeError):
@@ -292,6 +296,9 @@ COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": devi
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in ("explain", "draw", "plot"):   # jcaffe/cli_explain.py
+        from . import cli_explain
+        return cli_explain.main(argv)
     common.init_log()
     try:
         positional, flags, given = parse_flags(argv)

@@ -271,15 +271,15 @@ class Net:
             layer, name = slot.layer, slot.layer.name
             contributes = any(w or t in under_loss for t, w in zip(slot.tops, layer.loss))
             all_skipped = all(t in skip_backprop for t in slot.tops)
-            if slot.need_backward and all_skipped:
+            if not contributes:     # checked first so the reason names the root cause
+                if slot.need_backward:
+                    self.reasons[name] = "its tops reach no loss (no loss_weight on them or above them)"
+                slot.need_backward = False
+            elif slot.need_backward and all_skipped:
                 slot.need_backward = False
                 slot.bottom_need_backward = [False] * len(slot.bottoms)
                 self.reasons[name] = ("no diff can reach it: every layer reading its tops has "
                                       "propagate_down false (or needs no backward) for them")
-            if not contributes:
-                if slot.need_backward:
-                    self.reasons[name] = "its tops reach no loss (no loss_weight on them or above them)"
-                slot.need_backward = False
             if slot.need_backward:
                 log.info("%s needs backward computation.", name)
             else:
@@ -365,6 +365,19 @@ class Net:
         """Why ``layer_name`` does or does not run backward, in words."""
         self._layer_index(layer_name)
         return self.reasons[layer_name]
+
+    def explain(self, start=None, end=None):
+        """Every layer's need-backward decision with its reason, which blobs get
+        diffs, and warnings for the known traps (see jcaffe.explain). ``start`` /
+        ``end``: a planned ``backward(start=..., end=...)`` range to check."""
+        from .explain import explain
+        return explain(self, start, end)
+
+    def to_jax(self, start=None, end=None):
+        """The net (or layers ``start``..``end``) as a pure JAX function
+        ``f(params, inputs) -> outputs`` (see jcaffe.jax_export)."""
+        from .jax_export import to_jax
+        return to_jax(self, start, end)
 
     def _layer_index(self, name):
         for i, s in enumerate(self._slots):

@@ -1,4 +1,5 @@
 """Built-in layers, one module per family; importing this registers them all."""
 from . import data, neuron  # noqa: F401
 from . import common, loss, vision  # noqa: F401
+from . import recurrent  # noqa: F401
 from . import neuron_extra, normalization, scale_bias  # noqa: F401
