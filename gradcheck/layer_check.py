@@ -36,7 +36,7 @@ def parse_layer_param(layer):
 
 
 def build_layer(layer, bottom_shapes, phase=TRAIN, seed=0, layer_class=None, dtype=np.float64):
-    """A set-up layer (Caffe's SetUp) with every param marked to propagate down."""
+    """A set-up layer (Caffe's SetUp) with every learned param marked to propagate down."""
     lp = parse_layer_param(layer)
     lp.phase = phase
     if not lp.bottom:
@@ -46,8 +46,16 @@ def build_layer(layer, bottom_shapes, phase=TRAIN, seed=0, layer_class=None, dty
     if not lp.top:
         lp.top.extend("t%d" % i for i in range(num_top))
     layer.layer_setup([tuple(s) for s in bottom_shapes], num_top, np.random.default_rng(seed))
-    layer.param_propagate_down = [True] * len(layer.blobs)
+    layer.param_propagate_down = learned_params(layer)
     return layer
+
+
+def learned_params(layer):
+    """Which param blobs get a diff, as the Net decides: all but those with ``lr_mult: 0``
+    in the layer's param specs after setup (BatchNorm's statistics, pinned by its setup)."""
+    specs = layer.layer_param.param
+    return [not (k < len(specs) and specs[k].HasField("lr_mult") and specs[k].lr_mult == 0)
+            for k in range(len(layer.blobs))]
 
 
 def default_label_bottoms(layer, num_bottoms):
@@ -142,6 +150,9 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
         if pd[i] and (check_bottom is None or i in check_bottom):
             targets.append(("bottom %d" % i, "b", i, xs[i], _at(bottom_diffs, i), _at(ref_bottoms, i)))
     for j in range(len(params)):
+        if not layer.param_propagate_down[j]:
+            report.notes.append("param %d is not learned (lr_mult 0): no diff, not checked" % j)
+            continue
         targets.append(("param %d" % j, "p", j, params[j], _at(param_diffs, j), _at(ref_params, j)))
     for name, kind, i, x, analytic, ref in targets:
         check = report.add(BlobCheck(name, tuple(x.shape)))

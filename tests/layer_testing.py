@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from google.protobuf import text_format
 
+from gradcheck.layer_check import learned_params
 from jcaffe.layer import create_layer
 from jcaffe.proto import caffe_pb2
 
@@ -25,7 +26,7 @@ def make_layer(snippet, bottom_shapes, phase=caffe_pb2.TRAIN, dtype=np.float64, 
     layer = create_layer(lp, dtype)
     num_top = len(lp.top) or max(layer.exact_num_top_blobs, layer.min_top_blobs, 1)
     layer.layer_setup(bottom_shapes, num_top, np.random.default_rng(seed))
-    layer.param_propagate_down = [True] * len(layer.blobs)
+    layer.param_propagate_down = learned_params(layer)   # lr_mult 0 (BatchNorm's stats): no diff
     return layer
 
 
@@ -61,6 +62,8 @@ def check_backward(layer, bottoms, propagate_down=None, rtol=1e-6, atol=1e-8, se
             np.testing.assert_allclose(np.asarray(bottom_diffs[i]), np.asarray(ref_bottoms[i]),
                                        rtol=rtol, atol=atol, err_msg="bottom %d diff" % i)
     for i, ref in enumerate(ref_params):
+        if not layer.param_propagate_down[i]:
+            continue
         np.testing.assert_allclose(np.asarray(param_diffs[i]), np.asarray(ref),
                                    rtol=rtol, atol=atol, err_msg="param %d diff" % i)
     return bottom_diffs, param_diffs
