@@ -12,6 +12,15 @@ from layer_testing import check_backward, forward, make_layer
 from netutil import make_net
 
 
+def sgd_solver(tmp_path, net_text, lr):
+    net_path = tmp_path / "net.prototxt"
+    net_path.write_text(net_text)
+    solver_path = tmp_path / "solver.prototxt"
+    solver_path.write_text('net: "%s" base_lr: %g lr_policy: "fixed" max_iter: 10 display: 0 '
+                           'snapshot_prefix: "%s"' % (net_path, lr, tmp_path / "s"))
+    return jcaffe.get_solver(str(solver_path))
+
+
 # -- Slice -----------------------------------------------------------------------
 
 def test_slice_equal_parts_default_axis_1(x64, rng):
@@ -241,12 +250,7 @@ def test_parameter_blob_is_the_top_and_gets_its_diff(tmp_path, rng):
 
 
 def test_parameter_trains_with_a_solver(tmp_path, rng):
-    net_path = tmp_path / "net.prototxt"
-    net_path.write_text(PARAM_NET)
-    solver_path = tmp_path / "solver.prototxt"
-    solver_path.write_text('net: "%s" base_lr: 0.5 lr_policy: "fixed" max_iter: 2 display: 0 '
-                           'snapshot_prefix: "%s"' % (net_path, tmp_path / "s"))
-    solver = jcaffe.get_solver(str(solver_path))
+    solver = sgd_solver(tmp_path, PARAM_NET, 0.5)
     solver.net.blobs["x"].data[...] = 1.0
     solver.step(2)
     # loss = sum(w * 1): each step moves w by -lr * 1.
@@ -425,12 +429,7 @@ def test_filter_needs_one_top_per_filtered_bottom(tmp_path):
 
 def test_filter_net_trains_with_a_solver_step_by_step(tmp_path, rng):
     """A host layer in the net: the solver runs forward/backward segment by segment."""
-    net_path = tmp_path / "net.prototxt"
-    net_path.write_text(FILTER_NET)
-    solver_path = tmp_path / "solver.prototxt"
-    solver_path.write_text('net: "%s" base_lr: 0.1 lr_policy: "fixed" max_iter: 3 display: 0 '
-                           'snapshot_prefix: "%s"' % (net_path, tmp_path / "s"))
-    solver = jcaffe.get_solver(str(solver_path))
+    solver = sgd_solver(tmp_path, FILTER_NET, 0.1)
     net = solver.net
     x = rng.standard_normal((4, 3)).astype(np.float32)
     net.blobs["x"].data[...] = x

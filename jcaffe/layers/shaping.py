@@ -13,7 +13,7 @@ import numpy as np
 from ..blob import shape_count, shape_string
 from ..errors import BackwardError, LayerSetupError
 from ..layer import JaxLayer, Layer, register
-from .common import _not_in_place, _slice, canonical_axis
+from .common import _slice, axis_or_legacy, canonical_axis
 
 
 def refuse_index_diff(layer, propagate_down, index, what):
@@ -51,23 +51,9 @@ class Slice(JaxLayer):
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
 
-    def setup(self, bottom_shapes):
-        if self.p.HasField("axis") and self.p.HasField("slice_dim"):
-            self.fail("Either axis or slice_dim should be specified; not both.")
-
-    def _axis(self, shape):
-        p = self.p
-        if not p.HasField("slice_dim"):
-            return canonical_axis(self, p.axis, shape)
-        if p.slice_dim >= len(shape):
-            self.fail("slice_dim %d out of range for a %d-axis bottom of shape %s "
-                      "(slice_dim must satisfy 0 <= slice_dim < num_axes)",
-                      p.slice_dim, len(shape), shape_string(shape))
-        return p.slice_dim
-
     def reshape(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])
-        axis = self.axis = self._axis(shape)
+        axis = self.axis = axis_or_legacy(self, "slice_dim", shape)
         dim, n = shape[axis], self.num_top
         points = list(self.p.slice_point)
         if points:
