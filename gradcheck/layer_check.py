@@ -14,6 +14,7 @@ import numpy as np
 from google.protobuf import text_format
 
 from jcaffe.layer import create_layer
+from jcaffe.layer import layer_class as registered_class
 from jcaffe.proto import caffe_pb2
 
 from . import compare, numeric
@@ -42,7 +43,7 @@ def build_layer(layer, bottom_shapes, phase=TRAIN, seed=0, layer_class=None, dty
     if not lp.bottom:
         lp.bottom.extend("b%d" % i for i in range(len(bottom_shapes)))
     layer = layer_class(lp, dtype) if layer_class is not None else create_layer(lp, dtype)
-    num_top = len(lp.top) or max(layer.exact_num_top_blobs, layer.min_top_blobs, 1)
+    num_top = len(lp.top) or default_num_top(layer)
     if not lp.top:
         lp.top.extend("t%d" % i for i in range(num_top))
     layer.layer_setup([tuple(s) for s in bottom_shapes], num_top, np.random.default_rng(seed))
@@ -56,6 +57,11 @@ def learned_params(layer):
     specs = layer.layer_param.param
     return [not (k < len(specs) and specs[k].HasField("lr_mult") and specs[k].lr_mult == 0)
             for k in range(len(layer.blobs))]
+def default_num_top(layer):
+    """The top count a layer gets when the snippet names no tops (0 for Silence)."""
+    if layer.exact_num_top_blobs >= 0:
+        return layer.exact_num_top_blobs
+    return max(layer.min_top_blobs, 1)
 
 
 def default_label_bottoms(layer, num_bottoms):
@@ -99,7 +105,8 @@ def check_layer(layer, bottom_shapes=None, bottoms=None, *, propagate_down=None,
     if mode not in ("auto", "exhaustive", "projection"):
         raise ValueError("mode must be 'auto', 'exhaustive' or 'projection', got %r" % (mode,))
     lp = parse_layer_param(layer)
-    if lp.type == "Python" and layer_class is None:
+    if layer_class is None and (lp.type == "Python" or registered_class(lp.type).is_host):
+        # Python layers, and built-in host layers (Filter) that work on Blobs like them.
         from .python_check import check_python_layer
         return check_python_layer(lp, bottom_shapes, bottoms=bottoms, propagate_down=propagate_down,
                                   seed=seed, eps=eps, rtol=rtol, atol=atol, phase=phase,

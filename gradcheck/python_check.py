@@ -26,6 +26,7 @@ import numpy as np
 
 from jcaffe.blob import Blob
 from jcaffe.layer import BlobVec, Layer
+from jcaffe.layer import layer_class as registered_class
 from jcaffe.proto import caffe_pb2
 
 from . import compare, numeric
@@ -91,21 +92,33 @@ def check_python_layer(layer, bottom_shapes=None, param_str="", *, bottoms=None,
     Python-type LayerParameter. ``top_diff``: "random" (default: covers loss weights other
     than 1) or "ones" (the diff a loss top gets with loss_weight 1)."""
     lp = None
-    if isinstance(layer, caffe_pb2.LayerParameter):
+    if isinstance(layer, caffe_pb2.LayerParameter) and layer.type not in ("", "Python"):
+        lp = caffe_pb2.LayerParameter()   # a built-in host layer (Filter): the registered class
+        lp.CopyFrom(layer)
+        if not lp.bottom:
+            lp.bottom.extend("b%d" % i for i in range(len(bottom_shapes if bottoms is None
+                                                          else bottoms)))
+        cls = registered_class(lp.type, lp.name)
+        num_top = len(lp.top) or num_top
+    elif isinstance(layer, caffe_pb2.LayerParameter):
         lp = layer
         cls = load_class(lp.python_param.module + "." + lp.python_param.layer)
         num_top = len(lp.top) or num_top
     else:
         cls = load_class(layer)
+    layer = make_python_layer(cls, param_str, phase, lp)
+    if label_bottoms is None:   # bottoms force_backward never reaches (Filter's selector)
+        n = len(bottom_shapes if bottoms is None else bottoms)
+        label_bottoms = [i for i in range(n) if not layer.allow_force_backward(i)]
     rng = np.random.default_rng(seed)
     if bottoms is None:
         c = num_classes or (bottom_shapes[0][1] if len(bottom_shapes[0]) > 1 else 2)
         bottoms = [rng.integers(0, c, size=s).astype(np.float64) if i in label_bottoms
                    else rng.standard_normal(s) for i, s in enumerate(bottom_shapes)]
     bottoms = [np.asarray(b, np.float64) for b in bottoms]
-    layer = make_python_layer(cls, param_str, phase, lp)
-    report = Report("Python layer %s (bottoms %s)" % (cls.__qualname__,
-                                                    ", ".join("x".join(map(str, b.shape)) for b in bottoms)))
+    what = ("Python layer %s" % cls.__qualname__ if layer.type == "Python"
+            else "%s layer '%s'" % (layer.type, layer.name))
+    report = Report("%s (bottoms %s)" % (what, ", ".join("x".join(map(str, b.shape)) for b in bottoms)))
     contract = report.add(BlobCheck("contract", None, mode="contract"))
     runner = _Runner(layer, bottoms, num_top, contract)
     if not runner.setup() or not runner.forward_contract():

@@ -18,7 +18,7 @@ import numpy as np
 from . import common, hdf5, netgraph, protoio
 from .blob import Blob, shape_string
 from .engine import LayerSlot, Segment
-from .errors import BackwardError, NetGraphError, PythonLayerError, ShapeMismatchError
+from .errors import BackwardError, JcaffeError, NetGraphError, PythonLayerError, ShapeMismatchError
 from .layer import create_layer
 from .proto import caffe_pb2
 
@@ -715,8 +715,11 @@ class Net:
         except PythonLayerError:
             raise
         except Exception as e:
-            e.add_note("(in %s() of Python layer '%s', %s)"
-                       % (method, layer.name, getattr(layer, "python_class", type(layer).__name__)))
+            if layer.type == "Python":
+                e.add_note("(in %s() of Python layer '%s', %s)"
+                           % (method, layer.name, getattr(layer, "python_class", type(layer).__name__)))
+            elif not isinstance(e, JcaffeError):   # a built-in host layer (Filter)
+                e.add_note("(in %s() of %s layer '%s')" % (method, layer.type, layer.name))
             raise
 
 

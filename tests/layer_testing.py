@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from google.protobuf import text_format
 
-from gradcheck.layer_check import learned_params
+from gradcheck.layer_check import default_num_top, learned_params
 from jcaffe.layer import create_layer
 from jcaffe.proto import caffe_pb2
 
@@ -24,7 +24,7 @@ def make_layer(snippet, bottom_shapes, phase=caffe_pb2.TRAIN, dtype=np.float64, 
     if not lp.bottom:
         lp.bottom.extend("b%d" % i for i in range(len(bottom_shapes)))
     layer = create_layer(lp, dtype)
-    num_top = len(lp.top) or max(layer.exact_num_top_blobs, layer.min_top_blobs, 1)
+    num_top = len(lp.top) or default_num_top(layer)
     layer.layer_setup(bottom_shapes, num_top, np.random.default_rng(seed))
     layer.param_propagate_down = learned_params(layer)   # lr_mult 0 (BatchNorm's stats): no diff
     return layer

@@ -19,6 +19,22 @@ def canonical_axis(layer, axis, shape, what="axis"):
     return axis + n if axis < 0 else axis
 
 
+def axis_or_legacy(layer, legacy, shape):
+    """The ``axis`` of ``layer.p``, or its legacy uint32 field ``legacy`` (concat_dim,
+    slice_dim) when that is set; giving both is an error, as in Caffe."""
+    p = layer.p
+    if not p.HasField(legacy):
+        return canonical_axis(layer, p.axis, shape)
+    if p.HasField("axis"):
+        layer.fail("Either axis or %s should be specified; not both.", legacy)
+    value = getattr(p, legacy)      # unsigned: never negative
+    if value >= len(shape):
+        layer.fail("%s %d out of range for a %d-axis bottom of shape %s (%s must satisfy "
+                   "0 <= %s < num_axes)", legacy, value, len(shape), shape_string(shape),
+                   legacy, legacy)
+    return value
+
+
 def _not_in_place(layer):
     """Split and Flatten refuse top == bottom, as in Caffe."""
     lp = layer.layer_param
@@ -156,25 +172,9 @@ class Concat(JaxLayer):
     min_bottom_blobs = 1
     exact_num_top_blobs = 1
 
-    def setup(self, bottom_shapes):
-        p = self.p
-        if p.HasField("axis") and p.HasField("concat_dim"):
-            self.fail("Either axis or concat_dim should be specified; not both.")
-
-    def _axis(self, shape):
-        p = self.p
-        if not p.HasField("concat_dim"):
-            return canonical_axis(self, p.axis, shape)
-        # The legacy uint32 field takes no negative values.
-        if p.concat_dim >= len(shape):
-            self.fail("concat_dim %d out of range for a %d-axis bottom of shape %s "
-                      "(concat_dim must satisfy 0 <= concat_dim < num_axes)",
-                      p.concat_dim, len(shape), shape_string(shape))
-        return p.concat_dim
-
     def reshape(self, bottom_shapes):
         first = bottom_shapes[0]
-        axis = self.axis = self._axis(first)
+        axis = self.axis = axis_or_legacy(self, "concat_dim", first)
         top = list(first)
         for i, shape in enumerate(bottom_shapes[1:], start=1):
             if len(shape) != len(first):
