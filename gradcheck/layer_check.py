@@ -57,6 +57,8 @@ def learned_params(layer):
     specs = layer.layer_param.param
     return [not (k < len(specs) and specs[k].HasField("lr_mult") and specs[k].lr_mult == 0)
             for k in range(len(layer.blobs))]
+
+
 def default_num_top(layer):
     """The top count a layer gets when the snippet names no tops (0 for Silence)."""
     if layer.exact_num_top_blobs >= 0:
