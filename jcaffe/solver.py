@@ -378,11 +378,17 @@ class Solver:
         if not net._slots:
             return False
         runs = net._runs(0, len(net._slots) - 1)
-        return len(runs) == 1 and not runs[0][0].layer.is_host
+        if len(runs) != 1 or runs[0][0].layer.is_host:
+            return False
+        # Data source layers are fed one batch per fused call: with iter_size > 1 each
+        # pass needs its own batch, so those iterations take the unfused path.
+        return self.param.iter_size == 1 or \
+            not any(getattr(s.layer, "is_source", False) for s in runs[0])
 
     def _fused_iteration(self, display):
         net = self.net
         run = net._runs(0, len(net._slots) - 1)[0]
+        net._load_sources(run)   # data layers: the next batch, fetched on the host
         for slot in run:
             net._reshape_slot(slot)
         seg = net._segment(run)
