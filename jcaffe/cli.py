@@ -6,6 +6,8 @@
     jcaffe test  -model net.prototxt -weights w.caffemodel [-iterations 50] [-stage ..] [-level N]
     jcaffe time  -model net.prototxt [-iterations 50] [-phase TRAIN|TEST] [-stage ..] [-level N]
     jcaffe device_query
+    jcaffe convert_imageset | compute_image_mean | extract_features | upgrade_net_proto_text |
+           upgrade_net_proto_binary | upgrade_solver_proto_text   (Caffe's tools: jcaffe/tools.py)
 
 Flags are gflags-style: ``-solver x``, ``-solver=x``, ``--solver x`` and
 ``--solver=x`` all work. For ``train``, ``-iterations`` (when given)
@@ -51,6 +53,10 @@ commands:
   test            score a model
   device_query    show diagnostic information for the devices JAX sees
   time            benchmark model execution time
+
+tools (each with its own flags; see 'jcaffe <tool> -help'):
+  convert_imageset, compute_image_mean, extract_features,
+  upgrade_net_proto_text, upgrade_net_proto_binary, upgrade_solver_proto_text
 
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
@@ -293,6 +299,8 @@ COMMANDS = {"train": train, "test": test, "time": time_net, "device_query": devi
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     common.init_log()
+    if argv and argv[0] in _tools().TOOLS:
+        return _run_tool(argv[0], argv[1:])
     try:
         positional, flags, given = parse_flags(argv)
         if len(positional) != 1:
@@ -304,6 +312,23 @@ def main(argv=None):
         return command(flags, given)
     except UsageError as e:
         print("jcaffe: %s" % e, file=sys.stderr)
+        return 2
+    except (JcaffeError, OSError) as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+
+
+def _tools():
+    from . import tools
+    return tools
+
+
+def _run_tool(name, argv):
+    tools = _tools()
+    try:
+        return tools.TOOLS[name](argv)
+    except tools.ToolUsageError as e:
+        print("jcaffe %s: %s" % (name, e), file=sys.stderr)
         return 2
     except (JcaffeError, OSError) as e:
         log.error("%s: %s", type(e).__name__, e)

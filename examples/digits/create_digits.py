@@ -42,6 +42,7 @@ def write_lmdb(path, images, labels, indices, backend="lmdb"):
     with open_db(path, "w", backend) as db:
         for n, i in enumerate(indices):
             datum = caffe_io.array_to_datum(images[i], int(labels[i]))
+            datum.encoded = False   # convert_imageset's CVMatToDatum sets it explicitly
             db.put(make_key(n, "digit_%04d" % i), datum.SerializeToString())
     return len(indices)
 
