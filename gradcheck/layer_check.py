@@ -42,7 +42,8 @@ def build_layer(layer, bottom_shapes, phase=TRAIN, seed=0, layer_class=None, dty
     if not lp.bottom:
         lp.bottom.extend("b%d" % i for i in range(len(bottom_shapes)))
     layer = layer_class(lp, dtype) if layer_class is not None else create_layer(lp, dtype)
-    num_top = len(lp.top) or max(layer.exact_num_top_blobs, layer.min_top_blobs, 1)
+    num_top = len(lp.top) or (layer.exact_num_top_blobs if layer.exact_num_top_blobs >= 0
+                              else max(layer.min_top_blobs, 1))
     if not lp.top:
         lp.top.extend("t%d" % i for i in range(num_top))
     layer.layer_setup([tuple(s) for s in bottom_shapes], num_top, np.random.default_rng(seed))

@@ -30,7 +30,7 @@ import numpy as np
 from .. import common
 from ..data_transformer import DataTransformer, decode_image_bytes
 from ..db import DataSourceError, backend_name, open_db, parse_datum
-from ..layer import JaxLayer, Layer, register
+from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
 
 _LIVE = weakref.WeakSet()
@@ -557,22 +557,22 @@ class HDF5Data(SourceLayer):
 
 
 @register("HDF5Output")
-class HDF5Output(Layer):
-    """Caffe's HDF5OutputLayer: appends its two bottoms to datasets ``data`` and ``label``
-    of ``hdf5_output_param.file_name`` on every forward (a host layer; no tops)."""
+class HDF5Output(JaxLayer):
+    """Caffe's HDF5OutputLayer: appends its two bottoms to the datasets ``data`` and
+    ``label`` of ``hdf5_output_param.file_name`` on every forward; no tops.
 
-    type = "HDF5Output"
+    The file is created (truncated) at setup. The write is an ordered
+    ``jax.experimental.io_callback`` inside the compiled forward, so the layer
+    does not split the net into host and compiled parts. Backward, as Caffe's,
+    sends nothing useful down: zero diffs.
+    """
+
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 0
 
-    def __init__(self, layer_param, dtype=np.float32):
-        super().__init__(layer_param)
-        self.dtype = np.dtype(dtype)
-        self.file_name = layer_param.hdf5_output_param.file_name
-        self._file = None
-
-    def setup(self, bottom, top):
+    def setup(self, bottom_shapes):
         import h5py
+        self.file_name = self.layer_param.hdf5_output_param.file_name
         if not self.file_name:
             raise DataSourceError("HDF5Output layer '%s': hdf5_output_param.file_name is not set" % self.name)
         try:
@@ -580,34 +580,44 @@ class HDF5Output(Layer):
         except OSError as e:
             raise DataSourceError("HDF5Output layer '%s': cannot create '%s': %s"
                                   % (self.name, self.file_name, e)) from e
+        self._lock = threading.Lock()
 
-    def reshape(self, bottom, top):
-        pass
+    def reshape(self, bottom_shapes):
+        return []
 
-    def forward(self, bottom, top):
-        if self._file is None:
-            self.setup(bottom, top)
-        for name, blob in zip(("data", "label"), bottom):
-            arr = np.asarray(blob.data, np.float32)
-            if name not in self._file:
-                self._file.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True)
-            else:
-                ds = self._file[name]
-                if ds.shape[1:] != arr.shape[1:]:
-                    raise DataSourceError("HDF5Output layer '%s': bottom '%s' changed shape from %s to %s"
-                                          % (self.name, name, ds.shape[1:], arr.shape[1:]))
-                n = ds.shape[0]
-                ds.resize(n + arr.shape[0], axis=0)
-                ds[n:] = arr
-        self._file.flush()
+    def _write(self, data, label):
+        with self._lock:
+            if self._file is None:
+                return
+            for name, arr in (("data", np.asarray(data, np.float32)), ("label", np.asarray(label, np.float32))):
+                if name not in self._file:
+                    self._file.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True)
+                else:
+                    ds = self._file[name]
+                    if ds.shape[1:] != arr.shape[1:]:
+                        raise DataSourceError("HDF5Output layer '%s': bottom '%s' changed shape from %s to %s"
+                                              % (self.name, name, ds.shape[1:], arr.shape[1:]))
+                    n = ds.shape[0]
+                    ds.resize(n + arr.shape[0], axis=0)
+                    ds[n:] = arr
+            self._file.flush()
 
-    def backward(self, top, propagate_down, bottom):
-        pass
+    def forward(self, params, bottoms, rng):
+        from jax.experimental import io_callback
+        io_callback(self._write, None, bottoms[0], bottoms[1], ordered=True)
+        return [], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        import jax.numpy as jnp
+        return [jnp.zeros_like(b) if pd else None for b, pd in zip(bottoms, propagate_down)], []
 
     def close(self):
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Flush and close the file (also done when the layer is garbage collected)."""
+        f = getattr(self, "_file", None)
+        if f is not None:
+            with self._lock:
+                self._file = None
+                f.close()
 
     def __del__(self):
         try:
