@@ -319,11 +319,24 @@ def test_data_net_trains_with_one_fused_call_per_iteration(tmp_path, monkeypatch
     assert solver.net.forward()["loss"] < 0.5
 
 
-def test_iter_size_reads_one_batch_per_pass(tmp_path, monkeypatch):
-    solver = _solver(tmp_path, _label_db(tmp_path), iter_size=2)
+def test_iter_size_reads_one_batch_per_pass_in_one_fused_call(tmp_path, monkeypatch):
+    from jcaffe.engine import Segment
+    src = _label_db(tmp_path)
+    solver = _solver(tmp_path, src, iter_size=2)
+    assert solver._can_fuse()
     layer = solver.net.layers[0]
-    fetched = []
+    fetched, calls = [], []
     orig = layer.next_batch
     monkeypatch.setattr(layer, "next_batch", lambda: fetched.append(1) or orig())
+    monkeypatch.setattr(Segment, "run_forward", lambda *a, **k: calls.append(1))
     solver.step(3)
-    assert len(fetched) == 6
+    assert len(fetched) == 6 and not calls
+    monkeypatch.undo()
+    # the same trajectory as the unfused path (two forward/backward passes, then the update)
+    unfused = _solver(tmp_path / "u" if (tmp_path / "u").mkdir() is None else None, src, iter_size=2)
+    unfused.fuse_step = False
+    fused = _solver(tmp_path / "f" if (tmp_path / "f").mkdir() is None else None, src, iter_size=2)
+    fused.step(3)
+    unfused.step(3)
+    for a, b in zip(fused.net.learnable_params, unfused.net.learnable_params):
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
-"""The README's main job, shortened: the quickstart example trains and generalizes."""
+"""The examples, shortened: quickstart, the README's main job (examples/digits), the Python-layer
+examples and the saliency map; each trains and generalizes."""
 import os
 import sys
 
