@@ -111,6 +111,9 @@ class LMDB(_DB):
                     raise DataSourceError("LMDB database '%s' does not exist" % source)
                 self.env = _shared_read_env(source)
             else:
+                if os.path.realpath(source) in _READ_ENVS:
+                    raise DataSourceError("cannot write LMDB database '%s': it is open for reading in "
+                                          "this process (by a Data layer or open_db)" % source)
                 if mode == "w" and os.path.exists(source):
                     raise DataSourceError("cannot create LMDB database '%s': it already exists" % source)
                 os.makedirs(source, exist_ok=True)

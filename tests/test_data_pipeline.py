@@ -340,3 +340,16 @@ def test_iter_size_reads_one_batch_per_pass_in_one_fused_call(tmp_path, monkeypa
     unfused.step(3)
     for a, b in zip(fused.net.learnable_params, unfused.net.learnable_params):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-5, atol=1e-6)
+
+
+def test_prefetch_thread_ends_when_the_net_is_dropped(tmp_path):
+    import gc
+    import time
+    net = data_net(tmp_path, write_db(tmp_path / "db", 10), batch=1)
+    net.forward()
+    thread = net.layers[0]._prefetcher.thread
+    assert thread.is_alive()
+    del net
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()

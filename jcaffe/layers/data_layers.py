@@ -50,10 +50,14 @@ class _Failure:
 
 
 class Prefetcher:
-    """A daemon thread calling ``produce()`` into a queue of ``depth`` items."""
+    """A daemon thread calling ``produce()`` into a queue of ``depth`` items.
+
+    ``produce`` is held through a weak reference (a bound method: its layer), so
+    a layer that is garbage collected also ends its thread.
+    """
 
     def __init__(self, produce, depth, name):
-        self.produce = produce
+        self._produce = weakref.WeakMethod(produce) if hasattr(produce, "__self__") else (lambda: produce)
         self.queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="jcaffe-prefetch-%s" % name, daemon=True)
@@ -61,7 +65,7 @@ class Prefetcher:
         self.thread.start()
 
     def _put(self, item):
-        while not self._stop.is_set():
+        while not self._stop.is_set() and self._produce() is not None:
             try:
                 self.queue.put(item, timeout=0.05)
                 return True
@@ -71,11 +75,15 @@ class Prefetcher:
 
     def _run(self):
         while not self._stop.is_set():
+            produce = self._produce()
+            if produce is None:       # the layer is gone
+                return
             try:
-                item = self.produce()
+                item = produce()
             except BaseException as e:  # handed to the consumer, which re-raises it
                 self._put(_Failure(e))
                 return
+            del produce
             if not self._put(item):
                 return
 
