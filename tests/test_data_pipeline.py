@@ -353,3 +353,61 @@ def test_prefetch_thread_ends_when_the_net_is_dropped(tmp_path):
     gc.collect()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def _window_file(tmp_path):
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, (20, 30, 3)).astype(np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "w.png")
+    (tmp_path / "windows.txt").write_text(
+        "# 0\nw.png\n3\n20\n30\n3\n"
+        "2 0.9 5 4 14 13\n"        # foreground, class 2
+        "1 0.7 0 0 29 19\n"        # foreground, class 1: the whole image
+        "3 0.1 10 10 19 17\n")     # background (label 0)
+    return rgb
+
+
+def test_window_data_warps_windows_with_caffes_arithmetic(tmp_path):
+    rgb = _window_file(tmp_path)
+    net = make_net(tmp_path, """
+        layer { name: "w" type: "WindowData" top: "data" top: "label"
+          transform_param { crop_size: 6 scale: 0.5 mean_value: 10 mean_value: 20 mean_value: 30 }
+          window_data_param { source: "%s" root_folder: "%s/" batch_size: 4 fg_fraction: 0.5 } }"""
+                   % (tmp_path / "windows.txt", tmp_path))
+    assert net.blobs["data"].shape == (4, 3, 6, 6)
+    for _ in range(3):
+        out = net.forward()
+        assert out["label"][:2].tolist() == [0, 0] and set(out["label"][2:].tolist()) <= {1, 2}
+        bgr = rgb[:, :, ::-1]
+        mean = np.array([10, 20, 30], np.float32)[:, None, None]
+        bg = np.stack([np.asarray(Image.fromarray(bgr[10:18, 10:20, c]).resize((6, 6), Image.BILINEAR))
+                       for c in range(3)]).astype(np.float32)
+        np.testing.assert_allclose(out["data"][0], (bg - mean) * 0.5)
+        assert out["data"].shape == (4, 3, 6, 6)
+
+
+def test_window_data_context_pad_leaves_zeros_outside_the_image(tmp_path):
+    _window_file(tmp_path)
+    net = make_net(tmp_path, """
+        layer { name: "w" type: "WindowData" top: "data" top: "label"
+          transform_param { crop_size: 8 }
+          window_data_param { source: "%s" root_folder: "%s/" batch_size: 2 fg_threshold: 0.6
+                              bg_threshold: 0.05 fg_fraction: 1 context_pad: 2 crop_mode: "square" } }"""
+                   % (tmp_path / "windows.txt", tmp_path))
+    seen_whole = False
+    for _ in range(8):
+        out = net.forward()
+        for img, label in zip(out["data"], out["label"]):
+            if label == 1:   # the whole-image window, grown by the context: zero border
+                seen_whole = True
+                assert not img[:, 0, :].any() and not img[:, -1, :].any()
+    assert seen_whole
+
+
+def test_window_data_bad_window_file(tmp_path):
+    (tmp_path / "windows.txt").write_text("# 0\nw.png\n3\nnot a number\n")
+    with pytest.raises(DataSourceError, match="WindowData layer 'w'.*windows.txt"):
+        make_net(tmp_path, """
+            layer { name: "w" type: "WindowData" top: "data" top: "label"
+              transform_param { crop_size: 4 }
+              window_data_param { source: "%s" batch_size: 1 } }""" % (tmp_path / "windows.txt"))

@@ -1,6 +1,6 @@
 """gradcheck specs for the data source layers and HDF5Output.
 
-Source layers (Data, ImageData, MemoryData, HDF5Data) have no bottoms and no
+Source layers (Data, ImageData, MemoryData, HDF5Data, WindowData) have no bottoms and no
 params: their tops are filled on the host, so gradcheck checks that they set
 up (shapes from a real tiny source, made once per process in a temporary
 folder). HDF5Output has no tops and no backward worth checking
@@ -44,6 +44,8 @@ def _sources():
     with h5py.File(os.path.join(root, "a.h5"), "w") as f:
         f["x"] = rng.standard_normal((5, 3)).astype(np.float32)
         f["y"] = np.arange(5, dtype=np.float32)
+    with open(os.path.join(root, "windows.txt"), "w") as f:
+        f.write("# 0\n%s\n3\n6\n7\n2\n1 0.8 1 1 5 4\n2 0.1 0 0 3 3\n" % os.path.join(root, "im0.png"))
     with open(os.path.join(root, "h5.txt"), "w") as f:
         f.write(os.path.join(root, "a.h5") + "\n")
     _DIR.update(root=root, lmdb=lmdb)
@@ -93,10 +95,20 @@ def _hdf5_output(draw):
                 [(n, draw(st.integers(1, 3))), (n,)], backward=False)
 
 
+@st.composite
+def _window_data(draw):
+    d = _sources()
+    return Case('type: "WindowData" top: "data" top: "label" transform_param { crop_size: %d } '
+                'window_data_param { source: "%s" batch_size: %d context_pad: %d }'
+                % (draw(st.integers(2, 5)), os.path.join(d["root"], "windows.txt"),
+                   draw(st.integers(1, 4)), draw(st.integers(0, 1))), [], backward=False)
+
+
 SPECS = {
     "Data": _data(),
     "HDF5Data": _hdf5_data(),
     "HDF5Output": _hdf5_output(),
     "ImageData": _image_data(),
     "MemoryData": _memory_data(),
+    "WindowData": _window_data(),
 }

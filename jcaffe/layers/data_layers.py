@@ -1,4 +1,5 @@
-"""Data source layers: Data (LMDB/LevelDB), ImageData, MemoryData, HDF5Data; HDF5Output.
+"""Data source layers: Data (LMDB/LevelDB), ImageData, MemoryData, HDF5Data, WindowData;
+and HDF5Output.
 
 How they run
 ------------
@@ -19,6 +20,7 @@ stopped and joined (with a timeout) at interpreter exit, so exiting never
 hangs on it.
 """
 import atexit
+import math
 import os
 import queue
 import threading
@@ -632,3 +634,172 @@ class HDF5Output(JaxLayer):
             self.close()
         except Exception:
             pass
+
+
+def _cround(x):
+    """C's round(): halves away from zero (Python's round() goes to even)."""
+    return int(math.floor(x + 0.5)) if x >= 0 else -int(math.floor(-x + 0.5))
+
+
+@register("WindowData")
+class WindowData(SourceLayer):
+    """Caffe's WindowDataLayer (R-CNN fine-tuning): windows of images, warped to crop_size.
+
+    ``window_data_param.source`` is Caffe's window file::
+
+        # <image index>
+        <image path>
+        <channels>
+        <height>
+        <width>
+        <number of windows>
+        <class index> <overlap> <x1> <y1> <x2> <y2>
+        ...
+
+    Windows with overlap >= fg_threshold are foreground (their class, > 0);
+    below bg_threshold, background (label 0). Each batch holds
+    ``int(batch_size * fg_fraction)`` foreground windows after the
+    background ones, drawn at random; each is grown by ``context_pad``
+    (``crop_mode: "square"`` makes it square first), clipped to the image,
+    warped (bilinear) to ``crop_size`` (the clipped-off part stays 0),
+    optionally mirrored, and gets ``(pixel - mean) * scale`` from
+    ``transform_param`` (crop_size, mirror, scale, mean_file / mean_value),
+    exactly Caffe's arithmetic. Images are read as BGR colour.
+    """
+
+    exact_num_top_blobs = 2
+
+    def source_setup(self, num_top):
+        p = self.layer_param.window_data_param
+        tp = self.layer_param.transform_param
+        self.source, self.batch_size = p.source, p.batch_size
+        self.crop_size, self.mirror, self.scale = tp.crop_size, tp.mirror, tp.scale
+        if self.crop_size <= 0:
+            self.fail("transform_param.crop_size must be positive")
+        if self.batch_size < 1:
+            self.fail("window_data_param.batch_size must be positive")
+        self.context_pad, self.use_square = p.context_pad, p.crop_mode == "square"
+        self.fg_fraction, self.root = p.fg_fraction, p.root_folder
+        self.images, self.fg, self.bg = [], [], []
+        self._parse(p)
+        if not self.fg and not self.bg:
+            raise DataSourceError("WindowData layer '%s': window file '%s' has no windows"
+                                  % (self.name, p.source))
+        self.mean = None
+        self.mean_values = [float(v) for v in tp.mean_value]
+        if tp.HasField("mean_file"):
+            from .. import protoio
+            mean = protoio.read_blobproto(tp.mean_file)
+            mean = mean.reshape(mean.shape[-3:])
+            if mean.shape[1] != mean.shape[2]:
+                raise DataSourceError("WindowData layer '%s': mean_file '%s' must be square, got %s"
+                                      % (self.name, tp.mean_file, mean.shape))
+            self.mean = mean.astype(np.float32)
+            if self.mean_values:
+                raise DataSourceError("WindowData layer '%s': Cannot specify mean_file and mean_value "
+                                      "at the same time" % self.name)
+        self.rng = np.random.default_rng(_rng_seed())
+        self.prefetch_depth = 4
+        self.offset = 0
+        return [(self.batch_size, 3, self.crop_size, self.crop_size), (self.batch_size,)]
+
+    def _parse(self, p):
+        try:
+            with open(p.source) as f:
+                tokens = f.read().split("\n")
+        except OSError as e:
+            raise DataSourceError("WindowData layer '%s': cannot read window file '%s': %s"
+                                  % (self.name, p.source, e)) from e
+        lines = [l.strip() for l in tokens if l.strip()]
+        i = 0
+        try:
+            while i < len(lines):
+                if not lines[i].startswith("#"):
+                    raise ValueError("expected '# <image index>', got %r" % lines[i])
+                path = lines[i + 1]
+                c, h, w, n = (int(lines[i + k]) for k in range(2, 6))
+                index = len(self.images)
+                self.images.append((os.path.join(self.root, path) if self.root else path, (c, h, w)))
+                i += 6
+                for _ in range(n):
+                    cls, overlap, x1, y1, x2, y2 = lines[i].split()
+                    window = [index, int(cls), float(overlap), int(x1), int(y1), int(x2), int(y2)]
+                    if window[2] >= p.fg_threshold:
+                        if window[1] <= 0:
+                            raise ValueError("foreground window with class %d (must be > 0)" % window[1])
+                        self.fg.append(window)
+                    elif window[2] < p.bg_threshold:
+                        window[1], window[2] = 0, 0.0
+                        self.bg.append(window)
+                    i += 1
+        except (ValueError, IndexError) as e:
+            raise DataSourceError("WindowData layer '%s': window file '%s' near line %d: %s"
+                                  % (self.name, p.source, i + 1, e)) from None
+
+    def load_batch(self):
+        from PIL import Image
+        cs = self.crop_size
+        data = np.zeros((self.batch_size, 3, cs, cs), np.float32)
+        labels = np.zeros(self.batch_size, np.float32)
+        num_fg = int(self.batch_size * self.fg_fraction)
+        item = 0
+        for is_fg, count in ((False, self.batch_size - num_fg), (True, num_fg)):
+            pool = self.fg if is_fg else self.bg
+            if count and not pool:
+                raise DataSourceError("WindowData layer '%s': no %s windows in '%s'"
+                                      % (self.name, "foreground" if is_fg else "background", self.source))
+            for _ in range(count):
+                window = pool[int(self.rng.integers(0, len(pool)))]
+                do_mirror = bool(self.mirror) and int(self.rng.integers(0, 2)) == 1
+                path = self.images[window[0]][0]
+                img = read_image(path, where="WindowData layer '%s' (%s)" % (self.name, self.source))
+                x1, y1, x2, y2 = window[3:7]
+                pad_w = pad_h = 0
+                crop_w = crop_h = cs
+                if self.context_pad > 0 or self.use_square:
+                    context_scale = cs / float(cs - 2 * self.context_pad)
+                    half_h, half_w = (y2 - y1 + 1) / 2.0, (x2 - x1 + 1) / 2.0
+                    cx, cy = x1 + half_w, y1 + half_h
+                    if self.use_square:
+                        half_h = half_w = max(half_h, half_w)
+                    x1 = _cround((cx - half_w * context_scale))
+                    x2 = _cround((cx + half_w * context_scale))
+                    y1 = _cround((cy - half_h * context_scale))
+                    y2 = _cround((cy + half_h * context_scale))
+                    unclipped_h, unclipped_w = y2 - y1 + 1, x2 - x1 + 1
+                    pad_x1, pad_y1 = max(0, -x1), max(0, -y1)
+                    pad_x2 = max(0, x2 - img.shape[1] + 1)
+                    pad_y2 = max(0, y2 - img.shape[0] + 1)
+                    x1, x2, y1, y2 = x1 + pad_x1, x2 - pad_x2, y1 + pad_y1, y2 - pad_y2
+                    scale_x, scale_y = cs / float(unclipped_w), cs / float(unclipped_h)
+                    crop_w = _cround(((x2 - x1 + 1) * scale_x))
+                    crop_h = _cround(((y2 - y1 + 1) * scale_y))
+                    pad_x1, pad_x2 = _cround((pad_x1 * scale_x)), _cround((pad_x2 * scale_x))
+                    pad_y1 = _cround((pad_y1 * scale_y))
+                    pad_h = pad_y1
+                    pad_w = pad_x2 if do_mirror else pad_x1
+                    if pad_y1 + crop_h > cs:
+                        crop_h = cs - pad_y1
+                    if pad_x1 + crop_w > cs:
+                        crop_w = cs - pad_x1
+                x1, y1 = max(x1, 0), max(y1, 0)
+                roi = img[y1:y2 + 1, x1:x2 + 1]
+                if roi.size == 0 or crop_w <= 0 or crop_h <= 0:
+                    raise DataSourceError("WindowData layer '%s': empty window %s in image '%s'"
+                                          % (self.name, window[3:7], path))
+                warped = np.stack([np.asarray(Image.fromarray(roi[:, :, c]).resize((crop_w, crop_h),
+                                                                                  Image.BILINEAR))
+                                   for c in range(roi.shape[2])], axis=0).astype(np.float32)
+                if do_mirror:
+                    warped = warped[:, :, ::-1]
+                if self.mean is not None:
+                    off = (self.mean.shape[2] - cs) // 2
+                    mean = self.mean[:, off + pad_h:off + pad_h + crop_h, off + pad_w:off + pad_w + crop_w]
+                    warped = warped - mean
+                elif self.mean_values:
+                    mv = self.mean_values if len(self.mean_values) == 3 else self.mean_values * 3
+                    warped = warped - np.asarray(mv[:3], np.float32)[:, None, None]
+                data[item, :, pad_h:pad_h + crop_h, pad_w:pad_w + crop_w] = warped * np.float32(self.scale)
+                labels[item] = window[1]
+                item += 1
+        return [data, labels]
