@@ -76,7 +76,8 @@ def train(iters=2000, out_dir=create_digits.DEFAULT_OUT, log=print, verbose=True
         logging.getLogger("jcaffe").setLevel(logging.INFO)
     log("training LeNet on %s for %d iterations (batch 64)" % (paths["train"], iters))
     solver.solve()
-    logging.getLogger("jcaffe").setLevel(logging.WARNING)
+    if verbose:   # quiet again for the summary below
+        logging.getLogger("jcaffe").setLevel(logging.WARNING)
     test_net = solver.test_nets[0]
     accuracy = test_accuracy(test_net, sp.test_iter[0])
     log("test accuracy: %.4f on %d images (%.1f s)"

@@ -48,7 +48,8 @@ def train(iters=600, out_dir=create_digits.DEFAULT_OUT, log=print, verbose=True)
     if verbose:
         logging.getLogger("jcaffe").setLevel(logging.INFO)
     solver.solve()
-    logging.getLogger("jcaffe").setLevel(logging.WARNING)
+    if verbose:   # quiet again for the summary below
+        logging.getLogger("jcaffe").setLevel(logging.WARNING)
     test_net = solver.test_nets[0]
     accuracy = float(np.mean([float(test_net.forward()["accuracy"]) for _ in range(6)]))
     log("one-hot + Python EuclideanLoss LeNet: test accuracy %.4f on 360 images" % accuracy)
