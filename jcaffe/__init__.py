@@ -11,6 +11,7 @@ from .solver import (AdaDeltaSolver, AdaGradSolver, AdamSolver, NesterovSolver, 
                      SGDSolver, Solver, get_solver)
 from . import layers as _builtin_layers  # noqa: F401  (registers them; jcaffe.layers is NetSpec's)
 from . import net_spec, parallel
+from . import io  # noqa: F401  (pycaffe's caffe.io)
 from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .proto.caffe_pb2 import TEST, TRAIN
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "JaxLayer", "Layer", "Net",
     "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
-    "caffe_pb2", "get_solver",
+    "caffe_pb2", "get_solver", "io",
     "has_nccl", "init_distributed", "init_log", "layer_type_list", "layers", "log", "params", "register",
     "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank", "to_proto",

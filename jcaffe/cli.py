@@ -7,6 +7,8 @@
     jcaffe test  -model net.prototxt -weights w.caffemodel [-iterations 50] [-stage ..] [-level N]
     jcaffe time  -model net.prototxt [-iterations 50] [-phase TRAIN|TEST] [-stage ..] [-level N]
     jcaffe device_query
+    jcaffe convert_imageset | compute_image_mean | extract_features | upgrade_net_proto_text |
+           upgrade_net_proto_binary | upgrade_solver_proto_text   (Caffe's tools: jcaffe/tools.py)
 
 Flags are gflags-style: ``-solver x``, ``-solver=x``, ``--solver x`` and
 ``--solver=x`` all work. For ``train``, ``-iterations`` (when given)
@@ -67,6 +69,10 @@ commands:
   test            score a model
   device_query    show diagnostic information for the devices JAX sees
   time            benchmark model execution time
+
+tools (each with its own flags; see 'jcaffe <tool> -help'):
+  convert_imageset, compute_image_mean, extract_features,
+  upgrade_net_proto_text, upgrade_net_proto_binary, upgrade_solver_proto_text
 
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
@@ -341,6 +347,8 @@ def main(argv=None):
         from . import cli_explain
         return cli_explain.main(argv)
     common.init_log()
+    if argv and argv[0] in _tools().TOOLS:
+        return _run_tool(argv[0], argv[1:])
     try:
         positional, flags, given = parse_flags(argv)
         if len(positional) != 1:
@@ -352,6 +360,23 @@ def main(argv=None):
         return command(flags, given)
     except UsageError as e:
         print("jcaffe: %s" % e, file=sys.stderr)
+        return 2
+    except (JcaffeError, OSError) as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return 1
+
+
+def _tools():
+    from . import tools
+    return tools
+
+
+def _run_tool(name, argv):
+    tools = _tools()
+    try:
+        return tools.TOOLS[name](argv)
+    except tools.ToolUsageError as e:
+        print("jcaffe %s: %s" % (name, e), file=sys.stderr)
         return 2
     except (JcaffeError, OSError) as e:
         log.error("%s: %s", type(e).__name__, e)

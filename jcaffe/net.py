@@ -472,7 +472,9 @@ class Net:
                    for name, a in arrays.items()}
 
     def set_input_arrays(self, data, labels):
-        """For MemoryData layers (the data-pipeline issue)."""
+        """Give the (first) MemoryData layer its arrays: ``data`` N x C x H x W, ``labels``
+        N (or N x 1 x 1 x 1); N a multiple of its batch_size (pycaffe's set_input_arrays)."""
+        labels = np.asarray(labels)
         for s in self._slots:
             if s.layer.type == "MemoryData":
                 if labels.ndim == 1:
@@ -631,6 +633,7 @@ class Net:
             if run[0].layer.is_host:
                 loss += self._forward_host(run[0])
             else:
+                self._load_sources(run)
                 loss += self._forward_compiled(run, key)
             if len(run) == 1:
                 self._run_hooks("after_forward", run[0].index)
@@ -647,6 +650,19 @@ class Net:
             if w:
                 loss += float(np.vdot(t.host_data(), t.host_diff()))
         return loss
+
+    def _load_sources(self, run):
+        """Fill the tops of the data source layers in ``run`` with their next batch (on
+        the host, from their prefetch queue): the compiled code reads them as inputs."""
+        for slot in run:
+            layer = slot.layer
+            if getattr(layer, "is_source", False):
+                arrays = layer.next_batch()
+                for name, value in zip(slot.tops, arrays):
+                    blob = self.blobs[name]
+                    if tuple(blob.shape) != tuple(value.shape):
+                        blob.reshape(value.shape)
+                    blob.set_device_data(jnp.asarray(value, self.dtype))
 
     def _forward_compiled(self, run, key):
         for slot in run:

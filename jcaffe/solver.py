@@ -394,14 +394,24 @@ class Solver:
     def _fused_iteration(self, display):
         net = self.net
         run = net._runs(0, len(net._slots) - 1)[0]
+        blobs, learnable = net.blobs, net._learnable
+        # Data layers: the next batch of each pass, fetched on the host (prefetched) and
+        # passed in; with iter_size > 1 the passes' batches are stacked on a leading axis.
+        sources = [t for slot in run if getattr(slot.layer, "is_source", False) for t in slot.tops]
+        batches = []
+        for _ in range(self.param.iter_size if sources else 1):
+            net._load_sources(run)
+            batches.append([blobs[t].device_data() for t in sources])
         for slot in run:
             net._reshape_slot(slot)
         seg = net._segment(run)
-        if self._fused is None or self._fused[0] is not seg:
-            self._fused = (seg, jax.jit(self._trace_fused(seg)))
+        stacked = tuple(sources) if self.param.iter_size > 1 else ()
+        if self._fused is None or self._fused[0] is not seg or self._fused[2] != stacked:
+            self._fused = (seg, jax.jit(self._trace_fused(seg, stacked)), stacked)
         _, data_names, diff_names, _, _ = seg.backward_plan()
-        blobs, learnable = net.blobs, net._learnable
         data_in = {name: blobs[name].device_data() for name in seg.reads}
+        for i, name in enumerate(stacked):
+            data_in[name] = jnp.stack([b[i] for b in batches])
         extra = {name: blobs[name].device_data() for name in data_names
                  if name not in data_in and name not in seg.writes}
         loss_w = {name: blobs[name].device_diff() for name in seg.loss_tops}
@@ -431,14 +441,15 @@ class Solver:
             self._iter += 1
         return after
 
-    def _trace_fused(self, seg):
+    def _trace_fused(self, seg, stacked=()):
         """The pure function of one training iteration over the segment ``seg``.
 
         Under data-parallel training (``self.parallel``) it runs on every device
         inside ``shard_map`` and its collective hooks apply: ``mean`` averages the
         gradients (Caffe's all-reduce, divided by the solver count), the loss and
         params that forward updates (BatchNorm statistics) over the devices;
-        ``vary`` marks the accumulators of the ``iter_size`` loop as per-device."""
+        ``vary`` marks the accumulators of the ``iter_size`` loop as per-device.
+        ``stacked``: input blobs holding one batch per iter_size pass (data layers)."""
         _, data_names, _, _, pids = seg.backward_plan()
         iter_size = self.param.iter_size
         update = self._update
@@ -447,6 +458,9 @@ class Solver:
         vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
         def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0):
+            if stacked:
+                data_in = {name: value[k] if name in stacked else value
+                           for name, value in data_in.items()}
             key = jax.random.fold_in(base_key, count0 + k + 1)
             seg_params = {pid: params[pid] for pid in seg.param_ids}
             written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key)

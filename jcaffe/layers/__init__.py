@@ -6,3 +6,4 @@ from . import loss_extra  # noqa: F401
 from . import crop, deconv, im2col, pool_stochastic, spp  # noqa: F401
 from . import neuron_extra, normalization, scale_bias  # noqa: F401
 from . import embed, reduce, shaping  # noqa: F401
+from . import data_layers  # noqa: F401
