@@ -355,10 +355,11 @@ class DataParallel:
             raise DeviceError("data-parallel training runs the whole net as one compiled step on "
                               "every device, and %s; host (Python) layers are allowed only as data "
                               "sources without bottoms at the start of the net" % what)
-        if sources and solver.param.iter_size != 1:
-            raise DeviceError("data-parallel training with host data layers (%s) needs "
+        fed = sources + [slot for slot in runs[0] if getattr(slot.layer, "is_source", False)]
+        if fed and solver.param.iter_size != 1:
+            raise DeviceError("data-parallel training with data layers (%s) needs "
                               "iter_size: 1 (got %d); raise batch_size or the device count instead"
-                              % (", ".join(s.layer.name for s in sources), solver.param.iter_size))
+                              % (", ".join(s.layer.name for s in fed), solver.param.iter_size))
         return sources, runs[0]
 
     def _grow_inputs(self):
@@ -366,8 +367,8 @@ class DataParallel:
         net, names = self.solver.net, []
         _, run = self._plan()
         for slot in run:
-            if slot.layer.forward_writes_tops:
-                continue
+            if slot.layer.forward_writes_tops or getattr(slot.layer, "is_source", False):
+                continue     # data layers (Data, ImageData, ...) fill one batch per device
             for name in slot.tops:
                 blob = net.blobs[name]
                 if blob.num_axes >= 1 and name not in names:
@@ -468,6 +469,25 @@ class DataParallel:
                 net.blobs[name].data[...] = out[name][0]
         return out
 
+    def _load_run_sources(self, run):
+        """Data layers inside the compiled run (Data, ImageData, MemoryData, ...): the next
+        ``batch_size`` batch of each, once per local device (Caffe's -gpu: batch_size is per
+        device); -> {top name: [array per device]}. The net shows the root device's batch."""
+        net, out = self.solver.net, {}
+        for slot in run:
+            if not getattr(slot.layer, "is_source", False):
+                continue
+            for _ in range(self.num_local):
+                for name, value in zip(slot.tops, slot.layer.next_batch()):
+                    out.setdefault(name, []).append(jnp.asarray(value, net.dtype))
+            for name in slot.tops:
+                blob = net.blobs[name]
+                first = out[name][0]
+                if tuple(blob.shape) != tuple(first.shape):
+                    blob.reshape(first.shape)
+                blob.set_device_data(jnp.asarray(first, net.dtype))
+        return out
+
     def _reshape_local(self, run):
         """Reshape the compiled layers for one device's share of the batch."""
         net, local = self.solver.net, {}
@@ -531,6 +551,7 @@ class DataParallel:
         solver, net = self.solver, self.solver.net
         sources_, run = self._plan()
         sources = self._read_sources() if sources_ else {}
+        sources.update(self._load_run_sources(run))
         local = self._reshape_local(run)
         seg = net._segment(run)
         if self._compiled is None or self._compiled[0] is not seg:

@@ -68,6 +68,29 @@ layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
   inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
 """
+# Caffe's Data layer over an LMDB (written by lmdb_source below), then InnerProduct + loss.
+LMDB_NET = """
+name: "lmdb"
+layer { name: "d" type: "Data" top: "x" top: "y"
+  data_param { source: "%(source)s" batch_size: %(n)d backend: LMDB } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+  inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" top: "loss" }
+"""
+
+
+def lmdb_source(path, n=40):
+    """An LMDB of n Datum records (1x2x3 uint8, label i % 5), keys in Caffe's style."""
+    from jcaffe import io as caffe_io
+    from jcaffe.db import make_key, open_db
+    rng = np.random.default_rng(3)
+    with open_db(path, "w", "lmdb") as db:
+        for i in range(n):
+            datum = caffe_io.array_to_datum(rng.integers(0, 255, (1, 2, 3)).astype(np.uint8), i % 5)
+            db.put(make_key(i, "r%d" % i), datum.SerializeToString())
+    return path
+
+
 TINY_X = np.random.default_rng(1).normal(size=(8, 3)).astype(np.float32)
 TINY_Y = np.random.default_rng(2).normal(size=(8, 2)).astype(np.float32)
 
@@ -207,6 +230,14 @@ def local(out_path):
         fed4.step(3)
         result["source_diff"] = max_diff(params_of(fed1), params_of(fed4))
         result["source_root_shape"] = list(fed4.net.blobs["x"].shape)
+        # Caffe's Data layer (LMDB): batch_size is per device, each device its own records
+        source = lmdb_source(os.path.join(tmp, "lmdb"))
+        db1 = jcaffe.get_solver(solver_param(LMDB_NET.replace("%(source)s", source), 8))
+        db4 = jcaffe.get_solver(solver_param(LMDB_NET.replace("%(source)s", source), 2), devices=4)
+        db1.step(4)
+        db4.step(4)
+        result["lmdb_diff"] = max_diff(params_of(db1), params_of(db4))
+        result["lmdb_root_shape"] = list(db4.net.blobs["x"].shape)
         # errors
         bad = lenet_solver(3, devices=2)
         bad.net.blobs["data"].reshape(3, 1, 12, 12)

@@ -231,6 +231,13 @@ def test_python_data_source_feeds_each_device_its_own_batch(local):
     assert res["source_root_shape"] == [worker.BATCH, 3]
 
 
+def test_lmdb_data_layer_gives_each_device_its_own_batch(local):
+    # 4 devices x batch_size 2 read the same 8 records per step as 1 device x 8
+    res, _ = local
+    assert res["lmdb_diff"] < 1e-5
+    assert res["lmdb_root_shape"] == [2, 1, 2, 3]
+
+
 def test_errors_in_the_multi_device_process(local):
     res, output = local
     assert "cannot share evenly" in res["error_not_divisible"]
