@@ -5,9 +5,11 @@ rounding and border clipping, AVE's divisor, MAX's tie rule); the arithmetic
 is XLA's: convolutions go through ``lax.conv_general_dilated``, window sums
 through ``lax.reduce_window``. Every backward is written out: convolution's
 data gradient is a transposed convolution, its weight gradient a convolution
-of the input with the top diff, and pooling routes diffs back by gathering,
-for each bottom element, the few windows that cover it (no scatter, so the
-result does not depend on the order of atomic adds on a GPU).
+of the input with the top diff (on CPU, grouped convolutions run as one
+convolution per group), and pooling routes diffs back densely: for each kernel
+offset, the diffs of the windows whose argmax (or share) lies there are placed
+by a stride-dilated pad and the placements summed (no scatter, so the result
+does not depend on the order of atomic adds on a GPU).
 """
 import functools
 
@@ -223,20 +225,6 @@ class Convolution(JaxLayer):
 def _pool_windows(size, pooled, k, s, p):
     """Window starts of one axis, in image coordinates (may be negative: padding)."""
     return (np.arange(pooled) * s - p).astype(np.int32)
-
-
-def _covering_windows(size, pooled, k, s, p):
-    """For each position 0..size-1 of one axis, the windows that contain it.
-
-    Returns (index, valid), both (size, T) with T = the most windows any position
-    lies in: window ``index[h, t]`` covers h where ``valid[h, t]``.
-    """
-    t_max = min(-(-k // s), pooled)
-    hp = np.arange(size)[:, None] + p                      # padded coordinate
-    last = np.minimum(hp // s, pooled - 1)                 # last window starting at or before hp
-    index = last - np.arange(t_max)[None, :]
-    valid = (index >= 0) & (hp - index * s < k)
-    return np.where(valid, index, 0), valid
 
 
 @register("Pooling")
