@@ -82,6 +82,10 @@ class SyncedArray:
         self.shape = shape
 
 
+def _as_shape(value, shape):
+    return value if tuple(value.shape) == shape else jnp.reshape(value, shape)
+
+
 def shape_count(shape, start=0, end=None):
     """Product of ``shape[start:end]`` (Caffe's Blob::count(start, end))."""
     return int(math.prod(shape[start:end]))
@@ -198,11 +202,13 @@ class Blob:
         self._diff = other._diff
 
     # -- engine side (device arrays) ---------------------------------------
+    # jnp.reshape is a dispatched op even to the same shape (an XLA call per blob per
+    # step, and one that waits for the array): reshape only a shared view's storage.
     def device_data(self):
-        return jnp.reshape(self._data.device(), self._shape)
+        return _as_shape(self._data.device(), self._shape)
 
     def device_diff(self):
-        return jnp.reshape(self._diff.device(), self._shape)
+        return _as_shape(self._diff.device(), self._shape)
 
     def set_device_data(self, value):
         self._data.set_device(value)

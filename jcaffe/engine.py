@@ -12,6 +12,7 @@ into a single call.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class LayerSlot:
@@ -58,7 +59,11 @@ class Segment:
         self.loss_tops = loss_tops
         self.param_ids = sorted({p for s in slots for p in s.param_ids})
         self.needs_rng = any(s.layer.needs_rng for s in slots)
-        self._forward_jit = jax.jit(self.trace_forward)
+        # The key is folded inside the call: (base key, forward count) in, so a forward
+        # dispatches one XLA call, not a separate fold_in before it.
+        self._forward_jit = jax.jit(
+            lambda params, data, loss_weights, base_key, count: self.trace_forward(
+                params, data, loss_weights, jax.random.fold_in(base_key, count)))
         self._backward_jit = {}
 
     # -- forward ---------------------------------------------------------------
@@ -93,8 +98,9 @@ class Segment:
         written = {name: env[name] for name in self.writes}
         return written, saved, new_params, loss
 
-    def run_forward(self, params, data, loss_weights, rng):
-        return self._forward_jit(params, data, loss_weights, rng)
+    def run_forward(self, params, data, loss_weights, base_key, count):
+        """The forward with the key ``fold_in(base_key, count)`` (count: a host int)."""
+        return self._forward_jit(params, data, loss_weights, base_key, np.uint32(count))
 
     # -- backward --------------------------------------------------------------
     def backward_plan(self):

@@ -625,7 +625,7 @@ class Net:
             raise NetGraphError("forward range %d..%d outside the net's %d layers"
                                 % (start, end, len(self._slots)))
         self._forward_count += 1
-        key = jax.random.fold_in(self._base_key, self._forward_count)
+        key = (self._base_key, self._forward_count)
         loss = 0.0
         for run in self._runs(start, end):
             if len(run) == 1:
@@ -664,14 +664,14 @@ class Net:
                         blob.reshape(value.shape)
                     blob.set_device_data(jnp.asarray(value, self.dtype))
 
-    def _forward_compiled(self, run, key):
+    def _forward_compiled(self, run, key):   # key: (base key, count), folded in the call
         for slot in run:
             self._reshape_slot(slot)
         seg = self._segment(run)
         params = {pid: self._learnable[pid].device_data() for pid in seg.param_ids}
         data = {name: self.blobs[name].device_data() for name in seg.reads}
         loss_w = {name: self.blobs[name].device_diff() for name in seg.loss_tops}
-        written, saved, new_params, loss = seg.run_forward(params, data, loss_w, key)
+        written, saved, new_params, loss = seg.run_forward(params, data, loss_w, *key)
         for name, value in written.items():
             self.blobs[name].set_device_data(value)
         self._saved.update(saved)

@@ -95,7 +95,7 @@ class Solver:
         self._init, self._update = make_update(param, self._rule, self.net.params_lr,
                                                self.net.params_weight_decay)
         self._history = self._init([b.device_data() for b in learnable])
-        self._update_jit = jax.jit(self._update)
+        self._update_jit = jax.jit(self._update, donate_argnums=(1,))   # history, in place
         self._fused = None              # (segment, jitted fn)
         self.parallel = data_parallel_for(self, devices)   # None: one device, no collectives
 
@@ -371,8 +371,7 @@ class Solver:
         params = [b.device_data() for b in learnable]
         grads = [b.device_diff() for b in learnable]
         new_params, self._history, values, norm = self._update_jit(
-            grads, self._history, params, jnp.asarray(rate, self.net.dtype),
-            jnp.asarray(self._iter, jnp.int32))
+            grads, self._history, params, np.asarray(rate, self.net.dtype), np.int32(self._iter))
         for blob, value, diff in zip(learnable, new_params, values):
             blob.set_device_data(value)
             blob.set_device_diff(diff)
@@ -407,7 +406,11 @@ class Solver:
         seg = net._segment(run)
         stacked = tuple(sources) if self.param.iter_size > 1 else ()
         if self._fused is None or self._fused[0] is not seg or self._fused[2] != stacked:
-            self._fused = (seg, jax.jit(self._trace_fused(seg, stacked)), stacked)
+            # params and solver history are donated: the update writes them in place
+            # (no second copy of every weight and momentum per step); the blobs and
+            # the history receive the new arrays right after the call.
+            self._fused = (seg, jax.jit(self._trace_fused(seg, stacked), donate_argnums=(0, 1)),
+                           stacked)
         _, data_names, diff_names, _, _ = seg.backward_plan()
         data_in = {name: blobs[name].device_data() for name in seg.reads}
         for i, name in enumerate(stacked):
@@ -420,8 +423,8 @@ class Solver:
         rate = self._next_rate()
         count0 = self._iter * self.param.iter_size
         out = self._fused[1](params, self._history, data_in, extra, loss_w, top_diffs,
-                             net._base_key, jnp.asarray(count0, jnp.int32),
-                             jnp.asarray(rate, net.dtype), jnp.asarray(self._iter, jnp.int32))
+                             net._base_key, np.int32(count0),
+                             np.asarray(rate, net.dtype), np.int32(self._iter))
         new_params, self._history, values, norm, written, saved, diffs, loss = out
         for blob, value, diff in zip(learnable, new_params, values):
             blob.set_device_data(value)

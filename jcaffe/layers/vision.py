@@ -5,10 +5,15 @@ rounding and border clipping, AVE's divisor, MAX's tie rule); the arithmetic
 is XLA's: convolutions go through ``lax.conv_general_dilated``, window sums
 through ``lax.reduce_window``. Every backward is written out: convolution's
 data gradient is a transposed convolution, its weight gradient a convolution
-of the input with the top diff, and pooling routes diffs back by gathering,
-for each bottom element, the few windows that cover it (no scatter, so the
-result does not depend on the order of atomic adds on a GPU).
+of the input with the top diff (on CPU, grouped convolutions run as one
+convolution per group), and pooling routes diffs back densely: for each kernel
+offset, the diffs of the windows whose argmax (or share) lies there are placed
+by a stride-dilated pad and the placements summed (no scatter, so the result
+does not depend on the order of atomic adds on a GPU).
 """
+import functools
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -131,10 +136,7 @@ class Convolution(JaxLayer):
         w = params[0]
         tops = []
         for x in bottoms:
-            y = lax.conv_general_dilated(
-                self._batched(x), w, window_strides=self.stride,
-                padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation,
-                feature_group_count=self.group)
+            y = self._conv_forward(self._batched(x), w)
             if self.p.bias_term:
                 y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
             tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
@@ -156,20 +158,48 @@ class Convolution(JaxLayer):
                 db = s if db is None else db + s
         return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
 
+    # -- the computations (formulation chosen per backend and shape) ------------
+    # XLA's CPU backend runs a grouped convolution (feature_group_count /
+    # batch_group_count > 1) far off its fast path: CaffeNet's group-2 conv2 took
+    # ~5x longer forward and ~7x longer for the weight gradient than the same work
+    # as two ungrouped convolutions (benchmarks/bench_conv.py). So on CPU each group
+    # is its own convolution on a channel slice, the results concatenated; elsewhere
+    # (cuDNN & co. have native grouped kernels) the grouped call is kept.
+    def _split_groups(self):
+        return self.group > 1 and jax.default_backend() == "cpu"
+
+    def _conv_forward(self, x, w):
+        """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
+        conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
+                                 padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
+        if self._split_groups():
+            xs, ws = jnp.split(x, self.group, axis=1), jnp.split(w, self.group, axis=0)
+            return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
+        return conv(x, w, feature_group_count=self.group)
+
     def _data_diff(self, dy, w):
         """dE/dx: dy dilated by the stride, convolved with the flipped, group-transposed kernel."""
         g, n = self.group, self.num_spatial
-        o, cg = w.shape[:2]
-        wt = w.reshape((g, o // g, cg) + w.shape[2:]).swapaxes(1, 2)
-        wt = jnp.flip(wt.reshape((g * cg, o // g) + w.shape[2:]), axis=tuple(range(2, 2 + n)))
         padding = []
         for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
                                           self.stride, self.pad, self.dilation):
             extent = d * (k - 1) + 1
             padding.append((extent - 1 - p, size - 1 + p - (out - 1) * s))
-        return lax.conv_general_dilated(dy, wt, window_strides=(1,) * n, padding=padding,
-                                        lhs_dilation=self.stride, rhs_dilation=self.dilation,
-                                        feature_group_count=g)
+        spatial = tuple(range(2, 2 + n))
+
+        def transposed(wg, groups):     # (O, C/g, k...) -> (C, O/g, k...), flipped
+            o, cg = wg.shape[:2]
+            wt = wg.reshape((groups, o // groups, cg) + wg.shape[2:]).swapaxes(1, 2)
+            return jnp.flip(wt.reshape((groups * cg, o // groups) + wg.shape[2:]), axis=spatial)
+
+        conv = functools.partial(lax.conv_general_dilated, window_strides=(1,) * n,
+                                 padding=padding, lhs_dilation=self.stride,
+                                 rhs_dilation=self.dilation)
+        if self._split_groups():
+            dys, ws = jnp.split(dy, g, axis=1), jnp.split(w, g, axis=0)
+            return jnp.concatenate([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)],
+                                   axis=1)
+        return conv(dy, transposed(w, g), feature_group_count=g)
 
     def _weight_diff(self, x, dy):
         """dE/dW[o, c, j] = sum over n and out of dy[n, o, out] * x[n, c, out*stride + j*dilation].
@@ -183,29 +213,18 @@ class Convolution(JaxLayer):
         padding = [(p, (k - 1) * d + (out - 1) * s + 1 - size - p)
                    for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
                                                      self.stride, self.pad, self.dilation)]
-        return lax.conv_general_dilated(
-            x, dy, window_strides=self.dilation, padding=padding, rhs_dilation=self.stride,
-            dimension_numbers=lax.ConvDimensionNumbers(spec, spec, spec),
-            batch_group_count=self.group)
+        conv = functools.partial(lax.conv_general_dilated, window_strides=self.dilation,
+                                 padding=padding, rhs_dilation=self.stride,
+                                 dimension_numbers=lax.ConvDimensionNumbers(spec, spec, spec))
+        if self._split_groups():
+            xs, dys = jnp.split(x, self.group, axis=1), jnp.split(dy, self.group, axis=1)
+            return jnp.concatenate([conv(xg, d) for xg, d in zip(xs, dys)], axis=0)
+        return conv(x, dy, batch_group_count=self.group)
 
 
 def _pool_windows(size, pooled, k, s, p):
     """Window starts of one axis, in image coordinates (may be negative: padding)."""
     return (np.arange(pooled) * s - p).astype(np.int32)
-
-
-def _covering_windows(size, pooled, k, s, p):
-    """For each position 0..size-1 of one axis, the windows that contain it.
-
-    Returns (index, valid), both (size, T) with T = the most windows any position
-    lies in: window ``index[h, t]`` covers h where ``valid[h, t]``.
-    """
-    t_max = min(-(-k // s), pooled)
-    hp = np.arange(size)[:, None] + p                      # padded coordinate
-    last = np.minimum(hp // s, pooled - 1)                 # last window starting at or before hp
-    index = last - np.arange(t_max)[None, :]
-    valid = (index >= 0) & (hp - index * s < k)
-    return np.where(valid, index, 0), valid
 
 
 @register("Pooling")
@@ -318,20 +337,29 @@ class Pooling(JaxLayer):
 
     # -- MAX -------------------------------------------------------------------
     def _max_forward(self, x):
-        """Top and the flat index h * W + w of each window's first maximum (-1: none > -FLT_MAX)."""
+        """Top and the flat index h * W + w of each window's first maximum (-1: none > -FLT_MAX).
+
+        The maximum is one ``reduce_window``; the argmax then compares each of the
+        kh*kw strided views of the input with it (dense elementwise work that XLA
+        fuses into one loop), keeping the first offset in row-major order: no
+        (windows x kernel) array is ever gathered.
+        """
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         hs, ws = (_pool_windows(*a) for a in self._axes())
-        # Windows gathered from x padded with -inf, so padding never wins.
+        # x padded with -inf, so padding never wins; NaN never wins either (Caffe's '>').
         pad_h = (ph, max(0, int(hs[-1]) + kh - H))
         pad_w = (pw, max(0, int(ws[-1]) + kw - W))
-        xp = jnp.pad(x, ((0, 0), (0, 0), pad_h, pad_w), constant_values=-np.inf)
-        rows = (hs + ph)[:, None] + np.arange(kh)                # (PH, kh), padded coordinates
-        cols = (ws + pw)[:, None] + np.arange(kw)                # (PW, kw)
-        win = xp[:, :, rows[:, None, :, None], cols[None, :, None, :]]
-        win = win.reshape(win.shape[:4] + (kh * kw,))
-        win = jnp.where(jnp.isnan(win), -jnp.inf, win)           # Caffe's '>' never picks NaN
-        first = jnp.argmax(win, axis=-1).astype(jnp.int32)       # first maximum, row-major
-        best = jnp.take_along_axis(win, first[..., None], axis=-1)[..., 0]
+        xc = jnp.where(jnp.isnan(x), jnp.asarray(-np.inf, x.dtype), x)
+        xp = jnp.pad(xc, ((0, 0), (0, 0), pad_h, pad_w), constant_values=-np.inf)
+        best = lax.reduce_window(xp, np.asarray(-np.inf, x.dtype), lax.max, (1, 1, kh, kw),
+                                 (1, 1, sh, sw), "VALID")[:, :, :PH, :PW]
+        n, c = x.shape[:2]
+        first = jnp.zeros(best.shape, jnp.int32)
+        for i in reversed(range(kh)):              # the smallest offset is written last
+            for j in reversed(range(kw)):
+                view = lax.slice(xp, (0, 0, i, j), (n, c, i + (PH - 1) * sh + 1,
+                                                    j + (PW - 1) * sw + 1), (1, 1, sh, sw))
+                first = jnp.where(view == best, np.int32(i * kw + j), first)
         found = best > -FLT_MAX                                  # Caffe starts from -FLT_MAX
         floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
@@ -341,14 +369,28 @@ class Pooling(JaxLayer):
         return top, index
 
     def _max_backward(self, index, dy):
-        """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w)."""
-        (H, _, _, _, _), (W, _, _, _, _) = self._axes()
-        (rows, row_ok), (cols, col_ok) = (_covering_windows(*a) for a in self._axes())
-        r = rows[:, None, :, None]                               # (H, 1, T, 1)
-        c = cols[None, :, None, :]                               # (1, W, 1, U)
-        own = (np.arange(H)[:, None] * W + np.arange(W)).astype(np.int32)[:, :, None, None]
-        hit = (row_ok[:, None, :, None] & col_ok[None, :, None, :]) & (index[:, :, r, c] == own)
-        return jnp.sum(jnp.where(hit, dy[:, :, r, c], _zero(dy)), axis=(-2, -1))
+        """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w).
+
+        For each kernel offset (i, j), the top diffs of the windows whose argmax sits at
+        that offset are placed at the window start + (i, j) (a stride-dilated pad) and
+        the kh*kw placements summed: dense, no scatter, a fixed summation order.
+        """
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        hs, ws = (_pool_windows(*a) for a in self._axes())
+        found = index >= 0
+        offset = jnp.where(found, (index // W - hs[:, None]) * kw + (index % W - ws[None, :]),
+                           -1)
+        dx = None
+        for i in range(kh):
+            for j in range(kw):
+                share = jnp.where(offset == i * kw + j, dy, _zero(dy))
+                lo_h, lo_w = i - ph, j - pw
+                placed = lax.pad(share, _zero(dy), (
+                    (0, 0, 0), (0, 0, 0),
+                    (lo_h, H - lo_h - (PH - 1) * sh - 1, sh - 1),
+                    (lo_w, W - lo_w - (PW - 1) * sw - 1, sw - 1)))
+                dx = placed if dx is None else dx + placed
+        return dx
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):

@@ -1,0 +1,86 @@
+"""Per-shape convolution formulations on this machine: jcaffe's Convolution forward,
+data gradient and weight gradient with grouped convolutions computed as ONE grouped
+XLA convolution vs one ungrouped convolution per group (what jcaffe picks on CPU).
+
+    python benchmarks/bench_conv.py [--batch 32] [--repeats 3]
+
+Shapes: CaffeNet's five convolutions and LeNet's two. Each timing: min over repeats.
+"""
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nets  # noqa: E402,F401  (puts this checkout's jcaffe first on sys.path)
+
+SHAPES = {   # name: (bottom shape without batch, convolution_param)
+    "caffenet conv1": ((3, 227, 227), "num_output: 96 kernel_size: 11 stride: 4"),
+    "caffenet conv2": ((96, 27, 27), "num_output: 256 kernel_size: 5 pad: 2 group: 2"),
+    "caffenet conv3": ((256, 13, 13), "num_output: 384 kernel_size: 3 pad: 1"),
+    "caffenet conv4": ((384, 13, 13), "num_output: 384 kernel_size: 3 pad: 1 group: 2"),
+    "caffenet conv5": ((384, 13, 13), "num_output: 256 kernel_size: 3 pad: 1 group: 2"),
+    "lenet conv1": ((1, 28, 28), "num_output: 20 kernel_size: 5"),
+    "lenet conv2": ((20, 12, 12), "num_output: 50 kernel_size: 5"),
+}
+
+
+def timed(f, args, repeats):
+    import jax
+    jax.block_until_ready(f(*args))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="")
+    opts = ap.parse_args()
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from google.protobuf import text_format
+    from jcaffe.layer import create_layer
+    from jcaffe.layers.vision import Convolution
+    from jcaffe.proto import caffe_pb2
+
+    original = Convolution._split_groups
+    print("| shape | formulation | forward ms | data grad ms | weight grad ms | GFLOP (fwd) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for name, (chw, text) in SHAPES.items():
+        if opts.only and opts.only not in name:
+            continue
+        shape = (opts.batch if "caffenet" in name else 64,) + chw
+        lp = text_format.Parse('name: "c" type: "Convolution" convolution_param { %s '
+                               'weight_filler { type: "gaussian" std: 0.01 } }' % text,
+                               caffe_pb2.LayerParameter())
+        layer = create_layer(lp, np.float32)
+        layer.layer_setup([shape], 1, np.random.default_rng(0))
+        x = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
+        params = [jnp.asarray(b.data) for b in layer.blobs]
+        choices = [("per group (CPU choice)", True), ("one grouped conv", False)] \
+            if layer.group > 1 else [("lax conv", False)]
+        for label, split in choices:
+            Convolution._split_groups = (lambda s, split=split: split and s.group > 1)
+            fwd = jax.jit(lambda p, x: layer.forward(p, [x], None)[0][0])
+            y = fwd(params, x)
+            dy = jnp.ones_like(y)
+            dx = jax.jit(lambda p, x, dy: layer._data_diff(layer._batched(dy), p[0]))
+            dw = jax.jit(lambda p, x, dy: layer._weight_diff(layer._batched(x),
+                                                             layer._batched(dy)))
+            gflop = 2 * np.prod(y.shape) * np.prod(params[0].shape[1:]) / 1e9
+            print("| %s | %s | %.1f | %.1f | %.1f | %.2f |" % (
+                name, label, timed(fwd, (params, x), opts.repeats),
+                timed(dx, (params, x, dy), opts.repeats),
+                timed(dw, (params, x, dy), opts.repeats), gflop), flush=True)
+    Convolution._split_groups = original
+
+
+if __name__ == "__main__":
+    main()

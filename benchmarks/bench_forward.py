@@ -1,0 +1,77 @@
+"""Forward only, deploy net in TEST phase: jcaffe Net.forward vs pure JAX vs PyTorch eager.
+
+    python benchmarks/bench_forward.py --net lenet|caffenet|googlenet [--repeats N]
+
+The deploy net is the zoo net without loss/accuracy layers and auxiliary heads; each
+contender returns the classifier output on the host (numpy), as net.forward() does.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+import nets  # noqa: E402
+
+
+def jcaffe_forward(name, batch):
+    def setup():
+        import jcaffe
+        param = nets.net_param(name, batch, deploy=True)
+        net = jcaffe.Net(param, jcaffe.TEST)
+        net.blobs["data"].data[...] = nets.inputs(param)[0]
+        final = nets.NETS[name][3]
+
+        def run():
+            return net.forward()[final]
+        return run
+    return setup
+
+
+def jax_forward(name, batch):
+    def setup():
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        param = nets.net_param(name, batch, deploy=True)
+        f = nets.jax_deploy_forward(param, nets.NETS[name][3])
+        params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+        data = jnp.asarray(nets.inputs(param)[0])
+
+        def run():
+            return np.asarray(f(params, data))
+        return run
+    return setup
+
+
+def torch_forward(name, batch):
+    def setup():
+        import torch
+        param = nets.net_param(name, batch, deploy=True)
+        f = nets.torch_forward_fn(param, train=False)
+        params = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_params(param).items()}
+        data = torch.from_numpy(nets.inputs(param)[0])
+        final = nets.NETS[name][3]
+
+        def run():
+            with torch.inference_mode():
+                return f(params, data, None)[1][final].numpy()
+        return run
+    return setup
+
+
+def contenders(opts):
+    batch = opts.batch or nets.NETS[opts.net][1]
+    out = {"jcaffe Net.forward": jcaffe_forward(opts.net, batch),
+           "pure JAX (jit)": jax_forward(opts.net, batch)}
+    import importlib.util
+    if importlib.util.find_spec("torch"):
+        out["PyTorch eager"] = torch_forward(opts.net, batch)
+    return out
+
+
+if __name__ == "__main__":
+    net = sys.argv[sys.argv.index("--net") + 1] if "--net" in sys.argv else "lenet"
+    harness.main("Forward (deploy, TEST), %s" % net, contenders,
+                 default_repeats=20 if net == "lenet" else 5,
+                 extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
+                             (("--batch",), {"type": int, "default": 0})])

@@ -1,0 +1,147 @@
+"""Timing harness shared by the benchmark scripts.
+
+Each script defines contenders: ``name -> setup()``, where ``setup`` builds the
+model and returns ``run()``, one call of the measured operation that returns only
+when its result is computed (``block_until_ready`` / torch's eager completion).
+
+* The first call is timed on its own: "compile" (tracing + XLA compilation for
+  JAX contenders; the first eager step for torch).
+* Then ``warmup`` untimed calls each, and ``repeats`` timed calls, interleaved
+  round-robin across contenders, so a change of load on a shared machine hits
+  all of them alike. Reported: median, min, max (ms).
+* Peak resident memory: each contender again in its own subprocess
+  (``--rss-of NAME``: setup + first call + 1 call), ``ru_maxrss`` of that process.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _set_threads():
+    # Same thread budget for everyone: all cores of this machine.
+    n = os.cpu_count() or 1
+    try:
+        import torch
+        torch.set_num_threads(n)
+    except ImportError:
+        pass
+
+
+def measure(contenders, warmup, repeats, log=print):
+    """{name: {"compile_s", "median_ms", "min_ms", "max_ms", "times_ms"}}."""
+    runs, out = {}, {}
+    for name, setup in contenders.items():
+        t0 = time.perf_counter()
+        run = setup()
+        t1 = time.perf_counter()
+        run()
+        t2 = time.perf_counter()
+        for _ in range(warmup):
+            run()
+        runs[name] = run
+        out[name] = {"setup_s": t1 - t0, "compile_s": t2 - t1, "times_ms": []}
+        log("  %-28s setup %.2fs, first call %.2fs" % (name, t1 - t0, t2 - t1))
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            out[name]["times_ms"].append((time.perf_counter() - t0) * 1000)
+    for name, r in out.items():
+        ts = sorted(r["times_ms"])
+        r["median_ms"] = ts[len(ts) // 2] if len(ts) % 2 else 0.5 * (ts[len(ts) // 2 - 1] + ts[len(ts) // 2])
+        r["min_ms"], r["max_ms"] = ts[0], ts[-1]
+    return out
+
+
+def peak_rss_mb():
+    """This process's peak resident set (VmHWM). Not ru_maxrss: Linux carries that over
+    from the parent through fork and exec, so every child would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def rss_in_subprocess(script, args, name):
+    """Run ``script --rss-of name`` in a fresh interpreter; its peak RSS in MB."""
+    cmd = [sys.executable, script, "--rss-of", name] + args
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=os.path.dirname(HERE))
+    for line in res.stdout.splitlines():
+        if line.startswith("RSS "):
+            return float(line.split()[1])
+    sys.stderr.write(res.stdout[-2000:] + res.stderr[-4000:])
+    return float("nan")
+
+
+def table(results, rss=None, baseline=None, title=""):
+    """Markdown table of the results, with each contender's median over the baseline's."""
+    names = list(results)
+    base = baseline or names[0]
+    lines = []
+    if title:
+        lines.append("**%s**\n" % title)
+    lines.append("| contender | median ms | min ms | max ms | ratio to %s | first call s | peak RSS MB |"
+                 % base)
+    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    for n in names:
+        r = results[n]
+        ratio = r["median_ms"] / results[base]["median_ms"]
+        mem = "%.0f" % rss[n] if rss and n in rss else "-"
+        lines.append("| %s | %.1f | %.1f | %.1f | %.2fx | %.2f | %s |"
+                     % (n, r["median_ms"], r["min_ms"], r["max_ms"], ratio, r["compile_s"], mem))
+    return "\n".join(lines)
+
+
+def main(description, make_contenders, default_repeats, default_warmup=2, extra_args=None):
+    """Command line of a benchmark script: all contenders in this process, then (unless
+    --no-memory) one subprocess per contender for its peak RSS. Prints the table; with
+    --json FILE writes the numbers."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    parser.add_argument("--warmup", type=int, default=default_warmup)
+    parser.add_argument("--only", default="", help="comma-separated contenders")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--json", default="")
+    parser.add_argument("--rss-of", default="", help=argparse.SUPPRESS)
+    for args, kwargs in (extra_args or []):
+        parser.add_argument(*args, **kwargs)
+    opts = parser.parse_args()
+    _set_threads()
+    import logging
+    logging.getLogger("jcaffe").setLevel(logging.WARNING)
+    contenders = make_contenders(opts)
+    if opts.rss_of:
+        import nets
+        nets.STANDALONE_PROTO = not opts.rss_of.startswith("jcaffe")
+        run = contenders[opts.rss_of]()
+        for _ in range(2):      # the first call (compilation) and one steady-state call
+            run()
+        print("RSS %.1f" % peak_rss_mb())
+        return
+    if opts.only:
+        wanted = opts.only.split(",")
+        contenders = {k: v for k, v in contenders.items() if k in wanted}
+    print("%s (repeats %d, warmup %d)" % (description, opts.repeats, opts.warmup))
+    results = measure(contenders, opts.warmup, opts.repeats)
+    rss = {}
+    if not opts.no_memory:
+        passthrough = [a for a in sys.argv[1:]]
+        for name in contenders:
+            rss[name] = rss_in_subprocess(os.path.abspath(sys.argv[0]), passthrough, name)
+    print(table(results, rss))
+    if opts.json:
+        with open(opts.json, "w") as f:
+            json.dump({"title": description, "results": results, "rss_mb": rss,
+                       "argv": sys.argv, "python": platform.python_version()}, f, indent=1)
+    return results, rss

@@ -1,0 +1,335 @@
+"""The benchmark nets, and the same architectures written directly in JAX and PyTorch.
+
+The architecture is read from the model-zoo prototxt (tests/data/zoo/): the
+reference contenders below are *plain* code a person would write by hand for
+that layer list (``jax.lax.conv_general_dilated`` + ``jax.value_and_grad``;
+``torch.nn.functional`` + autograd), built by walking the layers once, so all
+contenders compute the same architecture on the same shapes. Nothing here
+imports jcaffe (or jax, for the torch contender): the prototxt is parsed with
+the generated ``caffe_pb2`` module loaded on its own, so a contender's peak
+memory is its own framework's.
+"""
+import importlib.util
+import math
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ZOO = os.path.join(ROOT, "tests", "data", "zoo")
+if ROOT not in sys.path:        # this checkout's jcaffe, not an installed one
+    sys.path.insert(0, ROOT)
+
+# name -> (prototxt, batch, input C, H, W, final classifier top)
+NETS = {
+    "lenet": ("lenet.prototxt", 64, (1, 28, 28), "ip2"),
+    "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
+    "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
+}
+
+LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
+
+_pb2 = None
+# Set by the harness in a memory-measuring subprocess of a non-jcaffe contender:
+# then the prototxt is parsed without importing jcaffe (and with it jax).
+STANDALONE_PROTO = False
+
+
+def caffe_pb2():
+    """jcaffe's generated caffe_pb2 (standalone: loaded without the jcaffe package; the
+    two cannot coexist in one process, protobuf refuses a second caffe.proto)."""
+    global _pb2
+    if _pb2 is None and not STANDALONE_PROTO:
+        from jcaffe.proto import caffe_pb2 as _pb2
+    if _pb2 is None:
+        path = os.path.join(ROOT, "jcaffe", "proto", "caffe_pb2.py")
+        spec = importlib.util.spec_from_file_location("_bench_caffe_pb2", path)
+        _pb2 = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(_pb2)
+    return _pb2
+
+
+def net_param(name, batch=None, deploy=False):
+    """The zoo net with its DummyData replaced by Input layers (data fed once, not
+    regenerated per step) and, for ``deploy``, only what the final classifier needs
+    (loss/accuracy layers and auxiliary heads removed), as a Caffe deploy file is."""
+    from google.protobuf import text_format
+    pb = caffe_pb2()
+    fname, default_batch, chw, final = NETS[name]
+    batch = batch or default_batch
+    with open(os.path.join(ZOO, fname)) as f:
+        src = text_format.Parse(f.read(), pb.NetParameter())
+    out = pb.NetParameter(name=src.name)
+    inp = out.layer.add(name="data", type="Input")
+    inp.top.append("data")
+    inp.input_param.shape.add(dim=[batch] + list(chw))
+    if not deploy:
+        inp.top.append("label")
+        inp.input_param.shape.add(dim=[batch])
+    keep = []
+    for layer in src.layer:
+        if layer.type in ("DummyData", "Data"):
+            continue
+        if layer.type == "Accuracy" or any(r.phase == pb.TEST for r in layer.include):
+            continue
+        if deploy and "Loss" in layer.type:
+            continue
+        keep.append(layer)
+    if deploy:   # the ancestors of the final classifier only
+        needed, chosen = {final}, []
+        for layer in reversed(keep):
+            if set(layer.top) & needed:
+                chosen.append(layer)
+                needed |= set(layer.bottom)
+        keep = list(reversed(chosen))
+    for layer in keep:
+        out.layer.add().CopyFrom(layer)
+    return out
+
+
+def layer_list(param):
+    """(type, name, bottoms, tops, the layer message) of each layer after the Input."""
+    return [(l.type, l.name, list(l.bottom), list(l.top), l) for l in param.layer
+            if l.type != "Input"]
+
+
+def _pool_geometry(p, size):
+    """Caffe's pooled sizes and (lo, hi) padding that gives them with floor windows."""
+    out = []
+    for h, (k, s, pad) in zip(size, p):
+        n = -(-(h + 2 * pad - k) // s) + 1
+        if pad and (n - 1) * s >= h + pad:
+            n -= 1
+        hi = max(0, (n - 1) * s + k - h - pad)
+        out.append((n, (pad, hi)))
+    return out
+
+
+def ave_divisor(geo, k, s, pad, size):
+    """Caffe's AVE pooling divisor per output position (numpy, a constant)."""
+    sizes = []
+    for (n, _), kk, ss, p, h in zip(geo, k, s, pad, size):
+        start = np.arange(n) * ss - p
+        sizes.append(np.minimum(start + kk, h + p) - start)
+    return np.outer(*sizes).astype(np.float32)
+
+
+def pool_params(l, in_hw):
+    p = l.pooling_param
+    if p.global_pooling:
+        k, s, pad = tuple(in_hw), (1, 1), (0, 0)
+    else:
+        k = (p.kernel_size,) * 2 if p.HasField("kernel_size") else (p.kernel_h, p.kernel_w)
+        s = (p.stride,) * 2 if not p.HasField("stride_h") else (p.stride_h, p.stride_w)
+        pad = (p.pad,) * 2 if not p.HasField("pad_h") else (p.pad_h, p.pad_w)
+    return k, s, pad
+
+
+def conv_params(l):
+    p = l.convolution_param
+    k = list(p.kernel_size) or [p.kernel_h, p.kernel_w]
+    k = k * 2 if len(k) == 1 else k
+    s = list(p.stride) or [1]
+    s = s * 2 if len(s) == 1 else s
+    pad = list(p.pad) or [0]
+    pad = pad * 2 if len(pad) == 1 else pad
+    return tuple(k), tuple(s), tuple(pad), p.group, p.num_output, p.bias_term
+
+
+def param_shapes(param):
+    """{layer name: [weight shape, bias shape]} for the nets' conv and fc layers."""
+    shapes, blob_shape = {}, {"data": tuple(param.layer[0].input_param.shape[0].dim)}
+    for typ, name, bottoms, tops, l in layer_list(param):
+        x = blob_shape[bottoms[0]]
+        if typ == "Convolution":
+            k, s, pad, g, o, bias = conv_params(l)
+            shapes[name] = [(o, x[1] // g) + k] + ([(o,)] if bias else [])
+            hw = tuple((x[2 + i] + 2 * pad[i] - k[i]) // s[i] + 1 for i in range(2))
+            y = (x[0], o) + hw
+        elif typ == "Pooling":
+            k, s, pad = pool_params(l, x[2:])
+            y = x[:2] + tuple(n for n, _ in _pool_geometry(zip(k, s, pad), x[2:]))
+        elif typ == "InnerProduct":
+            o = l.inner_product_param.num_output
+            shapes[name] = [(o, math.prod(x[1:]))] + ([(o,)] if l.inner_product_param.bias_term
+                                                       else [])
+            y = (x[0], o)
+        elif typ == "Concat":
+            parts = [blob_shape[b] for b in bottoms]
+            y = (x[0], sum(p[1] for p in parts)) + x[2:]
+        else:
+            y = x
+        for t in tops:
+            blob_shape[t] = y
+    return shapes, blob_shape
+
+
+def init_params(param, seed=0):
+    """Gaussian(0.01) weights and zero biases, as float32 numpy arrays."""
+    rng = np.random.RandomState(seed)
+    shapes, _ = param_shapes(param)
+    out = {}
+    for name, s in shapes.items():
+        out[name] = [(rng.randn(*s[0]) * 0.01).astype(np.float32)] + \
+                    [np.zeros(b, np.float32) for b in s[1:]]
+    return out
+
+
+def inputs(param, seed=1):
+    """Data (gaussian) and labels (ints below the classifier width) as numpy arrays."""
+    rng = np.random.RandomState(seed)
+    shapes = [tuple(s.dim) for s in param.layer[0].input_param.shape]
+    data = rng.randn(*shapes[0]).astype(np.float32)
+    if len(shapes) == 1:
+        return data, None
+    return data, rng.randint(0, 10, size=shapes[1]).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# pure JAX, written the direct way
+# ---------------------------------------------------------------------------
+def jax_forward_fn(param, train):
+    """f(params, data, label, key) -> (loss, outputs) with lax convolutions."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    layers = layer_list(param)
+    _, blob_shape = param_shapes(param)
+
+    def f(params, data, label, key):
+        env = {"data": data, "label": label}
+        loss = 0.0
+        for i, (typ, name, bottoms, tops, l) in enumerate(layers):
+            xs = [env[b] for b in bottoms]
+            x = xs[0]
+            if typ == "Convolution":
+                k, s, pad, g, o, bias = conv_params(l)
+                w = params[name][0]
+                y = lax.conv_general_dilated(x, w, s, [(p, p) for p in pad],
+                                             feature_group_count=g)
+                if bias:
+                    y = y + params[name][1][None, :, None, None]
+            elif typ == "InnerProduct":
+                y = x.reshape(x.shape[0], -1) @ params[name][0].T
+                if len(params[name]) > 1:
+                    y = y + params[name][1]
+            elif typ == "ReLU":
+                y = jnp.maximum(x, 0)
+            elif typ == "Pooling":
+                k, s, pad = pool_params(l, x.shape[2:])
+                geo = _pool_geometry(zip(k, s, pad), x.shape[2:])
+                padding = ((0, 0), (0, 0)) + tuple(p for _, p in geo)
+                if l.pooling_param.pool == 0:   # MAX
+                    y = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1) + k, (1, 1) + s, padding)
+                else:   # AVE: Caffe's divisor counts the padding, not the overhang
+                    y = lax.reduce_window(x, 0.0, lax.add, (1, 1) + k, (1, 1) + s, padding)
+                    y = y / ave_divisor(geo, k, s, pad, x.shape[2:])
+            elif typ == "LRN":
+                p = l.lrn_param
+                half = (p.local_size - 1) // 2
+                sq = lax.reduce_window(x * x, 0.0, lax.add, (1, p.local_size, 1, 1), (1,) * 4,
+                                       ((0, 0), (half, half), (0, 0), (0, 0)))
+                y = x * (p.k + p.alpha / p.local_size * sq) ** -p.beta
+            elif typ == "Dropout":
+                if train:
+                    ratio = l.dropout_param.dropout_ratio
+                    keep = jax.random.bernoulli(jax.random.fold_in(key, i), 1 - ratio, x.shape)
+                    y = jnp.where(keep, x / (1 - ratio), 0)
+                else:
+                    y = x
+            elif typ == "Concat":
+                y = jnp.concatenate(xs, axis=1)
+            elif typ == "SoftmaxWithLoss":
+                logp = jax.nn.log_softmax(x, axis=1)
+                lab = xs[1].astype(jnp.int32)
+                term = -jnp.mean(jnp.take_along_axis(logp, lab[:, None], axis=1))
+                weight = l.loss_weight[0] if l.loss_weight else 1.0
+                loss = loss + weight * term
+                y = term
+            elif typ == "Softmax":
+                y = jax.nn.softmax(x, axis=1)
+            else:
+                raise NotImplementedError(typ)
+            for t in tops:
+                env[t] = y
+        return loss, env
+
+    return f
+
+
+def jax_train_step(param):
+    """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order."""
+    import jax
+    import jax.numpy as jnp
+    f = jax_forward_fn(param, train=True)
+
+    def loss_fn(params, data, label, key):
+        return f(params, data, label, key)[0]
+
+    @jax.jit
+    def step(params, mom, data, label, key):
+        loss, g = jax.value_and_grad(loss_fn)(params, data, label, key)
+        mom = jax.tree_util.tree_map(lambda m, gi, p: MOMENTUM * m + LR * (gi + WEIGHT_DECAY * p),
+                                     mom, g, params)
+        params = jax.tree_util.tree_map(lambda p, m: p - m, params, mom)
+        return params, mom, loss
+
+    return step
+
+
+def jax_deploy_forward(param, final):
+    import jax
+    f = jax_forward_fn(param, train=False)
+    return jax.jit(lambda params, data: f(params, data, None, None)[1][final])
+
+
+# ---------------------------------------------------------------------------
+# PyTorch eager
+# ---------------------------------------------------------------------------
+def torch_forward_fn(param, train):
+    import torch
+    import torch.nn.functional as F
+    layers = layer_list(param)
+
+    def f(params, data, label):
+        env = {"data": data, "label": label}
+        loss = 0.0
+        for typ, name, bottoms, tops, l in layers:
+            xs = [env[b] for b in bottoms]
+            x = xs[0]
+            if typ == "Convolution":
+                k, s, pad, g, o, bias = conv_params(l)
+                ps = params[name]
+                y = F.conv2d(x, ps[0], ps[1] if bias else None, s, pad, groups=g)
+            elif typ == "InnerProduct":
+                ps = params[name]
+                y = F.linear(x.reshape(x.shape[0], -1), ps[0], ps[1] if len(ps) > 1 else None)
+            elif typ == "ReLU":
+                y = F.relu(x)
+            elif typ == "Pooling":
+                k, s, pad = pool_params(l, x.shape[2:])
+                if l.pooling_param.pool == 0:
+                    y = F.max_pool2d(x, k, s, pad, ceil_mode=True)
+                else:
+                    y = F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=True)
+            elif typ == "LRN":
+                p = l.lrn_param
+                y = F.local_response_norm(x, p.local_size, p.alpha, p.beta, p.k)
+            elif typ == "Dropout":
+                y = F.dropout(x, l.dropout_param.dropout_ratio, training=train)
+            elif typ == "Concat":
+                y = torch.cat(xs, dim=1)
+            elif typ == "SoftmaxWithLoss":
+                term = F.cross_entropy(x, xs[1].long())
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
+            elif typ == "Softmax":
+                y = F.softmax(x, dim=1)
+            else:
+                raise NotImplementedError(typ)
+            for t in tops:
+                env[t] = y
+        return loss, env
+
+    return f

@@ -1,0 +1,262 @@
+"""Run every benchmark and regenerate benchmarks/RESULTS.md.
+
+    python benchmarks/run_all.py [--quick] [--notes FILE]
+
+Each comparison runs in its own script (all its contenders in one process,
+interleaved; peak memory from one subprocess per contender). --quick: fewer
+repeats, no CaffeNet/GoogLeNet (to check that everything runs).
+--notes FILE: a markdown file appended verbatim (the analysis of the numbers).
+The raw numbers go to benchmarks/results.json; --render rewrites RESULTS.md from
+it (and the notes) without measuring again.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+import nets  # noqa: E402
+
+# BVLC Caffe (OpenBLAS) and the issue's own figures on a 2-core CPU; quoted from issue 9,
+# not measured here.
+REFERENCE = {
+    "lenet": {"BVLC Caffe": 23.0, "PyTorch eager (issue)": 12.0, "naive JAX (issue)": 25.0},
+    "caffenet": {"BVLC Caffe": 1361.0, "PyTorch eager (issue)": 941.0,
+                 "naive JAX (issue)": 4111.0},
+}
+
+
+def sh(cmd):
+    try:
+        return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return ""
+
+
+def load():
+    return sh("uptime")
+
+
+def versions():
+    out = {"python": platform.python_version()}
+    for mod in ("jax", "jaxlib", "numpy", "torch"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except ImportError:
+            out[mod] = "not installed"
+    return out
+
+
+def machine():
+    model = sh("grep -m1 'model name' /proc/cpuinfo").split(":")[-1].strip()
+    mem = sh("grep MemTotal /proc/meminfo").split(":")[-1].strip()
+    return "%s, %d cores (os.cpu_count), %s RAM, %s" % (model, os.cpu_count(), mem,
+                                                      platform.platform())
+
+
+def matmul_peak(repeats=5):
+    """Best float32 GFLOP/s of a 2048^2 matmul through XLA (jax.jit) on this machine."""
+    import jax
+    import jax.numpy as jnp
+    n = 2048
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def forward_gflop(name, deploy):
+    """Multiply-adds x2 of the convolutions and inner products of one forward."""
+    param = nets.net_param(name, deploy=deploy)
+    shapes, blob_shape = nets.param_shapes(param)
+    total = 0
+    for typ, lname, bottoms, tops, l in nets.layer_list(param):
+        if lname in shapes:
+            w = shapes[lname][0]
+            out = blob_shape[tops[0]]
+            spatial = 1
+            for d in out[2:]:
+                spatial *= d
+            k = 1
+            for d in w[1:]:
+                k *= d
+            total += 2 * out[0] * out[1] * spatial * k
+    return total / 1e9
+
+
+def run(script, args, out_json):
+    cmd = [sys.executable, os.path.join(HERE, script)] + args + ["--json", out_json]
+    print("$ " + " ".join(os.path.relpath(c, ROOT) if c.startswith(ROOT) else c for c in cmd),
+          flush=True)
+    t0 = time.time()
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    sys.stdout.write(res.stdout[-3000:])
+    if res.returncode:
+        sys.stderr.write(res.stderr[-3000:])
+        return None
+    print("  (%.0fs)" % (time.time() - t0), flush=True)
+    with open(out_json) as f:
+        return json.load(f)
+
+
+def fmt_table(data, gflop=None, refs=None, base="jcaffe"):
+    res, rss = data["results"], data.get("rss_mb", {})
+    names = list(res)
+    base = next(n for n in names if n.startswith(base))
+    lines = ["| contender | median ms | min ms | max ms | jcaffe / this | first call s | "
+             "peak RSS MB |%s" % (" GFLOP/s |" if gflop else ""),
+             "|---|---:|---:|---:|---:|---:|---:|%s" % ("---:|" if gflop else "")]
+    for n in names:
+        r = res[n]
+        ratio = res[base]["median_ms"] / r["median_ms"]
+        mem = "%.0f" % rss[n] if n in rss else "-"
+        g = " %.1f |" % (gflop / r["median_ms"] * 1000) if gflop else ""
+        lines.append("| %s | %.1f | %.1f | %.1f | %.2f | %.2f | %s |%s" % (
+            n, r["median_ms"], r["min_ms"], r["max_ms"], ratio, r["compile_s"], mem, g))
+    for n, ms in (refs or {}).items():
+        lines.append("| %s (quoted, not measured here) | %.0f | | | %.2f | | |%s"
+                     % (n, ms, res[base]["median_ms"] / ms, " |" if gflop else ""))
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"))
+    ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
+    ap.add_argument("--render", action="store_true")
+    opts = ap.parse_args()
+    raw = os.path.join(HERE, "results.json")
+    if opts.render:
+        with open(raw) as f:
+            render(json.load(f), opts)
+        return
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = load()
+    q = ["--repeats", "3", "--warmup", "1"] if opts.quick else []
+    plan = [
+        ("train_lenet", "bench_train.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
+        ("pyloop_lenet", "bench_pyloop.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
+        ("forward_lenet", "bench_forward.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
+    ]
+    if not opts.quick:
+        plan += [
+            ("train_caffenet", "bench_train.py",
+             ["--net", "caffenet", "--repeats", "5", "--warmup", "1"]),
+            # (peak memory is measured for the training steps and LeNet's forward only:
+            # one fresh compile per contender costs minutes on the big nets)
+            ("forward_caffenet", "bench_forward.py",
+             ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_googlenet", "bench_forward.py",
+             ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+        ]
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for key, script, args in plan:
+            results[key] = run(script, args, os.path.join(tmp, key + ".json"))
+            results[key + "_cmd"] = "python benchmarks/%s %s" % (script, " ".join(args))
+        conv = subprocess.run([sys.executable, os.path.join(HERE, "bench_conv.py"),
+                               "--repeats", "2"]
+                              + (["--only", "lenet"] if opts.quick else []),
+                              cwd=ROOT, capture_output=True, text=True).stdout
+        jtime = jcaffe_time(tmp)
+    peak = matmul_peak()
+    load_after = load()
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    state = {"results": results, "conv": conv, "jtime": jtime, "peak": peak,
+             "load_before": load_before, "load_after": load_after, "quick": opts.quick,
+             "started": started.strftime("%Y-%m-%d %H:%M"), "finished": finished.strftime("%H:%M"),
+             "machine": machine(), "versions": versions()}
+    if not opts.quick:
+        with open(raw, "w") as f:
+            json.dump(state, f, indent=1)
+    render(state, opts)
+
+
+def render(state, opts):
+    results, conv, jtime, peak = state["results"], state["conv"], state["jtime"], state["peak"]
+    out = ["# Benchmarks", "",
+           "Regenerated by `python benchmarks/run_all.py%s` (%s to %s UTC)."
+           % (" --quick" if state["quick"] else "", state["started"], state["finished"]), "",
+           "* Machine: %s" % state["machine"],
+           "* Versions: %s" % ", ".join("%s %s" % kv for kv in state["versions"].items()),
+           "* Load (`uptime`) before: `%s`" % state["load_before"],
+           "* Load (`uptime`) after: `%s`" % state["load_after"],
+           "* Measured float32 matmul peak (XLA, 2048x2048): **%.1f GFLOP/s**" % peak,
+           "",
+           "Ratios are *jcaffe's median / the contender's median* measured side by side in one "
+           "process (so < 1 means jcaffe is faster). BVLC Caffe and the issue's figures are "
+           "quoted from issue 9 (2-core machine, unloaded), not measured here. Peak RSS: one "
+           "fresh process per contender (setup, first call, one more call; VmHWM).", ""]
+    sections = [
+        ("Training step, LeNet (batch 64, 1x28x28)", "train_lenet",
+         forward_gflop("lenet", False) * 3, REFERENCE["lenet"]),
+        ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
+         forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
+        ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
+        ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
+         forward_gflop("caffenet", True), None),
+        ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",
+         forward_gflop("googlenet", True), None),
+        ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
+    ]
+    for title, key, gflop, refs in sections:
+        if key not in results:
+            continue
+        out.append("## " + title)
+        out.append("")
+        if results[key] is None:
+            out.append("(failed; see the run's log)")
+        else:
+            out.append(fmt_table(results[key], gflop, refs))
+            if gflop:
+                out.append("")
+                out.append("GFLOP/s: %.2f GFLOP per call (convolutions and inner products%s) "
+                           "/ median time." % (gflop, "; training step = 3x forward"
+                                               if key.startswith("train") else ""))
+        out.append("")
+        out.append("`%s`" % results[key + "_cmd"])
+        out.append("")
+    out += ["## Convolution formulations (jcaffe's Convolution layer, float32)", "",
+            conv.strip(), "", "`python benchmarks/bench_conv.py`", ""]
+    out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]
+    if opts.notes and os.path.exists(opts.notes):
+        with open(opts.notes) as f:
+            out += [f.read().strip(), ""]
+    with open(opts.out, "w") as f:
+        f.write("\n".join(out))
+    print("wrote", opts.out)
+
+
+def jcaffe_time(tmp):
+    """`jcaffe time` on the LeNet train net (Input layers), its forward-backward average."""
+    path = os.path.join(tmp, "lenet_bench.prototxt")
+    from google.protobuf import text_format
+    with open(path, "w") as f:
+        f.write(text_format.MessageToString(nets.net_param("lenet")))
+    cmd = [sys.executable, "-m", "jcaffe.cli", "time", "-model", path, "-iterations", "10"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    text = res.stdout + res.stderr
+    m = re.search(r"Average Forward-Backward: ([0-9.e+-]+) ms", text)
+    fb = float(m.group(1)) if m else float("nan")
+    return ("`jcaffe time -model <lenet train net> -iterations 10`: average Forward-Backward "
+            "**%.1f ms** (compare `forward()+backward()` in the pycaffe-loop table above; "
+            "`jcaffe time` syncs the outputs after forward and every param diff after backward, "
+            "as Caffe's timer does)." % fb)
+
+
+if __name__ == "__main__":
+    main()
