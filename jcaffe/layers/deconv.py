@@ -13,7 +13,6 @@ top) and ``out_spatial`` its output (this layer's bottom).
             dE/dW = Convolution._weight_diff(dE/dy, x), dE/db = sum dE/dy.
 """
 import jax.numpy as jnp
-from jax import lax
 
 from ..blob import shape_string
 from ..layer import register
@@ -82,13 +81,8 @@ class Deconvolution(Convolution):
         bottom_diffs, dw, db = [], None, None
         for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
             xb, dyb = self._batched(x), self._batched(dy)
-            if pd:
-                dx = lax.conv_general_dilated(
-                    dyb, w, window_strides=self.stride, padding=[(p, p) for p in self.pad],
-                    rhs_dilation=self.dilation, feature_group_count=self.group)
-                bottom_diffs.append(dx.reshape(x.shape))
-            else:
-                bottom_diffs.append(None)
+            # the data diff is the ordinary convolution of dy with the same weights
+            bottom_diffs.append(self._conv_forward(dyb, w).reshape(x.shape) if pd else None)
             if want_w:
                 d = self._weight_diff(dyb, xb)
                 dw = d if dw is None else dw + d
