@@ -24,3 +24,14 @@ def x64():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def restore_jcaffe_logger():
+    """cli.main() and caffe.init_log() configure the 'jcaffe' logger (glog lines on a
+    stream, propagate off); put it back after every test so no test leaks a handler on a
+    closed capture stream, or a logger that caplog cannot see, into the tests after it.
+    (Module-scoped fixtures that configure it use netutil.kept_jcaffe_logger themselves.)"""
+    from netutil import kept_jcaffe_logger
+    with kept_jcaffe_logger():
+        yield

@@ -1,4 +1,5 @@
 """Small helpers for net-level tests: write a prototxt, build a Net, capture log lines."""
+import contextlib
 import logging
 import textwrap
 
@@ -39,3 +40,16 @@ class LogLines(logging.Handler):
 
     def matching(self, *suffixes):
         return [l for l in self.lines if l.endswith(suffixes)]
+
+
+@contextlib.contextmanager
+def kept_jcaffe_logger():
+    """The 'jcaffe' logger's handlers, level and propagate flag restored on exit."""
+    logger = logging.getLogger("jcaffe")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    try:
+        yield logger
+    finally:
+        logger.handlers[:] = saved[0]
+        logger.setLevel(saved[1])
+        logger.propagate = saved[2]

@@ -1,5 +1,4 @@
 """The jcaffe command line tool: flags, train/resume/finetune, test, time, errors, SIGINT."""
-import logging
 import os
 import signal
 import subprocess
@@ -27,17 +26,6 @@ random_seed: 3
 test_iter: 1
 test_interval: 1000000
 """
-
-
-@pytest.fixture(autouse=True)
-def restore_logger():
-    """cli.main() configures the 'jcaffe' logger (glog lines on stderr); undo it."""
-    logger = logging.getLogger("jcaffe")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 @pytest.fixture

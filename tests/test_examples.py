@@ -24,6 +24,7 @@ import importlib.util  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from netutil import kept_jcaffe_logger  # noqa: E402
 
 EXAMPLES = os.path.join(HERE, "..", "examples")
 
@@ -45,7 +46,8 @@ def digits_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("digits")
     digits = load_example("digits/train.py", "digits_train")
     lines = []
-    accuracy = digits.train(iters=300, out_dir=str(out), log=lines.append, verbose=False)
+    with kept_jcaffe_logger():      # train() sends the log to this test's (soon closed) stdout
+        accuracy = digits.train(iters=300, out_dir=str(out), log=lines.append, verbose=False)
     return out, accuracy, lines
 
 

@@ -9,7 +9,6 @@ with each other and with the in-process tests; every subprocess has a timeout an
 killed if it outlives it.
 """
 import json
-import logging
 import os
 import socket
 import subprocess
@@ -146,17 +145,7 @@ def test_more_devices_than_this_process_has():
         worker.lenet_solver(2, devices="0,a")
 
 
-@pytest.fixture
-def quiet_cli():
-    logger = logging.getLogger("jcaffe")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-
-
-def test_cli_gpu_7_on_a_one_device_machine(tmp_path, monkeypatch, quiet_cli):
+def test_cli_gpu_7_on_a_one_device_machine(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "net.prototxt").write_text(worker.LENET % {"n": 2})
     (tmp_path / "s.prototxt").write_text('net: "net.prototxt"\nbase_lr: 0.01\nlr_policy: "fixed"\n'

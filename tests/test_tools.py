@@ -1,6 +1,5 @@
 """Caffe's tools as jcaffe subcommands: convert_imageset, compute_image_mean,
 extract_features, the proto upgrades."""
-import logging
 
 import numpy as np
 import pytest
@@ -12,17 +11,6 @@ from jcaffe.db import read_datums
 from jcaffe.proto import caffe_pb2
 from jcaffe.tools import parse_tool_flags, ToolUsageError
 from netutil import write_prototxt
-
-
-@pytest.fixture(autouse=True)
-def restore_logger():
-    """cli.main() configures the 'jcaffe' logger (glog lines on stderr); undo it."""
-    logger = logging.getLogger("jcaffe")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    yield
-    logger.handlers[:] = saved[0]
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
 
 
 @pytest.fixture
