@@ -236,7 +236,8 @@ def spp_level_params(size, level):
 
 
 @pytest.mark.parametrize("pool,height,hw", [("MAX", 1, (5, 3)), ("AVE", 1, (4, 4)),
-                                             ("AVE", 2, (6, 7)), ("MAX", 3, (8, 6)),
+                                             ("AVE", 2, (6, 7)),
+                                             pytest.param("MAX", 3, (8, 6), marks=pytest.mark.slow),
                                              ("AVE", 3, (13, 9))])
 def test_spp_matches_caffe(x64, rng, pool, height, hw):
     shape = (2, 3) + hw
@@ -382,7 +383,7 @@ def test_stochastic_pooling_rules():
                            [(1, 1, 4, 4)])).__name__ == "Pooling"
 
 
-@pytest.mark.parametrize("phase", ["TRAIN", "TEST"])
+@pytest.mark.parametrize("phase", [pytest.param("TRAIN", marks=pytest.mark.slow), "TEST"])
 def test_stochastic_pooling_gradcheck_property(phase):
     want = getattr(caffe_pb2, phase)
 
