@@ -12,8 +12,6 @@ top) and ``out_spatial`` its output (this layer's bottom).
   backward: dE/dx = W * dE/dy (a plain convolution of the top diff),
             dE/dW = Convolution._weight_diff(dE/dy, x), dE/db = sum dE/dy.
 """
-import jax.numpy as jnp
-
 from ..blob import shape_string
 from ..layer import register
 from .vision import Convolution
@@ -64,29 +62,12 @@ class Deconvolution(Convolution):
         top_shape = tuple(shape[:self.axis]) + (self.num_output,) + self.in_spatial
         return [top_shape] * len(bottom_shapes)
 
-    def forward(self, params, bottoms, rng):
-        w = params[0]
-        tops = []
-        for x in bottoms:
-            y = self._data_diff(self._batched(x), w)
-            if self.p.bias_term:
-                y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
-            tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
-        return tops, None
+    # forward and backward are Convolution's, over the transposed maps
+    def _forward_map(self, x, w):
+        return self._data_diff(x, w)          # y = W^T * x
 
-    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        w = params[0]
-        want_w = self.wants_param_diff(0)
-        want_b = self.p.bias_term and self.wants_param_diff(1)
-        bottom_diffs, dw, db = [], None, None
-        for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
-            xb, dyb = self._batched(x), self._batched(dy)
-            # the data diff is the ordinary convolution of dy with the same weights
-            bottom_diffs.append(self._conv_forward(dyb, w).reshape(x.shape) if pd else None)
-            if want_w:
-                d = self._weight_diff(dyb, xb)
-                dw = d if dw is None else dw + d
-            if want_b:
-                s = jnp.sum(dyb, axis=(0,) + tuple(range(2, dyb.ndim)))
-                db = s if db is None else db + s
-        return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
+    def _backward_map(self, dy, w):
+        return self._conv_forward(dy, w)      # dE/dx = W * dE/dy
+
+    def _weight_grad(self, x, dy):
+        return self._weight_diff(dy, x)       # the virtual convolution's input is the top

@@ -136,7 +136,7 @@ class Convolution(JaxLayer):
         w = params[0]
         tops = []
         for x in bottoms:
-            y = self._conv_forward(self._batched(x), w)
+            y = self._forward_map(self._batched(x), w)
             if self.p.bias_term:
                 y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
             tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
@@ -149,14 +149,25 @@ class Convolution(JaxLayer):
         bottom_diffs, dw, db = [], None, None
         for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
             xb, dyb = self._batched(x), self._batched(dy)
-            bottom_diffs.append(self._data_diff(dyb, w).reshape(x.shape) if pd else None)
+            bottom_diffs.append(self._backward_map(dyb, w).reshape(x.shape) if pd else None)
             if want_w:
-                d = self._weight_diff(xb, dyb)
+                d = self._weight_grad(xb, dyb)
                 dw = d if dw is None else dw + d
             if want_b:
                 s = jnp.sum(dyb, axis=(0,) + tuple(range(2, dyb.ndim)))
                 db = s if db is None else db + s
         return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
+
+    # The three linear maps forward/backward are written with; Deconvolution (its
+    # transpose) swaps the first two and the weight gradient's arguments.
+    def _forward_map(self, x, w):
+        return self._conv_forward(x, w)
+
+    def _backward_map(self, dy, w):
+        return self._data_diff(dy, w)
+
+    def _weight_grad(self, x, dy):
+        return self._weight_diff(x, dy)
 
     # -- the computations (formulation chosen per backend and shape) ------------
     # XLA's CPU backend runs a grouped convolution (feature_group_count /
