@@ -9,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ..blob import shape_string
 from ..layer import register
-from .common import canonical_axis
 from .vision import Convolution
 
 
@@ -37,21 +35,7 @@ class Im2col(Convolution):
     exact_num_top_blobs = 1
 
     def setup(self, bottom_shapes):
-        p = self.p
-        shape = bottom_shapes[0]
-        self.axis = canonical_axis(self, p.axis, shape)
-        self.num_spatial = len(shape) - self.axis - 1
-        if self.num_spatial < 1:
-            self.fail("needs at least one spatial axis after the channel axis %d; "
-                      "bottom shape is %s", self.axis, shape_string(shape))
-        self.kernel = self._per_axis("kernel", "kernel_size", None)
-        self.stride = self._per_axis("stride", "stride", 1)
-        self.pad = self._per_axis("pad", "pad", 0)
-        self.dilation = self._per_axis(None, "dilation", 1)
-        for what, values in (("kernel_size", self.kernel), ("stride", self.stride),
-                             ("dilation", self.dilation)):
-            if min(values) < 1:
-                self.fail("%s must be positive, got %s", what, values)
+        self._setup_geometry(bottom_shapes[0])
         self.group = 1
 
     def reshape(self, bottom_shapes):

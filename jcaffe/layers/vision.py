@@ -49,13 +49,12 @@ class Convolution(JaxLayer):
     min_top_blobs = 1
     equal_num_bottom_top_blobs = True
 
-    def setup(self, bottom_shapes):
-        p = self.p
-        shape = bottom_shapes[0]
-        self.axis = canonical_axis(self, p.axis, shape)
+    def _setup_geometry(self, shape):
+        """axis, num_spatial, kernel, stride, pad, dilation from convolution_param
+        (shared with Deconvolution and Im2col)."""
+        self.axis = canonical_axis(self, self.p.axis, shape)
         self.num_spatial = len(shape) - self.axis - 1
-        n = self.num_spatial
-        if n < 1:
+        if self.num_spatial < 1:
             self.fail("needs at least one spatial axis after the channel axis %d; "
                       "bottom shape is %s", self.axis, shape_string(shape))
         self.kernel = self._per_axis("kernel", "kernel_size", None)
@@ -66,6 +65,11 @@ class Convolution(JaxLayer):
                              ("dilation", self.dilation)):
             if min(values) < 1:
                 self.fail("%s must be positive, got %s", what, values)
+
+    def setup(self, bottom_shapes):
+        p = self.p
+        shape = bottom_shapes[0]
+        self._setup_geometry(shape)
         self.channels = shape[self.axis]
         self.num_output = p.num_output
         self.group = p.group
