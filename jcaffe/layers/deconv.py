@@ -12,7 +12,6 @@ top) and ``out_spatial`` its output (this layer's bottom).
   backward: dE/dx = W * dE/dy (a plain convolution of the top diff),
             dE/dW = Convolution._weight_diff(dE/dy, x), dE/db = sum dE/dy.
 """
-from ..blob import shape_string
 from ..layer import register
 from .vision import Convolution
 
@@ -36,17 +35,7 @@ class Deconvolution(Convolution):
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
-        if len(shape) != self.axis + 1 + self.num_spatial:
-            self.fail("bottom num_axes may not change: set up for %d axes, got shape %s",
-                      self.axis + 1 + self.num_spatial, shape_string(shape))
-        if shape[self.axis] != self.channels:
-            self.fail("input size incompatible with convolution kernel: set up for %d "
-                      "channels, bottom shape %s has %d",
-                      self.channels, shape_string(shape), shape[self.axis])
-        for i, other in enumerate(bottom_shapes[1:], 1):
-            if tuple(other) != tuple(shape):
-                self.fail("shape mismatch - bottom[0]: %s vs. bottom[%d]: %s",
-                          shape_string(shape), i, shape_string(other))
+        self._check_bottoms(bottom_shapes)
         bottom_spatial = tuple(shape[self.axis + 1:])
         top_spatial = []
         for i, size in enumerate(bottom_spatial):

@@ -104,8 +104,8 @@ class Convolution(JaxLayer):
                       "axes)", repeated, len(values), n)
         return values * n if len(values) == 1 else values
 
-
-    def reshape(self, bottom_shapes):
+    def _check_bottoms(self, bottom_shapes):
+        """Caffe's reshape checks: same axes and channels as at setup, all bottoms alike."""
         shape = bottom_shapes[0]
         if len(shape) != self.axis + 1 + self.num_spatial:
             self.fail("bottom num_axes may not change: set up for %d axes, got shape %s",
@@ -118,6 +118,10 @@ class Convolution(JaxLayer):
             if tuple(other) != tuple(shape):
                 self.fail("shape mismatch - bottom[0]: %s vs. bottom[%d]: %s",
                           shape_string(shape), i, shape_string(other))
+
+    def reshape(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        self._check_bottoms(bottom_shapes)
         self.in_spatial = tuple(shape[self.axis + 1:])
         out = []
         for i, size in enumerate(self.in_spatial):
