@@ -2,8 +2,10 @@
 ``lax.conv_general_dilated`` (and its jax.vjp) in float64, forward and backward.
 
 On CPU a grouped convolution is computed as one ungrouped convolution per group
-(XLA's CPU grouped kernels are several times slower); elsewhere the grouped call
-is used. Both paths are checked here on every machine by forcing the choice.
+(XLA's CPU grouped kernels are several times slower), and the weight gradient (and
+the forward / data gradient of short-column shapes) as im2col + GEMM in batch chunks
+(conv_gemm); elsewhere the grouped XLA call is used. Every path is checked here on
+every machine by forcing the choice.
 """
 import jax
 import jax.numpy as jnp
@@ -44,20 +46,27 @@ def _plain(layer, x, w, b):
     return y + b.reshape((-1,) + (1,) * n)
 
 
-@pytest.mark.parametrize("split", [True, False], ids=["per-group", "grouped"])
+FORMULATIONS = {"per-group": (True, False), "grouped": (False, False), "gemm": (False, True)}
+
+
+@pytest.mark.parametrize("formulation", list(FORMULATIONS))
 @pytest.mark.parametrize("param,shape", CASES)
 def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch, param, shape,
-                                                           split):
+                                                           formulation):
     layer = _layer(param, shape)
+    split, gemm = FORMULATIONS[formulation]
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: split and self.group > 1)
+    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg: gemm)
     x = jnp.asarray(rng.standard_normal(shape))
     w, b = params_of(layer)
-    (y,), _ = layer.forward([w, b], [x], None)
+    # jitted: the GEMM path is dozens of small ops, slow to dispatch one by one
+    (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
     ref, vjp = jax.vjp(lambda x, w, b: _plain(layer, x, w, b), x, w, b)
     np.testing.assert_allclose(np.asarray(y), np.asarray(ref), rtol=1e-10, atol=1e-10)
     dy = jnp.asarray(rng.standard_normal(ref.shape))
     rx, rw, rb = vjp(dy)
-    (dx,), (dw, db) = layer.backward([w, b], [x], [y], None, [dy], (True,))
+    (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
+        [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
     for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
                                    err_msg=what)
@@ -69,3 +78,42 @@ def test_cpu_splits_groups_and_keeps_single_group_convolutions(x64):
     single = _layer("num_output: 4 kernel_size: 3", (1, 4, 5, 5))
     assert not single._split_groups()
     assert grouped._split_groups() == (jax.default_backend() == "cpu")
+
+
+@pytest.mark.parametrize("param,shape", CASES[:4])
+def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, shape):
+    """Columns split into chunks of 2 images (the last one shorter) give the same maps."""
+    from jcaffe.layers import conv_gemm
+    shape = (5,) + shape[1:]
+    layer = _layer(param, shape)
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, _ = params_of(layer)
+    dy = jnp.asarray(rng.standard_normal((5, layer.num_output) + layer.out_spatial))
+    geo = layer.geometry()
+
+    def maps(x, w, dy):
+        return [conv_gemm.forward(x, w, layer.group, geo),
+                conv_gemm.data_diff(dy, w, layer.group, geo),
+                conv_gemm.weight_diff(x, dy, layer.group, geo)]
+    whole = jax.jit(maps)(x, w, dy)
+    per_image = int(np.prod(layer.kernel)) * int(np.prod(layer.out_spatial)) * 8
+    monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", 2 * per_image * layer.channels)
+    assert [len(conv_gemm._chunks(5, layer.channels, geo, 8))] == [3]
+    jax.clear_caches()      # the maps are jitted with the chunk size read at trace time
+    chunked = jax.jit(maps)(x, w, dy)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
+
+
+def test_cpu_gemm_choice_per_map_and_shape(x64):
+    """On CPU: every weight gradient as GEMM; forward and data gradient only for short
+    columns (C/group * prod(kernel) <= 512), the data gradient only at stride 1."""
+    lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
+    strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
+    long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
+    cpu = jax.default_backend() == "cpu"
+    for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, False)):
+        cg = layer.channels // layer.group
+        assert layer._gemm("weight", cg) == cpu
+        assert layer._gemm("forward", cg) == (cpu and fwd)
+        assert layer._gemm("data", cg) == (cpu and data)

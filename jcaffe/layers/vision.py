@@ -21,6 +21,7 @@ from jax import lax
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
+from . import conv_gemm
 from .common import canonical_axis
 
 _POOL = caffe_pb2.PoolingParameter
@@ -187,8 +188,33 @@ class Convolution(JaxLayer):
     def _split_groups(self):
         return self.group > 1 and jax.default_backend() == "cpu"
 
+    # On CPU, im2col + GEMM (conv_gemm) beats XLA's convolution for every weight
+    # gradient measured (LeNet's and CaffeNet's: 1.3-4x), and for the forward and
+    # stride-1 data gradient when the columns are short (C/group * prod(kernel) <= 512:
+    # LeNet's convolutions, CaffeNet's conv1 forward); longer columns keep XLA's
+    # convolution, which was as fast or faster there (benchmarks/bench_conv.py).
+    GEMM_MAX_COLUMN = 512
+
+    def geometry(self):
+        return conv_gemm.Geometry(*(tuple(int(v) for v in a) for a in (
+            self.kernel, self.stride, self.pad, self.dilation, self.in_spatial,
+            self.out_spatial)))
+
+    def _gemm(self, which, channels_per_group):
+        """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM."""
+        if jax.default_backend() != "cpu":
+            return False
+        if which == "weight":
+            return True
+        short = channels_per_group * int(np.prod(self.kernel)) <= self.GEMM_MAX_COLUMN
+        if which == "forward":
+            return short
+        return short and all(s == 1 for s in self.stride)
+
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
+        if self._gemm("forward", w.shape[1]):
+            return conv_gemm.forward(x, w, self.group, self.geometry())
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
@@ -198,6 +224,8 @@ class Convolution(JaxLayer):
 
     def _data_diff(self, dy, w):
         """dE/dx: dy dilated by the stride, convolved with the flipped, group-transposed kernel."""
+        if self._gemm("data", w.shape[1]):
+            return conv_gemm.data_diff(dy, w, self.group, self.geometry())
         g, n = self.group, self.num_spatial
         padding = []
         for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
@@ -227,6 +255,8 @@ class Convolution(JaxLayer):
         play the batch (split into groups), dy is the kernel, the stride becomes
         its dilation and the dilation the window stride.
         """
+        if self._gemm("weight", x.shape[1] // self.group):
+            return conv_gemm.weight_diff(x, dy, self.group, self.geometry())
         n = self.num_spatial
         spec = (1, 0) + tuple(range(2, 2 + n))
         padding = [(p, (k - 1) * d + (out - 1) * s + 1 - size - p)

@@ -1,0 +1,183 @@
+"""Convolution as im2col + GEMM (Caffe's own formulation), in batch chunks.
+
+XLA's CPU convolutions are far from its matmul speed on several shapes Caffe
+nets use (benchmarks/bench_conv.py): the weight gradient above all (CaffeNet's
+conv1 and grouped conv2 ran 3-4x slower than im2col + one matrix product), a
+forward with few input channels and a large or strided kernel (conv1), and the
+data gradient of a convolution with few input channels (LeNet's conv1). These
+functions compute the three linear maps of a convolution the way Caffe does,
+with columns built by strided slices (no gather) and one ``dot_general`` per
+chunk of images, the groups as the dot's batch dimension.
+
+Columns are channel-major: ``x`` transposed to (C, B, spatial...) gives the
+column array (C, K, B, out...) with K = prod(kernel) in row-major kernel
+order (Caffe's im2col order), so (C/g * K, B * out) per group is a reshape,
+not a copy. Work is split over the batch so each chunk's columns stay near
+``CHUNK_BYTES`` (measured: 4-16 MB chunks ran 1.3-2x faster than one
+whole-batch column array, which leaves the caches). The chunk split depends
+only on the shapes, so results are deterministic; the weight gradient sums the
+chunks in batch order.
+
+``geo`` is a ``Geometry`` (Convolution.geometry(): Deconvolution's "virtual
+convolution" fits the same description). The three maps are jitted with it as a
+static argument: inside a compiled net they inline; called eagerly (layer tests,
+gradcheck) they run as one compiled call instead of dozens of small ones.
+"""
+import collections
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+CHUNK_BYTES = 8 << 20      # columns per chunk
+CHUNK_ROWS = 4096          # images * output positions per chunk
+
+Geometry = collections.namedtuple(
+    "Geometry", "kernel stride pad dilation in_spatial out_spatial")   # tuples of ints
+
+
+def _high_pads(geo):
+    """Padding after each spatial axis so every kernel offset's strided slice fits."""
+    out = []
+    for size, o, k, s, p, d in zip(geo.in_spatial, geo.out_spatial, geo.kernel, geo.stride,
+                                   geo.pad, geo.dilation):
+        out.append(max(0, (o - 1) * s + (k - 1) * d + 1 - size - p))
+    return out
+
+
+def _offsets(geo):
+    return list(itertools.product(*[range(k) for k in geo.kernel]))
+
+
+def _per_chunk(batch, channels, geo, itemsize):
+    """Images per chunk: the columns about CHUNK_BYTES, at most CHUNK_ROWS rows."""
+    positions = int(np.prod(geo.out_spatial))
+    per_image = channels * int(np.prod(geo.kernel)) * positions * itemsize
+    per = max(1, min(CHUNK_BYTES // max(per_image, 1), CHUNK_ROWS // max(positions, 1)))
+    return min(per, batch)
+
+
+def _chunks(batch, channels, geo, itemsize):
+    """[(start, stop)] over the batch, in the order the maps visit them."""
+    per = _per_chunk(batch, channels, geo, itemsize)
+    return [(s, min(s + per, batch)) for s in range(0, batch, per)]
+
+
+# The chunks run as a loop (lax.map / lax.scan over whole chunks, the remainder after
+# it), not unrolled: unrolled, CaffeNet's conv1 (32 chunks of 121 slices) took minutes
+# to compile, and the loop ran faster too.
+def _map_batch(one, arrays, per):
+    """concatenate([one(*chunk) for chunk over the batch axis]) for (B, ...) arrays."""
+    batch = arrays[0].shape[0]
+    n, rem = divmod(batch, per)
+    if n == 1 and rem == 0:
+        return one(*arrays)
+    whole = [a[:n * per].reshape((n, per) + a.shape[1:]) for a in arrays]
+    out = lax.map(lambda chunk: one(*chunk), whole)
+    out = out.reshape((n * per,) + out.shape[2:])
+    if rem:
+        out = jnp.concatenate([out, one(*[a[n * per:] for a in arrays])])
+    return out
+
+
+def _sum_batch(one, arrays, per):
+    """sum(one(*chunk) for chunk over the batch axis), added in batch order."""
+    batch = arrays[0].shape[0]
+    n, rem = divmod(batch, per)
+    if n == 1 and rem == 0:
+        return one(*arrays)
+    whole = [a[:n * per].reshape((n, per) + a.shape[1:]) for a in arrays]
+    first = one(*[a[0] for a in whole])
+    if n > 1:
+        first, _ = lax.scan(lambda acc, chunk: (acc + one(*chunk), None), first,
+                            [a[1:] for a in whole])
+    if rem:
+        first = first + one(*[a[n * per:] for a in arrays])
+    return first
+
+
+def columns(xc, geo):
+    """(C, B, in...) -> (C, K, B, out...): entry [c, k, b, o] = x[b, c, o*stride - pad +
+    offset(k)*dilation], 0 in the padding."""
+    pads = [(0, 0), (0, 0)] + [(p, h) for p, h in zip(geo.pad, _high_pads(geo))]
+    xp = jnp.pad(xc, pads)
+    pieces = []
+    for off in _offsets(geo):
+        start = (0, 0) + tuple(j * d for j, d in zip(off, geo.dilation))
+        limit = xp.shape[:2] + tuple(st + (o - 1) * s + 1 for st, o, s in
+                                     zip(start[2:], geo.out_spatial, geo.stride))
+        pieces.append(lax.slice(xp, start, limit, (1, 1) + tuple(geo.stride)))
+    return jnp.stack(pieces, axis=1)
+
+
+def col2im(dcols, geo):
+    """The adjoint of ``columns``: (C, K, B, out...) -> (C, B, in...), each entry added
+    back where it was read (a stride-dilated pad per kernel offset, summed)."""
+    highs = _high_pads(geo)
+    padded = [size + p + h for size, p, h in zip(geo.in_spatial, geo.pad, highs)]
+    zero = jnp.zeros((), dcols.dtype)
+    acc = None
+    for i, off in enumerate(_offsets(geo)):
+        config = [(0, 0, 0), (0, 0, 0)]
+        for j, d, o, s, full in zip(off, geo.dilation, geo.out_spatial, geo.stride, padded):
+            lo = j * d
+            config.append((lo, full - lo - (o - 1) * s - 1, s - 1))
+        piece = lax.pad(dcols[:, i], zero, config)
+        acc = piece if acc is None else acc + piece
+    start = (0, 0) + tuple(geo.pad)
+    limit = acc.shape[:2] + tuple(p + size for p, size in zip(geo.pad, geo.in_spatial))
+    return lax.slice(acc, start, limit)
+
+
+def _channels_first(a):
+    return jnp.swapaxes(a, 0, 1)      # (B, C, ...) <-> (C, B, ...)
+
+
+def _grouped_cols(cols, group):
+    """(C, K, b, out...) -> (g, C/g * K, b * prod(out))."""
+    c, k = cols.shape[:2]
+    return cols.reshape(group, (c // group) * k, -1)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def forward(x, w, group, geo):
+    """y = W * x for x (B, C, in...), w (O, C/g, k...) -> (B, O, out...)."""
+    o = w.shape[0]
+    wg = w.reshape(group, o // group, -1)
+
+    def one(xb):
+        cols = _grouped_cols(columns(_channels_first(xb), geo), group)
+        y = lax.dot_general(wg, cols, (((2,), (1,)), ((0,), (0,))))     # (g, O/g, b*out)
+        return _channels_first(y.reshape((o, xb.shape[0]) + tuple(geo.out_spatial)))
+    return _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def data_diff(dy, w, group, geo):
+    """dE/dx = col2im(W^T dE/dy) for dy (B, O, out...), w (O, C/g, k...) -> (B, C, in...)."""
+    o, cg = w.shape[:2]
+    k = int(np.prod(geo.kernel))
+    wg = w.reshape(group, o // group, cg * k)
+
+    def one(dyb):
+        d = _channels_first(dyb).reshape(group, o // group, -1)
+        dcols = lax.dot_general(wg, d, (((1,), (1,)), ((0,), (0,))))    # (g, C/g*K, b*out)
+        dcols = dcols.reshape((cg * group, k, dyb.shape[0]) + tuple(geo.out_spatial))
+        return _channels_first(col2im(dcols, geo))
+    return _map_batch(one, [dy], _per_chunk(dy.shape[0], cg * group, geo, dy.dtype.itemsize))
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def weight_diff(x, dy, group, geo):
+    """dE/dW = dE/dy columns(x)^T, summed over the batch in chunks -> (O, C/g, k...)."""
+    o, c = dy.shape[1], x.shape[1]
+
+    def one(xb, dyb):
+        cols = _grouped_cols(columns(_channels_first(xb), geo), group)
+        d = _channels_first(dyb).reshape(group, o // group, -1)
+        return lax.dot_general(d, cols, (((2,), (2,)), ((0,), (0,))))   # (g, O/g, C/g*K)
+    dw = _sum_batch(one, [x, dy], _per_chunk(x.shape[0], c, geo, x.dtype.itemsize))
+    return dw.reshape((o, c // group) + tuple(geo.kernel))
