@@ -106,13 +106,16 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 
 
 def test_cpu_gemm_choice_per_map_and_shape(x64):
-    """On CPU: every weight gradient as GEMM; forward and data gradient only for short
-    columns (C/group * prod(kernel) <= 512), the data gradient only at stride 1."""
+    """On CPU: every weight gradient as GEMM; the data gradient at stride 1; the forward
+    for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
+    pointwise = _layer("num_output: 4 kernel_size: 1", (1, 832, 3, 3))
+    long_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 64, 7, 7))
     cpu = jax.default_backend() == "cpu"
-    for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, False)):
+    for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, True),
+                             (pointwise, True, True), (long_strided, False, False)):
         cg = layer.channels // layer.group
         assert layer._gemm("weight", cg) == cpu
         assert layer._gemm("forward", cg) == (cpu and fwd)

@@ -5,11 +5,12 @@ rounding and border clipping, AVE's divisor, MAX's tie rule); the arithmetic
 is XLA's: convolutions go through ``lax.conv_general_dilated``, window sums
 through ``lax.reduce_window``. Every backward is written out: convolution's
 data gradient is a transposed convolution, its weight gradient a convolution
-of the input with the top diff (on CPU, grouped convolutions run as one
-convolution per group), and pooling routes diffs back densely: for each kernel
-offset, the diffs of the windows whose argmax (or share) lies there are placed
-by a stride-dilated pad and the placements summed (no scatter, so the result
-does not depend on the order of atomic adds on a GPU).
+of the input with the top diff (on CPU: grouped convolutions as one convolution
+per group, and im2col + GEMM where that measured faster, see conv_gemm), and
+MAX pooling routes diffs back densely: each window's argmax offset is saved,
+each kernel offset's share is shifted into its stride phase and the phases are
+interleaved (no scatter, so the result does not depend on the order of atomic
+adds on a GPU).
 """
 import functools
 
@@ -188,11 +189,14 @@ class Convolution(JaxLayer):
     def _split_groups(self):
         return self.group > 1 and jax.default_backend() == "cpu"
 
-    # On CPU, im2col + GEMM (conv_gemm) beats XLA's convolution for every weight
-    # gradient measured (LeNet's and CaffeNet's: 1.3-4x), and for the forward and
-    # stride-1 data gradient when the columns are short (C/group * prod(kernel) <= 512:
-    # LeNet's convolutions, CaffeNet's conv1 forward); longer columns keep XLA's
-    # convolution, which was as fast or faster there (benchmarks/bench_conv.py).
+    # On CPU, im2col + GEMM (conv_gemm) beat XLA's convolution, per map and shape
+    # (benchmarks/bench_conv.py and the shapes of LeNet, CaffeNet and GoogLeNet):
+    # * weight gradient: every shape measured (1.3-4.7x);
+    # * data gradient at stride 1: all but one shape won or tied (LeNet's conv1 3x,
+    #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, the col2im sums lost (conv1);
+    # * forward: short columns (C/group * prod(kernel) <= 512: CaffeNet's conv1 2.5x,
+    #   LeNet's conv2 2x) and 1x1 kernels; long-column 3x3/5x5 forwards stay on XLA's
+    #   convolution, which won or tied there.
     GEMM_MAX_COLUMN = 512
 
     def geometry(self):
@@ -206,10 +210,10 @@ class Convolution(JaxLayer):
             return False
         if which == "weight":
             return True
-        short = channels_per_group * int(np.prod(self.kernel)) <= self.GEMM_MAX_COLUMN
-        if which == "forward":
-            return short
-        return short and all(s == 1 for s in self.stride)
+        if which == "data":
+            return all(s == 1 for s in self.stride)
+        k = int(np.prod(self.kernel))
+        return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
 
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
@@ -372,21 +376,23 @@ class Pooling(JaxLayer):
     def forward(self, params, bottoms, rng):
         x, = bottoms
         if self.p.pool == _POOL.MAX:
-            top, index = self._max_forward(x)
-            tops = [top, index.astype(x.dtype)] if self.num_top > 1 else [top]
-            return tops, index
+            top, offset = self._max_forward(x)
+            if self.num_top > 1:       # Caffe's mask top: the flat index h * W + w
+                return [top, self._flat_index(offset).astype(x.dtype)], offset
+            return [top], offset
         return [self._ave_forward(x)], None
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None], []
         if self.p.pool == _POOL.MAX:
-            return [self._max_backward(saved, top_diffs[0])], []
+            return [self._route_back(saved, top_diffs[0])], []
         return [self._ave_backward(top_diffs[0])], []
 
     # -- MAX -------------------------------------------------------------------
     def _max_forward(self, x):
-        """Top and the flat index h * W + w of each window's first maximum (-1: none > -FLT_MAX).
+        """Top and the offset i * kw + j inside its window of each window's first maximum
+        (-1: no element > -FLT_MAX).
 
         The maximum is one ``reduce_window``; the argmax then compares each of the
         kh*kw strided views of the input with it (dense elementwise work that XLA
@@ -412,34 +418,59 @@ class Pooling(JaxLayer):
         found = best > -FLT_MAX                                  # Caffe starts from -FLT_MAX
         floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
-        h = hs[:, None] + first // kw
-        w = ws[None, :] + first % kw
-        index = jnp.where(found, h * W + w, -1).astype(jnp.int32)
-        return top, index
+        return top, jnp.where(found, first, -1)
 
-    def _max_backward(self, index, dy):
-        """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w).
-
-        For each kernel offset (i, j), the top diffs of the windows whose argmax sits at
-        that offset are placed at the window start + (i, j) (a stride-dilated pad) and
-        the kh*kw placements summed: dense, no scatter, a fixed summation order.
-        """
+    def _flat_index(self, offset):
+        """Window offsets -> Caffe's flat bottom index h * W + w (-1 stays -1)."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         hs, ws = (_pool_windows(*a) for a in self._axes())
-        found = index >= 0
-        offset = jnp.where(found, (index // W - hs[:, None]) * kw + (index % W - ws[None, :]),
-                           -1)
-        dx = None
-        for i in range(kh):
-            for j in range(kw):
-                share = jnp.where(offset == i * kw + j, dy, _zero(dy))
-                lo_h, lo_w = i - ph, j - pw
-                placed = lax.pad(share, _zero(dy), (
-                    (0, 0, 0), (0, 0, 0),
-                    (lo_h, H - lo_h - (PH - 1) * sh - 1, sh - 1),
-                    (lo_w, W - lo_w - (PW - 1) * sw - 1, sw - 1)))
-                dx = placed if dx is None else dx + placed
-        return dx
+        h = hs[:, None] + offset // kw
+        w = ws[None, :] + offset % kw
+        return jnp.where(offset >= 0, h * W + w, -1).astype(jnp.int32)
+
+    def _max_backward(self, index, dy):
+        """dE/dx from Caffe's flat argmax index (h * W + w, -1: none) of each window."""
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        hs, ws = (_pool_windows(*a) for a in self._axes())
+        offset = jnp.where(index >= 0,
+                           (index // W - hs[:, None]) * kw + (index % W - ws[None, :]), -1)
+        return self._route_back(offset, dy)
+
+    def _route_back(self, offset, dy):
+        """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w).
+
+        Dense, no scatter, a fixed summation order, and no strided placement: the
+        padded rows split by their residue modulo the stride (phase r holds rows
+        t * stride + r), and kernel row i = q * stride + r of window p lands on row
+        p + q of phase r: a plain shift. Each phase sums the shifted shares of the
+        kernel offsets in it; interleaving the phases (a transpose) gives dE/dx.
+        """
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        qh, qw = -(-kh // sh), -(-kw // sw)
+        th, tw = PH + qh - 1, PW + qw - 1          # rows / columns per phase
+        zero = _zero(dy)
+        phases = []
+        for r in range(sh):
+            row = []
+            for u in range(sw):
+                acc = None
+                for i in range(r, kh, sh):
+                    for j in range(u, kw, sw):
+                        q, v = i // sh, j // sw
+                        share = jnp.where(offset == i * kw + j, dy, zero)
+                        placed = lax.pad(share, zero, ((0, 0, 0), (0, 0, 0),
+                                                       (q, th - PH - q, 0), (v, tw - PW - v, 0)))
+                        acc = placed if acc is None else acc + placed
+                row.append(acc if acc is not None else jnp.zeros(dy.shape[:2] + (th, tw),
+                                                                dy.dtype))
+            phases.append(jnp.stack(row, axis=-1))                 # (n, c, th, tw, sw)
+        grid = jnp.stack(phases, axis=3)                          # (n, c, th, sh, tw, sw)
+        n, c = dy.shape[:2]
+        dxp = grid.reshape(n, c, th * sh, tw * sw)                # padded coordinates
+        hi_h, hi_w = max(0, ph + H - th * sh), max(0, pw + W - tw * sw)
+        if hi_h or hi_w:          # rows / columns no window reaches get zero diff
+            dxp = jnp.pad(dxp, ((0, 0), (0, 0), (0, hi_h), (0, hi_w)))
+        return dxp[:, :, ph:ph + H, pw:pw + W]
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):
