@@ -1,6 +1,7 @@
 """Per-shape convolution formulations on this machine: jcaffe's Convolution forward,
-data gradient and weight gradient with grouped convolutions computed as ONE grouped
-XLA convolution vs one ungrouped convolution per group (what jcaffe picks on CPU).
+data gradient and weight gradient as (a) jcaffe's CPU choice per map (im2col + GEMM
+from conv_gemm, or XLA's convolution, per group when grouped; the cell says which),
+(b) XLA's convolution only, per group, (c) XLA's convolution as ONE grouped call.
 
     python benchmarks/bench_conv.py [--batch 32] [--repeats 3]
 
@@ -50,7 +51,7 @@ def main():
     from jcaffe.layers.vision import Convolution
     from jcaffe.proto import caffe_pb2
 
-    original = Convolution._split_groups
+    original = Convolution._split_groups, Convolution._gemm
     print("| shape | formulation | forward ms | data grad ms | weight grad ms | GFLOP (fwd) |")
     print("|---|---|---:|---:|---:|---:|")
     for name, (chw, text) in SHAPES.items():
@@ -64,10 +65,19 @@ def main():
         layer.layer_setup([shape], 1, np.random.default_rng(0))
         x = jnp.asarray(np.random.default_rng(1).standard_normal(shape), jnp.float32)
         params = [jnp.asarray(b.data) for b in layer.blobs]
-        choices = [("per group (CPU choice)", True), ("one grouped conv", False)] \
-            if layer.group > 1 else [("lax conv", False)]
-        for label, split in choices:
+        cg = layer.channels // layer.group
+        macs = shape[0] * int(np.prod(layer.out_spatial)) * layer.num_output * cg \
+            * int(np.prod(layer.kernel))
+        picks = ["GEMM" if original[1](layer, which, cg, macs) else "XLA"
+                 for which in ("forward", "data", "weight")]
+        choices = [("jcaffe's choice (%s)" % "/".join(picks), True, None),
+                   ("XLA convolution" + (" per group" if layer.group > 1 else ""), True, False)]
+        if layer.group > 1:
+            choices.append(("XLA, one grouped convolution", False, False))
+        for label, split, gemm in choices:
             Convolution._split_groups = (lambda s, split=split: split and s.group > 1)
+            Convolution._gemm = (original[1] if gemm is None else
+                                 (lambda s, which, cg, macs, gemm=gemm: gemm))
             fwd = jax.jit(lambda p, x: layer.forward(p, [x], None)[0][0])
             y = fwd(params, x)
             dy = jnp.ones_like(y)
@@ -79,7 +89,7 @@ def main():
                 name, label, timed(fwd, (params, x), opts.repeats),
                 timed(dx, (params, x, dy), opts.repeats),
                 timed(dw, (params, x, dy), opts.repeats), gflop), flush=True)
-    Convolution._split_groups = original
+    Convolution._split_groups, Convolution._gemm = original
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch
     layer = _layer(param, shape)
     split, gemm = FORMULATIONS[formulation]
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: split and self.group > 1)
-    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg: gemm)
+    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs: gemm)
     x = jnp.asarray(rng.standard_normal(shape))
     w, b = params_of(layer)
     # jitted: the GEMM path is dozens of small ops, slow to dispatch one by one
@@ -106,8 +106,9 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 
 
 def test_cpu_gemm_choice_per_map_and_shape(x64):
-    """On CPU: every weight gradient as GEMM; the data gradient at stride 1; the forward
-    for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels."""
+    """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
+    data gradient at stride 1; the forward for short columns (C/group * prod(kernel)
+    <= 512) and 1x1 kernels. Smaller maps keep XLA's convolution."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
@@ -117,6 +118,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
     for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, True),
                              (pointwise, True, True), (long_strided, False, False)):
         cg = layer.channels // layer.group
-        assert layer._gemm("weight", cg) == cpu
-        assert layer._gemm("forward", cg) == (cpu and fwd)
-        assert layer._gemm("data", cg) == (cpu and data)
+        big = Convolution.GEMM_MIN_MACS
+        assert layer._gemm("weight", cg, big) == cpu
+        assert layer._gemm("forward", cg, big) == (cpu and fwd)
+        assert layer._gemm("data", cg, big) == (cpu and data)
+        assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))

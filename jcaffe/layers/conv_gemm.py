@@ -33,7 +33,6 @@ import numpy as np
 from jax import lax
 
 CHUNK_BYTES = 8 << 20      # columns per chunk
-CHUNK_ROWS = 4096          # images * output positions per chunk
 
 Geometry = collections.namedtuple(
     "Geometry", "kernel stride pad dilation in_spatial out_spatial")   # tuples of ints
@@ -53,11 +52,9 @@ def _offsets(geo):
 
 
 def _per_chunk(batch, channels, geo, itemsize):
-    """Images per chunk: the columns about CHUNK_BYTES, at most CHUNK_ROWS rows."""
-    positions = int(np.prod(geo.out_spatial))
-    per_image = channels * int(np.prod(geo.kernel)) * positions * itemsize
-    per = max(1, min(CHUNK_BYTES // max(per_image, 1), CHUNK_ROWS // max(positions, 1)))
-    return min(per, batch)
+    """Images per chunk: the columns about CHUNK_BYTES (one chunk, no loop, below that)."""
+    per_image = channels * int(np.prod(geo.kernel)) * int(np.prod(geo.out_spatial)) * itemsize
+    return max(1, min(CHUNK_BYTES // max(per_image, 1), batch))
 
 
 def _chunks(batch, channels, geo, itemsize):

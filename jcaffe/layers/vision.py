@@ -197,16 +197,23 @@ class Convolution(JaxLayer):
     # * forward: short columns (C/group * prod(kernel) <= 512: CaffeNet's conv1 2.5x,
     #   LeNet's conv2 2x) and 1x1 kernels; long-column 3x3/5x5 forwards stay on XLA's
     #   convolution, which won or tied there.
+    # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
+    # in a fraction of the time of the columns' slices and loop, and there the step
+    # time was the same either way (LeNet, batch 64: 28.7 vs 28.8 ms median with its
+    # convolutions as GEMM or not, compile 4.5 vs 1.9 s; tests and gradcheck build
+    # thousands of small convolutions).
     GEMM_MAX_COLUMN = 512
+    GEMM_MIN_MACS = 1 << 28
 
     def geometry(self):
         return conv_gemm.Geometry(*(tuple(int(v) for v in a) for a in (
             self.kernel, self.stride, self.pad, self.dilation, self.in_spatial,
             self.out_spatial)))
 
-    def _gemm(self, which, channels_per_group):
-        """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM."""
-        if jax.default_backend() != "cpu":
+    def _gemm(self, which, channels_per_group, macs):
+        """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
+        ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel))."""
+        if jax.default_backend() != "cpu" or macs < self.GEMM_MIN_MACS:
             return False
         if which == "weight":
             return True
@@ -217,7 +224,7 @@ class Convolution(JaxLayer):
 
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
-        if self._gemm("forward", w.shape[1]):
+        if self._gemm("forward", w.shape[1], _macs(x.shape[0], w.shape, self.out_spatial)):
             return conv_gemm.forward(x, w, self.group, self.geometry())
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
@@ -228,7 +235,7 @@ class Convolution(JaxLayer):
 
     def _data_diff(self, dy, w):
         """dE/dx: dy dilated by the stride, convolved with the flipped, group-transposed kernel."""
-        if self._gemm("data", w.shape[1]):
+        if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial)):
             return conv_gemm.data_diff(dy, w, self.group, self.geometry())
         g, n = self.group, self.num_spatial
         padding = []
@@ -259,7 +266,9 @@ class Convolution(JaxLayer):
         play the batch (split into groups), dy is the kernel, the stride becomes
         its dilation and the dilation the window stride.
         """
-        if self._gemm("weight", x.shape[1] // self.group):
+        cg = x.shape[1] // self.group
+        if self._gemm("weight", cg, _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel),
+                                           self.out_spatial)):
             return conv_gemm.weight_diff(x, dy, self.group, self.geometry())
         n = self.num_spatial
         spec = (1, 0) + tuple(range(2, 2 + n))
@@ -273,6 +282,11 @@ class Convolution(JaxLayer):
             xs, dys = jnp.split(x, self.group, axis=1), jnp.split(dy, self.group, axis=1)
             return jnp.concatenate([conv(xg, d) for xg, d in zip(xs, dys)], axis=0)
         return conv(x, dy, batch_group_count=self.group)
+
+
+def _macs(batch, weight_shape, out_spatial):
+    """Multiply-adds of one convolution map: batch * output positions * weight count."""
+    return batch * int(np.prod(out_spatial)) * int(np.prod(weight_shape))
 
 
 def _pool_windows(size, pooled, k, s, p):
