@@ -123,3 +123,27 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
         assert layer._gemm("forward", cg, big) == (cpu and fwd)
         assert layer._gemm("data", cg, big) == (cpu and data)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
+
+
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 3 kernel_size: 4 stride: 2 pad: 1 group: 1", (2, 4, 5, 6)),
+    ("num_output: 4 kernel_size: 3 stride: 1 pad: 1 group: 2 dilation: 2", (2, 4, 6, 5)),
+])
+def test_deconvolution_gemm_matches_xla(x64, rng, monkeypatch, param, shape):
+    """Deconvolution runs Convolution's maps on its virtual convolution (top -> bottom):
+    its GEMM path agrees with the XLA one, forward and backward, in float64."""
+    layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
+                       [shape])
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    results = []
+    for gemm in (False, True):
+        monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, g=gemm: g)
+        (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
+        dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
+        (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
+            [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
+        results.append((y, dx, dw, db))
+    for xla, gemm, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
+        np.testing.assert_allclose(np.asarray(gemm), np.asarray(xla), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
