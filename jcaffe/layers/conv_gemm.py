@@ -66,34 +66,36 @@ def _chunks(batch, channels, geo, itemsize):
 # The chunks run as a loop (lax.map / lax.scan over whole chunks, the remainder after
 # it), not unrolled: unrolled, CaffeNet's conv1 (32 chunks of 121 slices) took minutes
 # to compile, and the loop ran faster too.
+def _split_batch(arrays, per):
+    """(whole chunks, each array as (n, per, ...), or None for a single chunk; the
+    remainder, each array's last batch % per images, or None)."""
+    n, rem = divmod(arrays[0].shape[0], per)
+    if n == 1 and rem == 0:
+        return None, None
+    whole = [a[:n * per].reshape((n, per) + a.shape[1:]) for a in arrays]
+    return whole, ([a[n * per:] for a in arrays] if rem else None)
+
+
 def _map_batch(one, arrays, per):
     """concatenate([one(*chunk) for chunk over the batch axis]) for (B, ...) arrays."""
-    batch = arrays[0].shape[0]
-    n, rem = divmod(batch, per)
-    if n == 1 and rem == 0:
+    whole, rest = _split_batch(arrays, per)
+    if whole is None:
         return one(*arrays)
-    whole = [a[:n * per].reshape((n, per) + a.shape[1:]) for a in arrays]
     out = lax.map(lambda chunk: one(*chunk), whole)
-    out = out.reshape((n * per,) + out.shape[2:])
-    if rem:
-        out = jnp.concatenate([out, one(*[a[n * per:] for a in arrays])])
-    return out
+    out = out.reshape((-1,) + out.shape[2:])
+    return out if rest is None else jnp.concatenate([out, one(*rest)])
 
 
 def _sum_batch(one, arrays, per):
     """sum(one(*chunk) for chunk over the batch axis), added in batch order."""
-    batch = arrays[0].shape[0]
-    n, rem = divmod(batch, per)
-    if n == 1 and rem == 0:
+    whole, rest = _split_batch(arrays, per)
+    if whole is None:
         return one(*arrays)
-    whole = [a[:n * per].reshape((n, per) + a.shape[1:]) for a in arrays]
-    first = one(*[a[0] for a in whole])
-    if n > 1:
-        first, _ = lax.scan(lambda acc, chunk: (acc + one(*chunk), None), first,
+    total = one(*[a[0] for a in whole])
+    if whole[0].shape[0] > 1:
+        total, _ = lax.scan(lambda acc, chunk: (acc + one(*chunk), None), total,
                             [a[1:] for a in whole])
-    if rem:
-        first = first + one(*[a[n * per:] for a in arrays])
-    return first
+    return total if rest is None else total + one(*rest)
 
 
 def columns(xc, geo):
