@@ -40,7 +40,7 @@ class StochasticPooling(Pooling):
         self.needs_rng = self.train
 
     def _windows(self, x):
-        """(win (N, C, PH, PW, K) with 0 outside the image, valid (PH, PW, K), starts)."""
+        """(win (N, C, PH, PW, K) with 0 outside the image, valid (PH, PW, K))."""
         (H, PH, kh, sh, _), (W, PW, kw, sw, _) = self._axes()
         hs, ws = (np.arange(PH) * sh).astype(np.int32), (np.arange(PW) * sw).astype(np.int32)
         rows = hs[:, None] + np.arange(kh)                       # (PH, kh)
@@ -52,7 +52,7 @@ class StochasticPooling(Pooling):
         k = kh * kw
         win = win.reshape(win.shape[:4] + (k,))
         valid = valid.reshape(PH, PW, k)
-        return jnp.where(valid, win, _zero(x)), valid, hs, ws
+        return jnp.where(valid, win, _zero(x)), valid
 
     def forward(self, params, bottoms, rng):
         x, = bottoms
@@ -71,8 +71,7 @@ class StochasticPooling(Pooling):
 
     # -- TRAIN -----------------------------------------------------------------
     def _train_forward(self, x, rng):
-        (H, PH, kh, sh, _), (W, PW, kw, sw, _) = self._axes()
-        win, valid, hs, ws = self._windows(x)
+        win, valid = self._windows(x)
         u = jax.random.uniform(rng, win.shape[:4], x.dtype)
         thres = u * jnp.sum(win, axis=-1)
         hit = valid & (jnp.cumsum(win, axis=-1) >= thres[..., None])
@@ -80,10 +79,7 @@ class StochasticPooling(Pooling):
         first = jnp.argmax(hit, axis=-1).astype(jnp.int32)      # first qualifying position
         picked = jnp.take_along_axis(win, first[..., None], axis=-1)[..., 0]
         top = jnp.where(found, picked, _zero(x))
-        h = hs[:, None] + first // kw
-        w = ws[None, :] + first % kw
-        index = jnp.where(found, h * W + w, -1).astype(jnp.int32)
-        return top, index
+        return top, self._flat_index(jnp.where(found, first, -1))   # Caffe's rand_idx
 
     # -- TEST ------------------------------------------------------------------
     def _window_sums(self, a):
