@@ -7,18 +7,10 @@ im2col / im2col_nd order. Leading axes before ``axis`` are kept.
 """
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ..layer import register
+from . import conv_gemm
 from .vision import Convolution
-
-
-def _positions(size, out, k, s, p, d):
-    """(out, k) input coordinates of each output position / kernel offset, and the padding
-    (lo, hi) that makes them all valid indices of the padded axis."""
-    pos = (np.arange(out) * s)[:, None] + np.arange(k) * d         # in padded coordinates
-    hi = max(0, int(pos.max()) + 1 - size - p) if pos.size else 0
-    return pos.astype(np.int32), (p, hi)
 
 
 @register("Im2col")
@@ -46,21 +38,12 @@ class Im2col(Convolution):
             self.num_output = self.channels * int(np.prod(self.kernel))
         return Convolution.reshape(self, bottom_shapes)
 
-    def _plan(self):
-        return [_positions(*a) for a in zip(self.in_spatial, self.out_spatial, self.kernel,
-                                            self.stride, self.pad, self.dilation)]
-
+    # The column buffer is conv_gemm's (Caffe's order), moved to (B, C*K, out...).
     def forward(self, params, bottoms, rng):
         x, = bottoms
         xb = self._batched(x)
-        plan = self._plan()
-        n = self.num_spatial
-        xp = jnp.pad(xb, [(0, 0), (0, 0)] + [pad for _, pad in plan])
-        for i, (pos, _) in enumerate(plan):       # axis 2 + 2i becomes (out_i, k_i)
-            xp = jnp.take(xp, pos, axis=2 + 2 * i)
-        # (B, C, o1, k1, ..., on, kn) -> (B, C, k1..kn, o1..on)
-        order = (0, 1) + tuple(3 + 2 * i for i in range(n)) + tuple(2 + 2 * i for i in range(n))
-        cols = jnp.transpose(xp, order).reshape((xb.shape[0], self.num_output) + self.out_spatial)
+        cols = conv_gemm.columns(jnp.swapaxes(xb, 0, 1), self.geometry())   # (C, K, B, out)
+        cols = jnp.moveaxis(cols, 2, 0).reshape((xb.shape[0], self.num_output) + self.out_spatial)
         return [cols.reshape(x.shape[:self.axis] + cols.shape[1:])], None
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
@@ -68,19 +51,6 @@ class Im2col(Convolution):
             return [None], []
         x, = bottoms
         dy = self._batched(top_diffs[0])
-        n = self.num_spatial
-        plan = self._plan()
-        d = dy.reshape((dy.shape[0], self.channels) + tuple(self.kernel) + self.out_spatial)
-        # (B, C, k1..kn, o1..on) -> (B, C, o1, k1, ..., on, kn)
-        order = (0, 1) + sum(((2 + n + i, 2 + i) for i in range(n)), ())
-        d = jnp.transpose(d, order)
-        for i in reversed(range(n)):              # (out_i, k_i) at axes a, a+1 -> padded axis
-            pos, (lo, hi) = plan[i]
-            size = self.in_spatial[i]
-            onehot = (np.arange(size + lo + hi)[:, None, None] == pos[None]).astype(d.dtype)
-            a = 2 + 2 * i
-            summed = jnp.tensordot(onehot, d, axes=([1, 2], [a, a + 1]),
-                                   precision=lax.Precision.HIGHEST)   # exact sums of 0/1 terms
-            d = jnp.moveaxis(summed, 0, a)
-            d = lax.slice_in_dim(d, lo, lo + size, axis=a)
-        return [d.reshape(x.shape)], []
+        d = dy.reshape((dy.shape[0], self.channels, -1) + self.out_spatial)
+        dx = conv_gemm.col2im(jnp.moveaxis(d, 0, 2), self.geometry())           # (C, B, in)
+        return [jnp.swapaxes(dx, 0, 1).reshape(x.shape)], []
