@@ -326,43 +326,41 @@ def _two_files(argv, usage):
     return pos
 
 
-def upgrade_net_proto_text(argv):
-    src, dst = _two_files(argv, "Usage: jcaffe upgrade_net_proto_text V0_NET_PROTO_FILE_IN "
-                                "NET_PROTO_FILE_OUT")
-    net = protoio.read_prototxt(src, caffe_pb2.NetParameter)
-    if upgrade.net_needs_upgrade(net):
-        upgrade.upgrade_net_as_needed(net, src)
+def _upgrade(argv, usage, message, needs_upgrade, upgrade_as_needed, read, write):
+    """Read, upgrade if old (else log that it is current), write: the upgrade_* tools."""
+    src, dst = _two_files(argv, usage)
+    param = read(src)
+    if needs_upgrade(param):
+        upgrade_as_needed(param, src)
     else:
         log.error("File already in latest proto format: %s", src)
-    protoio.write_prototxt(net, dst)
-    log.info("Wrote upgraded NetParameter text proto to %s", dst)
+    write(param, dst)
+    log.info("Wrote upgraded %s to %s", message, dst)
     return 0
+
+
+def upgrade_net_proto_text(argv):
+    return _upgrade(argv, "Usage: jcaffe upgrade_net_proto_text V0_NET_PROTO_FILE_IN "
+                          "NET_PROTO_FILE_OUT", "NetParameter text proto",
+                    upgrade.net_needs_upgrade, upgrade.upgrade_net_as_needed,
+                    lambda f: protoio.read_prototxt(f, caffe_pb2.NetParameter),
+                    protoio.write_prototxt)
 
 
 def upgrade_net_proto_binary(argv):
-    src, dst = _two_files(argv, "Usage: jcaffe upgrade_net_proto_binary V0_NET_PROTO_FILE_IN "
-                                "NET_PROTO_FILE_OUT")
-    net = protoio.read_binary(src, caffe_pb2.NetParameter)
-    if upgrade.net_needs_upgrade(net):
-        upgrade.upgrade_net_as_needed(net, src)
-    else:
-        log.error("File already in latest proto format: %s", src)
-    protoio.write_binary(net, dst)
-    log.info("Wrote upgraded NetParameter binary proto to %s", dst)
-    return 0
+    return _upgrade(argv, "Usage: jcaffe upgrade_net_proto_binary V0_NET_PROTO_FILE_IN "
+                          "NET_PROTO_FILE_OUT", "NetParameter binary proto",
+                    upgrade.net_needs_upgrade, upgrade.upgrade_net_as_needed,
+                    lambda f: protoio.read_binary(f, caffe_pb2.NetParameter),
+                    protoio.write_binary)
 
 
 def upgrade_solver_proto_text(argv):
-    src, dst = _two_files(argv, "Usage: jcaffe upgrade_solver_proto_text OLD_SOLVER_PROTO_FILE_IN "
-                                "NEW_SOLVER_PROTO_FILE_OUT")
-    solver = protoio.read_prototxt(src, caffe_pb2.SolverParameter)
-    if upgrade.solver_needs_type_upgrade(solver):
-        upgrade.upgrade_solver_as_needed(solver, src)
-    else:
-        log.error("File already in latest proto format: %s", src)
-    protoio.write_prototxt(solver, dst)
-    log.info("Wrote upgraded SolverParameter text proto to %s", dst)
-    return 0
+    return _upgrade(argv, "Usage: jcaffe upgrade_solver_proto_text OLD_SOLVER_PROTO_FILE_IN "
+                          "NEW_SOLVER_PROTO_FILE_OUT", "SolverParameter text proto",
+                    upgrade.solver_needs_type_upgrade, upgrade.upgrade_solver_as_needed,
+                    lambda f: protoio.read_prototxt(f, caffe_pb2.SolverParameter),
+                    protoio.write_prototxt)
 
 
 TOOLS = {
