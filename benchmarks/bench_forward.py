@@ -59,19 +59,13 @@ def torch_forward(name, batch):
     return setup
 
 
-def contenders(opts):
-    batch = opts.batch or nets.NETS[opts.net][1]
-    out = {"jcaffe Net.forward": jcaffe_forward(opts.net, batch),
-           "pure JAX (jit)": jax_forward(opts.net, batch)}
-    import importlib.util
-    if importlib.util.find_spec("torch"):
-        out["PyTorch eager"] = torch_forward(opts.net, batch)
+def contenders(name, batch):
+    out = {"jcaffe Net.forward": jcaffe_forward(name, batch),
+           "pure JAX (jit)": jax_forward(name, batch)}
+    if harness.has_torch():
+        out["PyTorch eager"] = torch_forward(name, batch)
     return out
 
 
 if __name__ == "__main__":
-    net = sys.argv[sys.argv.index("--net") + 1] if "--net" in sys.argv else "lenet"
-    harness.main("Forward (deploy, TEST), %s" % net, contenders,
-                 default_repeats=20 if net == "lenet" else 5,
-                 extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
-                             (("--batch",), {"type": int, "default": 0})])
+    harness.net_main("Forward (deploy, TEST), %s", contenders)

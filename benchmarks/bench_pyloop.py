@@ -16,25 +16,10 @@ import harness  # noqa: E402
 import nets  # noqa: E402
 
 
-def _solver(name, batch):
-    import jcaffe
-    from jcaffe.proto import caffe_pb2
-    param = nets.net_param(name, batch)
-    sp = caffe_pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM,
-                                   weight_decay=nets.WEIGHT_DECAY, lr_policy="fixed",
-                                   max_iter=10 ** 9, display=0, random_seed=1, type="SGD")
-    sp.net_param.CopyFrom(param)
-    solver = jcaffe.get_solver(sp)
-    data, label = nets.inputs(param)
-    solver.net.blobs["data"].data[...] = data
-    solver.net.blobs["label"].data[...] = label
-    return solver
-
-
 def step(name, batch):
     def setup():
         import jax
-        solver = _solver(name, batch)
+        solver = nets.jcaffe_solver(name, batch)
 
         def run():
             solver.step(1)
@@ -45,7 +30,7 @@ def step(name, batch):
 
 def loop(name, batch, update):
     def setup():
-        solver = _solver(name, batch)
+        solver = nets.jcaffe_solver(name, batch)
         net = solver.net
 
         def run():
@@ -59,14 +44,11 @@ def loop(name, batch, update):
     return setup
 
 
-def contenders(opts):
-    batch = opts.batch or nets.NETS[opts.net][1]
-    return {"jcaffe Solver.step": step(opts.net, batch),
-            "jcaffe forward()+backward()+apply_update()": loop(opts.net, batch, True),
-            "jcaffe forward()+backward()": loop(opts.net, batch, False)}
+def contenders(name, batch):
+    return {"jcaffe Solver.step": step(name, batch),
+            "jcaffe forward()+backward()+apply_update()": loop(name, batch, True),
+            "jcaffe forward()+backward()": loop(name, batch, False)}
 
 
 if __name__ == "__main__":
-    harness.main("pycaffe loop vs Solver.step", contenders, default_repeats=20,
-                 extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
-                             (("--batch",), {"type": int, "default": 0})])
+    harness.net_main("pycaffe loop vs Solver.step (%s)", contenders, default_repeats=20)

@@ -17,17 +17,7 @@ import nets  # noqa: E402
 def jcaffe_step(name, batch):
     def setup():
         import jax
-        import jcaffe
-        from jcaffe.proto import caffe_pb2
-        param = nets.net_param(name, batch)
-        sp = caffe_pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM,
-                                       weight_decay=nets.WEIGHT_DECAY, lr_policy="fixed",
-                                       max_iter=10 ** 9, display=0, random_seed=1, type="SGD")
-        sp.net_param.CopyFrom(param)
-        solver = jcaffe.get_solver(sp)
-        data, label = nets.inputs(param)
-        solver.net.blobs["data"].data[...] = data
-        solver.net.blobs["label"].data[...] = label
+        solver = nets.jcaffe_solver(name, batch)
 
         def run():
             solver.step(1)
@@ -76,22 +66,13 @@ def torch_step(name, batch):
     return setup
 
 
-def contenders(opts):
-    batch = opts.batch or nets.NETS[opts.net][1]
-    out = {"jcaffe Solver.step": jcaffe_step(opts.net, batch),
-           "pure JAX (jit value_and_grad)": jax_step(opts.net, batch)}
-    try:
-        import importlib.util
-        if importlib.util.find_spec("torch"):
-            out["PyTorch eager"] = torch_step(opts.net, batch)
-    except ImportError:
-        pass
+def contenders(name, batch):
+    out = {"jcaffe Solver.step": jcaffe_step(name, batch),
+           "pure JAX (jit value_and_grad)": jax_step(name, batch)}
+    if harness.has_torch():
+        out["PyTorch eager"] = torch_step(name, batch)
     return out
 
 
 if __name__ == "__main__":
-    net = sys.argv[sys.argv.index("--net") + 1] if "--net" in sys.argv else "lenet"
-    harness.main("Training step, %s" % net, contenders,
-                 default_repeats=20 if net == "lenet" else 5,
-                 extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
-                             (("--batch",), {"type": int, "default": 0})])
+    harness.net_main("Training step, %s", contenders)

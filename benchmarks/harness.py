@@ -145,3 +145,21 @@ def main(description, make_contenders, default_repeats, default_warmup=2, extra_
             json.dump({"title": description, "results": results, "rss_mb": rss,
                        "argv": sys.argv, "python": platform.python_version()}, f, indent=1)
     return results, rss
+
+
+def net_main(title, contenders_of, default_repeats=None):
+    """main() of a script comparing contenders on one benchmark net (--net, --batch):
+    ``contenders_of(net name, batch)`` -> {label: setup}; ``title`` has a %s for the net."""
+    import nets
+    net = sys.argv[sys.argv.index("--net") + 1] if "--net" in sys.argv else "lenet"
+    main(title % net,
+         lambda opts: contenders_of(opts.net, opts.batch or nets.NETS[opts.net][1]),
+         default_repeats=default_repeats or (20 if net == "lenet" else 5),
+         extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
+                     (("--batch",), {"type": int, "default": 0})])
+
+
+def has_torch():
+    """Whether the optional PyTorch contender can run (the bench extra)."""
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None

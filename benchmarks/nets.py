@@ -5,7 +5,8 @@ reference contenders below are *plain* code a person would write by hand for
 that layer list (``jax.lax.conv_general_dilated`` + ``jax.value_and_grad``;
 ``torch.nn.functional`` + autograd), built by walking the layers once, so all
 contenders compute the same architecture on the same shapes. Nothing here
-imports jcaffe (or jax, for the torch contender): the prototxt is parsed with
+imports jcaffe (or jax, for the torch contender) at module level (only
+``jcaffe_solver``, called by jcaffe's contenders, does): the prototxt is parsed with
 the generated ``caffe_pb2`` module loaded on its own, so a contender's peak
 memory is its own framework's.
 """
@@ -258,10 +259,26 @@ def jax_forward_fn(param, train):
     return f
 
 
+def jcaffe_solver(name, batch):
+    """jcaffe's SGD solver for net ``name`` (the same update as the references), its
+    input blobs filled once."""
+    import jcaffe
+    from jcaffe.proto import caffe_pb2 as pb2
+    param = net_param(name, batch)
+    sp = pb2.SolverParameter(base_lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                             lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1,
+                             type="SGD")
+    sp.net_param.CopyFrom(param)
+    solver = jcaffe.get_solver(sp)
+    data, label = inputs(param)
+    solver.net.blobs["data"].data[...] = data
+    solver.net.blobs["label"].data[...] = label
+    return solver
+
+
 def jax_train_step(param):
     """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order."""
     import jax
-    import jax.numpy as jnp
     f = jax_forward_fn(param, train=True)
 
     def loss_fn(params, data, label, key):
