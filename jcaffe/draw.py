@@ -181,12 +181,15 @@ def get_pydot_graph(caffe_net, rankdir="LR", label_edges=True, phase=None, displ
                                       penwidth="2" if bd.receives_diff else "1",
                                       tooltip=_q("diff to %s: %s" % (b, "yes" if bd.receives_diff else "no"))))
         for t in rep.tops:
-            if t in rep.in_place:
-                graph.add_edge(pydot.Edge(lid, blob_ids[t], style="dashed", label="in-place",
-                                          constraint="false"))
-            else:
-                graph.add_edge(_edge(pydot, lid, blob_ids[t], label=edge_label))
+            graph.add_edge(_top_edge(pydot, lid, blob_ids[t], t in rep.in_place, edge_label))
     return graph
+
+
+def _top_edge(pydot, lid, blob_id, in_place, label):
+    """Layer -> top edge: dashed "in-place" (not ranking the graph) when the top is a bottom."""
+    if in_place:
+        return pydot.Edge(lid, blob_id, style="dashed", label="in-place", constraint="false")
+    return _edge(pydot, lid, blob_id, label=label)
 
 
 def _edge(pydot, src, dst, **attrs):
@@ -231,11 +234,7 @@ def _plain_graph(pydot, param, rankdir, label_edges, phase, display_lrm, error):
                 blob_ids[t] = "blob%d" % n
                 n += 1
                 graph.add_node(pydot.Node(blob_ids[t], label=_q(t), **BLOB_STYLE))
-            if t in layer.bottom:
-                graph.add_edge(pydot.Edge(lid, blob_ids[t], style="dashed", label="in-place",
-                                          constraint="false"))
-            else:
-                graph.add_edge(_edge(pydot, lid, blob_ids[t], label=edge_label))
+            graph.add_edge(_top_edge(pydot, lid, blob_ids[t], t in layer.bottom, edge_label))
     return graph
 
 
