@@ -50,15 +50,17 @@ layer { name: "accuracy" type: "Accuracy" bottom: "ip2" bottom: "label" top: "ac
 SOLVER = ('base_lr: 0.05 momentum: 0.9 weight_decay: 0.0005 lr_policy: "inv" gamma: 0.1 '
           'power: 0.75 random_seed: 7 max_iter: 100 display: 0 iter_size: %d')
 
-# BatchFeeder (tests/solver_layers.py) as a host data source, then InnerProduct + loss.
-FEEDER_NET = """
-name: "fed"
+# A Python data layer as a host data source, then InnerProduct + loss (n: its batch).
+FED_NET = """
+name: "%(name)s"
 layer { name: "feed" type: "Python" top: "x" top: "y"
-  python_param { module: "solver_layers" layer: "BatchFeeder" param_str: "%(n)d" } }
+  python_param { module: "%(module)s" layer: "%(layer)s" param_str: "%%(n)d" } }
 layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
   inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
 """
+# BatchFeeder (tests/solver_layers.py): every process reads the same batches.
+FEEDER_NET = FED_NET % {"name": "fed", "module": "solver_layers", "layer": "BatchFeeder"}
 
 TINY_NET = """
 name: "tiny"
@@ -115,14 +117,8 @@ class ShardedFeeder(jcaffe.Layer):
         self.pos += self.batch
 
 
-SHARDED_NET = """
-name: "sharded"
-layer { name: "feed" type: "Python" top: "x" top: "y"
-  python_param { module: "parallel_worker" layer: "ShardedFeeder" param_str: "%(n)d" } }
-layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
-  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.5 } } }
-layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }
-"""
+SHARDED_NET = FED_NET % {"name": "sharded", "module": "parallel_worker",
+                         "layer": "ShardedFeeder"}
 TINY_XS = np.random.default_rng(3).normal(size=(64, 3)).astype(np.float32)
 TINY_YS = np.random.default_rng(4).normal(size=(64, 2)).astype(np.float32)
 
