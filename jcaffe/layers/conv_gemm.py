@@ -113,22 +113,44 @@ def columns(xc, geo):
 
 
 def col2im(dcols, geo):
-    """The adjoint of ``columns``: (C, K, B, out...) -> (C, B, in...), each entry added
-    back where it was read (a stride-dilated pad per kernel offset, summed)."""
-    highs = _high_pads(geo)
-    padded = [size + p + h for size, p, h in zip(geo.in_spatial, geo.pad, highs)]
+    """The adjoint of ``columns``: (A, K, B, out...) -> (A, B, in...), each entry added
+    back where it was read (A, B: any two leading axes, e.g. channels and batch).
+
+    No strided placement: the padded positions of each axis split by their residue
+    modulo the stride (phase r holds positions t * stride + r); kernel offset j lands,
+    for output o, on t = o + (j * dilation) // stride of phase (j * dilation) % stride,
+    a plain shift. Each phase sums the shifted pieces of its kernel offsets, and one
+    transpose interleaves the phases. (MAX pooling's backward is this map too.)
+    """
+    n = len(geo.kernel)
+    lead = dcols.shape[:1] + dcols.shape[2:3]
+    spans = [o + ((k - 1) * d) // s for o, k, d, s in
+             zip(geo.out_spatial, geo.kernel, geo.dilation, geo.stride)]   # per phase
     zero = jnp.zeros((), dcols.dtype)
-    acc = None
+    phases = {}
     for i, off in enumerate(_offsets(geo)):
-        config = [(0, 0, 0), (0, 0, 0)]
-        for j, d, o, s, full in zip(off, geo.dilation, geo.out_spatial, geo.stride, padded):
-            lo = j * d
-            config.append((lo, full - lo - (o - 1) * s - 1, s - 1))
+        residue, config = [], [(0, 0, 0), (0, 0, 0)]
+        for j, d, s, o, t in zip(off, geo.dilation, geo.stride, geo.out_spatial, spans):
+            q, r = divmod(j * d, s)
+            residue.append(r)
+            config.append((q, t - o - q, 0))
         piece = lax.pad(dcols[:, i], zero, config)
-        acc = piece if acc is None else acc + piece
+        key = tuple(residue)
+        phases[key] = piece if key not in phases else phases[key] + piece
+    grid = jnp.stack([phases.get(r, jnp.zeros(lead + tuple(spans), dcols.dtype))
+                      for r in itertools.product(*[range(s) for s in geo.stride])])
+    # (s_1 .. s_n, A, B, t_1 .. t_n) -> (A, B, t_1, s_1, ..., t_n, s_n) -> padded positions
+    grid = grid.reshape(tuple(geo.stride) + grid.shape[1:])
+    order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
+    full = jnp.transpose(grid, order).reshape(
+        lead + tuple(t * s for t, s in zip(spans, geo.stride)))
+    short = [max(0, p + size - f) for p, size, f in
+             zip(geo.pad, geo.in_spatial, full.shape[2:])]     # positions no window reaches
+    if any(short):
+        full = jnp.pad(full, [(0, 0), (0, 0)] + [(0, h) for h in short])
     start = (0, 0) + tuple(geo.pad)
-    limit = acc.shape[:2] + tuple(p + size for p, size in zip(geo.pad, geo.in_spatial))
-    return lax.slice(acc, start, limit)
+    return lax.slice(full, start, lead + tuple(p + size for p, size in
+                                                 zip(geo.pad, geo.in_spatial)))
 
 
 def _channels_first(a):

@@ -453,38 +453,15 @@ class Pooling(JaxLayer):
     def _route_back(self, offset, dy):
         """dE/dx[h, w] = sum of dE/dy over the windows covering (h, w) whose argmax is (h, w).
 
-        Dense, no scatter, a fixed summation order, and no strided placement: the
-        padded rows split by their residue modulo the stride (phase r holds rows
-        t * stride + r), and kernel row i = q * stride + r of window p lands on row
-        p + q of phase r: a plain shift. Each phase sums the shifted shares of the
-        kernel offsets in it; interleaving the phases (a transpose) gives dE/dx.
+        Dense, no scatter, a fixed summation order: each kernel offset's share of dE/dy
+        (the windows whose argmax sits there) goes back where that offset reads, which
+        is conv_gemm.col2im (by stride phases, plain shifts, one interleave).
         """
-        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
-        qh, qw = -(-kh // sh), -(-kw // sw)
-        th, tw = PH + qh - 1, PW + qw - 1          # rows / columns per phase
-        zero = _zero(dy)
-        phases = []
-        for r in range(sh):
-            row = []
-            for u in range(sw):
-                acc = None
-                for i in range(r, kh, sh):
-                    for j in range(u, kw, sw):
-                        q, v = i // sh, j // sw
-                        share = jnp.where(offset == i * kw + j, dy, zero)
-                        placed = lax.pad(share, zero, ((0, 0, 0), (0, 0, 0),
-                                                       (q, th - PH - q, 0), (v, tw - PW - v, 0)))
-                        acc = placed if acc is None else acc + placed
-                row.append(acc if acc is not None else jnp.zeros(dy.shape[:2] + (th, tw),
-                                                                dy.dtype))
-            phases.append(jnp.stack(row, axis=-1))                 # (n, c, th, tw, sw)
-        grid = jnp.stack(phases, axis=3)                          # (n, c, th, sh, tw, sw)
-        n, c = dy.shape[:2]
-        dxp = grid.reshape(n, c, th * sh, tw * sw)                # padded coordinates
-        hi_h, hi_w = max(0, ph + H - th * sh), max(0, pw + W - tw * sw)
-        if hi_h or hi_w:          # rows / columns no window reaches get zero diff
-            dxp = jnp.pad(dxp, ((0, 0), (0, 0), (0, hi_h), (0, hi_w)))
-        return dxp[:, :, ph:ph + H, pw:pw + W]
+        k = int(np.prod(self.kernel))
+        shares = jnp.stack([jnp.where(offset == i, dy, _zero(dy)) for i in range(k)], axis=1)
+        geo = conv_gemm.Geometry(tuple(self.kernel), tuple(self.stride), tuple(self.pad),
+                                 (1, 1), tuple(self.in_hw), tuple(self.pooled))
+        return conv_gemm.col2im(shares, geo)                     # (N, K, C, PH, PW) -> (N, C, H, W)
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):
