@@ -261,6 +261,25 @@ def test_hdf5_data_and_output(tmp_path):
     assert sorted(shuffled.forward()["y"].tolist()) == [0, 1, 2, 3, 4]
 
 
+def test_hdf5_output_file_taken_over_by_a_new_net_while_the_old_one_lives(tmp_path):
+    """Re-creating a net (a notebook cell run again) while the old one is still alive:
+    HDF5 cannot truncate a file open in this process, so the new layer takes it over."""
+    out_file = tmp_path / "out.h5"
+    text = """
+        input: "x" input_shape { dim: 2 dim: 3 } input: "y" input_shape { dim: 2 }
+        layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y"
+          hdf5_output_param { file_name: "%s" } }""" % out_file
+    old = make_net(tmp_path, text)
+    old.forward()
+    new = make_net(tmp_path, text)        # raised "unable to truncate a file which is already open"
+    old.forward()                          # the old layer writes nothing more
+    new.blobs["y"].data[...] = [7, 8]
+    new.forward()
+    new.layers[-1].close()
+    with h5py.File(out_file, "r") as f:
+        np.testing.assert_array_equal(f["label"][:], [7, 8])
+
+
 def test_hdf5_data_missing_dataset(tmp_path):
     with h5py.File(tmp_path / "a.h5", "w") as f:
         f["x"] = np.zeros((2, 1), np.float32)

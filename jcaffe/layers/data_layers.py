@@ -566,6 +566,9 @@ class HDF5Data(SourceLayer):
         return out
 
 
+_HDF5_OUTPUTS = {}     # real path -> weakref to the HDF5Output layer writing it
+
+
 @register("HDF5Output")
 class HDF5Output(JaxLayer):
     """Caffe's HDF5OutputLayer: appends its two bottoms to the datasets ``data`` and
@@ -585,6 +588,19 @@ class HDF5Output(JaxLayer):
         self.file_name = self.layer_param.hdf5_output_param.file_name
         if not self.file_name:
             raise DataSourceError("HDF5Output layer '%s': hdf5_output_param.file_name is not set" % self.name)
+        # An earlier HDF5Output of this process may still hold the file: jax's compiled
+        # forwards keep their io_callback, and with it the layer, alive after its net is
+        # gone (re-creating a net in a notebook). HDF5 refuses to truncate an open file,
+        # so the new layer takes the file over: the old one is closed and writes nothing more.
+        path = os.path.realpath(self.file_name)
+        holder = _HDF5_OUTPUTS.get(path)
+        holder = holder() if holder is not None else None
+        if holder is not None and holder is not self and holder._file is not None:
+            common.log.warning("HDF5Output layer '%s': '%s' is still open by an earlier "
+                               "HDF5Output layer '%s'; closing it there", self.name,
+                               self.file_name, holder.name)
+            holder.close()
+        _HDF5_OUTPUTS[path] = weakref.ref(self)
         try:
             self._file = h5py.File(self.file_name, "w")
         except OSError as e:
