@@ -8,6 +8,10 @@ caller may write into it (``net.blobs['data'].data[...] = x``), exactly as
 pycaffe's ``mutable_cpu_data``; the next compiled call uploads it. Compiled
 code only ever sees device arrays.
 
+A SyncedArray can also be *pending*: a forward that returned only some blobs
+(jcaffe.engine.PendingForward) holds the way to compute it; the first read of
+its host or device copy computes it there. Writing a new value drops that.
+
 Two blobs can share one SyncedArray (Caffe's ShareData/ShareDiff): that is how
 shared params and test nets that share the train net's weights work.
 """
@@ -30,9 +34,24 @@ class SyncedArray:
         self._host = np.zeros(self.shape, self.dtype)
         self._dev = None
         self.head = HOST
+        self.pending = None         # a PendingForward that will compute the content
+        self._pending_name = None
+
+    def set_pending(self, pending, name):
+        """The content is blob ``name`` of the forward ``pending``, not computed yet."""
+        self.pending, self._pending_name = pending, name
+        self._dev = None
+        self.head = DEVICE
+
+    def _resolve(self):
+        pending, name = self.pending, self._pending_name
+        pending.resolve()                 # sets this array (and the forward's others)
+        pending.segment.read_pending(name)
 
     def host(self):
         """The host copy, synced from the device if the device is ahead."""
+        if self.pending is not None:
+            self._resolve()
         if self.head == DEVICE:
             self._host = np.array(self._dev, dtype=self.dtype)  # writable copy
             self.head = SYNCED
@@ -46,6 +65,8 @@ class SyncedArray:
 
     def device(self):
         """The device copy, uploaded from the host if the host is ahead."""
+        if self.pending is not None:
+            self._resolve()
         if self.head == HOST:
             self._dev = jnp.array(self._host, dtype=self.dtype)  # always a copy
             self.head = SYNCED
@@ -59,10 +80,12 @@ class SyncedArray:
             value = value.astype(self.dtype)
         self._dev = value
         self.head = DEVICE
+        self.pending = None
 
     def set_host(self, value):
         self._host = np.array(value, dtype=self.dtype).reshape(self.shape)
         self.head = HOST
+        self.pending = None
 
     def reshape(self, shape):
         """Caffe's Reshape: keep the content when the count is unchanged, else zeros."""
@@ -70,6 +93,8 @@ class SyncedArray:
         if shape == self.shape:
             return
         if math.prod(shape) == math.prod(self.shape):
+            if self.pending is not None:
+                self._resolve()
             if self.head == DEVICE:
                 self._dev = jnp.reshape(self._dev, shape)
             else:
@@ -79,6 +104,7 @@ class SyncedArray:
             self._host = np.zeros(shape, self.dtype)
             self._dev = None
             self.head = HOST
+            self.pending = None
         self.shape = shape
 
 

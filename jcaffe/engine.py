@@ -9,7 +9,18 @@ param diffs so far; it returns every diff it writes and the accumulated param
 diffs. Blob I/O happens outside, in the Net. The trace functions are kept
 separate from ``jax.jit`` so a Solver can fuse forward, backward and update
 into a single call.
+
+A forward that no backward follows need not return every blob it writes (each
+returned intermediate is memory XLA must fill and keep, and it blocks fusion).
+After a segment's first forward, such a forward returns only the blobs read
+outside it: the net's outputs, loss tops, bottoms of layers outside the run,
+the blobs a caller asked for, and the blobs that were read after an earlier
+forward. Every other blob it writes becomes *pending* (:class:`PendingForward`):
+reading one runs the full forward on the inputs the forward had, fills all its
+pending blobs at once, and the next forward returns that blob directly.
 """
+import weakref
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,10 +49,61 @@ def _layer_params(slot, params):
     return out
 
 
+class PendingForward:
+    """The blobs a slim forward did not return, computed together when one is read.
+
+    It holds the forward's inputs (device arrays, which never change), so a read
+    returns what that forward computed, whatever was written into the params or
+    input blobs since. Params that a later call donates (the Solver's fused step
+    updates them in place) would be lost: :func:`resolve_pending` computes the
+    pending blobs of forwards holding them first.
+    """
+
+    _live = weakref.WeakSet()
+
+    def __init__(self, segment, args):
+        self.segment = segment
+        self.args = args            # (params, data, loss_weights, base_key, count)
+        self.waiting = []           # (weakref to SyncedArray, blob name)
+        PendingForward._live.add(self)
+
+    def wait(self, synced, name):
+        synced.set_pending(self, name)
+        self.waiting.append((weakref.ref(synced), name))
+
+    def holds(self, ids):
+        return self.args is not None and any(id(a) in ids for a in self.args[0].values())
+
+    def resolve(self):
+        """Run the full forward once and give every still-pending blob its value."""
+        if self.args is None:
+            return
+        args, self.args = self.args, None
+        written = self.segment.run_full(*args)[0]
+        for ref, name in self.waiting:
+            synced = ref()
+            if synced is not None and synced.pending is self:
+                synced.set_device(written[name])
+        self.waiting = []
+
+
+def resolve_pending(arrays):
+    """Compute the pending blobs of every forward that holds one of ``arrays``
+    (call before donating them)."""
+    ids = {id(a) for a in arrays}
+    for pending in list(PendingForward._live):
+        if pending.holds(ids):
+            pending.resolve()
+
+
 class Segment:
     """Layers ``slots`` (in execution order), all JaxLayers, run as one jitted call."""
 
-    def __init__(self, slots):
+    # Full forwards of a segment before its forwards return only the blobs read
+    # outside it (None: always return every blob).
+    slim_after = 1
+
+    def __init__(self, slots, keep=()):
         self.slots = slots
         written, reads, loss_tops = set(), [], []
         for s in slots:
@@ -59,6 +121,13 @@ class Segment:
         self.loss_tops = loss_tops
         self.param_ids = sorted({p for s in slots for p in s.param_ids})
         self.needs_rng = any(s.layer.needs_rng for s in slots)
+        # Blobs every forward returns (read outside the run), and those found read
+        # after a slim forward; the rest may be left pending when no backward follows.
+        self.keep = set(keep) | (set(reads) & written) | set(loss_tops)
+        self.learned = set()
+        self.full_forwards = 0
+        self._slim = None           # (frozenset of returned blobs, jitted forward)
+        self._may_slim = not any(s.need_backward or s.layer.forward_has_effects for s in slots)
         # The key is folded inside the call: (base key, forward count) in, so a forward
         # dispatches one XLA call, not a separate fold_in before it.
         self._forward_jit = jax.jit(
@@ -98,9 +167,35 @@ class Segment:
         written = {name: env[name] for name in self.writes}
         return written, saved, new_params, loss
 
-    def run_forward(self, params, data, loss_weights, base_key, count):
-        """The forward with the key ``fold_in(base_key, count)`` (count: a host int)."""
-        return self._forward_jit(params, data, loss_weights, base_key, np.uint32(count))
+    def run_full(self, params, data, loss_weights, base_key, count):
+        self.full_forwards += 1
+        return self._forward_jit(params, data, loss_weights, base_key, count)
+
+    def run_forward(self, params, data, loss_weights, base_key, count, wanted=()):
+        """The forward with the key ``fold_in(base_key, count)`` (count: a host int).
+
+        -> (written, saved, new params, loss, pending): ``written`` holds every blob
+        it writes, or, once the segment may run slim, the blobs read outside it plus
+        ``wanted``; then ``pending`` is the :class:`PendingForward` of the others."""
+        args = (params, data, loss_weights, base_key, np.uint32(count))
+        if not self._may_slim or self.slim_after is None or self.full_forwards < self.slim_after:
+            return self.run_full(*args) + (None,)
+        self.learned |= set(wanted) & set(self.writes)     # asked for once: keep returning it
+        returned = frozenset((self.keep | self.learned) & set(self.writes))
+        if len(returned) == len(self.writes):
+            return self.run_full(*args) + (None,)
+        if self._slim is None or self._slim[0] != returned:
+            def slim(params, data, loss_weights, base_key, count):
+                written, saved, new_params, loss = self.trace_forward(
+                    params, data, loss_weights, jax.random.fold_in(base_key, count))
+                return {n: written[n] for n in returned}, saved, new_params, loss
+            self._slim = (returned, jax.jit(slim))
+        out = self._slim[1](*args)
+        return out + (PendingForward(self, args),)
+
+    def read_pending(self, name):
+        """A pending blob of this segment was read: later forwards return it."""
+        self.learned.add(name)
 
     # -- backward --------------------------------------------------------------
     def backward_plan(self):

@@ -155,6 +155,9 @@ class JaxLayer(_LayerCommon):
     updates_params_in_forward = False
     # False for layers whose tops are filled from outside (Input).
     forward_writes_tops = True
+    # Does forward act outside its tops (HDF5Output writes a file)? Then the net never
+    # recomputes it to fill a blob that was left pending (see jcaffe.engine).
+    forward_has_effects = False
 
     def __init__(self, layer_param, dtype=np.float32):
         self._init_common(layer_param, dtype)

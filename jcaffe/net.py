@@ -406,7 +406,7 @@ class Net:
                     raise ShapeMismatchError("Input '%s' is not batch sized: got %s, blob is %s"
                                              % (name, np.shape(value), self.blobs[name].shape))
                 self.blobs[name].data[...] = value
-        self._forward(start_ind, end_ind)
+        self._forward(start_ind, end_ind, outputs)
         return {name: self.blobs[name].data for name in outputs}
 
     def backward(self, diffs=None, start=None, end=None, **kwargs):
@@ -601,7 +601,9 @@ class Net:
         key = (run[0].index, run[-1].index)
         seg = self._segments.get(key)
         if seg is None:
-            seg = self._segments[key] = Segment(run)
+            inside = {s.index for s in run}
+            read_outside = {b for s in self._slots if s.index not in inside for b in s.bottoms}
+            seg = self._segments[key] = Segment(run, keep=read_outside | set(self.outputs))
         return seg
 
     def _reshape_slot(self, slot):
@@ -620,7 +622,7 @@ class Net:
         for cb in self._hooks[which]:
             cb(i)
 
-    def _forward(self, start, end):
+    def _forward(self, start, end, wanted=()):
         if not 0 <= start <= end < len(self._slots):
             raise NetGraphError("forward range %d..%d outside the net's %d layers"
                                 % (start, end, len(self._slots)))
@@ -634,7 +636,7 @@ class Net:
                 loss += self._forward_host(run[0])
             else:
                 self._load_sources(run)
-                loss += self._forward_compiled(run, key)
+                loss += self._forward_compiled(run, key, wanted)
             if len(run) == 1:
                 self._run_hooks("after_forward", run[0].index)
         return loss
@@ -664,16 +666,20 @@ class Net:
                         blob.reshape(value.shape)
                     blob.set_device_data(jnp.asarray(value, self.dtype))
 
-    def _forward_compiled(self, run, key):   # key: (base key, count), folded in the call
+    def _forward_compiled(self, run, key, wanted=()):   # key: (base key, count), folded in the call
         for slot in run:
             self._reshape_slot(slot)
         seg = self._segment(run)
         params = {pid: self._learnable[pid].device_data() for pid in seg.param_ids}
         data = {name: self.blobs[name].device_data() for name in seg.reads}
         loss_w = {name: self.blobs[name].device_diff() for name in seg.loss_tops}
-        written, saved, new_params, loss = seg.run_forward(params, data, loss_w, *key)
-        for name, value in written.items():
-            self.blobs[name].set_device_data(value)
+        written, saved, new_params, loss, pending = seg.run_forward(params, data, loss_w, *key,
+                                                                   wanted=wanted)
+        for name in seg.writes:
+            if name in written:
+                self.blobs[name].set_device_data(written[name])
+            else:       # computed when first read (see jcaffe.engine)
+                pending.wait(self.blobs[name]._data, name)
         self._saved.update(saved)
         for pid, value in new_params.items():
             self._learnable[pid].set_device_data(value)

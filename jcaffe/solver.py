@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, hdf5, progress, protoio
+from . import common, engine, hdf5, progress, protoio
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
@@ -420,6 +420,7 @@ class Solver:
         loss_w = {name: blobs[name].device_diff() for name in seg.loss_tops}
         top_diffs = {name: blobs[name].device_diff() for name in diff_names}
         params = [b.device_data() for b in learnable]
+        engine.resolve_pending(params)   # a test net's pending blobs need these params
         rate = self._next_rate()
         count0 = self._iter * self.param.iter_size
         out = self._fused[1](params, self._history, data_in, extra, loss_w, top_diffs,

@@ -582,6 +582,7 @@ class HDF5Output(JaxLayer):
 
     exact_num_bottom_blobs = 2
     exact_num_top_blobs = 0
+    forward_has_effects = True
 
     def setup(self, bottom_shapes):
         import h5py
