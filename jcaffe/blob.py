@@ -41,6 +41,7 @@ class SyncedArray:
         """The content is blob ``name`` of the forward ``pending``, not computed yet."""
         self.pending, self._pending_name = pending, name
         self._dev = None
+        self._host = None
         self.head = DEVICE
 
     def _resolve(self):
@@ -81,6 +82,9 @@ class SyncedArray:
         self._dev = value
         self.head = DEVICE
         self.pending = None
+        # The host copy is stale now, and host() makes a new one when asked: drop it
+        # (a solver's params would otherwise keep their initial values resident).
+        self._host = None
 
     def set_host(self, value):
         self._host = np.array(value, dtype=self.dtype).reshape(self.shape)

@@ -370,6 +370,10 @@ class Solver:
         learnable = self.net._learnable
         params = [b.device_data() for b in learnable]
         grads = [b.device_diff() for b in learnable]
+        # After a fused step a param diff may be its history array (see _trace_fused),
+        # which this call donates: pass such a diff as a copy.
+        held = {id(h) for slot in self._history for h in slot}
+        grads = [jnp.array(g, copy=True) if id(g) in held else g for g in grads]
         new_params, self._history, values, norm = self._update_jit(
             grads, self._history, params, np.asarray(rate, self.net.dtype), np.int32(self._iter))
         for blob, value, diff in zip(learnable, new_params, values):
@@ -409,8 +413,8 @@ class Solver:
             # params and solver history are donated: the update writes them in place
             # (no second copy of every weight and momentum per step); the blobs and
             # the history receive the new arrays right after the call.
-            self._fused = (seg, jax.jit(self._trace_fused(seg, stacked), donate_argnums=(0, 1)),
-                           stacked)
+            self._fused = (seg, jax.jit(self._trace_fused(seg, stacked, share_history=True),
+                                        donate_argnums=(0, 1)), stacked)
         _, data_names, diff_names, _, _ = seg.backward_plan()
         data_in = {name: blobs[name].device_data() for name in seg.reads}
         for i, name in enumerate(stacked):
@@ -427,9 +431,10 @@ class Solver:
                              net._base_key, np.int32(count0),
                              np.asarray(rate, net.dtype), np.int32(self._iter))
         new_params, self._history, values, norm, written, saved, diffs, loss = out
-        for blob, value, diff in zip(learnable, new_params, values):
+        for i, (blob, value, diff) in enumerate(zip(learnable, new_params, values)):
             blob.set_device_data(value)
-            blob.set_device_diff(diff)
+            blob.set_device_diff(self._history[self._diff_is_history[i]][i] if diff is None
+                                 else diff)
         for name, value in written.items():
             blobs[name].set_device_data(value)
         net._saved.update(saved)
@@ -445,7 +450,7 @@ class Solver:
             self._iter += 1
         return after
 
-    def _trace_fused(self, seg, stacked=()):
+    def _trace_fused(self, seg, stacked=(), share_history=False):
         """The pure function of one training iteration over the segment ``seg``.
 
         Under data-parallel training (``self.parallel``) it runs on every device
@@ -453,7 +458,13 @@ class Solver:
         gradients (Caffe's all-reduce, divided by the solver count), the loss and
         params that forward updates (BatchNorm statistics) over the devices;
         ``vary`` marks the accumulators of the ``iter_size`` loop as per-device.
-        ``stacked``: input blobs holding one batch per iter_size pass (data layers)."""
+        ``stacked``: input blobs holding one batch per iter_size pass (data layers).
+        ``share_history``: where a param's update value is one of its new history
+        arrays (SGD: the momentum), return it once, as history, and leave None in
+        its place among the values (``self._diff_is_history[i]`` names the slot):
+        XLA would otherwise write a second copy of every momentum (CaffeNet: 233 MB
+        per step). The param diff then shares the history's array; the next fused
+        step donates it, and replaces the diff."""
         _, data_names, _, _, pids = seg.backward_plan()
         iter_size = self.param.iter_size
         update = self._update
@@ -499,6 +510,12 @@ class Solver:
             grads, loss = mean((grads, loss))
             new_params, new_hist, values, norm = update(
                 grads, history, [params[pid] for pid in range(n)], rate, t)
+            if share_history:   # decided while tracing: the same traced value, or not
+                self._diff_is_history = [
+                    next((k for k, slot in enumerate(new_hist) if slot[i] is v), None)
+                    for i, v in enumerate(values)]
+                values = [None if k is not None else v
+                          for k, v in zip(self._diff_is_history, values)]
             return new_params, new_hist, values, norm, written, saved, diffs, loss
 
         return fused

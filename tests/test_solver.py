@@ -303,6 +303,33 @@ def test_fused_step_equals_pycaffe_style_path():
     assert fused.smoothed_loss == pytest.approx(plain.smoothed_loss, rel=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["SGD", "Nesterov"])
+def test_param_diff_after_a_fused_step_is_the_update_value_and_apply_update_still_works(kind):
+    """SGD's update value is its momentum: the fused step returns it once and the
+    param diff shares the history array, which the next update donates. A pycaffe
+    apply_update() straight after a fused step (diff = that array) must still work."""
+    p = dict(SOLVERS["SGD"])
+    solver = make_solver(p_text(p, kind))
+    W0 = solver.net.params["ip"][0].data.copy()
+    solver.step(1)
+    W1 = solver.net.params["ip"][0].data.copy()
+    diff1 = solver.net.params["ip"][0].diff.copy()
+    np.testing.assert_allclose(W0 - W1, diff1, rtol=1e-5, atol=1e-7)   # diff = update value
+    h1 = solver.history[0].copy()
+    if kind == "SGD":
+        assert solver._diff_is_history == [0, 0]
+        np.testing.assert_array_equal(diff1, h1)
+    else:
+        assert solver._diff_is_history == [None, None]
+    solver.apply_update()            # grads = the diffs the fused step left
+    m, wd = p["momentum"], p["weight_decay"]
+    h2 = m * h1 + p["base_lr"] * (diff1 + wd * W1)
+    value = h2 if kind == "SGD" else (1 + m) * h2 - m * h1
+    np.testing.assert_allclose(solver.net.params["ip"][0].data, W1 - value, rtol=1e-5, atol=1e-6)
+    solver.step(2)                   # and the fused path goes on
+    assert np.all(np.isfinite(solver.net.params["ip"][0].data))
+
+
 def test_fused_step_leaves_net_ready_for_backward_and_dropout_varies():
     solver = dropout_solver('base_lr: 0.01')
     solver.step(1)
