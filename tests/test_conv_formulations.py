@@ -107,8 +107,9 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 
 def test_cpu_gemm_choice_per_map_and_shape(x64):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
-    data gradient at stride 1; the forward for short columns (C/group * prod(kernel)
-    <= 512) and 1x1 kernels. Smaller maps keep XLA's convolution."""
+    forward for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels; from
+    GEMM_MIN_MACS_DATA on, the data gradient at stride 1. Smaller maps keep XLA's
+    convolution."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
@@ -118,10 +119,12 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
     for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, True),
                              (pointwise, True, True), (long_strided, False, False)):
         cg = layer.channels // layer.group
-        big = Convolution.GEMM_MIN_MACS
+        big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA
+        assert big < big_data
         assert layer._gemm("weight", cg, big) == cpu
         assert layer._gemm("forward", cg, big) == (cpu and fwd)
-        assert layer._gemm("data", cg, big) == (cpu and data)
+        assert not layer._gemm("data", cg, big_data - 1)
+        assert layer._gemm("data", cg, big_data) == (cpu and data)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
 
 

@@ -198,12 +198,15 @@ class Convolution(JaxLayer):
     #   LeNet's conv2 2x) and 1x1 kernels; long-column 3x3/5x5 forwards stay on XLA's
     #   convolution, which won or tied there.
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
-    # in a fraction of the time of the columns' slices and loop, and there the step
-    # time was the same either way (LeNet, batch 64: 28.7 vs 28.8 ms median with its
-    # convolutions as GEMM or not, compile 4.5 vs 1.9 s; tests and gradcheck build
-    # thousands of small convolutions).
+    # in a fraction of the time of the columns' slices and loop (tests and gradcheck
+    # build thousands of small convolutions). Data gradients need GEMM_MIN_MACS_DATA:
+    # LeNet's step (batch 64; interleaved A/B in one process, 2026-11-30) took
+    # 31.5 ms with XLA's convolutions, 28.1 ms with all maps on GEMM and 24.7 ms
+    # with the forwards and weight gradients on GEMM but the data gradient of conv2
+    # (102M multiply-adds) on XLA's convolution.
     GEMM_MAX_COLUMN = 512
-    GEMM_MIN_MACS = 1 << 28
+    GEMM_MIN_MACS = 1 << 24
+    GEMM_MIN_MACS_DATA = 1 << 28
 
     def geometry(self):
         return conv_gemm.Geometry(*(tuple(int(v) for v in a) for a in (
@@ -218,7 +221,7 @@ class Convolution(JaxLayer):
         if which == "weight":
             return True
         if which == "data":
-            return all(s == 1 for s in self.stride)
+            return macs >= self.GEMM_MIN_MACS_DATA and all(s == 1 for s in self.stride)
         k = int(np.prod(self.kernel))
         return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
 
