@@ -78,8 +78,8 @@ class PendingForward:
         """Run the full forward once and give every still-pending blob its value."""
         if self.args is None:
             return
-        args, self.args = self.args, None
-        written = self.segment.run_full(*args)[0]
+        written = self.segment.run_full(*self.args)[0]   # if it raises, a later read retries
+        self.args = None
         for ref, name in self.waiting:
             synced = ref()
             if synced is not None and synced.pending is self:
