@@ -11,7 +11,6 @@ import logging
 import os
 from collections import OrderedDict
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,4 +1,5 @@
-"""Small helpers for net-level tests: write a prototxt, build a Net, capture log lines."""
+"""Small helpers for net-level tests: write a prototxt, build a Net, capture log lines,
+count compilations."""
 import contextlib
 import logging
 import textwrap
@@ -53,3 +54,24 @@ def kept_jcaffe_logger():
         logger.handlers[:] = saved[0]
         logger.setLevel(saved[1])
         logger.propagate = saved[2]
+
+
+COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                  "/jax/core/compile/backend_compile_duration")
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Collect jax's compile events (every jit trace and every XLA backend compilation,
+    including the small ops dispatched outside a jit) while the block runs."""
+    import jax
+    events = []
+
+    def listener(name, duration, **kwargs):
+        if name in COMPILE_EVENTS:
+            events.append(name)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield events
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -2,9 +2,6 @@
 outside it, and every other blob it writes is computed when first read
 (jcaffe.engine.PendingForward). What a user reads must be exactly what a full
 forward gives, whatever happened in between."""
-import contextlib
-
-import jax
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -12,6 +9,7 @@ from google.protobuf import text_format
 import jcaffe
 from jcaffe import engine
 from jcaffe.proto import caffe_pb2
+from netutil import count_compilations
 
 DEPLOY = """
 name: "deploy"
@@ -198,27 +196,13 @@ def test_forward_with_effects_is_never_recomputed(tmp_path):
         assert f["data"].shape == (9, 5)
 
 
-@contextlib.contextmanager
-def _count_compilations():
-    events = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_slim_forwards_compile_once_in_steady_state():
     net = _net()
     net.forward(data=_inputs(0))
     net.forward(data=_inputs(1))
     net.blobs["pool"].data.copy()          # learned: one more compile at the next forward
     net.forward(data=_inputs(2))
-    with _count_compilations() as later:
+    with count_compilations() as later:
         for seed in range(20):
             net.forward(data=_inputs(seed))
             net.blobs["pool"].data.copy()

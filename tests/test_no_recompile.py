@@ -2,8 +2,6 @@
 compiles and the next 100 compile nothing (counted with jax.monitoring's compile
 events, which fire for every jit trace and every XLA backend compilation, including
 the small ops dispatched outside a jit)."""
-import contextlib
-
 import jax
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ import pytest
 import jcaffe
 from jcaffe.proto import caffe_pb2
 from google.protobuf import text_format
+from netutil import count_compilations
 
 NET = """
 name: "tiny"
@@ -27,24 +26,6 @@ layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
         inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 """
-
-COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-                  "/jax/core/compile/backend_compile_duration")
-
-
-@contextlib.contextmanager
-def count_compilations():
-    events = []
-
-    def listener(name, duration, **kwargs):
-        if name in COMPILE_EVENTS:
-            events.append(name)
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
-        yield events
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
-
 
 def _solver(momentum_type="SGD"):
     sp = caffe_pb2.SolverParameter(base_lr=0.01, momentum=0.9, weight_decay=5e-4,
