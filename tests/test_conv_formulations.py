@@ -150,3 +150,17 @@ def test_deconvolution_gemm_matches_xla(x64, rng, monkeypatch, param, shape):
     for xla, gemm, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
         np.testing.assert_allclose(np.asarray(gemm), np.asarray(xla), rtol=1e-10, atol=1e-10,
                                    err_msg=what)
+
+
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 4 kernel_size: 3 kernel_size: 2 stride: 2 pad: 1 group: 2", (1, 2, 2, 3)),
+    ("num_output: 2 kernel_size: 3 kernel_size: 2 stride: 2 pad: 1", (1, 1, 2, 3)),
+])
+def test_deconvolution_where_xla_lhs_dilation_aborted(x64, rng, param, shape):
+    """XLA's algebraic simplifier (jaxlib 0.10.2) aborted the whole process on these
+    (a convolution with lhs_dilation whose kernel covers the dilated input: found by the
+    Deconvolution gradcheck property). The strided data gradient now dilates and pads
+    explicitly; forward and backward still match jax.vjp."""
+    layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
+                       [shape])
+    check_backward(layer, [rng.standard_normal(shape)])

@@ -253,8 +253,17 @@ class Convolution(JaxLayer):
             wt = wg.reshape((groups, o // groups, cg) + wg.shape[2:]).swapaxes(1, 2)
             return jnp.flip(wt.reshape((groups * cg, o // groups) + wg.shape[2:]), axis=spatial)
 
+        lhs_dilation = self.stride
+        if any(s > 1 for s in self.stride):
+            # Dilate and pad dy explicitly: XLA's algebraic simplifier (jaxlib 0.10.2)
+            # aborts the process ("Window dimensions do not match RHS shape") on some
+            # convolutions with lhs_dilation whose kernel covers the dilated input,
+            # e.g. a Deconvolution with kernel 3x2, stride 2, pad 1 on a 2x3 bottom.
+            dy = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), (0, 0, 0)] + [
+                (lo, hi, s - 1) for (lo, hi), s in zip(padding, self.stride)])
+            padding, lhs_dilation = [(0, 0)] * n, (1,) * n
         conv = functools.partial(lax.conv_general_dilated, window_strides=(1,) * n,
-                                 padding=padding, lhs_dilation=self.stride,
+                                 padding=padding, lhs_dilation=lhs_dilation,
                                  rhs_dilation=self.dilation)
         if self._split_groups():
             dys, ws = jnp.split(dy, g, axis=1), jnp.split(w, g, axis=0)
