@@ -246,6 +246,11 @@ class Blob:
     def set_device_diff(self, value):
         self._diff.set_device(value)
 
+    def set_pending_data(self, pending, name):
+        """The data is blob ``name`` of the slim forward ``pending`` (jcaffe.engine),
+        computed when first read."""
+        pending.wait(self._data, name)
+
     def host_data(self):
         """Read-only use of the host data (does not mark the host as ahead)."""
         return self._data.host().reshape(self._shape)

@@ -678,7 +678,7 @@ class Net:
             if name in written:
                 self.blobs[name].set_device_data(written[name])
             else:       # computed when first read (see jcaffe.engine)
-                pending.wait(self.blobs[name]._data, name)
+                self.blobs[name].set_pending_data(pending, name)
         self._saved.update(saved)
         for pid, value in new_params.items():
             self._learnable[pid].set_device_data(value)
