@@ -100,16 +100,29 @@ def _sum_batch(one, arrays, per):
 
 def columns(xc, geo):
     """(C, B, in...) -> (C, K, B, out...): entry [c, k, b, o] = x[b, c, o*stride - pad +
-    offset(k)*dilation], 0 in the padding."""
+    offset(k)*dilation], 0 in the padding.
+
+    Built one spatial axis at a time, the last first: each stage stacks that axis's
+    kernel offsets (strided slices) as a new axis after C. Slicing all the offsets of
+    every axis at once copies runs of one output row (LeNet's conv2: 8 floats) and ran
+    1.6x slower; staged, the later stages copy whole (out rows x out width) blocks.
+    """
     pads = [(0, 0), (0, 0)] + [(p, h) for p, h in zip(geo.pad, _high_pads(geo))]
-    xp = jnp.pad(xc, pads)
-    pieces = []
-    for off in _offsets(geo):
-        start = (0, 0) + tuple(j * d for j, d in zip(off, geo.dilation))
-        limit = xp.shape[:2] + tuple(st + (o - 1) * s + 1 for st, o, s in
-                                     zip(start[2:], geo.out_spatial, geo.stride))
-        pieces.append(lax.slice(xp, start, limit, (1, 1) + tuple(geo.stride)))
-    return jnp.stack(pieces, axis=1)
+    x = jnp.pad(xc, pads)                   # (C, B, in...) padded
+    n = len(geo.kernel)
+    for axis in reversed(range(n)):
+        k, s, d, o = geo.kernel[axis], geo.stride[axis], geo.dilation[axis], geo.out_spatial[axis]
+        at = x.ndim - n + axis              # this axis's position in x: (C, k.., B, ...)
+        pieces = []
+        for j in range(k):
+            start = [0] * x.ndim
+            limit = list(x.shape)
+            strides = [1] * x.ndim
+            start[at], limit[at], strides[at] = j * d, j * d + (o - 1) * s + 1, s
+            pieces.append(lax.slice(x, start, limit, strides))
+        x = jnp.stack(pieces, axis=1)       # (C, k_axis, k_later.., B, ...)
+    c, b = x.shape[0], x.shape[1 + n]
+    return x.reshape((c, -1, b) + tuple(geo.out_spatial))
 
 
 def col2im(dcols, geo):
