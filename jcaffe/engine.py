@@ -39,6 +39,12 @@ class LayerSlot:
         self.need_backward = False
 
 
+def _scope(layer, phase):
+    """The name scope of a layer's ops in traces and HLO dumps (jax.profiler, XLA_FLAGS
+    dumps): "conv1.forward", "conv1.backward"; '/' in Caffe layer names kept."""
+    return "%s.%s" % (layer.name, phase)
+
+
 def _layer_params(slot, params):
     out = []
     for blob, pid in zip(slot.layer.blobs, slot.param_ids):
@@ -148,7 +154,8 @@ class Segment:
                 continue
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
             lp = _layer_params(s, {**params, **new_params})
-            out = layer.forward(lp, [env[b] for b in s.bottoms], key)
+            with jax.named_scope(_scope(layer, "forward")):
+                out = layer.forward(lp, [env[b] for b in s.bottoms], key)
             tops = out[0]
             if s.need_backward:  # residuals are kept only where backward will use them
                 saved[s.index] = out[1]
@@ -226,9 +233,10 @@ class Segment:
         for s in reversed(active):
             layer = s.layer
             lp = _layer_params(s, params)
-            bottom_diffs, p_diffs = layer.backward(
-                lp, [data[b] for b in s.bottoms], [data[t] for t in s.tops],
-                saved.get(s.index), [env[t] for t in s.tops], tuple(s.bottom_need_backward))
+            with jax.named_scope(_scope(layer, "backward")):
+                bottom_diffs, p_diffs = layer.backward(
+                    lp, [data[b] for b in s.bottoms], [data[t] for t in s.tops],
+                    saved.get(s.index), [env[t] for t in s.tops], tuple(s.bottom_need_backward))
             for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
                 if need:
                     if diff is None:
