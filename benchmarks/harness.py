@@ -8,7 +8,9 @@ when its result is computed (``block_until_ready`` / torch's eager completion).
   JAX contenders; the first eager step for torch).
 * Then ``warmup`` untimed calls each, and ``repeats`` timed calls, interleaved
   round-robin across contenders, so a change of load on a shared machine hits
-  all of them alike. Reported: median, min, max (ms).
+  all of them alike. Each timed call follows one untimed call of the same
+  contender, which starts once the previous contender's threads are idle
+  (``quiesce``). Reported: median, min, max (ms).
 * Peak resident memory: each contender again in its own subprocess
   (``--rss-of NAME``: setup + first call + 1 call), ``ru_maxrss`` of that process.
 """
@@ -38,6 +40,21 @@ def _set_threads(contenders):
         pass
 
 
+def quiesce(window=0.002, limit=0.25):
+    """Wait (at most ``limit`` s) until this process's threads stop using the CPU.
+
+    PyTorch's OpenMP threads spin after each parallel region: measured after a LeNet
+    forward, about 10 ms of CPU time over the next 8 ms, i.e. both cores of this
+    machine. Whatever runs next in the same process loses them (jcaffe's LeNet forward:
+    8.3 ms right after PyTorch, 5.8 ms on its own)."""
+    end = time.perf_counter() + limit
+    while time.perf_counter() < end:
+        cpu = time.process_time()
+        time.sleep(window)
+        if time.process_time() - cpu < 0.1 * window:
+            return
+
+
 def measure(contenders, warmup, repeats, log=print):
     """{name: {"compile_s", "median_ms", "min_ms", "max_ms", "times_ms"}}."""
     runs, out = {}, {}
@@ -52,14 +69,15 @@ def measure(contenders, warmup, repeats, log=print):
         runs[name] = run
         out[name] = {"setup_s": t1 - t0, "compile_s": t2 - t1, "times_ms": []}
         log("  %-28s setup %.2fs, first call %.2fs" % (name, t1 - t0, t2 - t1))
-    # Interleaved, and the order rotates every repeat: a contender that always ran
-    # right after PyTorch would pay for its OpenMP threads still spinning (measured:
-    # LeNet forward, jcaffe first in a fixed order, 11.7 ms vs 10.2 ms interleaved
-    # without PyTorch).
+    # Interleaved, the order rotating every repeat, and each timed call after quiesce():
+    # a contender that ran right after PyTorch would pay for its OpenMP threads still
+    # spinning.
     names = list(runs)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             run = runs[name]
+            quiesce()
+            run()           # untimed: the timed call runs with this one's threads warm
             t0 = time.perf_counter()
             run()
             out[name]["times_ms"].append((time.perf_counter() - t0) * 1000)
