@@ -15,6 +15,9 @@ from . import io  # noqa: F401  (pycaffe's caffe.io)
 from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .proto.caffe_pb2 import TEST, TRAIN
+from . import memory as _memory
+
+_memory.install()
 
 __version__ = "0.1.0"
 

@@ -86,6 +86,27 @@ class SyncedArray:
         # (a solver's params would otherwise keep their initial values resident).
         self._host = None
 
+    def take_device(self, keep=frozenset()):
+        """Hand over the device copy for reuse as the buffer of this array's next value
+        (a fused solver step donates it; see Solver._recycled): returns it, or None where
+        there is none to give (pending, host only, already given, or its id in ``keep``).
+        The content is lost until the next set_device."""
+        value = self._dev
+        if self.pending is not None or value is None or id(value) in keep or value.is_deleted():
+            return None
+        self._dev = None
+        if self.head == DEVICE:     # no current copy is left: zeros until set again
+            self._host = np.zeros(self.shape, self.dtype)
+        self.head = HOST
+        return value
+
+    def drop_host(self):
+        """Forget the host copy where the device copy is as current (it is remade when
+        read): a solver's params, about to be donated and replaced, need not keep it."""
+        if self.head == SYNCED and self.pending is None:
+            self._host = None
+            self.head = DEVICE
+
     def set_host(self, value):
         self._host = np.array(value, dtype=self.dtype).reshape(self.shape)
         self.head = HOST
@@ -245,6 +266,16 @@ class Blob:
 
     def set_device_diff(self, value):
         self._diff.set_device(value)
+
+    def drop_host_data(self):
+        self._data.drop_host()
+
+    def take_device_data(self, keep=frozenset()):
+        """SyncedArray.take_device of the data (None for a view of another shape)."""
+        return self._data.take_device(keep) if self._data.shape == self._shape else None
+
+    def take_device_diff(self, keep=frozenset()):
+        return self._diff.take_device(keep) if self._diff.shape == self._shape else None
 
     def set_pending_data(self, pending, name):
         """The data is blob ``name`` of the slim forward ``pending`` (jcaffe.engine),

@@ -1,0 +1,148 @@
+"""Memory of the fused training step: the last step's blob arrays are donated and
+become this step's (Caffe overwrites its blobs in place), param host copies are not
+kept beside the device ones, and a long compile hands its heap back (jcaffe.memory).
+What users read must not change: every blob and diff equals the unfused path's."""
+import numpy as np
+import pytest
+from google.protobuf import text_format
+
+import jax
+import jax.numpy as jnp
+import jcaffe
+from jcaffe import memory
+from jcaffe.proto import caffe_pb2
+
+NET = """
+name: "small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 2 dim: 8 dim: 8 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3
+                            weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+BLOBS = ("conv", "pool", "ip", "loss")
+
+
+def _solver(fuse=True):
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.1 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" '
+                      'random_seed: 3 type: "SGD"', param)
+    text_format.Parse(NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    solver.fuse_step = fuse
+    rng = np.random.default_rng(0)
+    solver.net.blobs["data"].data[...] = rng.standard_normal((4, 2, 8, 8))
+    solver.net.blobs["label"].data[...] = rng.integers(0, 5, 4)
+    return solver
+
+
+def _assert_same(fused, plain):
+    for name in BLOBS:
+        np.testing.assert_allclose(fused.net.blobs[name].data, plain.net.blobs[name].data,
+                                   rtol=1e-5, atol=1e-6, err_msg=name + " data")
+    for name in ("conv", "pool", "ip"):
+        np.testing.assert_allclose(fused.net.blobs[name].diff, plain.net.blobs[name].diff,
+                                   rtol=1e-5, atol=1e-6, err_msg=name + " diff")
+    for name in ("conv", "ip"):
+        np.testing.assert_allclose(fused.net.params[name][0].data, plain.net.params[name][0].data,
+                                   rtol=1e-5, atol=1e-6, err_msg=name + " weights")
+
+
+def test_a_fused_step_writes_into_the_last_steps_blob_arrays():
+    solver = _solver()
+    solver.step(1)
+    blobs = solver.net.blobs
+    old = {name: blobs[name].device_data() for name in ("conv", "pool", "ip")}
+    old_diff = {name: blobs[name].device_diff() for name in ("conv", "pool", "ip")}
+    solver.step(1)
+    for name in old:   # donated: XLA wrote this step's values into their buffers
+        assert old[name].is_deleted(), name
+        assert old_diff[name].is_deleted(), name
+        assert not blobs[name].device_data().is_deleted()
+    # the loss weight (the loss top's diff) is an input of the step, never donated
+    assert float(blobs["loss"].diff) == 1.0
+
+
+def test_recycled_blobs_hold_exactly_what_the_unfused_path_computes():
+    fused, plain = _solver(), _solver(fuse=False)
+    for _ in range(3):
+        fused.step(1)
+        plain.step(1)
+        _assert_same(fused, plain)
+
+
+def test_blobs_read_or_written_between_fused_steps_stay_correct():
+    """A host read between steps (the host copy stays current when the device array is
+    donated), a slim forward leaving blobs pending (nothing to donate: zeros are used),
+    and a new input written from Python."""
+    fused, plain = _solver(), _solver(fuse=False)
+    fused.step(1)
+    plain.step(1)
+    seen = fused.net.blobs["pool"].data.copy()    # host copy made, head synced
+    fused.step(1)
+    plain.step(1)
+    _assert_same(fused, plain)
+    assert not np.array_equal(seen, fused.net.blobs["pool"].data)
+    for solver in (fused, plain):
+        solver.net.forward()                     # slim: intermediates pending
+        solver.net.blobs["data"].data[...] = 0.5
+        solver.step(1)
+    _assert_same(fused, plain)
+
+
+def test_a_blob_keeps_its_host_copy_when_its_device_array_is_taken():
+    solver = _solver()
+    solver.step(1)
+    blob = solver.net.blobs["ip"]
+    values = blob.data.copy()                    # synced
+    taken = blob.take_device_data()
+    assert taken is not None
+    np.testing.assert_array_equal(blob.data, values)
+    assert blob.take_device_data() is None       # nothing left to give
+    blob.set_device_data(jnp.ones(blob.shape, blob.dtype))
+    kept = blob.device_data()
+    assert blob.take_device_data(keep={id(kept)}) is None
+
+
+def test_the_step_does_not_keep_param_host_copies_while_it_runs():
+    """The params' host copies (the fillers' values on the first step: CaffeNet 233 MB)
+    are dropped before the step runs, not only when it has replaced the params."""
+    solver = _solver()
+    for b in solver.net._learnable:
+        b.data                                   # host copies made and synced
+    seen = []
+    recycled = solver._recycled
+
+    def spy(seg, inputs):                        # called just before the compiled step
+        seen.append([b._data._host is None for b in solver.net._learnable])
+        return recycled(seg, inputs)
+    solver._recycled = spy
+    solver.step(1)
+    assert seen == [[True] * len(solver.net._learnable)]
+    w = solver.net.params["conv"][0].data        # read again: made from the device
+    assert np.all(np.isfinite(w))
+
+
+def test_a_long_compile_is_followed_by_malloc_trim(monkeypatch):
+    calls = []
+    monkeypatch.setitem(memory._state, "trim", lambda pad: calls.append(pad) or 1)
+    monkeypatch.setattr(memory, "MIN_COMPILE_S", 0.0)
+    memory.install()                              # already installed: idempotent
+    jax.jit(lambda x: x * 3 + 1)(jnp.arange(7.0)).block_until_ready()
+    assert calls and calls[-1] == 0
+    calls.clear()
+    monkeypatch.setattr(memory, "MIN_COMPILE_S", 1e9)
+    jax.jit(lambda x: x * 5 - 2)(jnp.arange(9.0)).block_until_ready()
+    assert not calls
+
+
+@pytest.mark.skipif(memory._malloc_trim() is None, reason="not glibc")
+def test_memory_listener_is_installed_with_jcaffe():
+    assert memory._state["installed"] and memory._state["trim"] is not None
