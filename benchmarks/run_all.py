@@ -12,6 +12,7 @@ it (and the notes) without measuring again.
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import re
@@ -95,6 +96,19 @@ def forward_gflop(name, deploy):
                 k *= d
             total += 2 * out[0] * out[1] * spatial * k
     return total / 1e9
+
+
+def caffe_memory_mb(name):
+    """BVLC Caffe's own arrays for one SGD-momentum training step of net ``name``, by
+    count (float32): every param's data, diff and momentum; every blob's data and diff
+    (in-place tops counted once); the data layer's 4 prefetched batches
+    (DataParameter.prefetch). Not counted: the process and its libraries, im2col
+    buffers, pooling masks, LRN scales, dropout masks, so Caffe's RSS is above this."""
+    shapes, blob_shape = nets.param_shapes(nets.net_param(name))
+    params = sum(math.prod(s) for ps in shapes.values() for s in ps)
+    blobs = sum(math.prod(s) for s in blob_shape.values())
+    prefetch = 4 * math.prod(blob_shape["data"])
+    return 4 * (3 * params + 2 * blobs + prefetch) / 2 ** 20
 
 
 def run(script, args, out_json):
@@ -227,6 +241,17 @@ def render(state, opts):
                 out.append("GFLOP/s: %.2f GFLOP per call (convolutions and inner products%s) "
                            "/ median time." % (gflop, "; training step = 3x forward"
                                                if key.startswith("train") else ""))
+            rss = results[key].get("rss_mb", {})
+            mine = next((v for n, v in rss.items() if n.startswith("jcaffe")), None)
+            # CaffeNet only: LeNet's arrays are 15 MB, a tenth of the jax runtime alone.
+            if key == "train_caffenet" and mine:
+                net = key.split("_", 1)[1]
+                count = caffe_memory_mb(net)
+                out.append("")
+                out.append("Memory: BVLC Caffe's arrays for this step, by count, %.0f MB (params "
+                           "x3: data, diff, momentum; every blob's data and diff; 4 prefetched "
+                           "batches; not its process, libraries or layer buffers). jcaffe's "
+                           "peak RSS / that count: %.2fx." % (count, mine / count))
         out.append("")
         out.append("`%s`" % results[key + "_cmd"])
         out.append("")
