@@ -28,6 +28,10 @@ CASES = [
     ("num_output: 4 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 pad_h: 1 group: 4",
      (1, 4, 6, 5)),
     ("num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 2", (2, 4, 9)),          # 1-d
+    # stride phases of the data gradient: taps every 2nd (dilation 3, stride 2), and a
+    # kernel shorter than the stride (phases no tap reaches)
+    ("num_output: 3 kernel_size: 3 stride: 2 dilation: 3 pad: 2", (2, 2, 13, 12)),
+    ("num_output: 2 kernel_size: 2 stride: 3 pad: 1", (1, 3, 10, 9)),
     ("num_output: 4 kernel_size: 2 kernel_size: 1 kernel_size: 3 pad: 1 stride: 2 group: 2",
      (1, 4, 4, 5, 6)),                                                            # 3-d
 ]
@@ -107,24 +111,26 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 
 def test_cpu_gemm_choice_per_map_and_shape(x64):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
-    forward for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels; from
-    GEMM_MIN_MACS_DATA on, the data gradient at stride 1. Smaller maps keep XLA's
-    convolution."""
+    forward for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels; every
+    strided data gradient; from GEMM_MIN_MACS_DATA on, the data gradient at stride 1.
+    Smaller maps keep XLA's convolution."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
     pointwise = _layer("num_output: 4 kernel_size: 1", (1, 832, 3, 3))
     long_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 64, 7, 7))
     cpu = jax.default_backend() == "cpu"
-    for layer, fwd, data in ((lenet2, True, True), (strided, True, False), (long, False, True),
-                             (pointwise, True, True), (long_strided, False, False)):
+    for layer, fwd, strided_data in ((lenet2, True, False), (strided, True, True),
+                                     (long, False, False), (pointwise, True, False),
+                                     (long_strided, False, True)):
         cg = layer.channels // layer.group
         big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA
         assert big < big_data
         assert layer._gemm("weight", cg, big) == cpu
         assert layer._gemm("forward", cg, big) == (cpu and fwd)
-        assert not layer._gemm("data", cg, big_data - 1)
-        assert layer._gemm("data", cg, big_data) == (cpu and data)
+        assert layer._gemm("data", cg, big) == (cpu and strided_data)
+        assert layer._gemm("data", cg, big_data - 1) == (cpu and strided_data)
+        assert layer._gemm("data", cg, big_data) == cpu
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
 
 

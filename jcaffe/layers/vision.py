@@ -13,6 +13,8 @@ interleaved (no scatter, so the result does not depend on the order of atomic
 adds on a GPU).
 """
 import functools
+import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -193,7 +195,9 @@ class Convolution(JaxLayer):
     # (benchmarks/bench_conv.py and the shapes of LeNet, CaffeNet and GoogLeNet):
     # * weight gradient: every shape measured (1.3-4.7x);
     # * data gradient at stride 1: all but one shape won or tied (LeNet's conv1 3x,
-    #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, the col2im sums lost (conv1);
+    #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, from GEMM_MIN_MACS: XLA has
+    #   no fast strided form left (_phase_data_diff: CaffeNet's conv1, batch 32,
+    #   3728 ms vs 105 ms on GEMM + col2im; 3x3 stride 2 on 64 channels 89 vs 31 ms);
     # * forward: short columns (C/group * prod(kernel) <= 512: CaffeNet's conv1 2.5x,
     #   LeNet's conv2 2x) and 1x1 kernels; long-column 3x3/5x5 forwards stay on XLA's
     #   convolution, which won or tied there.
@@ -221,7 +225,7 @@ class Convolution(JaxLayer):
         if which == "weight":
             return True
         if which == "data":
-            return macs >= self.GEMM_MIN_MACS_DATA and all(s == 1 for s in self.stride)
+            return macs >= self.GEMM_MIN_MACS_DATA or any(s > 1 for s in self.stride)
         k = int(np.prod(self.kernel))
         return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
 
@@ -237,10 +241,11 @@ class Convolution(JaxLayer):
         return conv(x, w, feature_group_count=self.group)
 
     def _data_diff(self, dy, w):
-        """dE/dx: dy dilated by the stride, convolved with the flipped, group-transposed kernel."""
+        """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
+        strided: per stride phase (_phase_data_diff), or im2col's GEMM + col2im."""
         if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial)):
             return conv_gemm.data_diff(dy, w, self.group, self.geometry())
-        g, n = self.group, self.num_spatial
+        n = self.num_spatial
         padding = []
         for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
                                           self.stride, self.pad, self.dilation):
@@ -253,23 +258,77 @@ class Convolution(JaxLayer):
             wt = wg.reshape((groups, o // groups, cg) + wg.shape[2:]).swapaxes(1, 2)
             return jnp.flip(wt.reshape((groups * cg, o // groups) + wg.shape[2:]), axis=spatial)
 
-        lhs_dilation = self.stride
         if any(s > 1 for s in self.stride):
-            # Dilate and pad dy explicitly: XLA's algebraic simplifier (jaxlib 0.10.2)
-            # aborts the process ("Window dimensions do not match RHS shape") on some
-            # convolutions with lhs_dilation whose kernel covers the dilated input,
-            # e.g. a Deconvolution with kernel 3x2, stride 2, pad 1 on a 2x3 bottom.
-            dy = lax.pad(dy, jnp.zeros((), dy.dtype), [(0, 0, 0), (0, 0, 0)] + [
-                (lo, hi, s - 1) for (lo, hi), s in zip(padding, self.stride)])
-            padding, lhs_dilation = [(0, 0)] * n, (1,) * n
+            return self._phase_data_diff(dy, w, transposed)
         conv = functools.partial(lax.conv_general_dilated, window_strides=(1,) * n,
-                                 padding=padding, lhs_dilation=lhs_dilation,
-                                 rhs_dilation=self.dilation)
+                                 padding=padding, rhs_dilation=self.dilation)
+        return self._grouped(conv, dy, w, transposed)
+
+    def _grouped(self, conv, dy, w, transposed):
+        """conv(dy, flipped transposed kernel), per group or as one grouped call."""
+        g = self.group
         if self._split_groups():
             dys, ws = jnp.split(dy, g, axis=1), jnp.split(w, g, axis=0)
             return jnp.concatenate([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)],
                                    axis=1)
         return conv(dy, transposed(w, g), feature_group_count=g)
+
+    def _phase_data_diff(self, dy, w, transposed):
+        """The strided data gradient by stride phases: no dilated dy, no zeros multiplied.
+
+        In padded coordinates t = i + pad, dx[t] = sum over o, j with o*stride + j*dilation
+        = t of dy[o] w[j]. Split t by its residue r modulo the stride, t = q*stride + r:
+        only the taps j with j*dilation = r (mod stride) reach phase r, at o = q - a_j with
+        a_j = (j*dilation - r) / stride, an arithmetic progression of step
+        dilation / gcd(dilation, stride). So each phase is a stride-1 convolution of dy
+        with that sub-kernel; the phases are interleaved with one transpose and cut to
+        the input. (XLA's lhs_dilation form multiplied stride^n - 1 zeros per product,
+        and its algebraic simplifier in jaxlib 0.10.2 aborted the process on some of
+        those convolutions; the explicitly dilated dy that replaced it ran 100x slower
+        on CaffeNet's conv1.)
+        """
+        n = self.num_spatial
+        axes = []       # per axis: Q, then per residue (first tap, tap step, a_0, taps, d')
+        for size, out, k, st, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
+                                          self.stride, self.pad, self.dilation):
+            step = st // math.gcd(d, st)
+            per = []
+            for r in range(st):
+                first = next((j for j in range(min(k, step)) if (j * d) % st == r), None)
+                if first is None:
+                    per.append(None)
+                    continue
+                taps = len(range(first, k, step))
+                per.append((first, step, (first * d - r) // st, taps, d // math.gcd(d, st)))
+            axes.append((-(-(p + size) // st), per))
+        zero = jnp.zeros((), dy.dtype)
+        phases = []
+        for residue in itertools.product(*[range(st) for st in self.stride]):
+            subs = [axes[a][1][r] for a, r in enumerate(residue)]
+            out_shape = (dy.shape[0], w.shape[1] * self.group) + tuple(q for q, _ in axes)
+            if any(sub is None for sub in subs):
+                phases.append(jnp.zeros(out_shape, dy.dtype))
+                continue
+            index = (slice(None), slice(None)) + tuple(
+                slice(first, None, step) for first, step, _, _, _ in subs)
+            wsub = w[index]
+            padding = []
+            for (q, _), size, (first, step, a0, taps, dd) in zip(axes, dy.shape[2:], subs):
+                lo = a0 + (taps - 1) * dd       # so out[q] reads dy[q - a0 - m*dd]
+                padding.append((lo, q + (taps - 1) * dd - size - lo))
+            dyp = lax.pad(dy, zero, [(0, 0, 0), (0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding])
+            conv = functools.partial(lax.conv_general_dilated, window_strides=(1,) * n,
+                                     padding=[(0, 0)] * n,
+                                     rhs_dilation=tuple(sub[4] for sub in subs))
+            phases.append(self._grouped(conv, dyp, wsub, transposed))
+        # (s_1 .. s_n, B, C, Q_1 .. Q_n) -> (B, C, Q_1, s_1, ..., Q_n, s_n) -> positions
+        grid = jnp.stack(phases).reshape(tuple(self.stride) + phases[0].shape)
+        order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
+        full = jnp.transpose(grid, order).reshape(
+            grid.shape[n:n + 2] + tuple(q * st for (q, _), st in zip(axes, self.stride)))
+        start = (0, 0) + tuple(self.pad)
+        return lax.slice(full, start, tuple(full.shape[:2]) + tuple(
+            p + size for p, size in zip(self.pad, self.in_spatial)))
 
     def _weight_diff(self, x, dy):
         """dE/dW[o, c, j] = sum over n and out of dy[n, o, out] * x[n, c, out*stride + j*dilation].
