@@ -175,7 +175,7 @@ def main():
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
-             ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+             ["--net", "googlenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
         ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

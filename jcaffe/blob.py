@@ -56,6 +56,8 @@ class SyncedArray:
         if self.head == DEVICE:
             self._host = np.array(self._dev, dtype=self.dtype)  # writable copy
             self.head = SYNCED
+        elif self._host is None:    # given away by take_device: zeros, made when read
+            self._host = np.zeros(self.shape, self.dtype)
         return self._host
 
     def mutable_host(self):
@@ -69,7 +71,8 @@ class SyncedArray:
         if self.pending is not None:
             self._resolve()
         if self.head == HOST:
-            self._dev = jnp.array(self._host, dtype=self.dtype)  # always a copy
+            self._dev = (jnp.zeros(self.shape, self.dtype) if self._host is None  # taken
+                         else jnp.array(self._host, dtype=self.dtype))  # always a copy
             self.head = SYNCED
         return self._dev
 
@@ -90,13 +93,14 @@ class SyncedArray:
         """Hand over the device copy for reuse as the buffer of this array's next value
         (a fused solver step donates it; see Solver._recycled): returns it, or None where
         there is none to give (pending, host only, already given, or its id in ``keep``).
-        The content is lost until the next set_device."""
+        The content is lost until the next set_device: zeros if read before (made when
+        read: a fused step takes every blob it rewrites, and reads of them are rare)."""
         value = self._dev
         if self.pending is not None or value is None or id(value) in keep or value.is_deleted():
             return None
         self._dev = None
         if self.head == DEVICE:     # no current copy is left: zeros until set again
-            self._host = np.zeros(self.shape, self.dtype)
+            self._host = None
         self.head = HOST
         return value
 
@@ -123,7 +127,7 @@ class SyncedArray:
             if self.head == DEVICE:
                 self._dev = jnp.reshape(self._dev, shape)
             else:
-                self._host = self._host.reshape(shape)
+                self._host = None if self._host is None else self._host.reshape(shape)
                 self._dev = None if self._dev is None else jnp.reshape(self._dev, shape)
         else:
             self._host = np.zeros(shape, self.dtype)

@@ -111,6 +111,26 @@ def test_a_blob_keeps_its_host_copy_when_its_device_array_is_taken():
     assert blob.take_device_data(keep={id(kept)}) is None
 
 
+def test_a_taken_blob_without_a_host_copy_reads_as_zeros_on_host_and_device():
+    """A device-only blob whose array was given away holds no host zeros until read."""
+    solver = _solver()
+    solver.step(1)
+    for read in ("host", "device", "reshape"):
+        blob = solver.net.blobs["ip"]
+        blob.set_device_data(jnp.ones(blob.shape, blob.dtype))
+        assert blob.take_device_data() is not None
+        assert blob._data._host is None              # nothing allocated for it
+        if read == "host":
+            np.testing.assert_array_equal(blob.data, np.zeros(blob.shape))
+        elif read == "device":
+            np.testing.assert_array_equal(np.asarray(blob.device_data()), 0)
+        else:                                        # same count: content (zeros) kept
+            shape = blob.shape
+            blob.reshape((blob.count,))
+            np.testing.assert_array_equal(blob.data, 0)
+            blob.reshape(shape)
+
+
 def test_the_step_does_not_keep_param_host_copies_while_it_runs():
     """The params' host copies (the fillers' values on the first step: CaffeNet 233 MB)
     are dropped before the step runs, not only when it has replaced the params."""
