@@ -225,8 +225,12 @@ class Segment:
                     pids.add(pid)
         return active, data, diffs, sorted(written), sorted(pids)
 
-    def trace_backward(self, params, data, top_diffs, saved, param_diffs):
-        """-> (written diffs {blob: a}, param diffs {pid: a} accumulated)."""
+    def trace_backward(self, params, data, top_diffs, saved, param_diffs, probes=None):
+        """-> (written diffs {blob: a}, param diffs {pid: a} accumulated).
+
+        ``probes``: a dict to fill with {pid: [first element of each bottom diff of the
+        layers holding that param]}, the values a fused solver step makes each param's
+        in-place update depend on (see jcaffe.solver._rate_after)."""
         active, _, _, written, _ = self.backward_plan()
         env = dict(top_diffs)
         acc = dict(param_diffs)
@@ -237,6 +241,14 @@ class Segment:
                 bottom_diffs, p_diffs = layer.backward(
                     lp, [data[b] for b in s.bottoms], [data[t] for t in s.tops],
                     saved.get(s.index), [env[t] for t in s.tops], tuple(s.bottom_need_backward))
+            if probes is not None and s.param_ids:
+                # (the barrier keeps XLA from computing the one element from a part of
+                # the gradient only, e.g. the first group's share of a concatenation)
+                firsts = [jnp.ravel(jax.lax.optimization_barrier(d))[0]
+                          for d, need in zip(bottom_diffs, s.bottom_need_backward)
+                          if need and d is not None and d.size]
+                for pid in s.param_ids:
+                    probes.setdefault(pid, []).extend(firsts)
             for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
                 if need:
                     if diff is None:

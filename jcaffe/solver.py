@@ -61,6 +61,26 @@ def _read_solver_param(source):
     return protoio.read_solver_param(path), path
 
 
+def _rate_after(pair, probes):
+    """One param's learning rate, ``pair[0]`` or ``pair[1]`` (both hold it), chosen by the
+    scalars ``probes`` (its layers' data gradients, one element each): the same number,
+    made to depend on them.
+
+    A fused step overwrites its donated params in place, and XLA orders that write after
+    a param's other reads by data dependence only (an optimization barrier is dropped
+    before copy insertion on CPU). A data gradient dx = dy . W does not feed the update
+    of its own W, so XLA copied every such param before the step (CaffeNet: 233 MB, the
+    copies' time and their fresh pages, every step). The update reads its rate; taken
+    from a two-entry argument by an index computed from that layer's data gradients, it
+    comes after them, and XLA cannot fold the choice away. (One rate for all params,
+    made to wait for the whole backward, cost LeNet's step 2-3%: no update could
+    overlap the rest of the backward.)
+    """
+    if not probes:
+        return pair[0]
+    return pair[(sum(p.astype(pair.dtype) for p in probes) > 0).astype(jnp.int32)]
+
+
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
@@ -434,7 +454,7 @@ class Solver:
         count0 = self._iter * self.param.iter_size
         out = self._fused[1](params, self._history, recycled, data_in, extra, loss_w,
                              top_diffs, net._base_key, np.int32(count0),
-                             np.asarray(rate, net.dtype), np.int32(self._iter))
+                             np.asarray([rate, rate], net.dtype), np.int32(self._iter))
         new_params, self._history, values, norm, written, saved, diffs, loss = out
         for i, (blob, value, diff) in enumerate(zip(learnable, new_params, values)):
             blob.set_device_data(value)
@@ -525,7 +545,8 @@ class Solver:
         mean = self.parallel.mean if self.parallel is not None else (lambda tree: tree)
         vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
-        def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0):
+        def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0,
+                probes=None):
             if stacked:
                 data_in = {name: value[k] if name in stacked else value
                            for name, value in data_in.items()}
@@ -537,7 +558,8 @@ class Solver:
             seg_params = {pid: params[pid] for pid in seg.param_ids}
             env = {**extra, **data_in, **written}
             bdata = {name: env[name] for name in data_names}
-            diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs)
+            diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs,
+                                               probes)
             if loss is None:
                 loss = jnp.zeros((), self.net.dtype)
             return params, pdiffs, written, saved, diffs, loss
@@ -546,8 +568,17 @@ class Solver:
             params = dict(enumerate(params))
             pdiffs = {pid: jnp.zeros_like(params[pid]) for pid in pids}
             args = (data_in, extra, loss_w, top_diffs, base_key, count0)
+            # (rate, rate): the donated step; each param's rate is made to depend on its
+            # layers' data gradients (see _rate_after). With iter_size > 1 the passes run
+            # in a loop that ends before any update, which orders them already.
+            probes = None
+            if jnp.ndim(rate) == 1:
+                if iter_size == 1 and n:
+                    probes = {}
+                else:
+                    rate = rate[0]
             if iter_size == 1:
-                carry = one(0, params, pdiffs, *args)
+                carry = one(0, params, pdiffs, *args, probes=probes)
             else:   # one traced body, whatever iter_size is
                 def body(k, carry):
                     out = one(k, carry[0], carry[1], *args)
@@ -561,6 +592,8 @@ class Solver:
             grads = [pdiffs[pid] if pid in pdiffs else jnp.zeros_like(params[pid])
                      for pid in range(n)]
             grads, loss = mean((grads, loss))
+            if probes is not None:
+                rate = [_rate_after(rate, probes.get(pid, ())) for pid in range(n)]
             new_params, new_hist, values, norm = update(
                 grads, history, [params[pid] for pid in range(n)], rate, t)
             if share_history:   # decided while tracing: the same traced value, or not

@@ -152,11 +152,15 @@ def make_update(param, rule, lr_mults, decay_mults):
         return tuple(tuple(jnp.zeros_like(p) for p in params) for _ in range(rule.num_history))
 
     def update(grads, history, params, rate, t):
+        """``rate``: the learning rate, or a list of it, one entry per param (the same
+        number; a fused step orders each param's update by its entry)."""
         grads = list(grads)
-        norm = jnp.zeros((), rate.dtype)
+        rates = list(rate) if isinstance(rate, (list, tuple)) else [rate] * len(grads)
+        dtype = rates[0].dtype if rates else rate.dtype
+        norm = jnp.zeros((), dtype)
         if clip >= 0:
-            norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads)).astype(rate.dtype)
-            scale = jnp.where(norm > clip, clip / norm, jnp.ones((), rate.dtype))
+            norm = jnp.sqrt(sum(jnp.sum(g * g) for g in grads)).astype(dtype)
+            scale = jnp.where(norm > clip, clip / norm, jnp.ones((), dtype))
             grads = [g * scale.astype(g.dtype) for g in grads]
         new_params, values, new_hist = [], [], [[] for _ in range(rule.num_history)]
         for i, (g, p) in enumerate(zip(grads, params)):
@@ -164,7 +168,7 @@ def make_update(param, rule, lr_mults, decay_mults):
                 g = g * _f32(1.0 / iter_size)
             if decays[i]:
                 g = g + decays[i] * (p if reg == "L2" else jnp.sign(p))
-            local_rate = rate.astype(g.dtype) * lr_mults[i]
+            local_rate = rates[i].astype(g.dtype) * lr_mults[i]
             value, hist = rule.compute(g, [h[i] for h in history], local_rate, t)
             for k, h in enumerate(hist):
                 new_hist[k].append(h)
