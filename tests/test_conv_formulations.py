@@ -34,6 +34,14 @@ CASES = [
     ("num_output: 2 kernel_size: 2 stride: 3 pad: 1", (1, 3, 10, 9)),
     ("num_output: 4 kernel_size: 2 kernel_size: 1 kernel_size: 3 pad: 1 stride: 2 group: 2",
      (1, 4, 4, 5, 6)),                                                            # 3-d
+    # 1x1 kernels without padding (conv_gemm's pointwise path): plain, strided past the
+    # last row, grouped 1-d, dilated (no effect), 3-d
+    ("num_output: 3 kernel_size: 1", (2, 4, 5, 6)),
+    ("num_output: 4 kernel_size: 1 stride: 2 group: 2", (2, 6, 7, 6)),
+    ("num_output: 6 kernel_size: 1 stride: 3 group: 3", (2, 3, 11)),
+    ("num_output: 2 dilation: 2 stride_h: 2 stride_w: 1 kernel_h: 1 kernel_w: 1",
+     (1, 2, 5, 4)),
+    ("num_output: 2 kernel_size: 1 stride: 2", (1, 3, 3, 4, 5)),
 ]
 
 
@@ -111,9 +119,9 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 
 def test_cpu_gemm_choice_per_map_and_shape(x64):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
-    forward for short columns (C/group * prod(kernel) <= 512) and 1x1 kernels; every
-    strided data gradient; from GEMM_MIN_MACS_DATA on, the data gradient at stride 1.
-    Smaller maps keep XLA's convolution."""
+    forward for short columns (C/group * prod(kernel) <= 512); every map of a 1x1 kernel
+    without padding; every strided data gradient; from GEMM_MIN_MACS_DATA on, the data
+    gradient at stride 1. Smaller maps keep XLA's convolution."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
@@ -121,7 +129,7 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
     long_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 64, 7, 7))
     cpu = jax.default_backend() == "cpu"
     for layer, fwd, strided_data in ((lenet2, True, False), (strided, True, True),
-                                     (long, False, False), (pointwise, True, False),
+                                     (long, False, False), (pointwise, True, True),
                                      (long_strided, False, True)):
         cg = layer.channels // layer.group
         big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA

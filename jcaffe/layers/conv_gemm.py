@@ -176,9 +176,56 @@ def _grouped_cols(cols, group):
     return cols.reshape(group, (c // group) * k, -1)
 
 
+# -- 1x1 kernels without padding: the input is its own columns ------------------------
+# No im2col, no batch chunks, no channel-major copies: one dot over the whole batch
+# (strided: of the strided slice). GoogLeNet's 1x1 shapes, batch 32, vs the chunked
+# columns (ms): forward 2.4x faster at 64x56x56 -> 64 (20.8 vs 50.3) and 1.1-1.6x at the
+# others; weight gradients 1.0-2.2x; data gradients 1.1-2.3x, except the two smallest
+# (7x7 and 24 outputs: 0.8-0.9x).
+def pointwise(geo):
+    return all(k == 1 for k in geo.kernel) and not any(geo.pad)
+
+
+def _sampled(x, geo):
+    """x (B, C, in...) at the output positions: (B, C, out...)."""
+    n = len(geo.kernel)
+    if all(s == 1 for s in geo.stride):
+        return x
+    limit = x.shape[:2] + tuple((o - 1) * s + 1 for o, s in zip(geo.out_spatial, geo.stride))
+    return lax.slice(x, (0,) * (n + 2), limit, (1, 1) + tuple(geo.stride))
+
+
+def _pointwise_forward(x, w, group, geo):
+    b, c, o = x.shape[0], x.shape[1], w.shape[0]
+    xs = _sampled(x, geo).reshape(b, group, c // group, -1)
+    y = jnp.einsum("gqc,bgcp->bgqp", w.reshape(group, o // group, c // group), xs)
+    return y.reshape((b, o) + tuple(geo.out_spatial))
+
+
+def _pointwise_data_diff(dy, w, group, geo):
+    b, (o, cg) = dy.shape[0], w.shape[:2]
+    d = dy.reshape(b, group, o // group, -1)
+    dx = jnp.einsum("gqc,bgqp->bgcp", w.reshape(group, o // group, cg), d)
+    dx = dx.reshape((b, cg * group) + tuple(geo.out_spatial))
+    if all(s == 1 for s in geo.stride):
+        return dx
+    return lax.pad(dx, jnp.zeros((), dx.dtype), [(0, 0, 0), (0, 0, 0)] + [
+        (0, size - (o - 1) * s - 1, s - 1)
+        for size, o, s in zip(geo.in_spatial, geo.out_spatial, geo.stride)])
+
+
+def _pointwise_weight_diff(x, dy, group, geo):
+    b, c, o = x.shape[0], x.shape[1], dy.shape[1]
+    xs = _sampled(x, geo).reshape(b, group, c // group, -1)
+    dw = jnp.einsum("bgqp,bgcp->gqc", dy.reshape(b, group, o // group, -1), xs)
+    return dw.reshape((o, c // group) + tuple(geo.kernel))
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def forward(x, w, group, geo):
     """y = W * x for x (B, C, in...), w (O, C/g, k...) -> (B, O, out...)."""
+    if pointwise(geo):
+        return _pointwise_forward(x, w, group, geo)
     o = w.shape[0]
     wg = w.reshape(group, o // group, -1)
 
@@ -192,6 +239,8 @@ def forward(x, w, group, geo):
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def data_diff(dy, w, group, geo):
     """dE/dx = col2im(W^T dE/dy) for dy (B, O, out...), w (O, C/g, k...) -> (B, C, in...)."""
+    if pointwise(geo):
+        return _pointwise_data_diff(dy, w, group, geo)
     o, cg = w.shape[:2]
     k = int(np.prod(geo.kernel))
     wg = w.reshape(group, o // group, cg * k)
@@ -207,6 +256,8 @@ def data_diff(dy, w, group, geo):
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def weight_diff(x, dy, group, geo):
     """dE/dW = dE/dy columns(x)^T, summed over the batch in chunks -> (O, C/g, k...)."""
+    if pointwise(geo):
+        return _pointwise_weight_diff(x, dy, group, geo)
     o, c = dy.shape[1], x.shape[1]
 
     def one(xb, dyb):

@@ -222,8 +222,8 @@ class Convolution(JaxLayer):
         ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel))."""
         if jax.default_backend() != "cpu" or macs < self.GEMM_MIN_MACS:
             return False
-        if which == "weight":
-            return True
+        if which == "weight" or conv_gemm.pointwise(self.geometry()):
+            return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
         if which == "data":
             return macs >= self.GEMM_MIN_MACS_DATA or any(s > 1 for s in self.stride)
         k = int(np.prod(self.kernel))
