@@ -465,6 +465,8 @@ LRN_CASES = [
     ("local_size: 3 alpha: 0.5 beta: 0.6 k: 2", 3, 0.5, 0.6, 2.0),
     ("local_size: 1 alpha: 2 beta: 1.5", 1, 2.0, 1.5, 1.0),
     ("local_size: 7 alpha: 0.25", 7, 0.25, 0.75, 1.0),                  # wider than the channels
+    ("local_size: 3 alpha: 0.5 beta: 0.5 k: 1.5", 3, 0.5, 0.5, 1.5),     # beta 0.5 and 1:
+    ("local_size: 5 alpha: 3 beta: 1 k: 0.5", 5, 3.0, 1.0, 0.5),         # no general power
 ]
 
 

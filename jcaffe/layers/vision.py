@@ -610,17 +610,44 @@ class LRN(JaxLayer):
             return (1, 1, size, size), (none, none, around, around), size * size, 1.0
         return (1, size, 1, 1), (none, around, none, none), size, self.p.k
 
+    def _local_sum(self, a):
+        """The sum over each element's window. Across channels: the local_size shifted
+        channel slices of the zero-padded array added up, which XLA fuses with what
+        surrounds it into one loop; reduce_window over the channel axis ran 1.1-1.5x
+        slower (CaffeNet's and GoogLeNet's LRN shapes, with the power below)."""
+        window, padding, _, _ = self._window()
+        if self.p.norm_region == _LRN.WITHIN_CHANNEL:
+            return _window_sum(a, window, padding)
+        c, size = a.shape[1], self.p.local_size
+        ap = jnp.pad(a, padding)
+        return sum(lax.slice_in_dim(ap, j, j + c, axis=1) for j in range(size))
+
     def forward(self, params, bottoms, rng):
         x, = bottoms
-        window, padding, n, k = self._window()
-        scale = k + self.p.alpha * (_window_sum(x * x, window, padding) / n)
-        return [x * scale ** -self.p.beta], scale
+        _, _, n, k = self._window()
+        scale = k + self.p.alpha * (self._local_sum(x * x) / n)
+        return [x * _negative_power(scale, self.p.beta)], scale
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None], []
         (x,), (y,), (dy,), scale = bottoms, tops, top_diffs, saved
-        window, padding, n, _ = self._window()
+        _, _, n, _ = self._window()
         alpha, beta = self.p.alpha, self.p.beta
-        ratio_sum = _window_sum(dy * y / scale, window, padding)
-        return [dy * scale ** -beta - (2 * alpha * beta / n) * x * ratio_sum], []
+        ratio_sum = self._local_sum(dy * y / scale)
+        return [dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum], []
+
+
+def _negative_power(s, beta):
+    """s ** -beta for s > 0; beta 0.75 (every zoo net's LRN), 0.5 and 1 by square roots
+    and a reciprocal: XLA CPU computes a general power as exp(log), 2-6x slower than
+    rsqrt(s) * sqrt(rsqrt(s)) on CaffeNet's and GoogLeNet's LRN inputs (within 3 ulp of
+    the power in float32)."""
+    if beta == 0.75:
+        r = lax.rsqrt(s)
+        return r * jnp.sqrt(r)
+    if beta == 0.5:
+        return lax.rsqrt(s)
+    if beta == 1:
+        return 1 / s
+    return s ** -beta
