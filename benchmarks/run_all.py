@@ -169,11 +169,11 @@ def main():
     if not opts.quick:
         plan += [
             ("train_caffenet", "bench_train.py",
-             ["--net", "caffenet", "--repeats", "5", "--warmup", "1"]),
+             ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
             # (peak memory is measured for the training steps and LeNet's forward only:
             # one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
-             ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+             ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
              ["--net", "googlenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
         ]
