@@ -125,6 +125,18 @@ def columns(xc, geo):
     return x.reshape((c, -1, b) + tuple(geo.out_spatial))
 
 
+def interleave_phases(phases, stride):
+    """Stride phases back into positions: ``phases`` (one per residue tuple, in
+    itertools.product order), each (A, B, t_1 .. t_n), where phase (r_1 .. r_n) holds
+    positions t * stride + r -> (A, B, t_1 * s_1, ..., t_n * s_n). One transpose."""
+    n = len(stride)
+    grid = jnp.stack(phases).reshape(tuple(stride) + phases[0].shape)
+    # (s_1 .. s_n, A, B, t_1 .. t_n) -> (A, B, t_1, s_1, ..., t_n, s_n)
+    order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
+    return jnp.transpose(grid, order).reshape(
+        phases[0].shape[:2] + tuple(t * s for t, s in zip(phases[0].shape[2:], stride)))
+
+
 def col2im(dcols, geo):
     """The adjoint of ``columns``: (A, K, B, out...) -> (A, B, in...), each entry added
     back where it was read (A, B: any two leading axes, e.g. channels and batch).
@@ -135,7 +147,6 @@ def col2im(dcols, geo):
     a plain shift. Each phase sums the shifted pieces of its kernel offsets, and one
     transpose interleaves the phases. (MAX pooling's backward is this map too.)
     """
-    n = len(geo.kernel)
     lead = dcols.shape[:1] + dcols.shape[2:3]
     spans = [o + ((k - 1) * d) // s for o, k, d, s in
              zip(geo.out_spatial, geo.kernel, geo.dilation, geo.stride)]   # per phase
@@ -150,13 +161,9 @@ def col2im(dcols, geo):
         piece = lax.pad(dcols[:, i], zero, config)
         key = tuple(residue)
         phases[key] = piece if key not in phases else phases[key] + piece
-    grid = jnp.stack([phases.get(r, jnp.zeros(lead + tuple(spans), dcols.dtype))
-                      for r in itertools.product(*[range(s) for s in geo.stride])])
-    # (s_1 .. s_n, A, B, t_1 .. t_n) -> (A, B, t_1, s_1, ..., t_n, s_n) -> padded positions
-    grid = grid.reshape(tuple(geo.stride) + grid.shape[1:])
-    order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
-    full = jnp.transpose(grid, order).reshape(
-        lead + tuple(t * s for t, s in zip(spans, geo.stride)))
+    full = interleave_phases(
+        [phases.get(r, jnp.zeros(lead + tuple(spans), dcols.dtype))
+         for r in itertools.product(*[range(s) for s in geo.stride])], geo.stride)
     short = [max(0, p + size - f) for p, size, f in
              zip(geo.pad, geo.in_spatial, full.shape[2:])]     # positions no window reaches
     if any(short):

@@ -302,10 +302,10 @@ class Convolution(JaxLayer):
                 per.append((first, step, (first * d - r) // st, taps, d // math.gcd(d, st)))
             axes.append((-(-(p + size) // st), per))
         zero = jnp.zeros((), dy.dtype)
+        out_shape = (dy.shape[0], w.shape[1] * self.group) + tuple(q for q, _ in axes)
         phases = []
         for residue in itertools.product(*[range(st) for st in self.stride]):
             subs = [axes[a][1][r] for a, r in enumerate(residue)]
-            out_shape = (dy.shape[0], w.shape[1] * self.group) + tuple(q for q, _ in axes)
             if any(sub is None for sub in subs):
                 phases.append(jnp.zeros(out_shape, dy.dtype))
                 continue
@@ -321,11 +321,7 @@ class Convolution(JaxLayer):
                                      padding=[(0, 0)] * n,
                                      rhs_dilation=tuple(sub[4] for sub in subs))
             phases.append(self._grouped(conv, dyp, wsub, transposed))
-        # (s_1 .. s_n, B, C, Q_1 .. Q_n) -> (B, C, Q_1, s_1, ..., Q_n, s_n) -> positions
-        grid = jnp.stack(phases).reshape(tuple(self.stride) + phases[0].shape)
-        order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
-        full = jnp.transpose(grid, order).reshape(
-            grid.shape[n:n + 2] + tuple(q * st for (q, _), st in zip(axes, self.stride)))
+        full = conv_gemm.interleave_phases(phases, self.stride)
         start = (0, 0) + tuple(self.pad)
         return lax.slice(full, start, tuple(full.shape[:2]) + tuple(
             p + size for p, size in zip(self.pad, self.in_spatial)))
