@@ -182,6 +182,9 @@ def main():
         for key, script, args in plan:
             results[key] = run(script, args, os.path.join(tmp, key + ".json"))
             results[key + "_cmd"] = "python benchmarks/%s %s" % (script, " ".join(args))
+        layers_cmd = ["--repeats", "5"] + (["--only", "ReLU,Pooling"] if opts.quick else [])
+        results["layers"] = run("bench_layers.py", layers_cmd, os.path.join(tmp, "layers.json"))
+        results["layers_cmd"] = "python benchmarks/bench_layers.py " + " ".join(layers_cmd)
         conv = subprocess.run([sys.executable, os.path.join(HERE, "bench_conv.py"),
                                "--repeats", "2"]
                               + (["--only", "lenet"] if opts.quick else []),
@@ -255,6 +258,17 @@ def render(state, opts):
         out.append("")
         out.append("`%s`" % results[key + "_cmd"])
         out.append("")
+    if results.get("layers"):
+        import bench_layers
+        out += ["## Layer catalog: each layer's backward vs `jax.vjp` of its own forward", "",
+                "One jitted call per contender on the same float32 arrays (batch 32, 64x28x28 "
+                "maps, 1000 classes, sequences of 20): the forward alone; forward + the "
+                "layer's hand-written backward; forward under `jax.vjp` + its pullback. "
+                "Medians; explicit / autodiff above 1 means jax's derivative of the same "
+                "forward is faster. Tops and diffs are each call's outputs, so layers that "
+                "only move memory (Reshape, Split, Flatten) time a copy of them.", "",
+                bench_layers.render(results["layers"]["rows"]), "",
+                "`%s`" % results["layers_cmd"], ""]
     out += ["## Convolution formulations (jcaffe's Convolution layer, float32)", "",
             conv.strip(), "", "`python benchmarks/bench_conv.py`", ""]
     out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]

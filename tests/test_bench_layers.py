@@ -1,0 +1,55 @@
+"""benchmarks/bench_layers.py keeps up with the layer registry: every registered type
+is either timed there or named in NO_BACKWARD with a reason, and every case sets up
+(shapes only; the timing itself is the benchmark's, never a test's)."""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+
+from jcaffe.layer import layer_type_list
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_layers", os.path.join(ROOT, "benchmarks", "bench_layers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _bench()
+
+
+def test_every_registered_type_is_timed_or_excused():
+    registered = set(layer_type_list())
+    timed, excused = set(bench.CASES), set(bench.NO_BACKWARD)
+    assert not timed & excused, "both timed and excused: %s" % sorted(timed & excused)
+    missing = registered - timed - excused
+    assert not missing, ("layer types with no case in benchmarks/bench_layers.py (add one to "
+                         "CASES, or to NO_BACKWARD with the reason): %s" % sorted(missing))
+    assert not (timed | excused) - registered, "unknown types: %s" % sorted((timed | excused) - registered)
+
+
+@pytest.mark.parametrize("type_name,label,snippet,bottoms", list(bench.all_cases()),
+                         ids=["%s %s" % (c[0], c[1]) for c in bench.all_cases()])
+def test_case_sets_up(type_name, label, snippet, bottoms):
+    layer, params, xs, pd = bench.build(snippet, bottoms)
+    assert layer.type == type_name
+    assert all(x.dtype == np.float32 for x in xs + params)
+    assert any(pd) or any(layer.param_propagate_down), "nothing to differentiate"
+
+
+def test_one_case_runs_and_agrees():
+    """The three contenders of a small case compute the same tops, and explicit and autodiff
+    the same diffs (the harness times what it says it times)."""
+    import jax
+    runs = {k: setup() for k, setup in
+            bench.contenders('type: "InnerProduct" inner_product_param { num_output: 3 '
+                             'weight_filler { type: "gaussian" } }', [(4, 5)]).items()}
+    fwd, exp, auto = runs["forward"](), runs["explicit"](), runs["autodiff"]()
+    np.testing.assert_allclose(np.asarray(fwd[0]), np.asarray(exp[0][0]), rtol=1e-6)
+    for a, b in zip(jax.tree_util.tree_leaves(exp), jax.tree_util.tree_leaves(auto)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
