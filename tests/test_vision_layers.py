@@ -349,6 +349,42 @@ def test_max_pooling_ties_take_the_first_maximum_and_padding_never_wins(x64, rng
     np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-12)
 
 
+def test_max_pooling_matches_caffes_loops_on_random_geometries(x64):
+    """Every MAX path (overlapping windows: two separable passes; non-overlapping and
+    single windows: tiles) against Caffe's loops: top, mask and the routed diff, on data
+    with many ties, NaN and -inf (never chosen; a window of nothing else sends no diff)."""
+    rng = np.random.default_rng(7)
+    for _ in range(32):
+        kh, kw = rng.integers(1, 5, size=2)
+        sh, sw = rng.integers(1, 4, size=2)
+        ph, pw = rng.integers(0, kh), rng.integers(0, kw)
+        shape = (2, 2, int(rng.integers(max(1, kh - 2 * ph), 10)),
+                 int(rng.integers(max(1, kw - 2 * pw), 10)))
+        x = rng.integers(-2, 3, size=shape).astype(np.float64)
+        x[rng.random(shape) < 0.1] = np.nan
+        x[rng.random(shape) < 0.1] = -np.inf
+        param = ("kernel_h: %d kernel_w: %d stride_h: %d stride_w: %d pad_h: %d pad_w: %d"
+                 % (kh, kw, sh, sw, ph, pw))
+        layer = make_layer('type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX %s }'
+                           % param, [shape])
+        dy = rng.standard_normal(layer.top_shapes[0])
+
+        @jax.jit   # one compile per geometry, not one per op
+        def run(x, dy):
+            (y, mask), saved = layer.forward([], [x], None)
+            (dx,), _ = layer.backward([], [x], [y, mask], saved, [dy, jnp.zeros_like(mask)],
+                                      (True,))
+            return y, mask, dx
+        y, mask, dx = run(jnp.asarray(x), jnp.asarray(dy))
+        expected, expected_mask = pool_reference(x, "MAX", (kh, kw), (sh, sw), (ph, pw))
+        np.testing.assert_array_equal(np.asarray(y), expected, err_msg=param)
+        np.testing.assert_array_equal(np.asarray(mask), expected_mask, err_msg=param)
+        routed = np.where(expected_mask >= 0, expected_mask, 0).astype(int)
+        expected_dx = max_pool_backward_reference(shape, routed, np.where(expected_mask >= 0, dy, 0))
+        np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-12, atol=1e-12,
+                                   err_msg=param)
+
+
 def test_max_pooling_window_outside_the_image_gives_caffes_start_value(x64):
     # H = 4, k = 1, s = 2, no pad: ceil gives 3 windows, the last starts at row 4.
     layer = make_layer('type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX '
