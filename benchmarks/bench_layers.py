@@ -87,7 +87,9 @@ CASES = {
     "Pooling": [("MAX 3x3 stride 2", 'type: "Pooling" pooling_param { pool: MAX kernel_size: 3 '
                  'stride: 2 }', [X]),
                 ("AVE 2x2 stride 2", 'type: "Pooling" pooling_param { pool: AVE kernel_size: 2 '
-                 'stride: 2 }', [X])],
+                 'stride: 2 }', [X]),
+                ("MAX global, 1024x7x7", 'type: "Pooling" pooling_param { pool: MAX '
+                 'global_pooling: true }', [(N, 1024, 7, 7)])],
     "Power": [("power 2", 'type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', [X])],
     "RNN": [("T 20, 128->256", 'type: "RNN" recurrent_param { num_output: 256 %s }' % FILL,
              [(20, N, 128), ((20, N), "label:2")])],

@@ -531,44 +531,35 @@ class Pooling(JaxLayer):
     def forward(self, params, bottoms, rng):
         x, = bottoms
         if self.p.pool == _POOL.MAX:
-            top, saved = self._max_forward(x)
-            # Windows that do not overlap go back by one select on each window's offset,
-            # overlapping ones by the forward's two passes in reverse: each the faster
-            # inside a training step (LeNet's 2x2 pools, CaffeNet's 3x3 stride 2).
-            tiled = self._tiles() is not None
-            offset = self._window_offset(saved) if tiled or self.num_top > 1 else None
-            tops = [top]
+            top, offset = self._max_forward(x)
             if self.num_top > 1:       # Caffe's mask top: the flat index h * W + w
-                tops.append(self._flat_index(offset).astype(x.dtype))
-            return tops, (offset if tiled else saved)
+                return [top, self._flat_index(offset).astype(x.dtype)], offset
+            return [top], offset
         return [self._ave_forward(x)], None
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None], []
         if self.p.pool == _POOL.MAX:
-            if self._tiles() is not None:          # saved: each window's offset
-                return [self._route_back(saved, top_diffs[0])], []
-            return [self._route_back_separable(saved, top_diffs[0])], []
+            return [self._route_back(saved, top_diffs[0])], []
         return [self._ave_backward(top_diffs[0])], []
 
     # -- MAX -------------------------------------------------------------------
     def _max_forward(self, x):
-        """Top, and what backward needs: ``(row, col)``, each window's first maximum in
-        row-major order (Caffe's strict '>' scan from -FLT_MAX), found in two passes.
+        """Top and each window's offset i * kw + j of its first maximum in row-major order
+        (Caffe's strict '>' scan from -FLT_MAX; -1: no element > -FLT_MAX, no diff goes
+        back), found in two separable passes.
 
         A window's row-major first maximum is, among its rows, the first row whose
         maximum is the largest, at that row's own first maximum. So the first pass
-        runs along W over every row of the padded input: ``col`` (N, C, Hp, PW) is the
-        offset j of the first maximum of row h inside column window pw, ``m`` that
-        maximum; the second runs along H over ``m``: ``row`` (N, C, PH, PW) is the
-        offset i of the window's chosen row, -1 where no element is > -FLT_MAX (no
-        diff goes back there). Both passes are kw or kh strided views compared in one
-        fused loop. Against one ``reduce_window`` plus the kh*kw views compared with its
-        result (batch 32, float32, forward alone): CaffeNet's pool1 (96x55x55, 3x3 stride
-        2) 30.5 -> 1.8 ms, GoogLeNet's 3x3 stride 1 pad 1 (192x28x28) 26.6 -> 3.8 ms;
-        GoogLeNet's whole deploy forward, in-process A/B: 0.77. The input is padded with
-        -inf, and NaN never wins a '>' comparison, as in Caffe.
+        runs along W over every row of the padded input (``m``: each row's maximum inside
+        each column window, ``col``: its offset j), the second along H over ``m`` (the
+        window's maximum and its row i). Each pass is kw or kh strided views compared in
+        one fused loop. Against one ``reduce_window`` plus the kh*kw views compared with
+        its result (batch 32, float32, forward alone): CaffeNet's pool1 (96x55x55, 3x3
+        stride 2) 30.5 -> 1.8 ms, GoogLeNet's 3x3 stride 1 pad 1 (192x28x28) 26.6 ->
+        3.8 ms; whole deploy forwards, in-process A/Bs: GoogLeNet 0.91, CaffeNet 0.95.
+        The input is padded with -inf, and NaN never wins a '>' comparison, as in Caffe.
         """
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         pad_h = (ph, max(0, (PH - 1) * sh + kh - ph - H))
@@ -580,34 +571,17 @@ class Pooling(JaxLayer):
         found = best > -FLT_MAX                                  # Caffe starts from -FLT_MAX
         floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
-        return top, (jnp.where(found, row, -1), col)
+        return top, self._window_offset(jnp.where(found, row, -1), col)
 
-    def _window_offset(self, saved):
-        """(row, col) -> each window's offset i * kw + j of its maximum (-1: none)."""
-        row, col = saved
+    def _window_offset(self, row, col):
+        """Each window's offset i * kw + j of its maximum (-1: none), from the chosen
+        ``row`` (N, C, PH, PW) and each row's chosen column ``col`` (N, C, Hp, PW)."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         at = jnp.zeros(row.shape, col.dtype)
         for i in range(kh):
             at = jnp.where(row == i, _axis_slice(col, 2, i, PH, sh), at)
         kind = _offset_dtype(row.dtype, kh * kw)
         return jnp.where(row >= 0, row.astype(kind) * kw + at.astype(kind), -1)
-
-    def _route_back_separable(self, saved, dy):
-        """MAX backward as the forward's two passes in reverse: dE/dy goes to its window's
-        chosen row (along H, by ``row``), then each row's share to that row's chosen column
-        (along W, by ``col``). Exact, because a row's chosen column inside a column window
-        is the same whichever window chose the row. Each pass is ``_scatter_windows``:
-        k shifted pieces per stride phase, no scatter op, a fixed summation order."""
-        row, col = saved
-        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
-        zero = _zero(dy)
-        hp = col.shape[2]
-        g = _scatter_windows([jnp.where(row == i, dy, zero) for i in range(kh)], 2, sh, hp)
-        wp = (PW - 1) * sw + kw
-        dx = _scatter_windows([jnp.where(col == j, g, zero) for j in range(kw)], 3, sw, wp)
-        # dx is in padded coordinates; the image is [pad, pad + size).
-        dx = jnp.pad(dx, [(0, 0), (0, 0), (0, max(0, ph + H - hp)), (0, max(0, pw + W - wp))])
-        return dx[:, :, ph:ph + H, pw:pw + W]
 
     def _flat_index(self, offset):
         """Window offsets -> Caffe's flat bottom index h * W + w (-1 stays -1)."""
