@@ -350,9 +350,10 @@ def test_max_pooling_ties_take_the_first_maximum_and_padding_never_wins(x64, rng
 
 
 def test_max_pooling_matches_caffes_loops_on_random_geometries(x64):
-    """Every MAX path (overlapping windows: two separable passes; non-overlapping and
-    single windows: tiles) against Caffe's loops: top, mask and the routed diff, on data
-    with many ties, NaN and -inf (never chosen; a window of nothing else sends no diff)."""
+    """MAX pooling's separable forward and both backward routes (overlapping windows:
+    shares + col2im; non-overlapping and single windows: tiles) against Caffe's loops:
+    top, mask and the routed diff, on data with many ties, NaN and -inf (never chosen; a
+    window of nothing else sends no diff)."""
     rng = np.random.default_rng(7)
     for _ in range(32):
         kh, kw = rng.integers(1, 5, size=2)

@@ -369,9 +369,7 @@ def _offset_dtype(dtype, count):
 
 def _axis_slice(a, axis, start, count, step):
     """``count`` entries of ``a`` along ``axis``: start, start + step, ..."""
-    lo, hi, strides = [0] * a.ndim, list(a.shape), [1] * a.ndim
-    lo[axis], hi[axis], strides[axis] = start, start + (count - 1) * step + 1, step
-    return lax.slice(a, lo, hi, strides)
+    return lax.slice_in_dim(a, start, start + (count - 1) * step + 1, step, axis)
 
 
 def _first_max(a, axis, k, stride, count, kind):
