@@ -19,6 +19,7 @@ forward. Every other blob it writes becomes *pending* (:class:`PendingForward`):
 reading one runs the full forward on the inputs the forward had, fills all its
 pending blobs at once, and the next forward returns that blob directly.
 """
+import functools
 import weakref
 
 import jax
@@ -100,6 +101,24 @@ def resolve_pending(arrays):
     for pending in list(PendingForward._live):
         if pending.holds(ids):
             pending.resolve()
+
+
+class RowBlocks:
+    """A param diff that a fused solver step computes a block of rows at a time, each
+    block consumed by its update at once, so the whole diff never exists in memory.
+
+    ``rows(start, size)`` gives rows ``[start, start + size)`` (``start`` may be traced,
+    ``size`` is static). A layer offers this for a param by listing its index in
+    ``row_blocked_params`` and defining ``param_diff_rows``; Segment.trace_backward
+    returns one where its caller asks (``deferred``). CaffeNet's fc6 weight diff is
+    4096 x 9216 floats (144 MB): materialized, it was most of the step's XLA
+    temporaries (196 MB)."""
+
+    def __init__(self, shape, dtype, rows):
+        self.shape, self.dtype, self.rows = tuple(shape), dtype, rows
+
+    def full(self):
+        return self.rows(0, self.shape[0])
 
 
 class Segment:
@@ -225,12 +244,29 @@ class Segment:
                     pids.add(pid)
         return active, data, diffs, sorted(written), sorted(pids)
 
-    def trace_backward(self, params, data, top_diffs, saved, param_diffs, probes=None):
+    def deferrable(self):
+        """The params whose diff trace_backward can return as :class:`RowBlocks`: those
+        that one layer alone contributes to, in a param slot it can compute by rows."""
+        counts, offered = {}, set()
+        for s in self.backward_plan()[0]:
+            for k, (pid, pd) in enumerate(zip(s.param_ids, s.layer.param_propagate_down)):
+                if pd:
+                    counts[pid] = counts.get(pid, 0) + 1
+                    if k in getattr(s.layer, "row_blocked_params", ()):
+                        offered.add(pid)
+        return frozenset(pid for pid in offered if counts[pid] == 1)
+
+    def trace_backward(self, params, data, top_diffs, saved, param_diffs, probes=None,
+                       deferred=frozenset()):
         """-> (written diffs {blob: a}, param diffs {pid: a} accumulated).
 
         ``probes``: a dict to fill with {pid: [first element of each bottom diff of the
         layers holding that param]}, the values a fused solver step makes each param's
-        in-place update depend on (see jcaffe.solver._rate_after)."""
+        in-place update depend on (see jcaffe.solver._rate_after).
+        ``deferred``: pids (from :meth:`deferrable`) whose diff comes back as a
+        :class:`RowBlocks` in place of the array (their ``param_diffs`` entry is
+        ignored: the caller starts them at zero); the layer's own full diff is left
+        unused, and XLA drops it."""
         active, _, _, written, _ = self.backward_plan()
         env = dict(top_diffs)
         acc = dict(param_diffs)
@@ -255,8 +291,13 @@ class Segment:
                         raise ValueError("%s layer '%s' returned no diff for bottom '%s' although "
                                          "propagate_down is true" % (layer.type, layer.name, name))
                     env[name] = diff
-            for pid, pd, diff in zip(s.param_ids, layer.param_propagate_down, p_diffs):
-                if pd and diff is not None:
+            for k, (pid, pd, diff) in enumerate(zip(s.param_ids, layer.param_propagate_down,
+                                                    p_diffs)):
+                if pd and diff is not None and pid in deferred:
+                    acc[pid] = RowBlocks(acc[pid].shape, acc[pid].dtype, functools.partial(
+                        layer.param_diff_rows, lp, [data[b] for b in s.bottoms],
+                        [env[t] for t in s.tops], k))
+                elif pd and diff is not None:
                     acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
         return {name: env[name] for name in written}, acc
 

@@ -93,6 +93,10 @@ class Solver:
     # step time unchanged in interleaved A/Bs: 1757 vs 1799 ms, 1871 vs 1707 ms).
     fused_compiler_options = None
     CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
+    # Params of at least this size whose layer can give their diff by rows (InnerProduct
+    # weights) are updated a block of rows at a time in a fused step, without their
+    # whole diff (jcaffe.engine.RowBlocks); None: never.
+    row_blocks_min_bytes = 32 << 20
 
     def __init__(self, source, _source_path=None, devices=None):
         param, path = _read_solver_param(source)
@@ -435,7 +439,7 @@ class Solver:
         seg = net._segment(run)
         stacked = tuple(sources) if self.param.iter_size > 1 else ()
         if self._fused is None or self._fused[0] is not seg or self._fused[2] != stacked:
-            self._fused = (seg, self._jit_fused(seg, stacked), stacked)
+            self._fused = (seg, self._jit_fused(seg, stacked), stacked, None)
         _, data_names, diff_names, _, _ = seg.backward_plan()
         data_in = {name: blobs[name].device_data() for name in seg.reads}
         for i, name in enumerate(stacked):
@@ -448,13 +452,16 @@ class Solver:
         engine.resolve_pending(params)   # a test net's pending blobs need these params
         for b in learnable:     # the step replaces them: their host copies are stale soon
             b.drop_host_data()
-        recycled = self._recycled(seg, (params, self._history, data_in, extra, loss_w,
-                                        top_diffs))
         rate = self._next_rate()
         count0 = self._iter * self.param.iter_size
-        out = self._fused[1](params, self._history, recycled, data_in, extra, loss_w,
-                             top_diffs, net._base_key, np.int32(count0),
-                             np.asarray([rate, rate], net.dtype), np.int32(self._iter))
+        rest = (data_in, extra, loss_w, top_diffs, net._base_key, np.int32(count0),
+                np.asarray([rate, rate], net.dtype), np.int32(self._iter))
+        if self._fused[3] is None:
+            self._compile_fused(params, rest)
+        inputs = (params, self._history, data_in, extra, loss_w, top_diffs)
+        blob_buffers = self._recycled(seg, inputs)
+        recycled = blob_buffers + (self._recycled_saved(inputs, blob_buffers),)
+        out = self._fused[1](params, self._history, recycled, *rest)
         new_params, self._history, values, norm, written, saved, diffs, loss = out
         for i, (blob, value, diff) in enumerate(zip(learnable, new_params, values)):
             blob.set_device_data(value)
@@ -487,7 +494,8 @@ class Solver:
 
         def step(params, history, recycled, *rest):
             # Only the buffers of ``recycled`` are used, as the outputs': each written
-            # blob and diff gets its blob's shape and dtype (what set_device would do).
+            # blob and diff gets its blob's shape and dtype (what set_device would do);
+            # its third part, the last residuals, matches theirs (_recycled_saved).
             out = list(fused(params, history, *rest))
             for k, like in zip((4, 6), recycled):       # written blobs, their diffs
                 out[k] = {name: jnp.reshape(v, like[name].shape).astype(like[name].dtype)
@@ -516,12 +524,71 @@ class Solver:
             out.append(given)
         return tuple(out)
 
+    def _compile_fused(self, params, rest):
+        """The first call of a fused step: the structure of its residuals (one trace with
+        none given, about 0.2 s for CaffeNet), then its compile (jit keeps it for the call),
+        with every donated buffer still abstract. The first step's zero buffers (CaffeNet,
+        batch 32: about 300 MB) are made after it: made before, they sat under the
+        compiler's own heap (about 350 MB), and that was the process's peak."""
+        seg, fn, stacked, _ = self._fused
+        blobs = tuple({name: jax.ShapeDtypeStruct(shape, dtype)
+                       for name, (shape, dtype) in part.items()}
+                      for part in self._recycle_spec(seg))
+        saved = fn.trace(params, self._history, blobs + ([],), *rest).out_info[5]
+        leaves, treedef = jax.tree_util.tree_flatten(saved)
+        leaves = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
+        fn.trace(params, self._history, blobs + (leaves,), *rest).lower().compile()
+        self._fused = (seg, fn, stacked, (tuple(saved), leaves, treedef))
+
+    def _recycled_saved(self, inputs, blob_buffers):
+        """The arrays to donate as the buffers of this step's residuals (what each layer's
+        forward keeps for its backward: pooling's argmax offsets, LRN's scale, dropout's
+        mask): the last step's, in ``net._saved``, which this step replaces. Without them
+        every step allocated its residuals anew (CaffeNet, batch 32: 30 MB in 1-9 MB
+        arrays) and freed the last ones, and the freed heap they left in malloc's arenas
+        kept the process growing: peak RSS 1360 MB in the first step, 1415 in the fifth.
+        Zeros fill any slot with no array of the right shape to give (the first step, a
+        net.forward() since)."""
+        indices, leaves, treedef = self._fused[3]
+        saved = self.net._saved
+        current = {index: saved.get(index) for index in indices}
+        given = jax.tree_util.tree_leaves(current)
+        if jax.tree_util.tree_structure(current) != treedef:
+            given = [None] * len(leaves)
+        taken = {id(a) for a in jax.tree_util.tree_leaves((inputs, blob_buffers))}
+        out = []
+        for like, value in zip(leaves, given):
+            if (not isinstance(value, jax.Array) or id(value) in taken or value.is_deleted()
+                    or value.shape != like.shape or value.dtype != like.dtype):
+                value = jnp.zeros(like.shape, like.dtype)
+            taken.add(id(value))
+            out.append(value)
+        for index in indices:   # donated: this step's residuals replace them
+            saved.pop(index, None)
+        return out
+
     def _after_fused(self, rate, display, norm):
         def after():   # what ApplyUpdate logs, after Step's display lines
             self._log_rate(rate, display)
             self._log_clip(norm)
             self._iter += 1
         return after
+
+    def _deferred_pids(self, seg):
+        """The params a fused step over ``seg`` updates by blocks of rows, their diffs
+        never whole (jcaffe.engine.RowBlocks): big ones (``row_blocks_min_bytes``) that
+        one layer alone computes, by rows. Not with data-parallel training, iter_size > 1
+        or clip_gradients, which need each whole diff, nor with a rule whose update value
+        needs the diff itself (SGD and Adam have values from their history alone)."""
+        limit = self.row_blocks_min_bytes
+        if (limit is None or self.parallel is not None or self.param.iter_size != 1
+                or self.param.clip_gradients >= 0
+                or not getattr(self._rule, "value_from_history", None)):
+            return frozenset()
+        learnable = self.net._learnable
+        return frozenset(pid for pid in seg.deferrable()
+                         if learnable[pid].count * np.dtype(learnable[pid].dtype).itemsize
+                         >= limit)
 
     def _trace_fused(self, seg, stacked=(), share_history=False):
         """The pure function of one training iteration over the segment ``seg``.
@@ -542,6 +609,7 @@ class Solver:
         iter_size = self.param.iter_size
         update = self._update
         n = len(self.net._learnable)
+        deferred = self._deferred_pids(seg)
         mean = self.parallel.mean if self.parallel is not None else (lambda tree: tree)
         vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
@@ -559,7 +627,7 @@ class Solver:
             env = {**extra, **data_in, **written}
             bdata = {name: env[name] for name in data_names}
             diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs,
-                                               probes)
+                                               probes, deferred)
             if loss is None:
                 loss = jnp.zeros((), self.net.dtype)
             return params, pdiffs, written, saved, diffs, loss

@@ -165,6 +165,7 @@ def test_the_fused_step_updates_donated_weights_without_copying_them():
             seen.append((fn, jax.tree_util.tree_map(
                 lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)))
             return fn(*args)
+        call.trace = fn.trace       # the first step traces and compiles through it
         return call
     solver._jit_fused = spy
     solver.step(1)
@@ -192,3 +193,48 @@ def test_a_long_compile_is_followed_by_malloc_trim(monkeypatch):
 @pytest.mark.skipif(memory._malloc_trim() is None, reason="not glibc")
 def test_memory_listener_is_installed_with_jcaffe():
     assert memory._state["installed"] and memory._state["trim"] is not None
+
+
+def _residuals(net):
+    return [a for a in jax.tree_util.tree_leaves(net._saved) if isinstance(a, jax.Array)]
+
+
+def test_a_fused_step_writes_its_residuals_into_the_last_steps():
+    """The pooling layer's argmax offsets (what backward routes by) are donated like the
+    blobs; net.backward() after a step still reads this step's, as in the unfused path."""
+    fused, plain = _solver(), _solver(fuse=False)
+    fused.step(1)
+    old = _residuals(fused.net)
+    assert old
+    fused.step(1)
+    plain.step(2)
+    assert all(a.is_deleted() for a in old)
+    assert not any(a.is_deleted() for a in _residuals(fused.net))
+    for solver in (fused, plain):
+        solver.net.blobs["ip"].diff[...] = 0.25
+        solver.net.backward(start="ip")
+    for name in ("pool", "conv"):
+        np.testing.assert_allclose(fused.net.blobs[name].diff, plain.net.blobs[name].diff,
+                                   rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_first_step_compiles_once_before_its_zero_buffers_are_made(monkeypatch):
+    """Compiling is the first step's other big use of memory: it comes before the zeros
+    that stand in for the blobs' buffers, and the call uses that compile."""
+    from jax import monitoring
+    compiles = []
+
+    def listen(event, duration, **kw):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(kw.get("fun_name"))
+    monitoring.register_event_duration_secs_listener(listen)
+    try:
+        solver = _solver()
+        recycled = solver._recycled
+        seen = []
+        monkeypatch.setattr(solver, "_recycled", lambda *a: seen.append(
+            compiles.count("jit(step)")) or recycled(*a))
+        solver.step(2)
+    finally:
+        monitoring.unregister_event_duration_listener(listen)
+    assert seen == [1, 1] and compiles.count("jit(step)") == 1

@@ -4,6 +4,7 @@ Shapes follow Caffe's axis conventions: an ``axis`` may be negative (counted
 from the end) and the dimensions from an axis on are "flattened" by taking
 their product (Caffe's ``Blob::count(axis)``).
 """
+import jax
 import jax.numpy as jnp
 
 from ..blob import shape_count, shape_string
@@ -104,6 +105,19 @@ class InnerProduct(JaxLayer):
             dx = (dy2 @ self._weight_nk(params)).reshape(x.shape)
         param_diffs = [dw, db] if self.p.bias_term else [dw]
         return [dx], param_diffs
+
+    # The weight diff by rows (jcaffe.engine.RowBlocks): a fused solver step updates a
+    # big weight a block at a time and never holds its whole diff.
+    row_blocked_params = (0,)
+
+    def param_diff_rows(self, params, bottoms, top_diffs, index, start, size):
+        """Rows [start, start + size) of the weight diff: those of W (N, K) are outputs,
+        dy^T x over a block of dy's columns; those of W^T (K, N) are inputs, x^T dy."""
+        x2 = self._as_matrix(bottoms[0], self.K)
+        dy2 = self._as_matrix(top_diffs[0], self.N)
+        if self.p.transpose:
+            return jax.lax.dynamic_slice_in_dim(x2, start, size, axis=1).T @ dy2
+        return jax.lax.dynamic_slice_in_dim(dy2, start, size, axis=1).T @ x2
 
 
 @register("Softmax")
