@@ -12,7 +12,7 @@ when its result is computed (``block_until_ready`` / torch's eager completion).
   contender, which starts once the previous contender's threads are idle
   (``quiesce``). Reported: median, min, max (ms).
 * Peak resident memory: each contender again in its own subprocess
-  (``--rss-of NAME``: setup + first call + 1 call), ``ru_maxrss`` of that process.
+  (``--rss-of NAME``: setup + first call + ``RSS_CALLS - 1`` calls), VmHWM of that process.
 """
 import argparse
 import json
@@ -24,6 +24,11 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+# Calls in a --rss-of process: the first (compilation) and five more. A training process
+# runs for many steps: a heap that grows from step to step (jcaffe's did, until its
+# step's residuals were recycled: CaffeNet 1360 MB after the first step, 1415 after the
+# fifth) must show in the peak, which one more call did not show.
+RSS_CALLS = 6
 
 
 def _set_threads(contenders):
@@ -153,7 +158,7 @@ def main(description, make_contenders, default_repeats, default_warmup=2, extra_
         import nets
         nets.STANDALONE_PROTO = not opts.rss_of.startswith("jcaffe")
         run = contenders[opts.rss_of]()
-        for _ in range(2):      # the first call (compilation) and one steady-state call
+        for _ in range(RSS_CALLS):      # the first call (compilation), then steady state
             run()
         print("RSS %.1f" % peak_rss_mb())
         return

@@ -217,7 +217,7 @@ def render(state, opts):
            "Ratios are *jcaffe's median / the contender's median* measured side by side in one "
            "process (so < 1 means jcaffe is faster). BVLC Caffe and the issue's figures are "
            "quoted from issue 9 (2-core machine, unloaded), not measured here. Peak RSS: one "
-           "fresh process per contender (setup, first call, one more call; VmHWM).", ""]
+           "fresh process per contender (setup, first call, five more calls; VmHWM).", ""]
     sections = [
         ("Training step, LeNet (batch 64, 1x28x28)", "train_lenet",
          forward_gflop("lenet", False) * 3, REFERENCE["lenet"]),
