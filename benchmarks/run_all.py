@@ -170,7 +170,9 @@ def main():
         plan += [
             ("train_caffenet", "bench_train.py",
              ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
-            # (peak memory is measured for the training steps and LeNet's forward only:
+            ("train_googlenet", "bench_train.py",
+             ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+            # (peak memory is measured for the LeNet and CaffeNet steps and LeNet's forward:
             # one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
@@ -223,6 +225,8 @@ def render(state, opts):
          forward_gflop("lenet", False) * 3, REFERENCE["lenet"]),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
+        ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
+         "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
