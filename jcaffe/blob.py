@@ -17,6 +17,7 @@ shared params and test nets that share the train net's weights work.
 """
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -71,8 +72,13 @@ class SyncedArray:
         if self.pending is not None:
             self._resolve()
         if self.head == HOST:
-            self._dev = (jnp.zeros(self.shape, self.dtype) if self._host is None  # taken
-                         else jnp.array(self._host, dtype=self.dtype))  # always a copy
+            # A private host copy, handed to device_put: on CPU it may become the device
+            # buffer itself (device_put keeps big aligned arrays zero-copy), so never the
+            # user's host array. jnp.array compiled a conversion per shape instead
+            # (GoogLeNet's solver setup: 70 compiles, 0.5 s).
+            host = (np.zeros(self.shape, self.dtype) if self._host is None
+                    else np.array(self._host, dtype=self.dtype))
+            self._dev = jax.device_put(host)
             self.head = SYNCED
         return self._dev
 
