@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import common, engine, hdf5, progress, protoio
+from .blob import device_zeros
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
@@ -79,14 +80,6 @@ def _rate_after(pair, probes):
     if not probes:
         return pair[0]
     return pair[(sum(p.astype(pair.dtype) for p in probes) > 0).astype(jnp.int32)]
-
-
-def _zeros(specs):
-    """Zero arrays of ``specs`` ((shape, dtype) pairs) on the default device: the buffers
-    a first fused step donates. Copied from host zeros, so nothing is compiled: one
-    ``jnp.zeros`` each compiled a program per shape, and GoogLeNet's first step spent
-    4.6 s making them (one program for all of them: 2.2 s)."""
-    return [jax.device_put(np.zeros(shape, dtype)) for shape, dtype in specs]
 
 
 class Solver:
@@ -521,17 +514,15 @@ class Solver:
         step, a pending blob, an array that is also one of the step's ``inputs``)."""
         keep = {id(a) for a in jax.tree_util.tree_leaves(inputs)}
         blobs = self.net.blobs
-        out, missing = [], []
+        out = []
         for spec, take in zip(self._recycle_spec(seg), ("take_device_data", "take_device_diff")):
             given = {}
             for name, (shape, dtype) in spec.items():
                 value = getattr(blobs[name], take)(keep)
                 if value is None or value.shape != shape or value.dtype != dtype:
-                    missing.append((given, name, shape, dtype))
+                    value = device_zeros(shape, dtype)
                 given[name] = value
             out.append(given)
-        for (given, name, _, _), value in zip(missing, _zeros([m[2:] for m in missing])):
-            given[name] = value
         return tuple(out)
 
     def _compile_fused(self, params, rest):
@@ -570,14 +561,9 @@ class Solver:
         for like, value in zip(leaves, given):
             if (not isinstance(value, jax.Array) or id(value) in taken or value.is_deleted()
                     or value.shape != like.shape or value.dtype != like.dtype):
-                value = None
-            else:
-                taken.add(id(value))
+                value = device_zeros(like.shape, like.dtype)
+            taken.add(id(value))
             out.append(value)
-        missing = [k for k, value in enumerate(out) if value is None]
-        for k, value in zip(missing, _zeros([(leaves[k].shape, leaves[k].dtype)
-                                             for k in missing])):
-            out[k] = value
         for index in indices:   # donated: this step's residuals replace them
             saved.pop(index, None)
         return out

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .blob import device_zeros
 from .errors import SolverError
 
 
@@ -195,9 +196,7 @@ def make_update(param, rule, lr_mults, decay_mults):
     lr_mults = [_f32(m) for m in lr_mults]
 
     def init(params):
-        # from host zeros: jnp.zeros_like compiled a program per param shape (GoogLeNet:
-        # 68 compiles, 1.8 s of its solver's setup)
-        return tuple(tuple(jax.device_put(np.zeros(p.shape, p.dtype)) for p in params)
+        return tuple(tuple(device_zeros(p.shape, p.dtype) for p in params)
                      for _ in range(rule.num_history))
 
     def update(grads, history, params, rate, t):
