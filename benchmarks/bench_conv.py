@@ -48,6 +48,7 @@ def main():
     import numpy as np
     from google.protobuf import text_format
     from jcaffe.layer import create_layer
+    from jcaffe.layers import conv_gemm
     from jcaffe.layers.vision import Convolution
     from jcaffe.proto import caffe_pb2
 
@@ -68,7 +69,10 @@ def main():
         cg = layer.channels // layer.group
         macs = shape[0] * int(np.prod(layer.out_spatial)) * layer.num_output * cg \
             * int(np.prod(layer.kernel))
-        picks = ["GEMM" if original[1](layer, which, cg, macs) else "XLA"
+        rows = conv_gemm.by_rows((shape[0], layer.num_output) + tuple(layer.out_spatial),
+                                 params[0].shape, layer.group, layer.geometry(), 4)
+        picks = ["XLA" if not original[1](layer, which, cg, macs, by_rows=rows) else
+                 "GEMM by rows" if which == "data" and rows else "GEMM"
                  for which in ("forward", "data", "weight")]
         choices = [("jcaffe's choice (%s)" % "/".join(picks), True, None),
                    ("XLA convolution" + (" per group" if layer.group > 1 else ""), True, False)]
@@ -77,7 +81,7 @@ def main():
         for label, split, gemm in choices:
             Convolution._split_groups = (lambda s, split=split: split and s.group > 1)
             Convolution._gemm = (original[1] if gemm is None else
-                                 (lambda s, which, cg, macs, gemm=gemm: gemm))
+                                 (lambda s, which, cg, macs, gemm=gemm, **_: gemm))
             fwd = jax.jit(lambda p, x: layer.forward(p, [x], None)[0][0])
             y = fwd(params, x)
             dy = jnp.ones_like(y)

@@ -34,6 +34,10 @@ CASES = [
     ("num_output: 2 kernel_size: 2 stride: 3 pad: 1", (1, 3, 10, 9)),
     ("num_output: 4 kernel_size: 2 kernel_size: 1 kernel_size: 3 pad: 1 stride: 2 group: 2",
      (1, 4, 4, 5, 6)),                                                            # 3-d
+    # dilated at stride 1 (conv_gemm's kernel-rows data gradient shifts by offset x
+    # dilation): square grouped, and a rectangular kernel
+    ("num_output: 4 kernel_size: 3 pad: 2 dilation: 2 group: 2", (2, 4, 7, 6)),
+    ("num_output: 3 kernel_h: 2 kernel_w: 3 pad_w: 1 dilation: 2", (2, 2, 6, 7)),
     # 1x1 kernels without padding (conv_gemm's pointwise path): plain, strided past the
     # last row, grouped 1-d, dilated (no effect), 3-d
     ("num_output: 3 kernel_size: 1", (2, 4, 5, 6)),
@@ -68,7 +72,7 @@ def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch
     layer = _layer(param, shape)
     split, gemm = FORMULATIONS[formulation]
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: split and self.group > 1)
-    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs: gemm)
+    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: gemm)
     x = jnp.asarray(rng.standard_normal(shape))
     w, b = params_of(layer)
     # jitted: the GEMM path is dozens of small ops, slow to dispatch one by one
@@ -117,11 +121,49 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("param,shape", CASES)
+def test_data_gradient_by_rows_and_by_columns_match_lax(x64, rng, param, shape):
+    """Both GEMM forms of the data gradient (conv_gemm: per kernel row, accumulated in
+    place, at stride 1; or the column array and col2im, in batch chunks) are the
+    adjoint of the convolution, whichever one data_diff picks for a shape."""
+    from jcaffe.layers import conv_gemm
+    layer = _layer(param, shape)
+    geo = layer.geometry()
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    y, vjp = jax.vjp(lambda x: _plain(layer, x, w, b), x)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    (want,) = vjp(dy)
+    forms = [conv_gemm._data_diff_by_columns]
+    if all(s == 1 for s in geo.stride):
+        forms.append(conv_gemm._data_diff_by_rows)
+    for form in forms:
+        got = jax.jit(lambda dy, w: form(dy, w, layer.group, geo))(dy, w)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
+                                   err_msg=form.__name__)
+
+
+def test_data_gradient_form_by_shape():
+    """By rows when one kernel row's products for the whole batch fit in ROW_BYTES
+    (LeNet's conv2, batch 64: 1.6 MB), else by columns (CaffeNet's conv2, batch 32:
+    43 MB a row); strided maps and 1x1 kernels without padding take neither."""
+    from jcaffe.layers import conv_gemm
+    lenet2 = conv_gemm.Geometry((5, 5), (1, 1), (0, 0), (1, 1), (12, 12), (8, 8))
+    caffenet2 = conv_gemm.Geometry((5, 5), (1, 1), (2, 2), (1, 1), (27, 27), (27, 27))
+    one = conv_gemm.Geometry((1, 1), (1, 1), (0, 0), (1, 1), (7, 7), (7, 7))
+    assert conv_gemm.by_rows((64, 50, 8, 8), (50, 20, 5, 5), 1, lenet2, 4)
+    assert not conv_gemm.by_rows((32, 256, 27, 27), (256, 48, 5, 5), 2, caffenet2, 4)
+    assert not conv_gemm.by_rows((2, 4, 7, 7), (4, 3, 1, 1), 1, one, 4)
+    strided = lenet2._replace(stride=(2, 2), out_spatial=(4, 4))
+    assert not conv_gemm.by_rows((64, 50, 4, 4), (50, 20, 5, 5), 1, strided, 4)
+
+
 def test_cpu_gemm_choice_per_map_and_shape(x64):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
     forward for short columns (C/group * prod(kernel) <= 512); every map of a 1x1 kernel
-    without padding; every strided data gradient; from GEMM_MIN_MACS_DATA on, the data
-    gradient at stride 1. Smaller maps keep XLA's convolution."""
+    without padding; every strided data gradient; the data gradient at stride 1 from
+    GEMM_MIN_MACS_DATA on, or where it takes conv_gemm's kernel-rows form. Smaller maps
+    keep XLA's convolution."""
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
@@ -139,6 +181,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
         assert layer._gemm("data", cg, big) == (cpu and strided_data)
         assert layer._gemm("data", cg, big_data - 1) == (cpu and strided_data)
         assert layer._gemm("data", cg, big_data) == cpu
+        assert layer._gemm("data", cg, big, by_rows=True) == cpu
+        assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
 
 
@@ -155,7 +199,7 @@ def test_deconvolution_gemm_matches_xla(x64, rng, monkeypatch, param, shape):
     w, b = params_of(layer)
     results = []
     for gemm in (False, True):
-        monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, g=gemm: g)
+        monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, g=gemm, **_: g)
         (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
         dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
         (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(

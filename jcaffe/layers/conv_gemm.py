@@ -16,7 +16,8 @@ not a copy. Work is split over the batch so each chunk's columns stay near
 ``CHUNK_BYTES`` (measured: 4-16 MB chunks ran 1.3-2x faster than one
 whole-batch column array, which leaves the caches). The chunk split depends
 only on the shapes, so results are deterministic; the weight gradient sums the
-chunks in batch order.
+chunks in batch order. A data gradient small enough skips the columns: it is
+computed a kernel row at a time and accumulated in place (``by_rows``, below).
 
 ``geo`` is a ``Geometry`` (Convolution.geometry(): Deconvolution's "virtual
 convolution" fits the same description). The three maps are jitted with it as a
@@ -137,6 +138,28 @@ def interleave_phases(phases, stride):
         phases[0].shape[:2] + tuple(t * s for t, s in zip(phases[0].shape[2:], stride)))
 
 
+def _phase_spans(geo):
+    """Each phase's extent per spatial axis: output positions plus the kernel's reach."""
+    return [o + ((k - 1) * d) // s for o, k, d, s in
+            zip(geo.out_spatial, geo.kernel, geo.dilation, geo.stride)]
+
+
+def _crop_to_input(full, geo, first):
+    """The padded positions (spatial axes at ``first``) cut back to the input: zeros
+    for positions no window reaches, the padding dropped."""
+    n = len(geo.kernel)
+    short = [max(0, p + size - f) for p, size, f in
+             zip(geo.pad, geo.in_spatial, full.shape[first:first + n])]
+    if any(short):
+        full = jnp.pad(full, [(0, 0)] * first + [(0, h) for h in short]
+                       + [(0, 0)] * (full.ndim - first - n))
+    start = [0] * full.ndim
+    limit = list(full.shape)
+    for a, (p, size) in enumerate(zip(geo.pad, geo.in_spatial)):
+        start[first + a], limit[first + a] = p, p + size
+    return lax.slice(full, start, limit)
+
+
 def col2im(dcols, geo):
     """The adjoint of ``columns``: (A, K, B, out...) -> (A, B, in...), each entry added
     back where it was read (A, B: any two leading axes, e.g. channels and batch).
@@ -148,8 +171,7 @@ def col2im(dcols, geo):
     transpose interleaves the phases. (MAX pooling's backward is this map too.)
     """
     lead = dcols.shape[:1] + dcols.shape[2:3]
-    spans = [o + ((k - 1) * d) // s for o, k, d, s in
-             zip(geo.out_spatial, geo.kernel, geo.dilation, geo.stride)]   # per phase
+    spans = _phase_spans(geo)
     zero = jnp.zeros((), dcols.dtype)
     phases = {}
     for i, off in enumerate(_offsets(geo)):
@@ -164,13 +186,7 @@ def col2im(dcols, geo):
     full = interleave_phases(
         [phases.get(r, jnp.zeros(lead + tuple(spans), dcols.dtype))
          for r in itertools.product(*[range(s) for s in geo.stride])], geo.stride)
-    short = [max(0, p + size - f) for p, size, f in
-             zip(geo.pad, geo.in_spatial, full.shape[2:])]     # positions no window reaches
-    if any(short):
-        full = jnp.pad(full, [(0, 0), (0, 0)] + [(0, h) for h in short])
-    start = (0, 0) + tuple(geo.pad)
-    return lax.slice(full, start, lead + tuple(p + size for p, size in
-                                                 zip(geo.pad, geo.in_spatial)))
+    return _crop_to_input(full, geo, 2)
 
 
 def _channels_first(a):
@@ -243,11 +259,82 @@ def forward(x, w, group, geo):
     return _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
 
 
+# -- the data gradient by kernel rows --------------------------------------------------
+# At stride 1, when one kernel row's products for the whole batch fit in ROW_BYTES, the
+# data gradient skips the column array: one GEMM per offset along the first kernel
+# axis gives that row's products (g, K_rest * C/g, out..., B); the row's pieces are
+# summed at their shifts (one fusion), and the sum is added in place
+# (dynamic_update_slice) at the row's shift. The layout is spatial-major,
+# (C, in..., B): the shifts move runs of out_width * B floats, where the channel-major
+# col2im above moves runs of out_width. And the in-place adds materialize the sum: by
+# columns, XLA fused col2im's 25-piece sum into each of its consumers (LeNet's pool1
+# backward read it four times: a 62 ms step instead of 19).
+# Measured alone (batch 32/64, 2026-12-01, ms: rows / columns / XLA's convolution):
+# LeNet's conv2 4.3 / 6.1 / 7.6; GoogLeNet's 5x5 convolutions at 14x14 and 7x7 and 3x3
+# at 7x7 (rows of 1-3.8 MB) 2.8-15.0 / 3.6-17.2 / 3.8-23.9; but with a 7.7 MB row
+# (GoogLeNet's inception_3a 5x5) 24.8 / 13.0 / 11.3, hence the limit. Strided, rows
+# lost to columns (3x3 stride 2, 2.3 MB rows: 6.5 vs 5.9; Deconvolution 4x4 stride 2:
+# 10.5 vs 7.7), so strided maps keep the columns.
+ROW_BYTES = 4 << 20
+
+
+def _row_bytes(dy_shape, w_shape, group, geo, itemsize):
+    """Bytes of one kernel row's products for the whole batch."""
+    rest = int(np.prod(geo.kernel[1:]))
+    return rest * w_shape[1] * group * int(np.prod(geo.out_spatial)) * dy_shape[0] * itemsize
+
+
+def by_rows(dy_shape, w_shape, group, geo, itemsize):
+    """Whether ``data_diff`` takes the kernel-rows form for these shapes."""
+    return (all(s == 1 for s in geo.stride) and not pointwise(geo)
+            and _row_bytes(dy_shape, w_shape, group, geo, itemsize) <= ROW_BYTES)
+
+
+def _data_diff_by_rows(dy, w, group, geo):
+    """data_diff at stride 1 in one piece, a GEMM per offset along the first kernel
+    axis (above)."""
+    assert all(s == 1 for s in geo.stride), geo
+    n = len(geo.kernel)
+    b, (o, cg) = dy.shape[0], w.shape[:2]
+    k0, rest = geo.kernel[0], list(itertools.product(*[range(k) for k in geo.kernel[1:]]))
+    # w (O, C/g, k0, rest...) -> per first-axis offset: (g, O/g, rest * C/g)
+    wt = jnp.transpose(w.reshape(group, o // group, cg, k0, len(rest)), (3, 0, 1, 4, 2))
+    wt = wt.reshape(k0, group, o // group, len(rest) * cg)
+    d = jnp.transpose(dy, (1,) + tuple(range(2, 2 + n)) + (0,))      # (O, out..., B)
+    d = d.reshape(group, o // group, -1)
+    spans = _phase_spans(geo)                                        # padded input
+    zero = jnp.zeros((), dy.dtype)
+    acc = jnp.zeros((group, cg) + tuple(spans) + (b,), dy.dtype)
+    for i0 in range(k0):
+        row = lax.dot_general(wt[i0], d, (((1,), (1,)), ((0,), (0,))))   # (g, rest*C/g, N)
+        row = row.reshape((group, len(rest), cg) + tuple(geo.out_spatial) + (b,))
+        total = None
+        for j, off in enumerate(rest):
+            config = [(0, 0, 0)] * 3 + [
+                (k * dil, t - out - k * dil, 0) for k, dil, out, t in
+                zip(off, geo.dilation[1:], geo.out_spatial[1:], spans[1:])] + [(0, 0, 0)]
+            piece = lax.pad(row[:, j], zero, config)
+            total = piece if total is None else total + piece
+        start = (0, 0, i0 * geo.dilation[0]) + (0,) * n
+        acc = lax.dynamic_update_slice(
+            acc, lax.dynamic_slice(acc, start, total.shape) + total, start)
+    full = _crop_to_input(acc.reshape((group * cg,) + tuple(spans) + (b,)), geo, 1)
+    return jnp.transpose(full, (n + 1,) + tuple(range(n + 1)))         # (B, C, in...)
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def data_diff(dy, w, group, geo):
-    """dE/dx = col2im(W^T dE/dy) for dy (B, O, out...), w (O, C/g, k...) -> (B, C, in...)."""
+    """dE/dx = col2im(W^T dE/dy) for dy (B, O, out...), w (O, C/g, k...) -> (B, C, in...):
+    by kernel rows where they fit in ROW_BYTES, else by columns in batch chunks."""
     if pointwise(geo):
         return _pointwise_data_diff(dy, w, group, geo)
+    if by_rows(dy.shape, w.shape, group, geo, dy.dtype.itemsize):
+        return _data_diff_by_rows(dy, w, group, geo)
+    return _data_diff_by_columns(dy, w, group, geo)
+
+
+def _data_diff_by_columns(dy, w, group, geo):
+    """data_diff in batch chunks: the columns' gradient in one GEMM, then col2im."""
     o, cg = w.shape[:2]
     k = int(np.prod(geo.kernel))
     wg = w.reshape(group, o // group, cg * k)

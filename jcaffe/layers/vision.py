@@ -203,11 +203,13 @@ class Convolution(JaxLayer):
     #   convolution, which won or tied there.
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
-    # build thousands of small convolutions). Data gradients need GEMM_MIN_MACS_DATA:
-    # LeNet's step (batch 64; interleaved A/B in one process, 2026-11-30) took
-    # 31.5 ms with XLA's convolutions, 28.1 ms with all maps on GEMM and 24.7 ms
-    # with the forwards and weight gradients on GEMM but the data gradient of conv2
-    # (102M multiply-adds) on XLA's convolution.
+    # build thousands of small convolutions). Data gradients at stride 1 need
+    # GEMM_MIN_MACS_DATA, or conv_gemm's kernel-rows form (one kernel row's products
+    # for the whole batch fit in conv_gemm.ROW_BYTES). By columns, LeNet's conv2 (102M multiply-adds) lost
+    # inside the step: XLA fused col2im's sum into each of its consumers (pool1's
+    # backward read it four times), 62 vs 19 ms a step; by rows the sum is accumulated
+    # in place, and the step (batch 64, interleaved A/B, 2026-12-01) takes 0.79x the
+    # time it took with XLA's convolution there.
     GEMM_MAX_COLUMN = 512
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
@@ -217,15 +219,17 @@ class Convolution(JaxLayer):
             self.kernel, self.stride, self.pad, self.dilation, self.in_spatial,
             self.out_spatial)))
 
-    def _gemm(self, which, channels_per_group, macs):
+    def _gemm(self, which, channels_per_group, macs, by_rows=False):
         """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
-        ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel))."""
+        ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel));
+        ``by_rows``: the data gradient would take conv_gemm's kernel-rows form."""
         if jax.default_backend() != "cpu" or macs < self.GEMM_MIN_MACS:
             return False
         if which == "weight" or conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
         if which == "data":
-            return macs >= self.GEMM_MIN_MACS_DATA or any(s > 1 for s in self.stride)
+            return (by_rows or macs >= self.GEMM_MIN_MACS_DATA
+                    or any(s > 1 for s in self.stride))
         k = int(np.prod(self.kernel))
         return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
 
@@ -242,8 +246,12 @@ class Convolution(JaxLayer):
 
     def _data_diff(self, dy, w):
         """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
-        strided: per stride phase (_phase_data_diff), or im2col's GEMM + col2im."""
-        if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial)):
+        strided: per stride phase (_phase_data_diff); or as GEMMs (conv_gemm.data_diff:
+        by kernel rows, or the column array and col2im)."""
+        rows = conv_gemm.by_rows(dy.shape, w.shape, self.group, self.geometry(),
+                                 dy.dtype.itemsize)
+        if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial),
+                      by_rows=rows):
             return conv_gemm.data_diff(dy, w, self.group, self.geometry())
         n = self.num_spatial
         padding = []
