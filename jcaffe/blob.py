@@ -26,13 +26,13 @@ HOST, DEVICE, SYNCED = "host", "device", "synced"
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
 
-
 def device_zeros(shape, dtype):
     """A zero array on the default device, copied from host zeros: nothing is compiled
     (``jnp.zeros`` compiles a program per shape: GoogLeNet's solver setup and first
     step spent 1.8 s and 4.6 s on them). Host zeros are calloc'd pages, read through
     the zero page; on CPU the array may keep them zero-copy, and nobody else holds them."""
     return jax.device_put(np.zeros(shape, dtype))
+
 
 class SyncedArray:
     """One array living on the host, the device, or both (head says which is current)."""

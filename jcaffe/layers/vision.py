@@ -205,11 +205,11 @@ class Convolution(JaxLayer):
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
     # build thousands of small convolutions). Data gradients at stride 1 need
     # GEMM_MIN_MACS_DATA, or conv_gemm's kernel-rows form (one kernel row's products
-    # for the whole batch fit in conv_gemm.ROW_BYTES). By columns, LeNet's conv2 (102M multiply-adds) lost
-    # inside the step: XLA fused col2im's sum into each of its consumers (pool1's
-    # backward read it four times), 62 vs 19 ms a step; by rows the sum is accumulated
-    # in place, and the step (batch 64, interleaved A/B, 2026-12-01) takes 0.79x the
-    # time it took with XLA's convolution there.
+    # for the whole batch fit in conv_gemm.ROW_BYTES). By columns, LeNet's conv2
+    # (102M multiply-adds) lost inside the step: XLA fused col2im's sum into each of
+    # its consumers (pool1's backward read it four times), 62 vs 19 ms a step; by rows
+    # the sum is accumulated in place, and the step (batch 64, interleaved A/B,
+    # 2026-12-01) takes 0.79x the time it took with XLA's convolution there.
     GEMM_MAX_COLUMN = 512
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
