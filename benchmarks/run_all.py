@@ -165,6 +165,8 @@ def main():
         ("train_lenet", "bench_train.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("pyloop_lenet", "bench_pyloop.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("forward_lenet", "bench_forward.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
+        ("compile_cache", "bench_compile_cache.py",
+         ["--nets", "lenet" if opts.quick else "lenet,caffenet,googlenet"]),
     ]
     if not opts.quick:
         plan += [
@@ -262,6 +264,18 @@ def render(state, opts):
         out.append("")
         out.append("`%s`" % results[key + "_cmd"])
         out.append("")
+    if results.get("compile_cache"):
+        import bench_compile_cache
+        out += ["## First call with the persistent compilation cache", "",
+                "One fresh process per run: setup (`nets.jcaffe_solver`), the first "
+                "`Solver.step(1)` (trace, lower, XLA compile or load from the cache, run) and "
+                "the second. No cache; a cold cache (an empty directory: compile, then write); "
+                "a warm cache (the same directory in the next process: load). The `jcaffe` "
+                "command line keeps this cache by default (`jcaffe/compile_cache.py`). 'XLA "
+                "compile' sums JAX's backend compile events of the first step (with a warm "
+                "cache: the small programs under JAX's 1 s threshold, which are not cached).",
+                "", bench_compile_cache.table(results["compile_cache"]["rows"]), "",
+                "`%s`" % results["compile_cache_cmd"], ""]
     if results.get("layers"):
         import bench_layers
         out += ["## Layer catalog: each layer's backward vs `jax.vjp` of its own forward", "",

@@ -16,8 +16,11 @@ from .net_spec import NetSpec, layers, params, to_proto
 from .proto import caffe_pb2
 from .proto.caffe_pb2 import TEST, TRAIN
 from . import memory as _memory
+from .compile_cache import set_compilation_cache
+from . import compile_cache as _compile_cache
 
 _memory.install()
+_compile_cache.from_environment()   # $JCAFFE_COMPILATION_CACHE, when set
 
 __version__ = "0.1.0"
 
@@ -26,7 +29,7 @@ __all__ = [
     "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
     "caffe_pb2", "get_solver", "io",
     "has_nccl", "init_distributed", "init_log", "layer_type_list", "layers", "log", "params", "register",
-    "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
+    "set_compilation_cache", "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank", "to_proto",
     "__version__",
 ]

@@ -19,6 +19,11 @@ several processes (``-coordinator``, ``-num_processes``, ``-process_id``, or the
 ``JCAFFE_COORDINATOR`` / ``JCAFFE_NUM_PROCESSES`` / ``JCAFFE_PROCESS_ID``
 environment variables) trains data parallel (``jcaffe.parallel``); as with
 Caffe's ``-gpu``, batch_size is per device.
+
+``train``, ``test`` and ``time`` keep their compiled programs in a persistent
+compilation cache (``-compilation_cache DIR|off``, ``$JCAFFE_COMPILATION_CACHE``; by
+default ``$XDG_CACHE_HOME/jcaffe/xla``), so the next run of the same net skips XLA's
+compile: see ``jcaffe.compile_cache``.
 """
 import logging
 import signal
@@ -27,7 +32,7 @@ import time
 
 import jax
 
-from . import common, parallel, protoio
+from . import common, compile_cache, parallel, protoio
 from .errors import JcaffeError
 from .net import Net
 from .proto import caffe_pb2
@@ -59,6 +64,8 @@ FLAGS = {
     "process_id": ("", "Optional; this process's id in 0..num_processes-1 (or $JCAFFE_PROCESS_ID)."),
     "distributed_timeout": ("", "Optional; seconds to wait for the coordinator and the other "
                                 "processes (or $JCAFFE_DISTRIBUTED_TIMEOUT; default 60)."),
+    "compilation_cache": ("", "Optional; where compiled programs are kept for later runs, or 'off' "
+                              "(or $JCAFFE_COMPILATION_CACHE; default $XDG_CACHE_HOME/jcaffe/xla)."),
 }
 
 USAGE = """command line brew
@@ -357,13 +364,27 @@ def main(argv=None):
         if command is None:
             raise UsageError("Unknown action: %s (available: %s)"
                              % (positional[0], ", ".join(sorted(COMMANDS))))
-        return command(flags, given)
+        if command is not device_query:
+            _use_compilation_cache(flags)
+        try:
+            return command(flags, given)
+        finally:
+            compile_cache.log_summary()
     except UsageError as e:
         print("jcaffe: %s" % e, file=sys.stderr)
         return 2
     except (JcaffeError, OSError) as e:
         log.error("%s: %s", type(e).__name__, e)
         return 1
+
+
+def _use_compilation_cache(flags):
+    """On by default here (jcaffe.compile_cache): a second run of the same net loads its
+    compiled step instead of compiling it again."""
+    path = compile_cache.from_environment(default_on=True, flag=flags["compilation_cache"])
+    if path:
+        log.info("Compilation cache: %s (runs of the same net reuse its compiled programs; "
+                 "-compilation_cache off turns it off)", path)
 
 
 def _tools():

@@ -1,9 +1,14 @@
 import os
 import sys
 
-import jax
-import numpy as np
-import pytest
+# The command line keeps a persistent compilation cache by default (jcaffe.compile_cache):
+# tests that run it in this process leave the user's cache alone; test_compile_cache.py
+# turns it on where it tests it.
+os.environ.setdefault("JCAFFE_COMPILATION_CACHE", "off")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 # Strict dtype promotion: a layer that silently upcasts float32 to float64
 # (or mixes dtypes) fails here instead of in a user's run.
