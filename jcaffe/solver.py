@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, engine, hdf5, progress, protoio
+from . import common, compile_cache, engine, hdf5, progress, protoio
 from .blob import device_zeros
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
@@ -532,6 +532,7 @@ class Solver:
         batch 32: about 300 MB) are made after it: made before, they sat under the
         compiler's own heap (about 350 MB), and that was the process's peak."""
         seg, fn, stacked, _ = self._fused
+        started, loaded = time.perf_counter(), compile_cache.stats()["hits"]
         blobs = tuple({name: jax.ShapeDtypeStruct(shape, dtype)
                        for name, (shape, dtype) in part.items()}
                       for part in self._recycle_spec(seg))
@@ -540,6 +541,11 @@ class Solver:
         leaves = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
         fn.trace(params, self._history, blobs + (leaves,), *rest).lower().compile()
         self._fused = (seg, fn, stacked, (tuple(saved), leaves, treedef))
+        # Caffe has no such pause: say what the first iteration's time went to.
+        cached = compile_cache.stats()["hits"] > loaded
+        log.info("%s the training step (forward, backward and update of %d layers, one XLA "
+                 "program)%s in %.1f s", "Loaded" if cached else "Compiled", len(seg.slots),
+                 " from the compilation cache" if cached else "", time.perf_counter() - started)
 
     def _recycled_saved(self, inputs, blob_buffers):
         """The arrays to donate as the buffers of this step's residuals (what each layer's

@@ -63,6 +63,7 @@ def test_command_line_reuses_its_compiled_step_across_runs(tmp_path):
     assert any("Compilation cache: %s" % where in l for l in first)
     loaded, written = summary(first)
     assert loaded == 0 and written >= 1
+    assert any("] Compiled the training step (" in l for l in first)
     entries = [f for f in os.listdir(where) if f.startswith("jit_step-") and f.endswith("-cache")]
     assert len(entries) == 1
     assert stat.S_IMODE(os.stat(where).st_mode) == 0o700
@@ -70,6 +71,8 @@ def test_command_line_reuses_its_compiled_step_across_runs(tmp_path):
     second = run_cli(["train", "-solver", solver], tmp_path, XDG_CACHE_HOME=str(xdg))
     loaded, written = summary(second)
     assert loaded >= 1 and written == 0
+    assert any("] Loaded the training step (" in l and "from the compilation cache" in l
+               for l in second)
     assert len(losses(first)) == 5 and losses(second) == losses(first)   # the same trajectory
 
     for args, env in ((["-compilation_cache", "off"], {}), ([], {compile_cache.ENV: "off"})):
