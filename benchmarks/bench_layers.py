@@ -88,6 +88,8 @@ CASES = {
                  'stride: 2 }', [X]),
                 ("AVE 2x2 stride 2", 'type: "Pooling" pooling_param { pool: AVE kernel_size: 2 '
                  'stride: 2 }', [X]),
+                ("MAX 3x3 stride 1 pad 1", 'type: "Pooling" pooling_param { pool: MAX '
+                 'kernel_size: 3 stride: 1 pad: 1 }', [X]),
                 ("MAX global, 1024x7x7", 'type: "Pooling" pooling_param { pool: MAX '
                  'global_pooling: true }', [(N, 1024, 7, 7)])],
     "Power": [("power 2", 'type: "Power" power_param { power: 2 scale: 0.5 shift: 1 }', [X])],
