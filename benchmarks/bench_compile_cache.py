@@ -54,8 +54,8 @@ def run_child(net, cache_dir):
         sys.stderr.write(res.stderr[-3000:])
         raise SystemExit("child run of %s failed" % net)
     out = json.loads(res.stdout.strip().splitlines()[-1])
-    out["cache_mb"] = (sum(os.path.getsize(os.path.join(cache_dir, f)) for f in os.listdir(cache_dir))
-                       / 2 ** 20 if cache_dir else 0.0)
+    files = [os.path.join(cache_dir, f) for f in os.listdir(cache_dir)] if cache_dir else []
+    out["cache_mb"] = sum(os.path.getsize(f) for f in files) / 2 ** 20
     return out
 
 

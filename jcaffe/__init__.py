@@ -29,7 +29,8 @@ __all__ = [
     "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
     "caffe_pb2", "get_solver", "io",
     "has_nccl", "init_distributed", "init_log", "layer_type_list", "layers", "log", "params", "register",
-    "set_compilation_cache", "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess", "set_random_seed",
+    "set_compilation_cache", "set_device", "set_mode_cpu", "set_mode_gpu", "set_multiprocess",
+    "set_random_seed",
     "set_solver_count", "set_solver_rank", "solver_count", "solver_rank", "to_proto",
     "__version__",
 ]

@@ -64,8 +64,9 @@ FLAGS = {
     "process_id": ("", "Optional; this process's id in 0..num_processes-1 (or $JCAFFE_PROCESS_ID)."),
     "distributed_timeout": ("", "Optional; seconds to wait for the coordinator and the other "
                                 "processes (or $JCAFFE_DISTRIBUTED_TIMEOUT; default 60)."),
-    "compilation_cache": ("", "Optional; where compiled programs are kept for later runs, or 'off' "
-                              "(or $JCAFFE_COMPILATION_CACHE; default $XDG_CACHE_HOME/jcaffe/xla)."),
+    "compilation_cache": ("", "Optional; where compiled programs are kept for later runs, or "
+                              "'off' (or $JCAFFE_COMPILATION_CACHE; default "
+                              "$XDG_CACHE_HOME/jcaffe/xla)."),
 }
 
 USAGE = """command line brew

@@ -421,7 +421,8 @@ def test_max_pooling_backward_at_stride_1_by_rows_and_by_shares(x64, monkeypatch
     expected, expected_mask = pool_reference(x, "MAX", kernel, (1, 1), pad)
     np.testing.assert_array_equal(np.asarray(mask), expected_mask)
     routed = np.where(expected_mask >= 0, expected_mask, 0).astype(int)
-    expected_dx = max_pool_backward_reference(shape, routed, np.where(expected_mask >= 0, dy, 0))
+    expected_dx = max_pool_backward_reference(shape, routed,
+                                              np.where(expected_mask >= 0, dy, 0))
     np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-12, atol=1e-12)
 
 
