@@ -618,17 +618,17 @@ class Pooling(JaxLayer):
         """
         k = int(np.prod(self.kernel))
         offset = offset.astype(_offset_dtype(dy.dtype, k))
-        tiles = self._tiles()
-        if tiles is not None:
-            return self._route_back_tiled(offset, dy, tiles)
-        if self.ROUTE_BY_ROWS and self.stride == (1, 1):
-            return self._route_back_by_rows(offset, dy)
-        shares = jnp.stack([jnp.where(offset == i, dy, _zero(dy)) for i in range(k)], axis=1)
         geo = conv_gemm.Geometry(tuple(self.kernel), tuple(self.stride), tuple(self.pad),
                                  (1, 1), tuple(self.in_hw), tuple(self.pooled))
+        tiles = self._tiles()
+        if tiles is not None:
+            return self._route_back_tiled(offset, dy, tiles, geo)
+        if self.ROUTE_BY_ROWS and self.stride == (1, 1):
+            return self._route_back_by_rows(offset, dy, geo)
+        shares = jnp.stack([jnp.where(offset == i, dy, _zero(dy)) for i in range(k)], axis=1)
         return conv_gemm.col2im(shares, geo)                     # (N, K, C, PH, PW) -> (N, C, H, W)
 
-    def _route_back_by_rows(self, offset, dy):
+    def _route_back_by_rows(self, offset, dy, geo):
         """_route_back at stride 1, a kernel row at a time: row i's kw shares of dE/dy,
         each shifted by its column along W and summed, are added in place
         (dynamic_update_slice) into the padded dE/dx at shift i along H.
@@ -644,15 +644,15 @@ class Pooling(JaxLayer):
         an exact square root, an op XLA counts as expensive and does not recompute for a
         consumer that reads its elements more than once. Offsets o >= -1 with (o + 1)^2
         exact in their dtype make sqrt((o + 1)^2) - 1 == o; other dtypes skip it."""
-        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        (kh, kw), PW = self.kernel, self.pooled[1]
         k = kh * kw
         if offset.dtype.kind == "f" and k * k < 2 ** (jnp.finfo(offset.dtype).nmant + 1):
             one = jnp.ones((), offset.dtype)
             offset = jnp.sqrt((offset + one) * (offset + one)) - one
-        n, c = dy.shape[:2]
-        wp = PW + kw - 1
+        spans = conv_gemm._phase_spans(geo)       # at stride 1: the padded input, P + k - 1
+        wp = spans[1]
         zero = _zero(dy)
-        dx = jnp.zeros((n, c, PH + kh - 1, wp), dy.dtype)
+        dx = jnp.zeros(dy.shape[:2] + tuple(spans), dy.dtype)
         for i in range(kh):
             row = None
             for j in range(kw):
@@ -661,10 +661,7 @@ class Pooling(JaxLayer):
                 row = share if row is None else row + share
             at = (0, 0, i, 0)
             dx = lax.dynamic_update_slice(dx, lax.dynamic_slice(dx, at, row.shape) + row, at)
-        # dx is in padded coordinates [0, P + k - 1); the image is [pad, pad + size).
-        dx = jnp.pad(dx, [(0, 0), (0, 0), (0, max(0, ph + H - dx.shape[2])),
-                          (0, max(0, pw + W - dx.shape[3]))])
-        return dx[:, :, ph:ph + H, pw:pw + W]
+        return conv_gemm._crop_to_input(dx, geo, 2)
 
     def _tiles(self):
         """Per axis, the rows each window owns when no two windows share an element
@@ -678,23 +675,20 @@ class Pooling(JaxLayer):
             tiles.append(tile)
         return tiles
 
-    def _route_back_tiled(self, offset, dy, tiles):
+    def _route_back_tiled(self, offset, dy, tiles, geo):
         """_route_back for windows that do not overlap: each window's tile of the padded
         input is one block of a (N, C, PH, tile_h, PW, tile_w) array, so dE/dx is a single
         select of dE/dy by offset, reshaped (no per-offset shares, no phases: global MAX
         pooling of a 7x7 map has 49 of them). Tile positions past the kernel (stride >
         kernel) get -2, which no offset equals."""
-        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        (kh, kw), (PH, PW) = self.kernel, self.pooled
         th, tw = tiles
         grid = np.full((th, tw), -2, offset.dtype)
         grid[:kh, :kw] = np.arange(kh * kw).reshape(kh, kw)
         n, c = dy.shape[:2]
         hit = offset[:, :, :, None, :, None] == grid.reshape(1, 1, 1, th, 1, tw)
         dx = jnp.where(hit, dy[:, :, :, None, :, None], _zero(dy)).reshape(n, c, PH * th, PW * tw)
-        # dx is in padded coordinates [0, P * tile); the image is [pad, pad + size).
-        dx = jnp.pad(dx, [(0, 0), (0, 0), (0, max(0, ph + H - PH * th)),
-                          (0, max(0, pw + W - PW * tw))])
-        return dx[:, :, ph:ph + H, pw:pw + W]
+        return conv_gemm._crop_to_input(dx, geo, 2)   # padded coordinates [0, P * tile)
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):
