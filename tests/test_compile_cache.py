@@ -110,3 +110,19 @@ def test_command_line_keeps_a_cache_jax_was_given(tmp_path, monkeypatch, jax_cac
     jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_own"))
     assert compile_cache.from_environment(default_on=True) == str(tmp_path / "jax_own")
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "jax_own")
+
+
+def test_a_cache_directory_that_cannot_be_made_is_an_error_naming_it(tmp_path, monkeypatch,
+                                                                     jax_cache_settings):
+    from jcaffe import cli
+    from netutil import LogLines
+    (tmp_path / "net.prototxt").write_text(DROPOUT_NET)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "a_file").write_text("not a directory")
+    monkeypatch.chdir(tmp_path)
+    solver = write_solver(tmp_path / "solver.prototxt", max_iter=1)
+    bad = str(tmp_path / "a_file" / "xla")
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", solver, "-compilation_cache", bad]) == 1
+    assert any("a_file" in l and "Error" in l for l in lines.lines), lines.lines
+    assert compile_cache.compilation_cache_dir() is None    # nothing half set up
