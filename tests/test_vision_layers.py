@@ -386,29 +386,33 @@ def test_max_pooling_matches_caffes_loops_on_random_geometries(x64):
                                    err_msg=param)
 
 
-STRIDE_1_POOLS = [   # (kernel, pad, bottom H x W): overlapping windows at stride 1
-    ((3, 3), (1, 1), (7, 6)), ((2, 2), (0, 0), (5, 5)), ((3, 2), (2, 1), (4, 6)),
-    ((1, 3), (0, 1), (5, 4)), ((4, 4), (3, 0), (3, 7)),
+OVERLAPPING_POOLS = [   # (kernel, stride, pad, bottom H x W): windows that share elements
+    ((3, 3), (1, 1), (1, 1), (7, 6)), ((2, 2), (1, 1), (0, 0), (5, 5)),
+    ((3, 2), (1, 1), (2, 1), (4, 6)), ((1, 3), (1, 1), (0, 1), (5, 4)),
+    ((4, 4), (1, 1), (3, 0), (3, 7)), ((3, 3), (2, 2), (0, 0), (9, 8)),
+    ((3, 3), (2, 2), (1, 1), (7, 7)), ((5, 4), (3, 2), (2, 1), (11, 9)),
+    ((3, 2), (2, 1), (1, 0), (6, 5)), ((2, 4), (1, 3), (0, 2), (5, 10)),
 ]
 
 
 @pytest.mark.parametrize("by_rows", [True, False])
-@pytest.mark.parametrize("kernel,pad,hw", STRIDE_1_POOLS)
-def test_max_pooling_backward_at_stride_1_by_rows_and_by_shares(x64, monkeypatch, by_rows,
-                                                                 kernel, pad, hw):
-    """Both routes of MAX pooling's backward at stride 1 (kernel rows added in place, and
-    col2im's shares), in one program with the forward as in a training step, against
-    Caffe's loops, on data with ties, NaN and -inf."""
+@pytest.mark.parametrize("kernel,stride,pad,hw", OVERLAPPING_POOLS)
+def test_max_pooling_backward_of_overlapping_windows_by_rows_and_by_shares(
+        x64, monkeypatch, by_rows, kernel, stride, pad, hw):
+    """Both routes of MAX pooling's backward where windows overlap (kernel rows added in
+    place into the (T, stride) view of the padded diff, and col2im's shares), in one
+    program with the forward as in a training step, against Caffe's loops, on data with
+    ties, NaN and -inf."""
     from jcaffe.layers.vision import Pooling
     monkeypatch.setattr(Pooling, "ROUTE_BY_ROWS", by_rows)
-    rng = np.random.default_rng(sum(kernel) + sum(hw))
+    rng = np.random.default_rng(sum(kernel) + sum(stride) + sum(hw))
     shape = (2, 3) + hw
     x = rng.integers(-2, 3, size=shape).astype(np.float64)
     x[rng.random(shape) < 0.1] = np.nan
     x[rng.random(shape) < 0.1] = -np.inf
     layer = make_layer('type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX '
-                       'kernel_h: %d kernel_w: %d stride: 1 pad_h: %d pad_w: %d }'
-                       % (kernel + pad), [shape])
+                       'kernel_h: %d kernel_w: %d stride_h: %d stride_w: %d pad_h: %d '
+                       'pad_w: %d }' % (kernel + stride + pad), [shape])
     assert layer._tiles() is None
     dy = rng.standard_normal(layer.top_shapes[0])
 
@@ -418,7 +422,7 @@ def test_max_pooling_backward_at_stride_1_by_rows_and_by_shares(x64, monkeypatch
         (dx,), _ = layer.backward([], [x], [y, mask], saved, [dy, jnp.zeros_like(mask)], (True,))
         return mask, dx
     mask, dx = run(jnp.asarray(x), jnp.asarray(dy))
-    expected, expected_mask = pool_reference(x, "MAX", kernel, (1, 1), pad)
+    expected, expected_mask = pool_reference(x, "MAX", kernel, stride, pad)
     np.testing.assert_array_equal(np.asarray(mask), expected_mask)
     routed = np.where(expected_mask >= 0, expected_mask, 0).astype(int)
     expected_dx = max_pool_backward_reference(shape, routed,
@@ -426,20 +430,33 @@ def test_max_pooling_backward_at_stride_1_by_rows_and_by_shares(x64, monkeypatch
     np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-12, atol=1e-12)
 
 
-def test_max_pooling_rows_route_keeps_float32_offsets_exact(rng):
-    """The rows route passes float offsets through sqrt((o + 1)^2) - 1 (see
-    Pooling._route_back_by_rows): in float32 on a 7x7 window, where the argmax takes
-    nearly every one of the 49 offsets, it routes each diff as the shares route does."""
-    layer = make_layer('type: "Pooling" pooling_param { pool: MAX kernel_size: 7 stride: 1 '
-                       'pad: 3 }', [(1, 4, 13, 13)])
-    x = jnp.asarray(rng.permutation(4 * 169).reshape(1, 4, 13, 13).astype(np.float32))
-    (y,), saved = layer.forward([], [x], None)
+@pytest.mark.parametrize("pooling,by_rows", [
+    ("kernel_size: 7 stride: 1 pad: 3", True), ("kernel_size: 7 stride: 1 pad: 3", False),
+    ("kernel_size: 7 stride: 2 pad: 3", True), ("kernel_size: 7 stride: 2 pad: 3", False),
+    ("kernel_size: 13 stride: 13", True)])      # the last: one window, the tiles route
+def test_max_pooling_backward_keeps_float32_offsets_exact(rng, monkeypatch, by_rows, pooling):
+    """Every backward route passes float offsets through sqrt((o + 1)^2) - 1 (see
+    vision._computed_once): in float32 on 7x7 and 13x13 windows, where the argmax takes
+    nearly every offset, each diff still goes where Caffe's loops send it."""
+    from jcaffe.layers.vision import Pooling
+    monkeypatch.setattr(Pooling, "ROUTE_BY_ROWS", by_rows)
+    shape = (2, 32, 13, 13)
+    layer = make_layer('type: "Pooling" top: "y" top: "mask" pooling_param { pool: MAX %s }'
+                       % pooling, [shape])
+    x = rng.permutation(64 * 169).reshape(shape).astype(np.float32)
+    (y, mask), saved = layer.forward([], [jnp.asarray(x)], None)
     assert saved.dtype == jnp.float32 and len(np.unique(np.asarray(saved))) >= 40
-    dy = jnp.asarray(rng.standard_normal(y.shape).astype(np.float32))
-    (by_rows,), _ = layer.backward([], [x], [y], saved, [dy], (True,))
-    layer.ROUTE_BY_ROWS = False
-    (by_shares,), _ = layer.backward([], [x], [y], saved, [dy], (True,))
-    np.testing.assert_allclose(np.asarray(by_rows), np.asarray(by_shares), rtol=1e-5, atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    (dx,), _ = layer.backward([], [jnp.asarray(x)], [y, mask], saved,
+                              [jnp.asarray(dy), jnp.zeros_like(mask)], (True,))
+    _, expected_mask = pool_reference(x.astype(np.float64), "MAX", *_pool_geometry(layer))
+    np.testing.assert_array_equal(np.asarray(mask), expected_mask)
+    expected_dx = max_pool_backward_reference(shape, expected_mask.astype(int), dy)
+    np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-6, atol=1e-6)
+
+
+def _pool_geometry(layer):
+    return tuple(layer.kernel), tuple(layer.stride), tuple(layer.pad)
 
 
 def test_max_pooling_window_outside_the_image_gives_caffes_start_value(x64):

@@ -456,7 +456,8 @@ class Pooling(JaxLayer):
     # (STOCHASTIC: pool_stochastic.py) and Pooling(...) builds that subclass instead.
     methods = (_POOL.MAX, _POOL.AVE)
     method_classes = {}
-    # MAX (and STOCHASTIC) backward at stride 1 by kernel rows (_route_back_by_rows).
+    # MAX (and STOCHASTIC) backward of overlapping windows by kernel rows
+    # (_route_back_by_rows); False: by col2im's shares (kept to compare the two).
     ROUTE_BY_ROWS = True
 
     def __new__(cls, layer_param=None, *args, **kwargs):
@@ -613,55 +614,58 @@ class Pooling(JaxLayer):
         from each window's offset i * kw + j (MAX with tiles; STOCHASTIC's samples).
 
         Dense, no scatter, a fixed summation order: each kernel offset's share of dE/dy
-        (the windows whose argmax sits there) goes back where that offset reads, which
-        is conv_gemm.col2im (by stride phases, plain shifts, one interleave).
+        (the windows whose argmax sits there) goes back where that offset reads. Windows
+        that do not overlap: one select per tile. Overlapping ones: a kernel row at a
+        time, added in place (or, with ROUTE_BY_ROWS off, conv_gemm.col2im of all the
+        shares: stride phases, plain shifts, one interleave).
         """
         k = int(np.prod(self.kernel))
-        offset = offset.astype(_offset_dtype(dy.dtype, k))
+        offset = _computed_once(offset.astype(_offset_dtype(dy.dtype, k)), k)
         geo = conv_gemm.Geometry(tuple(self.kernel), tuple(self.stride), tuple(self.pad),
                                  (1, 1), tuple(self.in_hw), tuple(self.pooled))
         tiles = self._tiles()
         if tiles is not None:
             return self._route_back_tiled(offset, dy, tiles, geo)
-        if self.ROUTE_BY_ROWS and self.stride == (1, 1):
+        if self.ROUTE_BY_ROWS:
             return self._route_back_by_rows(offset, dy, geo)
         shares = jnp.stack([jnp.where(offset == i, dy, _zero(dy)) for i in range(k)], axis=1)
         return conv_gemm.col2im(shares, geo)                     # (N, K, C, PH, PW) -> (N, C, H, W)
 
     def _route_back_by_rows(self, offset, dy, geo):
-        """_route_back at stride 1, a kernel row at a time: row i's kw shares of dE/dy,
-        each shifted by its column along W and summed, are added in place
-        (dynamic_update_slice) into the padded dE/dx at shift i along H.
+        """_route_back a kernel row at a time: row i's kw shares of dE/dy, each shifted
+        to its column, are summed and added in place (dynamic_update_slice) into the
+        padded dE/dx. The padded dE/dx is held as (N, C, T_h, s_h, T_w, s_w), position
+        t * s + r at (t, r) (row-major, so it is the padded image itself, no interleave):
+        kernel offset (i, j) reads, for window (oh, ow), position (oh + i // s_h,
+        i % s_h, ow + j // s_w, j % s_w), so a row's shares are plain pads along
+        (T_w, s_w) and the row lands at (i // s_h, i % s_h) along H.
 
         Why not col2im's kh * kw padded shares summed: inside a training step, where the
         input's diff also feeds the other branches' sum and the Concat's slices, XLA CPU
         computes that sum once per consumer, so it materializes every padded share first
         (GoogLeNet's inception pools, 3x3 stride 1 on 256x28x28: nine 30x30 shares of the
-        whole batch). An in-place add is computed once. Its row updates read each offset
-        kw times, and XLA fuses the forward's window scan into them when it is cheap to
-        recompute (forward and backward in one program without the offsets among its
-        outputs: 1.2 s instead of 40 ms on that shape): so the offsets first pass through
-        an exact square root, an op XLA counts as expensive and does not recompute for a
-        consumer that reads its elements more than once. Offsets o >= -1 with (o + 1)^2
-        exact in their dtype make sqrt((o + 1)^2) - 1 == o; other dtypes skip it."""
-        (kh, kw), PW = self.kernel, self.pooled[1]
-        k = kh * kw
-        if offset.dtype.kind == "f" and k * k < 2 ** (jnp.finfo(offset.dtype).nmant + 1):
-            one = jnp.ones((), offset.dtype)
-            offset = jnp.sqrt((offset + one) * (offset + one)) - one
-        spans = conv_gemm._phase_spans(geo)       # at stride 1: the padded input, P + k - 1
-        wp = spans[1]
+        whole batch). Where the forward runs in the same program without its offsets
+        among the outputs, XLA also fuses the forward's whole window scan into col2im's
+        single output loop and redoes it for each share it reads (3x3 stride 2 on
+        64x28x28: 9 ms for a 1 ms forward). An in-place add is computed once, and its
+        row updates read offsets that went through ``_computed_once``."""
+        (kh, kw), (PH, PW), (sh, sw) = self.kernel, self.pooled, self.stride
+        th, tw = conv_gemm._phase_spans(geo)     # per axis: PH + (kh - 1) // sh
+        n, c = dy.shape[:2]
         zero = _zero(dy)
-        dx = jnp.zeros(dy.shape[:2] + tuple(spans), dy.dtype)
+        dx = jnp.zeros((n, c, th, sh, tw, sw), dy.dtype)
         for i in range(kh):
+            qh, rh = divmod(i, sh)
             row = None
             for j in range(kw):
-                share = lax.pad(jnp.where(offset == i * kw + j, dy, zero), zero,
-                                [(0, 0, 0)] * 3 + [(j, wp - PW - j, 0)])
+                qw, rw = divmod(j, sw)
+                share = jnp.where(offset == i * kw + j, dy, zero)[:, :, :, None, :, None]
+                share = lax.pad(share, zero, [(0, 0, 0)] * 4 + [(qw, tw - PW - qw, 0),
+                                                                (rw, sw - 1 - rw, 0)])
                 row = share if row is None else row + share
-            at = (0, 0, i, 0)
+            at = (0, 0, qh, rh, 0, 0)
             dx = lax.dynamic_update_slice(dx, lax.dynamic_slice(dx, at, row.shape) + row, at)
-        return conv_gemm._crop_to_input(dx, geo, 2)
+        return conv_gemm._crop_to_input(dx.reshape(n, c, th * sh, tw * sw), geo, 2)
 
     def _tiles(self):
         """Per axis, the rows each window owns when no two windows share an element
@@ -783,6 +787,20 @@ class LRN(JaxLayer):
         alpha, beta = self.p.alpha, self.p.beta
         ratio_sum = self._local_sum(dy * y / scale)
         return [dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum], []
+
+
+def _computed_once(offset, k):
+    """The window offsets (-1 <= o < k) unchanged, through an exact square root: XLA CPU
+    counts sqrt as expensive and computes it once for a consumer that reads each element
+    more than once, where it would otherwise fuse the forward's whole window scan into
+    that consumer and redo it per read (every backward route reads each offset once per
+    kernel position it tests). (o + 1)^2 exact in the offsets' dtype makes
+    sqrt((o + 1)^2) - 1 == o; integer offsets (non-float data, or kernels too large for
+    the float) pass as they are."""
+    if offset.dtype.kind != "f" or k * k >= 2 ** (jnp.finfo(offset.dtype).nmant + 1):
+        return offset
+    one = jnp.ones((), offset.dtype)
+    return jnp.sqrt((offset + one) * (offset + one)) - one
 
 
 def _negative_power(s, beta):
