@@ -1,6 +1,7 @@
 """Every built-in layer's hand-written backward vs ``jax.vjp`` of its own forward.
 
-    python benchmarks/bench_layers.py [--only TYPE[,TYPE...]] [--repeats N] [--json FILE]
+    python benchmarks/bench_layers.py [--only TYPE[,TYPE...]] [--repeats N] [--sample-ms MS]
+                                      [--json FILE]
 
 One row per case, float32, shapes of a real net (batch 32, 64 channels, 28x28
 feature maps; 1000 classes; sequences of 20). Each contender is one jitted call
@@ -19,6 +20,9 @@ saves for it) is the place to look. ``CASES`` must name every registered layer
 type that has a compiled backward; ``NO_BACKWARD`` says why the others are not
 here (tests/test_bench_layers.py holds both to the registry, so a new layer type
 cannot be left out).
+
+Each timed sample is a run of back-to-back calls lasting about ``--sample-ms``
+(``batched``); the table gives the time per call.
 """
 import argparse
 import json
@@ -219,6 +223,34 @@ def contenders(snippet, bottom_spec):
             "autodiff": make(autodiff, p, xs, dys)}
 
 
+def batched(contenders, sample_s):
+    """The contenders with each run() made of n back-to-back calls, n chosen per
+    contender (from one timed call after the compile) so that a timed sample lasts
+    about ``sample_s``: one call of a layer that takes a millisecond or less is mostly
+    dispatch and timer noise, and single rows' ratios moved by 0.2-0.5 between runs.
+    Returns (contenders, info): info[name] = {"calls", "compile_s"} once set up."""
+    info = {}
+
+    def wrap(name, setup):
+        def batched_setup():
+            run = setup()
+            t0 = time.perf_counter()
+            run()
+            t1 = time.perf_counter()
+            run()
+            one = time.perf_counter() - t1
+            n = max(1, int(round(sample_s / max(one, 1e-6))))
+            info[name] = {"calls": n, "compile_s": t1 - t0}
+
+            def run_n():
+                for _ in range(n):
+                    out = run()
+                return out
+            return run_n
+        return batched_setup
+    return {name: wrap(name, setup) for name, setup in contenders.items()}, info
+
+
 def all_cases(only=()):
     for type_name in sorted(CASES):
         if only and type_name not in only:
@@ -232,6 +264,8 @@ def main(argv=None):
     ap.add_argument("--only", default="", help="comma-separated layer types")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--sample-ms", type=float, default=20.0,
+                    help="time each sample as back-to-back calls lasting about this long")
     ap.add_argument("--json", default="")
     opts = ap.parse_args(argv)
     import logging
@@ -245,13 +279,17 @@ def main(argv=None):
     started = time.time()
     for type_name, label, snippet, bottoms in all_cases(only):
         print("%s %s" % (type_name, label), flush=True)
-        res = harness.measure(contenders(snippet, bottoms), opts.warmup, opts.repeats,
-                              log=lambda *a: None)
-        rows.append({"type": type_name, "case": label,
-                     **{k: {m: v[m] for m in ("median_ms", "min_ms", "max_ms", "compile_s")}
-                        for k, v in res.items()}})
+        runs, info = batched(contenders(snippet, bottoms), opts.sample_ms / 1000)
+        res = harness.measure(runs, opts.warmup, opts.repeats, log=lambda *a: None)
+        rows.append({"type": type_name, "case": label, **{
+            k: {"median_ms": v["median_ms"] / info[k]["calls"],
+                "min_ms": v["min_ms"] / info[k]["calls"],
+                "max_ms": v["max_ms"] / info[k]["calls"],
+                "calls_per_sample": info[k]["calls"], "compile_s": info[k]["compile_s"]}
+            for k, v in res.items()}})
     print(render(rows))
-    print("\n(%d cases in %.0f s; repeats %d)" % (len(rows), time.time() - started, opts.repeats))
+    print("\n(%d cases in %.0f s; repeats %d, samples of about %g ms)"
+          % (len(rows), time.time() - started, opts.repeats, opts.sample_ms))
     if opts.json:
         with open(opts.json, "w") as f:
             json.dump({"rows": rows, "argv": sys.argv}, f, indent=1)

@@ -53,3 +53,23 @@ def test_one_case_runs_and_agrees():
     np.testing.assert_allclose(np.asarray(fwd[0]), np.asarray(exp[0][0]), rtol=1e-6)
     for a, b in zip(jax.tree_util.tree_leaves(exp), jax.tree_util.tree_leaves(auto)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_batched_samples_run_back_to_back_calls():
+    """bench_layers.batched: each sample is n calls of the contender's run (n from one
+    timed call, at least 1), returning the last call's result, and it records n."""
+    import time
+    calls = []
+
+    def setup():
+        def run():
+            calls.append(1)
+            time.sleep(0.001)
+            return len(calls)
+        return run
+    runs, info = bench.batched({"c": setup}, 0.01)
+    run = runs["c"]()
+    assert len(calls) == 2                      # the compile call and the timed one
+    n = info["c"]["calls"]
+    assert 2 <= n <= 10 and info["c"]["compile_s"] >= 0.001
+    assert run() == 2 + n and len(calls) == 2 + n
