@@ -1,6 +1,7 @@
 """The neuron catalog (PReLU, ELU, AbsVal, Power, Exp, Log, BNLL, Threshold, Swish, Clip) and
 Scale/Bias: forward vs numpy versions of Caffe's formulas, backward vs jax.vjp, defaults,
 param shapes, Caffe's special cases and errors, and in-place use inside a Net."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -167,11 +168,19 @@ def test_clip_min_above_max_gives_min_like_caffe(x64):
 
 
 def test_clip_diff_passes_inside_the_closed_range(x64):
-    layer = make_layer('type: "Clip" clip_param { min: -1 max: 1 }', [(5,)])
-    x = np.array([-2.0, -1.0, 0.0, 1.0, 2.0])
-    tops, saved = forward(layer, [x])
-    (dx,), _ = layer.backward([], [jnp.asarray(x)], tops, saved, [jnp.ones(5)], (True,))
-    np.testing.assert_array_equal(np.asarray(dx), [0, 1, 1, 1, 0])
+    """Caffe's mask min <= x <= max: bounds included, NaN and infinities outside; with
+    min > max nothing passes, not even x == min (where the top equals the bottom)."""
+    for param, x, expected in [
+            ("min: -1 max: 1", [-2.0, -1.0, 0.0, 1.0, 2.0, np.nan, -np.inf, np.inf],
+             [0, 1, 1, 1, 0, 0, 0, 0]),
+            ("min: -1 max: inf", [-2.0, -1.0, 3.0, np.inf, np.nan], [0, 1, 1, 1, 0]),
+            ("min: 1 max: -1", [1.0, -1.0, 0.0], [0, 0, 0])]:
+        x = np.array(x)
+        layer = make_layer('type: "Clip" clip_param { %s }' % param, [x.shape])
+        tops, saved = forward(layer, [x])
+        (dx,), _ = jax.jit(lambda x, t, s: layer.backward([], [x], t, s, [jnp.ones(len(x))],
+                                                          (True,)))(jnp.asarray(x), tops, saved)
+        np.testing.assert_array_equal(np.asarray(dx), expected, err_msg=param)
 
 
 def test_absval_refuses_in_place_like_caffe():
