@@ -449,14 +449,11 @@ def test_max_pooling_backward_keeps_float32_offsets_exact(rng, monkeypatch, by_r
     dy = rng.standard_normal(y.shape).astype(np.float32)
     (dx,), _ = layer.backward([], [jnp.asarray(x)], [y, mask], saved,
                               [jnp.asarray(dy), jnp.zeros_like(mask)], (True,))
-    _, expected_mask = pool_reference(x.astype(np.float64), "MAX", *_pool_geometry(layer))
+    _, expected_mask = pool_reference(x.astype(np.float64), "MAX", tuple(layer.kernel),
+                                      tuple(layer.stride), tuple(layer.pad))
     np.testing.assert_array_equal(np.asarray(mask), expected_mask)
     expected_dx = max_pool_backward_reference(shape, expected_mask.astype(int), dy)
     np.testing.assert_allclose(np.asarray(dx), expected_dx, rtol=1e-6, atol=1e-6)
-
-
-def _pool_geometry(layer):
-    return tuple(layer.kernel), tuple(layer.stride), tuple(layer.pad)
 
 
 def test_max_pooling_window_outside_the_image_gives_caffes_start_value(x64):

@@ -375,6 +375,20 @@ def _offset_dtype(dtype, count):
     return np.dtype(np.int32)
 
 
+def _computed_once(offset, k):
+    """The window offsets (-1 <= o < k) unchanged, through an exact square root: XLA CPU
+    counts sqrt as expensive and computes it once for a consumer that reads each element
+    more than once, where it would otherwise fuse the forward's whole window scan into
+    that consumer and redo it per read (every backward route reads each offset once per
+    kernel position it tests). (o + 1)^2 exact in the offsets' dtype makes
+    sqrt((o + 1)^2) - 1 == o; integer offsets (non-float data, or kernels too large for
+    the float) pass as they are."""
+    if offset.dtype.kind != "f" or k * k >= 2 ** (jnp.finfo(offset.dtype).nmant + 1):
+        return offset
+    one = jnp.ones((), offset.dtype)
+    return jnp.sqrt((offset + one) * (offset + one)) - one
+
+
 def _axis_slice(a, axis, start, count, step):
     """``count`` entries of ``a`` along ``axis``: start, start + step, ..."""
     return lax.slice_in_dim(a, start, start + (count - 1) * step + 1, step, axis)
@@ -649,7 +663,7 @@ class Pooling(JaxLayer):
         single output loop and redoes it for each share it reads (3x3 stride 2 on
         64x28x28: 9 ms for a 1 ms forward). An in-place add is computed once, and its
         row updates read offsets that went through ``_computed_once``."""
-        (kh, kw), (PH, PW), (sh, sw) = self.kernel, self.pooled, self.stride
+        (kh, kw), PW, (sh, sw) = self.kernel, self.pooled[1], self.stride
         th, tw = conv_gemm._phase_spans(geo)     # per axis: PH + (kh - 1) // sh
         n, c = dy.shape[:2]
         zero = _zero(dy)
@@ -787,20 +801,6 @@ class LRN(JaxLayer):
         alpha, beta = self.p.alpha, self.p.beta
         ratio_sum = self._local_sum(dy * y / scale)
         return [dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum], []
-
-
-def _computed_once(offset, k):
-    """The window offsets (-1 <= o < k) unchanged, through an exact square root: XLA CPU
-    counts sqrt as expensive and computes it once for a consumer that reads each element
-    more than once, where it would otherwise fuse the forward's whole window scan into
-    that consumer and redo it per read (every backward route reads each offset once per
-    kernel position it tests). (o + 1)^2 exact in the offsets' dtype makes
-    sqrt((o + 1)^2) - 1 == o; integer offsets (non-float data, or kernels too large for
-    the float) pass as they are."""
-    if offset.dtype.kind != "f" or k * k >= 2 ** (jnp.finfo(offset.dtype).nmant + 1):
-        return offset
-    one = jnp.ones((), offset.dtype)
-    return jnp.sqrt((offset + one) * (offset + one)) - one
 
 
 def _negative_power(s, beta):
