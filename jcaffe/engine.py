@@ -121,6 +121,56 @@ class RowBlocks:
         return self.rows(0, self.shape[0])
 
 
+@jax.tree_util.register_pytree_node_class
+class Distinct:
+    """A jitted function's outputs ``tree`` with each distinct traced value once.
+
+    XLA gives every output of a program its own buffer, so a value returned twice is
+    written twice, and an input returned is copied: a Split's tops and its bottom (one
+    value, as Caffe's split tops share their bottom's data), BatchNorm's saved output and
+    the in-place Scale's saved input after it (one value again). ResNet-50 (batch 16)
+    returned 1.3 GB of such copies per training step. Made inside the trace with
+    :meth:`of`, returned, and outside it :meth:`restore` gives ``tree`` back, repeats
+    sharing one array. The layout (which leaf is which value or input) is the pytree's
+    static part, so each compiled variant carries its own."""
+
+    def __init__(self, values, layout):
+        self.values = list(values)
+        self.layout = layout        # (treedef of tree, per leaf: k >= 0 a value, -1-j input j)
+
+    @classmethod
+    def of(cls, tree, inputs=()):
+        """``inputs``: arguments of the traced function whose arrays the caller keeps (not
+        donated); a leaf that is one of them is given back as the caller's array."""
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        index = {id(a): -1 - j for j, a in enumerate(jax.tree_util.tree_leaves(inputs))}
+        values, where = [], []
+        for leaf in leaves:
+            k = index.get(id(leaf))
+            if k is None:
+                k = index[id(leaf)] = len(values)
+                values.append(leaf)
+            where.append(k)
+        return cls(values, (treedef, tuple(where)))
+
+    def restore(self, inputs=()):
+        """The tree, from outside the trace (``inputs``: the arrays passed as ``of``'s)."""
+        given = jax.tree_util.tree_leaves(inputs) if any(k < 0 for k in self.layout[1]) else ()
+        return self.layout[0].unflatten([self.values[k] if k >= 0 else given[-1 - k]
+                                         for k in self.layout[1]])
+
+    def positions(self):
+        """The tree with each leaf's index among its leaves in its place."""
+        return self.layout[0].unflatten(range(len(self.layout[1])))
+
+    def tree_flatten(self):
+        return self.values, self.layout
+
+    @classmethod
+    def tree_unflatten(cls, layout, values):
+        return cls(values, layout)
+
+
 class Segment:
     """Layers ``slots`` (in execution order), all JaxLayers, run as one jitted call."""
 
@@ -155,9 +205,12 @@ class Segment:
         self._may_slim = not any(s.need_backward or s.layer.forward_has_effects for s in slots)
         # The key is folded inside the call: (base key, forward count) in, so a forward
         # dispatches one XLA call, not a separate fold_in before it.
+        # Outputs as Distinct: a value written under several names (a Split's tops) once;
+        # a blob read back unchanged is the input array (never params: a fused step
+        # donates them).
         self._forward_jit = jax.jit(
-            lambda params, data, loss_weights, base_key, count: self.trace_forward(
-                params, data, loss_weights, jax.random.fold_in(base_key, count)))
+            lambda params, data, loss_weights, base_key, count: Distinct.of(self.trace_forward(
+                params, data, loss_weights, jax.random.fold_in(base_key, count)), data))
         self._backward_jit = {}
 
     # -- forward ---------------------------------------------------------------
@@ -195,7 +248,7 @@ class Segment:
 
     def run_full(self, params, data, loss_weights, base_key, count):
         self.full_forwards += 1
-        return self._forward_jit(params, data, loss_weights, base_key, count)
+        return self._forward_jit(params, data, loss_weights, base_key, count).restore(data)
 
     def run_forward(self, params, data, loss_weights, base_key, count, wanted=()):
         """The forward with the key ``fold_in(base_key, count)`` (count: a host int).
@@ -214,9 +267,10 @@ class Segment:
             def slim(params, data, loss_weights, base_key, count):
                 written, saved, new_params, loss = self.trace_forward(
                     params, data, loss_weights, jax.random.fold_in(base_key, count))
-                return {n: written[n] for n in returned}, saved, new_params, loss
+                return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss),
+                                   data)
             self._slim = (returned, jax.jit(slim))
-        out = self._slim[1](*args)
+        out = self._slim[1](*args).restore(data)
         return out + (PendingForward(self, args),)
 
     def read_pending(self, name):
@@ -304,5 +358,10 @@ class Segment:
     def run_backward(self, params, data, top_diffs, saved, param_diffs):
         fn = self._backward_jit.get("fn")
         if fn is None:
-            fn = self._backward_jit["fn"] = jax.jit(self.trace_backward)
-        return fn(params, data, top_diffs, saved, param_diffs)
+            # (a diff passed through unchanged is the caller's array: a param's diff no
+            # layer here adds to, a top diff an identity backward gives its bottom)
+            fn = self._backward_jit["fn"] = jax.jit(
+                lambda params, data, top_diffs, saved, param_diffs: Distinct.of(
+                    self.trace_backward(params, data, top_diffs, saved, param_diffs),
+                    (top_diffs, param_diffs)))
+        return fn(params, data, top_diffs, saved, param_diffs).restore((top_diffs, param_diffs))

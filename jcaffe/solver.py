@@ -457,13 +457,13 @@ class Solver:
         count0 = self._iter * self.param.iter_size
         rest = (data_in, extra, loss_w, top_diffs, net._base_key, np.int32(count0),
                 np.asarray([rate, rate], net.dtype), np.int32(self._iter))
-        if self._fused[3] is None:
-            self._compile_fused(params, rest)
-        inputs = (params, self._history, data_in, extra, loss_w, top_diffs)
-        blob_buffers = self._recycled(seg, inputs)
-        recycled = blob_buffers + (self._recycled_saved(inputs, blob_buffers),)
-        out = self._fused[1](params, self._history, recycled, *rest)
-        new_params, self._history, values, norm, written, saved, diffs, loss = out
+        spec = self._recycle_spec(seg)
+        if self._fused[3] is None or self._fused[3][2] != spec:     # first call, or reshaped
+            self._compile_fused(params, spec, rest)
+        recycled = self._recycled((params, self._history, data_in, extra, loss_w, top_diffs))
+        out = self._fused[1](params, self._history, recycled, spec, *rest)
+        new_params, self._history, values, norm, outputs, loss = out
+        written, saved, diffs = outputs.restore(rest[:4])
         for i, (blob, value, diff) in enumerate(zip(learnable, new_params, values)):
             blob.set_device_data(value)
             blob.set_device_diff(self._history[self._diff_is_history[i]][i] if diff is None
@@ -477,102 +477,95 @@ class Solver:
         return loss, self._after_fused(rate, display, norm)
 
     def _recycle_spec(self, seg):
-        """(data, diff): {blob name: (shape, dtype)} of the blobs a fused step over ``seg``
-        rewrites: every blob its forward writes, every diff its backward writes."""
+        """The shape and dtype each blob and diff a fused step over ``seg`` rewrites gets
+        (what set_device would give it), as the step's static argument: ((name, shape,
+        dtype), ...) of every blob its forward writes, then of every diff its backward
+        writes."""
         blobs = self.net.blobs
-        diffs = seg.backward_plan()[3]
-        return ({name: (blobs[name].shape, blobs[name].dtype) for name in seg.writes},
-                {name: (blobs[name].shape, blobs[name].dtype) for name in diffs})
+        return tuple(tuple((name, tuple(blobs[name].shape), np.dtype(blobs[name].dtype).str)
+                           for name in names)
+                     for names in (seg.writes, seg.backward_plan()[3]))
 
     def _jit_fused(self, seg, stacked):
         """The compiled step. Donated (XLA writes the results into their buffers): the
         params and solver history, updated in place (no second copy of every weight and
-        momentum), and the last step's arrays of the blobs and diffs this step rewrites,
-        which become this step's blobs. That is Caffe's own memory use (its blobs are
+        momentum), and the last step's arrays of the blobs, diffs and residuals this step
+        rewrites, which become this step's. That is Caffe's own memory use (its blobs are
         overwritten in place); without it the previous step's blobs (CaffeNet, batch 32:
-        218 MB) stayed resident beside the new ones for the whole step."""
+        218 MB) stayed resident beside the new ones for the whole step. The blobs, diffs
+        and residuals come back as an :class:`engine.Distinct`, each value once."""
         fused = self._trace_fused(seg, stacked, share_history=True)
 
-        def step(params, history, recycled, *rest):
-            # Only the buffers of ``recycled`` are used, as the outputs': each written
-            # blob and diff gets its blob's shape and dtype (what set_device would do);
-            # its third part, the last residuals, matches theirs (_recycled_saved).
+        def step(params, history, recycled, spec, *rest):
+            # ``recycled``: only its buffers are used, as the outputs' (_recycled).
             out = list(fused(params, history, *rest))
-            for k, like in zip((4, 6), recycled):       # written blobs, their diffs
-                out[k] = {name: jnp.reshape(v, like[name].shape).astype(like[name].dtype)
+            for k, like in zip((4, 6), spec):       # written blobs, their diffs
+                like = {name: (shape, dtype) for name, shape, dtype in like}
+                out[k] = {name: jnp.reshape(v, like[name][0]).astype(like[name][1])
                           for name, v in out[k].items()}
-            return tuple(out)
+            outputs = engine.Distinct.of(tuple(out[4:7]), rest[:4])
+            return tuple(out[:4]) + (outputs, out[7])
         options = self.fused_compiler_options
         if options is None and jax.default_backend() == "cpu":
             options = self.CPU_COMPILER_OPTIONS
-        return jax.jit(step, donate_argnums=(0, 1, 2), keep_unused=True,
+        return jax.jit(step, donate_argnums=(0, 1, 2), static_argnums=(3,), keep_unused=True,
                        compiler_options=options or None)
 
-    def _recycled(self, seg, inputs):
-        """The arrays to donate as this step's blob buffers (see _jit_fused): each blob's
-        current device array, taken from it, or zeros where it has none to give (the first
-        step, a pending blob, an array that is also one of the step's ``inputs``)."""
+    def _recycled(self, inputs):
+        """The arrays to donate as the buffers of this step's blobs, diffs and residuals
+        (see _jit_fused), one per distinct value the step returns: the last step's array
+        at one of its places, taken from its blob (or the net's residuals), or zeros where
+        none is left to give (the first step, a pending blob, an array that is also one
+        of the step's ``inputs``, an array given already). Every array at the step's
+        places is taken: they are all rewritten."""
+        layout, avals, _ = self._fused[3]
+        written, saved_at, diffs = layout.positions()
+        found = [[] for _ in layout.layout[1]]
         keep = {id(a) for a in jax.tree_util.tree_leaves(inputs)}
         blobs = self.net.blobs
-        out = []
-        for spec, take in zip(self._recycle_spec(seg), ("take_device_data", "take_device_diff")):
-            given = {}
-            for name, (shape, dtype) in spec.items():
+        for places, take in ((written, "take_device_data"), (diffs, "take_device_diff")):
+            for name, pos in places.items():
                 value = getattr(blobs[name], take)(keep)
-                if value is None or value.shape != shape or value.dtype != dtype:
-                    value = device_zeros(shape, dtype)
-                given[name] = value
-            out.append(given)
-        return tuple(out)
+                if value is not None:
+                    found[pos].append(value)
+        # the last residuals, where their structure is this step's (not after a net.forward()
+        # of another shape); donated, so this step's replace them
+        current = {index: self.net._saved.pop(index, None) for index in saved_at}
+        if jax.tree_util.tree_structure(current) == jax.tree_util.tree_structure(saved_at):
+            for pos, value in zip(jax.tree_util.tree_leaves(saved_at),
+                                  jax.tree_util.tree_leaves(current)):
+                if isinstance(value, jax.Array) and id(value) not in keep:
+                    found[pos].append(value)
+        given = [None] * len(avals)
+        taken = set(keep)
+        for pos, k in enumerate(layout.layout[1]):
+            for value in found[pos] if k >= 0 and given[k] is None else ():
+                like = avals[k]
+                if (id(value) not in taken and not value.is_deleted()
+                        and value.shape == like.shape and value.dtype == like.dtype):
+                    given[k] = value
+                    taken.add(id(value))
+                    break
+        return [value if value is not None else device_zeros(like.shape, like.dtype)
+                for value, like in zip(given, avals)]
 
-    def _compile_fused(self, params, rest):
-        """The first call of a fused step: the structure of its residuals (one trace with
-        none given, about 0.2 s for CaffeNet), then its compile (jit keeps it for the call),
-        with every donated buffer still abstract. The first step's zero buffers (CaffeNet,
-        batch 32: about 300 MB) are made after it: made before, they sat under the
-        compiler's own heap (about 350 MB), and that was the process's peak."""
+    def _compile_fused(self, params, spec, rest):
+        """The first call of a fused step: the layout of its outputs (one trace with no
+        buffers given, about 0.2 s for CaffeNet), then its compile (jit keeps it for the
+        call), with every donated buffer still abstract. The first step's zero buffers
+        (CaffeNet, batch 32: about 300 MB) are made after it: made before, they sat under
+        the compiler's own heap (about 350 MB), and that was the process's peak."""
         seg, fn, stacked, _ = self._fused
         started, loaded = time.perf_counter(), compile_cache.stats()["hits"]
-        blobs = tuple({name: jax.ShapeDtypeStruct(shape, dtype)
-                       for name, (shape, dtype) in part.items()}
-                      for part in self._recycle_spec(seg))
-        saved = fn.trace(params, self._history, blobs + ([],), *rest).out_info[5]
-        leaves, treedef = jax.tree_util.tree_flatten(saved)
-        leaves = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
-        fn.trace(params, self._history, blobs + (leaves,), *rest).lower().compile()
-        self._fused = (seg, fn, stacked, (tuple(saved), leaves, treedef))
+        layout = fn.trace(params, self._history, [], spec, *rest).out_info[4]
+        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in layout.values]
+        fn.trace(params, self._history, avals, spec, *rest).lower().compile()
+        self._fused = (seg, fn, stacked, (layout, avals, spec))
         # Caffe has no such pause: say what the first iteration's time went to.
         cached = compile_cache.stats()["hits"] > loaded
         log.info("%s the training step (forward, backward and update of %d layers, one XLA "
                  "program)%s in %.1f s", "Loaded" if cached else "Compiled", len(seg.slots),
                  " from the compilation cache" if cached else "", time.perf_counter() - started)
-
-    def _recycled_saved(self, inputs, blob_buffers):
-        """The arrays to donate as the buffers of this step's residuals (what each layer's
-        forward keeps for its backward: pooling's argmax offsets, LRN's scale, dropout's
-        mask): the last step's, in ``net._saved``, which this step replaces. Without them
-        every step allocated its residuals anew (CaffeNet, batch 32: 30 MB in 1-9 MB
-        arrays) and freed the last ones, and the freed heap they left in malloc's arenas
-        kept the process growing: peak RSS 1360 MB in the first step, 1415 in the fifth.
-        Zeros fill any slot with no array of the right shape to give (the first step, a
-        net.forward() since)."""
-        indices, leaves, treedef = self._fused[3]
-        saved = self.net._saved
-        current = {index: saved.get(index) for index in indices}
-        given = jax.tree_util.tree_leaves(current)
-        if jax.tree_util.tree_structure(current) != treedef:
-            given = [None] * len(leaves)
-        taken = {id(a) for a in jax.tree_util.tree_leaves((inputs, blob_buffers))}
-        out = []
-        for like, value in zip(leaves, given):
-            if (not isinstance(value, jax.Array) or id(value) in taken or value.is_deleted()
-                    or value.shape != like.shape or value.dtype != like.dtype):
-                value = device_zeros(like.shape, like.dtype)
-            taken.add(id(value))
-            out.append(value)
-        for index in indices:   # donated: this step's residuals replace them
-            saved.pop(index, None)
-        return out
 
     def _after_fused(self, rate, display, norm):
         def after():   # what ApplyUpdate logs, after Step's display lines

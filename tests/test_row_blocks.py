@@ -141,8 +141,9 @@ def _compiled_step(solver):
         fn = jitted(seg, stacked)
 
         def call(*args):
-            seen.append(jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args))
+            seen.append(jax.tree_util.tree_map(     # (the static blob shapes kept)
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
+                else a, args))
             return fn(*args)
         call.trace = fn.trace
         seen.append(fn)
