@@ -18,6 +18,7 @@ def jcaffe_forward(name, batch):
         import jcaffe
         param = nets.net_param(name, batch, deploy=True)
         net = jcaffe.Net(param, jcaffe.TEST)
+        nets.load_reference_params(net, param)
         net.blobs["data"].data[...] = nets.inputs(param)[0]
         final = nets.NETS[name][3]
 
@@ -35,10 +36,11 @@ def jax_forward(name, batch):
         param = nets.net_param(name, batch, deploy=True)
         f = nets.jax_deploy_forward(param, nets.NETS[name][3])
         params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+        stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
         data = jnp.asarray(nets.inputs(param)[0])
 
         def run():
-            return np.asarray(f(params, data))
+            return np.asarray(f(params, stats, data))
         return run
     return setup
 
@@ -49,12 +51,13 @@ def torch_forward(name, batch):
         param = nets.net_param(name, batch, deploy=True)
         f = nets.torch_forward_fn(param, train=False)
         params = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_params(param).items()}
+        stats = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_stats(param).items()}
         data = torch.from_numpy(nets.inputs(param)[0])
         final = nets.NETS[name][3]
 
         def run():
             with torch.inference_mode():
-                return f(params, data, None)[1][final].numpy()
+                return f(params, data, None, stats)[1][final].numpy()
         return run
     return setup
 

@@ -33,14 +33,16 @@ def jax_step(name, batch):
         param = nets.net_param(name, batch)
         step = nets.jax_train_step(param)
         params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
-        state = {"p": params, "m": jax.tree_util.tree_map(jnp.zeros_like, params), "i": 0}
+        state = {"p": params, "m": jax.tree_util.tree_map(jnp.zeros_like, params), "i": 0,
+                 "s": jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))}
         data, label = (jnp.asarray(a) for a in nets.inputs(param))
         key = jax.random.PRNGKey(0)
 
         def run():
             state["i"] += 1
-            state["p"], state["m"], loss = step(state["p"], state["m"], data, label,
-                                                jax.random.fold_in(key, state["i"]))
+            state["p"], state["m"], state["s"], loss = step(
+                state["p"], state["m"], state["s"], data, label,
+                jax.random.fold_in(key, state["i"]))
             loss.block_until_ready()
         return run
     return setup
@@ -56,10 +58,11 @@ def torch_step(name, batch):
         opt = torch.optim.SGD([t for v in params.values() for t in v], lr=nets.LR,
                               momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY)
         data, label = (torch.from_numpy(a) for a in nets.inputs(param))
+        stats = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_stats(param).items()}
 
         def run():
             opt.zero_grad(set_to_none=True)
-            loss, _ = f(params, data, label)
+            loss, _ = f(params, data, label, stats)
             loss.backward()
             opt.step()
         return run

@@ -27,6 +27,7 @@ NETS = {
     "lenet": ("lenet.prototxt", 64, (1, 28, 28), "ip2"),
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
     "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
+    "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
 }
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -156,6 +157,9 @@ def param_shapes(param):
             shapes[name] = [(o, math.prod(x[1:]))] + ([(o,)] if l.inner_product_param.bias_term
                                                        else [])
             y = (x[0], o)
+        elif typ == "Scale":     # per channel (axis 1, one axis), the ResNet form
+            shapes[name] = [(x[1],)] + ([(x[1],)] if l.scale_param.bias_term else [])
+            y = x
         elif typ == "Concat":
             parts = [blob_shape[b] for b in bottoms]
             y = (x[0], sum(p[1] for p in parts)) + x[2:]
@@ -167,14 +171,25 @@ def param_shapes(param):
 
 
 def init_params(param, seed=0):
-    """Gaussian(0.01) weights and zero biases, as float32 numpy arrays."""
+    """Gaussian(0.01) weights (Scale: ones) and zero biases, as float32 numpy arrays."""
     rng = np.random.RandomState(seed)
     shapes, _ = param_shapes(param)
+    types = {l.name: l.type for l in param.layer}
     out = {}
     for name, s in shapes.items():
-        out[name] = [(rng.randn(*s[0]) * 0.01).astype(np.float32)] + \
-                    [np.zeros(b, np.float32) for b in s[1:]]
+        first = (np.ones(s[0], np.float32) if types[name] == "Scale"
+                 else (rng.randn(*s[0]) * 0.01).astype(np.float32))
+        out[name] = [first] + [np.zeros(b, np.float32) for b in s[1:]]
     return out
+
+
+def init_stats(param):
+    """BatchNorm's running statistics {layer: (mean, variance)}, not learned: zeros and
+    ones (Caffe keeps their sums and a scale factor; the references keep the averages)."""
+    _, blob_shape = param_shapes(param)
+    return {name: (np.zeros(blob_shape[bottoms[0]][1], np.float32),
+                   np.ones(blob_shape[bottoms[0]][1], np.float32))
+            for typ, name, bottoms, tops, l in layer_list(param) if typ == "BatchNorm"}
 
 
 def inputs(param, seed=1):
@@ -191,15 +206,20 @@ def inputs(param, seed=1):
 # pure JAX, written the direct way
 # ---------------------------------------------------------------------------
 def jax_forward_fn(param, train):
-    """f(params, data, label, key) -> (loss, outputs) with lax convolutions."""
+    """f(params, data, label, key, stats) -> (loss, outputs, new stats) with lax
+    convolutions (``stats``: BatchNorm's running averages, :func:`init_stats`)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
     layers = layer_list(param)
     _, blob_shape = param_shapes(param)
 
-    def f(params, data, label, key):
+    def per_channel(v):
+        return v[None, :, None, None]
+
+    def f(params, data, label, key, stats=None):
         env = {"data": data, "label": label}
+        new_stats = {}
         loss = 0.0
         for i, (typ, name, bottoms, tops, l) in enumerate(layers):
             xs = [env[b] for b in bottoms]
@@ -239,6 +259,26 @@ def jax_forward_fn(param, train):
                     y = jnp.where(keep, x / (1 - ratio), 0)
                 else:
                     y = x
+            elif typ == "BatchNorm":   # batch statistics in training, as Caffe's TRAIN
+                p = l.batch_norm_param
+                mean, var = stats[name]
+                if train:
+                    m = x.size // x.shape[1]
+                    mean, var = jnp.mean(x, axis=(0, 2, 3)), jnp.var(x, axis=(0, 2, 3))
+                    maf = p.moving_average_fraction
+                    new_stats[name] = (maf * stats[name][0] + (1 - maf) * mean,
+                                       maf * stats[name][1] + (1 - maf) * var * m / (m - 1))
+                y = (x - per_channel(mean)) * per_channel(lax.rsqrt(var + p.eps))
+            elif typ == "Scale":
+                y = x * per_channel(params[name][0])
+                if len(params[name]) > 1:
+                    y = y + per_channel(params[name][1])
+            elif typ == "Eltwise":
+                p = l.eltwise_param
+                if p.operation != p.SUM:
+                    raise NotImplementedError("Eltwise %s" % p.operation)
+                coeffs = list(p.coeff) or [1.0] * len(xs)
+                y = sum(c * v if c != 1 else v for c, v in zip(coeffs, xs))
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
             elif typ == "SoftmaxWithLoss":
@@ -254,7 +294,7 @@ def jax_forward_fn(param, train):
                 raise NotImplementedError(typ)
             for t in tops:
                 env[t] = y
-        return loss, env
+        return loss, env, new_stats
 
     return f
 
@@ -270,35 +310,52 @@ def jcaffe_solver(name, batch):
                              type="SGD")
     sp.net_param.CopyFrom(param)
     solver = jcaffe.get_solver(sp)
+    load_reference_params(solver.net, param)
     data, label = inputs(param)
     solver.net.blobs["data"].data[...] = data
     solver.net.blobs["label"].data[...] = label
     return solver
 
 
+def load_reference_params(net, param):
+    """Give jcaffe's ``net`` the references' values: :func:`init_params` and, for each
+    BatchNorm, running averages :func:`init_stats` (Caffe's sums, scale factor 1). The
+    fillers' zero statistics would make a TEST-phase BatchNorm divide by sqrt(eps)."""
+    for name, values in init_params(param).items():
+        for blob, value in zip(net.params[name], values):
+            blob.data[...] = value
+    for name, (mean, var) in init_stats(param).items():
+        blobs = net.params[name]
+        blobs[0].data[...], blobs[1].data[...], blobs[2].data[...] = mean, var, 1.0
+
+
 def jax_train_step(param):
-    """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order."""
+    """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order:
+    step(params, mom, stats, data, label, key) -> (params, mom, stats, loss)."""
     import jax
     f = jax_forward_fn(param, train=True)
 
-    def loss_fn(params, data, label, key):
-        return f(params, data, label, key)[0]
+    def loss_fn(params, data, label, key, stats):
+        loss, _, new_stats = f(params, data, label, key, stats)
+        return loss, new_stats
 
     @jax.jit
-    def step(params, mom, data, label, key):
-        loss, g = jax.value_and_grad(loss_fn)(params, data, label, key)
+    def step(params, mom, stats, data, label, key):
+        (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(
+            params, data, label, key, stats)
         mom = jax.tree_util.tree_map(lambda m, gi, p: MOMENTUM * m + LR * (gi + WEIGHT_DECAY * p),
                                      mom, g, params)
         params = jax.tree_util.tree_map(lambda p, m: p - m, params, mom)
-        return params, mom, loss
+        return params, mom, stats, loss
 
     return step
 
 
 def jax_deploy_forward(param, final):
+    """jit(f(params, stats, data) -> the ``final`` blob)."""
     import jax
     f = jax_forward_fn(param, train=False)
-    return jax.jit(lambda params, data: f(params, data, None, None)[1][final])
+    return jax.jit(lambda params, stats, data: f(params, data, None, None, stats)[1][final])
 
 
 # ---------------------------------------------------------------------------
@@ -309,7 +366,9 @@ def torch_forward_fn(param, train):
     import torch.nn.functional as F
     layers = layer_list(param)
 
-    def f(params, data, label):
+    def f(params, data, label, stats=None):
+        """-> (loss, outputs); ``stats``: {BatchNorm layer: (mean, var) tensors},
+        updated in place in training."""
         env = {"data": data, "label": label}
         loss = 0.0
         for typ, name, bottoms, tops, l in layers:
@@ -335,6 +394,21 @@ def torch_forward_fn(param, train):
                 y = F.local_response_norm(x, p.local_size, p.alpha, p.beta, p.k)
             elif typ == "Dropout":
                 y = F.dropout(x, l.dropout_param.dropout_ratio, training=train)
+            elif typ == "BatchNorm":
+                p = l.batch_norm_param
+                y = F.batch_norm(x, *stats[name], training=train,
+                                 momentum=1 - p.moving_average_fraction, eps=p.eps)
+            elif typ == "Scale":
+                ps = params[name]
+                y = x * ps[0].view(1, -1, 1, 1)
+                if len(ps) > 1:
+                    y = y + ps[1].view(1, -1, 1, 1)
+            elif typ == "Eltwise":
+                p = l.eltwise_param
+                if p.operation != p.SUM:
+                    raise NotImplementedError("Eltwise %s" % p.operation)
+                coeffs = list(p.coeff) or [1.0] * len(xs)
+                y = sum(c * v if c != 1 else v for c, v in zip(coeffs, xs))
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
             elif typ == "SoftmaxWithLoss":

@@ -1,0 +1,48 @@
+"""The benchmark's contenders compute the same thing: benchmarks/nets.py writes each zoo
+net again in plain JAX and PyTorch, and jcaffe gets their params (load_reference_params).
+Their deploy outputs and jcaffe's must agree, and so must the first training loss, or
+the benchmark would time different work."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import jax
+import jax.numpy as jnp
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+import bench_forward  # noqa: E402
+import nets  # noqa: E402
+
+
+def _check(name, batch):
+    outs = {label: np.asarray(setup()()) for label, setup in
+            bench_forward.contenders(name, batch).items()}
+    first, *others = outs
+    scale = np.abs(outs[first]).max()
+    assert scale > 0
+    for label in others:
+        np.testing.assert_allclose(outs[label], outs[first], rtol=0, atol=1e-4 * scale,
+                                   err_msg="%s vs %s" % (label, first))
+    solver = nets.jcaffe_solver(name, batch)
+    solver.step(1)
+    param = nets.net_param(name, batch)
+    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
+    data, label = (jnp.asarray(a) for a in nets.inputs(param))
+    loss = nets.jax_train_step(param)(params, jax.tree_util.tree_map(jnp.zeros_like, params),
+                                      stats, data, label, jax.random.PRNGKey(0))[3]
+    np.testing.assert_allclose(float(solver._losses[-1]), float(loss), rtol=1e-4)
+
+
+def test_lenet_contenders_agree():
+    _check("lenet", 4)
+
+
+@pytest.mark.slow
+def test_resnet50_contenders_agree():
+    """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
+    Eltwise: the layers the other nets do not have."""
+    _check("resnet50", 2)
