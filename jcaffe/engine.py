@@ -19,12 +19,60 @@ forward. Every other blob it writes becomes *pending* (:class:`PendingForward`):
 reading one runs the full forward on the inputs the forward had, fills all its
 pending blobs at once, and the next forward returns that blob directly.
 """
+import contextlib
+import contextvars
 import functools
 import weakref
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
+
+
+# -- values computed once ------------------------------------------------------------
+# XLA's CPU fusion copies cheap elementwise producers into each consumer, also where the
+# producer is stored anyway. Along a chain of blobs that each feed two layers (a residual
+# net: relu(bn(conv(x)) + x), block after block) every block recomputed the whole chain
+# before it: ResNet-50's res3d_relu forward computed the four blocks of its stage again
+# (216 ms for a 51 MB map). Division is an op XLA will not copy into consumers, and
+# x / 1 is x exactly (NaN, infinities and -0 included), as long as XLA cannot see the 1:
+# it is made from the bits of a runtime input, (bits | ONE) & ONE.
+_ONE = contextvars.ContextVar("jcaffe_runtime_one", default=None)
+
+
+@contextlib.contextmanager
+def runtime_one(inputs):
+    """While tracing a compiled call, :func:`materialize` divides by an exact 1 made from
+    the first array among ``inputs`` (the call's own inputs, not values it computes: a 1
+    computed from the chain would join the chain's fusion). The outermost call wins."""
+    if _ONE.get() is not None:
+        yield
+        return
+    first = next((a for a in jax.tree_util.tree_leaves(inputs) if np.size(a)), None)
+    if first is None:
+        yield
+        return
+    if jnp.issubdtype(first.dtype, jax.dtypes.prng_key):
+        first = jax.random.key_data(first)
+    word = jnp.ravel(first)[0]
+    word = (lax.bitcast_convert_type(word, jnp.uint32) if word.dtype.itemsize == 4
+            else lax.convert_element_type(word, jnp.uint32))
+    bits = jnp.uint32(0x3F800000)                   # 1.0 in float32
+    token = _ONE.set(lax.bitcast_convert_type((word | bits) & bits, jnp.float32))
+    try:
+        yield
+    finally:
+        _ONE.reset(token)
+
+
+def materialize(x):
+    """``x`` itself, but a value XLA computes once and stores (see above) inside a
+    compiled call that set :func:`runtime_one`; ``x`` unchanged elsewhere."""
+    one = _ONE.get()
+    if one is None or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return x / one.astype(x.dtype)
 
 
 class LayerSlot:
@@ -208,9 +256,7 @@ class Segment:
         # Outputs as Distinct: a value written under several names (a Split's tops) once;
         # a blob read back unchanged is the input array (never params: a fused step
         # donates them).
-        self._forward_jit = jax.jit(
-            lambda params, data, loss_weights, base_key, count: Distinct.of(self.trace_forward(
-                params, data, loss_weights, jax.random.fold_in(base_key, count)), data))
+        self._forward_jit = jax.jit(self._forward_fn(self.writes))
         self._backward_jit = {}
 
     # -- forward ---------------------------------------------------------------
@@ -220,12 +266,17 @@ class Segment:
         env = dict(data)
         saved, new_params = {}, {}
         loss = None
+        written_here = set()
         for s in self.slots:
             layer = s.layer
             if not layer.forward_writes_tops:
                 continue
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
             lp = _layer_params(s, {**params, **new_params})
+            if layer.shares_bottom and s.bottoms[0] in written_here:
+                # (its tops are its bottom, read by several layers: stored once, and the
+                # blob keeps that same value, so it is returned once)
+                env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
             with jax.named_scope(_scope(layer, "forward")):
                 out = layer.forward(lp, [env[b] for b in s.bottoms], key)
             tops = out[0]
@@ -240,11 +291,25 @@ class Segment:
                                  % (layer.type, layer.name, len(tops), len(s.tops)))
             for name, value, w in zip(s.tops, tops, layer.loss):
                 env[name] = value
+                written_here.add(name)
                 if w:
                     term = jnp.vdot(value, loss_weights[name].astype(value.dtype))
                     loss = term if loss is None else loss + term
         written = {name: env[name] for name in self.writes}
         return written, saved, new_params, loss
+
+    def _forward_fn(self, returned):
+        """The function a forward jits: the blobs ``returned`` (all it writes, or a slim
+        forward's), residuals, params and loss as a Distinct (a value written under
+        several names, a Split's tops, once; a blob read back unchanged is the input
+        array, never params: a fused step donates them)."""
+        def forward(params, data, loss_weights, base_key, count):
+            with runtime_one(base_key):
+                written, saved, new_params, loss = self.trace_forward(
+                    params, data, loss_weights, jax.random.fold_in(base_key, count))
+            return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss),
+                               data)
+        return forward
 
     def run_full(self, params, data, loss_weights, base_key, count):
         self.full_forwards += 1
@@ -264,12 +329,7 @@ class Segment:
         if len(returned) == len(self.writes):
             return self.run_full(*args) + (None,)
         if self._slim is None or self._slim[0] != returned:
-            def slim(params, data, loss_weights, base_key, count):
-                written, saved, new_params, loss = self.trace_forward(
-                    params, data, loss_weights, jax.random.fold_in(base_key, count))
-                return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss),
-                                   data)
-            self._slim = (returned, jax.jit(slim))
+            self._slim = (returned, jax.jit(self._forward_fn(returned)))
         out = self._slim[1](*args).restore(data)
         return out + (PendingForward(self, args),)
 
@@ -360,8 +420,9 @@ class Segment:
         if fn is None:
             # (a diff passed through unchanged is the caller's array: a param's diff no
             # layer here adds to, a top diff an identity backward gives its bottom)
-            fn = self._backward_jit["fn"] = jax.jit(
-                lambda params, data, top_diffs, saved, param_diffs: Distinct.of(
-                    self.trace_backward(params, data, top_diffs, saved, param_diffs),
-                    (top_diffs, param_diffs)))
+            def backward(params, data, top_diffs, saved, param_diffs):
+                with runtime_one((top_diffs, param_diffs, data)):
+                    out = self.trace_backward(params, data, top_diffs, saved, param_diffs)
+                return Distinct.of(out, (top_diffs, param_diffs))
+            fn = self._backward_jit["fn"] = jax.jit(backward)
         return fn(params, data, top_diffs, saved, param_diffs).restore((top_diffs, param_diffs))

@@ -158,6 +158,9 @@ class JaxLayer(_LayerCommon):
     # Does forward act outside its tops (HDF5Output writes a file)? Then the net never
     # recomputes it to fill a blob that was left pending (see jcaffe.engine).
     forward_has_effects = False
+    # Its tops are its bottom (Split): the engine stores a bottom it computed once
+    # (engine.materialize) before the layers reading the tops.
+    shares_bottom = False
 
     def __init__(self, layer_param, dtype=np.float32):
         self._init_common(layer_param, dtype)

@@ -633,6 +633,12 @@ class Solver:
             return params, pdiffs, written, saved, diffs, loss
 
         def fused(params, history, data_in, extra, loss_w, top_diffs, base_key, count0, rate, t):
+            with engine.runtime_one(base_key):      # (values computed once: engine.materialize)
+                return iteration(params, history, data_in, extra, loss_w, top_diffs, base_key,
+                                 count0, rate, t)
+
+        def iteration(params, history, data_in, extra, loss_w, top_diffs, base_key, count0,
+                      rate, t):
             params = dict(enumerate(params))
             pdiffs = {pid: jnp.zeros_like(params[pid]) for pid in pids}
             args = (data_in, extra, loss_w, top_diffs, base_key, count0)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ..blob import shape_count, shape_string
+from ..engine import materialize
 from ..layer import JaxLayer, register
 
 
@@ -160,6 +161,7 @@ class Split(JaxLayer):
 
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
+    shares_bottom = True
 
     def setup(self, bottom_shapes):
         _not_in_place(self)
@@ -176,7 +178,8 @@ class Split(JaxLayer):
         total = top_diffs[0]
         for dy in top_diffs[1:]:
             total = total + dy
-        return [total], []
+        # the sum feeds the bottom's whole backward chain: computed once (engine.materialize)
+        return [materialize(total) if len(top_diffs) > 1 else total], []
 
 
 @register("Concat")
