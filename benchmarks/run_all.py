@@ -85,7 +85,7 @@ def forward_gflop(name, deploy):
     shapes, blob_shape = nets.param_shapes(param)
     total = 0
     for typ, lname, bottoms, tops, l in nets.layer_list(param):
-        if lname in shapes:
+        if typ in ("Convolution", "InnerProduct"):
             w = shapes[lname][0]
             out = blob_shape[tops[0]]
             spatial = 1
@@ -109,6 +109,43 @@ def caffe_memory_mb(name):
     blobs = sum(math.prod(s) for s in blob_shape.values())
     prefetch = 4 * math.prod(blob_shape["data"])
     return 4 * (3 * params + 2 * blobs + prefetch) / 2 ** 20
+
+
+def caffe_layer_buffers_mb(name):
+    """BVLC Caffe's arrays beyond :func:`caffe_memory_mb`'s count, by count (float32 or
+    int32), as its layers' Reshape makes them (read from its sources): each
+    Convolution's col_buffer_ (one image's columns; none for 1x1 kernels at stride 1
+    without padding), MAX pooling's max_idx_ (top sized), LRN's scale_, Dropout's
+    rand_vec_, BatchNorm's x_norm_ and temp_, an in-place Scale's temp_, SoftmaxWithLoss's
+    prob_ (each bottom sized), and the diffs of the split tops Caffe inserts where a blob
+    feeds several layers (their data is the bottom's)."""
+    param = nets.net_param(name)
+    _, blob_shape = nets.param_shapes(param)
+    total, version, readers = 0, {}, {}
+    for typ, lname, bottoms, tops, l in nets.layer_list(param):
+        for b in bottoms:
+            key = (b, version.get(b, 0))
+            readers[key] = readers.get(key, 0) + 1
+        for t in tops:
+            version[t] = version.get(t, 0) + 1
+        x = math.prod(blob_shape[bottoms[0]]) if bottoms else 0
+        if typ == "Convolution":
+            k, st, pad, g, o, bias = nets.conv_params(l)
+            shape = blob_shape[bottoms[0]]
+            if not (all(v == 1 for v in k + st) and not any(pad)):
+                out = [(shape[2 + i] + 2 * pad[i] - k[i]) // st[i] + 1 for i in range(2)]
+                total += shape[1] * math.prod(k) * math.prod(out)
+        elif typ == "Pooling" and l.pooling_param.pool == l.pooling_param.MAX:
+            total += math.prod(blob_shape[tops[0]])
+        elif typ in ("LRN", "Dropout", "SoftmaxWithLoss") or (
+                typ == "Scale" and bottoms[0] == tops[0]):
+            total += x
+        elif typ == "BatchNorm":
+            total += 2 * x
+    for (b, _), n in readers.items():
+        if n > 1 and b in blob_shape:       # (not the labels: a few floats)
+            total += n * math.prod(blob_shape[b])
+    return 4 * total / 2 ** 20
 
 
 def run(script, args, out_json):
@@ -174,12 +211,16 @@ def main():
              ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
             ("train_googlenet", "bench_train.py",
              ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
-            # (peak memory is measured for the LeNet and CaffeNet steps and LeNet's forward:
-            # one fresh compile per contender costs minutes on the big nets)
+            ("train_resnet50", "bench_train.py",
+             ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
+            # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
+            # forward: one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
              ["--net", "googlenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
+            ("forward_resnet50", "bench_forward.py",
+             ["--net", "resnet50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
         ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -229,11 +270,15 @@ def render(state, opts):
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
          "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
+        ("Training step, ResNet-50 (batch 16, 3x224x224; BatchNorm with batch statistics, "
+         "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",
          forward_gflop("googlenet", True), None),
+        ("Forward (deploy, TEST), ResNet-50 (batch 16, 3x224x224)", "forward_resnet50",
+         forward_gflop("resnet50", True), None),
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
     ]
     for title, key, gflop, refs in sections:
@@ -252,15 +297,18 @@ def render(state, opts):
                                                if key.startswith("train") else ""))
             rss = results[key].get("rss_mb", {})
             mine = next((v for n, v in rss.items() if n.startswith("jcaffe")), None)
-            # CaffeNet only: LeNet's arrays are 15 MB, a tenth of the jax runtime alone.
-            if key == "train_caffenet" and mine:
+            # Not LeNet: its arrays are 15 MB, a tenth of the jax runtime alone.
+            if key in ("train_caffenet", "train_resnet50") and mine:
                 net = key.split("_", 1)[1]
-                count = caffe_memory_mb(net)
+                count, buffers = caffe_memory_mb(net), caffe_layer_buffers_mb(net)
                 out.append("")
                 out.append("Memory: BVLC Caffe's arrays for this step, by count, %.0f MB (params "
                            "x3: data, diff, momentum; every blob's data and diff; 4 prefetched "
-                           "batches; not its process, libraries or layer buffers). jcaffe's "
-                           "peak RSS / that count: %.2fx." % (count, mine / count))
+                           "batches), and %.0f MB with its layers' own buffers (im2col columns, "
+                           "pooling indices, LRN scales, dropout masks, BatchNorm's and an "
+                           "in-place Scale's copies, split tops' diffs); not its process or "
+                           "libraries. jcaffe's peak RSS / those: %.2fx and %.2fx."
+                           % (count, count + buffers, mine / count, mine / (count + buffers)))
         out.append("")
         out.append("`%s`" % results[key + "_cmd"])
         out.append("")
