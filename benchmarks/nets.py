@@ -172,15 +172,23 @@ def param_shapes(param):
 
 def init_params(param, seed=0):
     """Gaussian(0.01) weights (Scale: ones) and zero biases, as float32 numpy arrays."""
-    rng = np.random.RandomState(seed)
+    return dict(reference_params(param, seed))
+
+
+def reference_params(param, seed=0):
+    """(layer, [arrays]) of :func:`init_params`, one layer at a time: each drawn in float32
+    (no float64 draw beside it: CaffeNet's fc6 would be a 302 MB transient, which was
+    the peak of a contender's process)."""
+    rng = np.random.default_rng(seed)
     shapes, _ = param_shapes(param)
     types = {l.name: l.type for l in param.layer}
-    out = {}
     for name, s in shapes.items():
-        first = (np.ones(s[0], np.float32) if types[name] == "Scale"
-                 else (rng.randn(*s[0]) * 0.01).astype(np.float32))
-        out[name] = [first] + [np.zeros(b, np.float32) for b in s[1:]]
-    return out
+        if types[name] == "Scale":
+            first = np.ones(s[0], np.float32)
+        else:
+            first = rng.standard_normal(s[0], dtype=np.float32)
+            first *= np.float32(0.01)
+        yield name, [first] + [np.zeros(b, np.float32) for b in s[1:]]
 
 
 def init_stats(param):
@@ -321,7 +329,7 @@ def load_reference_params(net, param):
     """Give jcaffe's ``net`` the references' values: :func:`init_params` and, for each
     BatchNorm, running averages :func:`init_stats` (Caffe's sums, scale factor 1). The
     fillers' zero statistics would make a TEST-phase BatchNorm divide by sqrt(eps)."""
-    for name, values in init_params(param).items():
+    for name, values in reference_params(param):
         for blob, value in zip(net.params[name], values):
             blob.data[...] = value
     for name, (mean, var) in init_stats(param).items():
