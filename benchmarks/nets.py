@@ -210,6 +210,16 @@ def inputs(param, seed=1):
     return data, rng.randint(0, 10, size=shapes[1]).astype(np.float32)
 
 
+def eltwise_sum(l, xs):
+    """Eltwise SUM with its coefficients (the only operation the zoo nets use), in
+    whichever framework's arrays ``xs`` are."""
+    p = l.eltwise_param
+    if p.operation != p.SUM:
+        raise NotImplementedError("Eltwise %s" % p.operation)
+    coeffs = list(p.coeff) or [1.0] * len(xs)
+    return sum(c * v if c != 1 else v for c, v in zip(coeffs, xs))
+
+
 # ---------------------------------------------------------------------------
 # pure JAX, written the direct way
 # ---------------------------------------------------------------------------
@@ -282,11 +292,7 @@ def jax_forward_fn(param, train):
                 if len(params[name]) > 1:
                     y = y + per_channel(params[name][1])
             elif typ == "Eltwise":
-                p = l.eltwise_param
-                if p.operation != p.SUM:
-                    raise NotImplementedError("Eltwise %s" % p.operation)
-                coeffs = list(p.coeff) or [1.0] * len(xs)
-                y = sum(c * v if c != 1 else v for c, v in zip(coeffs, xs))
+                y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
             elif typ == "SoftmaxWithLoss":
@@ -412,11 +418,7 @@ def torch_forward_fn(param, train):
                 if len(ps) > 1:
                     y = y + ps[1].view(1, -1, 1, 1)
             elif typ == "Eltwise":
-                p = l.eltwise_param
-                if p.operation != p.SUM:
-                    raise NotImplementedError("Eltwise %s" % p.operation)
-                coeffs = list(p.coeff) or [1.0] * len(xs)
-                y = sum(c * v if c != 1 else v for c, v in zip(coeffs, xs))
+                y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
             elif typ == "SoftmaxWithLoss":

@@ -30,16 +30,17 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 BLOBS = ("conv", "pool", "ip", "loss")
 
 
-def _solver(fuse=True):
+def _solver(fuse=True, net=NET):
     param = caffe_pb2.SolverParameter()
     text_format.Parse('base_lr: 0.1 momentum: 0.9 weight_decay: 0.001 lr_policy: "fixed" '
                       'random_seed: 3 type: "SGD"', param)
-    text_format.Parse(NET, param.net_param)
+    text_format.Parse(net, param.net_param)
     solver = jcaffe.get_solver(param)
     solver.fuse_step = fuse
     rng = np.random.default_rng(0)
-    solver.net.blobs["data"].data[...] = rng.standard_normal((4, 2, 8, 8))
-    solver.net.blobs["label"].data[...] = rng.integers(0, 5, 4)
+    blobs = solver.net.blobs
+    blobs["data"].data[...] = rng.standard_normal(blobs["data"].shape)
+    blobs["label"].data[...] = rng.integers(0, 5, blobs["label"].shape)
     return solver
 
 
@@ -261,25 +262,12 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-def _residual_solver(fuse=True):
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" random_seed: 3 '
-                      'type: "SGD"', param)
-    text_format.Parse(RESIDUAL_NET, param.net_param)
-    solver = jcaffe.get_solver(param)
-    solver.fuse_step = fuse
-    rng = np.random.default_rng(1)
-    solver.net.blobs["data"].data[...] = rng.standard_normal((4, 2, 6, 6))
-    solver.net.blobs["label"].data[...] = rng.integers(0, 5, 4)
-    return solver
-
-
 def test_a_fused_step_returns_each_value_once():
     """The split tops of "conv" are its value, and the in-place Scale's saved input is
     BatchNorm's saved output: one array each, not copies (XLA writes every output of a
     program to its own buffer; ResNet-50 returned 1.3 GB of such copies per step). What
     users read is the unfused path's, and the step after still donates every buffer."""
-    fused, plain = _residual_solver(), _residual_solver(fuse=False)
+    fused, plain = _solver(net=RESIDUAL_NET), _solver(False, RESIDUAL_NET)
     splits = [n for n in fused.net.blobs if n.startswith("conv_") and "split" in n]
     assert len(splits) == 2
     for step in range(3):
@@ -305,7 +293,7 @@ def test_a_fused_step_returns_each_value_once():
 
 def test_net_forward_returns_each_value_once():
     """The unfused path too: a forward's split tops share their bottom's array."""
-    net = _residual_solver(fuse=False).net
+    net = _solver(False, RESIDUAL_NET).net
     net.forward()
     splits = [name for name in net.blobs if "split" in name]
     assert splits
