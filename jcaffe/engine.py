@@ -421,8 +421,7 @@ class Segment:
             # (a diff passed through unchanged is the caller's array: a param's diff no
             # layer here adds to, a top diff an identity backward gives its bottom)
             def backward(params, data, top_diffs, saved, param_diffs):
-                with runtime_one((top_diffs, param_diffs, data)):
-                    out = self.trace_backward(params, data, top_diffs, saved, param_diffs)
+                out = self.trace_backward(params, data, top_diffs, saved, param_diffs)
                 return Distinct.of(out, (top_diffs, param_diffs))
             fn = self._backward_jit["fn"] = jax.jit(backward)
         return fn(params, data, top_diffs, saved, param_diffs).restore((top_diffs, param_diffs))
