@@ -130,11 +130,10 @@ def caffe_layer_buffers_mb(name):
             version[t] = version.get(t, 0) + 1
         x = math.prod(blob_shape[bottoms[0]]) if bottoms else 0
         if typ == "Convolution":
-            k, st, pad, g, o, bias = nets.conv_params(l)
-            shape = blob_shape[bottoms[0]]
+            k, st, pad = nets.conv_params(l)[:3]
             if not (all(v == 1 for v in k + st) and not any(pad)):
-                out = [(shape[2 + i] + 2 * pad[i] - k[i]) // st[i] + 1 for i in range(2)]
-                total += shape[1] * math.prod(k) * math.prod(out)
+                total += (blob_shape[bottoms[0]][1] * math.prod(k)
+                          * math.prod(blob_shape[tops[0]][2:]))
         elif typ == "Pooling" and l.pooling_param.pool == l.pooling_param.MAX:
             total += math.prod(blob_shape[tops[0]])
         elif typ in ("LRN", "Dropout", "SoftmaxWithLoss") or (
