@@ -222,3 +222,44 @@ def test_deconvolution_where_xla_lhs_dilation_aborted(x64, rng, param, shape):
     layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
                        [shape])
     check_backward(layer, [rng.standard_normal(shape)])
+
+
+POINTWISE = CASES[CASES.index(("num_output: 3 kernel_size: 1", (2, 4, 5, 6))):]   # the last five
+
+
+@pytest.mark.parametrize("form", ["per image", "whole batch"])
+@pytest.mark.parametrize("param,shape", POINTWISE)
+def test_pointwise_forms_match_lax(x64, rng, monkeypatch, param, shape, form):
+    """A 1x1 kernel's three maps, per image (a dot batched over images and groups) or
+    as one GEMM over the whole batch, whichever the output size picks, are the
+    convolution, its data gradient and its weight gradient."""
+    from jcaffe.layers import conv_gemm
+    layer = _layer(param, shape)
+    geo = layer.geometry()
+    assert conv_gemm.pointwise(geo)
+    monkeypatch.setattr(conv_gemm, "PER_IMAGE_MIN_POSITIONS", 0 if form == "per image" else 10 ** 9)
+    jax.clear_caches()      # the maps are jitted with the form chosen at trace time
+    assert conv_gemm.per_image(geo) == (form == "per image")
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    y, vjp = jax.vjp(lambda x, w: _plain(layer, x, w, 0 * b), x, w)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    want = [y, *vjp(dy)]
+    got = [conv_gemm.forward(x, w, layer.group, geo), conv_gemm.data_diff(dy, w, layer.group, geo),
+           conv_gemm.weight_diff(x, dy, layer.group, geo)]
+    for g, r, what in zip(got, want, ("forward", "data gradient", "weight gradient")):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
+    jax.clear_caches()
+
+
+def test_pointwise_form_by_output_size():
+    """Per image from 56x56 outputs (ResNet-50's res2 1x1 convolutions), one GEMM over
+    the batch at 28x28 and below."""
+    from jcaffe.layers import conv_gemm
+
+    def geo(size, stride=1):
+        return conv_gemm.Geometry((1, 1), (stride, stride), (0, 0), (1, 1),
+                                  (size * stride, size * stride), (size, size))
+    assert conv_gemm.per_image(geo(56)) and conv_gemm.per_image(geo(56, stride=2))
+    assert not conv_gemm.per_image(geo(28)) and not conv_gemm.per_image(geo(14, stride=2))

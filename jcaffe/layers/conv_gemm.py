@@ -200,13 +200,33 @@ def _grouped_cols(cols, group):
 
 
 # -- 1x1 kernels without padding: the input is its own columns ------------------------
-# No im2col, no batch chunks, no channel-major copies: one dot over the whole batch
-# (strided: of the strided slice). GoogLeNet's 1x1 shapes, batch 32, vs the chunked
-# columns (ms): forward 2.4x faster at 64x56x56 -> 64 (20.8 vs 50.3) and 1.1-1.6x at the
-# others; weight gradients 1.0-2.2x; data gradients 1.1-2.3x, except the two smallest
-# (7x7 and 24 outputs: 0.8-0.9x).
+# No im2col, no batch chunks: each map is one dot (strided: of the strided slice), in
+# one of two forms by the number of output positions P:
+# * P >= PER_IMAGE_MIN_POSITIONS: per image, as Caffe computes it (the batch as the
+#   dot's batch dimension). Every operand and result keeps Caffe's (B, C, P) layout,
+#   contracted over its minor axis or over C, so XLA copies nothing.
+# * smaller P: one GEMM over the whole batch, (B * P, C) x (C, O), the form XLA picks
+#   for a plain einsum. It transposes its operands and result (copies that the
+#   result's readers repeat, each reading across the layout); per-image GEMMs are
+#   too small to pay at 14x14 and below, and at 28x28 the whole steps did not gain.
+# Alone, per image / whole batch (ms ratios, 2026-12-01), ResNet-50's 1x1 shapes at
+# batch 16: at 56x56 forward (with an elementwise reader) 0.39-0.74, weight gradients
+# 0.30-0.37, data gradients 0.32-0.57; at 28x28 0.59-0.99 / 0.90-1.25 / 0.70-0.81; at
+# 14x14 0.79-1.27 / 2.3-3.1 / 0.69-1.53; at 7x7 2.0-3.3 / 8-13 / 4.3-6.4. In whole
+# steps (two solvers in one process, steps alternated), per image from 56x56 against
+# never: ResNet-50 0.94, GoogLeNet (batch 32) 0.97 and 1.02. From 28x28: ResNet-50
+# 0.93-0.99 over four runs (1.00 against from 56x56), GoogLeNet 1.02 and 1.03 (both
+# construction orders). Hence 56x56.
+PER_IMAGE_MIN_POSITIONS = 3136
+
+
 def pointwise(geo):
     return all(k == 1 for k in geo.kernel) and not any(geo.pad)
+
+
+def per_image(geo):
+    """Whether a pointwise map takes the per-image form (above)."""
+    return int(np.prod(geo.out_spatial)) >= PER_IMAGE_MIN_POSITIONS
 
 
 def _sampled(x, geo):
@@ -218,17 +238,32 @@ def _sampled(x, geo):
     return lax.slice(x, (0,) * (n + 2), limit, (1, 1) + tuple(geo.stride))
 
 
+def _per_image_weights(w, b, group):
+    """w (O, C/g, 1...) as (B, g, O/g, C/g): the same matrix for each image."""
+    o, cg = w.shape[:2]
+    return jnp.broadcast_to(w.reshape(group, o // group, cg), (b, group, o // group, cg))
+
+
+_BATCH_GROUP = ((0, 1), (0, 1))     # dot_general batch dimensions (image, group)
+
+
 def _pointwise_forward(x, w, group, geo):
     b, c, o = x.shape[0], x.shape[1], w.shape[0]
     xs = _sampled(x, geo).reshape(b, group, c // group, -1)
-    y = jnp.einsum("gqc,bgcp->bgqp", w.reshape(group, o // group, c // group), xs)
+    if per_image(geo):
+        y = lax.dot_general(_per_image_weights(w, b, group), xs, (((3,), (2,)), _BATCH_GROUP))
+    else:
+        y = jnp.einsum("gqc,bgcp->bgqp", w.reshape(group, o // group, c // group), xs)
     return y.reshape((b, o) + tuple(geo.out_spatial))
 
 
 def _pointwise_data_diff(dy, w, group, geo):
     b, (o, cg) = dy.shape[0], w.shape[:2]
     d = dy.reshape(b, group, o // group, -1)
-    dx = jnp.einsum("gqc,bgqp->bgcp", w.reshape(group, o // group, cg), d)
+    if per_image(geo):
+        dx = lax.dot_general(_per_image_weights(w, b, group), d, (((2,), (2,)), _BATCH_GROUP))
+    else:
+        dx = jnp.einsum("gqc,bgqp->bgcp", w.reshape(group, o // group, cg), d)
     dx = dx.reshape((b, cg * group) + tuple(geo.out_spatial))
     if all(s == 1 for s in geo.stride):
         return dx
@@ -240,7 +275,11 @@ def _pointwise_data_diff(dy, w, group, geo):
 def _pointwise_weight_diff(x, dy, group, geo):
     b, c, o = x.shape[0], x.shape[1], dy.shape[1]
     xs = _sampled(x, geo).reshape(b, group, c // group, -1)
-    dw = jnp.einsum("bgqp,bgcp->gqc", dy.reshape(b, group, o // group, -1), xs)
+    d = dy.reshape(b, group, o // group, -1)
+    if per_image(geo):     # each image's (g, O/g, C/g), then their sum
+        dw = jnp.sum(lax.dot_general(d, xs, (((3,), (3,)), _BATCH_GROUP)), axis=0)
+    else:
+        dw = jnp.einsum("bgqp,bgcp->gqc", d, xs)
     return dw.reshape((o, c // group) + tuple(geo.kernel))
 
 
