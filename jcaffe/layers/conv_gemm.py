@@ -200,8 +200,11 @@ def _grouped_cols(cols, group):
 
 
 # -- 1x1 kernels without padding: the input is its own columns ------------------------
-# No im2col, no batch chunks: each map is one dot (strided: of the strided slice), in
-# one of two forms by the number of output positions P:
+# No im2col, no batch chunks: each map is one dot (strided: of the strided slice).
+# Against the chunked columns, on GoogLeNet's 1x1 shapes at batch 32 (ms): forward
+# 1.1-2.4x faster (64x56x56 -> 64: 20.8 vs 50.3), weight gradients 1.0-2.2x, data
+# gradients 1.1-2.3x except the two smallest (7x7, 24 outputs: 0.8-0.9x).
+# The dot takes one of two forms by the number of output positions P:
 # * P >= PER_IMAGE_MIN_POSITIONS: per image, as Caffe computes it (the batch as the
 #   dot's batch dimension). Every operand and result keeps Caffe's (B, C, P) layout,
 #   contracted over its minor axis or over C, so XLA copies nothing.
