@@ -38,8 +38,10 @@ CASES = [
     # dilation): square grouped, and a rectangular kernel
     ("num_output: 4 kernel_size: 3 pad: 2 dilation: 2 group: 2", (2, 4, 7, 6)),
     ("num_output: 3 kernel_h: 2 kernel_w: 3 pad_w: 1 dilation: 2", (2, 2, 6, 7)),
-    # 1x1 kernels without padding (conv_gemm's pointwise path): plain, strided past the
-    # last row, grouped 1-d, dilated (no effect), 3-d
+]
+# 1x1 kernels without padding (conv_gemm's pointwise path): plain, strided past the
+# last row, grouped 1-d, dilated (no effect), 3-d
+POINTWISE = [
     ("num_output: 3 kernel_size: 1", (2, 4, 5, 6)),
     ("num_output: 4 kernel_size: 1 stride: 2 group: 2", (2, 6, 7, 6)),
     ("num_output: 6 kernel_size: 1 stride: 3 group: 3", (2, 3, 11)),
@@ -47,6 +49,7 @@ CASES = [
      (1, 2, 5, 4)),
     ("num_output: 2 kernel_size: 1 stride: 2", (1, 3, 3, 4, 5)),
 ]
+CASES += POINTWISE
 
 
 def _layer(param, shape):
@@ -222,9 +225,6 @@ def test_deconvolution_where_xla_lhs_dilation_aborted(x64, rng, param, shape):
     layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
                        [shape])
     check_backward(layer, [rng.standard_normal(shape)])
-
-
-POINTWISE = CASES[CASES.index(("num_output: 3 kernel_size: 1", (2, 4, 5, 6))):]   # the last five
 
 
 @pytest.mark.parametrize("form", ["per image", "whole batch"])
