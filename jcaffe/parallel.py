@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from . import common
+from . import common, xla_options
 from .errors import DeviceError
 
 log = logging.getLogger("jcaffe")
@@ -544,7 +544,7 @@ class DataParallel:
                 out_specs=(rep, split))(params, history, data_in, extra, loss_w, top_diffs, keys,
                                         count0, rate, t)
 
-        return jax.jit(step, static_argnums=0)
+        return jax.jit(step, static_argnums=0, compiler_options=xla_options.cpu_options())
 
     def iteration(self, display):
         """One training iteration on every device; -> (loss, after) as Solver._fused_iteration."""

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, compile_cache, engine, hdf5, progress, protoio
+from . import common, compile_cache, engine, hdf5, progress, protoio, xla_options
 from .blob import device_zeros
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
@@ -91,7 +91,8 @@ class Solver:
     type_name = None
     # XLA options of the fused step's compile (jax.jit's compiler_options); None: on
     # CPU, XLA's memory-optimized schedule (CaffeNet, batch 32: temporaries 365 -> 271 MB,
-    # step time unchanged in interleaved A/Bs: 1757 vs 1799 ms, 1871 vs 1707 ms).
+    # step time unchanged in interleaved A/Bs: 1757 vs 1799 ms, 1871 vs 1707 ms) and
+    # convolutions left to XLA rather than YNNPACK (xla_options.cpu_options).
     fused_compiler_options = None
     CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     # Params of at least this size whose layer can give their diff by rows (InnerProduct
@@ -506,8 +507,8 @@ class Solver:
             outputs = engine.Distinct.of(tuple(out[4:7]), rest[:4])
             return tuple(out[:4]) + (outputs, out[7])
         options = self.fused_compiler_options
-        if options is None and jax.default_backend() == "cpu":
-            options = self.CPU_COMPILER_OPTIONS
+        if options is None:
+            options = xla_options.cpu_options(**self.CPU_COMPILER_OPTIONS)
         return jax.jit(step, donate_argnums=(0, 1, 2), static_argnums=(3,), keep_unused=True,
                        compiler_options=options or None)
 
