@@ -2,12 +2,17 @@
 data gradient and weight gradient as (a) jcaffe's CPU choice per map (im2col + GEMM
 from conv_gemm, or XLA's convolution, per group when grouped; the cell says which),
 (b) XLA's convolution only, per group, (c) XLA's convolution as ONE grouped call.
+Each is compiled with the options jcaffe's own jits take (jcaffe.xla_options: on CPU,
+convolutions on XLA's kernels, not YNNPACK's); ``--xla-defaults`` compiles with XLA's.
 
-    python benchmarks/bench_conv.py [--batch 32] [--repeats 3]
+    python benchmarks/bench_conv.py [--batch 32] [--repeats 3] [--only googlenet]
 
-Shapes: CaffeNet's five convolutions and LeNet's two. Each timing: min over repeats.
+Shapes: CaffeNet's five convolutions (batch --batch), LeNet's two (batch 64), and the
+kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size.
+Each timing: min over repeats.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -23,7 +28,20 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "caffenet conv5": ((384, 13, 13), "num_output: 256 kernel_size: 3 pad: 1 group: 2"),
     "lenet conv1": ((1, 28, 28), "num_output: 20 kernel_size: 5"),
     "lenet conv2": ((20, 12, 12), "num_output: 50 kernel_size: 5"),
+    "googlenet conv1/7x7_s2": ((3, 224, 224), "num_output: 64 kernel_size: 7 stride: 2 pad: 3"),
+    "googlenet conv2/3x3": ((64, 56, 56), "num_output: 192 kernel_size: 3 pad: 1"),
+    "googlenet inception_3a/3x3": ((96, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
+    "googlenet inception_3a/5x5": ((16, 28, 28), "num_output: 32 kernel_size: 5 pad: 2"),
+    "googlenet inception_4a/3x3": ((96, 14, 14), "num_output: 208 kernel_size: 3 pad: 1"),
+    "googlenet inception_4e/5x5": ((32, 14, 14), "num_output: 128 kernel_size: 5 pad: 2"),
+    "googlenet inception_5b/3x3": ((192, 7, 7), "num_output: 384 kernel_size: 3 pad: 1"),
+    "resnet50 conv1": ((3, 224, 224), "num_output: 64 kernel_size: 7 stride: 2 pad: 3"),
+    "resnet50 res2a_branch2b": ((64, 56, 56), "num_output: 64 kernel_size: 3 pad: 1"),
+    "resnet50 res3a_branch2b": ((128, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
+    "resnet50 res4a_branch2b": ((256, 14, 14), "num_output: 256 kernel_size: 3 pad: 1"),
+    "resnet50 res5a_branch2b": ((512, 7, 7), "num_output: 512 kernel_size: 3 pad: 1"),
 }
+BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16}     # caffenet: --batch
 
 
 def timed(f, args, repeats):
@@ -42,6 +60,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="")
+    ap.add_argument("--xla-defaults", action="store_true",
+                    help="compile with XLA's default options, not jcaffe's")
     opts = ap.parse_args()
     import jax
     import jax.numpy as jnp
@@ -51,6 +71,9 @@ def main():
     from jcaffe.layers import conv_gemm
     from jcaffe.layers.vision import Convolution
     from jcaffe.proto import caffe_pb2
+    from jcaffe import xla_options
+    options = None if opts.xla_defaults else xla_options.cpu_options()
+    jit = functools.partial(jax.jit, compiler_options=options)
 
     original = Convolution._split_groups, Convolution._gemm
     print("| shape | formulation | forward ms | data grad ms | weight grad ms | GFLOP (fwd) |")
@@ -58,7 +81,7 @@ def main():
     for name, (chw, text) in SHAPES.items():
         if opts.only and opts.only not in name:
             continue
-        shape = (opts.batch if "caffenet" in name else 64,) + chw
+        shape = (BATCH.get(name.split()[0], opts.batch),) + chw
         lp = text_format.Parse('name: "c" type: "Convolution" convolution_param { %s '
                                'weight_filler { type: "gaussian" std: 0.01 } }' % text,
                                caffe_pb2.LayerParameter())
@@ -82,11 +105,11 @@ def main():
             Convolution._split_groups = (lambda s, split=split: split and s.group > 1)
             Convolution._gemm = (original[1] if gemm is None else
                                  (lambda s, which, cg, macs, gemm=gemm, **_: gemm))
-            fwd = jax.jit(lambda p, x: layer.forward(p, [x], None)[0][0])
+            fwd = jit(lambda p, x: layer.forward(p, [x], None)[0][0])
             y = fwd(params, x)
             dy = jnp.ones_like(y)
-            dx = jax.jit(lambda p, x, dy: layer._data_diff(layer._batched(dy), p[0]))
-            dw = jax.jit(lambda p, x, dy: layer._weight_diff(layer._batched(x),
+            dx = jit(lambda p, x, dy: layer._data_diff(layer._batched(dy), p[0]))
+            dw = jit(lambda p, x, dy: layer._weight_diff(layer._batched(x),
                                                              layer._batched(dy)))
             gflop = 2 * np.prod(y.shape) * np.prod(params[0].shape[1:]) / 1e9
             print("| %s | %s | %.1f | %.1f | %.1f | %.2f |" % (
