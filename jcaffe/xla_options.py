@@ -55,3 +55,10 @@ def cpu_options(**extra):
             and accepted(YNN_FUSION_TYPE, YNN_FUSION_TYPES)):
         options[YNN_FUSION_TYPE] = YNN_FUSION_TYPES
     return options or None
+
+
+def own_convolutions():
+    """Whether jcaffe's CPU compiles run convolutions on XLA's own kernels (the option
+    above in effect), which decides some of Convolution's formulations."""
+    options = cpu_options() or {}
+    return options.get(YNN_FUSION_TYPE) == YNN_FUSION_TYPES

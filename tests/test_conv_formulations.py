@@ -161,12 +161,16 @@ def test_data_gradient_form_by_shape():
     assert not conv_gemm.by_rows((64, 50, 4, 4), (50, 20, 5, 5), 1, strided, 4)
 
 
-def test_cpu_gemm_choice_per_map_and_shape(x64):
-    """On CPU, from GEMM_MIN_MACS multiply-adds on: every weight gradient as GEMM; the
-    forward for short columns (C/group * prod(kernel) <= 512); every map of a 1x1 kernel
-    without padding; every strided data gradient; the data gradient at stride 1 from
-    GEMM_MIN_MACS_DATA on, or where it takes conv_gemm's kernel-rows form. Smaller maps
-    keep XLA's convolution."""
+@pytest.mark.parametrize("own_convolutions", [True, False])
+def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
+    """On CPU, from GEMM_MIN_MACS multiply-adds on: every map of a 1x1 kernel without
+    padding; the weight gradients of larger kernels unless the compiles run convolutions
+    on XLA's own kernels (xla_options); the forward for short columns (C/group *
+    prod(kernel) <= 512); every strided data gradient; the data gradient at stride 1
+    from GEMM_MIN_MACS_DATA on, or where it takes conv_gemm's kernel-rows form. Smaller
+    maps keep XLA's convolution."""
+    from jcaffe import xla_options
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
     strided = _layer("num_output: 4 kernel_size: 5 stride: 2", (1, 3, 13, 13))  # 75
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
@@ -179,7 +183,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64):
         cg = layer.channels // layer.group
         big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA
         assert big < big_data
-        assert layer._gemm("weight", cg, big) == cpu
+        assert layer._gemm("weight", cg, big) == (cpu and (
+            layer is pointwise or not own_convolutions))
         assert layer._gemm("forward", cg, big) == (cpu and fwd)
         assert layer._gemm("data", cg, big) == (cpu and strided_data)
         assert layer._gemm("data", cg, big_data - 1) == (cpu and strided_data)

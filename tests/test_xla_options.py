@@ -55,6 +55,7 @@ def test_cpu_options_add_the_fusion_choice(monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert xla_options.cpu_options() == {
         xla_options.YNN_FUSION_TYPE: xla_options.YNN_FUSION_TYPES}
+    assert xla_options.own_convolutions()
     assert xla_options.cpu_options(xla_cpu_scheduler_type="X") == {
         "xla_cpu_scheduler_type": "X",
         xla_options.YNN_FUSION_TYPE: xla_options.YNN_FUSION_TYPES}
@@ -64,6 +65,7 @@ def test_the_users_xla_flags_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--%s=LIBRARY_FUSION_TYPE_DOT" % xla_options.YNN_FUSION_TYPE)
     assert xla_options.cpu_options() is None
     assert xla_options.cpu_options(a="b") == {"a": "b"}
+    assert not xla_options.own_convolutions()    # (Convolution's weight gradients: GEMM)
 
 
 def test_an_option_this_jaxlib_rejects_is_dropped_with_a_log_line(caplog):

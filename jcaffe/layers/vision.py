@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import xla_options
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
@@ -193,7 +194,11 @@ class Convolution(JaxLayer):
 
     # On CPU, im2col + GEMM (conv_gemm) beat XLA's convolution, per map and shape
     # (benchmarks/bench_conv.py and the shapes of LeNet, CaffeNet and GoogLeNet):
-    # * weight gradient: every shape measured (1.3-4.7x);
+    # * weight gradient: 1x1 maps (one dot, no columns). Larger kernels: GEMM beat
+    #   YNNPACK's convolution on every shape measured (1.3-4.7x), but XLA's own
+    #   convolution, where jcaffe's compiles use it (xla_options), tied or won inside
+    #   whole steps (interleaved A/Bs, 2026-12-02: GoogLeNet 0.89x twice, CaffeNet 0.98x,
+    #   ResNet-50 0.98x and 1.05x, LeNet 1.02x), so those go to XLA;
     # * data gradient at stride 1: all but one shape won or tied (LeNet's conv1 3x,
     #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, from GEMM_MIN_MACS: XLA has
     #   no fast strided form left (_phase_data_diff: CaffeNet's conv1, batch 32,
@@ -225,8 +230,10 @@ class Convolution(JaxLayer):
         ``by_rows``: the data gradient would take conv_gemm's kernel-rows form."""
         if jax.default_backend() != "cpu" or macs < self.GEMM_MIN_MACS:
             return False
-        if which == "weight" or conv_gemm.pointwise(self.geometry()):
+        if conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
+        if which == "weight":
+            return not xla_options.own_convolutions()
         if which == "data":
             return (by_rows or macs >= self.GEMM_MIN_MACS_DATA
                     or any(s > 1 for s in self.stride))
