@@ -111,7 +111,7 @@ class LMDB(_DB):
                     raise DataSourceError("LMDB database '%s' does not exist" % source)
                 self.env = _shared_read_env(source)
             else:
-                if os.path.realpath(source) in _READ_ENVS:
+                if _open_for_reading(source):
                     raise DataSourceError("cannot write LMDB database '%s': it is open for reading in "
                                           "this process (by a Data layer or open_db)" % source)
                 if mode == "w" and os.path.exists(source):
@@ -191,6 +191,13 @@ class LMDB(_DB):
             self.env = None
 
     def __del__(self):
+        # The garbage collector may call this inside _READ_ENVS_LOCK on the same thread
+        # (a cycle collected while lmdb.open allocates): a reader's release never waits
+        # for that lock here; the next open or release does it.
+        if self.mode == "r" and getattr(self, "env", None) is not None:
+            self.env = None
+            _DEFERRED_RELEASES.append(self.source)
+            return
         try:
             self.close()
         except Exception:
@@ -200,12 +207,26 @@ class LMDB(_DB):
 # LMDB allows one Environment per database per process: readers share it (refcounted).
 _READ_ENVS = {}
 _READ_ENVS_LOCK = threading.Lock()
+_DEFERRED_RELEASES = []     # sources of readers freed by the garbage collector
+
+
+def _release_deferred():
+    """Under _READ_ENVS_LOCK: the releases __del__ left."""
+    while _DEFERRED_RELEASES:
+        _release_locked(os.path.realpath(_DEFERRED_RELEASES.pop()))
+
+
+def _open_for_reading(source):
+    with _READ_ENVS_LOCK:
+        _release_deferred()
+        return os.path.realpath(source) in _READ_ENVS
 
 
 def _shared_read_env(source):
     lmdb = _import_lmdb()
     key = os.path.realpath(source)
     with _READ_ENVS_LOCK:
+        _release_deferred()
         entry = _READ_ENVS.get(key)
         if entry is None:
             # lock=False: readers never write the lock file (a read-only folder works,
@@ -218,14 +239,18 @@ def _shared_read_env(source):
 
 
 def _release_read_env(source):
-    key = os.path.realpath(source)
     with _READ_ENVS_LOCK:
-        entry = _READ_ENVS.get(key)
-        if entry is not None:
-            entry[1] -= 1
-            if entry[1] <= 0:
-                entry[0].close()
-                del _READ_ENVS[key]
+        _release_deferred()
+        _release_locked(os.path.realpath(source))
+
+
+def _release_locked(key):
+    entry = _READ_ENVS.get(key)
+    if entry is not None:
+        entry[1] -= 1
+        if entry[1] <= 0:
+            entry[0].close()
+            del _READ_ENVS[key]
 
 
 class LevelDB(_DB):

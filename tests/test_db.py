@@ -146,3 +146,41 @@ def test_digits_lmdb_wire_format_is_what_caffe_reads(tmp_path):
         assert (d[1], d[2], d[3]) == (1, 8, 8)
         assert d[4] == images[train[n]].tobytes() and len(d[4]) == 64
         assert d[5] == labels[train[n]] and d[7] == 0
+
+
+def test_a_reader_collected_while_another_opens_does_not_deadlock(tmp_path, monkeypatch):
+    """A reader left in a reference cycle is closed by the garbage collector, which
+    may run inside an allocation while this module holds its reader lock (lmdb.open
+    opening another database: the CI hang of 2026-12-02). Its release must not wait
+    for that lock; it happens at the next open or close."""
+    import gc
+    import threading
+
+    import lmdb
+
+    from jcaffe import db as jdb
+    first, second = write_db(tmp_path / "a", n=2), write_db(tmp_path / "b", n=2)
+    reader = open_db(first)
+    reader.cycle = reader               # only the cycle collector can free it
+    del reader
+    real_open = lmdb.open
+
+    def open_collecting(*args, **kwargs):
+        gc.collect()                    # the collection that ran inside lmdb's env_keys
+        return real_open(*args, **kwargs)
+    monkeypatch.setattr(lmdb, "open", open_collecting)
+    gc.disable()                        # no earlier collection frees it
+    try:
+        done = []
+        t = threading.Thread(target=lambda: done.append(open_db(second)), daemon=True)
+        t.start()
+        t.join(20)
+    finally:
+        gc.enable()
+    assert done, "open_db deadlocked on the reader lock while a reader was collected"
+    done[0].close()
+    monkeypatch.setattr(lmdb, "open", real_open)
+    with open_db(first) as again:       # the collected reader was released: counts right
+        assert len(again) == 2
+    assert os.path.realpath(first) not in jdb._READ_ENVS
+    assert os.path.realpath(second) not in jdb._READ_ENVS
