@@ -149,8 +149,11 @@ def test_reshape_follows_input_reshape(tmp_path):
 
 # -- Tile ------------------------------------------------------------------------
 
+@pytest.mark.parametrize("slices_max", [32, 0])     # the backward by slices / reduced
 @pytest.mark.parametrize("axis,tiles", [(1, 3), (0, 2), (-1, 2), (2, 1)])
-def test_tile(x64, rng, axis, tiles):
+def test_tile(x64, rng, monkeypatch, axis, tiles, slices_max):
+    from jcaffe.layers.shaping import Tile
+    monkeypatch.setattr(Tile, "SLICES_MAX_TILES", slices_max)
     shape = (2, 3, 2)
     layer = make_layer('type: "Tile" tile_param { axis: %d tiles: %d }' % (axis, tiles), [shape])
     x = rng.standard_normal(shape)

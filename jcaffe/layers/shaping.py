@@ -9,6 +9,7 @@ raises :class:`BackwardError`, as Caffe's CHECK does.
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from ..blob import shape_count, shape_string
 from ..errors import BackwardError, LayerSetupError
@@ -190,12 +191,25 @@ class Tile(JaxLayer):
         reps[self.axis] = self.p.tiles
         return [jnp.tile(x, reps)], None
 
+    # Up to this many tiles the copies' diffs are summed as slices (one elementwise
+    # loop reading each copy) rather than reduced over a tiles axis: on CPU, batch 32,
+    # 64x28x28, axis 1, alone (2026-12-02, median of 60-200): 4 tiles 1.09 vs 1.43 ms,
+    # 8 tiles 2.0 vs 4.7 ms, 32 tiles 13.5 vs 14.5 ms (jax.vjp of the forward: as the
+    # reduction).
+    SLICES_MAX_TILES = 32
+
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         if not propagate_down[0]:
             return [None], []
         x, = bottoms
-        a = self.axis
-        dy = top_diffs[0].reshape(x.shape[:a] + (self.p.tiles,) + x.shape[a:])
+        a, tiles, n = self.axis, self.p.tiles, x.shape[self.axis]
+        dy = top_diffs[0]
+        if tiles <= self.SLICES_MAX_TILES:
+            dx = lax.slice_in_dim(dy, 0, n, axis=a)
+            for t in range(1, tiles):
+                dx = dx + lax.slice_in_dim(dy, t * n, (t + 1) * n, axis=a)
+            return [dx], []
+        dy = dy.reshape(x.shape[:a] + (tiles,) + x.shape[a:])
         return [jnp.sum(dy, axis=a)], []
 
 
