@@ -257,8 +257,7 @@ class Segment:
         # Outputs as Distinct: a value written under several names (a Split's tops) once;
         # a blob read back unchanged is the input array (never params: a fused step
         # donates them).
-        self._forward_jit = jax.jit(self._forward_fn(self.writes),
-                                    compiler_options=xla_options.cpu_options())
+        self._forward_jit = xla_options.jit(self._forward_fn(self.writes))
         self._backward_jit = {}
 
     # -- forward ---------------------------------------------------------------
@@ -331,8 +330,7 @@ class Segment:
         if len(returned) == len(self.writes):
             return self.run_full(*args) + (None,)
         if self._slim is None or self._slim[0] != returned:
-            self._slim = (returned, jax.jit(self._forward_fn(returned),
-                                            compiler_options=xla_options.cpu_options()))
+            self._slim = (returned, xla_options.jit(self._forward_fn(returned)))
         out = self._slim[1](*args).restore(data)
         return out + (PendingForward(self, args),)
 
@@ -426,6 +424,5 @@ class Segment:
             def backward(params, data, top_diffs, saved, param_diffs):
                 out = self.trace_backward(params, data, top_diffs, saved, param_diffs)
                 return Distinct.of(out, (top_diffs, param_diffs))
-            fn = self._backward_jit["fn"] = jax.jit(
-                backward, compiler_options=xla_options.cpu_options())
+            fn = self._backward_jit["fn"] = xla_options.jit(backward)
         return fn(params, data, top_diffs, saved, param_diffs).restore((top_diffs, param_diffs))

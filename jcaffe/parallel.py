@@ -544,7 +544,7 @@ class DataParallel:
                 out_specs=(rep, split))(params, history, data_in, extra, loss_w, top_diffs, keys,
                                         count0, rate, t)
 
-        return jax.jit(step, static_argnums=0, compiler_options=xla_options.cpu_options())
+        return xla_options.jit(step, static_argnums=0)
 
     def iteration(self, display):
         """One training iteration on every device; -> (loss, after) as Solver._fused_iteration."""

@@ -57,6 +57,11 @@ def cpu_options(**extra):
     return options or None
 
 
+def jit(fn, **kwargs):
+    """``jax.jit(fn, **kwargs)`` with :func:`cpu_options` as its compiler options."""
+    return jax.jit(fn, compiler_options=cpu_options(), **kwargs)
+
+
 def own_convolutions():
     """Whether jcaffe's CPU compiles run convolutions on XLA's own kernels (the option
     above in effect), which decides some of Convolution's formulations."""
