@@ -73,6 +73,8 @@ def main():
     from jcaffe.proto import caffe_pb2
     from jcaffe import xla_options
     options = None if opts.xla_defaults else xla_options.cpu_options()
+    if opts.xla_defaults:      # jcaffe's choice as it is where its option is not in effect
+        xla_options.own_convolutions = lambda: False
     jit = functools.partial(jax.jit, compiler_options=options)
 
     original = Convolution._split_groups, Convolution._gemm

@@ -194,7 +194,7 @@ class LMDB(_DB):
         # The garbage collector may call this inside _READ_ENVS_LOCK on the same thread
         # (a cycle collected while lmdb.open allocates): a reader's release never waits
         # for that lock here; the next open or release does it.
-        if self.mode == "r" and getattr(self, "env", None) is not None:
+        if getattr(self, "mode", None) == "r" and getattr(self, "env", None) is not None:
             self.env = None
             _DEFERRED_RELEASES.append(self.source)
             return

@@ -5,12 +5,12 @@ import re
 import jax
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 import jcaffe
 from jcaffe import xla_options
 from jcaffe.proto import caffe_pb2
-
-from google.protobuf import text_format
+from netutil import make_net
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
 
@@ -82,9 +82,7 @@ def test_net_forward_backward_and_the_fused_step_keep_convolutions_off_ynnpack(
     own convolution in Net.forward, Net.backward and Solver.step."""
     _needs_option()
     monkeypatch.delenv("XLA_FLAGS", raising=False)
-    path = tmp_path / "net.prototxt"
-    path.write_text(NET)
-    net = jcaffe.Net(str(path), jcaffe.TRAIN)
+    net = make_net(tmp_path, NET)
     r = np.random.default_rng(0)
     net.blobs["x"].data[...] = r.standard_normal((2, 32, 16, 16))
     seen = []
