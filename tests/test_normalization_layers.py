@@ -2,12 +2,16 @@
 BatchNorm's running statistics across iterations (TRAIN/TEST, use_global_stats) against a
 numpy model of Caffe's layer, the lr_mult 0 convention through the Solver, in-place use
 and a .caffemodel round trip."""
+import re
+
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
 import jcaffe
+from jcaffe import xla_options
 from jcaffe.errors import LayerSetupError
 from jcaffe.proto import caffe_pb2
 from layer_testing import check_backward, forward, make_layer
@@ -331,3 +335,20 @@ def test_gradcheck_checks_batch_norm_bottom_and_skips_its_statistics():
     assert report.ok, report
     assert [c.name for c in report.checks] == ["bottom 0"]
     assert sum("not learned (lr_mult 0)" in n for n in report.notes) == 3
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU fusion choices")
+def test_batch_norm_forward_writes_no_centred_copy_of_its_input():
+    """The variance's x - mean fuses into its reduction: the only array of the input's
+    shape that the compiled training forward writes is y (normalization._centred_for_
+    reduction; before it, XLA also wrote x - mean, read by the reduction and by y)."""
+    shape = (8, 16, 12, 12)
+    layer = make_layer('type: "BatchNorm"', [shape], dtype=np.float32)
+    params = [jnp.asarray(b.data) for b in layer.blobs]
+    step = xla_options.jit(lambda p, x: layer.forward(p, [x], None))
+    hlo = step.lower(params, jnp.zeros(shape, jnp.float32)).compile().as_text()
+    entry = hlo[hlo.index("\nENTRY"):]
+    full = "f32[%s]" % ",".join(str(d) for d in shape)
+    written = re.findall(r"= %s\{[\d,]*\} (fusion|add|subtract|multiply|divide)\(" %
+                         re.escape(full), entry)
+    assert len(written) == 1, entry

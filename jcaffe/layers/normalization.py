@@ -5,6 +5,18 @@ import jax.numpy as jnp
 from ..layer import JaxLayer, register
 
 
+def _centred_for_reduction(x, mean):
+    """x - mean for a reduction's input, written x + (-mean): the same numbers (negation
+    is exact in IEEE arithmetic), but XLA does not merge it with the x - mean of the
+    layer's output. Merged, the centred array has two readers and XLA writes it to
+    memory (with YNNPACK's reductions on CPU, see xla_options); apart, it fuses into
+    the reduction. ResNet-50's training step (batch 16, 53 BatchNorms) lost 52 such
+    writes and ran in 0.92-0.98x the time over three runs, with the same loss to the bit
+    (two solvers in one process, steps alternated); MVN's forward and backward alone
+    (32x64x28x28) 0.90x."""
+    return x + (-mean)
+
+
 @register("BatchNorm")
 class BatchNorm(JaxLayer):
     """y = (x - mean) / sqrt(var + eps), per channel (axis 1), over batch and spatial axes.
@@ -73,8 +85,8 @@ class BatchNorm(JaxLayer):
             new_params = [None, None, None]
         else:
             mean = jnp.mean(x, axis=axes)
-            centered = x - self._per_channel(mean, x)
-            var = jnp.mean(centered * centered, axis=axes)
+            centred = _centred_for_reduction(x, self._per_channel(mean, x))
+            var = jnp.mean(centred * centred, axis=axes)
             m = x.size // self.channels
             correction = m / (m - 1) if m > 1 else 1.0
             maf = self.maf
@@ -127,10 +139,12 @@ class MVN(JaxLayer):
     def forward(self, params, bottoms, rng):
         x, = bottoms
         rows = self._rows(x)
-        c = rows - jnp.mean(rows, axis=1, keepdims=True)
+        mean = jnp.mean(rows, axis=1, keepdims=True)
+        c = rows - mean
         if not self.p.normalize_variance:
             return [jnp.reshape(c, x.shape)], None
-        sigma = jnp.sqrt(jnp.mean(c * c, axis=1, keepdims=True))
+        cr = _centred_for_reduction(rows, mean)
+        sigma = jnp.sqrt(jnp.mean(cr * cr, axis=1, keepdims=True))
         y = c / (sigma + self.p.eps)
         return [jnp.reshape(y, x.shape)], (y, sigma)
 
