@@ -57,6 +57,9 @@ def test_dropout_train_scales_kept_units_and_backward_uses_the_mask(x64):
     dy = np.full(x.shape, 2.0)
     (dx,), _ = layer.backward([], [jnp.asarray(x)], tops, mask, [jnp.asarray(dy)], (True,))
     np.testing.assert_allclose(np.asarray(dx), np.where(kept, 2.0 / 0.7, 0.0))
+    # What backward keeps is the mask as booleans (1 byte an element, not the float's 8).
+    assert mask.dtype == jnp.bool_ and mask.shape == x.shape
+    np.testing.assert_array_equal(np.asarray(mask), kept)
 
 
 def test_dropout_rejects_bad_ratio():

@@ -65,7 +65,8 @@ class Dropout(NeuronLayer):
     """TRAIN: y = x * mask / (1 - ratio), mask ~ Bernoulli(1 - ratio); TEST: y = x.
 
     dE/dx = dE/dy * mask / (1 - ratio) in TRAIN, dE/dy in TEST. The mask is what
-    backward keeps, so in-place dropout is fine.
+    backward keeps (as booleans: a quarter of the bytes of Caffe's unsigned mask, and
+    the same products), so in-place dropout is fine.
     """
 
     needs_rng = True
@@ -85,9 +86,11 @@ class Dropout(NeuronLayer):
             return [x], None
         ratio = self.p.dropout_ratio
         keep = jax.random.bernoulli(rng, 1.0 - ratio, x.shape)
-        scaled_mask = keep.astype(x.dtype) * jnp.asarray(1.0 / (1.0 - ratio), x.dtype)
-        return [x * scaled_mask], scaled_mask
+        return [x * self._scaled_mask(keep, x.dtype)], keep
+
+    def _scaled_mask(self, keep, dtype):
+        return keep.astype(dtype) * jnp.asarray(1.0 / (1.0 - self.p.dropout_ratio), dtype)
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         dy, = top_diffs
-        return [dy if saved is None else dy * saved], []
+        return [dy if saved is None else dy * self._scaled_mask(saved, dy.dtype)], []
