@@ -1,0 +1,112 @@
+"""A/B of jcaffe's training step: two variants of the code, whole steps, one process each.
+
+    python benchmarks/ab_step.py --net resnet50 [--variants FILE] [A B] [--steps 8]
+                                 [--rounds 2]
+
+For an engine change whose effect on one layer says little about whole steps (XLA
+fuses across layers). ``FILE`` is a Python module with ``apply(name)``, called with a
+variant's name before its solver is built; it sets module attributes (e.g.
+``conv_gemm.PER_IMAGE_MIN_POSITIONS``) or compile options. Without ``--variants`` both
+are this checkout's code, which measures the method's own noise.
+
+Each variant runs in processes of its own, alternated by rounds (A B, then B A, ...),
+``--steps`` timed steps after two untimed ones; the result is each variant's median
+over all its steps, their ratio, and each round's ratio. The rounds share a
+compilation cache (a temporary directory), so a variant compiles once.
+
+Why not two solvers in one process: a variant that patches a module needs
+``jax.clear_caches()`` before the second solver is built (jitted helpers keep their
+traces), and that also drops the first solver's executable. Its next step traces and
+compiles again, with the module as the second variant left it, so both solvers run
+the second variant's code (seen 2026-12-02: benchmarks/NOTES.md, fifteenth session).
+"""
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nets  # noqa: E402  (puts this checkout's jcaffe first on sys.path)
+
+
+def load_variants(path):
+    if path is None:
+        return lambda name: None
+    spec = importlib.util.spec_from_file_location("ab_variants", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.apply
+
+
+def one_variant(net, batch, steps, path, name, cache):
+    """Apply variant ``name``, build the solver, time ``steps`` steps:
+    {"times": [s...], "loss": first loss, "first": first call s}."""
+    load_variants(path)(name)
+    import jax
+    import jcaffe
+    jcaffe.set_compilation_cache(cache)
+    solver = nets.jcaffe_solver(net, batch)
+    started = time.perf_counter()
+    solver.step(1)
+    loss, first = float(solver._losses[-1]), time.perf_counter() - started
+    times = []
+    for i in range(steps + 2):
+        started = time.perf_counter()
+        solver.step(1)
+        jax.block_until_ready(solver._losses[-1])
+        if i >= 2:
+            times.append(time.perf_counter() - started)
+    return {"times": times, "loss": loss, "first": first}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--net", default="lenet", choices=sorted(nets.NETS))
+    ap.add_argument("--batch", type=int, help="default: the net's benchmark batch")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per process")
+    ap.add_argument("--rounds", type=int, default=2, help="processes per variant")
+    ap.add_argument("--variants", help="module with apply(name)")
+    ap.add_argument("names", nargs="*", default=["A", "B"], help="the two variants")
+    ap.add_argument("--child", help=argparse.SUPPRESS)     # NAME,CACHE: one process
+    args = ap.parse_args(argv)
+    if len(args.names) != 2 or args.names[0] == args.names[1]:
+        ap.error("two different variant names, got %s" % args.names)
+    batch = args.batch or nets.NETS[args.net][1]
+    if args.child:
+        name, cache = args.child.split(",", 1)
+        print(json.dumps(one_variant(args.net, batch, args.steps, args.variants, name, cache)))
+        return
+    import numpy as np
+    a, b = args.names
+    runs = {a: [], b: []}
+    with tempfile.TemporaryDirectory(prefix="jcaffe-ab-") as cache:
+        for r in range(args.rounds):
+            for name in ([a, b] if r % 2 == 0 else [b, a]):
+                cmd = [sys.executable, os.path.abspath(__file__), "--net", args.net,
+                       "--batch", str(batch), "--steps", str(args.steps),
+                       "--child", "%s,%s" % (name, cache), a, b]
+                if args.variants:
+                    cmd[2:2] = ["--variants", os.path.abspath(args.variants)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+            ra, rb = runs[a][-1], runs[b][-1]
+            print("round %d (%s first): %s %.1f ms, %s %.1f ms, %s / %s = %.3f" % (
+                r + 1, a if r % 2 == 0 else b, a, 1e3 * np.median(ra["times"]), b,
+                1e3 * np.median(rb["times"]), b, a,
+                np.median(rb["times"]) / np.median(ra["times"])), flush=True)
+    med = {n: float(np.median([t for run in runs[n] for t in run["times"]])) for n in runs}
+    for n in (a, b):
+        print("%s: median %.1f ms over %d steps; first call %s s; first loss %s" % (
+            n, 1e3 * med[n], sum(len(run["times"]) for run in runs[n]),
+            ", ".join("%.1f" % run["first"] for run in runs[n]),
+            ", ".join("%.7g" % run["loss"] for run in runs[n])))
+    print("%s / %s: %.3f  (%s, batch %d, %d rounds of %d steps)" % (
+        b, a, med[b] / med[a], args.net, batch, args.rounds, args.steps))
+
+
+if __name__ == "__main__":
+    main()

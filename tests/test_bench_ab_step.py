@@ -1,0 +1,47 @@
+"""benchmarks/ab_step.py: each variant runs in processes of its own, with its apply()
+called before its solver is built, in both orders; the ratio is of the medians."""
+import os
+import re
+import subprocess
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+
+
+def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
+    log = tmp_path / "applied.txt"
+    variants = tmp_path / "variants.py"
+    # "columns" sets conv_gemm.ROW_BYTES to 0 (LeNet's conv2 data gradient by columns,
+    # not by kernel rows). Every Convolution forward traced records its variant, the
+    # ROW_BYTES its trace saw, and its process.
+    variants.write_text(
+        "import os\n"
+        "from jcaffe.layers import conv_gemm, vision\n"
+        "def apply(name):\n"
+        "    if name == 'columns':\n"
+        "        conv_gemm.ROW_BYTES = 0\n"
+        "    forward = vision.Convolution._conv_forward\n"
+        "    def traced(self, x, w):\n"
+        "        with open(%r, 'a') as f:\n"
+        "            f.write('%%s:%%d:%%d\\n' %% (name, conv_gemm.ROW_BYTES, os.getpid()))\n"
+        "        return forward(self, x, w)\n"
+        "    vision.Convolution._conv_forward = traced\n" % str(log))
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
+         "--steps", "2", "--variants", str(variants), "rows", "columns"],
+        check=True, capture_output=True, text=True, timeout=600).stdout
+    records = [line.split(":") for line in log.read_text().split()]
+    by_pid = {}
+    for name, row_bytes, pid in records:
+        by_pid.setdefault(pid, set()).add((name, int(row_bytes)))
+    # four processes (two rounds), each tracing only its own variant's code
+    assert len(by_pid) == 4, records
+    assert sorted(len(v) for v in by_pid.values()) == [1, 1, 1, 1], records
+    seen = sorted(next(iter(v)) for v in by_pid.values())
+    assert [n for n, _ in seen] == ["columns", "columns", "rows", "rows"]
+    assert all((rb == 0) == (n == "columns") for n, rb in seen)
+    rounds = re.findall(r"round (\d) \((\w+) first\): .* columns / rows = ([0-9.]+)", out)
+    assert [(r, first) for r, first, _ in rounds] == [("1", "rows"), ("2", "columns")], out
+    assert re.search(r"columns / rows: [0-9.]+  \(lenet, batch 2, 2 rounds of 2 steps\)", out), out
+    losses = re.findall(r"first loss ([0-9.e+-]+), ([0-9.e+-]+)", out)
+    assert len({round(float(v), 5) for pair in losses for v in pair}) == 1, out
