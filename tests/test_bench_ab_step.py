@@ -11,9 +11,9 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
     log = tmp_path / "applied.txt"
     variants = tmp_path / "variants.py"
-    # "columns" sets conv_gemm.ROW_BYTES to 0 (LeNet's conv2 data gradient by columns,
-    # not by kernel rows). Every Convolution forward traced records its variant, the
-    # ROW_BYTES its trace saw, and its process.
+    # "columns" sets conv_gemm.ROW_BYTES to 0 (no data gradient by kernel rows). Every
+    # Convolution forward traced records its variant, the ROW_BYTES its trace saw, and
+    # its process.
     variants.write_text(
         "import os\n"
         "from jcaffe.layers import conv_gemm, vision\n"

@@ -219,7 +219,10 @@ def _grouped_cols(cols, group):
 # steps (two solvers in one process, steps alternated), per image from 56x56 against
 # never: ResNet-50 0.94, GoogLeNet (batch 32) 0.97 and 1.02. From 28x28: ResNet-50
 # 0.93-0.99 over four runs (1.00 against from 56x56), GoogLeNet 1.02 and 1.03 (both
-# construction orders). Hence 56x56.
+# construction orders). Hence 56x56. (Those one-process A/Bs may have timed one
+# variant's code twice: benchmarks/NOTES.md, fifteenth session. Measured again with
+# benchmarks/ab_step.py, one process per variant, 2026-12-02: never per image took
+# 1.14x and 1.21x the time of from 56x56 on ResNet-50's step, 1.18x over 12 steps.)
 PER_IMAGE_MIN_POSITIONS = 3136
 
 

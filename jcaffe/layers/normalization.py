@@ -11,9 +11,11 @@ def _centred_for_reduction(x, mean):
     layer's output. Merged, the centred array has two readers and XLA writes it to
     memory (with YNNPACK's reductions on CPU, see xla_options); apart, it fuses into
     the reduction. ResNet-50's training step (batch 16, 53 BatchNorms) lost 52 such
-    writes and ran in 0.92-0.98x the time over three runs, with the same loss to the bit
-    (two solvers in one process, steps alternated); MVN's forward and backward alone
-    (32x64x28x28) 0.90x."""
+    writes, with the same loss to the bit; MVN's forward and backward alone
+    (32x64x28x28) ran in 0.90x the time. The whole step's gain is not shown: 0.92-0.98x
+    in one-process A/Bs that may have timed one variant twice, then 1.02x and 1.01x by
+    round with benchmarks/ab_step.py (one process per variant; benchmarks/NOTES.md,
+    fifteenth session), within this machine's noise."""
     return x + (-mean)
 
 

@@ -198,7 +198,9 @@ class Convolution(JaxLayer):
     #   YNNPACK's convolution on every shape measured (1.3-4.7x), but XLA's own
     #   convolution, where jcaffe's compiles use it (xla_options), tied or won inside
     #   whole steps (interleaved A/Bs, 2026-12-02: GoogLeNet 0.89x twice, CaffeNet 0.98x,
-    #   ResNet-50 0.98x and 1.05x, LeNet 1.02x), so those go to XLA;
+    #   ResNet-50 0.98x and 1.05x, LeNet 1.02x; again with benchmarks/ab_step.py, one
+    #   process per variant: GoogLeNet's step with GEMM 1.13x and 0.95x by round,
+    #   1.05x over 12 steps), so those go to XLA;
     # * data gradient at stride 1: all but one shape won or tied (LeNet's conv1 3x,
     #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, from GEMM_MIN_MACS: XLA has
     #   no fast strided form left (_phase_data_diff: CaffeNet's conv1, batch 32,
@@ -214,7 +216,8 @@ class Convolution(JaxLayer):
     # (102M multiply-adds) lost inside the step: XLA fused col2im's sum into each of
     # its consumers (pool1's backward read it four times), 62 vs 19 ms a step; by rows
     # the sum is accumulated in place, and the step (batch 64, interleaved A/B,
-    # 2026-12-01) takes 0.79x the time it took with XLA's convolution there.
+    # 2026-12-01) takes 0.79x the time it took with XLA's convolution there (again
+    # with benchmarks/ab_step.py, 2026-12-02: XLA's convolution 1.17x over 4 rounds).
     GEMM_MAX_COLUMN = 512
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
