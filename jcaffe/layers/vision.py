@@ -591,7 +591,9 @@ class Pooling(JaxLayer):
         one fused loop. Against one ``reduce_window`` plus the kh*kw views compared with
         its result (batch 32, float32, forward alone): CaffeNet's pool1 (96x55x55, 3x3
         stride 2) 30.5 -> 1.8 ms, GoogLeNet's 3x3 stride 1 pad 1 (192x28x28) 26.6 ->
-        3.8 ms; whole deploy forwards, in-process A/Bs: GoogLeNet 0.91, CaffeNet 0.95.
+        3.8 ms; whole deploy forwards, in-process A/Bs: GoogLeNet 0.91, CaffeNet 0.95
+        (a method that may have timed one variant twice: benchmarks/NOTES.md,
+        fifteenth session; the forwards alone are not in doubt).
         The input is padded with -inf, and NaN never wins a '>' comparison, as in Caffe.
         """
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
