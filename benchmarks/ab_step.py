@@ -91,8 +91,11 @@ def main(argv=None):
                        "--child", "%s,%s" % (name, cache), a, b]
                 if args.variants:
                     cmd[2:2] = ["--variants", os.path.abspath(args.variants)]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                runs[name].append(json.loads(out.strip().splitlines()[-1]))
+                res = subprocess.run(cmd, capture_output=True, text=True)
+                if res.returncode != 0:
+                    sys.exit("ab_step: variant %r (round %d, %s) failed with exit status %d:\n%s"
+                             % (name, r + 1, args.net, res.returncode, res.stderr[-4000:]))
+                runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
             ra, rb = runs[a][-1], runs[b][-1]
             print("round %d (%s first): %s %.1f ms, %s %.1f ms, %s / %s = %.3f" % (
                 r + 1, a if r % 2 == 0 else b, a, 1e3 * np.median(ra["times"]), b,

@@ -45,3 +45,19 @@ def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
     assert re.search(r"columns / rows: [0-9.]+  \(lenet, batch 2, 2 rounds of 2 steps\)", out), out
     losses = re.findall(r"first loss ([0-9.e+-]+), ([0-9.e+-]+)", out)
     assert len({round(float(v), 5) for pair in losses for v in pair}) == 1, out
+
+
+def test_ab_step_names_the_variant_whose_process_failed(tmp_path):
+    """A variant module that raises: the error names the variant and round, and carries
+    the child's traceback, not a bare exit status."""
+    variants = tmp_path / "variants.py"
+    variants.write_text("def apply(name):\n"
+                        "    if name == 'broken':\n"
+                        "        raise ValueError('no such variant: broken')\n")
+    res = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
+         "--steps", "1", "--variants", str(variants), "good", "broken"],
+        capture_output=True, text=True, timeout=600)
+    assert res.returncode != 0
+    assert "variant 'broken' (round 1, lenet) failed" in res.stderr, res.stderr
+    assert "ValueError: no such variant: broken" in res.stderr, res.stderr
