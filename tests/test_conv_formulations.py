@@ -167,8 +167,9 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     padding; the weight gradients of larger kernels unless the compiles run convolutions
     on XLA's own kernels (xla_options); the forward for short columns (C/group *
     prod(kernel) <= 512); every strided data gradient; the data gradient at stride 1
-    from GEMM_MIN_MACS_DATA on, or where it takes conv_gemm's kernel-rows form. Smaller
-    maps keep XLA's convolution."""
+    where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
+    the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
+    convolution."""
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
@@ -188,7 +189,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert layer._gemm("forward", cg, big) == (cpu and fwd)
         assert layer._gemm("data", cg, big) == (cpu and strided_data)
         assert layer._gemm("data", cg, big_data - 1) == (cpu and strided_data)
-        assert layer._gemm("data", cg, big_data) == cpu
+        assert layer._gemm("data", cg, big_data) == (cpu and (
+            strided_data or not own_convolutions))
         assert layer._gemm("data", cg, big, by_rows=True) == cpu
         assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))

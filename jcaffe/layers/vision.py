@@ -201,23 +201,32 @@ class Convolution(JaxLayer):
     #   ResNet-50 0.98x and 1.05x, LeNet 1.02x; again with benchmarks/ab_step.py, one
     #   process per variant: GoogLeNet's step with GEMM 1.13x and 0.95x by round,
     #   1.05x over 12 steps), so those go to XLA;
-    # * data gradient at stride 1: all but one shape won or tied (LeNet's conv1 3x,
-    #   CaffeNet's grouped conv2/4/5 1.2-1.3x); strided, from GEMM_MIN_MACS: XLA has
-    #   no fast strided form left (_phase_data_diff: CaffeNet's conv1, batch 32,
-    #   3728 ms vs 105 ms on GEMM + col2im; 3x3 stride 2 on 64 channels 89 vs 31 ms);
+    # * data gradient at stride 1: GEMM beat YNNPACK's convolution on all but one shape
+    #   (LeNet's conv1 3x, CaffeNet's grouped conv2/4/5 1.2-1.3x), so it is taken from
+    #   GEMM_MIN_MACS_DATA where the compiles leave convolutions to YNNPACK. Against
+    #   XLA's own convolution GEMM lost alone on 12 of 13 shapes (CaffeNet's conv2-5:
+    #   71/34/29/25 vs 49/28/22/15 ms) and in whole steps (benchmarks/ab_step.py, 4
+    #   rounds of 6 steps, 2026-12-02, XLA / GEMM: CaffeNet 0.927, every round
+    #   0.92-0.96; GoogLeNet 0.998; ResNet-50 1.004), so there only the kernel-rows form
+    #   below takes GEMM;
+    # * strided data gradient, from GEMM_MIN_MACS: XLA has no fast strided form left
+    #   (_phase_data_diff: CaffeNet's conv1, batch 32, 3728 ms vs 105 ms on GEMM +
+    #   col2im; 3x3 stride 2 on 64 channels 89 vs 31 ms);
     # * forward: short columns (C/group * prod(kernel) <= 512: CaffeNet's conv1 2.5x,
-    #   LeNet's conv2 2x) and 1x1 kernels; long-column 3x3/5x5 forwards stay on XLA's
-    #   convolution, which won or tied there.
+    #   LeNet's conv2 2x, against YNNPACK) and 1x1 kernels; long-column 3x3/5x5 forwards
+    #   stay on XLA's convolution, which won or tied there. (Every forward larger than
+    #   1x1 on XLA's own convolution: CaffeNet's step 0.995, ab_step, 4 rounds: no gain.)
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
     # build thousands of small convolutions). Data gradients at stride 1 need
-    # GEMM_MIN_MACS_DATA, or conv_gemm's kernel-rows form (one kernel row's products
-    # for the whole batch fit in conv_gemm.ROW_BYTES). By columns, LeNet's conv2
-    # (102M multiply-adds) lost inside the step: XLA fused col2im's sum into each of
-    # its consumers (pool1's backward read it four times), 62 vs 19 ms a step; by rows
-    # the sum is accumulated in place, and the step (batch 64, interleaved A/B,
-    # 2026-12-01) takes 0.79x the time it took with XLA's convolution there (again
-    # with benchmarks/ab_step.py, 2026-12-02: XLA's convolution 1.17x over 4 rounds).
+    # GEMM_MIN_MACS_DATA (and YNNPACK's convolutions), or conv_gemm's kernel-rows form
+    # (one kernel row's products for the whole batch fit in conv_gemm.ROW_BYTES). By
+    # columns, LeNet's conv2 (102M multiply-adds) lost inside the step: XLA fused
+    # col2im's sum into each of its consumers (pool1's backward read it four times), 62
+    # vs 19 ms a step; by rows the sum is accumulated in place, and the step (batch 64,
+    # interleaved A/B, 2026-12-01) takes 0.79x the time it took with XLA's convolution
+    # there (again with benchmarks/ab_step.py, 2026-12-02: XLA's convolution 1.17x over
+    # 4 rounds).
     GEMM_MAX_COLUMN = 512
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
@@ -238,8 +247,8 @@ class Convolution(JaxLayer):
         if which == "weight":
             return not xla_options.own_convolutions()
         if which == "data":
-            return (by_rows or macs >= self.GEMM_MIN_MACS_DATA
-                    or any(s > 1 for s in self.stride))
+            return (by_rows or any(s > 1 for s in self.stride)
+                    or (macs >= self.GEMM_MIN_MACS_DATA and not xla_options.own_convolutions()))
         k = int(np.prod(self.kernel))
         return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
 
