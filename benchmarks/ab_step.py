@@ -1,7 +1,7 @@
 """A/B of jcaffe's training step: two variants of the code, whole steps, one process each.
 
     python benchmarks/ab_step.py --net resnet50 [--variants FILE] [A B] [--steps 8]
-                                 [--rounds 2]
+                                 [--rounds 2] [--forward]
 
 For an engine change whose effect on one layer says little about whole steps (XLA
 fuses across layers). ``FILE`` is a Python module with ``apply(name)``, called with a
@@ -10,7 +10,8 @@ variant's name before its solver is built; it sets module attributes (e.g.
 are this checkout's code, which measures the method's own noise.
 
 Each variant runs in processes of its own, alternated by rounds (A B, then B A, ...),
-``--steps`` timed steps after two untimed ones; the result is each variant's median
+``--steps`` timed steps (``--forward``: deploy forwards, TEST phase, the output fetched
+to the host) after two untimed ones; the result is each variant's median
 over all its steps, their ratio, and each round's ratio. The rounds share a
 compilation cache (a temporary directory), so a variant compiles once.
 
@@ -42,22 +43,36 @@ def load_variants(path):
     return module.apply
 
 
-def one_variant(net, batch, steps, path, name, cache):
-    """Apply variant ``name``, build the solver, time ``steps`` steps:
-    {"times": [s...], "loss": first loss, "first": first call s}."""
+def one_variant(net, batch, steps, path, name, cache, forward=False):
+    """Apply variant ``name``, build the solver (``forward``: the deploy net, in TEST
+    phase), time ``steps`` steps (forwards): {"times": [s...], "loss": first loss (the
+    first forward's output sum), "first": first call s}."""
     load_variants(path)(name)
     import jax
     import jcaffe
     jcaffe.set_compilation_cache(cache)
-    solver = nets.jcaffe_solver(net, batch)
+    if forward:
+        param = nets.net_param(net, batch, deploy=True)
+        deploy = jcaffe.Net(param, jcaffe.TEST)
+        nets.load_reference_params(deploy, param)
+        deploy.blobs["data"].data[...] = nets.inputs(param)[0]
+        final = nets.NETS[net][3]
+
+        def call():     # the output on the host, as net.forward() gives it
+            return float(deploy.forward()[final].sum())
+    else:
+        solver = nets.jcaffe_solver(net, batch)
+
+        def call():
+            solver.step(1)
+            return float(solver._losses[-1])
     started = time.perf_counter()
-    solver.step(1)
-    loss, first = float(solver._losses[-1]), time.perf_counter() - started
+    loss = call()
+    first = time.perf_counter() - started
     times = []
     for i in range(steps + 2):
         started = time.perf_counter()
-        solver.step(1)
-        jax.block_until_ready(solver._losses[-1])
+        call()
         if i >= 2:
             times.append(time.perf_counter() - started)
     return {"times": times, "loss": loss, "first": first}
@@ -70,6 +85,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=8, help="timed steps per process")
     ap.add_argument("--rounds", type=int, default=2, help="processes per variant")
     ap.add_argument("--variants", help="module with apply(name)")
+    ap.add_argument("--forward", action="store_true",
+                    help="time the deploy net's forward (TEST phase), not training steps")
     ap.add_argument("names", nargs="*", default=["A", "B"], help="the two variants")
     ap.add_argument("--child", help=argparse.SUPPRESS)     # NAME,CACHE: one process
     args = ap.parse_args(argv)
@@ -78,7 +95,8 @@ def main(argv=None):
     batch = args.batch or nets.NETS[args.net][1]
     if args.child:
         name, cache = args.child.split(",", 1)
-        print(json.dumps(one_variant(args.net, batch, args.steps, args.variants, name, cache)))
+        print(json.dumps(one_variant(args.net, batch, args.steps, args.variants, name, cache,
+                                     args.forward)))
         return
     import numpy as np
     a, b = args.names
@@ -91,6 +109,8 @@ def main(argv=None):
                        "--child", "%s,%s" % (name, cache), a, b]
                 if args.variants:
                     cmd[2:2] = ["--variants", os.path.abspath(args.variants)]
+                if args.forward:
+                    cmd[2:2] = ["--forward"]
                 res = subprocess.run(cmd, capture_output=True, text=True)
                 if res.returncode != 0:
                     sys.exit("ab_step: variant %r (round %d, %s) failed with exit status %d:\n%s"
@@ -107,8 +127,9 @@ def main(argv=None):
             n, 1e3 * med[n], sum(len(run["times"]) for run in runs[n]),
             ", ".join("%.1f" % run["first"] for run in runs[n]),
             ", ".join("%.7g" % run["loss"] for run in runs[n])))
-    print("%s / %s: %.3f  (%s, batch %d, %d rounds of %d steps)" % (
-        b, a, med[b] / med[a], args.net, batch, args.rounds, args.steps))
+    print("%s / %s: %.3f  (%s%s, batch %d, %d rounds of %d %s)" % (
+        b, a, med[b] / med[a], args.net, " deploy" if args.forward else "", batch, args.rounds,
+        args.steps, "forwards" if args.forward else "steps"))
 
 
 if __name__ == "__main__":

@@ -61,3 +61,30 @@ def test_ab_step_names_the_variant_whose_process_failed(tmp_path):
     assert res.returncode != 0
     assert "variant 'broken' (round 1, lenet) failed" in res.stderr, res.stderr
     assert "ValueError: no such variant: broken" in res.stderr, res.stderr
+
+
+def test_ab_step_forward_times_the_deploy_net(tmp_path):
+    """--forward: each process builds the deploy net (TEST phase) and times its forward;
+    no solver is made."""
+    log = tmp_path / "made.txt"
+    variants = tmp_path / "variants.py"
+    variants.write_text(
+        "import jcaffe\n"
+        "def apply(name):\n"
+        "    init = jcaffe.Net.__init__\n"
+        "    def made(self, *args, **kwargs):\n"
+        "        init(self, *args, **kwargs)\n"
+        "        with open(%r, 'a') as f:\n"
+        "            f.write('%%s:%%s\\n' %% (name, self.phase))\n"
+        "    jcaffe.Net.__init__ = made\n"
+        "    def no_solver(*args, **kwargs):\n"
+        "        raise AssertionError('a solver was built')\n"
+        "    jcaffe.get_solver = no_solver\n" % str(log))
+    out = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
+         "--steps", "2", "--rounds", "1", "--forward", "--variants", str(variants), "a", "b"],
+        check=True, capture_output=True, text=True, timeout=600).stdout
+    import jcaffe
+    assert sorted(log.read_text().split()) == ["a:%d" % jcaffe.TEST, "b:%d" % jcaffe.TEST]
+    assert re.search(r"b / a: [0-9.]+  \(lenet deploy, batch 2, 1 rounds of 2 forwards\)",
+                     out), out
