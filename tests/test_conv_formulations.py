@@ -7,7 +7,10 @@ the forward / data gradient of short-column shapes) as im2col + GEMM in batch ch
 (conv_gemm); elsewhere the grouped XLA call is used. Every path is checked here on
 every machine by forcing the choice.
 """
+import re
+
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -270,3 +273,49 @@ def test_pointwise_form_by_output_size():
                                   (size * stride, size * stride), (size, size))
     assert conv_gemm.per_image(geo(56)) and conv_gemm.per_image(geo(56, stride=2))
     assert not conv_gemm.per_image(geo(28)) and not conv_gemm.per_image(geo(14, stride=2))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiles")
+def test_whole_batch_pointwise_maps_are_channel_major_dots():
+    """Below PER_IMAGE_MIN_POSITIONS a 1x1 map is one dot per group over the whole batch,
+    channel-major: the output channels (or, for the data gradient, the input channels)
+    by the batch's positions, (g, n, B * P), each dot contracting its left operand's
+    minor axis (the form XLA's YNNPACK dots take, see conv_gemm). The batch-major form
+    (B * P, C) x (C, O), whose result every reader read across its layout, fails this."""
+    from jcaffe import xla_options
+    from jcaffe.layers import conv_gemm
+    layer = _layer("num_output: 32 kernel_size: 1 group: 2", (4, 16, 6, 6))
+    geo = layer.geometry()
+    assert conv_gemm.pointwise(geo) and not conv_gemm.per_image(geo)
+    x = jnp.ones((4, 16, 6, 6), jnp.float32)
+    w = jnp.ones((32, 8, 1, 1), jnp.float32)
+    dy = jnp.ones((4, 32, 6, 6), jnp.float32)
+    maps = {"forward": (lambda x, w, dy: conv_gemm.forward(x, w, 2, geo), (2, 16, 144)),
+            "data": (lambda x, w, dy: conv_gemm.data_diff(dy, w, 2, geo), (2, 8, 144)),
+            "weight": (lambda x, w, dy: conv_gemm.weight_diff(x, dy, 2, geo), (2, 16, 8))}
+    for which, (fn, shape) in maps.items():
+        jaxpr = jax.make_jaxpr(fn)(x, w, dy)
+        dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+        assert len(dots) == 1, which
+        (lhs_contracting, _), (lhs_batch, _) = dots[0].params["dimension_numbers"]
+        lhs = dots[0].invars[0].aval
+        assert tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(lhs_batch) == (0,), which
+        assert dots[0].outvars[0].aval.shape == shape, which
+    # and each dot stays on YNNPACK where this jaxlib has its dots (the data gradient's
+    # W^T written once, not folded into the dot as a contraction over its major axis)
+    options = xla_options.cpu_options()
+    if not (options or {}).get(xla_options.YNN_FUSION_TYPE):
+        return
+    for which, (fn, _) in maps.items():
+        hlo = jax.jit(fn, compiler_options=options).lower(x, w, dy).compile().as_text()
+        bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
+        ynn = re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"__ynn_fusion\"", hlo)
+        in_ynn = sum(len(re.findall(r"= \S+ dot\(", bodies.get(name, ""))) for name in ynn)
+        assert in_ynn == len(re.findall(r"= \S+ dot\(", hlo)) == 1, (which, hlo)
+
+
+def _equations(jaxpr):
+    for e in jaxpr.eqns:
+        yield e
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            yield from _equations(sub)

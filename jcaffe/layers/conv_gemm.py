@@ -208,11 +208,24 @@ def _grouped_cols(cols, group):
 # * P >= PER_IMAGE_MIN_POSITIONS: per image, as Caffe computes it (the batch as the
 #   dot's batch dimension). Every operand and result keeps Caffe's (B, C, P) layout,
 #   contracted over its minor axis or over C, so XLA copies nothing.
-# * smaller P: one GEMM over the whole batch, (B * P, C) x (C, O), the form XLA picks
-#   for a plain einsum. It transposes its operands and result (copies that the
-#   result's readers repeat, each reading across the layout); per-image GEMMs are
-#   too small to pay at 14x14 and below, and at 28x28 the whole steps did not gain.
-# Alone, per image / whole batch (ms ratios, 2026-12-01), ResNet-50's 1x1 shapes at
+# * smaller P: one GEMM over the whole batch, channel-major: (O, C) x (C, B * P), the
+#   operands and result permuted between (B, C, P) and (C, B * P) (runs of P contiguous
+#   values; per-image GEMMs are too small to pay at 14x14 and below). This replaced
+#   (B * P, C) x (C, O), the form XLA picks for a plain einsum, whose result is read
+#   across its layout by every reader: in ResNet-50's step, BatchNorm's backward
+#   recomputed the normalized value from the (B * P, O) result at a stride of O floats
+#   (512 to 2048: the same cache sets), about 105 ms per 28x28 map, 2.1 s a step in
+#   such transposing fusions (XLA trace; Intel Xeon with AVX-512, 2026-12-02). Channel-
+#   major / batch-major (benchmarks/ab_step.py, 4 rounds of 6 steps, 2026-12-02, that
+#   machine): ResNet-50's step 0.932 (every round 0.88-0.95), GoogLeNet's 0.931
+#   (0.92-0.98); deploy forwards ResNet-50 0.979, GoogLeNet 1.036 (its result read
+#   once, not twice). Channel-major in the backward alone, the forward batch-major:
+#   ResNet-50 1.064 against channel-major throughout. (On the AMD machine of the
+#   fifteenth session the same form measured 1.015 and 1.073, noisy: NOTES.md.) The
+#   data gradient's W^T is written once behind an optimization barrier: XLA's YNNPACK
+#   dot takes a left operand contracted over its minor axis only.
+# Alone, per image / whole batch (ms ratios, 2026-12-01, against the batch-major whole
+# batch), ResNet-50's 1x1 shapes at
 # batch 16: at 56x56 forward (with an elementwise reader) 0.39-0.74, weight gradients
 # 0.30-0.37, data gradients 0.32-0.57; at 28x28 0.59-0.99 / 0.90-1.25 / 0.70-0.81; at
 # 14x14 0.79-1.27 / 2.3-3.1 / 0.69-1.53; at 7x7 2.0-3.3 / 8-13 / 4.3-6.4. In whole
@@ -222,7 +235,9 @@ def _grouped_cols(cols, group):
 # construction orders). Hence 56x56. (Those one-process A/Bs may have timed one
 # variant's code twice: benchmarks/NOTES.md, fifteenth session. Measured again with
 # benchmarks/ab_step.py, one process per variant, 2026-12-02: never per image took
-# 1.14x and 1.21x the time of from 56x56 on ResNet-50's step, 1.18x over 12 steps.)
+# 1.14x and 1.21x the time of from 56x56 on ResNet-50's step, 1.18x over 12 steps;
+# against the channel-major whole batch, 1.046 over 4 rounds of 6 steps, every round
+# 1.01-1.08, on the Intel machine.)
 PER_IMAGE_MIN_POSITIONS = 3136
 
 
@@ -253,13 +268,26 @@ def _per_image_weights(w, b, group):
 _BATCH_GROUP = ((0, 1), (0, 1))     # dot_general batch dimensions (image, group)
 
 
+def _channel_major(a):
+    """(B, g, n, P) -> (g, n, B * P): each channel's positions over the whole batch."""
+    b, g, n, p = a.shape
+    return jnp.transpose(a, (1, 2, 0, 3)).reshape(g, n, b * p)
+
+
+def _batch_major(a, b):
+    """(g, n, B * P) -> (B, g, n, P)."""
+    g, n, bp = a.shape
+    return jnp.transpose(a.reshape(g, n, b, bp // b), (2, 0, 1, 3))
+
+
 def _pointwise_forward(x, w, group, geo):
     b, c, o = x.shape[0], x.shape[1], w.shape[0]
     xs = _sampled(x, geo).reshape(b, group, c // group, -1)
     if per_image(geo):
         y = lax.dot_general(_per_image_weights(w, b, group), xs, (((3,), (2,)), _BATCH_GROUP))
     else:
-        y = jnp.einsum("gqc,bgcp->bgqp", w.reshape(group, o // group, c // group), xs)
+        y = _batch_major(lax.dot_general(w.reshape(group, o // group, c // group),
+                                         _channel_major(xs), (((2,), (1,)), ((0,), (0,)))), b)
     return y.reshape((b, o) + tuple(geo.out_spatial))
 
 
@@ -268,8 +296,10 @@ def _pointwise_data_diff(dy, w, group, geo):
     d = dy.reshape(b, group, o // group, -1)
     if per_image(geo):
         dx = lax.dot_general(_per_image_weights(w, b, group), d, (((2,), (2,)), _BATCH_GROUP))
-    else:
-        dx = jnp.einsum("gqc,bgqp->bgcp", w.reshape(group, o // group, cg), d)
+    else:   # W^T written once (small), so that the dot contracts its left operand's minor axis
+        wt = lax.optimization_barrier(jnp.swapaxes(w.reshape(group, o // group, cg), 1, 2))
+        dx = _batch_major(lax.dot_general(wt, _channel_major(d), (((2,), (1,)), ((0,), (0,)))),
+                          b)
     dx = dx.reshape((b, cg * group) + tuple(geo.out_spatial))
     if all(s == 1 for s in geo.stride):
         return dx
@@ -285,7 +315,7 @@ def _pointwise_weight_diff(x, dy, group, geo):
     if per_image(geo):     # each image's (g, O/g, C/g), then their sum
         dw = jnp.sum(lax.dot_general(d, xs, (((3,), (3,)), _BATCH_GROUP)), axis=0)
     else:
-        dw = jnp.einsum("bgqp,bgcp->gqc", d, xs)
+        dw = lax.dot_general(_channel_major(d), _channel_major(xs), (((2,), (2,)), ((0,), (0,))))
     return dw.reshape((o, c // group) + tuple(geo.kernel))
 
 
