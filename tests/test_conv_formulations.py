@@ -276,17 +276,21 @@ def test_pointwise_form_by_output_size():
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiles")
-def test_whole_batch_pointwise_maps_are_channel_major_dots():
-    """Below PER_IMAGE_MIN_POSITIONS a 1x1 map is one dot per group over the whole batch,
-    channel-major: the output channels (or, for the data gradient, the input channels)
-    by the batch's positions, (g, n, B * P), each dot contracting its left operand's
-    minor axis (the form XLA's YNNPACK dots take, see conv_gemm). The batch-major form
-    (B * P, C) x (C, O), whose result every reader read across its layout, fails this."""
+@pytest.mark.parametrize("form", ["per image", "whole batch"])
+def test_pointwise_maps_are_dots_over_the_left_operands_minor_axis(monkeypatch, form):
+    """Each 1x1 map is one dot whose left operand is contracted over its minor axis (the
+    only form XLA's YNNPACK dots take: the data gradient uses W^T, written once). Below
+    PER_IMAGE_MIN_POSITIONS the dot is over the whole batch, channel-major: the output
+    (or, for the data gradient, input) channels by the batch's positions, (g, n, B * P).
+    The batch-major whole batch (B * P, C) x (C, O), whose result every reader read
+    across its layout, fails this, and so does a data gradient contracting W over O."""
     from jcaffe import xla_options
     from jcaffe.layers import conv_gemm
+    monkeypatch.setattr(conv_gemm, "PER_IMAGE_MIN_POSITIONS", 0 if form == "per image" else 10 ** 9)
+    jax.clear_caches()      # the maps are jitted with the form chosen at trace time
     layer = _layer("num_output: 32 kernel_size: 1 group: 2", (4, 16, 6, 6))
     geo = layer.geometry()
-    assert conv_gemm.pointwise(geo) and not conv_gemm.per_image(geo)
+    assert conv_gemm.pointwise(geo) and conv_gemm.per_image(geo) == (form == "per image")
     x = jnp.ones((4, 16, 6, 6), jnp.float32)
     w = jnp.ones((32, 8, 1, 1), jnp.float32)
     dy = jnp.ones((4, 32, 6, 6), jnp.float32)
@@ -297,21 +301,20 @@ def test_whole_batch_pointwise_maps_are_channel_major_dots():
         jaxpr = jax.make_jaxpr(fn)(x, w, dy)
         dots = [e for e in _equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
         assert len(dots) == 1, which
-        (lhs_contracting, _), (lhs_batch, _) = dots[0].params["dimension_numbers"]
-        lhs = dots[0].invars[0].aval
-        assert tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(lhs_batch) == (0,), which
-        assert dots[0].outvars[0].aval.shape == shape, which
-    # and each dot stays on YNNPACK where this jaxlib has its dots (the data gradient's
-    # W^T written once, not folded into the dot as a contraction over its major axis)
+        (lhs_contracting, _), _ = dots[0].params["dimension_numbers"]
+        assert tuple(lhs_contracting) == (dots[0].invars[0].aval.ndim - 1,), which
+        if form == "whole batch":
+            assert dots[0].outvars[0].aval.shape == shape, which
+    # and each dot stays on YNNPACK where this jaxlib has its dots
     options = xla_options.cpu_options()
-    if not (options or {}).get(xla_options.YNN_FUSION_TYPE):
-        return
-    for which, (fn, _) in maps.items():
-        hlo = jax.jit(fn, compiler_options=options).lower(x, w, dy).compile().as_text()
-        bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
-        ynn = re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"__ynn_fusion\"", hlo)
-        in_ynn = sum(len(re.findall(r"= \S+ dot\(", bodies.get(name, ""))) for name in ynn)
-        assert in_ynn == len(re.findall(r"= \S+ dot\(", hlo)) == 1, (which, hlo)
+    if (options or {}).get(xla_options.YNN_FUSION_TYPE):
+        for which, (fn, _) in maps.items():
+            hlo = jax.jit(fn, compiler_options=options).lower(x, w, dy).compile().as_text()
+            bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
+            ynn = re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"__ynn_fusion\"", hlo)
+            in_ynn = sum(len(re.findall(r"= \S+ dot\(", bodies.get(n, ""))) for n in ynn)
+            assert in_ynn == len(re.findall(r"= \S+ dot\(", hlo)) == 1, (which, hlo)
+    jax.clear_caches()
 
 
 def _equations(jaxpr):

@@ -221,9 +221,7 @@ def _grouped_cols(cols, group):
 #   (0.92-0.98); deploy forwards ResNet-50 0.979, GoogLeNet 1.036 (its result read
 #   once, not twice). Channel-major in the backward alone, the forward batch-major:
 #   ResNet-50 1.064 against channel-major throughout. (On the AMD machine of the
-#   fifteenth session the same form measured 1.015 and 1.073, noisy: NOTES.md.) The
-#   data gradient's W^T is written once behind an optimization barrier: XLA's YNNPACK
-#   dot takes a left operand contracted over its minor axis only.
+#   fifteenth session the same form measured 1.015 and 1.073, noisy: NOTES.md.)
 # Alone, per image / whole batch (ms ratios, 2026-12-01, against the batch-major whole
 # batch), ResNet-50's 1x1 shapes at
 # batch 16: at 56x56 forward (with an elementwise reader) 0.39-0.74, weight gradients
@@ -294,10 +292,16 @@ def _pointwise_forward(x, w, group, geo):
 def _pointwise_data_diff(dy, w, group, geo):
     b, (o, cg) = dy.shape[0], w.shape[:2]
     d = dy.reshape(b, group, o // group, -1)
+    # W^T (g, C/g, O/g) written once (small), so that the dot contracts its left
+    # operand's minor axis: XLA's YNNPACK dots take no other (W itself, contracted over
+    # O, went to Eigen: per image at 56x56, alone, 12.5 vs 16.8 ms for 256 -> 64
+    # channels, 15.2 vs 26.4 for 256 -> 128; but ResNet-50's whole step, where Eigen's
+    # dot ran beside other work, 1.001 over 4 rounds of ab_step: no gain there).
+    wt = lax.optimization_barrier(jnp.swapaxes(w.reshape(group, o // group, cg), 1, 2))
     if per_image(geo):
-        dx = lax.dot_general(_per_image_weights(w, b, group), d, (((2,), (2,)), _BATCH_GROUP))
-    else:   # W^T written once (small), so that the dot contracts its left operand's minor axis
-        wt = lax.optimization_barrier(jnp.swapaxes(w.reshape(group, o // group, cg), 1, 2))
+        dx = lax.dot_general(jnp.broadcast_to(wt, (b,) + wt.shape), d,
+                             (((3,), (2,)), _BATCH_GROUP))
+    else:
         dx = _batch_major(lax.dot_general(wt, _channel_major(d), (((2,), (1,)), ((0,), (0,)))),
                           b)
     dx = dx.reshape((b, cg * group) + tuple(geo.out_spatial))
