@@ -48,18 +48,14 @@ def one_variant(net, batch, steps, path, name, cache, forward=False):
     phase), time ``steps`` steps (forwards): {"times": [s...], "loss": first loss (the
     first forward's output sum), "first": first call s}."""
     load_variants(path)(name)
-    import jax
     import jcaffe
     jcaffe.set_compilation_cache(cache)
-    if forward:
-        param = nets.net_param(net, batch, deploy=True)
-        deploy = jcaffe.Net(param, jcaffe.TEST)
-        nets.load_reference_params(deploy, param)
-        deploy.blobs["data"].data[...] = nets.inputs(param)[0]
-        final = nets.NETS[net][3]
+    if forward:     # bench_forward's jcaffe contender: the output on the host
+        import bench_forward
+        run = bench_forward.jcaffe_forward(net, batch)()
 
-        def call():     # the output on the host, as net.forward() gives it
-            return float(deploy.forward()[final].sum())
+        def call():
+            return float(run().sum())
     else:
         solver = nets.jcaffe_solver(net, batch)
 

@@ -1,7 +1,9 @@
 """Small helpers for net-level tests: write a prototxt, build a Net, capture log lines,
-count compilations."""
+count compilations, read an optimized HLO's library fusions."""
+import collections
 import contextlib
 import logging
+import re
 import textwrap
 
 import jcaffe
@@ -75,3 +77,14 @@ def count_compilations():
         yield events
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def library_ops(hlo):
+    """{fusion kind (e.g. "__ynn_fusion"): Counter of the dot/convolution/reduce ops inside
+    the fusions of that kind} in an optimized HLO text (``compiled.as_text()``)."""
+    bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
+    out = {}
+    for name, kind in re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"(__\w+)\"", hlo):
+        ops = re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(name, ""))
+        out.setdefault(kind, collections.Counter()).update(ops)
+    return out

@@ -8,6 +8,14 @@ import sys
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
 
 
+def ab_step(variants, *args, check=True):
+    """benchmarks/ab_step.py on LeNet at batch 2 with the variants module ``variants``."""
+    return subprocess.run(
+        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
+         "--variants", str(variants)] + list(args),
+        check=check, capture_output=True, text=True, timeout=600)
+
+
 def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
     log = tmp_path / "applied.txt"
     variants = tmp_path / "variants.py"
@@ -26,10 +34,7 @@ def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
         "            f.write('%%s:%%d:%%d\\n' %% (name, conv_gemm.ROW_BYTES, os.getpid()))\n"
         "        return forward(self, x, w)\n"
         "    vision.Convolution._conv_forward = traced\n" % str(log))
-    out = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
-         "--steps", "2", "--variants", str(variants), "rows", "columns"],
-        check=True, capture_output=True, text=True, timeout=600).stdout
+    out = ab_step(variants, "--steps", "2", "rows", "columns").stdout
     records = [line.split(":") for line in log.read_text().split()]
     by_pid = {}
     for name, row_bytes, pid in records:
@@ -54,10 +59,7 @@ def test_ab_step_names_the_variant_whose_process_failed(tmp_path):
     variants.write_text("def apply(name):\n"
                         "    if name == 'broken':\n"
                         "        raise ValueError('no such variant: broken')\n")
-    res = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
-         "--steps", "1", "--variants", str(variants), "good", "broken"],
-        capture_output=True, text=True, timeout=600)
+    res = ab_step(variants, "--steps", "1", "good", "broken", check=False)
     assert res.returncode != 0
     assert "variant 'broken' (round 1, lenet) failed" in res.stderr, res.stderr
     assert "ValueError: no such variant: broken" in res.stderr, res.stderr
@@ -80,10 +82,7 @@ def test_ab_step_forward_times_the_deploy_net(tmp_path):
         "    def no_solver(*args, **kwargs):\n"
         "        raise AssertionError('a solver was built')\n"
         "    jcaffe.get_solver = no_solver\n" % str(log))
-    out = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "ab_step.py"), "--net", "lenet", "--batch", "2",
-         "--steps", "2", "--rounds", "1", "--forward", "--variants", str(variants), "a", "b"],
-        check=True, capture_output=True, text=True, timeout=600).stdout
+    out = ab_step(variants, "--steps", "2", "--rounds", "1", "--forward", "a", "b").stdout
     import jcaffe
     assert sorted(log.read_text().split()) == ["a:%d" % jcaffe.TEST, "b:%d" % jcaffe.TEST]
     assert re.search(r"b / a: [0-9.]+  \(lenet deploy, batch 2, 1 rounds of 2 forwards\)",

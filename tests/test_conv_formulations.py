@@ -18,6 +18,7 @@ from jax import lax
 
 from jcaffe.layers.vision import Convolution
 from layer_testing import check_backward, make_layer, params_of
+from netutil import library_ops
 
 FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
@@ -310,9 +311,7 @@ def test_pointwise_maps_are_dots_over_the_left_operands_minor_axis(monkeypatch, 
     if (options or {}).get(xla_options.YNN_FUSION_TYPE):
         for which, (fn, _) in maps.items():
             hlo = jax.jit(fn, compiler_options=options).lower(x, w, dy).compile().as_text()
-            bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
-            ynn = re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"__ynn_fusion\"", hlo)
-            in_ynn = sum(len(re.findall(r"= \S+ dot\(", bodies.get(n, ""))) for n in ynn)
+            in_ynn = library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0)
             assert in_ynn == len(re.findall(r"= \S+ dot\(", hlo)) == 1, (which, hlo)
     jax.clear_caches()
 

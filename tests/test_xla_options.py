@@ -1,6 +1,5 @@
 """jcaffe's own compiles on CPU leave convolutions to XLA, not YNNPACK (jcaffe.xla_options)."""
 import logging
-import re
 
 import jax
 import numpy as np
@@ -10,7 +9,7 @@ from google.protobuf import text_format
 import jcaffe
 from jcaffe import xla_options
 from jcaffe.proto import caffe_pb2
-from netutil import make_net
+from netutil import library_ops, make_net
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU compiler options")
 
@@ -24,16 +23,6 @@ layer { name: "conv" type: "Convolution" bottom: "x" top: "y"
                             weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "loss" type: "EuclideanLoss" bottom: "y" bottom: "t" top: "loss" }
 """
-
-
-def _library_ops(hlo):
-    """{fusion kind: set of dot/convolution/reduce ops inside fusions of that kind}."""
-    bodies = dict(re.findall(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S))
-    out = {}
-    for name, kind in re.findall(r"calls=(%[\w.\-]+), [^\n]*?\"kind\":\"(__\w+)\"", hlo):
-        ops = set(re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(name, "")))
-        out.setdefault(kind, set()).update(ops)
-    return out
 
 
 def _spy(fn, seen):
@@ -102,5 +91,5 @@ def test_net_forward_backward_and_the_fused_step_keep_convolutions_off_ynnpack(
     assert len(seen) == 3
     for hlo in seen:
         assert "convolution(" in hlo
-        library = _library_ops(hlo)
+        library = library_ops(hlo)
         assert all("convolution" not in ops for ops in library.values()), library
