@@ -164,6 +164,10 @@ def main(description, make_contenders, default_repeats, default_warmup=2, extra_
         return
     if opts.only:
         wanted = opts.only.split(",")
+        unknown = [w for w in wanted if w not in contenders]
+        if unknown:
+            parser.error("--only: no contender named %s; the contenders are: %s"
+                         % (", ".join(map(repr, unknown)), ", ".join(map(repr, contenders))))
         contenders = {k: v for k, v in contenders.items() if k in wanted}
     print("%s (repeats %d, warmup %d)" % (description, opts.repeats, opts.warmup))
     results = measure(contenders, opts.warmup, opts.repeats)

@@ -46,3 +46,15 @@ def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""
     _check("resnet50", 2)
+
+
+def test_only_naming_no_contender_lists_the_names():
+    """--only with a name that matches no contender stops with the names there are (it
+    once measured nothing and died dividing by zero)."""
+    import subprocess
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "bench_train.py"),
+                           "--net", "lenet", "--only", "jcaffe,PyTorch eager", "--no-memory"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no contender named 'jcaffe'" in proc.stderr
+    assert "'jcaffe Solver.step'" in proc.stderr and "PyTorch eager'" not in proc.stderr.split(";")[0]
