@@ -61,6 +61,48 @@ def test_inner_product_float32_keeps_dtype(rng):
     assert dx.dtype == dw.dtype == db.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+def test_inner_product_streamed_data_diff_is_the_same_gradient(x64, rng, monkeypatch, transpose):
+    """The data gradient of a big weight with few rows, dot(dy^T, W) behind a barrier
+    (Eigen's dot on CPU), is dE/dy W like the plain product (thresholds lowered so a
+    small layer takes that form; a transposed weight keeps the plain one)."""
+    from jcaffe.layers.common import InnerProduct
+    monkeypatch.setattr(InnerProduct, "STREAMED_MIN_BYTES", 0)
+    snippet = ('type: "InnerProduct" inner_product_param { num_output: 5 transpose: %s %s }'
+               % (str(transpose).lower(), GAUSS))
+    layer = make_layer(snippet, [(3, 2, 4)])
+    assert layer._streamed(3, layer.blobs[0].data) == (not transpose)
+    check_backward(layer, [rng.standard_normal((3, 2, 4))])
+
+
+def test_inner_product_streamed_data_diff_takes_eigens_dot():
+    """Where dx = dy W is bound by reading a big (N, K) weight (few rows), its dot's left
+    operand is contracted over its major axis, which XLA's YNNPACK dots do not take;
+    smaller weights and more rows keep the plain product (YNNPACK's where this jaxlib
+    has its dots)."""
+    import re
+
+    import jax
+    from jcaffe import xla_options
+    from netutil import library_ops
+    options = xla_options.cpu_options()
+    ynn_dots = bool((options or {}).get(xla_options.YNN_FUSION_TYPE))
+    cases = [((32, 4096), 1024, True),     # 16 MB weight, 32 rows
+             ((64, 4096), 1024, False),    # 64 rows under 64 MB of weight
+             ((32, 2048), 1024, False)]    # 8 MB
+    for shape, n, streamed in cases:
+        layer = make_layer('type: "InnerProduct" inner_product_param { num_output: %d }' % n,
+                           [shape], dtype=np.float32)
+        w = jnp.zeros((n, shape[1]), jnp.float32)
+        assert layer._streamed(shape[0], w) == (jax.default_backend() == "cpu" and streamed)
+        fn = jax.jit(lambda dy, w: layer._data_diff(dy, [w]), compiler_options=options)
+        hlo = fn.lower(jnp.zeros((shape[0], n), jnp.float32), w).compile().as_text()
+        assert len(re.findall(r"= \S+ dot\(", hlo)) == 1, hlo
+        if ynn_dots and jax.default_backend() == "cpu":
+            in_ynn = library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0)
+            assert in_ynn == (0 if streamed else 1), (shape, n, hlo)
+
+
 def test_inner_product_param_propagate_down_false_gives_none(x64, rng):
     layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 %s }' % GAUSS,
                        [(3, 4)])

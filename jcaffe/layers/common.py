@@ -6,6 +6,7 @@ their product (Caffe's ``Blob::count(axis)``).
 """
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
@@ -102,9 +103,44 @@ class InnerProduct(JaxLayer):
         if self.p.bias_term and self.wants_param_diff(1):
             db = jnp.sum(dy2, axis=0)
         if propagate_down[0]:
-            dx = (dy2 @ self._weight_nk(params)).reshape(x.shape)
+            dx = self._data_diff(dy2, params).reshape(x.shape)
         param_diffs = [dw, db] if self.p.bias_term else [dw]
         return [dx], param_diffs
+
+    # The data gradient dx = dy W of a big stored (N, K) weight and few rows: the product
+    # is bound by reading W (contracted over its major axis), and XLA's YNNPACK dot, which
+    # takes every dot whose left operand is contracted over its minor axis, read it at
+    # 3-11 GB/s where Eigen's dot reads it at 11-18. So dx is taken as
+    # dot(dy^T, W) with dy^T materialized behind an optimization barrier (else XLA folds
+    # the transpose back into the dot): a left operand contracted over its major axis
+    # goes to Eigen. Measured alone (Intel Xeon, AVX-512, 2 cores, 2026-12-02, ms,
+    # YNNPACK / Eigen): 4096 x 9216 at 8/32/64 rows 13.4/8.4, 34.4/13.7, 23.8/19.8;
+    # 4096 x 4096 3.5/2.3, 8.8/6.2, 10.5/8.9; 1000 x 4096 0.7/0.5, 1.8/1.5, 2.1/2.2;
+    # 2048 x 2048 1.0/0.5, 2.2/1.7, 2.4/3.0; at 256 rows and more YNNPACK won or tied
+    # on every shape, and below 16 MB of weight the winner changed from shape to shape.
+    # CaffeNet's step (fc6, fc7; benchmarks/ab_step.py, 4 rounds of 6 steps, twice):
+    # 0.968 (rounds 0.94-0.99) and 0.955 (0.92-0.98). A transposed weight (K, N) is contracted over its minor axis, which
+    # YNNPACK reads fast (9216 x 4096, 32 rows: 12.7 vs 84.9 ms on Eigen): kept.
+    STREAMED_MIN_BYTES = 16 << 20       # weight bytes from which ...
+    STREAMED_MAX_ROWS = 32              # ... at most this many rows take Eigen's dot,
+    STREAMED_MAX_ROWS_HUGE = 64         # and this many from STREAMED_HUGE_BYTES
+    STREAMED_HUGE_BYTES = 64 << 20
+
+    def _streamed(self, rows, w):
+        """Whether dx = dy W (``rows`` rows of dy, W stored (N, K)) takes Eigen's dot."""
+        if self.p.transpose or jax.default_backend() != "cpu":
+            return False
+        nbytes = w.size * w.dtype.itemsize
+        return ((nbytes >= self.STREAMED_MIN_BYTES and rows <= self.STREAMED_MAX_ROWS)
+                or (nbytes >= self.STREAMED_HUGE_BYTES and rows <= self.STREAMED_MAX_ROWS_HUGE))
+
+    def _data_diff(self, dy2, params):
+        """dE/dx = dE/dy W for dy2 (M, N): (M, K)."""
+        w = self._weight_nk(params)
+        if self._streamed(dy2.shape[0], w):
+            dy_t = lax.optimization_barrier(dy2.T)
+            return lax.dot_general(dy_t, w, (((0,), (0,)), ((), ())))
+        return dy2 @ w
 
     # The weight diff by rows (jcaffe.engine.RowBlocks): a fused solver step updates a
     # big weight a block at a time and never holds its whole diff.
