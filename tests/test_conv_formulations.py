@@ -170,7 +170,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every map of a 1x1 kernel without
     padding; the weight gradients of larger kernels unless the compiles run convolutions
     on XLA's own kernels (xla_options); the forward for short columns (C/group *
-    prod(kernel) <= 512); every strided data gradient; the data gradient at stride 1
+    prod(kernel) <= 512), but for strided ones from 256 on only where convolutions run
+    on YNNPACK (CaffeNet's conv1); every strided data gradient; the data gradient at stride 1
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
     convolution."""
@@ -181,10 +182,12 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     long = _layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 6, 6))  # 64*9
     pointwise = _layer("num_output: 4 kernel_size: 1", (1, 832, 3, 3))
     long_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 64, 7, 7))
+    conv1 = _layer("num_output: 4 kernel_size: 11 stride: 4", (1, 3, 15, 15))  # 363
     cpu = jax.default_backend() == "cpu"
     for layer, fwd, strided_data in ((lenet2, True, False), (strided, True, True),
                                      (long, False, False), (pointwise, True, True),
-                                     (long_strided, False, True)):
+                                     (long_strided, False, True),
+                                     (conv1, not own_convolutions, True)):
         cg = layer.channels // layer.group
         big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA
         assert big < big_data

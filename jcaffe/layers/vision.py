@@ -214,8 +214,17 @@ class Convolution(JaxLayer):
     #   col2im; 3x3 stride 2 on 64 channels 89 vs 31 ms);
     # * forward: short columns (C/group * prod(kernel) <= 512: CaffeNet's conv1 2.5x,
     #   LeNet's conv2 2x, against YNNPACK) and 1x1 kernels; long-column 3x3/5x5 forwards
-    #   stay on XLA's convolution, which won or tied there. (Every forward larger than
-    #   1x1 on XLA's own convolution: CaffeNet's step 0.995, ab_step, 4 rounds: no gain.)
+    #   stay on XLA's convolution, which won or tied there. Against XLA's own
+    #   convolution, a strided forward with columns of XLA_MIN_STRIDED_COLUMN or more
+    #   goes to XLA: alone (Intel Xeon, AVX-512, 2026-12-02, XLA / GEMM) 11x11 stride 4
+    #   on 3 channels 0.47-0.78, 11x11 stride 2 0.79, 3x3 stride 2 on 32 channels 0.64;
+    #   whole (ab_step, 4 rounds, twice) CaffeNet's conv1: steps 0.972 and 0.986,
+    #   deploy forwards 0.919 and 0.912. Shorter strided columns were mixed alone (7x7 stride 2-4 on 3 channels
+    #   0.61-1.21, 5x5 0.96-1.29) and lost whole on XLA (GoogLeNet's and ResNet-50's 7x7
+    #   stride 2 conv1: steps 1.067 and 1.079, forwards 1.048 and 1.019), and stride 1
+    #   lost too (LeNet's conv2: step 1.080), so they keep GEMM. (Eigen's convolution
+    #   contracts a whole patch, C/group * prod(kernel) long, per product: the longer,
+    #   the nearer its matmul speed.)
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
     # build thousands of small convolutions). Data gradients at stride 1 need
@@ -228,6 +237,7 @@ class Convolution(JaxLayer):
     # there (again with benchmarks/ab_step.py, 2026-12-02: XLA's convolution 1.17x over
     # 4 rounds).
     GEMM_MAX_COLUMN = 512
+    XLA_MIN_STRIDED_COLUMN = 256
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
 
@@ -250,7 +260,13 @@ class Convolution(JaxLayer):
             return (by_rows or any(s > 1 for s in self.stride)
                     or (macs >= self.GEMM_MIN_MACS_DATA and not xla_options.own_convolutions()))
         k = int(np.prod(self.kernel))
-        return k == 1 or channels_per_group * k <= self.GEMM_MAX_COLUMN
+        if k == 1:
+            return True
+        column = channels_per_group * k
+        if (any(s > 1 for s in self.stride) and column >= self.XLA_MIN_STRIDED_COLUMN
+                and xla_options.own_convolutions()):
+            return False
+        return column <= self.GEMM_MAX_COLUMN
 
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
