@@ -119,8 +119,9 @@ class InnerProduct(JaxLayer):
     # 2048 x 2048 1.0/0.5, 2.2/1.7, 2.4/3.0; at 256 rows and more YNNPACK won or tied
     # on every shape, and below 16 MB of weight the winner changed from shape to shape.
     # CaffeNet's step (fc6, fc7; benchmarks/ab_step.py, 4 rounds of 6 steps, twice):
-    # 0.968 (rounds 0.94-0.99) and 0.955 (0.92-0.98). A transposed weight (K, N) is contracted over its minor axis, which
-    # YNNPACK reads fast (9216 x 4096, 32 rows: 12.7 vs 84.9 ms on Eigen): kept.
+    # 0.968 (rounds 0.94-0.99) and 0.955 (0.92-0.98). A transposed weight (K, N) is
+    # contracted over its minor axis, which YNNPACK reads fast (9216 x 4096, 32 rows:
+    # 12.7 vs 84.9 ms on Eigen): kept.
     STREAMED_MIN_BYTES = 16 << 20       # weight bytes from which ...
     STREAMED_MAX_ROWS = 32              # ... at most this many rows take Eigen's dot,
     STREAMED_MAX_ROWS_HUGE = 64         # and this many from STREAMED_HUGE_BYTES

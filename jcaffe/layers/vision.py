@@ -219,12 +219,12 @@ class Convolution(JaxLayer):
     #   goes to XLA: alone (Intel Xeon, AVX-512, 2026-12-02, XLA / GEMM) 11x11 stride 4
     #   on 3 channels 0.47-0.78, 11x11 stride 2 0.79, 3x3 stride 2 on 32 channels 0.64;
     #   whole (ab_step, 4 rounds, twice) CaffeNet's conv1: steps 0.972 and 0.986,
-    #   deploy forwards 0.919 and 0.912. Shorter strided columns were mixed alone (7x7 stride 2-4 on 3 channels
-    #   0.61-1.21, 5x5 0.96-1.29) and lost whole on XLA (GoogLeNet's and ResNet-50's 7x7
-    #   stride 2 conv1: steps 1.067 and 1.079, forwards 1.048 and 1.019), and stride 1
-    #   lost too (LeNet's conv2: step 1.080), so they keep GEMM. (Eigen's convolution
-    #   contracts a whole patch, C/group * prod(kernel) long, per product: the longer,
-    #   the nearer its matmul speed.)
+    #   deploy forwards 0.919 and 0.912. Shorter strided columns were mixed alone (7x7
+    #   stride 2-4 on 3 channels 0.61-1.21, 5x5 0.96-1.29) and lost whole on XLA
+    #   (GoogLeNet's and ResNet-50's 7x7 stride 2 conv1: steps 1.067 and 1.079, forwards
+    #   1.048 and 1.019), and stride 1 lost too (LeNet's conv2: step 1.080), so they keep
+    #   GEMM. (Eigen's convolution contracts a whole patch, C/group * prod(kernel) long,
+    #   per product: the longer, the nearer its matmul speed.)
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
     # build thousands of small convolutions). Data gradients at stride 1 need
