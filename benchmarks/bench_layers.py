@@ -1,7 +1,7 @@
 """Every built-in layer's hand-written backward vs ``jax.vjp`` of its own forward.
 
     python benchmarks/bench_layers.py [--only TYPE[,TYPE...]] [--repeats N] [--sample-ms MS]
-                                      [--json FILE]
+                                      [--recheck-above R] [--rechecks N] [--json FILE]
 
 One row per case, float32, shapes of a real net (batch 32, 64 channels, 28x28
 feature maps; 1000 classes; sequences of 20). Each contender is one jitted call
@@ -22,7 +22,9 @@ here (tests/test_bench_layers.py holds both to the registry, so a new layer type
 cannot be left out).
 
 Each timed sample is a run of back-to-back calls lasting about ``--sample-ms``
-(``batched``); the table gives the time per call.
+(``batched``); the table gives the time per call. A case whose ratio is above
+``--recheck-above`` (1.15) is measured ``--rechecks`` (2) more times from a fresh
+setup after the pass, and the table lists those ratios beside the first.
 """
 import argparse
 import json
@@ -40,6 +42,11 @@ FILL = 'weight_filler { type: "gaussian" std: 0.05 } bias_filler { type: "consta
 # type -> [(label, layer snippet, bottoms)]; a bottom is a shape (standard normal
 # values) or (shape, kind): "label:K" integers in [0, K) (never differentiated),
 # "uniform:A:B" values in [A, B) (positive inputs, probabilities, targets).
+# Rows whose explicit / autodiff ratio is above RECHECK_ABOVE are measured RECHECKS
+# more times after the pass (main, --recheck-above, --rechecks).
+RECHECK_ABOVE = 1.15
+RECHECKS = 2
+
 CASES = {
     "AbsVal": [("", 'type: "AbsVal"', [X])],
     "BNLL": [("", 'type: "BNLL"', [X])],
@@ -266,6 +273,10 @@ def main(argv=None):
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--sample-ms", type=float, default=20.0,
                     help="time each sample as back-to-back calls lasting about this long")
+    ap.add_argument("--recheck-above", type=float, default=RECHECK_ABOVE,
+                    help="measure a case again when explicit / autodiff is above this")
+    ap.add_argument("--rechecks", type=int, default=RECHECKS,
+                    help="how many times (0: never)")
     ap.add_argument("--json", default="")
     opts = ap.parse_args(argv)
     import logging
@@ -275,18 +286,32 @@ def main(argv=None):
     unknown = sorted(set(only) - set(CASES))
     if unknown:
         ap.error("no case for %s; cases: %s" % (", ".join(unknown), ", ".join(sorted(CASES))))
-    rows = []
-    started = time.time()
-    for type_name, label, snippet, bottoms in all_cases(only):
-        print("%s %s" % (type_name, label), flush=True)
+    def one_row(type_name, label, snippet, bottoms):
         runs, info = batched(contenders(snippet, bottoms), opts.sample_ms / 1000)
         res = harness.measure(runs, opts.warmup, opts.repeats, log=lambda *a: None)
-        rows.append({"type": type_name, "case": label, **{
+        return {"type": type_name, "case": label, **{
             k: {"median_ms": v["median_ms"] / info[k]["calls"],
                 "min_ms": v["min_ms"] / info[k]["calls"],
                 "max_ms": v["max_ms"] / info[k]["calls"],
                 "calls_per_sample": info[k]["calls"], "compile_s": info[k]["compile_s"]}
-            for k, v in res.items()}})
+            for k, v in res.items()}}
+
+    rows = []
+    started = time.time()
+    cases = list(all_cases(only))
+    for case in cases:
+        print("%s %s" % case[:2], flush=True)
+        rows.append(one_row(*case))
+    # A ratio above the line is measured again, from a fresh setup, after the whole
+    # pass: single rows of a millisecond or two moved by 0.2-0.3 between runs (PReLU
+    # 0.90-1.23x over six runs, its explicit and autodiff programs the same four
+    # fusions). The table keeps the first ratio and lists the others beside it.
+    for case, row in zip(cases, rows):
+        if ratio(row) > opts.recheck_above:
+            row["again"] = []
+            for _ in range(opts.rechecks):
+                print("%s %s (again)" % case[:2], flush=True)
+                row["again"].append(ratio(one_row(*case)))
     print(render(rows))
     print("\n(%d cases in %.0f s; repeats %d, samples of about %g ms)"
           % (len(rows), time.time() - started, opts.repeats, opts.sample_ms))
@@ -296,16 +321,22 @@ def main(argv=None):
     return rows
 
 
+def ratio(row):
+    """explicit / autodiff, medians of forward + backward."""
+    return row["explicit"]["median_ms"] / row["autodiff"]["median_ms"]
+
+
 def render(rows):
     lines = ["| layer | case | forward ms | explicit fwd+bwd ms | autodiff fwd+bwd ms | "
-             "explicit / autodiff | backward alone, explicit / autodiff |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "explicit / autodiff | backward alone, explicit / autodiff | measured again |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         f, e, a = (r[k]["median_ms"] for k in ("forward", "explicit", "autodiff"))
         be, ba = e - f, a - f
         alone = "%.2fx" % (be / ba) if ba > 0.05 * f and be > 0 else "-"
-        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2fx | %s |"
-                     % (r["type"], r["case"] or "", f, e, a, e / a, alone))
+        again = ", ".join("%.2fx" % x for x in r.get("again", ())) or "-"
+        lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2fx | %s | %s |"
+                     % (r["type"], r["case"] or "", f, e, a, e / a, alone, again))
     return "\n".join(lines)
 
 

@@ -331,7 +331,10 @@ def render(state, opts):
                 "layer's hand-written backward; forward under `jax.vjp` + its pullback. "
                 "Medians; explicit / autodiff above 1 means jax's derivative of the same "
                 "forward is faster. Tops and diffs are each call's outputs, so layers that "
-                "only move memory (Reshape, Split, Flatten) time a copy of them.", "",
+                "only move memory (Reshape, Split, Flatten) time a copy of them. A case "
+                "above %.2fx is set up and measured again after the pass (the last "
+                "column; '-': not above the line, or measured before the column existed)."
+                % bench_layers.RECHECK_ABOVE, "",
                 bench_layers.render(results["layers"]["rows"]), "",
                 "`%s`" % results["layers_cmd"], ""]
     out += ["## Convolution formulations (jcaffe's Convolution layer, float32)", "",

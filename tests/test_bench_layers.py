@@ -73,3 +73,27 @@ def test_batched_samples_run_back_to_back_calls():
     n = info["c"]["calls"]
     assert 2 <= n <= 10 and info["c"]["compile_s"] >= 0.001
     assert run() == 2 + n and len(calls) == 2 + n
+
+
+def test_rows_above_the_line_are_measured_again(monkeypatch):
+    """main(): a case whose explicit / autodiff ratio is above --recheck-above is set up
+    and measured --rechecks more times after the pass, and render() lists those ratios
+    in the row's last column; rows at or under the line show '-'."""
+    import harness
+    medians = iter([1.0, 3.0, 2.0,      # AbsVal: explicit / autodiff 1.5, above 1.15
+                    1.0, 2.0, 2.0,      # TanH: 1.0
+                    1.0, 2.4, 2.0,      # AbsVal again: 1.2
+                    1.0, 2.0, 2.0])     # and again: 1.0
+
+    def measure(runs, warmup, repeats, log=print):
+        return {name: {"median_ms": next(medians), "min_ms": 0.0, "max_ms": 0.0}
+                for name in ("forward", "explicit", "autodiff")}
+    monkeypatch.setattr(harness, "measure", measure)
+    monkeypatch.setattr(bench, "batched", lambda runs, s: (runs, {
+        k: {"calls": 1, "compile_s": 0.0} for k in runs}))
+    rows = bench.main(["--only", "AbsVal,TanH", "--rechecks", "2"])
+    assert [r["type"] for r in rows] == ["AbsVal", "TanH"]
+    assert rows[0]["again"] == [1.2, 1.0] and "again" not in rows[1]
+    table = bench.render(rows).splitlines()
+    assert table[2].endswith("| 1.50x | 2.00x | 1.20x, 1.00x |"), table[2]
+    assert table[3].endswith("| 1.00x | 1.00x | - |"), table[3]
