@@ -88,3 +88,9 @@ def library_ops(hlo):
         ops = re.findall(r"= \S+ (dot|convolution|reduce)\(", bodies.get(name, ""))
         out.setdefault(kind, collections.Counter()).update(ops)
     return out
+
+
+def ynn_dots(hlo):
+    """(dots in the optimized HLO, of them inside YNNPACK fusions)."""
+    return (len(re.findall(r"= \S+ dot\(", hlo)),
+            library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0))

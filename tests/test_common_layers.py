@@ -80,13 +80,11 @@ def test_inner_product_streamed_data_diff_takes_eigens_dot():
     operand is contracted over its major axis, which XLA's YNNPACK dots do not take;
     smaller weights and more rows keep the plain product (YNNPACK's where this jaxlib
     has its dots)."""
-    import re
-
     import jax
     from jcaffe import xla_options
-    from netutil import library_ops
+    from netutil import ynn_dots
     options = xla_options.cpu_options()
-    ynn_dots = bool((options or {}).get(xla_options.YNN_FUSION_TYPE))
+    ynn_has_dots = bool((options or {}).get(xla_options.YNN_FUSION_TYPE))
     cases = [((32, 4096), 1024, True),     # 16 MB weight, 32 rows
              ((64, 4096), 1024, False),    # 64 rows under 64 MB of weight
              ((32, 2048), 1024, False)]    # 8 MB
@@ -97,9 +95,9 @@ def test_inner_product_streamed_data_diff_takes_eigens_dot():
         assert layer._streamed(shape[0], w) == (jax.default_backend() == "cpu" and streamed)
         fn = jax.jit(lambda dy, w: layer._data_diff(dy, [w]), compiler_options=options)
         hlo = fn.lower(jnp.zeros((shape[0], n), jnp.float32), w).compile().as_text()
-        assert len(re.findall(r"= \S+ dot\(", hlo)) == 1, hlo
-        if ynn_dots and jax.default_backend() == "cpu":
-            in_ynn = library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0)
+        dots, in_ynn = ynn_dots(hlo)
+        assert dots == 1, hlo
+        if ynn_has_dots and jax.default_backend() == "cpu":
             assert in_ynn == (0 if streamed else 1), (shape, n, hlo)
 
 

@@ -7,8 +7,6 @@ the forward / data gradient of short-column shapes) as im2col + GEMM in batch ch
 (conv_gemm); elsewhere the grouped XLA call is used. Every path is checked here on
 every machine by forcing the choice.
 """
-import re
-
 import jax
 import jax.extend.core
 import jax.numpy as jnp
@@ -18,7 +16,7 @@ from jax import lax
 
 from jcaffe.layers.vision import Convolution
 from layer_testing import check_backward, make_layer, params_of
-from netutil import library_ops
+from netutil import ynn_dots
 
 FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
@@ -314,8 +312,8 @@ def test_pointwise_maps_are_dots_over_the_left_operands_minor_axis(monkeypatch, 
     if (options or {}).get(xla_options.YNN_FUSION_TYPE):
         for which, (fn, _) in maps.items():
             hlo = jax.jit(fn, compiler_options=options).lower(x, w, dy).compile().as_text()
-            in_ynn = library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0)
-            assert in_ynn == len(re.findall(r"= \S+ dot\(", hlo)) == 1, (which, hlo)
+            dots, in_ynn = ynn_dots(hlo)
+            assert in_ynn == dots == 1, (which, hlo)
     jax.clear_caches()
 
 

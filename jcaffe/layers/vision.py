@@ -254,17 +254,16 @@ class Convolution(JaxLayer):
             return False
         if conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
+        own, strided = xla_options.own_convolutions(), any(s > 1 for s in self.stride)
         if which == "weight":
-            return not xla_options.own_convolutions()
+            return not own
         if which == "data":
-            return (by_rows or any(s > 1 for s in self.stride)
-                    or (macs >= self.GEMM_MIN_MACS_DATA and not xla_options.own_convolutions()))
+            return by_rows or strided or (macs >= self.GEMM_MIN_MACS_DATA and not own)
         k = int(np.prod(self.kernel))
         if k == 1:
             return True
         column = channels_per_group * k
-        if (any(s > 1 for s in self.stride) and column >= self.XLA_MIN_STRIDED_COLUMN
-                and xla_options.own_convolutions()):
+        if strided and own and column >= self.XLA_MIN_STRIDED_COLUMN:
             return False
         return column <= self.GEMM_MAX_COLUMN
 
