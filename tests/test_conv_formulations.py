@@ -67,17 +67,36 @@ def _plain(layer, x, w, b):
     return y + b.reshape((-1,) + (1,) * n)
 
 
-FORMULATIONS = {"per-group": (True, False), "grouped": (False, False), "gemm": (False, True)}
+# Depthwise (one input channel per group): conv_depthwise's shifted slices, with one
+# or more outputs per channel, strided, dilated, rectangular, 1-d and 3-d, a kernel
+# shorter than the stride, dilation 3 at stride 2 (phases every second tap).
+DEPTHWISE = [
+    ("num_output: 4 kernel_size: 3 pad: 1 group: 4", (2, 4, 6, 5)),                # MobileNet's
+    ("num_output: 3 kernel_size: 3 pad: 1 stride: 2 group: 3", (2, 3, 7, 8)),
+    ("num_output: 6 kernel_size: 3 stride: 2 dilation: 2 pad: 1 group: 3", (2, 3, 9, 8)),
+    ("num_output: 4 kernel_h: 3 kernel_w: 1 stride_h: 2 stride_w: 1 pad_h: 1 group: 4",
+     (1, 4, 6, 5)),
+    ("num_output: 6 kernel_size: 3 pad: 1 stride: 2 group: 2", (2, 2, 9)),          # 1-d, m = 3
+    ("num_output: 2 kernel_size: 2 kernel_size: 1 kernel_size: 3 pad: 1 stride: 2 group: 2",
+     (1, 2, 4, 5, 6)),                                                            # 3-d
+    ("num_output: 3 kernel_size: 2 stride: 3 pad: 1 group: 3", (1, 3, 10, 9)),
+    ("num_output: 2 kernel_size: 3 stride: 2 dilation: 3 pad: 2 group: 2", (2, 2, 13, 12)),
+]
+# name -> (one convolution per group, im2col + GEMM, depthwise slices)
+FORMULATIONS = {"per-group": (True, False, False), "grouped": (False, False, False),
+                "gemm": (False, True, False), "depthwise": (False, False, True)}
 
 
-@pytest.mark.parametrize("formulation", list(FORMULATIONS))
-@pytest.mark.parametrize("param,shape", CASES)
+@pytest.mark.parametrize("formulation,param,shape", [
+    (f, p, s) for f in FORMULATIONS for p, s in (DEPTHWISE if f == "depthwise" else CASES)])
 def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch, param, shape,
                                                            formulation):
     layer = _layer(param, shape)
-    split, gemm = FORMULATIONS[formulation]
+    split, gemm, depthwise = FORMULATIONS[formulation]
+    assert not depthwise or layer.channels == layer.group > 1
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: split and self.group > 1)
     monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: gemm)
+    monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg: depthwise)
     x = jnp.asarray(rng.standard_normal(shape))
     w, b = params_of(layer)
     # jitted: the GEMM path is dozens of small ops, slow to dispatch one by one
@@ -99,6 +118,50 @@ def test_cpu_splits_groups_and_keeps_single_group_convolutions(x64):
     single = _layer("num_output: 4 kernel_size: 3", (1, 4, 5, 5))
     assert not single._split_groups()
     assert grouped._split_groups() == (jax.default_backend() == "cpu")
+
+
+def test_depthwise_choice():
+    """On CPU every convolution with one input channel per group, more than one group and
+    at most MAX_TAPS kernel offsets takes conv_depthwise's form; a single group with one
+    channel (LeNet's conv1), two channels per group and larger kernels keep theirs."""
+    from jcaffe.layers import conv_depthwise
+    cpu = jax.default_backend() == "cpu"
+    for param, shape, depthwise in [
+            ("num_output: 8 kernel_size: 3 pad: 1 group: 8", (1, 8, 5, 5), cpu),
+            ("num_output: 16 kernel_size: 3 stride: 2 group: 8", (1, 8, 5, 5), cpu),
+            ("num_output: 4 kernel_size: 8 group: 4", (1, 4, 9, 9), cpu),               # 64 taps
+            ("num_output: 4 kernel_size: 9 group: 4", (1, 4, 9, 9), False),             # 81
+            ("num_output: 20 kernel_size: 5", (1, 1, 9, 9), False),
+            ("num_output: 4 kernel_size: 3 group: 2", (1, 4, 5, 5), False)]:
+        layer = _layer(param, shape)
+        assert layer._depthwise(layer.channels // layer.group) == depthwise, param
+    assert conv_depthwise.MAX_TAPS == 64
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation")
+def test_depthwise_maps_compile_to_fused_loops_without_convolutions(x64):
+    """MobileNet's 3x3 depthwise layer (32 channels, one per group): forward and backward
+    compile to no convolution (XLA's grouped one ran the forward and data gradient
+    15-50x slower; one per group compiled 32 of each map), and the weight gradient is
+    one reduction reading x and dy once for all 9 offsets (one per offset read them 9
+    times: 3-7x slower)."""
+    layer = _layer("num_output: 32 kernel_size: 3 pad: 1 stride: 2 group: 32", (2, 32, 9, 9))
+    w, b = params_of(layer)
+    x = jnp.ones((2, 32, 9, 9))
+    dy = jnp.ones((2, 32, 5, 5))
+    step = jax.jit(lambda w, b, x, dy: layer.backward(
+        [w, b], [x], layer.forward([w, b], [x], None)[0], None, [dy], (True,)))
+    hlo = step.lower(w, b, x, dy).compile().as_text()
+    assert " convolution(" not in hlo
+    reduces = [line for line in hlo.splitlines() if " reduce(" in line and "f64[32,1]" in line]
+    assert len(reduces) == 1, "\n".join(reduces)
+    # The data gradient pads dy once and slices it per offset: a pad per offset made
+    # XLA keep nine padded copies of dy in MobileNet's step (the solver's update probe
+    # is a second reader of each).
+    from jcaffe.layers import conv_depthwise
+    jaxpr = jax.make_jaxpr(lambda dy, w: conv_depthwise.data_diff(dy, w, 32, layer.geometry()))(
+        dy, w)
+    assert [e.primitive.name for e in _equations(jaxpr.jaxpr)].count("pad") == 1
 
 
 @pytest.mark.parametrize("param,shape", CASES[:4])
@@ -223,6 +286,35 @@ def test_deconvolution_gemm_matches_xla(x64, rng, monkeypatch, param, shape):
     for xla, gemm, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
         np.testing.assert_allclose(np.asarray(gemm), np.asarray(xla), rtol=1e-10, atol=1e-10,
                                    err_msg=what)
+
+
+@pytest.mark.parametrize("param,shape", [
+    ("num_output: 4 kernel_size: 4 stride: 2 pad: 1 group: 4", (2, 4, 5, 6)),     # FCN's upsampling
+    ("num_output: 3 kernel_size: 3 stride: 2 group: 3", (1, 6, 4, 3)),            # 2 outputs/channel
+])
+def test_deconvolution_depthwise_matches_grouped(x64, rng, monkeypatch, param, shape):
+    """A Deconvolution with group = num_output (FCN's per-class bilinear upsampling) has a
+    depthwise virtual convolution: conv_depthwise's maps agree with the grouped XLA ones,
+    forward and backward, in float64."""
+    layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
+                       [shape])
+    assert layer.num_output == layer.group
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: False)
+    monkeypatch.setattr(Convolution, "_split_groups", lambda self: False)
+    results = []
+    for depthwise in (False, True):
+        monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg, d=depthwise: d)
+        (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
+        dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
+        (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
+            [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
+        results.append((y, dx, dw, db))
+    for grouped, depthwise, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
+        np.testing.assert_allclose(np.asarray(depthwise), np.asarray(grouped), rtol=1e-10,
+                                   atol=1e-10, err_msg=what)
+    check_backward(layer, [np.asarray(x)])
 
 
 @pytest.mark.parametrize("param,shape", [

@@ -25,7 +25,7 @@ from .. import xla_options
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
-from . import conv_gemm
+from . import conv_depthwise, conv_gemm
 from .common import canonical_axis
 
 _POOL = caffe_pb2.PoolingParameter
@@ -192,6 +192,12 @@ class Convolution(JaxLayer):
     def _split_groups(self):
         return self.group > 1 and jax.default_backend() == "cpu"
 
+    # A depthwise convolution (one input channel per group, MobileNet's) on CPU is
+    # neither: one fused loop of shifted slices per map (conv_depthwise).
+    def _depthwise(self, channels_per_group):
+        return (self.group > 1 and channels_per_group == 1 and jax.default_backend() == "cpu"
+                and int(np.prod(self.kernel)) <= conv_depthwise.MAX_TAPS)
+
     # On CPU, im2col + GEMM (conv_gemm) beat XLA's convolution, per map and shape
     # (benchmarks/bench_conv.py and the shapes of LeNet, CaffeNet and GoogLeNet):
     # * weight gradient: 1x1 maps (one dot, no columns). Larger kernels: GEMM beat
@@ -269,6 +275,8 @@ class Convolution(JaxLayer):
 
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
+        if self._depthwise(w.shape[1]):
+            return conv_depthwise.forward(x, w, self.geometry())
         if self._gemm("forward", w.shape[1], _macs(x.shape[0], w.shape, self.out_spatial)):
             return conv_gemm.forward(x, w, self.group, self.geometry())
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
@@ -282,6 +290,8 @@ class Convolution(JaxLayer):
         """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
         strided: per stride phase (_phase_data_diff); or as GEMMs (conv_gemm.data_diff:
         by kernel rows, or the column array and col2im)."""
+        if self._depthwise(w.shape[1]):
+            return conv_depthwise.data_diff(dy, w, self.group, self.geometry())
         rows = conv_gemm.by_rows(dy.shape, w.shape, self.group, self.geometry(),
                                  dy.dtype.itemsize)
         if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial),
@@ -376,6 +386,8 @@ class Convolution(JaxLayer):
         its dilation and the dilation the window stride.
         """
         cg = x.shape[1] // self.group
+        if self._depthwise(cg):
+            return conv_depthwise.weight_diff(x, dy, self.geometry())
         if self._gemm("weight", cg, _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel),
                                            self.out_spatial)):
             return conv_gemm.weight_diff(x, dy, self.group, self.geometry())

@@ -1,0 +1,124 @@
+"""Depthwise convolution (one input channel per group) as shifted slices, on CPU.
+
+Caffe writes a depthwise convolution as a Convolution with ``group`` equal to its
+input channels (MobileNet's 3x3 "dw" layers; FCN's per-class bilinear upsampling
+is the Deconvolution form). Each output channel o reads one input channel,
+o // m (m = num_output / group outputs per channel), so a product has no sum over
+channels: prod(kernel) multiply-adds per output and no data reuse for a matrix
+kernel to exploit. XLA's CPU backend runs it badly either way jcaffe otherwise
+would: one grouped convolution (``feature_group_count`` = C) took 30-700 ms where
+this takes 1-20 ms (MobileNet's shapes, batch 16, below), and one convolution per
+group (what Convolution does for a few groups) compiles C convolutions per map: a
+net with one 256-channel depthwise layer took 9.9 s to compile its step and 43 ms a
+step (this form: 0.45 s and 4.5 ms), and MobileNet's step had not compiled after 14
+minutes.
+
+Here each map is one fused loop over the kernel's offsets, each a strided slice
+of the padded input (``geo``: conv_gemm.Geometry of the convolution):
+
+* forward:  y[b, c*m + j, p] = sum_k w[c*m + j, k] x_pad[b, c, p*stride + k*dilation];
+* data:     by stride phases (as conv_gemm.col2im): each offset's w_k * dy (summed
+  over j), a shifted slice of one padded dy, added into its phase; no zeros multiplied;
+* weight:   dw[c*m + j, k] = sum over b, p of dy[b, c*m + j, p] x_pad[b, c, p*stride +
+  k*dilation], all offsets in one variadic reduction, so x and dy are read once
+  (one reduction per offset read them prod(kernel) times: 3-7x slower).
+
+Measured alone (Intel Xeon, AVX-512, 2 cores, 2026-12-02; batch 16, 3x3 pad 1, ms,
+forward / data / weight): 32 channels at 112x112 11 / 10 / 13 against XLA's grouped
+convolution 227 / 233 / 56; 512 at 14x14 1.5 / 2.3 / 2.3 against 63 / 64 / 54;
+stride 2, 64 at 112x112: 19 / 20 / 19 against 222 / 716 / 54 (benchmarks/NOTES.md,
+eighteenth session). The number of slices grows with the kernel: Convolution takes
+this form up to MAX_TAPS offsets and keeps its per-group convolutions beyond.
+"""
+import itertools
+
+import jax.numpy as jnp
+from jax import lax
+
+from . import conv_gemm
+
+MAX_TAPS = 64   # kernel offsets unrolled (8x8): a bound on the loop's size, not a measured
+                # crossover; larger kernels (FCN-32s' 64x64 upsampling) keep convolutions
+
+
+def _padded(x, geo):
+    """x (B, C, in...) zero-padded so every offset's strided slice fits."""
+    config = [(0, 0, 0), (0, 0, 0)] + [(p, h, 0) for p, h in
+                                       zip(geo.pad, conv_gemm._high_pads(geo))]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _tap(xp, offset, geo):
+    """The padded input read by kernel ``offset``: (B, C, out...)."""
+    start = (0, 0) + tuple(j * d for j, d in zip(offset, geo.dilation))
+    limit = xp.shape[:2] + tuple(a + (o - 1) * s + 1 for a, o, s in
+                                 zip(start[2:], geo.out_spatial, geo.stride))
+    return lax.slice(xp, start, limit, (1, 1) + tuple(geo.stride))
+
+
+def _per_channel(w, channels):
+    """w (C*m, 1, k...) -> (C, m, K), and a reshape of one offset's (C, m) weights
+    that broadcasts against (B, C, m, out...)."""
+    wk = w.reshape(channels, w.shape[0] // channels, -1)
+    n = w.ndim - 2
+    return wk, lambda i: wk[:, :, i].reshape(wk.shape[:2] + (1,) * n)
+
+
+def forward(x, w, geo):
+    """y = W * x for x (B, C, in...), w (C*m, 1, k...), group C -> (B, C*m, out...)."""
+    b, c = x.shape[:2]
+    _, weight = _per_channel(w, c)
+    xp = _padded(x, geo)
+    y = None
+    for i, offset in enumerate(conv_gemm._offsets(geo)):
+        term = _tap(xp, offset, geo)[:, :, None] * weight(i)
+        y = term if y is None else y + term
+    return y.reshape((b, w.shape[0]) + tuple(geo.out_spatial))
+
+
+def data_diff(dy, w, channels, geo):
+    """dE/dx for dy (B, C*m, out...), w (C*m, 1, k...), ``channels`` = C -> (B, C, in...).
+
+    By stride phases, as conv_gemm.col2im: padded position t * stride + r (r the residue)
+    gets, from each offset j with j * dilation = q * stride + r, dy[t - q] w_j. All
+    offsets read shifted slices of one padded dy, so the loop that sums a phase is the
+    only reader of the pad (one pad per offset made XLA keep nine padded copies of dy
+    in a training step: the solver's update probes one element of each data gradient,
+    a second reader of each pad, which XLA would not duplicate into both)."""
+    b = dy.shape[0]
+    wk, weight = _per_channel(w, channels)
+    reach = [((k - 1) * d) // s for k, d, s in zip(geo.kernel, geo.dilation, geo.stride)]
+    spans = [o + q for o, q in zip(geo.out_spatial, reach)]      # each phase's extent
+    d = dy.reshape((b, channels, wk.shape[1]) + dy.shape[2:])
+    dp = lax.pad(d, jnp.zeros((), dy.dtype), [(0, 0, 0)] * 3 + [(q, q, 0) for q in reach])
+    size = d.shape[:3] + tuple(spans)
+    phases = {}
+    for i, offset in enumerate(conv_gemm._offsets(geo)):
+        residue, start = [], [0, 0, 0]
+        for j, dil, s, q_max in zip(offset, geo.dilation, geo.stride, reach):
+            q, r = divmod(j * dil, s)
+            residue.append(r)
+            start.append(q_max - q)
+        shifted = lax.slice(dp, start, [a + t for a, t in zip(start, size)])
+        piece = jnp.sum(shifted * weight(i), axis=2)
+        key = tuple(residue)
+        phases[key] = piece if key not in phases else phases[key] + piece
+    zero = jnp.zeros((b, channels) + tuple(spans), dy.dtype)
+    full = conv_gemm.interleave_phases(
+        [phases.get(r, zero) for r in itertools.product(*[range(s) for s in geo.stride])],
+        geo.stride)
+    return conv_gemm._crop_to_input(full, geo, 2)
+
+
+def weight_diff(x, dy, geo):
+    """dE/dW for x (B, C, in...), dy (B, C*m, out...) -> (C*m, 1, k...)."""
+    b, c = x.shape[:2]
+    m = dy.shape[1] // c
+    d = dy.reshape((b, c, m) + dy.shape[2:])
+    xp = _padded(x, geo)
+    products = [_tap(xp, offset, geo)[:, :, None] * d for offset in conv_gemm._offsets(geo)]
+    zero = jnp.zeros((), x.dtype)
+    sums = lax.reduce(products, [zero] * len(products),
+                      lambda acc, new: [u + v for u, v in zip(acc, new)],
+                      (0,) + tuple(range(3, d.ndim)))          # each (C, m)
+    return jnp.stack(sums, axis=-1).reshape((c * m, 1) + tuple(geo.kernel))
