@@ -59,12 +59,17 @@ CASES = {
     "ContrastiveLoss": [("", 'type: "ContrastiveLoss"',
                          [(N, 256), (N, 256), ((N,), "label:2")])],
     "Convolution": [("3x3 pad 1, 64->64", 'type: "Convolution" convolution_param { num_output: 64 '
-                     'kernel_size: 3 pad: 1 %s }' % FILL, [X])],
+                     'kernel_size: 3 pad: 1 %s }' % FILL, [X]),
+                    ("3x3 pad 1 depthwise (group 64)", 'type: "Convolution" convolution_param { '
+                     'num_output: 64 kernel_size: 3 pad: 1 group: 64 %s }' % FILL, [X])],
     "Crop": [("axis 2, offset 1", 'type: "Crop" crop_param { axis: 2 offset: 1 }',
               [(N, C, H + 2, H + 2), X])],
     "Deconvolution": [("4x4 stride 2 pad 1, 64->32", 'type: "Deconvolution" convolution_param { '
                        'num_output: 32 kernel_size: 4 stride: 2 pad: 1 %s }' % FILL,
-                       [(N, C, 14, 14)])],
+                       [(N, C, 14, 14)]),
+                      ("4x4 stride 2 pad 1 depthwise (group 64)", 'type: "Deconvolution" '
+                       'convolution_param { num_output: 64 kernel_size: 4 stride: 2 pad: 1 '
+                       'group: 64 %s }' % FILL, [(N, C, 14, 14)])],
     "Dropout": [("", 'type: "Dropout"', [X])],
     "ELU": [("", 'type: "ELU"', [X])],
     "Eltwise": [("SUM", 'type: "Eltwise" eltwise_param { operation: SUM coeff: 1 coeff: -0.5 }',

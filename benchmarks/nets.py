@@ -28,6 +28,7 @@ NETS = {
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
     "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
     "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
+    "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),
 }
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -171,23 +172,34 @@ def param_shapes(param):
 
 
 def init_params(param, seed=0):
-    """Gaussian(0.01) weights (Scale: ones) and zero biases, as float32 numpy arrays."""
+    """Gaussian weights (:func:`reference_params`; Scale: ones) and zero biases, as float32
+    numpy arrays."""
     return dict(reference_params(param, seed))
 
 
 def reference_params(param, seed=0):
     """(layer, [arrays]) of :func:`init_params`, one layer at a time: each drawn in float32
     (no float64 draw beside it: CaffeNet's fc6 would be a 302 MB transient, which was
-    the peak of a contender's process)."""
+    the peak of a contender's process).
+
+    Weights are Gaussian with std 0.01, or sqrt(2 / fan_in) where the prototxt asks for
+    the "msra" filler (MobileNet): at 0.01 its 27 convolutions without a skip connection
+    shrink the deploy forward's activations 0.03-0.3x each (BatchNorm's running averages
+    do not rescale them), to 4e-36 at the classifier, and the benchmark would time
+    float32's denormal arithmetic."""
     rng = np.random.default_rng(seed)
     shapes, _ = param_shapes(param)
-    types = {l.name: l.type for l in param.layer}
+    layers = {l.name: l for l in param.layer}
     for name, s in shapes.items():
-        if types[name] == "Scale":
+        layer = layers[name]
+        if layer.type == "Scale":
             first = np.ones(s[0], np.float32)
         else:
+            filler = (layer.convolution_param if layer.type == "Convolution"
+                      else layer.inner_product_param).weight_filler.type
+            std = math.sqrt(2 / math.prod(s[0][1:])) if filler == "msra" else 0.01
             first = rng.standard_normal(s[0], dtype=np.float32)
-            first *= np.float32(0.01)
+            first *= np.float32(std)
         yield name, [first] + [np.zeros(b, np.float32) for b in s[1:]]
 
 

@@ -212,6 +212,8 @@ def main():
              ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             ("train_resnet50", "bench_train.py",
              ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
+            ("train_mobilenet", "bench_train.py",
+             ["--net", "mobilenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
             # forward: one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
@@ -220,6 +222,8 @@ def main():
              ["--net", "googlenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
             ("forward_resnet50", "bench_forward.py",
              ["--net", "resnet50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_mobilenet", "bench_forward.py",
+             ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
         ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -271,6 +275,8 @@ def render(state, opts):
          "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
         ("Training step, ResNet-50 (batch 16, 3x224x224; BatchNorm with batch statistics, "
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
+        ("Training step, MobileNet (batch 32, 3x224x224; 13 depthwise convolutions, "
+         "group = channels)", "train_mobilenet", forward_gflop("mobilenet", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
@@ -278,6 +284,8 @@ def render(state, opts):
          forward_gflop("googlenet", True), None),
         ("Forward (deploy, TEST), ResNet-50 (batch 16, 3x224x224)", "forward_resnet50",
          forward_gflop("resnet50", True), None),
+        ("Forward (deploy, TEST), MobileNet (batch 32, 3x224x224)", "forward_mobilenet",
+         forward_gflop("mobilenet", True), None),
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
     ]
     for title, key, gflop, refs in sections:

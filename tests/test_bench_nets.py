@@ -41,6 +41,12 @@ def test_lenet_contenders_agree():
     _check("lenet", 4)
 
 
+def test_mobilenet_contenders_agree():
+    """Depthwise convolutions (group = channels): jcaffe's shifted slices against the
+    references' grouped convolutions."""
+    _check("mobilenet", 2)
+
+
 @pytest.mark.slow
 def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,

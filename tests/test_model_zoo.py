@@ -28,6 +28,7 @@ NETS = {
     "vgg16": ("conv1_1", "fc8", (1, 1000), False),
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
+    "mobilenet": ("conv1", "fc7", (1, 1000), True),
 }
 
 
@@ -105,3 +106,16 @@ def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     net = jcaffe.Net(param, jcaffe.TEST)
     assert [b.shape for b in net.params["bn_conv1"]] == [(64,), (64,), (1,)]
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+
+
+def test_mobilenet_depthwise_layers_have_caffes_shapes():
+    """Each depthwise 3x3 is a Convolution with group = channels: weights (C, 1, 3, 3)."""
+    net = jcaffe.Net(_load("mobilenet", 1), jcaffe.TEST)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["conv2_1/dw"] == [(32, 1, 3, 3)]
+    assert shapes["conv2_1/sep"] == [(64, 32, 1, 1)]
+    assert shapes["conv6/dw"] == [(1024, 1, 3, 3)]
+    assert net.blobs["conv5_6/dw"].shape == (1, 512, 7, 7)     # stride 2
+    assert net.blobs["pool6"].shape == (1, 1024, 1, 1)
+    dw = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
+    assert len(dw) == 13 and all(l.channels == l.group for l in dw)

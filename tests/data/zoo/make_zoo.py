@@ -302,6 +302,36 @@ def resnet50():
     return n
 
 
+def _conv_bn(n, name, bottom, num, k, stride=1, group=1):
+    """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place)."""
+    top = n[name] = conv(bottom, num, k, stride=stride, pad=(k - 1) // 2, group=group,
+                         filler=dict(type="msra"), bias=False)
+    n[name + "/bn"] = L.BatchNorm(top, in_place=True)
+    n[name + "/scale"] = L.Scale(top, bias_term=True, in_place=True)
+    n["relu" + name[4:]] = relu(top)
+    return top
+
+
+def mobilenet():
+    """MobileNet v1 (Howard et al. 2017) as its Caffe port writes it: each depthwise
+    3x3 is a Convolution with group = channels; the classifier an InnerProduct."""
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    x = _conv_bn(n, "conv1", n.data, 32, 3, stride=2)
+    channels = 32
+    blocks = [("2_1", 64, 1), ("2_2", 128, 2), ("3_1", 128, 1), ("3_2", 256, 2),
+              ("4_1", 256, 1), ("4_2", 512, 2)] + [("5_%d" % i, 512, 1) for i in range(1, 6)] \
+        + [("5_6", 1024, 2), ("6", 1024, 1)]
+    for name, out, stride in blocks:
+        x = _conv_bn(n, "conv%s/dw" % name, x, channels, 3, stride=stride, group=channels)
+        x = _conv_bn(n, "conv%s/sep" % name, x, out, 1)
+        channels = out
+    n.pool6 = ave_pool(x, 7, 1)
+    n.fc7 = fc(n.pool6, 1000, filler=dict(type="msra"))
+    heads(n, n.fc7)
+    return n
+
+
 NETS = {
     "lenet": (lenet, "LeNet"),
     "cifar10_quick": (cifar10_quick, "CIFAR10_quick"),
@@ -311,6 +341,7 @@ NETS = {
     "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
     "googlenet": (googlenet, "GoogleNet"),
     "resnet50": (resnet50, "ResNet-50"),
+    "mobilenet": (mobilenet, "MobileNet"),
 }
 
 
