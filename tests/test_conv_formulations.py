@@ -274,17 +274,26 @@ def test_deconvolution_gemm_matches_xla(x64, rng, monkeypatch, param, shape):
     layer = make_layer('type: "Deconvolution" convolution_param { %s %s }' % (param, FILLERS),
                        [shape])
     x = jnp.asarray(rng.standard_normal(shape))
+
+    def gemm(on):
+        monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: on)
+    _same_maps(layer, x, gemm)
+
+
+def _same_maps(layer, x, choose):
+    """The layer's y, dx, dw, db with ``choose(False)`` and with ``choose(True)`` (each
+    patching the formulation choice) agree in float64."""
     w, b = params_of(layer)
     results = []
-    for gemm in (False, True):
-        monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, g=gemm, **_: g)
+    for on in (False, True):
+        choose(on)
         (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
         dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
         (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
             [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
         results.append((y, dx, dw, db))
-    for xla, gemm, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
-        np.testing.assert_allclose(np.asarray(gemm), np.asarray(xla), rtol=1e-10, atol=1e-10,
+    for off, on, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
+        np.testing.assert_allclose(np.asarray(on), np.asarray(off), rtol=1e-10, atol=1e-10,
                                    err_msg=what)
 
 
@@ -300,20 +309,12 @@ def test_deconvolution_depthwise_matches_grouped(x64, rng, monkeypatch, param, s
                        [shape])
     assert layer.num_output == layer.group
     x = jnp.asarray(rng.standard_normal(shape))
-    w, b = params_of(layer)
     monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: False)
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: False)
-    results = []
-    for depthwise in (False, True):
-        monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg, d=depthwise: d)
-        (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
-        dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
-        (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
-            [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
-        results.append((y, dx, dw, db))
-    for grouped, depthwise, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
-        np.testing.assert_allclose(np.asarray(depthwise), np.asarray(grouped), rtol=1e-10,
-                                   atol=1e-10, err_msg=what)
+
+    def depthwise(on):
+        monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg: on)
+    _same_maps(layer, x, depthwise)
     check_backward(layer, [np.asarray(x)])
 
 
