@@ -30,8 +30,9 @@ stride 2, 64 at 112x112: 19 / 20 / 19 against 222 / 716 / 54 (benchmarks/NOTES.m
 eighteenth session). The number of slices grows with the kernel: Convolution takes
 this form up to MAX_TAPS offsets and keeps its per-group convolutions beyond.
 """
-import itertools
+import functools
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -39,13 +40,6 @@ from . import conv_gemm
 
 MAX_TAPS = 64   # kernel offsets unrolled (8x8): a bound on the loop's size, not a measured
                 # crossover; larger kernels (FCN-32s' 64x64 upsampling) keep convolutions
-
-
-def _padded(x, geo):
-    """x (B, C, in...) zero-padded so every offset's strided slice fits."""
-    config = [(0, 0, 0), (0, 0, 0)] + [(p, h, 0) for p, h in
-                                       zip(geo.pad, conv_gemm._high_pads(geo))]
-    return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
 def _tap(xp, offset, geo):
@@ -64,11 +58,14 @@ def _per_channel(w, channels):
     return wk, lambda i: wk[:, :, i].reshape(wk.shape[:2] + (1,) * n)
 
 
+# Jitted with the geometry static, as conv_gemm's maps: inside a compiled net they
+# inline; called eagerly (layer tests, gradcheck) each is one compiled call.
+@functools.partial(jax.jit, static_argnums=(2,))
 def forward(x, w, geo):
     """y = W * x for x (B, C, in...), w (C*m, 1, k...), group C -> (B, C*m, out...)."""
     b, c = x.shape[:2]
     _, weight = _per_channel(w, c)
-    xp = _padded(x, geo)
+    xp = conv_gemm.padded(x, geo)
     y = None
     for i, offset in enumerate(conv_gemm._offsets(geo)):
         term = _tap(xp, offset, geo)[:, :, None] * weight(i)
@@ -76,46 +73,40 @@ def forward(x, w, geo):
     return y.reshape((b, w.shape[0]) + tuple(geo.out_spatial))
 
 
+@functools.partial(jax.jit, static_argnums=(2, 3))
 def data_diff(dy, w, channels, geo):
     """dE/dx for dy (B, C*m, out...), w (C*m, 1, k...), ``channels`` = C -> (B, C, in...).
 
-    By stride phases, as conv_gemm.col2im: padded position t * stride + r (r the residue)
-    gets, from each offset j with j * dilation = q * stride + r, dy[t - q] w_j. All
-    offsets read shifted slices of one padded dy, so the loop that sums a phase is the
-    only reader of the pad (one pad per offset made XLA keep nine padded copies of dy
-    in a training step: the solver's update probes one element of each data gradient,
-    a second reader of each pad, which XLA would not duplicate into both)."""
+    By stride phases, as conv_gemm.col2im (its phase_of, assemble_phases): offset j's
+    products w_j dy land at phase position o + q_j. All offsets read shifted slices of
+    one padded dy, so the loop that sums a phase is the only reader of the pad (one pad
+    per offset made XLA keep nine padded copies of dy in a training step: the solver's
+    update probes one element of each data gradient, a second reader of each pad,
+    which XLA would not duplicate into both)."""
     b = dy.shape[0]
     wk, weight = _per_channel(w, channels)
-    reach = [((k - 1) * d) // s for k, d, s in zip(geo.kernel, geo.dilation, geo.stride)]
-    spans = [o + q for o, q in zip(geo.out_spatial, reach)]      # each phase's extent
+    spans = conv_gemm._phase_spans(geo)
+    reach = [t - o for t, o in zip(spans, geo.out_spatial)]      # the largest shift q
     d = dy.reshape((b, channels, wk.shape[1]) + dy.shape[2:])
     dp = lax.pad(d, jnp.zeros((), dy.dtype), [(0, 0, 0)] * 3 + [(q, q, 0) for q in reach])
     size = d.shape[:3] + tuple(spans)
     phases = {}
     for i, offset in enumerate(conv_gemm._offsets(geo)):
-        residue, start = [], [0, 0, 0]
-        for j, dil, s, q_max in zip(offset, geo.dilation, geo.stride, reach):
-            q, r = divmod(j * dil, s)
-            residue.append(r)
-            start.append(q_max - q)
+        residue, shifts = conv_gemm.phase_of(offset, geo)
+        start = [0, 0, 0] + [q_max - q for q_max, q in zip(reach, shifts)]
         shifted = lax.slice(dp, start, [a + t for a, t in zip(start, size)])
         piece = jnp.sum(shifted * weight(i), axis=2)
-        key = tuple(residue)
-        phases[key] = piece if key not in phases else phases[key] + piece
-    zero = jnp.zeros((b, channels) + tuple(spans), dy.dtype)
-    full = conv_gemm.interleave_phases(
-        [phases.get(r, zero) for r in itertools.product(*[range(s) for s in geo.stride])],
-        geo.stride)
-    return conv_gemm._crop_to_input(full, geo, 2)
+        phases[residue] = piece if residue not in phases else phases[residue] + piece
+    return conv_gemm.assemble_phases(phases, (b, channels), dy.dtype, geo)
 
 
+@functools.partial(jax.jit, static_argnums=(2,))
 def weight_diff(x, dy, geo):
     """dE/dW for x (B, C, in...), dy (B, C*m, out...) -> (C*m, 1, k...)."""
     b, c = x.shape[:2]
     m = dy.shape[1] // c
     d = dy.reshape((b, c, m) + dy.shape[2:])
-    xp = _padded(x, geo)
+    xp = conv_gemm.padded(x, geo)
     products = [_tap(xp, offset, geo)[:, :, None] * d for offset in conv_gemm._offsets(geo)]
     zero = jnp.zeros((), x.dtype)
     sums = lax.reduce(products, [zero] * len(products),

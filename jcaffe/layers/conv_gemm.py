@@ -99,6 +99,12 @@ def _sum_batch(one, arrays, per):
     return total if rest is None else total + one(*rest)
 
 
+def padded(x, geo):
+    """x (A, B, in...) zero-padded so every kernel offset's strided slice fits."""
+    config = [(0, 0, 0), (0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
 def columns(xc, geo):
     """(C, B, in...) -> (C, K, B, out...): entry [c, k, b, o] = x[b, c, o*stride - pad +
     offset(k)*dilation], 0 in the padding.
@@ -108,8 +114,7 @@ def columns(xc, geo):
     every axis at once copies runs of one output row (LeNet's conv2: 8 floats) and ran
     1.6x slower; staged, the later stages copy whole (out rows x out width) blocks.
     """
-    pads = [(0, 0), (0, 0)] + [(p, h) for p, h in zip(geo.pad, _high_pads(geo))]
-    x = jnp.pad(xc, pads)                   # (C, B, in...) padded
+    x = padded(xc, geo)                     # (C, B, in...) padded
     n = len(geo.kernel)
     for axis in reversed(range(n)):
         k, s, d, o = geo.kernel[axis], geo.stride[axis], geo.dilation[axis], geo.out_spatial[axis]
@@ -170,21 +175,31 @@ def col2im(dcols, geo):
     a plain shift. Each phase sums the shifted pieces of its kernel offsets, and one
     transpose interleaves the phases. (MAX pooling's backward is this map too.)
     """
-    lead = dcols.shape[:1] + dcols.shape[2:3]
     spans = _phase_spans(geo)
     zero = jnp.zeros((), dcols.dtype)
     phases = {}
     for i, off in enumerate(_offsets(geo)):
-        residue, config = [], [(0, 0, 0), (0, 0, 0)]
-        for j, d, s, o, t in zip(off, geo.dilation, geo.stride, geo.out_spatial, spans):
-            q, r = divmod(j * d, s)
-            residue.append(r)
-            config.append((q, t - o - q, 0))
+        residue, shifts = phase_of(off, geo)
+        config = [(0, 0, 0), (0, 0, 0)] + [(q, t - o - q, 0) for q, t, o in
+                                           zip(shifts, spans, geo.out_spatial)]
         piece = lax.pad(dcols[:, i], zero, config)
-        key = tuple(residue)
-        phases[key] = piece if key not in phases else phases[key] + piece
+        phases[residue] = piece if residue not in phases else phases[residue] + piece
+    return assemble_phases(phases, dcols.shape[:1] + dcols.shape[2:3], dcols.dtype, geo)
+
+
+def phase_of(offset, geo):
+    """Where a kernel offset's products land in col2im's stride phases: (the residue of
+    its phase, per axis; its shift q per axis: output o goes to phase position o + q)."""
+    shifts = [divmod(j * d, s) for j, d, s in zip(offset, geo.dilation, geo.stride)]
+    return tuple(r for _, r in shifts), tuple(q for q, _ in shifts)
+
+
+def assemble_phases(phases, lead, dtype, geo):
+    """{residue: (A, B, spans...)} -> (A, B, in...): the phases no offset reaches are
+    zeros; interleaved (one transpose) and cut to the input."""
+    spans = tuple(_phase_spans(geo))
     full = interleave_phases(
-        [phases.get(r, jnp.zeros(lead + tuple(spans), dcols.dtype))
+        [phases.get(r, jnp.zeros(tuple(lead) + spans, dtype))
          for r in itertools.product(*[range(s) for s in geo.stride])], geo.stride)
     return _crop_to_input(full, geo, 2)
 
