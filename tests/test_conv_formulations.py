@@ -2,7 +2,8 @@
 ``lax.conv_general_dilated`` (and its jax.vjp) in float64, forward and backward.
 
 On CPU a grouped convolution is computed as one ungrouped convolution per group
-(XLA's CPU grouped kernels are several times slower), and the weight gradient (and
+(XLA's CPU grouped kernels are several times slower), or per block of narrow groups
+with zero weights between them (conv_blocks), and the weight gradient (and
 the forward / data gradient of short-column shapes) as im2col + GEMM in batch chunks
 (conv_gemm); elsewhere the grouped XLA call is used. Every path is checked here on
 every machine by forcing the choice.
@@ -82,19 +83,30 @@ DEPTHWISE = [
     ("num_output: 3 kernel_size: 2 stride: 3 pad: 1 group: 3", (1, 3, 10, 9)),
     ("num_output: 2 kernel_size: 3 stride: 2 dilation: 3 pad: 2 group: 2", (2, 2, 13, 12)),
 ]
-# name -> (one convolution per group, im2col + GEMM, depthwise slices)
-FORMULATIONS = {"per-group": (True, False, False), "grouped": (False, False, False),
-                "gemm": (False, True, False), "depthwise": (False, False, True)}
+# Narrow groups split into blocks of groups (conv_blocks; at most 4 channels a block
+# below): two blocks of two groups, strided blocks of two groups with two outputs per
+# channel, and (in CASES) whole convolutions as one block.
+BLOCKS = [
+    ("num_output: 8 kernel_size: 3 pad: 1 group: 4", (2, 8, 6, 5)),
+    ("num_output: 12 kernel_size: 3 stride: 2 pad: 1 group: 6", (2, 6, 7, 8)),
+    ("num_output: 8 kernel_size: 2 stride: 2 dilation: 2 group: 4", (1, 8, 9)),       # 1-d
+]
+# name -> (one convolution per piece, im2col + GEMM, depthwise slices, channels a block)
+FORMULATIONS = {"per-group": (True, False, False, 1), "blocks": (True, False, False, 4),
+                "grouped": (False, False, False, 1), "gemm": (False, True, False, 1),
+                "depthwise": (False, False, True, 1)}
 
 
 @pytest.mark.parametrize("formulation,param,shape", [
-    (f, p, s) for f in FORMULATIONS for p, s in (DEPTHWISE if f == "depthwise" else CASES)])
+    (f, p, s) for f in FORMULATIONS
+    for p, s in {"depthwise": DEPTHWISE, "blocks": CASES + BLOCKS}.get(f, CASES)])
 def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch, param, shape,
                                                            formulation):
     layer = _layer(param, shape)
-    split, gemm, depthwise = FORMULATIONS[formulation]
+    split, gemm, depthwise, block_channels = FORMULATIONS[formulation]
     assert not depthwise or layer.channels == layer.group > 1
     monkeypatch.setattr(Convolution, "_split_groups", lambda self: split and self.group > 1)
+    monkeypatch.setattr(Convolution, "SPLIT_BLOCK_CHANNELS", block_channels)
     monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: gemm)
     monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg: depthwise)
     x = jnp.asarray(rng.standard_normal(shape))
@@ -118,6 +130,37 @@ def test_cpu_splits_groups_and_keeps_single_group_convolutions(x64):
     single = _layer("num_output: 4 kernel_size: 3", (1, 4, 5, 5))
     assert not single._split_groups()
     assert grouped._split_groups() == (jax.default_backend() == "cpu")
+
+
+def test_groups_per_block():
+    """Blocks of consecutive groups at most SPLIT_BLOCK_CHANNELS (16) channels wide, in or
+    out, whole divisors of the groups; groups that wide or wider stay one a piece."""
+    from jcaffe.layers import conv_blocks
+    for param, shape, blocks in [
+            ("num_output: 128 kernel_size: 3 pad: 1 group: 32", (1, 128, 5, 5), 4),  # ResNeXt
+            ("num_output: 256 kernel_size: 3 pad: 1 group: 32", (1, 256, 5, 5), 2),
+            ("num_output: 512 kernel_size: 3 pad: 1 group: 32", (1, 512, 5, 5), 1),
+            ("num_output: 63 kernel_size: 3 group: 3", (1, 6, 5, 5), 1),             # 21 out
+            ("num_output: 6 kernel_size: 3 group: 3", (1, 30, 5, 5), 1),             # 10 in
+            ("num_output: 12 kernel_size: 3 group: 6", (1, 12, 5, 5), 6),
+            ("num_output: 20 kernel_size: 3 group: 5", (1, 10, 5, 5), 1),            # 5 prime
+            ("num_output: 256 kernel_size: 5 pad: 2 group: 2", (1, 96, 5, 5), 1)]:   # CaffeNet
+        assert _layer(param, shape)._groups_per_block() == blocks, param
+    assert conv_blocks.groups_per_block(12, 2, 3, 9) == 3
+
+
+def test_block_diagonal_keeps_a_non_finite_weight_in_its_group(x64):
+    """Zeros between the groups of a block are selected, not multiplied in: an inf or NaN
+    weight stays in its own group's block (and own_groups takes each group back)."""
+    from jcaffe.layers import conv_blocks
+    w = np.arange(4 * 2 * 3, dtype=np.float64).reshape(4, 2, 3) + 1       # 2 groups, 1-d k
+    w[0, 1, 2], w[3, 0, 0] = np.inf, np.nan
+    wb = np.asarray(conv_blocks.block_diagonal(jnp.asarray(w), 2, 2))
+    assert wb.shape == (4, 4, 3)
+    np.testing.assert_array_equal(wb[:2, :2], w[:2])
+    np.testing.assert_array_equal(wb[2:, 2:], w[2:])
+    assert not wb[:2, 2:].any() and not wb[2:, :2].any()
+    np.testing.assert_array_equal(np.asarray(conv_blocks.own_groups(jnp.asarray(wb), 2, 2)), w)
 
 
 def test_depthwise_choice():
@@ -232,7 +275,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     padding; the weight gradients of larger kernels unless the compiles run convolutions
     on XLA's own kernels (xla_options); the forward for short columns (C/group *
     prod(kernel) <= 512), but for strided ones from 256 on only where convolutions run
-    on YNNPACK (CaffeNet's conv1); every strided data gradient; the data gradient at stride 1
+    on YNNPACK (CaffeNet's conv1) and for grouped ones (ResNeXt's) not where convolutions run
+    on XLA's own kernels; every strided data gradient; the data gradient at stride 1
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
     convolution."""
@@ -244,11 +288,13 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     pointwise = _layer("num_output: 4 kernel_size: 1", (1, 832, 3, 3))
     long_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 64, 7, 7))
     conv1 = _layer("num_output: 4 kernel_size: 11 stride: 4", (1, 3, 15, 15))  # 363
+    narrow = _layer("num_output: 8 kernel_size: 3 pad: 1 group: 4", (1, 8, 6, 6))  # 18
     cpu = jax.default_backend() == "cpu"
     for layer, fwd, strided_data in ((lenet2, True, False), (strided, True, True),
                                      (long, False, False), (pointwise, True, True),
                                      (long_strided, False, True),
-                                     (conv1, not own_convolutions, True)):
+                                     (conv1, not own_convolutions, True),
+                                     (narrow, not own_convolutions, False)):
         cg = layer.channels // layer.group
         big, big_data = Convolution.GEMM_MIN_MACS, Convolution.GEMM_MIN_MACS_DATA
         assert big < big_data

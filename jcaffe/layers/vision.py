@@ -25,7 +25,7 @@ from .. import xla_options
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
-from . import conv_depthwise, conv_gemm
+from . import conv_blocks, conv_depthwise, conv_gemm
 from .common import canonical_axis
 
 _POOL = caffe_pb2.PoolingParameter
@@ -192,6 +192,20 @@ class Convolution(JaxLayer):
     def _split_groups(self):
         return self.group > 1 and jax.default_backend() == "cpu"
 
+    # Narrow groups (ResNeXt's 4 or 8 channels) are split into blocks of groups, each
+    # one dense convolution with zeros between its groups (conv_blocks), at most
+    # SPLIT_BLOCK_CHANNELS channels wide. Forward, 3x3, 32 groups, batch 16 (ms,
+    # 2026-12-02, by groups per block 1/2/4/8): 4 channels at 56x56 75/35/28/33,
+    # 8 at 28x28 17/11/13/20, 16 at 14x14 7.8/8.1/12/19; data gradients alike (4 at
+    # 56x56: 62 -> 21); weight gradients tie up to 16 channels (34 and 13 ms) and
+    # lose beyond.
+    SPLIT_BLOCK_CHANNELS = 16
+
+    def _groups_per_block(self):
+        return conv_blocks.groups_per_block(self.group, self.channels // self.group,
+                                            self.num_output // self.group,
+                                            self.SPLIT_BLOCK_CHANNELS)
+
     # A depthwise convolution (one input channel per group, MobileNet's) on CPU is
     # neither: one fused loop of shifted slices per map (conv_depthwise).
     def _depthwise(self, channels_per_group):
@@ -230,7 +244,10 @@ class Convolution(JaxLayer):
     #   (GoogLeNet's and ResNet-50's 7x7 stride 2 conv1: steps 1.067 and 1.079, forwards
     #   1.048 and 1.019), and stride 1 lost too (LeNet's conv2: step 1.080), so they keep
     #   GEMM. (Eigen's convolution contracts a whole patch, C/group * prod(kernel) long,
-    #   per product: the longer, the nearer its matmul speed.)
+    #   per product: the longer, the nearer its matmul speed.) A grouped forward goes to
+    #   XLA's convolutions, split into blocks of groups (conv_blocks), where those are
+    #   jcaffe's: on ResNeXt's 3x3 shapes (32 groups of 4-16 channels, batch 16, ms,
+    #   2026-12-02) GEMM / blocks 51/20, 26/13, 13/8 at stride 1, 48/30 at stride 2.
     # Below GEMM_MIN_MACS multiply-adds a map keeps XLA's convolution: one op compiles
     # in a fraction of the time of the columns' slices and loop (tests and gradcheck
     # build thousands of small convolutions). Data gradients at stride 1 need
@@ -268,6 +285,8 @@ class Convolution(JaxLayer):
         k = int(np.prod(self.kernel))
         if k == 1:
             return True
+        if own and self.group > 1:
+            return False
         column = channels_per_group * k
         if strided and own and column >= self.XLA_MIN_STRIDED_COLUMN:
             return False
@@ -282,7 +301,10 @@ class Convolution(JaxLayer):
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
-            xs, ws = jnp.split(x, self.group, axis=1), jnp.split(w, self.group, axis=0)
+            blocks = self._groups_per_block()
+            pieces = self.group // blocks
+            wb = conv_blocks.block_diagonal(w, self.group, blocks)
+            xs, ws = jnp.split(x, pieces, axis=1), jnp.split(wb, pieces, axis=0)
             return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
         return conv(x, w, feature_group_count=self.group)
 
@@ -320,7 +342,10 @@ class Convolution(JaxLayer):
         """conv(dy, flipped transposed kernel), per group or as one grouped call."""
         g = self.group
         if self._split_groups():
-            dys, ws = jnp.split(dy, g, axis=1), jnp.split(w, g, axis=0)
+            blocks = self._groups_per_block()
+            pieces = g // blocks
+            wb = conv_blocks.block_diagonal(w, g, blocks)
+            dys, ws = jnp.split(dy, pieces, axis=1), jnp.split(wb, pieces, axis=0)
             return jnp.concatenate([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)],
                                    axis=1)
         return conv(dy, transposed(w, g), feature_group_count=g)
@@ -400,8 +425,11 @@ class Convolution(JaxLayer):
                                  padding=padding, rhs_dilation=self.stride,
                                  dimension_numbers=lax.ConvDimensionNumbers(spec, spec, spec))
         if self._split_groups():
-            xs, dys = jnp.split(x, self.group, axis=1), jnp.split(dy, self.group, axis=1)
-            return jnp.concatenate([conv(xg, d) for xg, d in zip(xs, dys)], axis=0)
+            blocks = self._groups_per_block()
+            pieces = self.group // blocks
+            xs, dys = jnp.split(x, pieces, axis=1), jnp.split(dy, pieces, axis=1)
+            dw = jnp.concatenate([conv(xg, d) for xg, d in zip(xs, dys)], axis=0)
+            return conv_blocks.own_groups(dw, self.group, blocks)
         return conv(x, dy, batch_group_count=self.group)
 
 
