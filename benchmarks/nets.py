@@ -29,6 +29,7 @@ NETS = {
     "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
     "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
     "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),
+    "resnext50": ("resnext50.prototxt", 16, (3, 224, 224), "fc1000"),
 }
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4

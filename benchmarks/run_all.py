@@ -214,6 +214,8 @@ def main():
              ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
             ("train_mobilenet", "bench_train.py",
              ["--net", "mobilenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+            ("train_resnext50", "bench_train.py",
+             ["--net", "resnext50", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
             # forward: one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
@@ -224,6 +226,8 @@ def main():
              ["--net", "resnet50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_mobilenet", "bench_forward.py",
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_resnext50", "bench_forward.py",
+             ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
         ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -277,6 +281,9 @@ def render(state, opts):
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
         ("Training step, MobileNet (batch 32, 3x224x224; 13 depthwise convolutions, "
          "group = channels)", "train_mobilenet", forward_gflop("mobilenet", False) * 3, None),
+        ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
+         "32 groups of 4-32 channels)", "train_resnext50", forward_gflop("resnext50", False) * 3,
+         None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
@@ -286,6 +293,8 @@ def render(state, opts):
          forward_gflop("resnet50", True), None),
         ("Forward (deploy, TEST), MobileNet (batch 32, 3x224x224)", "forward_mobilenet",
          forward_gflop("mobilenet", True), None),
+        ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
+         forward_gflop("resnext50", True), None),
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
     ]
     for title, key, gflop, refs in sections:

@@ -48,6 +48,13 @@ def test_mobilenet_contenders_agree():
 
 
 @pytest.mark.slow
+def test_resnext50_contenders_agree():
+    """Grouped 3x3 convolutions, 32 groups of 4-32 channels: jcaffe's blocks of groups
+    against the references' grouped convolutions."""
+    _check("resnext50", 2)
+
+
+@pytest.mark.slow
 def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""

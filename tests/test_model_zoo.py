@@ -17,7 +17,8 @@ from jcaffe.proto import caffe_pb2
 ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
 
 # name -> (first learnable layer, classifier top, its shape at batch 1, default-suite run?)
-# VGG-16, GoogLeNet and ResNet-50 forward/backward take 15-25 s each on 2 cores: -m slow.
+# VGG-16, GoogLeNet, ResNet-50 and ResNeXt-50 forward/backward take 15-25 s each on 2
+# cores: -m slow.
 # Every net is still built (shapes, params) in the default suite.
 NETS = {
     "lenet": ("conv1", "ip2", (1, 10), True),
@@ -29,6 +30,7 @@ NETS = {
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
+    "resnext50": ("conv1", "fc1000", (1, 1000), False),
 }
 
 
@@ -106,6 +108,21 @@ def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     net = jcaffe.Net(param, jcaffe.TEST)
     assert [b.shape for b in net.params["bn_conv1"]] == [(64,), (64,), (1,)]
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+
+
+def test_resnext50_grouped_layers_have_caffes_shapes():
+    """Each bottleneck's 3x3 is a Convolution with 32 groups (weights (C, C/32, 3, 3)),
+    carrying the stage's stride; the 1x1s are ungrouped."""
+    net = jcaffe.Net(_load("resnext50", 1), jcaffe.TEST)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["res2a_branch2b"] == [(128, 4, 3, 3)]
+    assert shapes["res5c_branch2b"] == [(1024, 32, 3, 3)]
+    assert shapes["res3a_branch2a"] == [(256, 256, 1, 1)]
+    assert net.blobs["res3a_branch2a"].shape == (1, 256, 56, 56)      # stride on the 3x3
+    assert net.blobs["res3a_branch2b"].shape == (1, 256, 28, 28)
+    assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+    grouped = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
+    assert len(grouped) == 16 and all(l.group == 32 for l in grouped)
 
 
 def test_mobilenet_depthwise_layers_have_caffes_shapes():

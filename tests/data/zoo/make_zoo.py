@@ -265,18 +265,24 @@ def _bn_scale(n, name, bottom, relu_after):
         n[name + "_relu"] = relu(bottom)
 
 
-def _bottleneck(n, name, bottom, inner, outer, stride, project):
+def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=XAVIER):
+    """ResNet's bottleneck (stride on the first 1x1, as the Caffe release has it) or, with
+    ``group`` > 1, ResNeXt's (grouped 3x3 carrying the stride, as in the paper)."""
     if project:
-        n["res%s_branch1" % name] = conv(bottom, outer, 1, stride=stride, bias=False)
+        n["res%s_branch1" % name] = conv(bottom, outer, 1, stride=stride, filler=filler,
+                                         bias=False)
         _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
         shortcut = n["res%s_branch1" % name]
     else:
         shortcut = bottom
-    a = n["res%s_branch2a" % name] = conv(bottom, inner, 1, stride=stride, bias=False)
+    stride_a, stride_b = (stride, 1) if group == 1 else (1, stride)
+    a = n["res%s_branch2a" % name] = conv(bottom, inner, 1, stride=stride_a, filler=filler,
+                                          bias=False)
     _bn_scale(n, "%s_branch2a" % name, a, True)
-    b = n["res%s_branch2b" % name] = conv(a, inner, 3, pad=1, bias=False)
+    b = n["res%s_branch2b" % name] = conv(a, inner, 3, stride=stride_b, pad=1, group=group,
+                                          filler=filler, bias=False)
     _bn_scale(n, "%s_branch2b" % name, b, True)
-    c = n["res%s_branch2c" % name] = conv(b, outer, 1, bias=False)
+    c = n["res%s_branch2c" % name] = conv(b, outer, 1, filler=filler, bias=False)
     _bn_scale(n, "%s_branch2c" % name, c, False)
     out = n["res" + name] = L.Eltwise(shortcut, c)
     n["res%s_relu" % name] = relu(out)
@@ -298,6 +304,30 @@ def resnet50():
             x = _bottleneck(n, name, x, inner, inner * 4, stride, project=(b == 0))
     n.pool5 = ave_pool(x, 7, 1)
     n.fc1000 = fc(n.pool5, 1000)
+    heads(n, n.fc1000)
+    return n
+
+
+def resnext50():
+    """ResNeXt-50 (32x4d; Xie et al. 2017) in ResNet-50's Caffe layout: each bottleneck's
+    3x3 is a Convolution with 32 groups (4 channels each in the first stage), twice
+    ResNet-50's inner width; He's (msra) fillers, as its training code draws them."""
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    msra = dict(type="msra")
+    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, filler=msra, bias=False)
+    _bn_scale(n, "_conv1", n.conv1, False)
+    n.conv1_relu = relu(n.conv1)
+    n.pool1 = max_pool(n.conv1, 3, 2)
+    x = n.pool1
+    for stage, (blocks, inner) in zip("2345", [(3, 128), (4, 256), (6, 512), (3, 1024)]):
+        for b in range(blocks):
+            name = stage + "abcdef"[b]
+            stride = 2 if b == 0 and stage != "2" else 1
+            x = _bottleneck(n, name, x, inner, inner * 2, stride, project=(b == 0), group=32,
+                            filler=msra)
+    n.pool5 = ave_pool(x, 7, 1)
+    n.fc1000 = fc(n.pool5, 1000, filler=msra)
     heads(n, n.fc1000)
     return n
 
@@ -342,6 +372,7 @@ NETS = {
     "googlenet": (googlenet, "GoogleNet"),
     "resnet50": (resnet50, "ResNet-50"),
     "mobilenet": (mobilenet, "MobileNet"),
+    "resnext50": (resnext50, "ResNeXt-50-32x4d"),
 }
 
 
