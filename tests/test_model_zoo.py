@@ -12,7 +12,6 @@ import pytest
 
 import jcaffe
 from jcaffe import protoio
-from jcaffe.proto import caffe_pb2
 
 ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
 
