@@ -42,6 +42,13 @@ CASES = [
     ("num_output: 4 kernel_size: 3 pad: 2 dilation: 2 group: 2", (2, 4, 7, 6)),
     ("num_output: 3 kernel_h: 2 kernel_w: 3 pad_w: 1 dilation: 2", (2, 2, 6, 7)),
 ]
+# A strided kernel with more offsets than conv_gemm.COL2IM_MAX_OFFSETS (17x17 stride 8,
+# FCN's upsampling form; 2-d and a 3-d one): col2im by whole taps.
+MANY_OFFSETS = [
+    ("num_output: 2 kernel_size: 17 stride: 8 pad: 3", (1, 2, 36, 35)),
+    ("num_output: 2 kernel_size: 7 stride: 3 pad: 1", (1, 2, 10, 11, 9)),
+]
+CASES += MANY_OFFSETS
 # 1x1 kernels without padding (conv_gemm's pointwise path): plain, strided past the
 # last row, grouped 1-d, dilated (no effect), 3-d
 POINTWISE = [
@@ -205,6 +212,46 @@ def test_depthwise_maps_compile_to_fused_loops_without_convolutions(x64):
     jaxpr = jax.make_jaxpr(lambda dy, w: conv_depthwise.data_diff(dy, w, 32, layer.geometry()))(
         dy, w)
     assert [e.primitive.name for e in _equations(jaxpr.jaxpr)].count("pad") == 1
+
+
+@pytest.mark.parametrize("kernel,stride,pad,size", [
+    ((17, 16), (8, 8), (3, 0), (36, 35)), ((5, 4), (2, 3), (1, 2), (9, 11)),
+    ((2, 2), (3, 3), (0, 0), (8, 8)),                   # phases no tap reaches
+    ((6,), (3,), (2,), (13,)), ((4, 5, 2), (2, 2, 1), (1, 0, 1), (7, 8, 3))])
+def test_col2im_by_taps_matches_by_offsets(x64, rng, kernel, stride, pad, size):
+    """col2im's two sums (per kernel offset, below COL2IM_MAX_OFFSETS; per whole tap,
+    above it) add every column entry back to the same input position."""
+    from jcaffe.layers import conv_gemm
+    out = tuple((i + 2 * p - k) // s + 1 for i, p, k, s in zip(size, pad, kernel, stride))
+    geo = conv_gemm.Geometry(kernel, stride, pad, (1,) * len(kernel), size, out)
+    dcols = jnp.asarray(rng.standard_normal((3, int(np.prod(kernel)), 2) + out))
+    by_taps = conv_gemm._col2im_by_taps(dcols, geo)
+    offsets = [e.primitive.name for e in _equations(
+        jax.make_jaxpr(lambda d: conv_gemm.col2im(d, geo))(dcols).jaxpr)].count("pad")
+    limit = conv_gemm.COL2IM_MAX_OFFSETS
+    assert (offsets >= int(np.prod(kernel))) == (int(np.prod(kernel)) <= limit)
+    conv_gemm.COL2IM_MAX_OFFSETS = 10 ** 9
+    try:
+        by_offsets = conv_gemm.col2im(dcols, geo)
+    finally:
+        conv_gemm.COL2IM_MAX_OFFSETS = limit
+    np.testing.assert_array_equal(np.asarray(by_taps), np.asarray(by_offsets))
+
+
+def test_many_offsets_data_gradient_compiles_by_taps(x64):
+    """FCN-32s's upsampling (Deconvolution 21 -> 21, 64x64 kernel, stride 32): its
+    forward, the virtual convolution's data gradient, goes to GEMM at any size and
+    col2im sums 4 taps, not 4096 offsets (20 s of compile) nor 1024 phase convolutions."""
+    layer = make_layer('type: "Deconvolution" convolution_param { num_output: 21 '
+                       'kernel_size: 64 stride: 32 bias_term: false }', [(1, 21, 2, 2)])
+    assert layer._many_phases()
+    assert layer._gemm("data", 21, 1) == (jax.default_backend() == "cpu")
+    w, = params_of(layer)
+    x = jnp.ones((1, 21, 2, 2))
+    jaxpr = jax.make_jaxpr(lambda w, x: layer.forward([w], [x], None)[0])(w, x)
+    names = [e.primitive.name for e in _equations(jaxpr.jaxpr)]
+    if jax.default_backend() == "cpu":
+        assert names.count("pad") <= 8 and "conv_general_dilated" not in names, names
 
 
 @pytest.mark.parametrize("param,shape", CASES[:4])

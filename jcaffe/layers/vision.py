@@ -269,11 +269,23 @@ class Convolution(JaxLayer):
             self.kernel, self.stride, self.pad, self.dilation, self.in_spatial,
             self.out_spatial)))
 
+    # A strided kernel with more than conv_gemm.COL2IM_MAX_OFFSETS offsets (FCN's 64x64
+    # stride-32 upsampling) has its data gradient from GEMM at any size: col2im sums it
+    # by whole taps, where _phase_data_diff would compile one convolution per phase
+    # (1024 there).
+    def _many_phases(self):
+        return (any(s > 1 for s in self.stride) and all(d == 1 for d in self.dilation)
+                and int(np.prod(self.kernel)) > conv_gemm.COL2IM_MAX_OFFSETS)
+
     def _gemm(self, which, channels_per_group, macs, by_rows=False):
         """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
         ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel));
         ``by_rows``: the data gradient would take conv_gemm's kernel-rows form."""
-        if jax.default_backend() != "cpu" or macs < self.GEMM_MIN_MACS:
+        if jax.default_backend() != "cpu":
+            return False
+        if which == "data" and self._many_phases():
+            return True
+        if macs < self.GEMM_MIN_MACS:
             return False
         if conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
