@@ -16,8 +16,8 @@ from jcaffe import protoio
 ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
 
 # name -> (first learnable layer, classifier top, its shape at batch 1, default-suite run?)
-# VGG-16, GoogLeNet, ResNet-50 and ResNeXt-50 forward/backward take 15-25 s each on 2
-# cores: -m slow.
+# VGG-16, GoogLeNet, ResNet-50, ResNeXt-50 and the FCNs (500x500) take 15 s and more
+# each on 2 cores: -m slow.
 # Every net is still built (shapes, params) in the default suite.
 NETS = {
     "lenet": ("conv1", "ip2", (1, 10), True),
@@ -30,7 +30,10 @@ NETS = {
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
+    "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
+    "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
 }
+NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s"}     # (as their published prototxts)
 
 
 def _load(name, batch):
@@ -84,7 +87,7 @@ def test_zoo_net_builds_with_caffe_shapes(name):
     net = jcaffe.Net(param, jcaffe.TEST)
     _, classifier, shape, _ = NETS[name]
     assert net.blobs[classifier].shape == shape
-    assert "accuracy" in net.blobs or name == "googlenet"
+    assert "accuracy" in net.blobs or name in NO_ACCURACY
 
 
 def test_caffenet_param_shapes_are_caffes():
@@ -122,6 +125,21 @@ def test_resnext50_grouped_layers_have_caffes_shapes():
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
     grouped = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
     assert len(grouped) == 16 and all(l.group == 32 for l in grouped)
+
+
+def test_fcn_upsampling_and_crops_have_caffes_shapes():
+    """FCN's fixed bilinear Deconvolutions (no bias, lr_mult 0) and the Crops that align
+    each score map with the next (FCN-8s) or with the image (both), at 500x500."""
+    net = jcaffe.Net(_load("fcn32s", 1), jcaffe.TEST)
+    assert net.blobs["conv1_1"].shape == (1, 64, 698, 698)         # pad 100
+    assert net.blobs["fc6"].shape == (1, 4096, 16, 16)
+    assert net.blobs["upscore"].shape == (1, 21, 544, 544)         # 15 * 32 + 64
+    assert [b.shape for b in net.params["upscore"]] == [(21, 21, 64, 64)]
+    net = jcaffe.Net(_load("fcn8s", 1), jcaffe.TEST)
+    for name, size in [("upscore2", 34), ("score_pool4c", 34), ("upscore_pool4", 70),
+                       ("score_pool3c", 70), ("upscore8", 568), ("score", 500)]:
+        assert net.blobs[name].shape == (1, 21, size, size), name
+    assert [b.shape for b in net.params["upscore8"]] == [(21, 21, 16, 16)]
 
 
 def test_mobilenet_depthwise_layers_have_caffes_shapes():

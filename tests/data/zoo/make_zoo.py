@@ -332,6 +332,73 @@ def resnext50():
     return n
 
 
+def _fcn_body(n, size):
+    """FCN's VGG-16 trunk (Long, Shelhamer & Darrell 2015, fcn.berkeleyvision.org): conv1_1
+    padded by 100, fc6/fc7 as convolutions, the 21 PASCAL VOC class scores; DummyData
+    images with a per-pixel label map."""
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[1, 3, size, size]), dict(dim=[1, 1, size, size])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=7)], ntop=2)
+    bottom = n.data
+    for stage, (width, reps) in enumerate([(64, 2), (128, 2), (256, 3), (512, 3), (512, 3)], 1):
+        for r in range(1, reps + 1):
+            name = "conv%d_%d" % (stage, r)
+            n[name] = conv(bottom, width, 3, pad=100 if name == "conv1_1" else 1)
+            n["relu%d_%d" % (stage, r)] = relu(n[name])
+            bottom = n[name]
+        bottom = n["pool%d" % stage] = max_pool(bottom, 2, 2)
+    n.fc6 = conv(bottom, 4096, 7)
+    n.relu6 = relu(n.fc6)
+    n.drop6 = L.Dropout(n.fc6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = conv(n.fc6, 4096, 1)
+    n.relu7 = relu(n.fc7)
+    n.drop7 = L.Dropout(n.fc7, dropout_ratio=0.5, in_place=True)
+    n.score_fr = conv(n.fc7, 21, 1)
+    return n.score_fr
+
+
+def _upscore(bottom, k, stride):
+    """FCN's fixed bilinear upsampling: a Deconvolution without bias, lr_mult 0 (FCN sets
+    the weights by net surgery; the bilinear filler stands in)."""
+    return L.Deconvolution(bottom, param=[dict(lr_mult=0)], convolution_param=dict(
+        num_output=21, kernel_size=k, stride=stride, bias_term=False,
+        weight_filler=dict(type="bilinear")))
+
+
+def _fcn_loss(n):
+    n.loss = L.SoftmaxWithLoss(n.score, n.label, loss_param=dict(normalize=False,
+                                                                  ignore_label=255))
+
+
+def fcn32s():
+    """FCN-32s: the class scores upsampled 32x in one Deconvolution (64x64 kernel)."""
+    n = NetSpec()
+    score_fr = _fcn_body(n, 500)
+    n.upscore = _upscore(score_fr, 64, 32)
+    n.score = L.Crop(n.upscore, n.data, crop_param=dict(axis=2, offset=19))
+    _fcn_loss(n)
+    return n
+
+
+def fcn8s():
+    """FCN-8s: 2x upsampled scores fused with pool4's and pool3's (1x1 score layers,
+    cropped), then upsampled 8x."""
+    n = NetSpec()
+    score_fr = _fcn_body(n, 500)
+    n.upscore2 = _upscore(score_fr, 4, 2)
+    n.score_pool4 = conv(n.pool4, 21, 1)
+    n.score_pool4c = L.Crop(n.score_pool4, n.upscore2, crop_param=dict(axis=2, offset=5))
+    n.fuse_pool4 = L.Eltwise(n.upscore2, n.score_pool4c, operation=P.Eltwise.SUM)
+    n.upscore_pool4 = _upscore(n.fuse_pool4, 4, 2)
+    n.score_pool3 = conv(n.pool3, 21, 1)
+    n.score_pool3c = L.Crop(n.score_pool3, n.upscore_pool4, crop_param=dict(axis=2, offset=9))
+    n.fuse_pool3 = L.Eltwise(n.upscore_pool4, n.score_pool3c, operation=P.Eltwise.SUM)
+    n.upscore8 = _upscore(n.fuse_pool3, 16, 8)
+    n.score = L.Crop(n.upscore8, n.data, crop_param=dict(axis=2, offset=31))
+    _fcn_loss(n)
+    return n
+
+
 def _conv_bn(n, name, bottom, num, k, stride=1, group=1):
     """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place)."""
     top = n[name] = conv(bottom, num, k, stride=stride, pad=(k - 1) // 2, group=group,
@@ -373,6 +440,8 @@ NETS = {
     "resnet50": (resnet50, "ResNet-50"),
     "mobilenet": (mobilenet, "MobileNet"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
+    "fcn32s": (fcn32s, "FCN-32s"),
+    "fcn8s": (fcn8s, "FCN-8s"),
 }
 
 
