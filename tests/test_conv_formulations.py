@@ -326,7 +326,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     on XLA's own kernels; every strided data gradient; the data gradient at stride 1
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
-    convolution."""
+    convolution. At batch 1: every weight gradient, and the forward up to 28x28 outputs.
+    """
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
     lenet2 = _layer("num_output: 50 kernel_size: 5", (1, 20, 12, 12))          # 20*25 = 500
@@ -355,6 +356,15 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert layer._gemm("data", cg, big, by_rows=True) == cpu
         assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
+    # One image: every weight gradient, and forwards of at most 28x28 outputs (FCN's).
+    fc6 = _layer("num_output: 8 kernel_size: 7", (1, 16, 22, 22))                  # 16x16 out
+    conv1_2 = _layer("num_output: 4 kernel_size: 3 pad: 1", (1, 64, 40, 40))
+    for layer, fwd in ((fc6, True), (conv1_2, False), (lenet2, True)):
+        cg, big = layer.channels // layer.group, Convolution.GEMM_MIN_MACS
+        assert layer._gemm("weight", cg, big, batch=1) == cpu
+        assert layer._gemm("forward", cg, big, batch=1) == (cpu and fwd)
+        assert layer._gemm("weight", cg, big, batch=2) == (cpu and not own_convolutions)
+        assert not layer._gemm("weight", cg, big - 1, batch=1)
 
 
 @pytest.mark.parametrize("param,shape", [

@@ -277,10 +277,21 @@ class Convolution(JaxLayer):
         return (any(s > 1 for s in self.stride) and all(d == 1 for d in self.dilation)
                 and int(np.prod(self.kernel)) > conv_gemm.COL2IM_MAX_OFFSETS)
 
-    def _gemm(self, which, channels_per_group, macs, by_rows=False):
+    # One image at a time (FCN trains with batch 1; single-image deploy), XLA's own
+    # convolution lost to GEMM (1x3x500x500 padded by 100 -> 64, FCN's conv1_1: weight
+    # gradient 1272 vs 77 ms; FCN's fc6, 7x7 512 -> 4096 on 22x22: forward 471 vs 155,
+    # weight gradient 494 vs 245; 2026-12-02). On CaffeNet's, GoogLeNet's and VGG's 3x3/5x5
+    # shapes at batch 1 GEMM's weight gradient took 0.45-0.75x the time on 6 of 7 (VGG's
+    # 64 channels at 224x224: 1.5x), its forward 0.45-0.75x up to 28x28 outputs and
+    # 1.05-3.7x on larger maps. So at batch 1 weight gradients, and forwards of at most
+    # BATCH1_GEMM_MAX_POSITIONS outputs, take GEMM.
+    BATCH1_GEMM_MAX_POSITIONS = 28 * 28
+
+    def _gemm(self, which, channels_per_group, macs, by_rows=False, batch=None):
         """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
         ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel));
-        ``by_rows``: the data gradient would take conv_gemm's kernel-rows form."""
+        ``by_rows``: the data gradient would take conv_gemm's kernel-rows form;
+        ``batch``: the images in the map (forward and weight gradient)."""
         if jax.default_backend() != "cpu":
             return False
         if which == "data" and self._many_phases():
@@ -290,6 +301,9 @@ class Convolution(JaxLayer):
         if conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
         own, strided = xla_options.own_convolutions(), any(s > 1 for s in self.stride)
+        if batch == 1 and (which == "weight" or int(np.prod(self.out_spatial))
+                           <= self.BATCH1_GEMM_MAX_POSITIONS):
+            return True
         if which == "weight":
             return not own
         if which == "data":
@@ -308,7 +322,8 @@ class Convolution(JaxLayer):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
         if self._depthwise(w.shape[1]):
             return conv_depthwise.forward(x, w, self.geometry())
-        if self._gemm("forward", w.shape[1], _macs(x.shape[0], w.shape, self.out_spatial)):
+        if self._gemm("forward", w.shape[1], _macs(x.shape[0], w.shape, self.out_spatial),
+                      batch=x.shape[0]):
             return conv_gemm.forward(x, w, self.group, self.geometry())
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
@@ -426,7 +441,7 @@ class Convolution(JaxLayer):
         if self._depthwise(cg):
             return conv_depthwise.weight_diff(x, dy, self.geometry())
         if self._gemm("weight", cg, _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel),
-                                           self.out_spatial)):
+                                           self.out_spatial), batch=x.shape[0]):
             return conv_gemm.weight_diff(x, dy, self.group, self.geometry())
         n = self.num_spatial
         spec = (1, 0) + tuple(range(2, 2 + n))
