@@ -53,10 +53,11 @@ def torch_step(name, batch):
         import torch
         param = nets.net_param(name, batch)
         f = nets.torch_forward_fn(param, train=True)
-        params = {k: [torch.tensor(a, requires_grad=True) for a in v]
+        frozen = nets.frozen_layers(param)      # lr_mult 0: neither updated nor differentiated
+        params = {k: [torch.tensor(a, requires_grad=k not in frozen) for a in v]
                   for k, v in nets.init_params(param).items()}
-        opt = torch.optim.SGD([t for v in params.values() for t in v], lr=nets.LR,
-                              momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY)
+        opt = torch.optim.SGD([t for k, v in params.items() if k not in frozen for t in v],
+                              lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY)
         data, label = (torch.from_numpy(a) for a in nets.inputs(param))
         stats = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_stats(param).items()}
 

@@ -30,6 +30,8 @@ NETS = {
     "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
     "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),
     "resnext50": ("resnext50.prototxt", 16, (3, 224, 224), "fc1000"),
+    "fcn32s": ("fcn32s.prototxt", 1, (3, 500, 500), "score"),
+    "fcn8s": ("fcn8s.prototxt", 1, (3, 500, 500), "score"),
 }
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
@@ -68,9 +70,11 @@ def net_param(name, batch=None, deploy=False):
     inp = out.layer.add(name="data", type="Input")
     inp.top.append("data")
     inp.input_param.shape.add(dim=[batch] + list(chw))
-    if not deploy:
+    if not deploy:      # labels shaped as the zoo's DummyData has them (FCN: per pixel)
+        label = [s for l in src.layer if l.type == "DummyData"
+                 for s in l.dummy_data_param.shape[1:2]]
         inp.top.append("label")
-        inp.input_param.shape.add(dim=[batch])
+        inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
     keep = []
     for layer in src.layer:
         if layer.type in ("DummyData", "Data"):
@@ -151,6 +155,12 @@ def param_shapes(param):
             shapes[name] = [(o, x[1] // g) + k] + ([(o,)] if bias else [])
             hw = tuple((x[2 + i] + 2 * pad[i] - k[i]) // s[i] + 1 for i in range(2))
             y = (x[0], o) + hw
+        elif typ == "Deconvolution":    # weight (C_in, O / group, k...), Caffe's
+            k, s, pad, g, o, bias = conv_params(l)
+            shapes[name] = [(x[1], o // g) + k] + ([(o,)] if bias else [])
+            y = (x[0], o) + tuple((x[2 + i] - 1) * s[i] - 2 * pad[i] + k[i] for i in range(2))
+        elif typ == "Crop":             # FCN's: spatial axes, to the second bottom's size
+            y = x[:2] + blob_shape[bottoms[1]][2:]
         elif typ == "Pooling":
             k, s, pad = pool_params(l, x[2:])
             y = x[:2] + tuple(n for n, _ in _pool_geometry(zip(k, s, pad), x[2:]))
@@ -196,12 +206,37 @@ def reference_params(param, seed=0):
         if layer.type == "Scale":
             first = np.ones(s[0], np.float32)
         else:
-            filler = (layer.convolution_param if layer.type == "Convolution"
+            filler = (layer.convolution_param if "onvolution" in layer.type
                       else layer.inner_product_param).weight_filler.type
             std = math.sqrt(2 / math.prod(s[0][1:])) if filler == "msra" else 0.01
             first = rng.standard_normal(s[0], dtype=np.float32)
             first *= np.float32(std)
         yield name, [first] + [np.zeros(b, np.float32) for b in s[1:]]
+
+
+def frozen_layers(param):
+    """Layers whose every param has lr_mult 0 (FCN's bilinear upsampling): Caffe neither
+    updates them nor computes their weight gradients, and neither do the references."""
+    return {l.name for l in param.layer if l.param and all(p.lr_mult == 0 for p in l.param)}
+
+
+def crop(l, x, like):
+    """Caffe's Crop of the spatial axes (axis 2, FCN's) to ``like``'s size, in any
+    framework's arrays."""
+    p = l.crop_param
+    if p.axis != 2:
+        raise NotImplementedError("Crop axis %d" % p.axis)
+    off = list(p.offset) * 2 if len(p.offset) == 1 else list(p.offset) or [0, 0]
+    h, w = like.shape[2:]
+    return x[:, :, off[0]:off[0] + h, off[1]:off[1] + w]
+
+
+def loss_divisor(l, valid_count, batch, count):
+    """SoftmaxWithLoss's normalization (``normalize: false`` is BATCH_SIZE, Caffe's)."""
+    p = l.loss_param
+    mode = ((p.VALID if p.normalize else p.BATCH_SIZE) if p.HasField("normalize")
+            else p.normalization)
+    return {p.VALID: valid_count, p.BATCH_SIZE: batch, p.FULL: count, p.NONE: 1}[mode]
 
 
 def init_stats(param):
@@ -262,6 +297,18 @@ def jax_forward_fn(param, train):
                                              feature_group_count=g)
                 if bias:
                     y = y + params[name][1][None, :, None, None]
+            elif typ == "Deconvolution":   # the transpose of a convolution with Caffe's
+                k, s, pad, g, o, bias = conv_params(l)   # weight as its (O, I, k...) kernel
+                if g != 1:
+                    raise NotImplementedError("grouped Deconvolution")
+                y = lax.conv_transpose(x, params[name][0], s,
+                                       [(kk - 1 - p, kk - 1 - p) for kk, p in zip(k, pad)],
+                                       dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                       transpose_kernel=True)
+                if bias:
+                    y = y + params[name][1][None, :, None, None]
+            elif typ == "Crop":
+                y = crop(l, x, xs[1])
             elif typ == "InnerProduct":
                 y = x.reshape(x.shape[0], -1) @ params[name][0].T
                 if len(params[name]) > 1:
@@ -308,6 +355,17 @@ def jax_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
+            elif typ == "SoftmaxWithLoss" and x.ndim > 2:     # per pixel (FCN)
+                logp = jax.nn.log_softmax(x, axis=1)
+                lab = xs[1].astype(jnp.int32).reshape((x.shape[0], 1) + x.shape[2:])
+                valid = (lab != l.loss_param.ignore_label if l.loss_param.HasField(
+                    "ignore_label") else jnp.ones(lab.shape, bool))
+                picked = jnp.take_along_axis(logp, jnp.where(valid, lab, 0), axis=1)
+                term = -jnp.sum(jnp.where(valid, picked, 0)) / loss_divisor(
+                    l, jnp.maximum(jnp.sum(valid), 1), x.shape[0], lab.size)
+                weight = l.loss_weight[0] if l.loss_weight else 1.0
+                loss = loss + weight * term
+                y = term
             elif typ == "SoftmaxWithLoss":
                 logp = jax.nn.log_softmax(x, axis=1)
                 lab = xs[1].astype(jnp.int32)
@@ -361,19 +419,23 @@ def jax_train_step(param):
     step(params, mom, stats, data, label, key) -> (params, mom, stats, loss)."""
     import jax
     f = jax_forward_fn(param, train=True)
+    frozen = frozen_layers(param)
 
-    def loss_fn(params, data, label, key, stats):
-        loss, _, new_stats = f(params, data, label, key, stats)
+    def loss_fn(trained, fixed, data, label, key, stats):
+        loss, _, new_stats = f({**trained, **fixed}, data, label, key, stats)
         return loss, new_stats
 
     @jax.jit
     def step(params, mom, stats, data, label, key):
+        fixed = {k: v for k, v in params.items() if k in frozen}
+        params = {k: v for k, v in params.items() if k not in frozen}
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, data, label, key, stats)
+            params, fixed, data, label, key, stats)
+        held = {k: v for k, v in mom.items() if k in frozen}
         mom = jax.tree_util.tree_map(lambda m, gi, p: MOMENTUM * m + LR * (gi + WEIGHT_DECAY * p),
-                                     mom, g, params)
+                                     {k: mom[k] for k in params}, g, params)
         params = jax.tree_util.tree_map(lambda p, m: p - m, params, mom)
-        return params, mom, stats, loss
+        return {**params, **fixed}, {**mom, **held}, stats, loss
 
     return step
 
@@ -405,6 +467,12 @@ def torch_forward_fn(param, train):
                 k, s, pad, g, o, bias = conv_params(l)
                 ps = params[name]
                 y = F.conv2d(x, ps[0], ps[1] if bias else None, s, pad, groups=g)
+            elif typ == "Deconvolution":
+                k, s, pad, g, o, bias = conv_params(l)
+                ps = params[name]
+                y = F.conv_transpose2d(x, ps[0], ps[1] if bias else None, s, pad, groups=g)
+            elif typ == "Crop":
+                y = crop(l, x, xs[1])
             elif typ == "InnerProduct":
                 ps = params[name]
                 y = F.linear(x.reshape(x.shape[0], -1), ps[0], ps[1] if len(ps) > 1 else None)
@@ -434,6 +502,15 @@ def torch_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
+            elif typ == "SoftmaxWithLoss" and x.dim() > 2:     # per pixel (FCN)
+                lab = xs[1].long().reshape((x.shape[0],) + tuple(x.shape[2:]))
+                ignore = (l.loss_param.ignore_label if l.loss_param.HasField("ignore_label")
+                          else -100)
+                valid = int((lab != ignore).sum()) if ignore != -100 else lab.numel()
+                term = F.cross_entropy(x, lab, ignore_index=ignore, reduction="sum") / \
+                    loss_divisor(l, max(valid, 1), x.shape[0], lab.numel())
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
             elif typ == "SoftmaxWithLoss":
                 term = F.cross_entropy(x, xs[1].long())
                 loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term

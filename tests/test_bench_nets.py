@@ -55,6 +55,14 @@ def test_resnext50_contenders_agree():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["fcn32s", "fcn8s"])
+def test_fcn_contenders_agree(name):
+    """Deconvolution (FCN's fixed upsampling, lr_mult 0: no reference differentiates or
+    updates it), Crop, Eltwise and the per-pixel SoftmaxWithLoss (normalize: false)."""
+    _check(name, 1)
+
+
+@pytest.mark.slow
 def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""
