@@ -219,6 +219,8 @@ def main():
             ("train_resnext50", "bench_train.py",
              ["--net", "resnext50", "--repeats", "3", "--warmup", "1", "--no-memory",
               "--only", "jcaffe Solver.step,PyTorch eager"]),
+            ("train_fcn32s", "bench_train.py",
+             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
             # forward: one fresh compile per contender costs minutes on the big nets)
             ("forward_caffenet", "bench_forward.py",
@@ -231,6 +233,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_resnext50", "bench_forward.py",
              ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_fcn32s", "bench_forward.py",
+             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
         ]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -287,6 +291,9 @@ def render(state, opts):
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
+        ("Training step, FCN-32s (batch 1, 3x500x500; VGG-16 padded by 100, a 64x64 stride-32 "
+         "Deconvolution with lr_mult 0, Crop, per-pixel SoftmaxWithLoss)", "train_fcn32s",
+         forward_gflop("fcn32s", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
@@ -298,6 +305,8 @@ def render(state, opts):
          forward_gflop("mobilenet", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
+        ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
+         forward_gflop("fcn32s", True), None),
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
     ]
     for title, key, gflop, refs in sections:
