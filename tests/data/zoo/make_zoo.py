@@ -289,47 +289,37 @@ def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=
     return out
 
 
-def resnet50():
+def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True):
+    """ResNet-50's layout (3, 4, 6, 3 bottlenecks), the first stage ``inner`` wide."""
     n = NetSpec()
     data(n, 32, (3, 224, 224))
-    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, bias=True)
+    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, filler=filler, bias=conv1_bias)
     _bn_scale(n, "_conv1", n.conv1, False)
     n.conv1_relu = relu(n.conv1)
     n.pool1 = max_pool(n.conv1, 3, 2)
     x = n.pool1
-    for stage, (blocks, inner) in zip("2345", [(3, 64), (4, 128), (6, 256), (3, 512)]):
+    for i, (stage, blocks) in enumerate(zip("2345", (3, 4, 6, 3))):
+        width = inner << i
         for b in range(blocks):
             name = stage + "abcdef"[b]
             stride = 2 if b == 0 and stage != "2" else 1
-            x = _bottleneck(n, name, x, inner, inner * 4, stride, project=(b == 0))
+            x = _bottleneck(n, name, x, width, width * expansion, stride, project=(b == 0),
+                            group=group, filler=filler)
     n.pool5 = ave_pool(x, 7, 1)
-    n.fc1000 = fc(n.pool5, 1000)
+    n.fc1000 = fc(n.pool5, 1000, filler=filler)
     heads(n, n.fc1000)
     return n
+
+
+def resnet50():
+    return _resnet(64, 4)
 
 
 def resnext50():
     """ResNeXt-50 (32x4d; Xie et al. 2017) in ResNet-50's Caffe layout: each bottleneck's
     3x3 is a Convolution with 32 groups (4 channels each in the first stage), twice
     ResNet-50's inner width; He's (msra) fillers, as its training code draws them."""
-    n = NetSpec()
-    data(n, 32, (3, 224, 224))
-    msra = dict(type="msra")
-    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, filler=msra, bias=False)
-    _bn_scale(n, "_conv1", n.conv1, False)
-    n.conv1_relu = relu(n.conv1)
-    n.pool1 = max_pool(n.conv1, 3, 2)
-    x = n.pool1
-    for stage, (blocks, inner) in zip("2345", [(3, 128), (4, 256), (6, 512), (3, 1024)]):
-        for b in range(blocks):
-            name = stage + "abcdef"[b]
-            stride = 2 if b == 0 and stage != "2" else 1
-            x = _bottleneck(n, name, x, inner, inner * 2, stride, project=(b == 0), group=32,
-                            filler=msra)
-    n.pool5 = ave_pool(x, 7, 1)
-    n.fc1000 = fc(n.pool5, 1000, filler=msra)
-    heads(n, n.fc1000)
-    return n
+    return _resnet(128, 2, group=32, filler=dict(type="msra"), conv1_bias=False)
 
 
 def _fcn_body(n, size):
