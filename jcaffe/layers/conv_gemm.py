@@ -135,12 +135,16 @@ def interleave_phases(phases, stride):
     """Stride phases back into positions: ``phases`` (one per residue tuple, in
     itertools.product order), each (A, B, t_1 .. t_n), where phase (r_1 .. r_n) holds
     positions t * stride + r -> (A, B, t_1 * s_1, ..., t_n * s_n). One transpose."""
+    return _interleave(jnp.stack(phases).reshape(tuple(stride) + phases[0].shape), stride)
+
+
+def _interleave(grid, stride):
+    """The phases as one array (s_1 .. s_n, A, B, t_1 .. t_n) -> (A, B, t_1 * s_1, ...)."""
     n = len(stride)
-    grid = jnp.stack(phases).reshape(tuple(stride) + phases[0].shape)
     # (s_1 .. s_n, A, B, t_1 .. t_n) -> (A, B, t_1, s_1, ..., t_n, s_n)
     order = (n, n + 1) + sum(((n + 2 + a, a) for a in range(n)), ())
     return jnp.transpose(grid, order).reshape(
-        phases[0].shape[:2] + tuple(t * s for t, s in zip(phases[0].shape[2:], stride)))
+        grid.shape[n:n + 2] + tuple(t * s for t, s in zip(grid.shape[n + 2:], stride)))
 
 
 def _phase_spans(geo):
@@ -173,6 +177,11 @@ def _crop_to_input(full, geo, first):
 COL2IM_MAX_OFFSETS = 256
 
 
+def by_taps(geo):
+    """Whether col2im sums whole taps (more than COL2IM_MAX_OFFSETS offsets, no dilation)."""
+    return int(np.prod(geo.kernel)) > COL2IM_MAX_OFFSETS and all(d == 1 for d in geo.dilation)
+
+
 def col2im(dcols, geo):
     """The adjoint of ``columns``: (A, K, B, out...) -> (A, B, in...), each entry added
     back where it was read (A, B: any two leading axes, e.g. channels and batch).
@@ -183,7 +192,7 @@ def col2im(dcols, geo):
     a plain shift. Each phase sums the shifted pieces of its kernel offsets, and one
     transpose interleaves the phases. (MAX pooling's backward is this map too.)
     """
-    if int(np.prod(geo.kernel)) > COL2IM_MAX_OFFSETS and all(d == 1 for d in geo.dilation):
+    if by_taps(geo):
         return _col2im_by_taps(dcols, geo)
     spans = _phase_spans(geo)
     zero = jnp.zeros((), dcols.dtype)
@@ -215,12 +224,9 @@ def _col2im_by_taps(dcols, geo):
         piece = jnp.pad(x[index], [(0, 0)] * (n + 2) + [(t, count - 1 - t) for t, count in
                                                         zip(tap, taps)])
         total = piece if total is None else total + piece   # (A, s.., B, spans..)
-    spans = total.shape[n + 2:]
-    # (A, s_1 .. s_n, B, span_1 .. span_n) -> (A, B, span_1, s_1, ..., span_n, s_n)
-    order = (0, n + 1) + sum(((n + 2 + i, 1 + i) for i in range(n)), ())
-    full = jnp.transpose(total, order).reshape(
-        (a, b) + tuple(t * s for t, s in zip(spans, geo.stride)))
-    return _crop_to_input(full, geo, 2)
+    # (the two transposes are one: XLA composes them)
+    grid = jnp.moveaxis(total, tuple(range(1, n + 1)), tuple(range(n)))
+    return _crop_to_input(_interleave(grid, geo.stride), geo, 2)
 
 
 def phase_of(offset, geo):

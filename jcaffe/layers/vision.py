@@ -206,6 +206,11 @@ class Convolution(JaxLayer):
                                             self.num_output // self.group,
                                             self.SPLIT_BLOCK_CHANNELS)
 
+    def _pieces(self, w):
+        """The split's piece count and ``w`` (O, C/group, k...) as blocks of groups."""
+        blocks = self._groups_per_block()
+        return self.group // blocks, conv_blocks.block_diagonal(w, self.group, blocks)
+
     # A depthwise convolution (one input channel per group, MobileNet's) on CPU is
     # neither: one fused loop of shifted slices per map (conv_depthwise).
     def _depthwise(self, channels_per_group):
@@ -274,8 +279,7 @@ class Convolution(JaxLayer):
     # by whole taps, where _phase_data_diff would compile one convolution per phase
     # (1024 there).
     def _many_phases(self):
-        return (any(s > 1 for s in self.stride) and all(d == 1 for d in self.dilation)
-                and int(np.prod(self.kernel)) > conv_gemm.COL2IM_MAX_OFFSETS)
+        return any(s > 1 for s in self.stride) and conv_gemm.by_taps(self.geometry())
 
     # One image at a time (FCN trains with batch 1; single-image deploy), XLA's own
     # convolution lost to GEMM (1x3x500x500 padded by 100 -> 64, FCN's conv1_1: weight
@@ -328,9 +332,7 @@ class Convolution(JaxLayer):
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
-            blocks = self._groups_per_block()
-            pieces = self.group // blocks
-            wb = conv_blocks.block_diagonal(w, self.group, blocks)
+            pieces, wb = self._pieces(w)
             xs, ws = jnp.split(x, pieces, axis=1), jnp.split(wb, pieces, axis=0)
             return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
         return conv(x, w, feature_group_count=self.group)
@@ -369,9 +371,7 @@ class Convolution(JaxLayer):
         """conv(dy, flipped transposed kernel), per group or as one grouped call."""
         g = self.group
         if self._split_groups():
-            blocks = self._groups_per_block()
-            pieces = g // blocks
-            wb = conv_blocks.block_diagonal(w, g, blocks)
+            pieces, wb = self._pieces(w)
             dys, ws = jnp.split(dy, pieces, axis=1), jnp.split(wb, pieces, axis=0)
             return jnp.concatenate([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)],
                                    axis=1)
