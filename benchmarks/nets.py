@@ -355,21 +355,14 @@ def jax_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
-            elif typ == "SoftmaxWithLoss" and x.ndim > 2:     # per pixel (FCN)
+            elif typ == "SoftmaxWithLoss":      # per image, or per pixel (FCN)
                 logp = jax.nn.log_softmax(x, axis=1)
                 lab = xs[1].astype(jnp.int32).reshape((x.shape[0], 1) + x.shape[2:])
                 valid = (lab != l.loss_param.ignore_label if l.loss_param.HasField(
                     "ignore_label") else jnp.ones(lab.shape, bool))
                 picked = jnp.take_along_axis(logp, jnp.where(valid, lab, 0), axis=1)
                 term = -jnp.sum(jnp.where(valid, picked, 0)) / loss_divisor(
-                    l, jnp.maximum(jnp.sum(valid), 1), x.shape[0], lab.size)
-                weight = l.loss_weight[0] if l.loss_weight else 1.0
-                loss = loss + weight * term
-                y = term
-            elif typ == "SoftmaxWithLoss":
-                logp = jax.nn.log_softmax(x, axis=1)
-                lab = xs[1].astype(jnp.int32)
-                term = -jnp.mean(jnp.take_along_axis(logp, lab[:, None], axis=1))
+                    l, jnp.maximum(jnp.sum(valid, dtype=x.dtype), 1), x.shape[0], lab.size)
                 weight = l.loss_weight[0] if l.loss_weight else 1.0
                 loss = loss + weight * term
                 y = term
@@ -502,17 +495,13 @@ def torch_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
-            elif typ == "SoftmaxWithLoss" and x.dim() > 2:     # per pixel (FCN)
+            elif typ == "SoftmaxWithLoss":      # per image, or per pixel (FCN)
                 lab = xs[1].long().reshape((x.shape[0],) + tuple(x.shape[2:]))
                 ignore = (l.loss_param.ignore_label if l.loss_param.HasField("ignore_label")
                           else -100)
                 valid = int((lab != ignore).sum()) if ignore != -100 else lab.numel()
                 term = F.cross_entropy(x, lab, ignore_index=ignore, reduction="sum") / \
                     loss_divisor(l, max(valid, 1), x.shape[0], lab.numel())
-                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
-                y = term
-            elif typ == "SoftmaxWithLoss":
-                term = F.cross_entropy(x, xs[1].long())
                 loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
                 y = term
             elif typ == "Softmax":
