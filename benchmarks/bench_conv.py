@@ -5,11 +5,12 @@ from conv_gemm, or XLA's convolution, per group when grouped; the cell says whic
 Each is compiled with the options jcaffe's own jits take (jcaffe.xla_options: on CPU,
 convolutions on XLA's kernels, not YNNPACK's); ``--xla-defaults`` compiles with XLA's.
 
-    python benchmarks/bench_conv.py [--batch 32] [--repeats 3] [--only googlenet]
+    python benchmarks/bench_conv.py [--batch 32] [--repeats 3] [--only googlenet] [--torch]
 
-Shapes: CaffeNet's five convolutions (batch --batch), LeNet's two (batch 64), and the
-kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size.
-Each timing: min over repeats.
+Shapes: CaffeNet's five convolutions (batch 32), LeNet's two (batch 64), and the
+kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size, and
+FCN-32s's VGG convolutions at batch 1 (500x500 padded by 100); ``--batch`` sets one
+batch for all. Each timing: min over repeats.
 """
 import argparse
 import functools
@@ -40,8 +41,16 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "resnet50 res3a_branch2b": ((128, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
     "resnet50 res4a_branch2b": ((256, 14, 14), "num_output: 256 kernel_size: 3 pad: 1"),
     "resnet50 res5a_branch2b": ((512, 7, 7), "num_output: 512 kernel_size: 3 pad: 1"),
+    "fcn conv1_1": ((3, 500, 500), "num_output: 64 kernel_size: 3 pad: 100"),
+    "fcn conv1_2": ((64, 698, 698), "num_output: 64 kernel_size: 3 pad: 1"),
+    "fcn conv2_1": ((64, 349, 349), "num_output: 128 kernel_size: 3 pad: 1"),
+    "fcn conv2_2": ((128, 349, 349), "num_output: 128 kernel_size: 3 pad: 1"),
+    "fcn conv3_2": ((256, 175, 175), "num_output: 256 kernel_size: 3 pad: 1"),
+    "fcn conv4_2": ((512, 88, 88), "num_output: 512 kernel_size: 3 pad: 1"),
+    "fcn conv5_2": ((512, 44, 44), "num_output: 512 kernel_size: 3 pad: 1"),
+    "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
-BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16}     # caffenet: --batch
+BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "fcn": 1}     # caffenet: 32
 
 
 def timed(f, args, repeats):
@@ -57,9 +66,15 @@ def timed(f, args, repeats):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=None,
+                    help="batch of every shape (default: CaffeNet's 32, the others their net's)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="")
+    ap.add_argument("--torch", action="store_true",
+                    help="add a row for PyTorch's conv2d (CPU build, aten's convolution_backward "
+                         "for the two gradients), in this process after jcaffe's rows")
+    ap.add_argument("--gemm", action="store_true",
+                    help="add a row with every map on im2col + GEMM (conv_gemm)")
     ap.add_argument("--xla-defaults", action="store_true",
                     help="compile with XLA's default options, not jcaffe's")
     opts = ap.parse_args()
@@ -83,7 +98,7 @@ def main():
     for name, (chw, text) in SHAPES.items():
         if opts.only and opts.only not in name:
             continue
-        shape = (BATCH.get(name.split()[0], opts.batch),) + chw
+        shape = (opts.batch or BATCH.get(name.split()[0], 32),) + chw
         lp = text_format.Parse('name: "c" type: "Convolution" convolution_param { %s '
                                'weight_filler { type: "gaussian" std: 0.01 } }' % text,
                                caffe_pb2.LayerParameter())
@@ -96,13 +111,16 @@ def main():
             * int(np.prod(layer.kernel))
         rows = conv_gemm.by_rows((shape[0], layer.num_output) + tuple(layer.out_spatial),
                                  params[0].shape, layer.group, layer.geometry(), 4)
-        picks = ["XLA" if not original[1](layer, which, cg, macs, by_rows=rows) else
+        picks = ["XLA" if not original[1](layer, which, cg, macs, by_rows=rows,
+                                          batch=shape[0]) else
                  "GEMM by rows" if which == "data" and rows else "GEMM"
                  for which in ("forward", "data", "weight")]
         choices = [("jcaffe's choice (%s)" % "/".join(picks), True, None),
                    ("XLA convolution" + (" per group" if layer.group > 1 else ""), True, False)]
         if layer.group > 1:
             choices.append(("XLA, one grouped convolution", False, False))
+        if opts.gemm:
+            choices.append(("im2col + GEMM" + (" by rows" if rows else ""), True, True))
         for label, split, gemm in choices:
             Convolution._split_groups = (lambda s, split=split: split and s.group > 1)
             Convolution._gemm = (original[1] if gemm is None else
@@ -118,7 +136,34 @@ def main():
                 name, label, timed(fwd, (params, x), opts.repeats),
                 timed(dx, (params, x, dy), opts.repeats),
                 timed(dw, (params, x, dy), opts.repeats), gflop), flush=True)
+        if opts.torch:
+            print("| %s | PyTorch conv2d | %.1f | %.1f | %.1f | %.2f |" % (
+                (name,) + torch_times(layer, np.asarray(x), np.asarray(params[0]),
+                                      opts.repeats) + (gflop,)), flush=True)
     Convolution._split_groups, Convolution._gemm = original
+
+
+def torch_times(layer, x, w, repeats):
+    """PyTorch's forward, input gradient and weight gradient of the layer's map (ms, min)."""
+    import torch
+    x, w = torch.from_numpy(x), torch.from_numpy(w)
+    kw = dict(stride=tuple(layer.stride), padding=tuple(layer.pad),
+              dilation=tuple(layer.dilation), groups=layer.group)
+    with torch.no_grad():
+        y = torch.nn.functional.conv2d(x, w, **kw)
+        dy = torch.ones_like(y)
+        out = []
+        for f in (lambda: torch.nn.functional.conv2d(x, w, **kw),
+                  lambda: torch.nn.grad.conv2d_input(x.shape, w, dy, **kw),
+                  lambda: torch.nn.grad.conv2d_weight(x, w.shape, dy, **kw)):
+            f()
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                f()
+                best = min(best, time.perf_counter() - t0)
+            out.append(best * 1000)
+    return tuple(out)
 
 
 if __name__ == "__main__":

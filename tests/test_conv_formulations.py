@@ -304,7 +304,8 @@ def test_data_gradient_by_rows_and_by_columns_match_lax(x64, rng, param, shape):
 def test_data_gradient_form_by_shape():
     """By rows when one kernel row's products for the whole batch fit in ROW_BYTES
     (LeNet's conv2, batch 64: 1.6 MB), else by columns (CaffeNet's conv2, batch 32:
-    43 MB a row); strided maps and 1x1 kernels without padding take neither."""
+    43 MB a row); strided maps, 1x1 kernels without padding and single images take
+    neither."""
     from jcaffe.layers import conv_gemm
     lenet2 = conv_gemm.Geometry((5, 5), (1, 1), (0, 0), (1, 1), (12, 12), (8, 8))
     caffenet2 = conv_gemm.Geometry((5, 5), (1, 1), (2, 2), (1, 1), (27, 27), (27, 27))
@@ -312,6 +313,8 @@ def test_data_gradient_form_by_shape():
     assert conv_gemm.by_rows((64, 50, 8, 8), (50, 20, 5, 5), 1, lenet2, 4)
     assert not conv_gemm.by_rows((32, 256, 27, 27), (256, 48, 5, 5), 2, caffenet2, 4)
     assert not conv_gemm.by_rows((2, 4, 7, 7), (4, 3, 1, 1), 1, one, 4)
+    assert conv_gemm.by_rows((2, 50, 8, 8), (50, 20, 5, 5), 1, lenet2, 4)
+    assert not conv_gemm.by_rows((1, 50, 8, 8), (50, 20, 5, 5), 1, lenet2, 4)
     strided = lenet2._replace(stride=(2, 2), out_spatial=(4, 4))
     assert not conv_gemm.by_rows((64, 50, 4, 4), (50, 20, 5, 5), 1, strided, 4)
 
@@ -326,7 +329,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     on XLA's own kernels; every strided data gradient; the data gradient at stride 1
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
-    convolution. At batch 1: every weight gradient, and the forward up to 28x28 outputs.
+    convolution. At batch 1: every map up to 28x28 outputs, and the weight gradient of
+    short columns.
     """
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
@@ -356,15 +360,24 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert layer._gemm("data", cg, big, by_rows=True) == cpu
         assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
-    # One image: every weight gradient, and forwards of at most 28x28 outputs (FCN's).
+    # One image: every map of at most 28x28 outputs (FCN's fc6), and on larger maps the
+    # weight gradient of short columns (FCN's conv1_1: 3 * 9); not conv1_2's 64 * 9.
     fc6 = _layer("num_output: 8 kernel_size: 7", (1, 16, 22, 22))                  # 16x16 out
+    conv1_1 = _layer("num_output: 4 kernel_size: 3", (1, 3, 40, 40))
     conv1_2 = _layer("num_output: 4 kernel_size: 3 pad: 1", (1, 64, 40, 40))
-    for layer, fwd in ((fc6, True), (conv1_2, False), (lenet2, True)):
+    for layer, small in ((fc6, True), (conv1_1, False), (conv1_2, False), (lenet2, True)):
         cg, big = layer.channels // layer.group, Convolution.GEMM_MIN_MACS
-        assert layer._gemm("weight", cg, big, batch=1) == cpu
-        assert layer._gemm("forward", cg, big, batch=1) == (cpu and fwd)
+        short = cg * int(np.prod(layer.kernel)) <= Convolution.GEMM_MAX_COLUMN
+        assert layer._gemm("weight", cg, big, batch=1) == (cpu and (
+            small or short or not own_convolutions))
+        assert layer._gemm("forward", cg, big, batch=1) == (cpu and (small or short))
+        assert layer._gemm("data", cg, big, batch=1) == (cpu and small)
         assert layer._gemm("weight", cg, big, batch=2) == (cpu and not own_convolutions)
-        assert not layer._gemm("weight", cg, big - 1, batch=1)
+        assert layer._gemm("data", cg, big, batch=2) == (cpu and not own_convolutions
+                                                          and layer is not conv1_2
+                                                          and big >= Convolution.GEMM_MIN_MACS_DATA)
+        assert not any(layer._gemm(which, cg, big - 1, batch=1)
+                       for which in ("forward", "data", "weight"))
 
 
 @pytest.mark.parametrize("param,shape", [

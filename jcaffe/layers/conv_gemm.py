@@ -410,7 +410,10 @@ def forward(x, w, group, geo):
 # at 7x7 (rows of 1-3.8 MB) 2.8-15.0 / 3.6-17.2 / 3.8-23.9; but with a 7.7 MB row
 # (GoogLeNet's inception_3a 5x5) 24.8 / 13.0 / 11.3, hence the limit. Strided, rows
 # lost to columns (3x3 stride 2, 2.3 MB rows: 6.5 vs 5.9; Deconvolution 4x4 stride 2:
-# 10.5 vs 7.7), so strided maps keep the columns.
+# 10.5 vs 7.7), so strided maps keep the columns. One image at a time, rows lost to
+# columns on every shape measured (2026-12-03, ms: GoogLeNet's and ResNet-50's 3x3/5x5
+# at 7x7-28x28 0.49-5.8 / 0.38-2.2; FCN's fc6, 7x7 512 -> 4096 on 22x22, 441 / 181):
+# each row's GEMM is then small and the weight's transposed copy outweighs the rows.
 ROW_BYTES = 4 << 20
 
 
@@ -422,7 +425,7 @@ def _row_bytes(dy_shape, w_shape, group, geo, itemsize):
 
 def by_rows(dy_shape, w_shape, group, geo, itemsize):
     """Whether ``data_diff`` takes the kernel-rows form for these shapes."""
-    return (all(s == 1 for s in geo.stride) and not pointwise(geo)
+    return (dy_shape[0] > 1 and all(s == 1 for s in geo.stride) and not pointwise(geo)
             and _row_bytes(dy_shape, w_shape, group, geo, itemsize) <= ROW_BYTES)
 
 

@@ -282,20 +282,23 @@ class Convolution(JaxLayer):
         return any(s > 1 for s in self.stride) and conv_gemm.by_taps(self.geometry())
 
     # One image at a time (FCN trains with batch 1; single-image deploy), XLA's own
-    # convolution lost to GEMM (1x3x500x500 padded by 100 -> 64, FCN's conv1_1: weight
-    # gradient 1272 vs 77 ms; FCN's fc6, 7x7 512 -> 4096 on 22x22: forward 471 vs 155,
-    # weight gradient 494 vs 245; 2026-12-02). On CaffeNet's, GoogLeNet's and VGG's 3x3/5x5
-    # shapes at batch 1 GEMM's weight gradient took 0.45-0.75x the time on 6 of 7 (VGG's
-    # 64 channels at 224x224: 1.5x), its forward 0.45-0.75x up to 28x28 outputs and
-    # 1.05-3.7x on larger maps. So at batch 1 weight gradients, and forwards of at most
-    # BATCH1_GEMM_MAX_POSITIONS outputs, take GEMM.
+    # convolution lost to GEMM on small maps (FCN's fc6, 7x7 512 -> 4096 on 22x22: forward
+    # 471 vs 155 ms, weight gradient 494 vs 245, data gradient 836 vs 181 by columns;
+    # 2026-12-02/03). On CaffeNet's, GoogLeNet's and ResNet-50's 3x3/5x5 shapes at batch 1
+    # GEMM's weight gradient took 0.45-0.75x the time, its forward 0.45-0.75x up to 28x28
+    # outputs, its data gradient by columns 0.66-0.86x (7 shapes, 7x7 to 28x28). On larger
+    # maps XLA's convolution won, except for the weight gradient of short columns
+    # (FCN's conv1_1, 3 channels at 698x698: 72 vs 1268 ms; its conv1_2, 64 channels:
+    # GEMM 756 vs 310, conv2_2 351 vs 233, conv3_2 208 vs 187, conv4_2 160 vs 142; forwards
+    # 1.05-3.7x). So at batch 1 every map of at most BATCH1_GEMM_MAX_POSITIONS outputs,
+    # and weight gradients of columns up to GEMM_MAX_COLUMN, take GEMM.
     BATCH1_GEMM_MAX_POSITIONS = 28 * 28
 
     def _gemm(self, which, channels_per_group, macs, by_rows=False, batch=None):
         """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
         ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel));
         ``by_rows``: the data gradient would take conv_gemm's kernel-rows form;
-        ``batch``: the images in the map (forward and weight gradient)."""
+        ``batch``: the images in the map."""
         if jax.default_backend() != "cpu":
             return False
         if which == "data" and self._many_phases():
@@ -305,19 +308,19 @@ class Convolution(JaxLayer):
         if conv_gemm.pointwise(self.geometry()):
             return True     # (1x1 without padding: one dot, no columns; see conv_gemm)
         own, strided = xla_options.own_convolutions(), any(s > 1 for s in self.stride)
-        if batch == 1 and (which == "weight" or int(np.prod(self.out_spatial))
-                           <= self.BATCH1_GEMM_MAX_POSITIONS):
+        k = int(np.prod(self.kernel))
+        column = channels_per_group * k
+        if batch == 1 and (int(np.prod(self.out_spatial)) <= self.BATCH1_GEMM_MAX_POSITIONS
+                           or (which == "weight" and column <= self.GEMM_MAX_COLUMN)):
             return True
         if which == "weight":
             return not own
         if which == "data":
             return by_rows or strided or (macs >= self.GEMM_MIN_MACS_DATA and not own)
-        k = int(np.prod(self.kernel))
         if k == 1:
             return True
         if own and self.group > 1:
             return False
-        column = channels_per_group * k
         if strided and own and column >= self.XLA_MIN_STRIDED_COLUMN:
             return False
         return column <= self.GEMM_MAX_COLUMN
@@ -346,7 +349,7 @@ class Convolution(JaxLayer):
         rows = conv_gemm.by_rows(dy.shape, w.shape, self.group, self.geometry(),
                                  dy.dtype.itemsize)
         if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial),
-                      by_rows=rows):
+                      by_rows=rows, batch=dy.shape[0]):
             return conv_gemm.data_diff(dy, w, self.group, self.geometry())
         n = self.num_spatial
         padding = []
