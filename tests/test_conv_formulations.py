@@ -58,6 +58,9 @@ POINTWISE = [
     ("num_output: 2 dilation: 2 stride_h: 2 stride_w: 1 kernel_h: 1 kernel_w: 1",
      (1, 2, 5, 4)),
     ("num_output: 2 kernel_size: 1 stride: 2", (1, 3, 3, 4, 5)),
+    # weights bigger than dy and dx together (FCN's fc7): the data gradient as dy^T W
+    ("num_output: 16 kernel_size: 1", (1, 12, 2, 2)),
+    ("num_output: 16 kernel_size: 1 stride: 2 group: 2", (1, 16, 2, 3)),
 ]
 CASES += POINTWISE
 
