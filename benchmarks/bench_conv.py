@@ -145,8 +145,9 @@ def main():
 
 def torch_times(layer, x, w, repeats):
     """PyTorch's forward, input gradient and weight gradient of the layer's map (ms, min)."""
+    import numpy as np
     import torch
-    x, w = torch.from_numpy(x), torch.from_numpy(w)
+    x, w = torch.from_numpy(np.array(x)), torch.from_numpy(np.array(w))
     kw = dict(stride=tuple(layer.stride), padding=tuple(layer.pad),
               dilation=tuple(layer.dilation), groups=layer.group)
     with torch.no_grad():

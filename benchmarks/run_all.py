@@ -24,6 +24,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import harness  # noqa: E402
 import nets  # noqa: E402
 
 # BVLC Caffe (OpenBLAS) and the issue's own figures on a 2-core CPU; quoted from issue 9,
@@ -244,10 +245,11 @@ def main():
         layers_cmd = ["--repeats", "5"] + (["--only", "ReLU,Pooling"] if opts.quick else [])
         results["layers"] = run("bench_layers.py", layers_cmd, os.path.join(tmp, "layers.json"))
         results["layers_cmd"] = "python benchmarks/bench_layers.py " + " ".join(layers_cmd)
-        conv = subprocess.run([sys.executable, os.path.join(HERE, "bench_conv.py"),
-                               "--repeats", "2"]
-                              + (["--only", "lenet"] if opts.quick else []),
+        conv_args = (["--repeats", "2"] + (["--torch"] if harness.has_torch() else [])
+                     + (["--only", "lenet"] if opts.quick else []))
+        conv = subprocess.run([sys.executable, os.path.join(HERE, "bench_conv.py")] + conv_args,
                               cwd=ROOT, capture_output=True, text=True).stdout
+        results["conv_cmd"] = "python benchmarks/bench_conv.py " + " ".join(conv_args)
         jtime = jcaffe_time(tmp)
     peak = matmul_peak()
     load_after = load()
@@ -367,7 +369,8 @@ def render(state, opts):
                 bench_layers.render(results["layers"]["rows"]), "",
                 "`%s`" % results["layers_cmd"], ""]
     out += ["## Convolution formulations (jcaffe's Convolution layer, float32)", "",
-            conv.strip(), "", "`python benchmarks/bench_conv.py`", ""]
+            conv.strip(), "", "`%s`" % results.get("conv_cmd", "python benchmarks/bench_conv.py"),
+            ""]
     out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]
     if opts.notes and os.path.exists(opts.notes):
         with open(opts.notes) as f:
