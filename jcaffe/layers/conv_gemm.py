@@ -354,21 +354,22 @@ def _pointwise_data_diff(dy, w, group, geo):
     # O, went to Eigen: per image at 56x56, alone, 12.5 vs 16.8 ms for 256 -> 64
     # channels, 15.2 vs 26.4 for 256 -> 128; but ResNet-50's whole step, where Eigen's
     # dot ran beside other work, 1.001 over 4 rounds of ab_step: no gain there).
-    def wt():
-        return lax.optimization_barrier(jnp.swapaxes(w.reshape(group, o // group, cg), 1, 2))
-    if per_image(geo):
-        t = wt()
-        dx = lax.dot_general(jnp.broadcast_to(t, (b,) + t.shape), d, (((3,), (2,)), _BATCH_GROUP))
-    elif (o + cg * group) * b * d.shape[-1] < o * cg:
+    wg = w.reshape(group, o // group, cg)
+    if not per_image(geo) and (o + cg * group) * b * d.shape[-1] < o * cg:
         # W bigger than dy and dx together (FCN's fc7, 4096 x 4096 on 16x16): transpose
         # those instead, dx^T = dy^T W, W contracted over its major axis (alone: 41 vs
         # 157 ms; 2026-12-03).
         dt = lax.optimization_barrier(jnp.swapaxes(_channel_major(d), 1, 2))  # (g, B*P, O/g)
-        dx = lax.dot_general(dt, w.reshape(group, o // group, cg), (((2,), (1,)), ((0,), (0,))))
+        dx = lax.dot_general(dt, wg, (((2,), (1,)), ((0,), (0,))))
         dx = _batch_major(jnp.swapaxes(dx, 1, 2), b)
     else:
-        dx = _batch_major(lax.dot_general(wt(), _channel_major(d),
-                                          (((2,), (1,)), ((0,), (0,)))), b)
+        wt = lax.optimization_barrier(jnp.swapaxes(wg, 1, 2))
+        if per_image(geo):
+            dx = lax.dot_general(jnp.broadcast_to(wt, (b,) + wt.shape), d,
+                                 (((3,), (2,)), _BATCH_GROUP))
+        else:
+            dx = _batch_major(lax.dot_general(wt, _channel_major(d),
+                                              (((2,), (1,)), ((0,), (0,)))), b)
     dx = dx.reshape((b, cg * group) + tuple(geo.out_spatial))
     if all(s == 1 for s in geo.stride):
         return dx
