@@ -220,8 +220,38 @@ class Distinct:
         return cls(values, layout)
 
 
+# -- channels-last runs -----------------------------------------------------------------
+# XLA CPU computes a convolution channels-last: it transposes the (N, C, H, W) input to
+# (N, H, W, C), convolves, and transposes the output back. Fused into the layers around
+# it, those transposes read across the layout: in FCN-32s's step (one 500x500 image,
+# VGG's 3x3 maps) the ReLU and pooling loops that read a convolution's output or write
+# the next one's input took about 2.1 s of 6.2. Inside a compiled call the engine keeps a
+# convolution's 4-d top channels-last (a transpose XLA cancels against its own) and hands
+# it so to the layers after it that compute in that order (ReLU and the other elementwise
+# neurons, Eltwise, Split, MAX and AVE pooling: ``channels_last_ok``), and their diffs
+# alike in the backward; any other layer gets it in Caffe's order. Every blob and diff
+# leaves the call in Caffe's order (blobs always hold it), so the layout is never seen
+# outside. FCN-32s's step took 0.82x the time (benchmarks/NOTES.md, twenty-first session).
+def _to_last(x):
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
+def _to_first(x):
+    return jnp.transpose(x, (0, 3, 1, 2))
+
+
+def _as(x, last, want):
+    """``x`` (channels-last when ``last``) in the order ``want`` asks."""
+    if x is None or last == want:
+        return x
+    return _to_last(x) if want else _to_first(x)
+
+
 class Segment:
     """Layers ``slots`` (in execution order), all JaxLayers, run as one jitted call."""
+
+    # Keep convolution tops channels-last inside the call (see "channels-last runs").
+    channels_last = True
 
     # Full forwards of a segment before its forwards return only the blobs read
     # outside it (None: always return every blob).
@@ -260,6 +290,52 @@ class Segment:
         self._forward_jit = xla_options.jit(self._forward_fn(self.writes))
         self._backward_jit = {}
 
+    def layout_plan(self):
+        """{layer index: (bottoms given channels-last, runs channels-last, tops kept
+        channels-last)} for the layers that write their tops, from the layers' current
+        shapes (a compiled call is traced for those).
+
+        A layer whose computation writes its tops channels-last (``channels_last_top``:
+        a convolution on XLA's kernel) keeps them so, and a layer that can compute so
+        (``channels_last_ok``) runs channels-last where all its 4-d bottoms come so;
+        but only where the values flow on, through such layers, into a convolution
+        that reads them channels-last. Elsewhere (into LRN, BatchNorm, a grouped or
+        GEMM convolution, a Concat, or only out of the call) the transpose back would
+        just move, and the blob returned in Caffe's order would cost one copy more
+        (CaffeNet's step 1.06x with every convolution top kept channels-last)."""
+        if not self.channels_last:
+            return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
+                    if s.layer.forward_writes_tops}
+        slots = [s for s in self.slots if s.layer.forward_writes_tops]
+        four = {s.index: bool(s.bottoms) and all(
+            len(shape) == 4 for shape in tuple(s.layer.bottom_shapes) + tuple(s.layer.top_shapes))
+            for s in slots}
+        sink = {s.index: four[s.index] and s.layer.channels_last_top() for s in slots}
+        can = {s.index: four[s.index] and s.layer.channels_last_ok() for s in slots}
+        # Where each slot's tops flow into a channels-last reader (walking backwards: the
+        # readers of a top are the later slots reading it, up to one that rewrites it).
+        useful = {}
+        for k in range(len(slots) - 1, -1, -1):
+            s, hit = slots[k], False
+            for t in s.tops:
+                for c in slots[k + 1:]:
+                    if t in c.bottoms and (sink[c.index] or (can[c.index] and useful[c.index])):
+                        hit = True
+                    if hit or t in c.tops:
+                        break
+            useful[s.index] = hit
+        last, plan = set(), {}
+        for s in self.slots:
+            if not s.layer.forward_writes_tops:
+                last.difference_update(s.tops)
+                continue
+            given = tuple(b in last for b in s.bottoms)
+            run = can[s.index] and all(given) and useful[s.index]
+            top = run or (sink[s.index] and useful[s.index])
+            plan[s.index] = (given, run, top)
+            (last.update if top else last.difference_update)(s.tops)
+        return plan
+
     # -- forward ---------------------------------------------------------------
     def trace_forward(self, params, data, loss_weights, rng):
         """(params {pid: a}, data {blob: a}, loss_weights {blob: a}, rng) ->
@@ -268,10 +344,13 @@ class Segment:
         saved, new_params = {}, {}
         loss = None
         written_here = set()
+        plan = self.layout_plan()
+        last = set()                    # blobs whose value in env is channels-last
         for s in self.slots:
             layer = s.layer
             if not layer.forward_writes_tops:
                 continue
+            _, run, top_last = plan[s.index]
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
             lp = _layer_params(s, {**params, **new_params})
             if layer.shares_bottom and s.bottoms[0] in written_here:
@@ -279,7 +358,8 @@ class Segment:
                 # blob keeps that same value, so it is returned once)
                 env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
             with jax.named_scope(_scope(layer, "forward")):
-                out = layer.forward(lp, [env[b] for b in s.bottoms], key)
+                out = (layer.forward_channels_last if run else layer.forward)(
+                    lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
             tops = out[0]
             if s.need_backward:  # residuals are kept only where backward will use them
                 saved[s.index] = out[1]
@@ -291,12 +371,15 @@ class Segment:
                 raise ValueError("%s layer '%s' returned %d tops, expected %d"
                                  % (layer.type, layer.name, len(tops), len(s.tops)))
             for name, value, w in zip(s.tops, tops, layer.loss):
-                env[name] = value
+                env[name] = _as(value, run, top_last)
+                (last.add if top_last else last.discard)(name)
                 written_here.add(name)
                 if w:
-                    term = jnp.vdot(value, loss_weights[name].astype(value.dtype))
+                    term = jnp.vdot(_as(value, run, False), loss_weights[name].astype(value.dtype))
                     loss = term if loss is None else loss + term
-        written = {name: env[name] for name in self.writes}
+        # (a backward in the same trace transposes these back where it runs channels-last:
+        # XLA cancels the two transposes)
+        written = {name: _as(env[name], name in last, False) for name in self.writes}
         return written, saved, new_params, loss
 
     def _forward_fn(self, returned):
@@ -384,14 +467,19 @@ class Segment:
         unused, and XLA drops it."""
         active, _, _, written, _ = self.backward_plan()
         env = dict(top_diffs)
+        last = set()                    # diffs in env held channels-last
+        plan = self.layout_plan()
         acc = dict(param_diffs)
         for s in reversed(active):
             layer = s.layer
             lp = _layer_params(s, params)
+            run = plan[s.index][1] if s.index in plan else False
+            bottoms = [_as(data[b], False, run) for b in s.bottoms]
+            tops = [_as(data[t], False, run) for t in s.tops]
+            dys = [_as(env[t], t in last, run) for t in s.tops]
             with jax.named_scope(_scope(layer, "backward")):
-                bottom_diffs, p_diffs = layer.backward(
-                    lp, [data[b] for b in s.bottoms], [data[t] for t in s.tops],
-                    saved.get(s.index), [env[t] for t in s.tops], tuple(s.bottom_need_backward))
+                bottom_diffs, p_diffs = (layer.backward_channels_last if run else layer.backward)(
+                    lp, bottoms, tops, saved.get(s.index), dys, tuple(s.bottom_need_backward))
             if probes is not None and s.param_ids:
                 # (the barrier keeps XLA from computing the one element from a part of
                 # the gradient only, e.g. the first group's share of a concatenation)
@@ -406,15 +494,15 @@ class Segment:
                         raise ValueError("%s layer '%s' returned no diff for bottom '%s' although "
                                          "propagate_down is true" % (layer.type, layer.name, name))
                     env[name] = diff
+                    (last.add if run else last.discard)(name)
             for k, (pid, pd, diff) in enumerate(zip(s.param_ids, layer.param_propagate_down,
                                                     p_diffs)):
                 if pd and diff is not None and pid in deferred:
                     acc[pid] = RowBlocks(acc[pid].shape, acc[pid].dtype, functools.partial(
-                        layer.param_diff_rows, lp, [data[b] for b in s.bottoms],
-                        [env[t] for t in s.tops], k))
+                        layer.param_diff_rows, lp, bottoms, dys, k))
                 elif pd and diff is not None:
                     acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
-        return {name: env[name] for name in written}, acc
+        return {name: _as(env[name], name in last, False) for name in written}, acc
 
     def run_backward(self, params, data, top_diffs, saved, param_diffs):
         fn = self._backward_jit.get("fn")

@@ -161,6 +161,28 @@ class JaxLayer(_LayerCommon):
     # Its tops are its bottom (Split): the engine stores a bottom it computed once
     # (engine.materialize) before the layers reading the tops.
     shares_bottom = False
+    # Elementwise and blind to which axis is which (no param per channel, no shapes
+    # drawn): the engine may hand it 4-d bottoms held channels-last, as they came from a
+    # convolution (see jcaffe.engine, "channels-last runs"), and keep its tops so. Other
+    # layers that can compute so define channels_last_ok and the *_channels_last methods.
+    layout_free = False
+
+    def channels_last_ok(self):
+        """Whether ``forward_channels_last`` / ``backward_channels_last`` take 4-d bottoms
+        (and give tops, diffs) held channels-last, (N, H, W, C)."""
+        return self.layout_free
+
+    def forward_channels_last(self, params, bottoms, rng):
+        return self.forward(params, bottoms, rng)
+
+    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
+    def channels_last_top(self):
+        """Whether this layer's 4-d tops come out of a computation that writes them
+        channels-last (XLA CPU's convolutions): the engine then keeps them in that order
+        for the layout-free layers after it."""
+        return False
 
     def __init__(self, layer_param, dtype=np.float32):
         self._init_common(layer_param, dtype)

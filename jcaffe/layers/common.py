@@ -198,6 +198,7 @@ class Split(JaxLayer):
     exact_num_bottom_blobs = 1
     min_top_blobs = 1
     shares_bottom = True
+    layout_free = True
 
     def setup(self, bottom_shapes):
         _not_in_place(self)

@@ -51,6 +51,9 @@ class Deconvolution(Convolution):
         top_shape = tuple(shape[:self.axis]) + (self.num_output,) + self.in_spatial
         return [top_shape] * len(bottom_shapes)
 
+    def channels_last_top(self):
+        return False    # (its forward is a data gradient: GEMM and col2im, or phases)
+
     # forward and backward are Convolution's, over the transposed maps
     def _forward_map(self, x, w):
         return self._data_diff(x, w)          # y = W^T * x

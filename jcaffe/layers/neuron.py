@@ -15,6 +15,7 @@ class NeuronLayer(JaxLayer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
+    layout_free = True      # (not PReLU, one slope per channel; not Dropout, its mask drawn)
 
     def reshape(self, bottom_shapes):
         return [bottom_shapes[0]]
@@ -70,6 +71,7 @@ class Dropout(NeuronLayer):
     """
 
     needs_rng = True
+    layout_free = False     # (its mask is drawn in the top's order: keep Caffe's)
 
     def setup(self, bottom_shapes):
         ratio = self.p.dropout_ratio

@@ -54,6 +54,8 @@ class PReLU(_BottomNeuron):
     dE/dx = dE/dy (1 if x > 0 else a_c);  dE/da_c = sum over all but channel of dE/dy x [x <= 0].
     """
 
+    layout_free = False     # (a slope per channel: axis 1 is read)
+
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]
         if len(shape) < 2:

@@ -28,6 +28,7 @@ class Eltwise(JaxLayer):
 
     min_bottom_blobs = 2
     exact_num_top_blobs = 1
+    layout_free = True
 
     def setup(self, bottom_shapes):
         p = self.p

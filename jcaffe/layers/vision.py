@@ -12,6 +12,7 @@ each kernel offset's share is shifted into its stride phase and the phases are
 interleaved (no scatter, so the result does not depend on the order of atomic
 adds on a GPU).
 """
+import contextlib
 import functools
 import itertools
 import math
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from .. import xla_options
+from .. import engine, xla_options
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
@@ -325,6 +326,19 @@ class Convolution(JaxLayer):
             return False
         return column <= self.GEMM_MAX_COLUMN
 
+    def channels_last_top(self):
+        """On CPU a 2-d convolution that runs on XLA's own kernel writes its top as
+        (N, H, W, C) in memory (XLA CPU computes convolutions channels-last and transposes
+        to Caffe's order after): the engine keeps that order for the ReLUs after it and
+        hands the next convolution its bottom without a copy (jcaffe.engine)."""
+        if jax.default_backend() != "cpu" or self.num_spatial != 2 or self.axis != 1 \
+                or self.group > 1 or not self.bottom_shapes:
+            return False
+        batch = self.bottom_shapes[0][0]
+        cg = self.channels // self.group
+        return not self._gemm("forward", cg, _macs(batch, (self.num_output, cg) + tuple(self.kernel),
+                                                    self.out_spatial), batch=batch)
+
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
         if self._depthwise(w.shape[1]):
@@ -350,7 +364,14 @@ class Convolution(JaxLayer):
                                  dy.dtype.itemsize)
         if self._gemm("data", w.shape[1], _macs(dy.shape[0], w.shape, self.out_spatial),
                       by_rows=rows, batch=dy.shape[0]):
-            return conv_gemm.data_diff(dy, w, self.group, self.geometry())
+            dx = conv_gemm.data_diff(dy, w, self.group, self.geometry())
+            if rows or conv_gemm.pointwise(self.geometry()):
+                return dx
+            # By columns, col2im's sum of the kernel's shifted pieces is elementwise to XLA,
+            # which fused it into each reader: FCN-32s's fc6 (49 pieces) was summed again
+            # for each position of pool5's 2x2 windows inside relu5_3's backward (108-210
+            # ms). Stored once (engine.materialize).
+            return engine.materialize(dx)
         n = self.num_spatial
         padding = []
         for size, out, k, s, p, d in zip(self.in_spatial, self.out_spatial, self.kernel,
@@ -655,6 +676,51 @@ class Pooling(JaxLayer):
         """Per spatial axis: (input size, pooled size, kernel, stride, pad)."""
         return list(zip(self.in_hw, self.pooled, self.kernel, self.stride, self.pad))
 
+    # -- channels-last -----------------------------------------------------------
+    # The arrays' H and W axes: Caffe's (N, C, H, W), or (N, H, W, C) where the engine
+    # hands the bottom channels-last, as a convolution and its ReLU left it (MAX pooling
+    # read across that layout: FCN-32s's pool1 forward 415 ms where it took 16 ms on an
+    # array in Caffe's order). Every method below computes in either.
+    _hw = (2, 3)
+
+    def channels_last_ok(self):
+        # (not the mask top; not col2im's route, kept in Caffe's order to compare)
+        return type(self) is Pooling and self.num_top == 1 and self.ROUTE_BY_ROWS
+
+    @contextlib.contextmanager
+    def _channels_last(self):
+        self._hw = (1, 2)
+        try:
+            yield
+        finally:
+            del self._hw
+
+    def forward_channels_last(self, params, bottoms, rng):
+        with self._channels_last():
+            return self.forward(params, bottoms, rng)
+
+    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        with self._channels_last():
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
+    def _spatial(self, h, w, rest):
+        """A list over the 4 axes: ``h`` and ``w`` at H and W, ``rest`` elsewhere."""
+        out = [rest] * 4
+        out[self._hw[0]], out[self._hw[1]] = h, w
+        return out
+
+    def _split_hw(self, a):
+        """``a`` with a unit axis after H and after W (6 axes: H's tiles, H's phase, ...)."""
+        h, w = self._hw
+        return jnp.expand_dims(a, (h + 1, w + 2))
+
+    def _six(self, shape, h, w):
+        """``shape`` (4 axes) with H split into the pair ``h`` and W into ``w``."""
+        out = []
+        for axis, d in enumerate(shape):
+            out.extend(h if axis == self._hw[0] else w if axis == self._hw[1] else (d,))
+        return tuple(out)
+
     def forward(self, params, bottoms, rng):
         x, = bottoms
         if self.p.pool == _POOL.MAX:
@@ -693,10 +759,10 @@ class Pooling(JaxLayer):
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         pad_h = (ph, max(0, (PH - 1) * sh + kh - ph - H))
         pad_w = (pw, max(0, (PW - 1) * sw + kw - pw - W))
-        xp = jnp.pad(x, ((0, 0), (0, 0), pad_h, pad_w), constant_values=-np.inf)
+        xp = jnp.pad(x, self._spatial(pad_h, pad_w, (0, 0)), constant_values=-np.inf)
         kind = _offset_dtype(x.dtype, max(kh, kw) + 1)
-        m, col = _first_max(xp, 3, kw, sw, PW, kind)
-        best, row = _first_max(m, 2, kh, sh, PH, kind)
+        m, col = _first_max(xp, self._hw[1], kw, sw, PW, kind)
+        best, row = _first_max(m, self._hw[0], kh, sh, PH, kind)
         found = best > -FLT_MAX                                  # Caffe starts from -FLT_MAX
         floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
@@ -708,7 +774,7 @@ class Pooling(JaxLayer):
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         at = jnp.zeros(row.shape, col.dtype)
         for i in range(kh):
-            at = jnp.where(row == i, _axis_slice(col, 2, i, PH, sh), at)
+            at = jnp.where(row == i, _axis_slice(col, self._hw[0], i, PH, sh), at)
         kind = _offset_dtype(row.dtype, kh * kw)
         return jnp.where(row >= 0, row.astype(kind) * kw + at.astype(kind), -1)
 
@@ -771,21 +837,25 @@ class Pooling(JaxLayer):
         row updates read offsets that went through ``_computed_once``."""
         (kh, kw), PW, (sh, sw) = self.kernel, self.pooled[1], self.stride
         th, tw = conv_gemm._phase_spans(geo)     # per axis: PH + (kh - 1) // sh
-        n, c = dy.shape[:2]
+        h, w = self._hw
         zero = _zero(dy)
-        dx = jnp.zeros((n, c, th, sh, tw, sw), dy.dtype)
+        dx = jnp.zeros(self._six(dy.shape, (th, sh), (tw, sw)), dy.dtype)
         for i in range(kh):
             qh, rh = divmod(i, sh)
             row = None
             for j in range(kw):
                 qw, rw = divmod(j, sw)
-                share = jnp.where(offset == i * kw + j, dy, zero)[:, :, :, None, :, None]
-                share = lax.pad(share, zero, [(0, 0, 0)] * 4 + [(qw, tw - PW - qw, 0),
-                                                                (rw, sw - 1 - rw, 0)])
+                share = self._split_hw(jnp.where(offset == i * kw + j, dy, zero))
+                config = [(0, 0, 0)] * 6
+                config[w + 1], config[w + 2] = (qw, tw - PW - qw, 0), (rw, sw - 1 - rw, 0)
+                share = lax.pad(share, zero, config)
                 row = share if row is None else row + share
-            at = (0, 0, qh, rh, 0, 0)
+            at = [0] * 6
+            at[h], at[h + 1] = qh, rh
             dx = lax.dynamic_update_slice(dx, lax.dynamic_slice(dx, at, row.shape) + row, at)
-        return conv_gemm._crop_to_input(dx.reshape(n, c, th * sh, tw * sw), geo, 2)
+        shape = self._spatial(th * sh, tw * sw, None)
+        return conv_gemm._crop_to_input(
+            dx.reshape([d if d is not None else dy.shape[a] for a, d in enumerate(shape)]), geo, h)
 
     def _tiles(self):
         """Per axis, the rows each window owns when no two windows share an element
@@ -809,28 +879,33 @@ class Pooling(JaxLayer):
         th, tw = tiles
         grid = np.full((th, tw), -2, offset.dtype)
         grid[:kh, :kw] = np.arange(kh * kw).reshape(kh, kw)
-        n, c = dy.shape[:2]
-        hit = offset[:, :, :, None, :, None] == grid.reshape(1, 1, 1, th, 1, tw)
-        dx = jnp.where(hit, dy[:, :, :, None, :, None], _zero(dy)).reshape(n, c, PH * th, PW * tw)
-        return conv_gemm._crop_to_input(dx, geo, 2)   # padded coordinates [0, P * tile)
+        h, w = self._hw
+        hit = self._split_hw(offset) == grid.reshape(self._six((1,) * 4, (1, th), (1, tw)))
+        dx = jnp.where(hit, self._split_hw(dy), _zero(dy))
+        shape = self._spatial(PH * th, PW * tw, None)
+        dx = dx.reshape([d if d is not None else dy.shape[a] for a, d in enumerate(shape)])
+        return conv_gemm._crop_to_input(dx, geo, h)   # padded coordinates [0, P * tile)
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):
-        """Caffe's divisor: the window cut at the padded border (padding counts, overhang not)."""
+        """Caffe's divisor: the window cut at the padded border (padding counts, overhang not),
+        shaped (PH, PW) with a unit axis after W for channels-last arrays."""
         sizes = []
         for size, pooled, k, s, p in self._axes():
             start = _pool_windows(size, pooled, k, s, p)
             sizes.append(np.minimum(start + k, size + p) - start)
-        return np.asarray(np.outer(*sizes), dtype)
+        out = np.asarray(np.outer(*sizes), dtype)
+        return out.reshape(out.shape + (1,) * (3 - self._hw[1]))
 
     def _ave_forward(self, x):
         """Window sums of the zero-padded input, one axis at a time (kw strided views along
         W, then kh along H, fused by XLA: LeNet-sized 2x2 pools ran 4x slower as one
         ``reduce_window``), divided by Caffe's pool size."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
-        xp = jnp.pad(x, ((0, 0), (0, 0), (ph, max(0, (PH - 1) * sh + kh - ph - H)),
-                         (pw, max(0, (PW - 1) * sw + kw - pw - W))))
-        sums = _window_views_sum(_window_views_sum(xp, 3, kw, sw, PW), 2, kh, sh, PH)
+        h, w = self._hw
+        xp = jnp.pad(x, self._spatial((ph, max(0, (PH - 1) * sh + kh - ph - H)),
+                                      (pw, max(0, (PW - 1) * sw + kw - pw - W)), (0, 0)))
+        sums = _window_views_sum(_window_views_sum(xp, w, kw, sw, PW), h, kh, sh, PH)
         return sums / self._pool_size(x.dtype)
 
     def _ave_backward(self, dy):
@@ -838,11 +913,12 @@ class Pooling(JaxLayer):
         the forward's two sums in reverse, each window's share spread over its rows, then
         over its columns (``_scatter_windows``), cut to the image."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        h, w = self._hw
         share = dy / self._pool_size(dy.dtype)
         hp, wp = (PH - 1) * sh + kh, (PW - 1) * sw + kw
-        dx = _scatter_windows([_scatter_windows([share] * kh, 2, sh, hp)] * kw, 3, sw, wp)
-        dx = jnp.pad(dx, [(0, 0), (0, 0), (0, max(0, ph + H - hp)), (0, max(0, pw + W - wp))])
-        return dx[:, :, ph:ph + H, pw:pw + W]
+        dx = _scatter_windows([_scatter_windows([share] * kh, h, sh, hp)] * kw, w, sw, wp)
+        dx = jnp.pad(dx, self._spatial((0, max(0, ph + H - hp)), (0, max(0, pw + W - wp)), (0, 0)))
+        return dx[tuple(self._spatial(slice(ph, ph + H), slice(pw, pw + W), slice(None)))]
 
 
 @register("LRN")

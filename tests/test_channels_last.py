@@ -1,0 +1,170 @@
+"""Channels-last runs (jcaffe.engine): a convolution's 4-d top kept (N, H, W, C) inside a
+compiled call for the ReLUs, Splits and pooling after it. Blobs, diffs and param diffs
+must be what the same net computes in Caffe's order; pooling's channels-last methods
+must compute Caffe's pooling."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jcaffe import engine
+
+from layer_testing import make_layer, params_of
+from netutil import make_net
+
+POOLS = [
+    "pool: MAX kernel_size: 3 stride: 2",                  # overlapping, rows route
+    "pool: MAX kernel_size: 2 stride: 2",                  # tiles
+    "pool: MAX kernel_size: 3 stride: 1 pad: 1",           # padded, stride 1
+    "pool: MAX kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1 pad_h: 1 pad_w: 0",
+    "pool: MAX kernel_size: 3 stride: 3 pad: 1",           # tiles with padding
+    "pool: MAX global_pooling: true",
+    "pool: AVE kernel_size: 3 stride: 2",
+    "pool: AVE kernel_size: 3 stride: 1 pad: 1",
+    "pool: AVE kernel_h: 2 kernel_w: 3 stride_h: 1 stride_w: 2 pad_h: 0 pad_w: 1",
+    "pool: AVE global_pooling: true",
+]
+
+
+def _last(x):
+    return jnp.transpose(x, (0, 2, 3, 1))
+
+
+@pytest.mark.parametrize("config", POOLS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_pooling_channels_last_is_caffes_pooling(config, dtype, request):
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    shape = (2, 3, 9, 8)
+    layer = make_layer('type: "Pooling" pooling_param { %s }' % config, [shape], dtype=dtype)
+    assert layer.channels_last_ok()
+    r = np.random.default_rng(3)
+    x = jnp.asarray(r.standard_normal(shape).round(1), dtype)   # (ties: the first max wins)
+    x = x.at[0, 1, :3, :3].set(-np.inf).at[1, 0, 2, 2].set(np.nan)
+    params = params_of(layer)
+    key = jax.random.PRNGKey(0)
+    tops, saved = layer.forward(params, [x], key)
+    tops_l, saved_l = layer.forward_channels_last(params, [_last(x)], key)
+    np.testing.assert_array_equal(np.asarray(_last(tops[0])), np.asarray(tops_l[0]))
+    dy = jnp.asarray(r.standard_normal(tops[0].shape), dtype)
+    dx, = layer.backward(params, [x], tops, saved, [dy], (True,))[0]
+    dx_l, = layer.backward_channels_last(params, [_last(x)], tops_l, saved_l, [_last(dy)],
+                                         (True,))[0]
+    np.testing.assert_allclose(np.asarray(_last(dx)), np.asarray(dx_l), rtol=1e-6, atol=0)
+    assert layer._hw == (2, 3)          # the channels-last calls leave Caffe's order behind
+
+
+def test_pooling_with_mask_top_or_stochastic_stays_in_caffes_order():
+    shape = (1, 2, 6, 6)
+    mask = make_layer('type: "Pooling" top: "p" top: "m" pooling_param { pool: MAX kernel_size: 2 '
+                      'stride: 2 }', [shape])
+    stochastic = make_layer('type: "Pooling" pooling_param { pool: STOCHASTIC kernel_size: 2 '
+                            'stride: 2 }', [shape])
+    assert not mask.channels_last_ok() and not stochastic.channels_last_ok()
+
+
+NET = """
+name: "cl"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+  convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+  convolution_param { num_output: 5 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "sig" type: "Sigmoid" bottom: "conv2" top: "sig" }
+layer { name: "pool1" type: "Pooling" bottom: "sig" top: "pool1"
+  pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv3" type: "Convolution" bottom: "pool1" top: "conv3"
+  convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prelu" type: "PReLU" bottom: "conv3" top: "conv3" }
+layer { name: "sum" type: "Eltwise" bottom: "conv3" bottom: "conv3" top: "sum" }
+layer { name: "pool2" type: "Pooling" bottom: "sum" top: "pool2"
+  pooling_param { pool: AVE kernel_size: 2 stride: 1 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool2" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _run(tmp_path, channels_last, monkeypatch, dtype, weights=None):
+    monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
+    tmp_path.mkdir()
+    net = make_net(tmp_path, NET, dtype=dtype)
+    for name, values in (weights or {}).items():
+        for p, v in zip(net.params[name], values):
+            p.data[...] = v
+    r = np.random.default_rng(0)
+    net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+    net.blobs["label"].data[...] = [0, 2]
+    net.forward()
+    net.backward()
+    blobs = {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()}
+    params = {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}
+    return net, blobs, params
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_net_channels_last_matches_caffes_order(tmp_path, monkeypatch, dtype, request):
+    if dtype == np.float64:
+        request.getfixturevalue("x64")
+    net, blobs, params = _run(tmp_path / "a", True, monkeypatch, dtype)
+    weights = {n: [p.data.copy() for p in ps] for n, ps in net.params.items()}
+    _, blobs0, params0 = _run(tmp_path / "b", False, monkeypatch, dtype, weights)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for name in blobs0:
+        for got, want in zip(blobs[name], blobs0[name]):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+        assert got.dtype == dtype and blobs[name][0].shape == net.blobs[name].shape      # Caffe's order outside
+    for name in params0:
+        for got, want in zip(params[name], params0[name]):
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol, err_msg=name)
+    assert np.any(params["conv1"][0]) and np.any(blobs["data"][0])
+
+
+def test_layout_plan_names_the_channels_last_layers(tmp_path, monkeypatch):
+    monkeypatch.setattr(engine.Segment, "channels_last", True)
+    net = make_net(tmp_path, NET)
+    net.forward()
+    seg, = net._segments.values()
+    by_name = {s.layer.name: plan for s in seg.slots for i, plan in seg.layout_plan().items()
+               if i == s.index}
+    # (given channels-last, runs channels-last, tops kept channels-last)
+    assert by_name["conv1"] == ((False,), False, True)       # XLA's convolution on CPU
+    assert by_name["relu1"] == ((True,), True, True)
+    assert by_name["conv2"] == ((True,), False, True)
+    assert by_name["sig"] == ((True,), True, True)
+    assert by_name["pool1"] == ((True,), True, True)
+    # (conv3's top flows into PReLU only, a slope per channel: kept in Caffe's order)
+    assert by_name["conv3"] == ((True,), False, False)
+    assert by_name["prelu"] == ((False,), False, False)
+    assert by_name["sum"][1:] == (False, False)
+    assert by_name["ip"][1:] == (False, False)
+
+
+def test_tops_flowing_only_into_caffe_order_layers_stay_in_caffes_order(tmp_path, monkeypatch):
+    # conv -> relu -> pool -> LRN (across channels) -> conv: the first chain never reaches
+    # a convolution reading channels-last, so nothing in it is kept so; the second
+    # convolution's ReLU and pool feed a third convolution, and are.
+    net = make_net(tmp_path, """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 9 dim: 9 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 3 kernel_size: 3 } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
+layer { name: "n1" type: "LRN" bottom: "p1" top: "n1" }
+layer { name: "c2" type: "Convolution" bottom: "n1" top: "c2" convolution_param { num_output: 3 kernel_size: 1 } }
+layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
+layer { name: "p2" type: "Pooling" bottom: "c2" top: "p2" pooling_param { pool: AVE kernel_size: 2 } }
+layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param { num_output: 2 kernel_size: 1 } }
+""")
+    net.forward()
+    seg, = net._segments.values()
+    plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots if s.layer.name != "data"}
+    for name in ("c1", "r1", "p1", "n1"):
+        assert plan[name][1:] == (False, False), name
+    assert plan["c2"] == ((False,), False, True)
+    assert plan["r2"] == ((True,), True, True) and plan["p2"] == ((True,), True, True)
+    assert plan["c3"] == ((True,), False, False)        # (its top is only returned)
+    monkeypatch.setattr(engine.Segment, "channels_last", False)
+    assert not any(p[1] or p[2] for p in seg.layout_plan().values())
