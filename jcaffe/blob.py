@@ -45,11 +45,13 @@ class SyncedArray:
         self.head = HOST
         self.pending = None         # a PendingForward that will compute the content
         self._pending_name = None
+        self._reorder = None        # _dev holds the content in another order: see set_device
 
     def set_pending(self, pending, name):
         """The content is blob ``name`` of the forward ``pending``, not computed yet."""
         self.pending, self._pending_name = pending, name
         self._dev = None
+        self._reorder = None
         self._host = None
         self.head = DEVICE
 
@@ -62,6 +64,7 @@ class SyncedArray:
         """The host copy, synced from the device if the device is ahead."""
         if self.pending is not None:
             self._resolve()
+        self._settle()
         if self.head == DEVICE:
             self._host = np.array(self._dev, dtype=self.dtype)  # writable copy
             self.head = SYNCED
@@ -79,6 +82,7 @@ class SyncedArray:
         """The device copy, uploaded from the host if the host is ahead."""
         if self.pending is not None:
             self._resolve()
+        self._settle()
         if self.head == HOST:
             # A private host copy, handed to device_put: on CPU it may become the device
             # buffer itself (device_put keeps big aligned arrays zero-copy), so never the
@@ -89,13 +93,20 @@ class SyncedArray:
             self.head = SYNCED
         return self._dev
 
-    def set_device(self, value):
-        """Make ``value`` (a jax array of this shape) the current content."""
-        if tuple(value.shape) != self.shape:
+    def set_device(self, value, reorder=None):
+        """Make ``value`` (a jax array of this shape) the current content.
+
+        ``reorder``: ``value`` holds the content in another order (a fused solver step
+        leaves a blob computed channels-last so, jcaffe.engine), and ``reorder(value)``
+        is it in this array's; applied when the content is first read, so a step whose
+        blobs nobody reads never transposes them (the buffer is still donated to the
+        next step as it is)."""
+        if reorder is None and tuple(value.shape) != self.shape:
             value = jnp.reshape(value, self.shape)
         if value.dtype != self.dtype:
             value = value.astype(self.dtype)
         self._dev = value
+        self._reorder = reorder
         self.head = DEVICE
         self.pending = None
         # The host copy is stale now, and host() makes a new one when asked: drop it
@@ -112,10 +123,18 @@ class SyncedArray:
         if self.pending is not None or value is None or id(value) in keep or value.is_deleted():
             return None
         self._dev = None
+        self._reorder = None
         if self.head == DEVICE:     # no current copy is left: zeros until set again
             self._host = None
         self.head = HOST
         return value
+
+    def _settle(self):
+        """Put a device copy held in another order (set_device's ``reorder``) in this one."""
+        if self._reorder is not None:
+            if self._dev is not None:
+                self._dev = self._reorder(self._dev)
+            self._reorder = None
 
     def drop_host(self):
         """Forget the host copy where the device copy is as current (it is remade when
@@ -128,6 +147,7 @@ class SyncedArray:
         self._host = np.array(value, dtype=self.dtype).reshape(self.shape)
         self.head = HOST
         self.pending = None
+        self._reorder = None
 
     def reshape(self, shape):
         """Caffe's Reshape: keep the content when the count is unchanged, else zeros."""
@@ -137,6 +157,7 @@ class SyncedArray:
         if math.prod(shape) == math.prod(self.shape):
             if self.pending is not None:
                 self._resolve()
+            self._settle()
             if self.head == DEVICE:
                 self._dev = jnp.reshape(self._dev, shape)
             else:
@@ -145,6 +166,7 @@ class SyncedArray:
         else:
             self._host = np.zeros(shape, self.dtype)
             self._dev = None
+            self._reorder = None
             self.head = HOST
             self.pending = None
         self.shape = shape
@@ -278,11 +300,11 @@ class Blob:
     def device_diff(self):
         return _as_shape(self._diff.device(), self._shape)
 
-    def set_device_data(self, value):
-        self._data.set_device(value)
+    def set_device_data(self, value, reorder=None):
+        self._data.set_device(value, reorder)
 
-    def set_device_diff(self, value):
-        self._diff.set_device(value)
+    def set_device_diff(self, value, reorder=None):
+        self._diff.set_device(value, reorder)
 
     def drop_host_data(self):
         self._data.drop_host()

@@ -247,6 +247,39 @@ def _as(x, last, want):
     return _to_last(x) if want else _to_first(x)
 
 
+def _held(x):
+    """A channels-last (N, H, W, C) value as it is held in a blob of Caffe's shape
+    (N, C, H, W) by a fused solver step: the same bytes, reshaped, not transposed."""
+    n, h, w, c = x.shape
+    return jnp.reshape(x, (n, c, h, w))
+
+
+def _unheld(x):
+    """The channels-last value of a blob array holding it as :func:`_held` left it."""
+    n, c, h, w = x.shape
+    return jnp.reshape(x, (n, h, w, c))
+
+
+@jax.jit
+def reorder_held(x):
+    """A blob array held channels-last (:func:`_held`) in Caffe's order."""
+    return _to_first(_unheld(x))
+
+
+def _returned(values, last, held):
+    """{name: value} of ``values`` leaving a call: in Caffe's order, or as :func:`_held`
+    where ``held``; a value under several names (a Split's tops) converted once."""
+    done, out = {}, {}
+    for name, value in values.items():
+        if name in last:
+            key = id(value)
+            if key not in done:
+                done[key] = _held(value) if held else _to_first(value)
+            value = done[key]
+        out[name] = value
+    return out
+
+
 class Segment:
     """Layers ``slots`` (in execution order), all JaxLayers, run as one jitted call."""
 
@@ -337,9 +370,13 @@ class Segment:
         return plan
 
     # -- forward ---------------------------------------------------------------
-    def trace_forward(self, params, data, loss_weights, rng):
+    def trace_forward(self, params, data, loss_weights, rng, held=False):
         """(params {pid: a}, data {blob: a}, loss_weights {blob: a}, rng) ->
-        (written {blob: a}, saved {layer index: pytree}, new params {pid: a}, loss)."""
+        (written {blob: a}, saved {layer index: pytree}, new params {pid: a}, loss).
+
+        ``held``: the blobs computed channels-last (:meth:`last_writes`) are returned as
+        :func:`_held` (a fused solver step: no transpose for blobs nobody reads; their
+        Blob reorders them when read)."""
         env = dict(data)
         saved, new_params = {}, {}
         loss = None
@@ -379,7 +416,7 @@ class Segment:
                     loss = term if loss is None else loss + term
         # (a backward in the same trace transposes these back where it runs channels-last:
         # XLA cancels the two transposes)
-        written = {name: _as(env[name], name in last, False) for name in self.writes}
+        written = _returned({name: env[name] for name in self.writes}, last, held)
         return written, saved, new_params, loss
 
     def _forward_fn(self, returned):
@@ -455,7 +492,7 @@ class Segment:
         return frozenset(pid for pid in offered if counts[pid] == 1)
 
     def trace_backward(self, params, data, top_diffs, saved, param_diffs, probes=None,
-                       deferred=frozenset()):
+                       deferred=frozenset(), held=False):
         """-> (written diffs {blob: a}, param diffs {pid: a} accumulated).
 
         ``probes``: a dict to fill with {pid: [first element of each bottom diff of the
@@ -464,18 +501,26 @@ class Segment:
         ``deferred``: pids (from :meth:`deferrable`) whose diff comes back as a
         :class:`RowBlocks` in place of the array (their ``param_diffs`` entry is
         ignored: the caller starts them at zero); the layer's own full diff is left
-        unused, and XLA drops it."""
+        unused, and XLA drops it.
+        ``held``: ``data`` holds trace_forward's ``held`` blobs, and the diffs computed
+        channels-last (:meth:`last_diffs`) are returned so too."""
         active, _, _, written, _ = self.backward_plan()
         env = dict(top_diffs)
         last = set()                    # diffs in env held channels-last
         plan = self.layout_plan()
+        held_data = self.last_writes() if held else frozenset()
+
+        def value(name, run):
+            if name in held_data:
+                return _as(_unheld(data[name]), True, run)
+            return _as(data[name], False, run)
         acc = dict(param_diffs)
         for s in reversed(active):
             layer = s.layer
             lp = _layer_params(s, params)
             run = plan[s.index][1] if s.index in plan else False
-            bottoms = [_as(data[b], False, run) for b in s.bottoms]
-            tops = [_as(data[t], False, run) for t in s.tops]
+            bottoms = [value(b, run) for b in s.bottoms]
+            tops = [value(t, run) for t in s.tops]
             dys = [_as(env[t], t in last, run) for t in s.tops]
             with jax.named_scope(_scope(layer, "backward")):
                 bottom_diffs, p_diffs = (layer.backward_channels_last if run else layer.backward)(
@@ -502,7 +547,29 @@ class Segment:
                         layer.param_diff_rows, lp, bottoms, dys, k))
                 elif pd and diff is not None:
                     acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
-        return {name: _as(env[name], name in last, False) for name in written}, acc
+        return _returned({name: env[name] for name in written}, last, held), acc
+
+    def last_writes(self):
+        """The blobs this segment's forward leaves channels-last (layout_plan)."""
+        last = set()
+        plan = self.layout_plan()
+        for s in self.slots:
+            if s.index in plan:
+                (last.update if plan[s.index][2] else last.difference_update)(s.tops)
+            else:
+                last.difference_update(s.tops)
+        return frozenset(last & set(self.writes))
+
+    def last_diffs(self):
+        """The diffs this segment's backward leaves channels-last (layout_plan)."""
+        active, _, _, written, _ = self.backward_plan()
+        plan, last = self.layout_plan(), set()
+        for s in reversed(active):
+            run = plan[s.index][1] if s.index in plan else False
+            for name, need in zip(s.bottoms, s.bottom_need_backward):
+                if need:
+                    (last.add if run else last.discard)(name)
+        return frozenset(last & set(written))
 
     def run_backward(self, params, data, top_diffs, saved, param_diffs):
         fn = self._backward_jit.get("fn")

@@ -469,11 +469,13 @@ class Solver:
             blob.set_device_data(value)
             blob.set_device_diff(self._history[self._diff_is_history[i]][i] if diff is None
                                  else diff)
+        # (blobs computed channels-last come back held so, and are reordered when read)
+        last, last_diffs = seg.last_writes(), seg.last_diffs()
         for name, value in written.items():
-            blobs[name].set_device_data(value)
+            blobs[name].set_device_data(value, engine.reorder_held if name in last else None)
         net._saved.update(saved)
         for name, value in diffs.items():
-            blobs[name].set_device_diff(value)
+            blobs[name].set_device_diff(value, engine.reorder_held if name in last_diffs else None)
         net._forward_count = count0 + self.param.iter_size
         return loss, self._after_fused(rate, display, norm)
 
@@ -621,14 +623,15 @@ class Solver:
                            for name, value in data_in.items()}
             key = jax.random.fold_in(base_key, count0 + k + 1)
             seg_params = {pid: params[pid] for pid in seg.param_ids}
-            written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key)
+            written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key,
+                                                                 held=True)
             params = dict(params)
             params.update(mean(new_params))
             seg_params = {pid: params[pid] for pid in seg.param_ids}
             env = {**extra, **data_in, **written}
             bdata = {name: env[name] for name in data_names}
             diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs,
-                                               probes, deferred)
+                                               probes, deferred, held=True)
             if loss is None:
                 loss = jnp.zeros((), self.net.dtype)
             return params, pdiffs, written, saved, diffs, loss

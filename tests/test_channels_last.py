@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
+import jcaffe
 from jcaffe import engine
+from jcaffe.proto import caffe_pb2
 
 from layer_testing import make_layer, params_of
 from netutil import make_net
@@ -168,3 +171,55 @@ layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param 
     assert plan["c3"] == ((True,), False, False)        # (its top is only returned)
     monkeypatch.setattr(engine.Segment, "channels_last", False)
     assert not any(p[1] or p[2] for p in seg.layout_plan().values())
+
+
+def _solver(tmp_path, channels_last, monkeypatch, iter_size=1, weights=None):
+    monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" '
+                      'iter_size: %d random_seed: 3' % iter_size, param)
+    layers = NET.split("\n")
+    assert '"Input"' in layers[2] and '"Input"' in layers[3]
+    text_format.Parse("\n".join(layers[:2] + [
+        'layer { name: "data" type: "DummyData" top: "data" top: "label" dummy_data_param {',
+        '  data_filler { type: "gaussian" } data_filler { type: "constant" value: 1 }',
+        '  shape { dim: 2 dim: 3 dim: 12 dim: 12 } shape { dim: 2 } } }'] + layers[4:]),
+        param.net_param)
+    solver = jcaffe.get_solver(param)
+    for name, values in (weights or {}).items():
+        for p, v in zip(solver.net.params[name], values):
+            p.data[...] = v
+    return solver
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_fused_step_blobs_held_channels_last_read_in_caffes_order(monkeypatch, iter_size):
+    """A fused step leaves its channels-last blobs and diffs in that order (no transpose
+    for values nobody reads); reading them gives Caffe's order, as the step without
+    channels-last runs computes them."""
+    a = _solver(None, True, monkeypatch, iter_size)
+    weights = {n: [p.data.copy() for p in ps] for n, ps in a.net.params.items()}
+    b = _solver(None, False, monkeypatch, iter_size, weights)
+    monkeypatch.setattr(engine.Segment, "channels_last", True)
+    a.step(2)
+    seg, = a.net._segments.values()
+    held = seg.last_writes()
+    assert {"conv1", "pool1"} <= held and "conv1" in seg.last_diffs()
+    assert a.net.blobs["conv1"]._data._reorder is not None   # not transposed yet
+    monkeypatch.setattr(engine.Segment, "channels_last", False)
+    b.step(2)
+    for name, blob in b.net.blobs.items():
+        np.testing.assert_allclose(a.net.blobs[name].data, blob.data, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+        np.testing.assert_allclose(a.net.blobs[name].diff, blob.diff, rtol=1e-5, atol=1e-6,
+                                   err_msg=name)
+    for name, ps in b.net.params.items():
+        for pa, pb in zip(a.net.params[name], ps):
+            np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-6, err_msg=name)
+    # read once, a blob is in Caffe's order for good; a later step holds it again
+    assert a.net.blobs["conv1"]._data._reorder is None
+    monkeypatch.setattr(engine.Segment, "channels_last", True)
+    a.step(1)
+    assert a.net.blobs["conv1"]._data._reorder is not None
+    a.net.backward()        # the pycaffe path reads the held blobs in Caffe's order
+    assert np.all(np.isfinite(a.net.blobs["data"].diff))
