@@ -322,8 +322,26 @@ class Segment:
         # donates them).
         self._forward_jit = xla_options.jit(self._forward_fn(self.writes))
         self._backward_jit = {}
+        self._layouts = (None, {})      # (the layers' shapes, {what: layout result})
+
+    def _layout_cached(self, what, compute):
+        """``compute()``, computed once for the layers' current shapes (a fused step asks
+        for last_writes and last_diffs every step: 3.5 ms for GoogLeNet's 300 layers)."""
+        key = (self.channels_last,
+               tuple((s.layer.bottom_shapes, s.layer.top_shapes) for s in self.slots))
+        if self._layouts[0] != key:
+            self._layouts = (key, {})
+        found = self._layouts[1]
+        if what not in found:
+            found[what] = compute()
+        return found[what]
 
     def layout_plan(self):
+        """{layer index: (bottoms given channels-last, runs channels-last, tops kept
+        channels-last)}: :meth:`_layout_plan`, once for the layers' current shapes."""
+        return self._layout_cached("plan", self._layout_plan)
+
+    def _layout_plan(self):
         """{layer index: (bottoms given channels-last, runs channels-last, tops kept
         channels-last)} for the layers that write their tops, from the layers' current
         shapes (a compiled call is traced for those).
@@ -551,6 +569,9 @@ class Segment:
 
     def last_writes(self):
         """The blobs this segment's forward leaves channels-last (layout_plan)."""
+        return self._layout_cached("writes", self._last_writes)
+
+    def _last_writes(self):
         last = set()
         plan = self.layout_plan()
         for s in self.slots:
@@ -562,6 +583,9 @@ class Segment:
 
     def last_diffs(self):
         """The diffs this segment's backward leaves channels-last (layout_plan)."""
+        return self._layout_cached("diffs", self._last_diffs)
+
+    def _last_diffs(self):
         active, _, _, written, _ = self.backward_plan()
         plan, last = self.layout_plan(), set()
         for s in reversed(active):
