@@ -101,6 +101,8 @@ class SyncedArray:
         is it in this array's; applied when the content is first read, so a step whose
         blobs nobody reads never transposes them (the buffer is still donated to the
         next step as it is)."""
+        if reorder is not None and tuple(value.shape) != self.shape:
+            value, reorder = reorder(value), None       # (held by a view of another shape)
         if reorder is None and tuple(value.shape) != self.shape:
             value = jnp.reshape(value, self.shape)
         if value.dtype != self.dtype:

@@ -714,6 +714,12 @@ class Pooling(JaxLayer):
         h, w = self._hw
         return jnp.expand_dims(a, (h + 1, w + 2))
 
+    def _with_hw(self, shape, h, w):
+        """``shape`` (4 axes) with ``h`` and ``w`` in place of its H and W."""
+        out = list(shape)
+        out[self._hw[0]], out[self._hw[1]] = h, w
+        return tuple(out)
+
     def _six(self, shape, h, w):
         """``shape`` (4 axes) with H split into the pair ``h`` and W into ``w``."""
         out = []
@@ -853,9 +859,8 @@ class Pooling(JaxLayer):
             at = [0] * 6
             at[h], at[h + 1] = qh, rh
             dx = lax.dynamic_update_slice(dx, lax.dynamic_slice(dx, at, row.shape) + row, at)
-        shape = self._spatial(th * sh, tw * sw, None)
-        return conv_gemm._crop_to_input(
-            dx.reshape([d if d is not None else dy.shape[a] for a, d in enumerate(shape)]), geo, h)
+        return conv_gemm._crop_to_input(dx.reshape(self._with_hw(dy.shape, th * sh, tw * sw)),
+                                        geo, h)
 
     def _tiles(self):
         """Per axis, the rows each window owns when no two windows share an element
@@ -879,12 +884,10 @@ class Pooling(JaxLayer):
         th, tw = tiles
         grid = np.full((th, tw), -2, offset.dtype)
         grid[:kh, :kw] = np.arange(kh * kw).reshape(kh, kw)
-        h, w = self._hw
         hit = self._split_hw(offset) == grid.reshape(self._six((1,) * 4, (1, th), (1, tw)))
         dx = jnp.where(hit, self._split_hw(dy), _zero(dy))
-        shape = self._spatial(PH * th, PW * tw, None)
-        dx = dx.reshape([d if d is not None else dy.shape[a] for a, d in enumerate(shape)])
-        return conv_gemm._crop_to_input(dx, geo, h)   # padded coordinates [0, P * tile)
+        dx = dx.reshape(self._with_hw(dy.shape, PH * th, PW * tw))
+        return conv_gemm._crop_to_input(dx, geo, self._hw[0])   # padded [0, P * tile)
 
     # -- AVE -------------------------------------------------------------------
     def _pool_size(self, dtype):
