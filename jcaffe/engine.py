@@ -339,12 +339,15 @@ class Segment:
     def layout_plan(self):
         """{layer index: (bottoms given channels-last, runs channels-last, tops kept
         channels-last)}: :meth:`_layout_plan`, once for the layers' current shapes."""
-        return self._layout_cached("plan", self._layout_plan)
+        return self._layout_cached("plan", self._layout_plan)[0]
+
+    def last_writes(self):
+        """The blobs this segment's forward leaves channels-last (layout_plan)."""
+        return self._layout_cached("plan", self._layout_plan)[1]
 
     def _layout_plan(self):
-        """{layer index: (bottoms given channels-last, runs channels-last, tops kept
-        channels-last)} for the layers that write their tops, from the layers' current
-        shapes (a compiled call is traced for those).
+        """(the plan, the blobs written channels-last), from the layers' current shapes
+        (a compiled call is traced for those).
 
         A layer whose computation writes its tops channels-last (``channels_last_top``:
         a convolution on XLA's kernel) keeps them so, and a layer that can compute so
@@ -356,7 +359,7 @@ class Segment:
         (CaffeNet's step 1.06x with every convolution top kept channels-last)."""
         if not self.channels_last:
             return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
-                    if s.layer.forward_writes_tops}
+                    if s.layer.forward_writes_tops}, frozenset()
         slots = [s for s in self.slots if s.layer.forward_writes_tops]
         four = {s.index: bool(s.bottoms) and all(
             len(shape) == 4 for shape in tuple(s.layer.bottom_shapes) + tuple(s.layer.top_shapes))
@@ -385,7 +388,7 @@ class Segment:
             top = run or (sink[s.index] and useful[s.index])
             plan[s.index] = (given, run, top)
             (last.update if top else last.difference_update)(s.tops)
-        return plan
+        return plan, frozenset(last & set(self.writes))
 
     # -- forward ---------------------------------------------------------------
     def trace_forward(self, params, data, loss_weights, rng, held=False):
@@ -404,6 +407,7 @@ class Segment:
         for s in self.slots:
             layer = s.layer
             if not layer.forward_writes_tops:
+                last.difference_update(s.tops)      # (filled from outside: Caffe's order)
                 continue
             _, run, top_last = plan[s.index]
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
@@ -566,20 +570,6 @@ class Segment:
                 elif pd and diff is not None:
                     acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
         return _returned({name: env[name] for name in written}, last, held), acc
-
-    def last_writes(self):
-        """The blobs this segment's forward leaves channels-last (layout_plan)."""
-        return self._layout_cached("writes", self._last_writes)
-
-    def _last_writes(self):
-        last = set()
-        plan = self.layout_plan()
-        for s in self.slots:
-            if s.index in plan:
-                (last.update if plan[s.index][2] else last.difference_update)(s.tops)
-            else:
-                last.difference_update(s.tops)
-        return frozenset(last & set(self.writes))
 
     def last_diffs(self):
         """The diffs this segment's backward leaves channels-last (layout_plan)."""

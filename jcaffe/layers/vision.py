@@ -334,17 +334,20 @@ class Convolution(JaxLayer):
         if jax.default_backend() != "cpu" or self.num_spatial != 2 or self.axis != 1 \
                 or self.group > 1 or not self.bottom_shapes:
             return False
-        batch = self.bottom_shapes[0][0]
-        cg = self.channels // self.group
-        return not self._gemm("forward", cg, _macs(batch, (self.num_output, cg) + tuple(self.kernel),
-                                                    self.out_spatial), batch=batch)
+        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        return not self._forward_on_gemm(self.bottom_shapes[0][0], weight)
+
+    def _forward_on_gemm(self, batch, weight_shape):
+        """Whether _conv_forward of ``batch`` images with a weight of ``weight_shape``
+        (O, C/group, k...) runs as im2col + GEMM (_gemm)."""
+        return self._gemm("forward", weight_shape[1], _macs(batch, weight_shape, self.out_spatial),
+                          batch=batch)
 
     def _conv_forward(self, x, w):
         """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
         if self._depthwise(w.shape[1]):
             return conv_depthwise.forward(x, w, self.geometry())
-        if self._gemm("forward", w.shape[1], _macs(x.shape[0], w.shape, self.out_spatial),
-                      batch=x.shape[0]):
+        if self._forward_on_gemm(x.shape[0], w.shape):
             return conv_gemm.forward(x, w, self.group, self.geometry())
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
