@@ -173,7 +173,7 @@ layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param 
     assert not any(p[1] or p[2] for p in seg.layout_plan().values())
 
 
-def _solver(tmp_path, channels_last, monkeypatch, iter_size=1, weights=None):
+def _solver(channels_last, monkeypatch, iter_size=1, weights=None):
     monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
     param = caffe_pb2.SolverParameter()
     text_format.Parse('type: "SGD" base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" '
@@ -197,9 +197,9 @@ def test_fused_step_blobs_held_channels_last_read_in_caffes_order(monkeypatch, i
     """A fused step leaves its channels-last blobs and diffs in that order (no transpose
     for values nobody reads); reading them gives Caffe's order, as the step without
     channels-last runs computes them."""
-    a = _solver(None, True, monkeypatch, iter_size)
+    a = _solver(True, monkeypatch, iter_size)
     weights = {n: [p.data.copy() for p in ps] for n, ps in a.net.params.items()}
-    b = _solver(None, False, monkeypatch, iter_size, weights)
+    b = _solver(False, monkeypatch, iter_size, weights)
     monkeypatch.setattr(engine.Segment, "channels_last", True)
     a.step(2)
     seg, = a.net._segments.values()
