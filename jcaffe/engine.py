@@ -557,8 +557,9 @@ class Segment:
         """-> (written diffs {blob: a}, param diffs {pid: a} accumulated).
 
         ``probes``: a dict to fill with {pid: [first element of each bottom diff of the
-        layers holding that param]}, the values a fused solver step makes each param's
-        in-place update depend on (see jcaffe.solver._rate_after).
+        layers holding that param, or of the param's ordered copy where the backward
+        read it through one (``ordered_backward``)]}, the values a fused solver step makes
+        each param's in-place update depend on (see jcaffe.solver._rate_after).
         ``deferred``: pids (from :meth:`deferrable`) whose diff comes back as a
         :class:`RowBlocks` in place of the array (their ``param_diffs`` entry is
         ignored: the caller starts them at zero); the layer's own full diff is left

@@ -64,8 +64,9 @@ def _read_solver_param(source):
 
 def _rate_after(pair, probes):
     """One param's learning rate, ``pair[0]`` or ``pair[1]`` (both hold it), chosen by the
-    scalars ``probes`` (its layers' data gradients, one element each): the same number,
-    made to depend on them.
+    scalars ``probes`` (its layers' data gradients, one element each, or one element of
+    the ordered copy its layers' backward read it through: engine.Segment.trace_backward):
+    the same number, made to depend on them.
 
     A fused step overwrites its donated params in place, and XLA orders that write after
     a param's other reads by data dependence only (an optimization barrier is dropped

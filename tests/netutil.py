@@ -1,10 +1,13 @@
 """Small helpers for net-level tests: write a prototxt, build a Net, capture log lines,
-count compilations, read an optimized HLO's library fusions."""
+count compilations, read an optimized HLO's library fusions, compile a solver's step."""
 import collections
 import contextlib
 import logging
 import re
 import textwrap
+
+import jax
+import numpy as np
 
 import jcaffe
 
@@ -94,3 +97,25 @@ def ynn_dots(hlo):
     """(dots in the optimized HLO, of them inside YNNPACK fusions)."""
     return (len(re.findall(r"= \S+ dot\(", hlo)),
             library_ops(hlo).get("__ynn_fusion", {}).get("dot", 0))
+
+
+def compiled_step(solver):
+    """The XLA executable of ``solver``'s fused step: its first step runs, and the jitted
+    step is lowered again with the arguments (their shapes) of that call."""
+    jitted = solver._jit_fused
+    seen = []
+
+    def spy(seg, stacked):
+        fn = jitted(seg, stacked)
+
+        def call(*args):
+            seen.append(jax.tree_util.tree_map(     # (the static blob shapes kept)
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
+                else a, args))
+            return fn(*args)
+        call.trace = fn.trace
+        seen.append(fn)
+        return call
+    solver._jit_fused = spy
+    solver.step(1)
+    return seen[0].lower(*seen[1]).compile()

@@ -12,6 +12,7 @@ import jax
 import jcaffe
 from jcaffe import engine
 from jcaffe.proto import caffe_pb2
+from netutil import compiled_step
 
 # MobileNet's separable blocks: a depthwise 3x3 convolution and a 1x1 one, each with
 # BatchNorm, Scale and ReLU in place (the pattern where XLA's order was furthest off).
@@ -64,27 +65,6 @@ def _solver():
     return solver
 
 
-def _compiled_step(solver):
-    """The XLA executable of the solver's fused step (its first call traced again)."""
-    jitted = solver._jit_fused
-    seen = []
-
-    def spy(seg, stacked):
-        fn = jitted(seg, stacked)
-
-        def call(*args):
-            seen.append(jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
-                else a, args))
-            return fn(*args)
-        call.trace = fn.trace
-        seen.append(fn)
-        return call
-    solver._jit_fused = spy
-    solver.step(1)
-    return seen[0].lower(*seen[1]).compile()
-
-
 @pytest.fixture
 def unordered(monkeypatch):
     def set_to(value):
@@ -96,9 +76,9 @@ def test_ordered_backward_holds_fewer_temporaries(unordered):
     """Six separable blocks over 4 x 32 x 32 x 32 maps (512 KB each): in order,
     the step's temporaries are those of a few maps; left to XLA, they held the diffs and
     intermediates of every block until the weight gradients ran at the end."""
-    ordered = _compiled_step(_solver()).memory_analysis().temp_size_in_bytes
+    ordered = compiled_step(_solver()).memory_analysis().temp_size_in_bytes
     unordered(False)
-    left = _compiled_step(_solver()).memory_analysis().temp_size_in_bytes
+    left = compiled_step(_solver()).memory_analysis().temp_size_in_bytes
     assert ordered < left / 2, (ordered, left)
     assert ordered <= 10 * MAP, (ordered, MAP)
 

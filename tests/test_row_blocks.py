@@ -11,6 +11,7 @@ import jcaffe
 from jcaffe import update_rules
 from jcaffe.engine import RowBlocks
 from jcaffe.proto import caffe_pb2
+from netutil import compiled_step
 
 NET = """
 name: "fc"
@@ -133,34 +134,14 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 """
 
 
-def _compiled_step(solver):
-    jitted = solver._jit_fused
-    seen = []
-
-    def spy(seg, stacked):
-        fn = jitted(seg, stacked)
-
-        def call(*args):
-            seen.append(jax.tree_util.tree_map(     # (the static blob shapes kept)
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
-                else a, args))
-            return fn(*args)
-        call.trace = fn.trace
-        seen.append(fn)
-        return call
-    solver._jit_fused = spy
-    solver.step(1)
-    return seen[0].lower(*seen[1]).compile()
-
-
 def test_the_whole_weight_diff_is_never_in_memory(monkeypatch):
     """The weight is 1024 x 2048 floats (8 MB). Updated whole, its diff is one of the
     step's XLA temporaries; by 1 MB blocks, the temporaries are smaller than it, and the
     weight and its momentum are still written in place (no copy of either)."""
     monkeypatch.setattr(update_rules, "ROW_BLOCK_BYTES", 1 << 20)
     weight = 1024 * 2048 * 4
-    blocked = _compiled_step(_solver(net=BIG))
-    whole = _compiled_step(_solver(net=BIG, min_bytes=None))
+    blocked = compiled_step(_solver(net=BIG))
+    whole = compiled_step(_solver(net=BIG, min_bytes=None))
     assert whole.memory_analysis().temp_size_in_bytes >= weight
     assert blocked.memory_analysis().temp_size_in_bytes < weight // 2
     copies = [line for line in blocked.as_text().splitlines()
