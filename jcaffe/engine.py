@@ -22,7 +22,6 @@ pending blobs at once, and the next forward returns that blob directly.
 import contextlib
 import contextvars
 import functools
-import operator
 import weakref
 
 import jax
@@ -245,7 +244,7 @@ def _waiting(x, after):
 def _total(scalars):
     """The sum of ``scalars``, or None for none."""
     scalars = list(scalars)
-    return functools.reduce(operator.add, scalars) if scalars else None
+    return sum(scalars[1:], scalars[0]) if scalars else None
 
 
 # -- channels-last runs -----------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The order of a fused step's backward (jcaffe.engine.Segment.ordered_backward): each
-layer's params are read behind the previous layer's param diffs, so a layer's weight
-gradient comes before the next layer's backward, as in Caffe's Backward. XLA's CPU
+layer's params are read behind the param diffs of the layers its top diffs come from, so
+a layer's weight gradient comes before the layers below it, as in Caffe's Backward. XLA's CPU
 scheduler, left to data dependence alone, ran every data gradient first and every
 weight gradient after, and the step's temporaries held every layer's diffs at once.
 What users read must not change: the products by one are exact."""
@@ -67,9 +67,8 @@ def _solver():
 
 @pytest.fixture
 def unordered(monkeypatch):
-    def set_to(value):
-        monkeypatch.setattr(engine.Segment, "ordered_backward", value)
-    return set_to
+    """Call it to leave the backward's order to XLA from then on (this test only)."""
+    return lambda: monkeypatch.setattr(engine.Segment, "ordered_backward", False)
 
 
 def test_ordered_backward_holds_fewer_temporaries(unordered):
@@ -77,7 +76,7 @@ def test_ordered_backward_holds_fewer_temporaries(unordered):
     the step's temporaries are those of a few maps; left to XLA, they held the diffs and
     intermediates of every block until the weight gradients ran at the end."""
     ordered = compiled_step(_solver()).memory_analysis().temp_size_in_bytes
-    unordered(False)
+    unordered()
     left = compiled_step(_solver()).memory_analysis().temp_size_in_bytes
     assert ordered < left / 2, (ordered, left)
     assert ordered <= 10 * MAP, (ordered, MAP)
@@ -87,7 +86,7 @@ def test_ordered_backward_changes_no_number(unordered):
     """Blobs, diffs, params and momentum after two steps, ordered and not."""
     ordered = _solver()
     ordered.step(2)
-    unordered(False)
+    unordered()
     left = _solver()
     left.step(2)
     for name in (FIRST, LAST, "ip", "loss"):
