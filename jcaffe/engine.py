@@ -233,6 +233,20 @@ class Distinct:
 # ordered_backward``). Temporaries and step times (A/Bs, this order / XLA's): MobileNet
 # 0.39 GB, 0.77x; ResNet-50 0.25 GB, 0.81x; ResNeXt-50 0.67x; GoogLeNet 0.96x; the
 # others within noise (benchmarks/NOTES.md, twenty-third session).
+#
+# The order has a cost of its own: a param read through ``_waiting`` by a product XLA
+# fuses it into (the transpose before its convolution, a dot) is read as the param
+# itself, unordered against the param's in-place update at the end of a fused step, and
+# XLA copied it before the step (ResNet-50: 159 params and histories, 94 MB a step). So
+# a fused step updates each param inside the backward, as soon as its diff is complete,
+# and the layers below wait for the new param instead of the diff (``update`` of
+# trace_backward). A param of ``update_min_bytes`` or more is updated after its layers'
+# data gradients (the update overwrites what they read): no copy. A smaller one waits
+# for its ordered copy only: XLA may copy it (little to copy), and stays free to order
+# the layer's own products; made to wait for the data gradient, FCN-32s's conv1-2 (one
+# 500x500 image, maps of 124 MB) computed it before the weight gradient, whose inputs
+# then shared the peak with it, and the step took 1.03x the time of updates at the end,
+# against 0.96x so (benchmarks/NOTES.md, twenty-fourth session).
 def _waiting(x, after):
     """``x`` times a one computed from the scalar ``after``: the same values (a product
     by one is exact; XLA on CPU flushes subnormals to zero in every op, this one as the
@@ -323,6 +337,9 @@ class Segment:
     # the update no more) would cost more than the order saves.
     ordered_backward = True
     ordered_max_bytes = 16 << 20
+    # Params updated inside a fused step's backward wait for their layers' data gradients
+    # from this size up, for their ordered copy below it (see "the backward's order").
+    update_min_bytes = 1 << 20
 
     def __init__(self, slots, keep=()):
         self.slots = slots
@@ -552,7 +569,7 @@ class Segment:
         return frozenset(pid for pid in offered if counts[pid] == 1)
 
     def trace_backward(self, params, data, top_diffs, saved, param_diffs, probes=None,
-                       deferred=frozenset(), held=False):
+                       deferred=frozenset(), held=False, update=None):
         """-> (written diffs {blob: a}, param diffs {pid: a} accumulated).
 
         ``probes``: a dict to fill with {pid: [first element of each bottom diff of the
@@ -564,7 +581,13 @@ class Segment:
         ignored: the caller starts them at zero); the layer's own full diff is left
         unused, and XLA drops it.
         ``held``: ``data`` holds trace_forward's ``held`` blobs, and the diffs computed
-        channels-last (:meth:`last_diffs`) are returned so too."""
+        channels-last (:meth:`last_diffs`) are returned so too.
+        ``update``: ``update(pid, diff, probes) -> new param``, a fused step's update of
+        one param, called as soon as the param's diff is complete (after the last layer
+        adding to it) for the params :meth:`updated_in_order` names; the layers below
+        then wait for the new param, not for the diff, and the probes of such a param of
+        ``update_min_bytes`` or more are its layers' data gradients (its update comes
+        after them, as it overwrites the param they read: XLA need not copy it)."""
         active, _, _, written, _ = self.backward_plan()
         env = dict(top_diffs)
         last = set()                    # diffs in env held channels-last
@@ -577,6 +600,7 @@ class Segment:
             return _as(data[name], False, run)
         acc = dict(param_diffs)
         waits = {}          # blob: the param diffs its diff comes after (ordered_backward)
+        in_order = self.updated_in_order(params, deferred) if update is not None else {}
         for s in reversed(active):
             layer = s.layer
             lp = _layer_params(s, params)
@@ -597,11 +621,13 @@ class Segment:
                           for d, need in zip(bottom_diffs, s.bottom_need_backward)
                           if need and d is not None and d.size]
                 for pid, p, o in zip(s.param_ids, lp, ordered):
-                    # an ordered param is read through its ordered copy: the update
-                    # waits for that copy, not for the data gradient, which then need
-                    # not stay live until the update runs (at the end of the step)
-                    probes.setdefault(pid, []).extend([jnp.ravel(p)[0]] if o and p.size
-                                                      else firsts)
+                    # an ordered param is read through its ordered copy: an update at
+                    # the end of the step waits for that copy, not for the data
+                    # gradient, which then need not stay live until then
+                    probes.setdefault(pid, []).extend(
+                        [jnp.ravel(p)[0]] if o and p.size and not (
+                            pid in in_order and p.size * p.dtype.itemsize >= self.update_min_bytes)
+                        else firsts)
             for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
                 if need:
                     if diff is None:
@@ -617,7 +643,11 @@ class Segment:
                         layer.param_diff_rows, lp, bottoms, dys, k))
                 elif pd and diff is not None:
                     acc[pid] = acc[pid] + jnp.reshape(diff, acc[pid].shape).astype(acc[pid].dtype)
-                    if diff.size and self._orders(diff):
+                    if in_order.get(pid) == s.index:    # its last diff: update it now
+                        new = update(pid, acc[pid], probes.get(pid, ()) if probes is not None
+                                     else ())
+                        computed.append(jnp.ravel(jax.lax.optimization_barrier(new))[0])
+                    elif diff.size and self._orders(diff):
                         # (the barrier: the whole diff, as for the probes; a big diff
                         # left alone keeps its product fused with the param's update)
                         computed.append(jnp.ravel(jax.lax.optimization_barrier(diff))[0])
@@ -627,6 +657,21 @@ class Segment:
                     waits[name] = (after if name in s.tops or name not in waits
                                    else waits[name] + after)
         return _returned({name: env[name] for name in written}, last, held), acc
+
+    def updated_in_order(self, params, deferred=frozenset()):
+        """{pid: index of the last layer adding to its diff} of the params a fused step
+        updates inside the backward (``update`` of trace_backward): with
+        ``ordered_backward``, those with a diff of at most ``ordered_max_bytes``, not
+        ``deferred``."""
+        if not self.ordered_backward:
+            return {}
+        last = {}
+        for s in self.backward_plan()[0]:
+            for pid, pd in zip(s.param_ids, s.layer.param_propagate_down):
+                p = params.get(pid)
+                if pd and pid not in deferred and p is not None and self._orders(p):
+                    last[pid] = s.index if pid not in last else min(last[pid], s.index)
+        return last
 
     def last_diffs(self):
         """The diffs this segment's backward leaves channels-last (layout_plan)."""

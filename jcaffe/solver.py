@@ -95,6 +95,9 @@ class Solver:
     # step time unchanged in interleaved A/Bs: 1757 vs 1799 ms, 1871 vs 1707 ms) and
     # convolutions left to XLA rather than YNNPACK (xla_options.cpu_options).
     fused_compiler_options = None
+    # Update each param inside a fused step's backward as soon as its diff is complete
+    # (``_updates_in_order``), the layers below waiting for it.
+    update_in_backward = True
     CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     # Params of at least this size whose layer can give their diff by rows (InnerProduct
     # weights) are updated a block of rows at a time in a fused step, without their
@@ -594,6 +597,14 @@ class Solver:
                          if learnable[pid].count * np.dtype(learnable[pid].dtype).itemsize
                          >= limit)
 
+    def _updates_in_order(self):
+        """Whether a fused step updates each param inside the backward, as soon as its
+        diff is complete (jcaffe.engine, "the backward's order"): not with
+        clip_gradients (its norm needs every diff first), iter_size > 1 (every pass
+        first) or data-parallel training (the gradients' mean over the devices)."""
+        return (self.update_in_backward and self.parallel is None
+                and self.param.clip_gradients < 0 and self.param.iter_size == 1)
+
     def _trace_fused(self, seg, stacked=(), share_history=False):
         """The pure function of one training iteration over the segment ``seg``.
 
@@ -618,7 +629,7 @@ class Solver:
         vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
         def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0,
-                probes=None):
+                probes=None, in_order=None):
             if stacked:
                 data_in = {name: value[k] if name in stacked else value
                            for name, value in data_in.items()}
@@ -632,7 +643,8 @@ class Solver:
             env = {**extra, **data_in, **written}
             bdata = {name: env[name] for name in data_names}
             diffs, pdiffs = seg.trace_backward(seg_params, bdata, top_diffs, saved, pdiffs,
-                                               probes, deferred, held=True)
+                                               probes, deferred, held=True,
+                                               update=in_order and in_order(params))
             if loss is None:
                 loss = jnp.zeros((), self.net.dtype)
             return params, pdiffs, written, saved, diffs, loss
@@ -650,14 +662,21 @@ class Solver:
             # (rate, rate): the donated step; each param's rate is made to depend on its
             # layers' data gradients (see _rate_after). With iter_size > 1 the passes run
             # in a loop that ends before any update, which orders them already.
-            probes = None
+            probes, done, in_order = None, {}, None
             if jnp.ndim(rate) == 1:
                 if iter_size == 1 and n:
                     probes = {}
                 else:
                     rate = rate[0]
+            if probes is not None and self._updates_in_order():
+                def in_order(params):
+                    def update_param(pid, diff, probes):
+                        done[pid] = update.one(pid, diff, [h[pid] for h in history],
+                                               params[pid], _rate_after(rate, probes), t)
+                        return done[pid][0]
+                    return update_param
             if iter_size == 1:
-                carry = one(0, params, pdiffs, *args, probes=probes)
+                carry = one(0, params, pdiffs, *args, probes=probes, in_order=in_order)
             else:   # one traced body, whatever iter_size is
                 def body(k, carry):
                     out = one(k, carry[0], carry[1], *args)
@@ -674,7 +693,7 @@ class Solver:
             if probes is not None:
                 rate = [_rate_after(rate, probes.get(pid, ())) for pid in range(n)]
             new_params, new_hist, values, norm = update(
-                grads, history, [params[pid] for pid in range(n)], rate, t)
+                grads, history, [params[pid] for pid in range(n)], rate, t, done)
             if share_history:   # decided while tracing: the same traced value, or not
                 self._diff_is_history = [
                     next((k for k, slot in enumerate(new_hist) if slot[i] is v), None)

@@ -6,6 +6,8 @@
     update(grads, history, params, rate, iter)
         -> (new params, new history, update values, gradient L2 norm)
 
+``update.one(i, g, hist_i, p, rate, t)`` is one param's share of it (after clipping).
+
 ``update`` does what SGDSolver::ApplyUpdate does after the learning rate is
 known: clip_gradients (global L2 norm) -> Normalize (divide by iter_size) ->
 Regularize (L2: += decay * data, L1: += decay * sign(data), decay =
@@ -199,13 +201,37 @@ def make_update(param, rule, lr_mults, decay_mults):
         return tuple(tuple(device_zeros(p.shape, p.dtype) for p in params)
                      for _ in range(rule.num_history))
 
-    def update(grads, history, params, rate, t):
+    def update_one(i, g, hist, p, rate, t):
+        """Param ``i``'s Normalize + Regularize + ComputeUpdateValue + Update, from its
+        (clipped) diff ``g``, its history arrays ``hist`` and its learning rate:
+        -> (new param, new history, update value). Every stage is elementwise in the
+        param, so a fused step can apply it to each param as soon as its diff is
+        complete (jcaffe.engine, "the backward's order")."""
+        if hasattr(g, "rows") and not getattr(rule, "value_from_history", None):
+            g = g.full()
+        if hasattr(g, "rows"):      # a RowBlocks diff: computed and applied by rows
+            local_rate = rate.astype(p.dtype) * lr_mults[i]
+            return _update_by_rows(rule, g, p, hist, decays[i], reg, local_rate, t)
+        if iter_size != 1:
+            g = g * _f32(1.0 / iter_size)
+        if decays[i]:
+            g = g + decays[i] * (p if reg == "L2" else jnp.sign(p))
+        local_rate = rate.astype(g.dtype) * lr_mults[i]
+        value, hist = rule.compute(g, hist, local_rate, t)
+        return p - value, tuple(hist), value
+
+    def update(grads, history, params, rate, t, done=None):
         """``rate``: the learning rate, or a list of it, one entry per param (the same
-        number; a fused step orders each param's update by its entry)."""
+        number; a fused step orders each param's update by its entry). ``done``:
+        {i: (new param, new history, value)} of params updated already (by
+        ``update.one``, without clip_gradients), taken as they are."""
         grads = list(grads)
         rates = list(rate) if isinstance(rate, (list, tuple)) else [rate] * len(grads)
         dtype = rates[0].dtype if rates else rate.dtype
         norm = jnp.zeros((), dtype)
+        done = done or {}
+        if done and clip >= 0:
+            raise SolverError("clip_gradients needs every diff before any update")
         if clip >= 0 or iter_size != 1:     # these need each whole diff
             grads = [g.full() if hasattr(g, "rows") else g for g in grads]
         if clip >= 0:
@@ -214,27 +240,13 @@ def make_update(param, rule, lr_mults, decay_mults):
             grads = [g * scale.astype(g.dtype) for g in grads]
         new_params, values, new_hist = [], [], [[] for _ in range(rule.num_history)]
         for i, (g, p) in enumerate(zip(grads, params)):
-            if hasattr(g, "rows") and not getattr(rule, "value_from_history", None):
-                g = g.full()
-            if hasattr(g, "rows"):      # a RowBlocks diff: computed and applied by rows
-                local_rate = rates[i].astype(p.dtype) * lr_mults[i]
-                p, hist, value = _update_by_rows(rule, g, p, [h[i] for h in history],
-                                                 decays[i], reg, local_rate, t)
-                for k, h in enumerate(hist):
-                    new_hist[k].append(h)
-                values.append(value)
-                new_params.append(p)
-                continue
-            if iter_size != 1:
-                g = g * _f32(1.0 / iter_size)
-            if decays[i]:
-                g = g + decays[i] * (p if reg == "L2" else jnp.sign(p))
-            local_rate = rates[i].astype(g.dtype) * lr_mults[i]
-            value, hist = rule.compute(g, [h[i] for h in history], local_rate, t)
+            p, hist, value = done[i] if i in done else update_one(
+                i, g, [h[i] for h in history], p, rates[i], t)
             for k, h in enumerate(hist):
                 new_hist[k].append(h)
             values.append(value)
-            new_params.append(p - value)
+            new_params.append(p)
         return new_params, tuple(tuple(h) for h in new_hist), values, norm
 
+    update.one = update_one
     return init, update
