@@ -662,19 +662,21 @@ class Solver:
             # (rate, rate): the donated step; each param's rate is made to depend on its
             # layers' data gradients (see _rate_after). With iter_size > 1 the passes run
             # in a loop that ends before any update, which orders them already.
-            probes, done, in_order = None, {}, None
+            probes, done = None, {}
             if jnp.ndim(rate) == 1:
                 if iter_size == 1 and n:
                     probes = {}
                 else:
                     rate = rate[0]
             if probes is not None and self._updates_in_order():
-                def in_order(params):
+                def in_order(params):   # the forward's params -> the backward's update
                     def update_param(pid, diff, probes):
                         done[pid] = update.one(pid, diff, [h[pid] for h in history],
                                                params[pid], _rate_after(rate, probes), t)
                         return done[pid][0]
                     return update_param
+            else:
+                in_order = None
             if iter_size == 1:
                 carry = one(0, params, pdiffs, *args, probes=probes, in_order=in_order)
             else:   # one traced body, whatever iter_size is
