@@ -209,7 +209,7 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "
 def test_updates_in_the_backward_change_no_number(at_the_end, monkeypatch, solver_type, waits):
     """Params, history and diffs after three steps, updated in the backward or at the
     end: a weight shared by two layers (updated after the lower one adds its share),
-    a frozen one (lr_mult 0: its history moves, its data does not, as in Caffe), rates
+    a frozen one (lr_mult 0: updated at the end, its data unchanged, as in Caffe), rates
     and decays per param. ``waits``: every update after its layers' data gradients, or
     (by default for params this small) free to come before them."""
     if waits:
@@ -221,7 +221,9 @@ def test_updates_in_the_backward_change_no_number(at_the_end, monkeypatch, solve
         blobs = solver.net.blobs
         blobs["data"].data[...] = rng.standard_normal(blobs["data"].shape)
         blobs["label"].data[...] = rng.integers(0, 3, blobs["label"].shape)
+        frozen = solver.net.params["conv"][0].data.copy()
         solver.step(3)
+        np.testing.assert_array_equal(solver.net.params["conv"][0].data, frozen)
         return solver
     in_order = run()
     assert solver_module.Solver.update_in_backward and in_order._updates_in_order()
@@ -236,6 +238,6 @@ def test_updates_in_the_backward_change_no_number(at_the_end, monkeypatch, solve
                                        err_msg="%s param %d diff" % (name, k))
     for slot_a, slot_b in zip(in_order.history, left.history):
         np.testing.assert_allclose(slot_a, slot_b, rtol=1e-6, atol=1e-7)
-    for name in ("data", "conv", "a"):
+    for name in ("conv", "a", "b"):
         np.testing.assert_allclose(in_order.net.blobs[name].diff, left.net.blobs[name].diff,
                                    rtol=1e-6, atol=1e-7, err_msg=name + " diff")
