@@ -242,8 +242,8 @@ class Distinct:
 # and the layers below wait for the new param instead of the diff (``update`` of
 # trace_backward). A param of ``update_min_bytes`` or more is updated after its layers'
 # data gradients (the update overwrites what they read): no copy. A smaller one waits
-# for its ordered copy only: XLA may copy it (little to copy), and stays free to order
-# the layer's own products; made to wait for the data gradient, FCN-32s's conv1-2 (one
+# for its ordered copy only: XLA may copy it (little to copy), and orders the layer's
+# own products as it likes; made to wait for the data gradient, FCN-32s's conv1-2 (one
 # 500x500 image, maps of 124 MB) computed it before the weight gradient, whose inputs
 # then shared the peak with it, and the step took 1.03x the time of updates at the end,
 # against 0.96x so (benchmarks/NOTES.md, twenty-fourth session).
