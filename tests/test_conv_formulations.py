@@ -322,6 +322,65 @@ def test_data_gradient_form_by_shape():
     assert not conv_gemm.by_rows((64, 50, 4, 4), (50, 20, 5, 5), 1, strided, 4)
 
 
+@pytest.mark.parametrize("rows_bytes", [None, 1])
+@pytest.mark.parametrize("param,shape", [(p, s) for p, s in CASES if "group" not in p])
+def test_weight_gradient_by_rows_matches_lax(x64, rng, monkeypatch, param, shape, rows_bytes):
+    """conv_gemm.weight_diff_by_rows (columns of a few output rows at a time, channels-
+    last, summed over chunks and images) is the weight gradient, with one chunk per
+    image and with one output row per chunk (CHUNK_BYTES 1: a scan and no remainder,
+    or more rows than one chunk and a shorter last one)."""
+    from jcaffe.layers import conv_gemm
+    if rows_bytes is not None:
+        monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", rows_bytes)
+    layer = _layer(param, shape)
+    geo = layer.geometry()
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    y, vjp = jax.vjp(lambda w: _plain(layer, x, w, b), w)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    (want,) = vjp(dy)
+    jax.clear_caches()      # the chunk size is read at trace time
+    got = conv_gemm.weight_diff_by_rows(x, dy, geo)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_by_rows_choice_and_layer(x64, rng, monkeypatch):
+    """One image, ungrouped, a map of more than 28x28 outputs with columns of 513 and
+    more (FCN's conv1_2: 64 * 9) takes the weight gradient by rows; a second image,
+    groups, short columns (conv1_1's 3 * 9), small maps (fc6's 16x16, on the batch-1
+    GEMM), 1x1 kernels, or fewer than GEMM_MIN_MACS multiply-adds do not. The layer's
+    backward on that path is the vjp of the convolution."""
+    from jcaffe.layers import conv_gemm
+    cpu = jax.default_backend() == "cpu"
+    big = Convolution.GEMM_MIN_MACS
+    conv1_2 = _layer("num_output: 40 kernel_size: 3 pad: 1", (1, 64, 30, 30))
+    cases = ((conv1_2, 1, big, True), (conv1_2, 2, big, False), (conv1_2, 1, big - 1, False),
+             (_layer("num_output: 4 kernel_size: 3 pad: 1 group: 2", (1, 128, 30, 30)), 1, big,
+              False),
+             (_layer("num_output: 4 kernel_size: 3", (1, 3, 40, 40)), 1, big, False),
+             (_layer("num_output: 8 kernel_size: 7", (1, 64, 22, 22)), 1, big, False),
+             (_layer("num_output: 8 kernel_size: 1", (1, 600, 30, 30)), 1, big, False))
+    for layer, batch, macs, want in cases:
+        cg = layer.channels // layer.group
+        assert layer._weight_by_rows(batch, cg, macs) == (cpu and want), layer.p
+    if not cpu:
+        return
+    calls = []
+    original = conv_gemm.weight_diff_by_rows
+    monkeypatch.setattr(conv_gemm, "weight_diff_by_rows",
+                        lambda *a: calls.append(a[2]) or original(*a))
+    x = jnp.asarray(rng.standard_normal((1, 64, 30, 30)))
+    w, b = params_of(conv1_2)
+    y, vjp = jax.vjp(lambda x, w, b: _plain(conv1_2, x, w, b), x, w, b)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    rx, rw, rb = vjp(dy)
+    (dx,), (dw, db) = conv1_2.backward([w, b], [x], [y], None, [dy], (True,))
+    assert calls == [conv1_2.geometry()]
+    for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
+
+
 @pytest.mark.parametrize("own_convolutions", [True, False])
 def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every map of a 1x1 kernel without

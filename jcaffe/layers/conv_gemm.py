@@ -508,3 +508,58 @@ def weight_diff(x, dy, group, geo):
         return lax.dot_general(d, cols, (((2,), (2,)), ((0,), (0,))))   # (g, O/g, C/g*K)
     dw = _sum_batch(one, [x, dy], _per_chunk(x.shape[0], c, geo, x.dtype.itemsize))
     return dw.reshape((o, c // group) + tuple(geo.kernel))
+
+
+# -- the weight gradient of one image by output rows, channels-last ------------------
+# One image's map (FCN's batch-1 VGG convolutions, 64-512 channels at 44x44-698x698)
+# has no batch to chunk: its whole column array (conv1_2's: 1.1 GB) leaves the caches,
+# and XLA's own convolution ran their weight gradients at 58-123 GFLOP/s here (the
+# larger the map, the slower; its forwards on the same maps 142-198). So the
+# columns are built a few output rows at a time (about CHUNK_BYTES), position-major
+# from the channels-last input, (rows * out_rest, K * C), and each chunk's product
+# dy^T . cols (O, K * C) is added in row order (lax.scan). Channels-last because
+# inside a step these maps' inputs and top diffs mostly are (jcaffe.engine's
+# channels-last runs: XLA cancels the transposes here against its own).
+def _rows_per_chunk(x_channels, geo, itemsize):
+    """Output rows per chunk: columns of about CHUNK_BYTES, at least one row."""
+    row = x_channels * int(np.prod(geo.kernel)) * int(np.prod(geo.out_spatial[1:])) * itemsize
+    return max(1, min(CHUNK_BYTES // max(row, 1), geo.out_spatial[0]))
+
+
+@functools.partial(jax.jit, static_argnums=(2,))
+def weight_diff_by_rows(x, dy, geo):
+    """dE/dW of an ungrouped convolution, (O, C, k...), from x (B, C, in...) and
+    dy (B, O, out...): per image, columns of a few output rows at a time."""
+    o, c = dy.shape[1], x.shape[1]
+    xl = jnp.moveaxis(x, 1, -1)             # (B, in..., C)
+    dl = jnp.moveaxis(dy, 1, -1)            # (B, out..., O)
+    config = [(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))] + [(0, 0, 0)]
+    xl = lax.pad(xl, jnp.zeros((), x.dtype), config)
+    rows = _rows_per_chunk(c, geo, x.dtype.itemsize)
+    s0, d0, k0 = geo.stride[0], geo.dilation[0], geo.kernel[0]
+
+    def chunk(xb, db, first, count):
+        """The product of output rows [first, first + count) of one image."""
+        xs = lax.dynamic_slice_in_dim(xb, first * s0, (count - 1) * s0 + (k0 - 1) * d0 + 1, 0)
+        ds = lax.dynamic_slice_in_dim(db, first, count, 0)
+        extents = (count,) + tuple(geo.out_spatial[1:])
+        pieces = []
+        for offset in _offsets(geo):
+            start = [j * d for j, d in zip(offset, geo.dilation)] + [0]
+            limit = [s + (e - 1) * st + 1 for s, e, st in zip(start, extents, geo.stride)] + [c]
+            pieces.append(lax.slice(xs, start, limit, tuple(geo.stride) + (1,)))
+        cols = jnp.stack(pieces, axis=-2).reshape(-1, len(pieces) * c)    # (P, K * C)
+        return lax.dot_general(ds.reshape(-1, o), cols, (((0,), (0,)), ((), ())))
+
+    def image(xb, db):
+        whole, rest = divmod(geo.out_spatial[0], rows)
+        total = chunk(xb, db, 0, rows)
+        if whole > 1:
+            total, _ = lax.scan(lambda acc, i: (acc + chunk(xb, db, i * rows, rows), None),
+                                total, jnp.arange(1, whole))
+        return total + chunk(xb, db, whole * rows, rest) if rest else total
+
+    total = image(xl[0], dl[0])
+    if x.shape[0] > 1:
+        total, _ = lax.scan(lambda acc, b: (acc + image(*b), None), total, (xl[1:], dl[1:]))
+    return jnp.moveaxis(total.reshape((o,) + tuple(geo.kernel) + (c,)), -1, 1)

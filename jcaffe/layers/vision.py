@@ -326,6 +326,26 @@ class Convolution(JaxLayer):
             return False
         return column <= self.GEMM_MAX_COLUMN
 
+    # One image's weight gradient on a map above BATCH1_GEMM_MAX_POSITIONS with longer
+    # columns runs by output rows (conv_gemm.weight_diff_by_rows), not on XLA's
+    # convolution. FCN's VGG shapes, channels-last inputs as in the step (ms, XLA / by
+    # rows, 2026-12-03, AMD EPYC VM): conv1_2 557-619 / 384-506, conv2_2 516-544 /
+    # 406-497, conv3_2 404 / 338, conv4_2 296 / 271, conv5_2 84 / 78. FCN-32s's step
+    # (benchmarks/ab_step.py, 3 rounds each): by rows / XLA 0.957 (rounds of 3 steps
+    # 0.89-1.06) and 0.911 (rounds of 4 steps 0.83-0.92). Short columns stay on the
+    # whole-column GEMM: conv1_1 (3 * 9) by rows too took 1.020x the step.
+    WEIGHT_BY_ROWS_MIN_COLUMN = GEMM_MAX_COLUMN + 1
+
+    def _weight_by_rows(self, batch, channels_per_group, macs):
+        """Whether the weight gradient of ``batch`` images runs as
+        conv_gemm.weight_diff_by_rows: one image, ungrouped, on CPU, a map larger than
+        BATCH1_GEMM_MAX_POSITIONS whose columns (C * prod(kernel)) are too long for
+        _gemm's batch-1 rule."""
+        return (jax.default_backend() == "cpu" and batch == 1 and self.group == 1
+                and macs >= self.GEMM_MIN_MACS and not conv_gemm.pointwise(self.geometry())
+                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
+                and channels_per_group * int(np.prod(self.kernel)) >= self.WEIGHT_BY_ROWS_MIN_COLUMN)
+
     def channels_last_top(self):
         """On CPU a 2-d convolution that runs on XLA's own kernel writes its top as
         (N, H, W, C) in memory (XLA CPU computes convolutions channels-last and transposes
@@ -467,8 +487,10 @@ class Convolution(JaxLayer):
         cg = x.shape[1] // self.group
         if self._depthwise(cg):
             return conv_depthwise.weight_diff(x, dy, self.geometry())
-        if self._gemm("weight", cg, _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel),
-                                           self.out_spatial), batch=x.shape[0]):
+        macs = _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel), self.out_spatial)
+        if self._weight_by_rows(x.shape[0], cg, macs):
+            return conv_gemm.weight_diff_by_rows(x, dy, self.geometry())
+        if self._gemm("weight", cg, macs, batch=x.shape[0]):
             return conv_gemm.weight_diff(x, dy, self.group, self.geometry())
         n = self.num_spatial
         spec = (1, 0) + tuple(range(2, 2 + n))
