@@ -173,6 +173,68 @@ layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param 
     assert not any(p[1] or p[2] for p in seg.layout_plan().values())
 
 
+GEMM_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 8 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4
+  kernel_size: 3 pad: 2 weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "gaussian" } } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param { num_output: 5
+  kernel_size: 3 stride: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3" convolution_param { num_output: 2
+  kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "Reduction" bottom: "c3" top: "loss" loss_weight: 1
+  reduction_param { operation: SUMSQ } }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_one_image_gemm_convolutions_keep_their_tops_channels_last(tmp_path, monkeypatch, x64):
+    """One image on a map above Convolution.BATCH1_GEMM_MAX_POSITIONS (here 16) whose
+    forward runs as GEMM (FCN's conv1_1) writes its product channels-last: the engine
+    keeps its top so, the ReLU after it runs so into the next convolution (here GEMM
+    ones too, strided and not, reading their columns from the channels-last values), and its weight
+    gradient reads the channels-last diff. Every blob, diff and param diff is what the
+    same net computes without channels-last runs, in float64."""
+    from jcaffe.layers.vision import Convolution
+    monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)
+    monkeypatch.setattr(Convolution, "BATCH1_GEMM_MAX_POSITIONS", 16)
+    results = []
+    for channels_last in (True, False):
+        monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
+        (tmp_path / str(channels_last)).mkdir()
+        net = make_net(tmp_path / str(channels_last), GEMM_NET, dtype=np.float64)
+        if results:
+            for name, ps in results[0][2].items():
+                for p, v in zip(net.params[name], ps):
+                    p.data[...] = v
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((1, 3, 9, 8))
+        net.forward()
+        net.backward()
+        seg, = net._segments.values()
+        plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots
+                if s.layer.name != "data"}
+        blobs = {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()}
+        params = {n: [p.data.copy() for p in ps] for n, ps in net.params.items()}
+        diffs = {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}
+        results.append((plan, blobs, params, diffs))
+    (plan, blobs, _, diffs), (plan0, blobs0, _, diffs0) = results
+    assert net.layer_dict["c1"]._gemm_top_last(1, net.params["c1"][0].shape)
+    assert plan["c1"] == ((False,), False, True)
+    assert plan["r1"] == ((True,), True, True)
+    assert plan["c2"] == ((True,), False, True)         # (strided, 5x4 outputs: GEMM too)
+    assert plan["r2"] == ((True,), True, True)
+    assert plan["c3"] == ((True,), False, False)        # (its top only into the loss)
+    assert not any(p[2] for p in plan0.values())
+    for name in blobs0:
+        for got, want in zip(blobs[name], blobs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+    for name in diffs0:
+        for got, want in zip(diffs[name], diffs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert all(np.any(d) for d in diffs[name]), name
+
+
 def _solver(channels_last, monkeypatch, iter_size=1, weights=None):
     monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
     param = caffe_pb2.SolverParameter()

@@ -282,6 +282,30 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("param,shape", [CASES[i] for i in (2, 6, 7, 10)])   # ungrouped
+def test_gemm_channels_last_products_match_caffes_order(x64, rng, monkeypatch, param, shape):
+    """conv_gemm's forward written channels-last and its weight gradient reading dy so
+    (``last``) give the maps of Caffe's order, in batch chunks of 2 images too."""
+    from jcaffe.layers import conv_gemm
+    shape = (5,) + shape[1:]
+    layer = _layer(param, shape)
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, _ = params_of(layer)
+    dy = jnp.asarray(rng.standard_normal((5, layer.num_output) + layer.out_spatial))
+    geo = layer.geometry()
+    for chunk in (None, 2 * int(np.prod(layer.kernel)) * int(np.prod(layer.out_spatial)) * 8
+                  * layer.channels):
+        if chunk:
+            monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", chunk)
+        jax.clear_caches()
+        got = [jax.jit(lambda x, w, dy: [conv_gemm.forward(x, w, 1, geo, last),
+                                         conv_gemm.weight_diff(x, dy, 1, geo, last)])(x, w, dy)
+               for last in (False, True)]
+        for a, b, what in zip(*got, ("y", "dw")):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-12, atol=1e-12,
+                                       err_msg=what)
+
+
 @pytest.mark.parametrize("param,shape", CASES)
 def test_data_gradient_by_rows_and_by_columns_match_lax(x64, rng, param, shape):
     """Both GEMM forms of the data gradient (conv_gemm: per kernel row, accumulated in
@@ -323,7 +347,8 @@ def test_data_gradient_form_by_shape():
 
 
 @pytest.mark.parametrize("rows_bytes", [None, 1])
-@pytest.mark.parametrize("param,shape", [(p, s) for p, s in CASES if "group" not in p])
+@pytest.mark.parametrize("param,shape", [(p, s) for p, s in CASES
+                                         if "group" not in (p + " ").replace("group: 1 ", "")])
 def test_weight_gradient_by_rows_matches_lax(x64, rng, monkeypatch, param, shape, rows_bytes):
     """conv_gemm.weight_diff_by_rows (columns of a few output rows at a time, channels-
     last, summed over chunks and images) is the weight gradient, with one chunk per

@@ -389,8 +389,11 @@ def _pointwise_weight_diff(x, dy, group, geo):
     return dw.reshape((o, c // group) + tuple(geo.kernel))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def forward(x, w, group, geo):
+# ``last`` (ungrouped maps): the forward's product is written position-major, (B * out,
+# O), i.e. channels-last, and the weight gradient reads dy so: for a convolution whose
+# top the engine keeps channels-last (Convolution._gemm_top_last: FCN's conv1_1).
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def forward(x, w, group, geo, last=False):
     """y = W * x for x (B, C, in...), w (O, C/g, k...) -> (B, O, out...)."""
     if pointwise(geo):
         return _pointwise_forward(x, w, group, geo)
@@ -399,9 +402,14 @@ def forward(x, w, group, geo):
 
     def one(xb):
         cols = _grouped_cols(columns(_channels_first(xb), geo), group)
+        if last:
+            y = lax.dot_general(cols[0], wg[0], (((0,), (1,)), ((), ())))   # (b*out, O)
+            return y.reshape((xb.shape[0],) + tuple(geo.out_spatial) + (o,))
         y = lax.dot_general(wg, cols, (((2,), (1,)), ((0,), (0,))))     # (g, O/g, b*out)
         return _channels_first(y.reshape((o, xb.shape[0]) + tuple(geo.out_spatial)))
-    return _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
+    assert not last or group == 1, "channels-last GEMM products are ungrouped"
+    y = _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
+    return jnp.moveaxis(y, -1, 1) if last else y
 
 
 # -- the data gradient by kernel rows --------------------------------------------------
@@ -495,15 +503,19 @@ def _data_diff_by_columns(dy, w, group, geo):
     return _map_batch(one, [dy], _per_chunk(dy.shape[0], cg * group, geo, dy.dtype.itemsize))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
-def weight_diff(x, dy, group, geo):
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def weight_diff(x, dy, group, geo, last=False):
     """dE/dW = dE/dy columns(x)^T, summed over the batch in chunks -> (O, C/g, k...)."""
     if pointwise(geo):
         return _pointwise_weight_diff(x, dy, group, geo)
     o, c = dy.shape[1], x.shape[1]
+    assert not last or group == 1, "channels-last GEMM products are ungrouped"
 
     def one(xb, dyb):
         cols = _grouped_cols(columns(_channels_first(xb), geo), group)
+        if last:
+            d = jnp.moveaxis(dyb, 1, -1).reshape(-1, o)                     # (b*out, O)
+            return lax.dot_general(d, cols[0], (((0,), (1,)), ((), ())))[None]
         d = _channels_first(dyb).reshape(group, o // group, -1)
         return lax.dot_general(d, cols, (((2,), (2,)), ((0,), (0,))))   # (g, O/g, C/g*K)
     dw = _sum_batch(one, [x, dy], _per_chunk(x.shape[0], c, geo, x.dtype.itemsize))

@@ -54,6 +54,8 @@ class Deconvolution(Convolution):
     def channels_last_top(self):
         return False    # (its forward is a data gradient: GEMM and col2im, or phases)
 
+    gemm_top_last = False
+
     # forward and backward are Convolution's, over the transposed maps
     def _forward_map(self, x, w):
         return self._data_diff(x, w)          # y = W^T * x

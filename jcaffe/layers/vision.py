@@ -355,7 +355,26 @@ class Convolution(JaxLayer):
                 or self.group > 1 or not self.bottom_shapes:
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        return not self._forward_on_gemm(self.bottom_shapes[0][0], weight)
+        batch = self.bottom_shapes[0][0]
+        return not self._forward_on_gemm(batch, weight) or self._gemm_top_last(batch, weight)
+
+    # One image on a large map whose forward runs as GEMM (short columns: FCN's conv1_1,
+    # 3 * 9 at 698x698) writes its product channels-last too, and its weight gradient
+    # reads dy so, so that the ReLU after it runs channels-last into the next (XLA's)
+    # convolution: in Caffe's order its backward wrote relu1_1's diff across the layout
+    # (117 ms of FCN-32s's step in the trace) and conv1_2's weight gradient transposed
+    # relu1_1's top (156 ms).
+    gemm_top_last = True        # (Deconvolution: its forward is a data gradient)
+
+    def _gemm_top_last(self, batch, weight_shape):
+        """Whether the GEMM forward of ``batch`` images writes channels-last (and the
+        GEMM weight gradient reads dy so): one image, ungrouped, 2-d, above
+        BATCH1_GEMM_MAX_POSITIONS outputs, not 1x1."""
+        return (self.gemm_top_last and batch == 1 and self.group == 1 and self.num_spatial == 2
+                and self.axis == 1 and jax.default_backend() == "cpu"
+                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
+                and not conv_gemm.pointwise(self.geometry())
+                and self._forward_on_gemm(batch, weight_shape))
 
     def _forward_on_gemm(self, batch, weight_shape):
         """Whether _conv_forward of ``batch`` images with a weight of ``weight_shape``
@@ -368,7 +387,8 @@ class Convolution(JaxLayer):
         if self._depthwise(w.shape[1]):
             return conv_depthwise.forward(x, w, self.geometry())
         if self._forward_on_gemm(x.shape[0], w.shape):
-            return conv_gemm.forward(x, w, self.group, self.geometry())
+            return conv_gemm.forward(x, w, self.group, self.geometry(),
+                                     self._gemm_top_last(x.shape[0], w.shape))
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
@@ -491,7 +511,8 @@ class Convolution(JaxLayer):
         if self._weight_by_rows(x.shape[0], cg, macs):
             return conv_gemm.weight_diff_by_rows(x, dy, self.geometry())
         if self._gemm("weight", cg, macs, batch=x.shape[0]):
-            return conv_gemm.weight_diff(x, dy, self.group, self.geometry())
+            last = self._gemm_top_last(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel))
+            return conv_gemm.weight_diff(x, dy, self.group, self.geometry(), last)
         n = self.num_spatial
         spec = (1, 0) + tuple(range(2, 2 + n))
         padding = [(p, (k - 1) * d + (out - 1) * s + 1 - size - p)
