@@ -363,7 +363,10 @@ class Convolution(JaxLayer):
     # reads dy so, so that the ReLU after it runs channels-last into the next (XLA's)
     # convolution: in Caffe's order its backward wrote relu1_1's diff across the layout
     # (117 ms of FCN-32s's step in the trace) and conv1_2's weight gradient transposed
-    # relu1_1's top (156 ms).
+    # relu1_1's top (156 ms). FCN-32s's step (benchmarks/ab_step.py, 3 rounds of 4
+    # steps, 2026-12-03): 0.931 against Caffe's order. Where the engine does not keep
+    # the top channels-last (no convolution reads it so: GoogLeNet's conv1 into LRN),
+    # the product is transposed back, one copy of the top.
     gemm_top_last = True        # (Deconvolution: its forward is a data gradient)
 
     def _gemm_top_last(self, batch, weight_shape):
