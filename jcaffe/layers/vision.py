@@ -336,14 +336,18 @@ class Convolution(JaxLayer):
     # whole-column GEMM: conv1_1 (3 * 9) by rows too took 1.020x the step.
     WEIGHT_BY_ROWS_MIN_COLUMN = GEMM_MAX_COLUMN + 1
 
+    def _one_large_image(self, batch):
+        """On CPU, one image, ungrouped, not 1x1, more than BATCH1_GEMM_MAX_POSITIONS
+        outputs: where _weight_by_rows and _gemm_top_last apply."""
+        return (jax.default_backend() == "cpu" and batch == 1 and self.group == 1
+                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
+                and not conv_gemm.pointwise(self.geometry()))
+
     def _weight_by_rows(self, batch, channels_per_group, macs):
         """Whether the weight gradient of ``batch`` images runs as
-        conv_gemm.weight_diff_by_rows: one image, ungrouped, on CPU, a map larger than
-        BATCH1_GEMM_MAX_POSITIONS whose columns (C * prod(kernel)) are too long for
-        _gemm's batch-1 rule."""
-        return (jax.default_backend() == "cpu" and batch == 1 and self.group == 1
-                and macs >= self.GEMM_MIN_MACS and not conv_gemm.pointwise(self.geometry())
-                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
+        conv_gemm.weight_diff_by_rows: _one_large_image, from GEMM_MIN_MACS, with columns
+        (C * prod(kernel)) too long for _gemm's batch-1 rule."""
+        return (self._one_large_image(batch) and macs >= self.GEMM_MIN_MACS
                 and channels_per_group * int(np.prod(self.kernel)) >= self.WEIGHT_BY_ROWS_MIN_COLUMN)
 
     def channels_last_top(self):
@@ -371,13 +375,9 @@ class Convolution(JaxLayer):
 
     def _gemm_top_last(self, batch, weight_shape):
         """Whether the GEMM forward of ``batch`` images writes channels-last (and the
-        GEMM weight gradient reads dy so): one image, ungrouped, 2-d, above
-        BATCH1_GEMM_MAX_POSITIONS outputs, not 1x1."""
-        return (self.gemm_top_last and batch == 1 and self.group == 1 and self.num_spatial == 2
-                and self.axis == 1 and jax.default_backend() == "cpu"
-                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
-                and not conv_gemm.pointwise(self.geometry())
-                and self._forward_on_gemm(batch, weight_shape))
+        GEMM weight gradient reads dy so): _one_large_image, 2-d, the forward on GEMM."""
+        return (self.gemm_top_last and self.num_spatial == 2 and self.axis == 1
+                and self._one_large_image(batch) and self._forward_on_gemm(batch, weight_shape))
 
     def _forward_on_gemm(self, batch, weight_shape):
         """Whether _conv_forward of ``batch`` images with a weight of ``weight_shape``
