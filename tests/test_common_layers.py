@@ -101,6 +101,59 @@ def test_inner_product_streamed_data_diff_takes_eigens_dot():
             assert in_ynn == (0 if streamed else 1), (shape, n, hlo)
 
 
+@pytest.mark.parametrize("axis,transpose", [(1, False), (2, False), (1, True)])
+def test_inner_product_weight_first_forward_is_the_same_product(x64, rng, monkeypatch, axis,
+                                                                 transpose):
+    """The forward of a big weight with few rows, (W x^T)^T behind a barrier on CPU, is
+    x W^T + b like the plain product (threshold lowered so a small layer takes that form;
+    a transposed weight keeps x W)."""
+    import jax
+    from jcaffe.layers.common import InnerProduct
+    monkeypatch.setattr(InnerProduct, "WEIGHT_FIRST_MIN_BYTES", 0)
+    shape = (3, 2, 4)
+    snippet = ('type: "InnerProduct" inner_product_param { num_output: 5 axis: %d transpose: %s '
+               '%s }' % (axis, str(transpose).lower(), GAUSS))
+    layer = make_layer(snippet, [shape])
+    rows = int(np.prod(shape[:axis]))
+    assert layer._weight_first(rows, layer.blobs[0].data) == (
+        not transpose and jax.default_backend() == "cpu")
+    x = rng.standard_normal(shape)
+    (y,), _ = forward(layer, [x])
+    expected = ip_reference(x, layer.blobs[0].data, layer.blobs[1].data, axis, transpose)
+    np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-12, atol=1e-12)
+    check_backward(layer, [x])
+
+
+def test_inner_product_weight_first_forward_reads_the_weight_as_stored():
+    """A big (N, K) weight with few rows: the compiled forward's one dot has W as its left
+    operand and writes (N, rows), so W is read as stored, never copied transposed (XLA's
+    form of x W^T at one row copied CaffeNet's fc6 weight on every call); more rows or a
+    smaller weight keep x W^T."""
+    import re
+    import jax
+    from jcaffe import xla_options
+    options = xla_options.cpu_options()
+    cases = [((1, 4096), 1024, True),      # 16 MB weight, one row
+             ((32, 2048), 512, True),      # 4 MB, 32 rows
+             ((256, 2048), 1024, False),   # 256 rows
+             ((32, 1024), 512, False)]     # 2 MB
+    for (rows, k), n, first in cases:
+        layer = make_layer('type: "InnerProduct" inner_product_param { num_output: %d }' % n,
+                           [(rows, k)], dtype=np.float32)
+        first = first and jax.default_backend() == "cpu"
+        assert layer._weight_first(rows, jnp.zeros((n, k), jnp.float32)) == first
+        fn = jax.jit(lambda x, w, b: layer.forward([w, b], [x], None)[0][0],
+                     compiler_options=options)
+        hlo = fn.lower(jax.ShapeDtypeStruct((rows, k), jnp.float32),
+                       jax.ShapeDtypeStruct((n, k), jnp.float32),
+                       jax.ShapeDtypeStruct((n,), jnp.float32)).compile().as_text()
+        if first:
+            assert re.search(r"= f32\[%d,%d\]\{1,0\} dot\(" % (n, rows), hlo), hlo
+            assert "f32[%d,%d]" % (k, n) not in hlo, hlo   # no transposed weight
+        else:
+            assert "f32[%d,%d]{1,0} dot(" % (n, rows) not in hlo, hlo
+
+
 def test_inner_product_param_propagate_down_false_gives_none(x64, rng):
     layer = make_layer('type: "InnerProduct" inner_product_param { num_output: 2 %s }' % GAUSS,
                        [(3, 4)])
