@@ -108,15 +108,14 @@ def test_inner_product_weight_first_forward_is_the_same_product(x64, rng, monkey
     x W^T + b like the plain product (threshold lowered so a small layer takes that form;
     a transposed weight keeps x W)."""
     import jax
-    from jcaffe.layers.common import InnerProduct
-    monkeypatch.setattr(InnerProduct, "WEIGHT_FIRST_MIN_BYTES", 0)
+    from jcaffe.layers import common
+    monkeypatch.setattr(common, "WEIGHT_FIRST_MIN_BYTES", 0)
     shape = (3, 2, 4)
     snippet = ('type: "InnerProduct" inner_product_param { num_output: 5 axis: %d transpose: %s '
                '%s }' % (axis, str(transpose).lower(), GAUSS))
     layer = make_layer(snippet, [shape])
     rows = int(np.prod(shape[:axis]))
-    assert layer._weight_first(rows, layer.blobs[0].data) == (
-        not transpose and jax.default_backend() == "cpu")
+    assert common.weight_first(rows, layer.blobs[0].data) == (jax.default_backend() == "cpu")
     x = rng.standard_normal(shape)
     (y,), _ = forward(layer, [x])
     expected = ip_reference(x, layer.blobs[0].data, layer.blobs[1].data, axis, transpose)
@@ -132,6 +131,7 @@ def test_inner_product_weight_first_forward_reads_the_weight_as_stored():
     import re
     import jax
     from jcaffe import xla_options
+    from jcaffe.layers.common import weight_first
     options = xla_options.cpu_options()
     cases = [((1, 4096), 1024, True),      # 16 MB weight, one row
              ((32, 2048), 512, True),      # 4 MB, 32 rows
@@ -141,7 +141,7 @@ def test_inner_product_weight_first_forward_reads_the_weight_as_stored():
         layer = make_layer('type: "InnerProduct" inner_product_param { num_output: %d }' % n,
                            [(rows, k)], dtype=np.float32)
         first = first and jax.default_backend() == "cpu"
-        assert layer._weight_first(rows, jnp.zeros((n, k), jnp.float32)) == first
+        assert weight_first(rows, jnp.zeros((n, k), jnp.float32)) == first
         fn = jax.jit(lambda x, w, b: layer.forward([w, b], [x], None)[0][0],
                      compiler_options=options)
         hlo = fn.lower(jax.ShapeDtypeStruct((rows, k), jnp.float32),

@@ -148,8 +148,18 @@ def test_fillers_follow_recurrent_param():
 
 
 # -- forward vs Caffe's unrolled nets ---------------------------------------------
+@pytest.fixture(params=[False, True], ids=["plain", "weight_first"])
+def weight_first(request, monkeypatch):
+    """Both forms of the hidden-to-hidden products (jcaffe.layers.common.times_weight_t):
+    with its threshold at 0 these small weights take (W h^T)^T on CPU, as big ones do."""
+    if request.param:
+        from jcaffe.layers import common
+        monkeypatch.setattr(common, "WEIGHT_FIRST_MIN_BYTES", 0)
+    return request.param
+
+
 @pytest.mark.parametrize("static", [False, True])
-def test_lstm_forward_matches_unrolled_net(x64, rng, static):
+def test_lstm_forward_matches_unrolled_net(x64, rng, static, weight_first):
     T, N = 6, 3
     shapes = [(T, N, 2, 2), (T, N)] + ([(N, 3)] if static else [])
     layer = make_layer(_snippet("LSTM", 4), shapes)
@@ -166,7 +176,7 @@ def test_lstm_forward_matches_unrolled_net(x64, rng, static):
 
 
 @pytest.mark.parametrize("static", [False, True])
-def test_rnn_forward_matches_unrolled_net(x64, rng, static):
+def test_rnn_forward_matches_unrolled_net(x64, rng, static, weight_first):
     T, N = 5, 2
     shapes = [(T, N, 3), (T, N)] + ([(N, 2, 2)] if static else [])
     layer = make_layer(_snippet("RNN", 4), shapes)
@@ -268,7 +278,7 @@ def test_float32_keeps_dtype(rng):
 
 # -- backward: BPTT vs jax.vjp --------------------------------------------------
 @pytest.mark.parametrize("type_name", ["LSTM", "RNN"])
-def test_bptt_matches_vjp(x64, rng, type_name):
+def test_bptt_matches_vjp(x64, rng, type_name, weight_first):
     """Static input, expose_hidden (diffs into h_0/c_0 and from h_T/c_T) and a cont
     that restarts sequences and otherwise scales h_{t-1} by any real value: the
     diffs are exact for any cont (gradcheck's spec draws the usual 0/1 cont)."""

@@ -44,6 +44,42 @@ def _not_in_place(layer):
         layer.fail("does not allow in-place computation (top '%s' is its bottom)", lp.bottom[0])
 
 
+# The forward y = x W^T of a big stored (N, K) weight and few rows is bound by reading
+# W too. In that form XLA CPU either copies W transposed on every call (one row: a
+# GEMV on W^T; CaffeNet's fc6 at batch 1, 89 ms of a 170 ms deploy forward) or
+# hands it to YNNPACK with W as the right operand, which it repacks whole on each
+# call. Taken as (W x^T)^T, W is the left operand, read along its rows once (one
+# row: Eigen's GEMV); the barrier keeps XLA from folding the transpose back into the
+# dot. Measured alone (AMD EPYC Zen 4, 2 cores, 2026-12-03, ms, x W^T / (W x^T)^T,
+# min of 15): 4096 x 9216 at 1/4/16/32/64/128/256 rows 94/3.9, 18.3/5.1, 20.0/8.3,
+# 30.2/12.7, 38.8/23.4, 60.1/48.6, 109/109; 4096 x 25088 at 1/32/64 230/9.7,
+# 73.2/34.2, 108/62.2; 4096 x 4096 40.5/1.9, 10.3/5.7, 15.4/11.5 (1/32/64 rows);
+# 1000 x 4096 6.6/0.27, 2.3/1.5 (1/32 rows); 1000 x 2048 and 1000 x 1024 at 16-64
+# rows 0.4-1.6 / 0.3-1.4; below 4 MB of weight (500 x 800) no form won throughout.
+# PyTorch's F.linear on the same shapes: 8.1 ms (4096 x 9216, 1 row), 28.8 (32
+# rows). A transposed weight (K, N) keeps x W: as W's left product it was slower
+# (9216 x 4096 at 32 rows 74 vs 18.8 ms).
+# The LSTM's and RNN's hidden-to-hidden products, N rows at each time step, take the
+# same form (jcaffe.layers.recurrent): an LSTM layer of 1024 hidden units (W_hc 16 MB),
+# 16 streams, 20 steps, alone: forward 41-47 -> 25-28 ms, forward + backward 98-113 ->
+# 76-93 ms (fastest of 9 calls, 5 processes each); at 64 streams of 512 no change.
+WEIGHT_FIRST_MIN_BYTES = 4 << 20    # weight bytes from which ...
+WEIGHT_FIRST_MAX_ROWS = 128         # ... at most this many rows take (W x^T)^T
+
+
+def weight_first(rows, w):
+    """Whether x W^T (``rows`` rows of x, W stored (N, K)) runs as (W x^T)^T."""
+    return (jax.default_backend() == "cpu" and rows <= WEIGHT_FIRST_MAX_ROWS
+            and w.size * w.dtype.itemsize >= WEIGHT_FIRST_MIN_BYTES)
+
+
+def times_weight_t(x2, w):
+    """x2 (M, K) times the transpose of a weight stored (N, K): (M, N)."""
+    if weight_first(x2.shape[0], w):
+        return lax.optimization_barrier(lax.dot_general(w, x2, (((1,), (1,)), ((), ())))).T
+    return x2 @ w.T
+
+
 @register("InnerProduct")
 class InnerProduct(JaxLayer):
     """y = x W^T + b, x flattened to (M, K) from ``axis`` on, W (N, K) ((K, N) if transpose).
@@ -88,11 +124,7 @@ class InnerProduct(JaxLayer):
     def forward(self, params, bottoms, rng):
         x, = bottoms
         x2 = self._as_matrix(x, self.K)
-        w = self._weight_nk(params)
-        if self._weight_first(x2.shape[0], w):
-            y = lax.optimization_barrier(lax.dot_general(w, x2, (((1,), (1,)), ((), ())))).T
-        else:
-            y = x2 @ w.T
+        y = x2 @ params[0] if self.p.transpose else times_weight_t(x2, params[0])
         if self.p.bias_term:
             y = y + params[1]
         return [y.reshape(x.shape[:self.axis] + (self.N,))], None
@@ -138,31 +170,6 @@ class InnerProduct(JaxLayer):
         nbytes = w.size * w.dtype.itemsize
         return ((nbytes >= self.STREAMED_MIN_BYTES and rows <= self.STREAMED_MAX_ROWS)
                 or (nbytes >= self.STREAMED_HUGE_BYTES and rows <= self.STREAMED_MAX_ROWS_HUGE))
-
-    # The forward y = x W^T of a big stored (N, K) weight and few rows is bound by reading
-    # W too. In that form XLA CPU either copies W transposed on every call (one row: a
-    # GEMV on W^T; CaffeNet's fc6 at batch 1, 89 ms of a 170 ms deploy forward) or
-    # hands it to YNNPACK with W as the right operand, which it repacks whole on each
-    # call. Taken as (W x^T)^T, W is the left operand, read along its rows once (one
-    # row: Eigen's GEMV); the barrier keeps XLA from folding the transpose back into the
-    # dot. Measured alone (AMD EPYC Zen 4, 2 cores, 2026-12-03, ms, x W^T / (W x^T)^T,
-    # min of 15): 4096 x 9216 at 1/4/16/32/64/128/256 rows 94/3.9, 18.3/5.1, 20.0/8.3,
-    # 30.2/12.7, 38.8/23.4, 60.1/48.6, 109/109; 4096 x 25088 at 1/32/64 230/9.7,
-    # 73.2/34.2, 108/62.2; 4096 x 4096 40.5/1.9, 10.3/5.7, 15.4/11.5 (1/32/64 rows);
-    # 1000 x 4096 6.6/0.27, 2.3/1.5 (1/32 rows); 1000 x 2048 and 1000 x 1024 at 16-64
-    # rows 0.4-1.6 / 0.3-1.4; below 4 MB of weight (500 x 800) no form won throughout.
-    # PyTorch's F.linear on the same shapes: 8.1 ms (4096 x 9216, 1 row), 28.8 (32
-    # rows). A transposed weight (K, N) keeps x W: as W's left product it was slower
-    # (9216 x 4096 at 32 rows 74 vs 18.8 ms).
-    WEIGHT_FIRST_MIN_BYTES = 4 << 20    # weight bytes from which ...
-    WEIGHT_FIRST_MAX_ROWS = 128         # ... at most this many rows take (W x^T)^T
-
-    def _weight_first(self, rows, w):
-        """Whether y = x W^T (``rows`` rows of x, W stored (N, K)) runs as (W x^T)^T."""
-        if self.p.transpose or jax.default_backend() != "cpu":
-            return False
-        return (w.size * w.dtype.itemsize >= self.WEIGHT_FIRST_MIN_BYTES
-                and rows <= self.WEIGHT_FIRST_MAX_ROWS)
 
     def _data_diff(self, dy2, params):
         """dE/dx = dE/dy W for dy2 (M, N): (M, K)."""

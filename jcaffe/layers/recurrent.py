@@ -31,6 +31,7 @@ from jax import lax
 from ..blob import shape_count, shape_string
 from ..errors import BackwardError
 from ..layer import JaxLayer, register
+from .common import times_weight_t
 
 log = logging.getLogger("jcaffe")
 
@@ -140,7 +141,7 @@ class RecurrentLayer(JaxLayer):
         pre = X @ params[0].T + params[1]
         if self.static_input:
             xs = bottoms[2].reshape(N, self.Ds)
-            pre = pre + (xs @ params[2].T)[None]
+            pre = pre + times_weight_t(xs, params[2])[None]
         return X, pre
 
     def _initial_state(self, bottoms, j, N, dtype):
@@ -199,7 +200,7 @@ class RNN(RecurrentLayer):
 
         def step(h_prev, inputs):
             pre_t, cont_t = inputs
-            h = jnp.tanh(pre_t + (cont_t[:, None] * h_prev) @ w_hh.T)
+            h = jnp.tanh(pre_t + times_weight_t(cont_t[:, None] * h_prev, w_hh))
             return h, h
 
         h_T, hs = lax.scan(step, h0, (pre, cont))
@@ -286,7 +287,7 @@ class LSTM(RecurrentLayer):
             h_prev, c_prev = state
             pre_t, cont_t = inputs
             cont_t = cont_t[:, None]
-            gates = _lstm_gates(pre_t + (cont_t * h_prev) @ w_hc.T, H)
+            gates = _lstm_gates(pre_t + times_weight_t(cont_t * h_prev, w_hc), H)
             c, h = _lstm_cell(c_prev, gates, cont_t)
             return (h, c), (h, c, jnp.concatenate(gates, axis=-1))
 
