@@ -13,6 +13,18 @@ float64 0.3e-6 vs 1.2e-6 of the output's largest value, on CaffeNet's and ResNet
 3x3/5x5 shapes). So jcaffe keeps YNNPACK's dots and reductions and leaves convolutions
 to XLA. (benchmarks/NOTES.md, thirteenth session.)
 
+Each dot goes to YNNPACK alone (``LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT``), not as a
+fusion with the elementwise ops around it (``LIBRARY_FUSION_TYPE_DOT``): YNNPACK
+evaluated those producers and consumers inside its tiles, and the nets whose products
+sit between memory-bound chains paid for it: MobileNet's pointwise convolutions, fed
+by the depthwise convolution, BatchNorm, Scale and ReLU, ran at a third of their speed
+alone. Interleaved A/Bs of the two (benchmarks/ab_step.py, 2026-12-03, AMD EPYC VM,
+individual / fused): deploy forwards MobileNet 0.539 (batch 32) and 0.489 (batch 1),
+ResNet-50 0.843 (batch 16) and 0.813 (batch 1), ResNeXt-50 0.835 (batch 1), GoogLeNet
+1.004 (32) and 0.942 (1), CaffeNet 0.985; training steps LeNet 0.872, CaffeNet 0.940,
+MobileNet 0.879, GoogLeNet 0.946, ResNeXt-50 0.975, FCN-32s 0.984, ResNet-50 1.060 and
+0.971 (two runs). A jaxlib without the individual kind gets the fused one.
+
 The environment is the user's: an ``xla_cpu_experimental_ynn_fusion_type`` in
 ``$XLA_FLAGS`` is left to apply, and a jaxlib that rejects the option (it is
 experimental; names change) compiles without it, with one log line saying so.
@@ -27,8 +39,11 @@ import numpy as np
 log = logging.getLogger("jcaffe")
 
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
-# What jcaffe asks for: YNNPACK dots and reductions, not convolutions.
-YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+# What jcaffe asks for: YNNPACK dots, each alone, and reductions, not convolutions;
+# then, where this jaxlib has no individual dots, YNNPACK's fused dots.
+YNN_FUSION_CHOICES = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+                      "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE")
+YNN_FUSION_TYPES = YNN_FUSION_CHOICES[0]
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,10 +66,19 @@ def cpu_options(**extra):
     if jax.default_backend() != "cpu":
         return None
     options = dict(extra)
-    if (YNN_FUSION_TYPE not in os.environ.get("XLA_FLAGS", "")
-            and accepted(YNN_FUSION_TYPE, YNN_FUSION_TYPES)):
-        options[YNN_FUSION_TYPE] = YNN_FUSION_TYPES
+    choice = ynn_fusion_types()
+    if YNN_FUSION_TYPE not in os.environ.get("XLA_FLAGS", "") and choice:
+        options[YNN_FUSION_TYPE] = choice
     return options or None
+
+
+def ynn_fusion_types():
+    """The first of YNN_FUSION_TYPES and YNN_FUSION_CHOICES this jaxlib takes (None:
+    neither)."""
+    for value in (YNN_FUSION_TYPES,) + YNN_FUSION_CHOICES:
+        if accepted(YNN_FUSION_TYPE, value):
+            return value
+    return None
 
 
 def jit(fn, **kwargs):
@@ -66,4 +90,4 @@ def own_convolutions():
     """Whether jcaffe's CPU compiles run convolutions on XLA's own kernels (the option
     above in effect), which decides some of Convolution's formulations."""
     options = cpu_options() or {}
-    return options.get(YNN_FUSION_TYPE) == YNN_FUSION_TYPES
+    return options.get(YNN_FUSION_TYPE) in (YNN_FUSION_TYPES,) + YNN_FUSION_CHOICES
