@@ -80,9 +80,15 @@ def matmul_peak(repeats=20):
     return 2 * n ** 3 / best / 1e9
 
 
-def forward_gflop(name, deploy):
+# Deploy nets also timed at batch 1, and their names in the tables.
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
+TITLES = {"caffenet": "CaffeNet", "googlenet": "GoogLeNet", "resnet50": "ResNet-50",
+          "mobilenet": "MobileNet"}
+
+
+def forward_gflop(name, deploy, batch=None):
     """Multiply-adds x2 of the convolutions and inner products of one forward."""
-    param = nets.net_param(name, deploy=deploy)
+    param = nets.net_param(name, batch, deploy=deploy)
     shapes, blob_shape = nets.param_shapes(param)
     total = 0
     for typ, lname, bottoms, tops, l in nets.layer_list(param):
@@ -237,6 +243,10 @@ def main():
             ("forward_fcn32s", "bench_forward.py",
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
         ]
+        # one image at a time, as a classification script feeds a deploy net
+        plan += [("forward1_%s" % name, "bench_forward.py",
+                  ["--net", name, "--batch", "1", "--repeats", "15", "--warmup", "2",
+                   "--no-memory"]) for name in SINGLE_IMAGE_NETS]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, script, args in plan:
@@ -309,6 +319,8 @@ def render(state, opts):
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),
+    ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % TITLES[name], "forward1_" + name,
+          forward_gflop(name, True, 1), None) for name in SINGLE_IMAGE_NETS] + [
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
     ]
     for title, key, gflop, refs in sections:
