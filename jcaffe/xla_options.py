@@ -66,9 +66,10 @@ def cpu_options(**extra):
     if jax.default_backend() != "cpu":
         return None
     options = dict(extra)
-    choice = ynn_fusion_types()
-    if YNN_FUSION_TYPE not in os.environ.get("XLA_FLAGS", "") and choice:
-        options[YNN_FUSION_TYPE] = choice
+    if YNN_FUSION_TYPE not in os.environ.get("XLA_FLAGS", ""):
+        choice = ynn_fusion_types()
+        if choice:
+            options[YNN_FUSION_TYPE] = choice
     return options or None
 
 

@@ -50,6 +50,20 @@ def test_cpu_options_add_the_fusion_choice(monkeypatch):
         xla_options.YNN_FUSION_TYPE: xla_options.YNN_FUSION_TYPES}
 
 
+def test_a_jaxlib_without_individual_dots_gets_the_fused_kind(monkeypatch):
+    """Dots alone on YNNPACK first; where this jaxlib rejects that kind, its fused dots
+    (convolutions still left to XLA); where it takes neither, no option."""
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    individual, fused = xla_options.YNN_FUSION_CHOICES
+    assert xla_options.YNN_FUSION_TYPES == individual and "INDIVIDUAL_DOT" in individual
+    monkeypatch.setattr(xla_options, "accepted", lambda name, value: value == fused)
+    assert xla_options.cpu_options() == {xla_options.YNN_FUSION_TYPE: fused}
+    assert xla_options.own_convolutions()
+    monkeypatch.setattr(xla_options, "accepted", lambda name, value: False)
+    assert xla_options.cpu_options() is None
+    assert not xla_options.own_convolutions()
+
+
 def test_the_users_xla_flags_win(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", "--%s=LIBRARY_FUSION_TYPE_DOT" % xla_options.YNN_FUSION_TYPE)
     assert xla_options.cpu_options() is None
