@@ -136,7 +136,9 @@ def test_inner_product_weight_first_forward_reads_the_weight_as_stored():
     cases = [((1, 4096), 1024, True),      # 16 MB weight, one row
              ((32, 2048), 512, True),      # 4 MB, 32 rows
              ((256, 2048), 1024, False),   # 256 rows
-             ((32, 1024), 512, False)]     # 2 MB
+             ((32, 1024), 512, False),     # 2 MB
+             ((1, 1024), 512, True),       # 2 MB, one row
+             ((1, 512), 256, False)]       # 0.5 MB
     for (rows, k), n, first in cases:
         layer = make_layer('type: "InnerProduct" inner_product_param { num_output: %d }' % n,
                            [(rows, k)], dtype=np.float32)

@@ -63,14 +63,20 @@ def _not_in_place(layer):
 # same form (jcaffe.layers.recurrent): an LSTM layer of 1024 hidden units (W_hc 16 MB),
 # 16 streams, 20 steps, alone: forward 41-47 -> 25-28 ms, forward + backward 98-113 ->
 # 76-93 ms (fastest of 9 calls, 5 processes each); at 64 streams of 512 no change.
+# One row takes that form from a smaller weight: inside a net XLA still copied a 1000 x
+# 1024 classifier transposed (MobileNet's, GoogLeNet's: about 1.2 ms a forward), and
+# deploy forwards at one image, ab_step.py, 1 MB / 4 MB: MobileNet 0.882, GoogLeNet 0.849.
 WEIGHT_FIRST_MIN_BYTES = 4 << 20    # weight bytes from which ...
 WEIGHT_FIRST_MAX_ROWS = 128         # ... at most this many rows take (W x^T)^T
+WEIGHT_FIRST_ONE_ROW_MIN_BYTES = 1 << 20    # and one row from this many bytes
 
 
 def weight_first(rows, w):
     """Whether x W^T (``rows`` rows of x, W stored (N, K)) runs as (W x^T)^T."""
-    return (jax.default_backend() == "cpu" and rows <= WEIGHT_FIRST_MAX_ROWS
-            and w.size * w.dtype.itemsize >= WEIGHT_FIRST_MIN_BYTES)
+    nbytes = w.size * w.dtype.itemsize
+    return jax.default_backend() == "cpu" and (
+        (rows <= WEIGHT_FIRST_MAX_ROWS and nbytes >= WEIGHT_FIRST_MIN_BYTES)
+        or (rows == 1 and nbytes >= WEIGHT_FIRST_ONE_ROW_MIN_BYTES))
 
 
 def times_weight_t(x2, w):
