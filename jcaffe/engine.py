@@ -269,8 +269,10 @@ def _total(scalars):
 # the next one's input took about 2.1 s of 6.2. Inside a compiled call the engine keeps a
 # convolution's 4-d top channels-last (a transpose XLA cancels against its own) and hands
 # it so to the layers after it that compute in that order (ReLU and the other elementwise
-# neurons, Eltwise, Split, MAX and AVE pooling: ``channels_last_ok``), and their diffs
-# alike in the backward; any other layer gets it in Caffe's order. Every blob and diff
+# neurons, Eltwise, Split, MAX and AVE pooling, BatchNorm, per-channel Scale and Bias,
+# depthwise and 1x1 convolutions: ``channels_last_ok``), and their diffs alike in the
+# backward; any other layer gets it in Caffe's order. ResNet's and MobileNet's blocks run
+# channels-last from their first convolution to their global pooling. Every blob and diff
 # leaves the call in Caffe's order (blobs always hold it), so the layout is never seen
 # outside. FCN-32s's step took 0.82x the time (benchmarks/NOTES.md, twenty-first session).
 def _to_last(x):
@@ -305,6 +307,20 @@ def _unheld(x):
 def reorder_held(x):
     """A blob array held channels-last (:func:`_held`) in Caffe's order."""
     return _to_first(_unheld(x))
+
+
+class ReorderOnce:
+    """reorder_held for one value that a call returned under several names (a Split's
+    tops, held channels-last): the first blob read reorders it, and the others share
+    that array, as they share the value (one array each, not copies)."""
+
+    def __init__(self):
+        self._done = None
+
+    def __call__(self, x):
+        if self._done is None or self._done[0] is not x:
+            self._done = (x, reorder_held(x))
+        return self._done[1]
 
 
 def _returned(values, last, held):
@@ -405,13 +421,16 @@ class Segment:
         (a compiled call is traced for those).
 
         A layer whose computation writes its tops channels-last (``channels_last_top``:
-        a convolution on XLA's kernel) keeps them so, and a layer that can compute so
-        (``channels_last_ok``) runs channels-last where all its 4-d bottoms come so;
-        but only where the values flow on, through such layers, into a convolution
-        that reads them channels-last. Elsewhere (into LRN, BatchNorm, a grouped or
-        GEMM convolution, a Concat, or only out of the call) the transpose back would
-        just move, and the blob returned in Caffe's order would cost one copy more
-        (CaffeNet's step 1.06x with every convolution top kept channels-last)."""
+        a convolution on XLA's kernel, or a GEMM one writing its product so) keeps them
+        so, and a layer that can compute so (``channels_last_ok``) runs channels-last
+        where all its 4-d bottoms come so; but only where the values flow on, through
+        such layers, into a layer that reads them channels-last
+        (``channels_last_reader``: a convolution on XLA's kernel, a depthwise or 1x1
+        map). Such a reader runs channels-last whenever its bottoms come so. Elsewhere
+        (into LRN, a grouped convolution, a Concat, or only out of the call) the
+        transpose back would just move, and the blob returned in Caffe's order would
+        cost one copy more (CaffeNet's step 1.06x with every convolution top kept
+        channels-last)."""
         if not self.channels_last:
             return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
                     if s.layer.forward_writes_tops}, frozenset()
@@ -420,7 +439,13 @@ class Segment:
             len(shape) == 4 for shape in tuple(s.layer.bottom_shapes) + tuple(s.layer.top_shapes))
             for s in slots}
         sink = {s.index: four[s.index] and s.layer.channels_last_top() for s in slots}
-        can = {s.index: four[s.index] and s.layer.channels_last_ok() for s in slots}
+        # (a layer whose backward runs here computes channels-last only where its
+        # backward is as good so: channels_last_backward_ok)
+        both = {s.index: four[s.index] and (not s.need_backward
+                                            or s.layer.channels_last_backward_ok())
+                for s in slots}
+        can = {s.index: both[s.index] and s.layer.channels_last_ok() for s in slots}
+        reads = {s.index: both[s.index] and s.layer.channels_last_reader() for s in slots}
         # Where each slot's tops flow into a channels-last reader (walking backwards: the
         # readers of a top are the later slots reading it, up to one that rewrites it).
         useful = {}
@@ -428,7 +453,7 @@ class Segment:
             s, hit = slots[k], False
             for t in s.tops:
                 for c in slots[k + 1:]:
-                    if t in c.bottoms and (sink[c.index] or (can[c.index] and useful[c.index])):
+                    if t in c.bottoms and (reads[c.index] or (can[c.index] and useful[c.index])):
                         hit = True
                     if hit or t in c.tops:
                         break
@@ -439,7 +464,7 @@ class Segment:
                 last.difference_update(s.tops)
                 continue
             given = tuple(b in last for b in s.bottoms)
-            run = can[s.index] and all(given) and useful[s.index]
+            run = can[s.index] and all(given) and (useful[s.index] or reads[s.index])
             top = run or (sink[s.index] and useful[s.index])
             plan[s.index] = (given, run, top)
             (last.update if top else last.difference_update)(s.tops)
@@ -472,8 +497,9 @@ class Segment:
                 # blob keeps that same value, so it is returned once)
                 env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
             with jax.named_scope(_scope(layer, "forward")):
-                out = (layer.forward_channels_last if run else layer.forward)(
-                    lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
+                fn = (layer.forward_channels_last if run
+                      else layer.forward_top_last if top_last else layer.forward)
+                out = fn(lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
             tops = out[0]
             if s.need_backward:  # residuals are kept only where backward will use them
                 saved[s.index] = out[1]
@@ -607,13 +633,15 @@ class Segment:
             after = _total(waits[t] for t in dict.fromkeys(s.tops) if t in waits)
             ordered = [after is not None and self._orders(p) for p in lp]
             lp = [_waiting(p, after) if o else p for p, o in zip(lp, ordered)]
-            run = plan[s.index][1] if s.index in plan else False
+            run, top_last = plan[s.index][1:] if s.index in plan else (False, False)
             bottoms = [value(b, run) for b in s.bottoms]
             tops = [value(t, run) for t in s.tops]
             dys = [_as(env[t], t in last, run) for t in s.tops]
             with jax.named_scope(_scope(layer, "backward")):
-                bottom_diffs, p_diffs = (layer.backward_channels_last if run else layer.backward)(
-                    lp, bottoms, tops, saved.get(s.index), dys, tuple(s.bottom_need_backward))
+                fn = (layer.backward_channels_last if run
+                      else layer.backward_top_last if top_last else layer.backward)
+                bottom_diffs, p_diffs = fn(lp, bottoms, tops, saved.get(s.index), dys,
+                                           tuple(s.bottom_need_backward))
             if probes is not None and s.param_ids:
                 # (the barrier keeps XLA from computing the one element from a part of
                 # the gradient only, e.g. the first group's share of a concatenation)

@@ -180,9 +180,33 @@ class JaxLayer(_LayerCommon):
 
     def channels_last_top(self):
         """Whether this layer's 4-d tops come out of a computation that writes them
-        channels-last (XLA CPU's convolutions): the engine then keeps them in that order
-        for the layout-free layers after it."""
+        channels-last (XLA CPU's convolutions), or can at no cost (``forward_top_last``):
+        the engine then keeps them in that order for the layers after it that compute so."""
         return False
+
+    def channels_last_reader(self):
+        """Whether this layer would rather be handed its 4-d bottoms channels-last (it
+        computes faster so, ``forward_channels_last``): the engine then keeps the layers
+        before it that can compute so channels-last, as it does for a convolution on XLA's
+        kernel (jcaffe.engine, "channels-last runs")."""
+        return False
+
+    def channels_last_backward_ok(self):
+        """Whether ``backward_channels_last`` is no slower than ``backward`` (with the
+        transposes around it): where it is not, a layer whose backward runs computes in
+        Caffe's order, and only a forward-only net runs it channels-last."""
+        return True
+
+    def forward_top_last(self, params, bottoms, rng):
+        """``forward`` where the engine keeps the tops channels-last (``channels_last_top``
+        and a reader after it): a layer may compute them so, and transpose them to the
+        order it returns; the engine's transpose back cancels that one."""
+        return self.forward(params, bottoms, rng)
+
+    def backward_top_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        """``backward`` where ``forward_top_last`` ran (the top diffs come channels-last
+        and are transposed to Caffe's order, a transpose the layer may cancel)."""
+        return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
 
     def __init__(self, layer_param, dtype=np.float32):
         self._init_common(layer_param, dtype)

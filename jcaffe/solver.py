@@ -475,11 +475,14 @@ class Solver:
                                  else diff)
         # (blobs computed channels-last come back held so, and are reordered when read)
         last, last_diffs = seg.last_writes(), seg.last_diffs()
+        once = {}           # id(value): its ReorderOnce (values under several names)
         for name, value in written.items():
-            blobs[name].set_device_data(value, engine.reorder_held if name in last else None)
+            blobs[name].set_device_data(value, once.setdefault(id(value), engine.ReorderOnce())
+                                        if name in last else None)
         net._saved.update(saved)
         for name, value in diffs.items():
-            blobs[name].set_device_diff(value, engine.reorder_held if name in last_diffs else None)
+            blobs[name].set_device_diff(value, once.setdefault(id(value), engine.ReorderOnce())
+                                        if name in last_diffs else None)
         net._forward_count = count0 + self.param.iter_size
         return loss, self._after_fused(rate, display, norm)
 

@@ -139,9 +139,10 @@ def test_layout_plan_names_the_channels_last_layers(tmp_path, monkeypatch):
     assert by_name["conv2"] == ((True,), False, True)
     assert by_name["sig"] == ((True,), True, True)
     assert by_name["pool1"] == ((True,), True, True)
-    # (conv3's top flows into PReLU only, a slope per channel: kept in Caffe's order)
-    assert by_name["conv3"] == ((True,), False, False)
-    assert by_name["prelu"] == ((False,), False, False)
+    # (conv3, 1x1, computes channels-last from its channels-last bottom, one dot; its
+    # top flows into PReLU only, a slope per channel, which reads it in Caffe's order)
+    assert by_name["conv3"] == ((True,), True, True)
+    assert by_name["prelu"] == ((True,), False, False)
     assert by_name["sum"][1:] == (False, False)
     assert by_name["ip"][1:] == (False, False)
 
@@ -168,7 +169,7 @@ layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param 
         assert plan[name][1:] == (False, False), name
     assert plan["c2"] == ((False,), False, True)
     assert plan["r2"] == ((True,), True, True) and plan["p2"] == ((True,), True, True)
-    assert plan["c3"] == ((True,), False, False)        # (its top is only returned)
+    assert plan["c3"] == ((True,), True, True)          # (1x1: one dot channels-last)
     monkeypatch.setattr(engine.Segment, "channels_last", False)
     assert not any(p[1] or p[2] for p in seg.layout_plan().values())
 
@@ -285,3 +286,177 @@ def test_fused_step_blobs_held_channels_last_read_in_caffes_order(monkeypatch, i
     assert a.net.blobs["conv1"]._data._reorder is not None
     a.net.backward()        # the pycaffe path reads the held blobs in Caffe's order
     assert np.all(np.isfinite(a.net.blobs["data"].diff))
+
+
+# -- layers that compute channels-last between the convolutions of ResNet's and
+# MobileNet's blocks: BatchNorm, per-channel Scale and Bias, depthwise and 1x1 maps ----
+LAST_LAYERS = [
+    ('type: "BatchNorm"', "train"),
+    ('type: "BatchNorm"', "test"),
+    ('type: "Scale" scale_param { bias_term: true filler { type: "gaussian" } '
+     'bias_filler { type: "gaussian" } }', None),
+    ('type: "Bias" bias_param { filler { type: "gaussian" } }', None),
+    # depthwise: MobileNet's; strided with two outputs per channel; dilated, rectangular
+    ('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 4 '
+     'bias_filler { type: "gaussian" } }', None),
+    ('type: "Convolution" convolution_param { num_output: 8 kernel_size: 3 pad: 1 stride: 2 '
+     'group: 4 }', None),
+    ('type: "Convolution" convolution_param { num_output: 4 kernel_h: 3 kernel_w: 2 '
+     'stride_h: 2 stride_w: 1 dilation: 2 pad: 2 group: 4 }', None),
+    # 1x1: stride 1 with a bias, stride 2 (ResNet's downsampling shortcut)
+    ('type: "Convolution" convolution_param { num_output: 5 kernel_size: 1 '
+     'bias_filler { type: "gaussian" } }', None),
+    ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 stride: 2 }', None),
+]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+@pytest.mark.parametrize("config,phase", LAST_LAYERS)
+def test_channels_last_methods_compute_caffes_layer(config, phase, x64):
+    """forward_channels_last / backward_channels_last on (N, H, W, C) arrays give the
+    layer's own results transposed: tops, bottom diffs and param diffs, float64."""
+    from jcaffe.layers.vision import Convolution
+    shape = (2, 4, 7, 6)
+    if 'type: "Convolution"' in config:
+        config = config.replace("convolution_param {",
+                                'convolution_param { weight_filler { type: "gaussian" }', 1)
+    if phase:
+        config += " batch_norm_param { use_global_stats: %s }" % (
+            "false" if phase == "train" else "true")
+    layer = make_layer(config, [shape], dtype=np.float64)
+    assert layer.channels_last_ok()
+    if isinstance(layer, Convolution):
+        assert layer.channels_last_reader()
+    r = np.random.default_rng(5)
+    params = params_of(layer)
+    if phase == "test":     # running statistics to use
+        params = [jnp.asarray(r.uniform(0.5, 2, p.shape)) for p in params]
+    x = jnp.asarray(r.standard_normal(shape))
+    out = layer.forward(params, [x], None)
+    out_l = layer.forward_channels_last(params, [_last(x)], None)
+    np.testing.assert_allclose(np.asarray(_last(out[0][0])), np.asarray(out_l[0][0]),
+                               rtol=1e-12, atol=1e-12)
+    for a, b in zip(out[2:], out_l[2:]):      # BatchNorm's new running statistics
+        for u, v in zip(a, b):
+            if u is not None:
+                np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-12)
+    dy = jnp.asarray(r.standard_normal(out[0][0].shape))
+    got = layer.backward(params, [x], out[0], out[1], [dy], (True,))
+    got_l = layer.backward_channels_last(params, [_last(x)], out_l[0], out_l[1], [_last(dy)],
+                                         (True,))
+    np.testing.assert_allclose(np.asarray(_last(got[0][0])), np.asarray(got_l[0][0]),
+                               rtol=1e-11, atol=1e-12)
+    assert len(got[1]) == len(got_l[1])
+    for want, have in zip(got[1], got_l[1]):
+        assert (want is None) == (have is None)
+        if want is not None:
+            np.testing.assert_allclose(np.asarray(want), np.asarray(have), rtol=1e-11, atol=1e-12)
+    assert getattr(layer, "axis", 1) == 1 and getattr(layer, "_c", 1) == 1   # left as found
+
+
+def test_layers_that_stay_in_caffes_order():
+    """A Scale with its scale from a second bottom or over two axes, and a grouped
+    convolution that is not depthwise, do not compute channels-last."""
+    shape = (2, 4, 5, 5)
+    two = make_layer('type: "Scale"', [shape, (4,)])
+    wide = make_layer('type: "Scale" scale_param { num_axes: 2 }', [shape])
+    grouped = make_layer('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 '
+                         'group: 2 }', [shape])
+    assert not any(l.channels_last_ok() for l in (two, wide, grouped))
+    assert not grouped.channels_last_top() and not grouped.channels_last_reader()
+
+
+BLOCKS_NET = """
+name: "blocks"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 4 kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true
+  filler { type: "uniform" min: 0.5 max: 1.5 } bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "dw2" type: "Convolution" bottom: "conv1" top: "dw2" convolution_param {
+  num_output: 4 kernel_size: 3 pad: 1 group: 4 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "bn2" type: "BatchNorm" bottom: "dw2" top: "dw2" }
+layer { name: "sc2" type: "Scale" bottom: "dw2" top: "dw2" scale_param { bias_term: true } }
+layer { name: "relu2" type: "ReLU" bottom: "dw2" top: "dw2" }
+layer { name: "pw2" type: "Convolution" bottom: "dw2" top: "pw2" convolution_param {
+  num_output: 6 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu3" type: "ReLU" bottom: "pw2" top: "pw2" }
+layer { name: "dw3" type: "Convolution" bottom: "pw2" top: "dw3" convolution_param {
+  num_output: 12 kernel_size: 3 pad: 1 stride: 2 group: 6 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" } } }
+layer { name: "bias3" type: "Bias" bottom: "dw3" top: "dw3" bias_param { filler { type: "gaussian" } } }
+layer { name: "pw3" type: "Convolution" bottom: "dw3" top: "pw3" convolution_param {
+  num_output: 5 kernel_size: 1 stride: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "pw3" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+@pytest.mark.parametrize("gemm_conv1", [False, True])
+@pytest.mark.parametrize("frozen", [True, False])
+def test_mobilenet_blocks_run_channels_last(tmp_path, monkeypatch, x64, gemm_conv1, frozen):
+    """MobileNet's blocks (BatchNorm, Scale, ReLU, depthwise, 1x1) run channels-last from
+    the first convolution to the global pooling, in TRAIN (batch statistics), where the
+    depthwise weights are not learned (``frozen``: lr_mult 0): the first convolution
+    writes its top so (XLA's kernel, or a GEMM product written position-major,
+    forward_top_last, whose weight gradient reads the diff so). Where they are learned,
+    their weight gradient is computed in Caffe's order (a column reduction
+    channels-last: Convolution.channels_last_backward_ok), and so nothing before them is
+    kept channels-last. Every blob, diff and param diff is what the net computes in
+    Caffe's order, float64."""
+    from jcaffe.layers.vision import Convolution
+    if gemm_conv1:
+        monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)
+    text = BLOCKS_NET
+    if frozen:
+        for name in ("dw2", "dw3"):
+            text = text.replace('name: "%s" type: "Convolution"' % name,
+                                'name: "%s" type: "Convolution" param { lr_mult: 0 } '
+                                'param { lr_mult: 0 }' % name)
+        assert text.count("lr_mult: 0") == 4
+    results = []
+    for channels_last in (True, False):
+        monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
+        (tmp_path / str(channels_last)).mkdir()
+        net = make_net(tmp_path / str(channels_last), text, dtype=np.float64)
+        if results:
+            for name, ps in results[0][2].items():
+                for p, v in zip(net.params[name], ps):
+                    p.data[...] = v
+        r = np.random.default_rng(0)
+        net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [0, 2]
+        net.forward()
+        net.backward()
+        seg, = net._segments.values()
+        plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots
+                if s.layer.name not in ("data", "label")}
+        results.append((plan, {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()},
+                        {n: [p.data.copy() for p in ps] for n, ps in net.params.items()},
+                        {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}))
+    (plan, blobs, _, diffs), (plan0, blobs0, _, diffs0) = results
+    conv1 = net.layer_dict["conv1"]
+    assert conv1._forward_on_gemm(2, net.params["conv1"][0].shape) == gemm_conv1
+    assert not any(p[1] or p[2] for p in plan0.values())
+    if frozen:
+        assert plan["conv1"] == ((False,), False, True)
+        for name in ("bn1", "sc1", "relu1", "dw2", "bn2", "sc2", "relu2", "pw2", "relu3", "dw3",
+                     "bias3", "pw3"):
+            assert plan[name] == ((True,), True, True), name
+        assert plan["pool"] == ((True,), False, False)      # (into InnerProduct: Caffe's order)
+    else:
+        assert not any(p[1] or p[2] for p in plan.values())
+    for name in blobs0:
+        for got, want in zip(blobs[name], blobs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+    for name in diffs0:
+        for got, want in zip(diffs[name], diffs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert all(np.any(d) for d in diffs["conv1"] + diffs["pw3"])
+    assert all(np.any(d) != frozen for d in diffs["dw2"] + diffs["dw3"])

@@ -1,5 +1,7 @@
 """Normalization layers: BatchNorm (Caffe's, statistics only; a Scale layer adds the affine
 part) and MVN (mean-variance normalization)."""
+import contextlib
+
 import jax.numpy as jnp
 
 from ..layer import JaxLayer, register
@@ -18,6 +20,16 @@ def _centred_for_reduction(x, mean):
     fifteenth session), within this machine's noise."""
     return x + (-mean)
 
+
+
+@contextlib.contextmanager
+def _channel_axis(layer, axis):
+    """Compute ``layer`` with its channels on ``axis`` (its ``_c``) for the duration."""
+    layer._c = axis
+    try:
+        yield
+    finally:
+        del layer._c
 
 @register("BatchNorm")
 class BatchNorm(JaxLayer):
@@ -71,11 +83,31 @@ class BatchNorm(JaxLayer):
                       shape[1], shape, self.channels)
         return [shape]
 
+    # The channel axis of the arrays: 1, or 3 where the engine hands a 4-d bottom held
+    # channels-last (jcaffe.engine, "channels-last runs"): between the convolutions of
+    # ResNet's and MobileNet's blocks, which read and write that order.
+    _c = 1
+
+    def channels_last_ok(self):
+        return True
+
+    def forward_channels_last(self, params, bottoms, rng):
+        with _channel_axis(self, 3):
+            return self.forward(params, bottoms, rng)
+
+    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        with _channel_axis(self, 3):
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
     def _axes(self, x):
-        return tuple(i for i in range(x.ndim) if i != 1) if x.ndim > 1 else (0,)
+        return tuple(i for i in range(x.ndim) if i != self._c) if x.ndim > 1 else (0,)
 
     def _per_channel(self, v, x):
-        return jnp.reshape(v, (1, -1) + (1,) * (x.ndim - 2)) if x.ndim > 1 else jnp.reshape(v, (1,))
+        if x.ndim <= 1:
+            return jnp.reshape(v, (1,))
+        shape = [1] * x.ndim
+        shape[self._c] = -1
+        return jnp.reshape(v, shape)
 
     def forward(self, params, bottoms, rng):
         x, = bottoms

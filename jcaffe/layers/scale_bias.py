@@ -5,6 +5,7 @@ The scale (or bias) has the shape of bottom 0's axes ``axis .. axis + num_axes -
 param (one bottom) or bottom 1. It is broadcast over the other axes, and its
 diff sums over them. Scale may add a learned bias too (``bias_term``).
 """
+import contextlib
 import math
 
 import jax.numpy as jnp
@@ -60,6 +61,28 @@ class _Broadcast(JaxLayer):
         self.axis = self.place(shape, tuple(s_shape))
         self.s_ndim = len(s_shape)
         return [shape]
+
+    # One bottom and a per-channel blob (axis 1, one axis): the engine may hand a 4-d
+    # bottom held channels-last (jcaffe.engine, "channels-last runs"; ResNet's and
+    # MobileNet's Scale after each BatchNorm), and the blob then sits on axis 3.
+    def channels_last_ok(self):
+        return len(self.bottom_shapes) == 1 and self.axis == 1 and self.s_ndim == 1
+
+    def forward_channels_last(self, params, bottoms, rng):
+        with self._channels_last():
+            return self.forward(params, bottoms, rng)
+
+    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        with self._channels_last():
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
+    @contextlib.contextmanager
+    def _channels_last(self):
+        self.axis = 3
+        try:
+            yield
+        finally:
+            self.axis = 1
 
     def expand(self, s, ndim):
         """The scale/bias reshaped to broadcast against a bottom of ``ndim`` axes."""

@@ -354,13 +354,136 @@ class Convolution(JaxLayer):
         """On CPU a 2-d convolution that runs on XLA's own kernel writes its top as
         (N, H, W, C) in memory (XLA CPU computes convolutions channels-last and transposes
         to Caffe's order after): the engine keeps that order for the ReLUs after it and
-        hands the next convolution its bottom without a copy (jcaffe.engine)."""
-        if jax.default_backend() != "cpu" or self.num_spatial != 2 or self.axis != 1 \
-                or self.group > 1 or not self.bottom_shapes:
+        hands the next convolution its bottom without a copy (jcaffe.engine). An
+        ungrouped GEMM forward writes its product so where the engine asks
+        (forward_top_last); a depthwise or 1x1 map computes so from a bottom held so."""
+        if not self._layout_ok() or self.group > 1:
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        batch = self.bottom_shapes[0][0]
-        return not self._forward_on_gemm(batch, weight) or self._gemm_top_last(batch, weight)
+        return (not self._forward_on_gemm(self.batch(), weight)
+                or self._gemm_top_last(self.batch(), weight) or self._top_last_gemm(self.batch()))
+
+    def channels_last_reader(self):
+        """XLA's convolution reads its bottom channels-last (a transpose it cancels), as
+        does a GEMM map of one large image (_gemm_top_last: its columns, by rows), and
+        the depthwise and 1x1 maps compute faster so (channels_last_ok)."""
+        if not self._layout_ok():
+            return False
+        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        return self.channels_last_ok() or (self.group == 1 and (
+            not self._forward_on_gemm(self.batch(), weight)
+            or self._gemm_top_last(self.batch(), weight)))
+
+    # -- channels-last runs (CPU) -----------------------------------------------
+    # A depthwise map (conv_depthwise) and an ungrouped 1x1 map without padding (one
+    # dot, conv_gemm.pointwise_*_last) compute on bottoms held channels-last, and
+    # read so: the engine keeps the BatchNorm, Scale and ReLU layers before them
+    # channels-last, and a convolution before those writes its top so. MobileNet runs
+    # in that order from its first convolution to its global pooling.
+    def _layout_ok(self):
+        return (type(self) is Convolution and jax.default_backend() == "cpu"
+                and self.num_spatial == 2 and self.axis == 1 and bool(self.bottom_shapes))
+
+    def batch(self):
+        return self.bottom_shapes[0][0]
+
+    def _last_form(self):
+        """'depthwise' or 'pointwise' where this map computes channels-last, else None."""
+        if not self._layout_ok():
+            return None
+        if self._depthwise(self.channels // self.group):
+            return "depthwise"
+        if self.group == 1 and conv_gemm.pointwise(self.geometry()):
+            return "pointwise"
+        return None
+
+    def channels_last_ok(self):
+        return self._last_form() is not None
+
+    # A depthwise weight gradient channels-last sums over the positions with the
+    # channels minor, a column reduction, which XLA's CPU loops ran 4-6x slower than
+    # the row reductions of Caffe's order (MobileNet's shapes, batch 32, ms, Caffe's
+    # order / channels-last: 32 at 112x112 28 / 145, 128 at 56x56 29 / 157, 512 at 14x14
+    # 3.8 / 23; nine separate sums, stacked offsets, partial sums by rows, a dot with
+    # ones and transposing to Caffe's order all measured 74-390 on the first shapes;
+    # 2026-12-04): MobileNet's training step took 1.43x. So where that gradient is
+    # computed the map stays in Caffe's order.
+    def channels_last_backward_ok(self):
+        return self._last_form() != "depthwise" or not self.wants_param_diff(0)
+
+    def forward_channels_last(self, params, bottoms, rng):
+        geo, form = self.geometry(), self._last_form()
+        w = params[0]
+        tops = []
+        for x in bottoms:
+            y = (conv_depthwise.forward_last(x, w, geo) if form == "depthwise"
+                 else conv_gemm.pointwise_forward_last(x, w, geo))
+            if self.p.bias_term:
+                y = y + params[1]
+            tops.append(y)
+        return tops, None
+
+    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        geo, form = self.geometry(), self._last_form()
+        w = params[0]
+        want_w = self.wants_param_diff(0)
+        want_b = self.p.bias_term and self.wants_param_diff(1)
+        bottom_diffs, dw, db = [], None, None
+        for x, dy, pd in zip(bottoms, top_diffs, propagate_down):
+            dx = None
+            if pd:
+                dx = (conv_depthwise.data_diff_last(dy, w, self.group, geo) if form == "depthwise"
+                      else conv_gemm.pointwise_data_diff_last(dy, w, geo))
+            bottom_diffs.append(dx)
+            if want_w:
+                d = (conv_depthwise.weight_diff_last(x, dy, geo) if form == "depthwise"
+                     else conv_gemm.pointwise_weight_diff_last(x, dy, geo))
+                dw = d if dw is None else dw + d
+            if want_b:
+                s = jnp.sum(dy, axis=(0, 1, 2))
+                db = s if db is None else db + s
+        return bottom_diffs, ([dw, db] if self.p.bias_term else [dw])
+
+    # An ungrouped GEMM forward writes its product position-major, (positions, O), where
+    # the engine keeps its top channels-last (forward_top_last): the columns, (K,
+    # positions), are then contracted over their major axis, which costs little for the
+    # short columns of a first layer (MobileNet's conv1, 3 * 9; ResNet's and GoogLeNet's,
+    # 3 * 49) and a transposing copy of all of them for long ones: ResNet-50's one-image
+    # forward, whose 3x3 maps at 28x28 and less run on GEMM, took 1.22x with every GEMM
+    # map written so (2026-12-04).
+    TOP_LAST_MAX_COLUMN = 256
+
+    def _top_last_gemm(self, batch):
+        """Whether forward_top_last writes the GEMM product channels-last (an ungrouped
+        GEMM forward with columns up to TOP_LAST_MAX_COLUMN that does not already:
+        _gemm_top_last)."""
+        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        return (self.group == 1 and not conv_gemm.pointwise(self.geometry())
+                and weight[1] * int(np.prod(self.kernel)) <= self.TOP_LAST_MAX_COLUMN
+                and self._forward_on_gemm(batch, weight)
+                and not self._gemm_top_last(batch, weight))
+
+    def forward_top_last(self, params, bottoms, rng):
+        if not self._top_last_gemm(self.batch()):
+            return self.forward(params, bottoms, rng)
+        with self._gemm_last():
+            return self.forward(params, bottoms, rng)
+
+    def backward_top_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        if not self._top_last_gemm(self.batch()):
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+        with self._gemm_last():
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
+    @contextlib.contextmanager
+    def _gemm_last(self):
+        self._force_gemm_last = True
+        try:
+            yield
+        finally:
+            del self._force_gemm_last
+
+    _force_gemm_last = False
 
     # One image on a large map whose forward runs as GEMM (short columns: FCN's conv1_1,
     # 3 * 9 at 698x698) writes its product channels-last too, and its weight gradient
@@ -376,6 +499,8 @@ class Convolution(JaxLayer):
     def _gemm_top_last(self, batch, weight_shape):
         """Whether the GEMM forward of ``batch`` images writes channels-last (and the
         GEMM weight gradient reads dy so): _one_large_image, 2-d, the forward on GEMM."""
+        if self._force_gemm_last:
+            return True
         return (self.gemm_top_last and self.num_spatial == 2 and self.axis == 1
                 and self._one_large_image(batch) and self._forward_on_gemm(batch, weight_shape))
 
