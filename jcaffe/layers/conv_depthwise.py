@@ -123,7 +123,7 @@ def weight_diff(x, dy, geo):
 # channels, and a strided slice skips whole channel vectors rather than single floats.
 # MobileNet's forward in this order, written by hand under jcaffe's options, took 8.2-10
 # ms at one image against 15.5-16.6 in Caffe's (330 vs 480 ms at batch 32; 2026-12-04).
-# Output channel c*m + j is [..., c, j] reshaped: the same numbering as Caffe's.
+# Output channel c*m + j reads input channel c (_repeated): the same numbering as Caffe's.
 def _padded_last(x, geo):
     config = ([(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, conv_gemm._high_pads(geo))]
               + [(0, 0, 0)])
@@ -142,7 +142,8 @@ def _tap_last(xp, offset, geo):
 def _offset_major(w):
     """w (C*m, 1, k...) as (K, C*m), stored so: each offset's weights one contiguous
     vector. Read in Caffe's layout, an offset's weights are every K-th float, and XLA
-    gathered them for each output element inside the loop."""
+    gathered them for each output element inside the loop (MobileNet's first depthwise
+    loop at one image, 32 channels at 112x112: 1.07 ms, 0.42 ms from the stored copy)."""
     # (flat through the barrier: a 1-d array has one layout, so the transposing copy is
     # made before it; a 2-d one left XLA free to transpose by layout after the barrier,
     # and to fuse that copy into the loop again)
@@ -152,8 +153,9 @@ def _offset_major(w):
 
 def _repeated(a, m):
     """(..., C) -> (..., C*m): each channel m times, as output channels c*m + j read it.
-    (The arrays stay (..., C*m): a trailing axis of m = 1 left XLA's loops a minor
-    dimension of one element, not vectorized: MobileNet's depthwise loops took 3x.)"""
+    (The arrays stay (..., C*m): with a trailing axis of m, XLA's loops had a minor
+    dimension of one element for MobileNet's m = 1; its 512-channel loops at 14x14 took
+    0.15 ms each that way, 0.12 ms so, in one trace each.)"""
     return a if m == 1 else jnp.repeat(a, m, axis=-1)
 
 

@@ -405,7 +405,7 @@ class Convolution(JaxLayer):
     # the row reductions of Caffe's order (MobileNet's shapes, batch 32, ms, Caffe's
     # order / channels-last: 32 at 112x112 28 / 145, 128 at 56x56 29 / 157, 512 at 14x14
     # 3.8 / 23; nine separate sums, stacked offsets, partial sums by rows, a dot with
-    # ones and transposing to Caffe's order all measured 74-390 on the first shapes;
+    # ones and transposing to Caffe's order measured 74-390 on the first three shapes;
     # 2026-12-04): MobileNet's training step took 1.43x. So where that gradient is
     # computed the map stays in Caffe's order.
     def channels_last_backward_ok(self):
@@ -448,9 +448,9 @@ class Convolution(JaxLayer):
     # the engine keeps its top channels-last (forward_top_last): the columns, (K,
     # positions), are then contracted over their major axis, which costs little for the
     # short columns of a first layer (MobileNet's conv1, 3 * 9; ResNet's and GoogLeNet's,
-    # 3 * 49) and a transposing copy of all of them for long ones: ResNet-50's one-image
-    # forward, whose 3x3 maps at 28x28 and less run on GEMM, took 1.22x with every GEMM
-    # map written so (2026-12-04).
+    # 3 * 49), more for long ones. ResNet-50's one-image forward, whose 3x3 maps at 28x28
+    # and less run on GEMM, took 1.22x with every GEMM map written so (benchmarks/
+    # ab_step.py, 4 rounds; not traced), 1.00x with this bound (6 rounds; 2026-12-04).
     TOP_LAST_MAX_COLUMN = 256
 
     def _top_last_gemm(self, batch):
