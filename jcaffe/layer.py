@@ -15,6 +15,7 @@ Rules kept from Caffe: bottom diffs are overwritten, param diffs accumulate
 (the Net adds what ``backward`` returns to the param's diff); ``None`` stands
 for a diff that is not wanted (``propagate_down`` false, ``lr_mult: 0``).
 """
+import contextlib
 import importlib
 import sys
 
@@ -164,7 +165,9 @@ class JaxLayer(_LayerCommon):
     # Elementwise and blind to which axis is which (no param per channel, no shapes
     # drawn): the engine may hand it 4-d bottoms held channels-last, as they came from a
     # convolution (see jcaffe.engine, "channels-last runs"), and keep its tops so. Other
-    # layers that can compute so define channels_last_ok and the *_channels_last methods.
+    # layers that can compute so define channels_last_ok, and either
+    # channels_last_context (their own forward and backward, with the axes they use
+    # moved for the call) or the *_channels_last methods.
     layout_free = False
 
     def channels_last_ok(self):
@@ -172,11 +175,18 @@ class JaxLayer(_LayerCommon):
         (and give tops, diffs) held channels-last, (N, H, W, C)."""
         return self.layout_free
 
+    def channels_last_context(self):
+        """A context inside which ``forward`` and ``backward`` compute on 4-d arrays held
+        channels-last (a layer sets the axes it reads for the call, and restores them)."""
+        return contextlib.nullcontext()
+
     def forward_channels_last(self, params, bottoms, rng):
-        return self.forward(params, bottoms, rng)
+        with self.channels_last_context():
+            return self.forward(params, bottoms, rng)
 
     def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+        with self.channels_last_context():
+            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
 
     def channels_last_top(self):
         """Whether this layer's 4-d tops come out of a computation that writes them

@@ -174,6 +174,32 @@ layer { name: "c3" type: "Convolution" bottom: "p2" top: "c3" convolution_param 
     assert not any(p[1] or p[2] for p in seg.layout_plan().values())
 
 
+
+def _in_both_orders(tmp_path, monkeypatch, text, feed):
+    """The net ``text`` (float64) run forward and backward with channels-last runs and
+    without, the second with the first's weights; ``feed(net)`` fills its inputs. ->
+    [(plan by layer name, {blob: (data, diff)}, {layer: param data}, {layer: param
+    diffs}), one per order], channels-last first; and the last net."""
+    results = []
+    for channels_last in (True, False):
+        monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
+        (tmp_path / str(channels_last)).mkdir()
+        net = make_net(tmp_path / str(channels_last), text, dtype=np.float64)
+        if results:
+            for name, ps in results[0][2].items():
+                for p, v in zip(net.params[name], ps):
+                    p.data[...] = v
+        feed(net)
+        net.forward()
+        net.backward()
+        seg, = net._segments.values()
+        plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots
+                if s.layer.forward_writes_tops}
+        results.append((plan, {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()},
+                        {n: [p.data.copy() for p in ps] for n, ps in net.params.items()},
+                        {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}))
+    return results, net
+
 GEMM_NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 8 } } }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4
@@ -200,25 +226,9 @@ def test_one_image_gemm_convolutions_keep_their_tops_channels_last(tmp_path, mon
     from jcaffe.layers.vision import Convolution
     monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)
     monkeypatch.setattr(Convolution, "BATCH1_GEMM_MAX_POSITIONS", 16)
-    results = []
-    for channels_last in (True, False):
-        monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
-        (tmp_path / str(channels_last)).mkdir()
-        net = make_net(tmp_path / str(channels_last), GEMM_NET, dtype=np.float64)
-        if results:
-            for name, ps in results[0][2].items():
-                for p, v in zip(net.params[name], ps):
-                    p.data[...] = v
+    def feed(net):
         net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal((1, 3, 9, 8))
-        net.forward()
-        net.backward()
-        seg, = net._segments.values()
-        plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots
-                if s.layer.name != "data"}
-        blobs = {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()}
-        params = {n: [p.data.copy() for p in ps] for n, ps in net.params.items()}
-        diffs = {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}
-        results.append((plan, blobs, params, diffs))
+    results, net = _in_both_orders(tmp_path, monkeypatch, GEMM_NET, feed)
     (plan, blobs, _, diffs), (plan0, blobs0, _, diffs0) = results
     assert net.layer_dict["c1"]._gemm_top_last(1, net.params["c1"][0].shape)
     assert plan["c1"] == ((False,), False, True)
@@ -420,26 +430,11 @@ def test_mobilenet_blocks_run_channels_last(tmp_path, monkeypatch, x64, gemm_con
                                 'name: "%s" type: "Convolution" param { lr_mult: 0 } '
                                 'param { lr_mult: 0 }' % name)
         assert text.count("lr_mult: 0") == 4
-    results = []
-    for channels_last in (True, False):
-        monkeypatch.setattr(engine.Segment, "channels_last", channels_last)
-        (tmp_path / str(channels_last)).mkdir()
-        net = make_net(tmp_path / str(channels_last), text, dtype=np.float64)
-        if results:
-            for name, ps in results[0][2].items():
-                for p, v in zip(net.params[name], ps):
-                    p.data[...] = v
-        r = np.random.default_rng(0)
-        net.blobs["data"].data[...] = r.standard_normal(net.blobs["data"].shape)
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal(
+            net.blobs["data"].shape)
         net.blobs["label"].data[...] = [0, 2]
-        net.forward()
-        net.backward()
-        seg, = net._segments.values()
-        plan = {s.layer.name: seg.layout_plan()[s.index] for s in seg.slots
-                if s.layer.name not in ("data", "label")}
-        results.append((plan, {n: (b.data.copy(), b.diff.copy()) for n, b in net.blobs.items()},
-                        {n: [p.data.copy() for p in ps] for n, ps in net.params.items()},
-                        {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}))
+    results, net = _in_both_orders(tmp_path, monkeypatch, text, feed)
     (plan, blobs, _, diffs), (plan0, blobs0, _, diffs0) = results
     conv1 = net.layer_dict["conv1"]
     assert conv1._forward_on_gemm(2, net.params["conv1"][0].shape) == gemm_conv1

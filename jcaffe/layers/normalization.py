@@ -22,15 +22,6 @@ def _centred_for_reduction(x, mean):
 
 
 
-@contextlib.contextmanager
-def _channel_axis(layer, axis):
-    """Compute ``layer`` with its channels on ``axis`` (its ``_c``) for the duration."""
-    layer._c = axis
-    try:
-        yield
-    finally:
-        del layer._c
-
 @register("BatchNorm")
 class BatchNorm(JaxLayer):
     """y = (x - mean) / sqrt(var + eps), per channel (axis 1), over batch and spatial axes.
@@ -91,13 +82,13 @@ class BatchNorm(JaxLayer):
     def channels_last_ok(self):
         return True
 
-    def forward_channels_last(self, params, bottoms, rng):
-        with _channel_axis(self, 3):
-            return self.forward(params, bottoms, rng)
-
-    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        with _channel_axis(self, 3):
-            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+    @contextlib.contextmanager
+    def channels_last_context(self):
+        self._c = 3
+        try:
+            yield
+        finally:
+            del self._c
 
     def _axes(self, x):
         return tuple(i for i in range(x.ndim) if i != self._c) if x.ndim > 1 else (0,)

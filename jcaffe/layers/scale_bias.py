@@ -68,16 +68,8 @@ class _Broadcast(JaxLayer):
     def channels_last_ok(self):
         return len(self.bottom_shapes) == 1 and self.axis == 1 and self.s_ndim == 1
 
-    def forward_channels_last(self, params, bottoms, rng):
-        with self._channels_last():
-            return self.forward(params, bottoms, rng)
-
-    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        with self._channels_last():
-            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
-
     @contextlib.contextmanager
-    def _channels_last(self):
+    def channels_last_context(self):
         self.axis = 3
         try:
             yield

@@ -360,8 +360,8 @@ class Convolution(JaxLayer):
         if not self._layout_ok() or self.group > 1:
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        return (not self._forward_on_gemm(self.batch(), weight)
-                or self._gemm_top_last(self.batch(), weight) or self._top_last_gemm(self.batch()))
+        return (not self._forward_on_gemm(self._batch(), weight)
+                or self._gemm_top_last(self._batch(), weight) or self._top_last_gemm(self._batch()))
 
     def channels_last_reader(self):
         """XLA's convolution reads its bottom channels-last (a transpose it cancels), as
@@ -371,8 +371,8 @@ class Convolution(JaxLayer):
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
         return self.channels_last_ok() or (self.group == 1 and (
-            not self._forward_on_gemm(self.batch(), weight)
-            or self._gemm_top_last(self.batch(), weight)))
+            not self._forward_on_gemm(self._batch(), weight)
+            or self._gemm_top_last(self._batch(), weight)))
 
     # -- channels-last runs (CPU) -----------------------------------------------
     # A depthwise map (conv_depthwise) and an ungrouped 1x1 map without padding (one
@@ -384,7 +384,7 @@ class Convolution(JaxLayer):
         return (type(self) is Convolution and jax.default_backend() == "cpu"
                 and self.num_spatial == 2 and self.axis == 1 and bool(self.bottom_shapes))
 
-    def batch(self):
+    def _batch(self):
         return self.bottom_shapes[0][0]
 
     def _last_form(self):
@@ -464,13 +464,13 @@ class Convolution(JaxLayer):
                 and not self._gemm_top_last(batch, weight))
 
     def forward_top_last(self, params, bottoms, rng):
-        if not self._top_last_gemm(self.batch()):
+        if not self._top_last_gemm(self._batch()):
             return self.forward(params, bottoms, rng)
         with self._gemm_last():
             return self.forward(params, bottoms, rng)
 
     def backward_top_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        if not self._top_last_gemm(self.batch()):
+        if not self._top_last_gemm(self._batch()):
             return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
         with self._gemm_last():
             return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
@@ -862,20 +862,12 @@ class Pooling(JaxLayer):
         return type(self) is Pooling and self.num_top == 1 and self.ROUTE_BY_ROWS
 
     @contextlib.contextmanager
-    def _channels_last(self):
+    def channels_last_context(self):
         self._hw = (1, 2)
         try:
             yield
         finally:
             del self._hw
-
-    def forward_channels_last(self, params, bottoms, rng):
-        with self._channels_last():
-            return self.forward(params, bottoms, rng)
-
-    def backward_channels_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        with self._channels_last():
-            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
 
     def _spatial(self, h, w, rest):
         """A list over the 4 axes: ``h`` and ``w`` at H and W, ``rest`` elsewhere."""
