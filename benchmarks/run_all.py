@@ -189,6 +189,21 @@ def fmt_table(data, gflop=None, refs=None, base="jcaffe"):
     return "\n".join(lines)
 
 
+def data_table(data):
+    """bench_data.py's table: each Data-fed row over the Input-fed row of the same steps."""
+    res, rss = data["results"], data.get("rss_mb", {})
+    lines = ["| contender | median ms | min ms | max ms | this / Input-fed, same steps | first call s "
+             "| peak RSS MB |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for n, r in res.items():
+        steps = n.split(" from ")[0]
+        base = res.get(steps + " from Input (fed once)")
+        ratio = "%.2fx" % (r["median_ms"] / base["median_ms"]) if base and " from " in n else "-"
+        lines.append("| %s | %.1f | %.1f | %.1f | %s | %.2f | %s |" % (
+            n, r["median_ms"], r["min_ms"], r["max_ms"], ratio, r["compile_s"],
+            "%.0f" % rss[n] if n in rss else "-"))
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true")
@@ -208,6 +223,7 @@ def main():
         ("train_lenet", "bench_train.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("pyloop_lenet", "bench_pyloop.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("forward_lenet", "bench_forward.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
+        ("data_lenet", "bench_data.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("compile_cache", "bench_compile_cache.py",
          ["--nets", "lenet" if opts.quick else "lenet,caffenet,googlenet"]),
     ]
@@ -230,6 +246,10 @@ def main():
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
             # forward: one fresh compile per contender costs minutes on the big nets)
+            ("data_caffenet", "bench_data.py",
+             ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
+              "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
+              "jcaffe Data.load_batch() alone"]),
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
@@ -322,6 +342,10 @@ def render(state, opts):
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % TITLES[name], "forward1_" + name,
           forward_gflop(name, True, 1), None) for name in SINGLE_IMAGE_NETS] + [
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
+        ("Training step fed by a Data layer over LMDB, LeNet (1x28x28 records, scale)",
+         "data_lenet", None, None),
+        ("Training step fed by a Data layer over LMDB, CaffeNet (3x256x256 records, random "
+         "227 crops, mirror, mean values)", "data_caffenet", None, None),
     ]
     for title, key, gflop, refs in sections:
         if key not in results:
@@ -331,7 +355,8 @@ def render(state, opts):
         if results[key] is None:
             out.append("(failed; see the run's log)")
         else:
-            out.append(fmt_table(results[key], gflop, refs))
+            out.append(data_table(results[key]) if key.startswith("data_")
+                       else fmt_table(results[key], gflop, refs))
             if gflop:
                 out.append("")
                 out.append("GFLOP/s: %.2f GFLOP per call (convolutions and inner products%s) "
@@ -351,6 +376,12 @@ def render(state, opts):
                            "in-place Scale's copies, split tops' diffs); not its process or "
                            "libraries. jcaffe's peak RSS / those: %.2fx and %.2fx."
                            % (count, count + buffers, mine / count, mine / (count + buffers)))
+        if key.startswith("data_") and results[key] is not None:
+            out.append("")
+            out.append("Solver.step(1) waits for each step's loss, so the host's work for the "
+                       "next batch cannot overlap the step; Solver.step(10) rows time ten steps "
+                       "per call, the host reading each batch while the step before computes, as "
+                       "`jcaffe train` does.")
         out.append("")
         out.append("`%s`" % results[key + "_cmd"])
         out.append("")

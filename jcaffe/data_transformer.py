@@ -140,36 +140,59 @@ class DataTransformer:
 
     def transform(self, chw, where="input"):
         """The transformed float32 ``C x H x W`` array of a ``C x H x W`` input."""
+        return self.transform_batch(np.asarray(chw)[None], lambda i: where)[0]
+
+    def _mean_for(self, c, h, w, where):
+        """The array subtracted from a ``c x h x w`` item (full size, or per channel), or None."""
         p = self.param
-        chw = np.asarray(chw)
-        c, h, w = chw.shape
-        crop = p.crop_size
-        do_mirror = bool(p.mirror) and self._rand(2) == 1
-        x = chw.astype(np.float32)
         if self.mean is not None:
             if self.mean.shape != (c, h, w):
                 raise DataSourceError(
                     "layer '%s', %s: mean_file '%s' has shape %s but the data is %d x %d x %d"
                     % (self.name, where, p.mean_file, "x".join(map(str, self.mean.shape)), c, h, w))
-            x = x - self.mean
-        elif self.mean_values:
+            return self.mean
+        if self.mean_values:
             mv = self.mean_values
             if len(mv) != 1 and len(mv) != c:
                 raise DataSourceError("layer '%s': Specify either 1 mean_value or as many as "
                                       "channels: %d (got %d)" % (self.name, c, len(mv)))
-            x = x - np.asarray(mv if len(mv) == c else mv * c, np.float32)[:, None, None]
-        h_off = w_off = 0
-        if crop:
-            if h < crop or w < crop:
-                raise DataSourceError("layer '%s', %s: crop_size %d is larger than the input %d x %d"
-                                      % (self.name, where, crop, h, w))
-            if self.phase == caffe_pb2.TRAIN:
+            return np.asarray(mv if len(mv) == c else mv * c, np.float32)[:, None, None]
+        return None
+
+    def transform_batch(self, nchw, where=lambda i: "input %d" % i):
+        """:meth:`transform` of each item of an ``N x C x H x W`` batch, in order: the same
+        random draws per item (mirror, then the crop offsets) and the same float32
+        arithmetic, ``(x - mean) * scale``, computed on the whole batch at once where no
+        item is cropped or mirrored differently. ``where(i)`` names item ``i`` in errors."""
+        p = self.param
+        nchw = np.asarray(nchw)
+        n, c, h, w = nchw.shape
+        crop = p.crop_size
+        mean = self._mean_for(c, h, w, where(0)) if n else None
+        if crop and (h < crop or w < crop):
+            raise DataSourceError("layer '%s', %s: crop_size %d is larger than the input %d x %d"
+                                  % (self.name, where(0), crop, h, w))
+        draws = []      # (mirror, h_off, w_off) per item, drawn in Caffe's order
+        for _ in range(n):
+            do_mirror = bool(p.mirror) and self._rand(2) == 1
+            if crop and self.phase == caffe_pb2.TRAIN:
                 h_off = self._rand(h - crop + 1)
-                w_off = self._rand(w - crop + 1)
+                draws.append((do_mirror, h_off, self._rand(w - crop + 1)))
             else:
-                h_off = (h - crop) // 2
-                w_off = (w - crop) // 2
-            x = x[:, h_off:h_off + crop, w_off:w_off + crop]
-        if do_mirror:
-            x = x[:, :, ::-1]
-        return np.ascontiguousarray(x * np.float32(p.scale), dtype=np.float32)
+                draws.append((do_mirror, (h - crop) // 2 if crop else 0, (w - crop) // 2 if crop else 0))
+        if not crop and not any(m for m, _, _ in draws):
+            x = nchw.astype(np.float32)         # one pass over the batch
+            if mean is not None:
+                np.subtract(x, mean, out=x)
+        else:
+            oh, ow = (crop, crop) if crop else (h, w)
+            x = np.empty((n, c, oh, ow), np.float32)
+            full = mean is not None and mean.shape[1:] != (1, 1)
+            for i, (do_mirror, h_off, w_off) in enumerate(draws):
+                item = nchw[i, :, h_off:h_off + oh, w_off:w_off + ow].astype(np.float32)
+                if mean is not None:
+                    item -= mean[:, h_off:h_off + oh, w_off:w_off + ow] if full else mean
+                x[i] = item[:, :, ::-1] if do_mirror else item
+        if p.scale != 1:
+            np.multiply(x, np.float32(p.scale), out=x)
+        return x

@@ -142,6 +142,17 @@ class LMDB(_DB):
                 return txn.get(key)
         return self._wrap("get", read)
 
+    def iter_values(self, keys):
+        """Yield the value of each key (None where absent), read in one transaction as
+        buffers into the map (no copy): each is valid until the next is asked for."""
+        lmdb = _import_lmdb()
+        try:
+            with self.env.begin(buffers=True) as txn:
+                for key in keys:
+                    yield txn.get(key.encode() if isinstance(key, str) else key)
+        except lmdb.Error as e:
+            raise DataSourceError("LMDB database '%s' is unreadable (get): %s" % (self.source, e)) from e
+
     def keys(self):
         return [k for k, _ in self.items()]
 
@@ -275,6 +286,10 @@ class LevelDB(_DB):
     def get(self, key):
         return self.db.get(key.encode() if isinstance(key, str) else key)
 
+    def iter_values(self, keys):
+        for key in keys:
+            yield self.get(key)
+
     def keys(self):
         return list(self.db.iterator(include_value=False))
 
@@ -326,9 +341,25 @@ class Cursor:
     def value(self):
         value = self.db.get(self._keys[self.pos])
         if value is None:
-            raise DataSourceError("%s database '%s': record '%s' vanished while reading"
-                                  % (self.db.backend, self.db.source, self.key().decode(errors="replace")))
+            raise self._vanished(self.key())
         return value
+
+    def values(self, keys):
+        """Yield the values of ``keys`` (LMDB: one read transaction, each value a buffer
+        valid until the next is asked for). Close it (``contextlib.closing``) to end the
+        transaction when not reading to the end."""
+        inner = self.db.iter_values(keys)
+        try:
+            for key, value in zip(keys, inner):
+                if value is None:
+                    raise self._vanished(key)
+                yield value
+        finally:
+            inner.close()
+
+    def _vanished(self, key):
+        return DataSourceError("%s database '%s': record '%s' vanished while reading"
+                               % (self.db.backend, self.db.source, key.decode(errors="replace")))
 
     def next(self):
         """Advance; at the end, start again from the first record (Caffe's DataLayer)."""

@@ -1,5 +1,6 @@
 """Data source layers: Data over LMDB (order, wrap, rand_skip, prefetch, shards, errors),
 ImageData, MemoryData, HDF5Data/HDF5Output, and training with the fused solver step."""
+import copy
 import os
 import subprocess
 import sys
@@ -67,6 +68,39 @@ def test_rand_skip_skips_a_seeded_number_of_records(tmp_path):
         jcaffe.set_random_seed(seed)
         assert labels_of(data_net(tmp_path, src, batch=1, extra="rand_skip: 10"), 2) == first
     assert len(firsts) > 1
+
+
+def test_batches_are_each_records_transform_in_key_order(tmp_path):
+    """The whole-batch path (records copied into one buffer, then transformed together)
+    against Caffe's record-by-record transform from the same random state."""
+    rng = np.random.default_rng(5)
+    records = [rng.integers(0, 256, (3, 6, 7)).astype(np.uint8) for _ in range(7)]
+    path = str(tmp_path / "db")
+    with open_db(path, "w") as db:
+        for i, r in enumerate(records):
+            db.put(make_key(i, "r%d" % i), caffe_io.array_to_datum(r, 10 + i).SerializeToString())
+    net = data_net(tmp_path, path, batch=3, extra="prefetch: 0",
+                   transform="transform_param { crop_size: 4 mirror: true mean_value: [1, 2, 3] scale: 0.5 }")
+    layer = net.layers[0]
+    ref = copy.deepcopy(layer.transformer)      # its random state before the first batch
+    for b in range(4):                          # 12 records: wraps around after 7
+        data, label = layer.load_batch()
+        idx = [i % 7 for i in range(3 * b, 3 * b + 3)]
+        np.testing.assert_array_equal(data, np.stack([ref.transform(records[i]) for i in idx]))
+        np.testing.assert_array_equal(label, [10 + i for i in idx])
+
+
+def test_a_batch_mixing_raw_and_float_records(tmp_path):
+    """A float_data record among raw ones: the batch is read record by record instead."""
+    raw = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    flt = np.linspace(-1, 1, 12, dtype=np.float32).reshape(1, 3, 4)
+    path = str(tmp_path / "db")
+    with open_db(path, "w") as db:
+        db.put(make_key(0, "a"), caffe_io.array_to_datum(raw, 1).SerializeToString())
+        db.put(make_key(1, "b"), caffe_io.array_to_datum(flt, 2).SerializeToString())
+    out = data_net(tmp_path, path, batch=2, transform="transform_param { scale: 2 }").forward()
+    np.testing.assert_array_equal(out["data"], np.stack([raw * np.float32(2), flt * np.float32(2)]))
+    np.testing.assert_array_equal(out["label"], [1, 2])
 
 
 def test_prefetch_depth_zero_and_default_agree(tmp_path):

@@ -3,6 +3,8 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from jcaffe import TEST, TRAIN, protoio
@@ -149,3 +151,73 @@ def test_undecodable_encoded_datum_names_the_record():
 def test_crop_larger_than_input():
     with pytest.raises(DataSourceError, match="crop_size 9"):
         DataTransformer(tp(crop_size=9), TEST).transform(np.zeros((1, 4, 4), np.uint8))
+
+
+def caffe_reference(batch, param, phase, seed, mean=None):
+    """Caffe's DataTransformer item by item, written out: per item Rand(2) for the mirror
+    (when set), then h_off and w_off (crop in TRAIN); (x - mean) * scale in float32."""
+    rng = np.random.default_rng(seed)
+    crop = param.crop_size
+    out = []
+    for x in batch:
+        c, h, w = x.shape
+        do_mirror = bool(param.mirror) and int(rng.integers(0, 2)) == 1
+        y = x.astype(np.float32)
+        if mean is not None:
+            y = y - mean
+        elif len(param.mean_value):
+            mv = list(param.mean_value) * (c if len(param.mean_value) == 1 else 1)
+            y = y - np.asarray(mv, np.float32)[:, None, None]
+        if crop:
+            if phase == TRAIN:
+                h_off, w_off = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+            else:
+                h_off, w_off = (h - crop) // 2, (w - crop) // 2
+            y = y[:, h_off:h_off + crop, w_off:w_off + crop]
+        if do_mirror:
+            y = y[:, :, ::-1]
+        out.append(y * np.float32(param.scale))
+    return np.stack(out)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 5), c=st.sampled_from([1, 3]), h=st.integers(2, 7), w=st.integers(2, 7),
+       crop=st.integers(0, 3), mirror=st.booleans(), mean=st.sampled_from(["none", "one", "per channel", "file"]),
+       scale=st.sampled_from([1.0, 0.00390625, 0.017]), phase=st.sampled_from([TRAIN, TEST]),
+       floats=st.booleans(), seed=st.integers(0, 2**32))
+def test_batch_transform_is_caffes_per_item_transform(tmp_path_factory, n, c, h, w, crop, mirror, mean,
+                                                        scale, phase, floats, seed):
+    """transform_batch (the Data layer's whole-batch path) against the item-by-item reference:
+    the same draws in the same order and bit-identical float32 values."""
+    crop = min(crop, h, w)
+    rng = np.random.default_rng(seed)
+    batch = rng.integers(0, 256, (n, c, h, w)).astype(np.uint8)
+    if floats:      # float_data datums
+        batch = rng.normal(0, 50, (n, c, h, w)).astype(np.float32)
+    kw = dict(crop_size=crop, mirror=mirror, scale=scale)
+    mean_arr = None
+    if mean == "one":
+        kw["mean_value"] = [100.5]
+    elif mean == "per channel":
+        kw["mean_value"] = [104.0, 117.0, 123.0][:c]
+    elif mean == "file":
+        mean_arr = rng.uniform(0, 255, (c, h, w)).astype(np.float32)
+        kw["mean_file"] = str(tmp_path_factory.mktemp("mean") / "mean.binaryproto")
+        protoio.write_blobproto(mean_arr[None], kw["mean_file"])
+    param = tp(**kw)
+    got = DataTransformer(param, phase, seed=seed).transform_batch(batch)
+    expect = caffe_reference(batch, param, phase, seed, mean_arr)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, expect)
+    one = DataTransformer(param, phase, seed=seed)     # item by item gives the same stream
+    np.testing.assert_array_equal(np.stack([one.transform(x) for x in batch]), expect)
+
+
+def test_batch_transform_errors_name_the_first_record(tmp_path):
+    path = str(tmp_path / "mean.binaryproto")
+    protoio.write_blobproto(np.zeros((1, 3, 5, 6), np.float32), path)
+    t = DataTransformer(tp(mean_file=path), TEST, name="data")
+    with pytest.raises(DataSourceError, match="layer 'data', record 'k0'.*mean.binaryproto.*3x5x6.*2 x 5 x 6"):
+        t.transform_batch(np.zeros((2, 2, 5, 6), np.uint8), lambda i: "record 'k%d'" % i)
+    with pytest.raises(DataSourceError, match="crop_size 9"):
+        DataTransformer(tp(crop_size=9), TEST).transform_batch(np.zeros((2, 1, 4, 4), np.uint8))

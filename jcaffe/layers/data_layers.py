@@ -20,6 +20,7 @@ stopped and joined (with a timeout) at interpreter exit, so exiting never
 hangs on it.
 """
 import atexit
+import contextlib
 import math
 import os
 import queue
@@ -170,7 +171,7 @@ class SourceLayer(JaxLayer):
 
     def _produce(self):
         arrays = self.load_batch()
-        return [jax.device_put(a) for a in arrays]
+        return jax.device_put(arrays)
 
     def next_batch(self):
         """The next batch: one array per top (device arrays when prefetched)."""
@@ -270,28 +271,73 @@ class Data(SourceLayer):
         self.cursor.next()
         self.offset += 1
 
-    def load_batch(self):
-        data, labels, shape = None, np.zeros(self.batch_size, np.float32), None
-        for i in range(self.batch_size):
+    def _next_keys(self):
+        """The keys of this shard's next ``batch_size`` records."""
+        keys = []
+        for _ in range(self.batch_size):
             while self.offset % self.shard_count != self.shard_rank:
                 self._next()
-            datum = self._datum()
-            where = self._where()
-            raw = self.transformer.datum_array(datum, where)
-            if shape is None:
-                shape = raw.shape
-                first_where = where
-                data = np.empty((self.batch_size,) + self.transformer.infer_shape(shape), np.float32)
-            elif raw.shape != shape:
-                raise DataSourceError(
-                    "Data layer '%s': %s has size %s but %s in the same batch has %s (every record of "
-                    "a batch must have the same channels x height x width)"
-                    % (self.name, where, "x".join(map(str, raw.shape)), first_where,
-                       "x".join(map(str, shape))))
-            data[i] = self.transformer.transform(raw, where)
-            labels[i] = datum.label
+            keys.append(self.cursor.key())
             self._next()
+        return keys
+
+    def load_batch(self):
+        keys = self._next_keys()
+        where = lambda i: "database '%s', record '%s'" % (self.source, keys[i].decode(errors="replace"))
+        labels = np.empty(self.batch_size, np.float32)
+        raw = self._plain_pixels(keys, labels)
+        if raw is None:
+            raw = self._decoded_pixels(keys, labels, where)
+        data = self.transformer.transform_batch(raw, where)
         return [data, labels] if self.output_labels else [data]
+
+    def _plain_pixels(self, keys, labels):
+        """The batch as one ``N x C x H x W`` uint8 array, copied record by record (one at
+        a time: a batch of big images never holds every record at once), where every
+        record holds its pixels undecoded in ``data`` with the first record's size, as
+        convert_imageset writes them; None otherwise."""
+        buf = None
+        with contextlib.closing(self.cursor.values(keys)) as values:
+            for i, value in enumerate(values):
+                datum = parse_datum(value, self.source, keys[i])
+                if buf is None:
+                    shape = (datum.channels, datum.height, datum.width)
+                    size = shape[0] * shape[1] * shape[2]
+                    buf = memoryview(bytearray(len(keys) * size))
+                if datum.encoded or len(datum.data) != size or not size or \
+                        (datum.channels, datum.height, datum.width) != shape:
+                    return None
+                buf[i * size:(i + 1) * size] = datum.data
+                labels[i] = datum.label
+        return np.frombuffer(buf, np.uint8).reshape((len(keys),) + shape)
+
+    def _decoded_pixels(self, keys, labels, where):
+        """The batch record by record (decoding images, float_data), checking that all
+        have one size."""
+        raws = []
+        with contextlib.closing(self.cursor.values(keys)) as values:
+            for i, value in enumerate(values):
+                datum = parse_datum(value, self.source, keys[i])
+                raw = self.transformer.datum_array(datum, _Where(where, i))
+                if raws and raw.shape != raws[0].shape:
+                    raise DataSourceError(
+                        "Data layer '%s': %s has size %s but %s in the same batch has %s (every record "
+                        "of a batch must have the same channels x height x width)"
+                        % (self.name, where(i), "x".join(map(str, raw.shape)), where(0),
+                           "x".join(map(str, raws[0].shape))))
+                raws.append(raw)
+                labels[i] = datum.label
+        return np.stack(raws)
+
+
+class _Where:
+    """Names record ``i`` of a batch in an error message, formatted only when shown."""
+
+    def __init__(self, where, i):
+        self.where, self.i = where, i
+
+    def __str__(self):
+        return self.where(self.i)
 
 
 def _read_list_file(path, layer):
