@@ -269,10 +269,11 @@ def _total(scalars):
 # the next one's input took about 2.1 s of 6.2. Inside a compiled call the engine keeps a
 # convolution's 4-d top channels-last (a transpose XLA cancels against its own) and hands
 # it so to the layers after it that compute in that order (ReLU and the other elementwise
-# neurons, Eltwise, Split, MAX and AVE pooling, BatchNorm, per-channel Scale and Bias,
-# depthwise and 1x1 convolutions: ``channels_last_ok``), and their diffs alike in the
-# backward; any other layer gets it in Caffe's order. ResNet's and MobileNet's blocks run
-# channels-last from their first convolution to their global pooling. Every blob and diff
+# neurons, Eltwise, Split, Concat, MAX and AVE pooling, LRN, BatchNorm, per-channel Scale
+# and Bias, depthwise and 1x1 convolutions: ``channels_last_ok``), and their diffs alike
+# in the backward; any other layer gets it in Caffe's order. ResNet's and MobileNet's
+# blocks run channels-last from their first convolution to their global pooling,
+# GoogLeNet from its first convolution to its last inception. Every blob and diff
 # leaves the call in Caffe's order (blobs always hold it), so the layout is never seen
 # outside. FCN-32s's step took 0.82x the time (benchmarks/NOTES.md, twenty-first session).
 def _to_last(x):
@@ -423,14 +424,16 @@ class Segment:
         A layer whose computation writes its tops channels-last (``channels_last_top``:
         a convolution on XLA's kernel, or a GEMM one writing its product so) keeps them
         so, and a layer that can compute so (``channels_last_ok``) runs channels-last
-        where all its 4-d bottoms come so; but only where the values flow on, through
-        such layers, into a layer that reads them channels-last
-        (``channels_last_reader``: a convolution on XLA's kernel, a depthwise or 1x1
-        map). Such a reader runs channels-last whenever its bottoms come so. Elsewhere
-        (into LRN, a grouped convolution, a Concat, or only out of the call) the
-        transpose back would just move, and the blob returned in Caffe's order would
-        cost one copy more (CaffeNet's step 1.06x with every convolution top kept
-        channels-last)."""
+        where more than half of its bottoms come so (the others are transposed in: one
+        branch of a GoogLeNet inception's Concat that is a GEMM convolution; with half,
+        as at a ResNeXt block's Eltwise, it computes in Caffe's order); but only where
+        the values flow on, through such layers, into a layer that reads them
+        channels-last (``channels_last_reader``: a convolution on XLA's kernel, a
+        depthwise or 1x1 map). Such a reader runs channels-last whenever its bottoms
+        come so. Elsewhere (into a grouped convolution, a PReLU, an InnerProduct, or
+        only out of the call) the transpose back would just move, and the blob
+        returned in Caffe's order would cost one copy more (CaffeNet's step 1.06x with
+        every convolution top kept channels-last)."""
         if not self.channels_last:
             return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
                     if s.layer.forward_writes_tops}, frozenset()
@@ -464,7 +467,7 @@ class Segment:
                 last.difference_update(s.tops)
                 continue
             given = tuple(b in last for b in s.bottoms)
-            run = can[s.index] and all(given) and (useful[s.index] or reads[s.index])
+            run = can[s.index] and 2 * sum(given) > len(given) and (useful[s.index] or reads[s.index])
             top = run or (sink[s.index] and useful[s.index])
             plan[s.index] = (given, run, top)
             (last.update if top else last.difference_update)(s.tops)

@@ -148,15 +148,15 @@ def test_layout_plan_names_the_channels_last_layers(tmp_path, monkeypatch):
 
 
 def test_tops_flowing_only_into_caffe_order_layers_stay_in_caffes_order(tmp_path, monkeypatch):
-    # conv -> relu -> pool -> LRN (across channels) -> conv: the first chain never reaches
-    # a convolution reading channels-last, so nothing in it is kept so; the second
+    # conv -> relu -> pool -> PReLU (a slope per channel) -> conv: the first chain never
+    # reaches a convolution reading channels-last, so nothing in it is kept so; the second
     # convolution's ReLU and pool feed a third convolution, and are.
     net = make_net(tmp_path, """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 9 dim: 9 } } }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 3 kernel_size: 3 } }
 layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
 layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
-layer { name: "n1" type: "LRN" bottom: "p1" top: "n1" }
+layer { name: "n1" type: "PReLU" bottom: "p1" top: "n1" }
 layer { name: "c2" type: "Convolution" bottom: "n1" top: "c2" convolution_param { num_output: 3 kernel_size: 1 } }
 layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
 layer { name: "p2" type: "Pooling" bottom: "c2" top: "p2" pooling_param { pool: AVE kernel_size: 2 } }
@@ -317,6 +317,10 @@ LAST_LAYERS = [
     ('type: "Convolution" convolution_param { num_output: 5 kernel_size: 1 '
      'bias_filler { type: "gaussian" } }', None),
     ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 stride: 2 }', None),
+    # LRN (GoogLeNet's, between its first convolutions): across channels, within a channel
+    ('type: "LRN" lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: 2 }', None),
+    ('type: "LRN" lrn_param { local_size: 3 alpha: 0.3 beta: 0.5 norm_region: WITHIN_CHANNEL }',
+     None),
 ]
 
 
@@ -362,6 +366,31 @@ def test_channels_last_methods_compute_caffes_layer(config, phase, x64):
         if want is not None:
             np.testing.assert_allclose(np.asarray(want), np.asarray(have), rtol=1e-11, atol=1e-12)
     assert getattr(layer, "axis", 1) == 1 and getattr(layer, "_c", 1) == 1   # left as found
+
+
+@pytest.mark.parametrize("axis", [1, 2, 0, -1])
+def test_concat_channels_last_joins_along_the_moved_axis(axis, x64):
+    """Concat of 4-d bottoms held channels-last: the top and the bottom diffs are the
+    layer's own transposed, for a concat along the channels (GoogLeNet's inceptions) and
+    along the other axes."""
+    shapes = [(2, 3, 4, 5), (2, 3, 4, 5), (2, 3, 4, 5)]
+    grow = axis % 4
+    shapes = [s[:grow] + (s[grow] + i,) + s[grow + 1:] for i, s in enumerate(shapes)]
+    layer = make_layer('type: "Concat" concat_param { axis: %d }' % axis, shapes, dtype=np.float64)
+    assert layer.channels_last_ok()
+    r = np.random.default_rng(7)
+    xs = [jnp.asarray(r.standard_normal(shape)) for shape in shapes]
+    (top,), _ = layer.forward([], xs, None)
+    (top_l,), _ = layer.forward_channels_last([], [_last(x) for x in xs], None)
+    np.testing.assert_array_equal(np.asarray(_last(top)), np.asarray(top_l))
+    dy = jnp.asarray(r.standard_normal(top.shape))
+    diffs, _ = layer.backward([], xs, [top], None, [dy], (True, False, True))
+    diffs_l, _ = layer.backward_channels_last([], [_last(x) for x in xs], [top_l], None,
+                                              [_last(dy)], (True, False, True))
+    assert diffs[1] is None and diffs_l[1] is None
+    for d, d_l in zip(diffs[::2], diffs_l[::2]):
+        np.testing.assert_array_equal(np.asarray(_last(d)), np.asarray(d_l))
+    assert layer.axis == grow
 
 
 def test_layers_that_stay_in_caffes_order():
@@ -455,3 +484,78 @@ def test_mobilenet_blocks_run_channels_last(tmp_path, monkeypatch, x64, gemm_con
             np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
     assert all(np.any(d) for d in diffs["conv1"] + diffs["pw3"])
     assert all(np.any(d) != frozen for d in diffs["dw2"] + diffs["dw3"])
+
+
+INCEPTION_NET = """
+name: "inception"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } }
+layer { name: "b1" type: "Convolution" bottom: "norm1" top: "b1" convolution_param {
+  num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "constant" value: 0.2 } } }
+layer { name: "b1_relu" type: "ReLU" bottom: "b1" top: "b1" }
+layer { name: "b2_reduce" type: "Convolution" bottom: "norm1" top: "b2_reduce" convolution_param {
+  num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "b2_relu_reduce" type: "ReLU" bottom: "b2_reduce" top: "b2_reduce" }
+layer { name: "b2" type: "Convolution" bottom: "b2_reduce" top: "b2" convolution_param {
+  num_output: 5 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "b2_relu" type: "ReLU" bottom: "b2" top: "b2" }
+layer { name: "b3_pool" type: "Pooling" bottom: "norm1" top: "b3_pool" pooling_param {
+  pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "b3" type: "Convolution" bottom: "b3_pool" top: "b3" convolution_param {
+  num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "b4" type: "PReLU" bottom: "norm1" top: "b4" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } } }
+layer { name: "cat" type: "Concat" bottom: "b1" bottom: "b2" bottom: "b3" bottom: "b4" top: "cat" }
+layer { name: "c2" type: "Convolution" bottom: "cat" top: "c2" convolution_param {
+  num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "p2" type: "PReLU" bottom: "cat" top: "p2" }
+layer { name: "cat2" type: "Concat" bottom: "c2" bottom: "p2" top: "cat2" }
+layer { name: "c3" type: "Convolution" bottom: "cat2" top: "c3" convolution_param {
+  num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "c3" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_inception_blocks_run_channels_last(tmp_path, monkeypatch, x64):
+    """GoogLeNet's inception, small: the first convolution's top stays channels-last
+    through ReLU, pooling and LRN into the branches (1x1, 1x1 then 3x3, pooling then
+    1x1), and their Concat runs channels-last, as more than half of its bottoms come so
+    (the fourth branch, a PReLU, is transposed in). A Concat with half its bottoms
+    channels-last computes in Caffe's order, as every layer with bottoms in both orders
+    did before. Every blob, diff and param diff is what the net computes in Caffe's
+    order, float64."""
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(2).standard_normal(
+            net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [1, 2]
+    jcaffe.set_random_seed(3)       # (the fillers: no branch's ReLU dead everywhere)
+    results, net = _in_both_orders(tmp_path, monkeypatch, INCEPTION_NET, feed)
+    (plan, blobs, _, diffs), (plan0, blobs0, _, diffs0) = results
+    assert not any(p[1] or p[2] for p in plan0.values())
+    assert plan["conv1"] == ((False,), False, True)
+    for name in ("relu1", "pool1", "norm1", "b1", "b1_relu", "b2_reduce", "b2_relu_reduce",
+                 "b2_relu", "b3_pool", "b3"):
+        assert plan[name][1:] == (True, True), name
+    assert plan["b4"] == ((True,), False, False)            # (a slope per channel)
+    assert plan["cat"] == ((True, True, True, False), True, True)
+    assert plan["c2"] == ((True,), True, True)
+    assert plan["cat2"] == ((True, False), False, False)    # (half: Caffe's order)
+    assert plan["c3"][1:] == (False, False)
+    for name in blobs0:
+        for got, want in zip(blobs[name], blobs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+    for name in diffs0:
+        for got, want in zip(diffs[name], diffs0[name]):
+            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+        if name != "b4":    # (its bottom, after ReLU and LRN, is never negative: no slope diff)
+            assert all(np.any(d) for d in diffs[name]), name

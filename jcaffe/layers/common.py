@@ -4,6 +4,8 @@ Shapes follow Caffe's axis conventions: an ``axis`` may be negative (counted
 from the end) and the dimensions from an axis on are "flattened" by taking
 their product (Caffe's ``Blob::count(axis)``).
 """
+import contextlib
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -296,6 +298,23 @@ class Concat(JaxLayer):
             diffs.append(_slice(dy, self.axis, start, start + size) if pd else None)
             start += size
         return diffs, []
+
+    # 4-d bottoms held channels-last (jcaffe.engine, "channels-last runs": GoogLeNet's
+    # inceptions join their branches' convolutions along the channels, then the last
+    # axis): the concat axis moves with the layout.
+    _AXIS_LAST = {0: 0, 1: 3, 2: 1, 3: 2}
+
+    def channels_last_ok(self):
+        return len(self.top_shapes[0]) == 4
+
+    @contextlib.contextmanager
+    def channels_last_context(self):
+        axis = self.axis
+        self.axis = self._AXIS_LAST[axis]
+        try:
+            yield
+        finally:
+            self.axis = axis
 
 
 def _slice(x, axis, start, stop):

@@ -1115,14 +1115,28 @@ class LRN(JaxLayer):
                       shape_string(shape))
         return [shape]
 
+    # The arrays' channel and spatial axes: Caffe's (N, C, H, W), or (N, H, W, C) where
+    # the engine hands the bottom channels-last (jcaffe.engine, "channels-last runs":
+    # GoogLeNet's LRNs sit between its first convolutions and its inceptions).
+    _c, _hw = 1, (2, 3)
+
+    def channels_last_ok(self):
+        return True
+
+    @contextlib.contextmanager
+    def channels_last_context(self):
+        self._c, self._hw = 3, (1, 2)
+        try:
+            yield
+        finally:
+            del self._c, self._hw
+
     def _window(self):
-        """(window, padding, n, k) of the local sum on NCHW."""
+        """(n, k): the local sum's element count and the constant added to it."""
         size = self.p.local_size
-        half = (size - 1) // 2
-        none, around = (0, 0), (half, half)
         if self.p.norm_region == _LRN.WITHIN_CHANNEL:
-            return (1, 1, size, size), (none, none, around, around), size * size, 1.0
-        return (1, size, 1, 1), (none, around, none, none), size, self.p.k
+            return size * size, 1.0
+        return size, self.p.k
 
     def _local_sum(self, a):
         """The sum over each element's window: the zero-padded array's shifted slices added
@@ -1130,17 +1144,17 @@ class LRN(JaxLayer):
         local_size channel slices; within a channel: rows, then columns).
         ``reduce_window`` ran 1.1-1.5x slower across channels (CaffeNet's and GoogLeNet's
         LRN shapes, with the power below) and about 4x slower within a channel."""
-        window, padding, _, _ = self._window()
         size = self.p.local_size
-        ap = jnp.pad(a, padding)
-        if self.p.norm_region == _LRN.WITHIN_CHANNEL:   # rows, then columns, likewise
-            h, w = a.shape[2:]
-            return _window_views_sum(_window_views_sum(ap, 3, size, 1, w), 2, size, 1, h)
-        return _window_views_sum(ap, 1, size, 1, a.shape[1])
+        half = (size - 1) // 2
+        axes = self._hw if self.p.norm_region == _LRN.WITHIN_CHANNEL else (self._c,)
+        ap = jnp.pad(a, [(half, half) if i in axes else (0, 0) for i in range(4)])
+        for axis in reversed(axes):     # (within a channel: rows, then columns)
+            ap = _window_views_sum(ap, axis, size, 1, a.shape[axis])
+        return ap
 
     def forward(self, params, bottoms, rng):
         x, = bottoms
-        _, _, n, k = self._window()
+        n, k = self._window()
         scale = k + self.p.alpha * (self._local_sum(x * x) / n)
         return [x * _negative_power(scale, self.p.beta)], scale
 
@@ -1148,7 +1162,7 @@ class LRN(JaxLayer):
         if not propagate_down[0]:
             return [None], []
         (x,), (y,), (dy,), scale = bottoms, tops, top_diffs, saved
-        _, _, n, _ = self._window()
+        n, _ = self._window()
         alpha, beta = self.p.alpha, self.p.beta
         ratio_sum = self._local_sum(dy * y / scale)
         return [dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum], []
