@@ -200,6 +200,18 @@ def _in_both_orders(tmp_path, monkeypatch, text, feed):
                         {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}))
     return results, net
 
+def _assert_same(results, blob_rtol, diff_rtol):
+    """Every blob (data, diff) and param diff of the channels-last run equals the run in
+    Caffe's order (``_in_both_orders``'s results), to these relative tolerances."""
+    (_, blobs, _, diffs), (_, blobs0, _, diffs0) = results
+    for name in blobs0:
+        for got, want in zip(blobs[name], blobs0[name]):
+            np.testing.assert_allclose(got, want, rtol=blob_rtol, atol=1e-12, err_msg=name)
+    for name in diffs0:
+        for got, want in zip(diffs[name], diffs0[name]):
+            np.testing.assert_allclose(got, want, rtol=diff_rtol, atol=1e-12, err_msg=name)
+
+
 GEMM_NET = """
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 3 dim: 9 dim: 8 } } }
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 4
@@ -237,12 +249,8 @@ def test_one_image_gemm_convolutions_keep_their_tops_channels_last(tmp_path, mon
     assert plan["r2"] == ((True,), True, True)
     assert plan["c3"] == ((True,), False, False)        # (its top only into the loss)
     assert not any(p[2] for p in plan0.values())
-    for name in blobs0:
-        for got, want in zip(blobs[name], blobs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
+    _assert_same(results, 1e-12, 1e-12)
     for name in diffs0:
-        for got, want in zip(diffs[name], diffs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, err_msg=name)
         assert all(np.any(d) for d in diffs[name]), name
 
 
@@ -476,12 +484,7 @@ def test_mobilenet_blocks_run_channels_last(tmp_path, monkeypatch, x64, gemm_con
         assert plan["pool"] == ((True,), False, False)      # (into InnerProduct: Caffe's order)
     else:
         assert not any(p[1] or p[2] for p in plan.values())
-    for name in blobs0:
-        for got, want in zip(blobs[name], blobs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
-    for name in diffs0:
-        for got, want in zip(diffs[name], diffs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
+    _assert_same(results, 1e-11, 1e-10)
     assert all(np.any(d) for d in diffs["conv1"] + diffs["pw3"])
     assert all(np.any(d) != frozen for d in diffs["dw2"] + diffs["dw3"])
 
@@ -551,11 +554,7 @@ def test_inception_blocks_run_channels_last(tmp_path, monkeypatch, x64):
     assert plan["c2"] == ((True,), True, True)
     assert plan["cat2"] == ((True, False), False, False)    # (half: Caffe's order)
     assert plan["c3"][1:] == (False, False)
-    for name in blobs0:
-        for got, want in zip(blobs[name], blobs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12, err_msg=name)
+    _assert_same(results, 1e-11, 1e-10)
     for name in diffs0:
-        for got, want in zip(diffs[name], diffs0[name]):
-            np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12, err_msg=name)
         if name != "b4":    # (its bottom, after ReLU and LRN, is never negative: no slope diff)
             assert all(np.any(d) for d in diffs[name]), name
