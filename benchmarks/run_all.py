@@ -415,6 +415,17 @@ def render(state, opts):
             conv.strip(), "", "`%s`" % results.get("conv_cmd", "python benchmarks/bench_conv.py"),
             ""]
     out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]
+    if not state["quick"]:
+        import targets
+        out += ["## Targets, measured in this run", "",
+                "Issue 9's targets, computed from the tables above by `benchmarks/targets.py` "
+                "(each row names its rule; ratios are jcaffe's median over the other's, from "
+                "the same table). What the numbers mean, and what is left, is in the notes "
+                "below.", "",
+                targets.table(state, REFERENCE, lambda net: forward_gflop(net, False) * 3,
+                              lambda net: (caffe_memory_mb(net),
+                                           caffe_memory_mb(net) + caffe_layer_buffers_mb(net))),
+                ""]
     if opts.notes and os.path.exists(opts.notes):
         with open(opts.notes) as f:
             out += [f.read().strip(), ""]

@@ -1,0 +1,89 @@
+"""benchmarks/targets.py: issue 9's targets table, computed from a run's results (here a
+made-up run, so each rule's verdict is known)."""
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+import targets  # noqa: E402
+
+REFERENCE = {"lenet": {"BVLC Caffe": 20.0, "PyTorch eager (issue)": 10.0,
+                       "naive JAX (issue)": 30.0},
+             "caffenet": {"BVLC Caffe": 1000.0, "PyTorch eager (issue)": 800.0,
+                          "naive JAX (issue)": 3000.0}}
+
+
+def _bench(rss=None, compile_s=1.0, **medians):
+    names = {"jcaffe": "jcaffe Solver.step", "jax": "pure JAX (jit value_and_grad)",
+             "torch": "PyTorch eager", "loop": "jcaffe forward()+backward()+apply_update()",
+             "fb": "jcaffe forward()+backward()"}
+    return {"results": {names[k]: {"median_ms": v, "compile_s": compile_s}
+                        for k, v in medians.items()},
+            "rss_mb": {names[k]: v for k, v in (rss or {}).items()}}
+
+
+def _state(**results):
+    return {"results": results, "peak": 200.0, "quick": False,
+            "jtime": "average Forward-Backward **11.0 ms** (compare ...)"}
+
+
+def _table(state):
+    return {target: (numbers, met) for target, numbers, met in
+            targets.rows(state, REFERENCE, gflop=lambda net: 2.0,
+                         caffe_mb=lambda net: (1000.0, 1100.0))}
+
+
+def test_each_rule_reads_its_own_ratios():
+    rows = _table(_state(
+        train_lenet=_bench(jcaffe=10.0, jax=20.0, torch=12.5),
+        train_caffenet=_bench(jcaffe=900.0, jax=3000.0, torch=1000.0, rss={"jcaffe": 1320.0},
+                              compile_s=5.0),
+        train_resnext50=_bench(jcaffe=100.0, torch=200.0),
+        forward_lenet=_bench(jcaffe=3.0, jax=6.0, torch=6.0),
+        pyloop_lenet=_bench(jcaffe=10.0, loop=14.0, fb=12.0)))
+    numbers, met = rows["train step <= 1.0x naive pure JAX"]
+    assert met == "yes" and "LeNet 0.50x" in numbers and "CaffeNet 0.30x" in numbers
+    assert "not timed against it: ResNeXt-50" in numbers
+    numbers, met = rows["train step <= 1.0x PyTorch eager"]
+    assert met == "yes" and "LeNet 0.80x (10.0 vs 12.5 ms)" in numbers
+    assert "ResNeXt-50 0.50x" in numbers
+    bridge = next(v for k, v in rows.items() if k.startswith("train step <= 0.8x BVLC Caffe"))
+    # LeNet: 0.8 x 10 / 20 = 0.40 via PyTorch, 0.5 x 30 / 20 = 0.75 via pure JAX; CaffeNet
+    # 0.9 x 800 / 1000 = 0.72 and 0.3 x 3000 / 1000 = 0.90: over 0.8
+    assert "LeNet via PyTorch eager 0.40x" in bridge[0]
+    assert "CaffeNet via pure JAX 0.90x" in bridge[0]
+    assert bridge[1] == "**no**"
+    assert rows["pycaffe loop <= 1.5x Solver.step (LeNet)"] == \
+        ("forward()+backward()+apply_update() 1.40x (14.0 vs 10.0 ms)", "yes")
+    memory = next(v for k, v in rows.items() if k.startswith("peak memory"))
+    assert "CaffeNet 1320 MB: 1.20x" in memory[0] and memory[1] == "yes"
+    assert rows["CaffeNet step compile < 30 s"] == ("first call 5.0 s", "yes")
+    gflops = next(v for k, v in rows.items() if k.startswith("training steps' GFLOP/s"))
+    assert gflops[0].startswith("LeNet 200.0 (100%)") and gflops[1] == "reported"
+    jtime = next(v for k, v in rows.items() if k.startswith("`jcaffe time` agrees"))
+    assert jtime == ("forward-backward 11.0 ms vs forward()+backward() 12.0 ms: 0.92x", "yes")
+    assert not any(k.startswith("deploy forward at one image") for k in rows)   # not run
+
+
+def test_a_missed_bound_says_no():
+    rows = _table(_state(
+        train_lenet=_bench(jcaffe=13.0, jax=12.0, torch=12.5),
+        train_caffenet=_bench(jcaffe=900.0, torch=1000.0, rss={"jcaffe": 1500.0}, compile_s=31.0),
+        forward_lenet=_bench(jcaffe=3.0, jax=6.0, torch=2.0),
+        pyloop_lenet=_bench(jcaffe=10.0, loop=16.0, fb=20.0)))
+    assert rows["train step <= 1.0x naive pure JAX"][1] == "**no**"      # LeNet 1.08x
+    assert rows["train step <= 1.0x PyTorch eager"][1] == "**no**"       # LeNet 1.04x
+    assert rows["deploy forward <= 1.0x naive pure JAX"][1] == "yes"
+    assert rows["deploy forward <= 1.0x PyTorch eager"][1] == "**no**"   # 1.50x
+    assert rows["pycaffe loop <= 1.5x Solver.step (LeNet)"][1] == "**no**"
+    assert next(v for k, v in rows.items() if k.startswith("peak memory"))[1] == "**no**"
+    assert rows["CaffeNet step compile < 30 s"][1] == "**no**"
+    assert next(v for k, v in rows.items() if k.startswith("`jcaffe time` agrees"))[1] == "**no**"
+
+
+def test_rendered_table_has_one_line_per_row():
+    state = _state(train_lenet=_bench(jcaffe=10.0, jax=20.0, torch=12.5))
+    lines = targets.table(state, REFERENCE, lambda net: 2.0, lambda net: (1.0, 1.0)).splitlines()
+    assert lines[:2] == ["| target | this run | met? |", "|---|---|---|"]
+    rows = targets.rows(state, REFERENCE, lambda net: 2.0, lambda net: (1.0, 1.0))
+    assert len(lines) == 2 + len(rows) and all(line.count(" | ") == 2 for line in lines[2:])
