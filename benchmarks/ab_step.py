@@ -20,6 +20,10 @@ Why not two solvers in one process: a variant that patches a module needs
 traces), and that also drops the first solver's executable. Its next step traces and
 compiles again, with the module as the second variant left it, so both solvers run
 the second variant's code (seen 2026-12-02: benchmarks/NOTES.md, fifteenth session).
+
+The last line reads the rounds' ratios as paired measurements: their geometric mean
+and a 95% t-interval over their logs, and whether it holds 1 (no difference measured
+at that many rounds: on this 2-core VM single rounds move by up to +-6%).
 """
 import argparse
 import importlib.util
@@ -41,6 +45,38 @@ def load_variants(path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.apply
+
+
+# Student's t, two-sided 95%, by degrees of freedom (rounds - 1); 1.96 past the table.
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26,
+         10: 2.23, 12: 2.18, 15: 2.13, 20: 2.09, 30: 2.04}
+
+
+def round_interval(ratios):
+    """(geometric mean, low, high) of the rounds' B / A ratios: a 95% t-interval over
+    their logs (each round is a pair of processes, one per variant, run back to back,
+    so its ratio is one paired measurement). None with fewer than two rounds."""
+    import numpy as np
+    logs = np.log(np.asarray(ratios, float))
+    if len(logs) < 2:
+        return None
+    df = len(logs) - 1
+    t = next((T_975[k] for k in sorted(T_975) if k >= df), 1.96)
+    half = t * logs.std(ddof=1) / np.sqrt(len(logs))
+    mean = logs.mean()
+    return float(np.exp(mean)), float(np.exp(mean - half)), float(np.exp(mean + half))
+
+
+def verdict(interval, a, b):
+    """What an interval from :func:`round_interval` says of B against A."""
+    if interval is None:
+        return "one round: no interval"
+    _, low, high = interval
+    if low > 1:
+        return "%s slower" % b
+    if high < 1:
+        return "%s faster" % b
+    return "no difference measured (the interval holds 1)"
 
 
 def one_variant(net, batch, steps, path, name, cache, forward=False):
@@ -97,6 +133,7 @@ def main(argv=None):
     import numpy as np
     a, b = args.names
     runs = {a: [], b: []}
+    ratios = []
     with tempfile.TemporaryDirectory(prefix="jcaffe-ab-") as cache:
         for r in range(args.rounds):
             for name in ([a, b] if r % 2 == 0 else [b, a]):
@@ -113,10 +150,10 @@ def main(argv=None):
                              % (name, r + 1, args.net, res.returncode, res.stderr[-4000:]))
                 runs[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
             ra, rb = runs[a][-1], runs[b][-1]
+            ratios.append(np.median(rb["times"]) / np.median(ra["times"]))
             print("round %d (%s first): %s %.1f ms, %s %.1f ms, %s / %s = %.3f" % (
                 r + 1, a if r % 2 == 0 else b, a, 1e3 * np.median(ra["times"]), b,
-                1e3 * np.median(rb["times"]), b, a,
-                np.median(rb["times"]) / np.median(ra["times"])), flush=True)
+                1e3 * np.median(rb["times"]), b, a, ratios[-1]), flush=True)
     med = {n: float(np.median([t for run in runs[n] for t in run["times"]])) for n in runs}
     for n in (a, b):
         print("%s: median %.1f ms over %d steps; first call %s s; first loss %s" % (
@@ -126,6 +163,10 @@ def main(argv=None):
     print("%s / %s: %.3f  (%s%s, batch %d, %d rounds of %d %s)" % (
         b, a, med[b] / med[a], args.net, " deploy" if args.forward else "", batch, args.rounds,
         args.steps, "forwards" if args.forward else "steps"))
+    interval = round_interval(ratios)
+    if interval is not None:
+        print("rounds' %s / %s: geometric mean %.3f, 95%% interval %.3f-%.3f: %s" % (
+            (b, a) + interval + (verdict(interval, a, b),)))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
     rounds = re.findall(r"round (\d) \((\w+) first\): .* columns / rows = ([0-9.]+)", out)
     assert [(r, first) for r, first, _ in rounds] == [("1", "rows"), ("2", "columns")], out
     assert re.search(r"columns / rows: [0-9.]+  \(lenet, batch 2, 2 rounds of 2 steps\)", out), out
+    assert re.search(r"rounds' columns / rows: geometric mean [0-9.]+, 95% interval "
+                     r"[0-9.]+-[0-9.]+: ", out), out
     losses = re.findall(r"first loss ([0-9.e+-]+), ([0-9.e+-]+)", out)
     assert len({round(float(v), 5) for pair in losses for v in pair}) == 1, out
 
@@ -87,3 +89,25 @@ def test_ab_step_forward_times_the_deploy_net(tmp_path):
     assert sorted(log.read_text().split()) == ["a:%d" % jcaffe.TEST, "b:%d" % jcaffe.TEST]
     assert re.search(r"b / a: [0-9.]+  \(lenet deploy, batch 2, 1 rounds of 2 forwards\)",
                      out), out
+
+
+def test_round_interval_is_a_t_interval_over_the_log_ratios():
+    sys.path.insert(0, BENCH)
+    import ab_step
+    import numpy as np
+    ratios = [0.9, 1.0, 1.1]
+    mean, low, high = ab_step.round_interval(ratios)
+    logs = np.log(ratios)
+    half = 4.30 * logs.std(ddof=1) / np.sqrt(3)           # t(0.975, 2 df)
+    np.testing.assert_allclose([mean, low, high],
+                               np.exp([logs.mean(), logs.mean() - half, logs.mean() + half]))
+    assert ab_step.verdict((mean, low, high), "a", "b").startswith("no difference")
+    assert ab_step.verdict(ab_step.round_interval([0.94, 0.95, 0.96, 0.95]), "a", "b") == \
+        "b faster"
+    assert ab_step.verdict(ab_step.round_interval([1.05, 1.06, 1.04]), "a", "b") == "b slower"
+    assert ab_step.round_interval([0.9]) is None
+    assert ab_step.verdict(None, "a", "b") == "one round: no interval"
+    # past the table, the normal quantile
+    many = ab_step.round_interval([0.95, 1.05] * 40)
+    logs = np.log([0.95, 1.05] * 40)
+    assert np.isclose(np.log(many[2]) - logs.mean(), 1.96 * logs.std(ddof=1) / np.sqrt(80))
