@@ -15,6 +15,7 @@ NAMES = {"lenet": "LeNet", "caffenet": "CaffeNet", "googlenet": "GoogLeNet",
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"
+NOT_RUN = "not measured in this run", "not run"     # a target whose benchmark failed
 
 
 def _medians(results, key):
@@ -47,7 +48,7 @@ def _ratios(results, prefix, keys):
 
 def _verdict(ratios, bound):
     if not ratios:
-        return "not run"
+        return NOT_RUN[1]
     return "yes" if all(mine / other <= bound for _, mine, other in ratios) else "**no**"
 
 
@@ -94,6 +95,8 @@ def _caffe_bridge(results, reference):
 
 
 def _memory_row(results, caffe_mb):
+    target = ("peak memory <= 1.3x BVLC Caffe (its arrays and its layers' buffers, counted "
+              "from the net: Caffe is not run here)")
     parts, worst = [], 0.0
     for net in ("caffenet", "resnet50"):
         data = results.get("train_" + net)
@@ -107,20 +110,18 @@ def _memory_row(results, caffe_mb):
                      "%.2fx the bare count (%.0f MB)" % (NAMES[net], mine, mine / with_buffers,
                                                           with_buffers, mine / count, count))
     if not parts:
-        return None
-    return ("peak memory <= 1.3x BVLC Caffe (its arrays and its layers' buffers, counted "
-            "from the net: Caffe is not run here)",
-            "; ".join(parts), "yes" if worst <= 1.3 else "**no**")
+        return (target,) + NOT_RUN
+    return (target, "; ".join(parts), "yes" if worst <= 1.3 else "**no**")
 
 
 def _pyloop_row(results):
+    target = "pycaffe loop <= 1.5x Solver.step (LeNet)"
     medians = _medians(results, "pyloop_lenet")
     if not medians:
-        return None
+        return (target,) + NOT_RUN
     step = medians["jcaffe Solver.step"]
     loop = medians["jcaffe forward()+backward()+apply_update()"]
-    return ("pycaffe loop <= 1.5x Solver.step (LeNet)",
-            "forward()+backward()+apply_update() %.2fx (%.1f vs %.1f ms)"
+    return (target, "forward()+backward()+apply_update() %.2fx (%.1f vs %.1f ms)"
             % (loop / step, loop, step),
             "yes" if loop / step <= 1.5 else "**no**")
 
@@ -128,7 +129,7 @@ def _pyloop_row(results):
 def _compile_row(results):
     data = results.get("train_caffenet")
     if not data:
-        return None
+        return ("CaffeNet step compile < 30 s",) + NOT_RUN
     first = next(r["compile_s"] for n, r in data["results"].items() if n.startswith("jcaffe"))
     text = "first call %.1f s" % first
     cache = (results.get("compile_cache") or {}).get("rows", {})
@@ -152,14 +153,14 @@ def _gflops_row(results, peak, gflop):
 
 
 def _jtime_row(results, jtime):
+    target = "`jcaffe time` agrees with the benchmark (LeNet; within %.2f-%.2fx)" % JTIME_AGREES
     medians = _medians(results, "pyloop_lenet")
     m = re.search(r"\*\*([0-9.]+) ms\*\*", jtime or "")
-    if not medians or not m:
-        return None
+    if not medians or not m:         # (a failed `jcaffe time` reports nan ms)
+        return (target,) + NOT_RUN
     timed, looped = float(m.group(1)), medians["jcaffe forward()+backward()"]
     low, high = JTIME_AGREES
-    return ("`jcaffe time` agrees with the benchmark (LeNet; within %.2f-%.2fx)" % JTIME_AGREES,
-            "forward-backward %.1f ms vs forward()+backward() %.1f ms: %.2fx"
+    return (target, "forward-backward %.1f ms vs forward()+backward() %.1f ms: %.2fx"
             % (timed, looped, timed / looped),
             "yes" if low <= timed / looped <= high else "**no**")
 

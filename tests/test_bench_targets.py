@@ -87,3 +87,17 @@ def test_rendered_table_has_one_line_per_row():
     assert lines[:2] == ["| target | this run | met? |", "|---|---|---|"]
     rows = targets.rows(state, REFERENCE, lambda net: 2.0, lambda net: (1.0, 1.0))
     assert len(lines) == 2 + len(rows) and all(line.count(" | ") == 2 for line in lines[2:])
+
+
+def test_a_target_whose_benchmark_did_not_run_says_so():
+    """A failed benchmark leaves its target's row in the table, marked, not dropped."""
+    state = _state(train_lenet=_bench(jcaffe=10.0, jax=20.0, torch=12.5))
+    state["jtime"] = "average Forward-Backward **nan ms** (compare ...)"
+    rows = _table(state)
+    not_run = ("not measured in this run", "not run")
+    assert rows["pycaffe loop <= 1.5x Solver.step (LeNet)"] == not_run
+    assert rows["CaffeNet step compile < 30 s"] == not_run
+    assert next(v for k, v in rows.items() if k.startswith("peak memory")) == not_run
+    assert next(v for k, v in rows.items() if k.startswith("`jcaffe time` agrees")) == not_run
+    assert rows["deploy forward <= 1.0x PyTorch eager"] == ("-", "not run")
+    assert rows["train step <= 1.0x PyTorch eager"][1] == "yes"
