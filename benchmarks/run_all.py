@@ -26,6 +26,7 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 import harness  # noqa: E402
 import nets  # noqa: E402
+import targets  # noqa: E402
 
 # BVLC Caffe (OpenBLAS) and the issue's own figures on a 2-core CPU; quoted from issue 9,
 # not measured here.
@@ -80,10 +81,8 @@ def matmul_peak(repeats=20):
     return 2 * n ** 3 / best / 1e9
 
 
-# Deploy nets also timed at batch 1, and their names in the tables.
+# Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
-TITLES = {"caffenet": "CaffeNet", "googlenet": "GoogLeNet", "resnet50": "ResNet-50",
-          "mobilenet": "MobileNet"}
 
 
 def forward_gflop(name, deploy, batch=None):
@@ -339,7 +338,7 @@ def render(state, opts):
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),
-    ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % TITLES[name], "forward1_" + name,
+    ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,
           forward_gflop(name, True, 1), None) for name in SINGLE_IMAGE_NETS] + [
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),
         ("Training step fed by a Data layer over LMDB, LeNet (1x28x28 records, scale)",
@@ -416,7 +415,6 @@ def render(state, opts):
             ""]
     out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]
     if not state["quick"]:
-        import targets
         out += ["## Targets, measured in this run", "",
                 "Issue 9's targets, computed from the tables above by `benchmarks/targets.py` "
                 "(each row names its rule; ratios are jcaffe's median over the other's, from "

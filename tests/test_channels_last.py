@@ -200,6 +200,7 @@ def _in_both_orders(tmp_path, monkeypatch, text, feed):
                         {n: [p.diff.copy() for p in ps] for n, ps in net.params.items()}))
     return results, net
 
+
 def _assert_same(results, blob_rtol, diff_rtol):
     """Every blob (data, diff) and param diff of the channels-last run equals the run in
     Caffe's order (``_in_both_orders``'s results), to these relative tolerances."""
