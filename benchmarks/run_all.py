@@ -393,7 +393,7 @@ def render(state, opts):
                 "a warm cache (the same directory in the next process: load). The `jcaffe` "
                 "command line keeps this cache by default (`jcaffe/compile_cache.py`). 'XLA "
                 "compile' sums JAX's backend compile events of the first step (with a warm "
-                "cache: the small programs under JAX's 1 s threshold, which are not cached).",
+                "cache: the programs under the cache's 0.1 s threshold, which are not written).",
                 "", bench_compile_cache.table(results["compile_cache"]["rows"]), "",
                 "`%s`" % results["compile_cache_cmd"], ""]
     if results.get("layers"):

@@ -19,10 +19,12 @@ from test_solver import DROPOUT_NET
 @pytest.fixture
 def jax_cache_settings():
     """Put JAX's cache settings back after a test that changes them."""
-    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size)
+    before = (jax.config.jax_compilation_cache_dir, jax.config.jax_compilation_cache_max_size,
+              jax.config.jax_persistent_cache_min_compile_time_secs)
     yield
     jax.config.update("jax_compilation_cache_dir", before[0])
     jax.config.update("jax_compilation_cache_max_size", before[1])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[2])
     from jax.experimental.compilation_cache import compilation_cache as cc
     cc.reset_cache()
 
@@ -103,6 +105,26 @@ def test_library_leaves_jax_alone_unless_asked(tmp_path, monkeypatch, jax_cache_
     monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
     assert compile_cache.from_environment() == str(tmp_path / "env")
     assert os.path.isdir(tmp_path / "env")
+
+
+def test_programs_of_a_tenth_of_a_second_are_written_unless_jax_was_told_otherwise(
+        tmp_path, monkeypatch, jax_cache_settings):
+    """JAX writes only compiles of 1 s or more; jcaffe's cache lowers that to 0.1 s (a
+    small net's step and forwards compile in 0.3-0.7 s), unless JAX's threshold was set."""
+    monkeypatch.delenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", raising=False)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)   # JAX's default
+    jcaffe.set_compilation_cache(str(tmp_path / "a"))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == compile_cache.MIN_COMPILE_S
+    assert compile_cache.MIN_COMPILE_S < 1.0
+
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 5.0)   # the user's
+    jcaffe.set_compilation_cache(str(tmp_path / "b"))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 5.0
+
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")  # asked for 1 s
+    jcaffe.set_compilation_cache(str(tmp_path / "c"))
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 1.0
 
 
 def test_command_line_keeps_a_cache_jax_was_given(tmp_path, monkeypatch, jax_cache_settings):
