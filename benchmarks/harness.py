@@ -5,7 +5,9 @@ model and returns ``run()``, one call of the measured operation that returns onl
 when its result is computed (``block_until_ready`` / torch's eager completion).
 
 * The first call is timed on its own: "compile" (tracing + XLA compilation for
-  JAX contenders; the first eager step for torch).
+  JAX contenders; the first eager step for torch). So is the second (the first
+  warm-up call): a contender may compile a second program there (jcaffe's deploy
+  forward: its slim program, which returns only the outputs).
 * Then ``warmup`` untimed calls each, and ``repeats`` timed calls, interleaved
   round-robin across contenders, so a change of load on a shared machine hits
   all of them alike. Each timed call follows one untimed call of the same
@@ -61,7 +63,8 @@ def quiesce(window=0.002, limit=0.25):
 
 
 def measure(contenders, warmup, repeats, log=print):
-    """{name: {"compile_s", "median_ms", "min_ms", "max_ms", "times_ms"}}."""
+    """{name: {"compile_s", "second_s", "median_ms", "min_ms", "max_ms", "times_ms"}}
+    (``second_s``: the second call, the first of the ``warmup``; None without warm-up)."""
     runs, out = {}, {}
     for name, setup in contenders.items():
         t0 = time.perf_counter()
@@ -69,11 +72,16 @@ def measure(contenders, warmup, repeats, log=print):
         t1 = time.perf_counter()
         run()
         t2 = time.perf_counter()
+        second = None
         for _ in range(warmup):
             run()
+            if second is None:
+                second = time.perf_counter() - t2
         runs[name] = run
-        out[name] = {"setup_s": t1 - t0, "compile_s": t2 - t1, "times_ms": []}
-        log("  %-28s setup %.2fs, first call %.2fs" % (name, t1 - t0, t2 - t1))
+        out[name] = {"setup_s": t1 - t0, "compile_s": t2 - t1, "second_s": second,
+                     "times_ms": []}
+        log("  %-28s setup %.2fs, first call %.2fs, second %s" % (
+            name, t1 - t0, t2 - t1, "-" if second is None else "%.2fs" % second))
     # Interleaved, the order rotating every repeat, and each timed call after quiesce():
     # a contender that ran right after PyTorch would pay for its OpenMP threads still
     # spinning.
@@ -117,6 +125,13 @@ def rss_in_subprocess(script, args, name):
     return float("nan")
 
 
+def second_call(result):
+    """The second call's seconds as a table cell ('-': not timed, or a run from before
+    it was)."""
+    second = result.get("second_s")
+    return "-" if second is None else "%.2f" % second
+
+
 def table(results, rss=None, baseline=None, title=""):
     """Markdown table of the results, with each contender's median over the baseline's."""
     names = list(results)
@@ -124,15 +139,16 @@ def table(results, rss=None, baseline=None, title=""):
     lines = []
     if title:
         lines.append("**%s**\n" % title)
-    lines.append("| contender | median ms | min ms | max ms | ratio to %s | first call s | peak RSS MB |"
-                 % base)
-    lines.append("|---|---:|---:|---:|---:|---:|---:|")
+    lines.append("| contender | median ms | min ms | max ms | ratio to %s | first call s | "
+                 "second call s | peak RSS MB |" % base)
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in names:
         r = results[n]
         ratio = r["median_ms"] / results[base]["median_ms"]
         mem = "%.0f" % rss[n] if rss and n in rss else "-"
-        lines.append("| %s | %.1f | %.1f | %.1f | %.2fx | %.2f | %s |"
-                     % (n, r["median_ms"], r["min_ms"], r["max_ms"], ratio, r["compile_s"], mem))
+        lines.append("| %s | %.1f | %.1f | %.1f | %.2fx | %.2f | %s | %s |"
+                     % (n, r["median_ms"], r["min_ms"], r["max_ms"], ratio, r["compile_s"],
+                        second_call(r), mem))
     return "\n".join(lines)
 
 
