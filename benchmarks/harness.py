@@ -80,8 +80,8 @@ def measure(contenders, warmup, repeats, log=print):
         runs[name] = run
         out[name] = {"setup_s": t1 - t0, "compile_s": t2 - t1, "second_s": second,
                      "times_ms": []}
-        log("  %-28s setup %.2fs, first call %.2fs, second %s" % (
-            name, t1 - t0, t2 - t1, "-" if second is None else "%.2fs" % second))
+        log("  %-28s setup %.2fs, first call %.2fs, second %s s" % (
+            name, t1 - t0, t2 - t1, second_call(out[name])))
     # Interleaved, the order rotating every repeat, and each timed call after quiesce():
     # a contender that ran right after PyTorch would pay for its OpenMP threads still
     # spinning.

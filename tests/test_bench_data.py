@@ -41,4 +41,3 @@ def test_run_all_table_compares_rows_with_the_same_steps():
         "jcaffe Data.load_batch() alone": row(0.2)}})
     ratios = [line.split("|")[5].strip() for line in table.splitlines()[2:]]
     assert ratios == ["1.00x", "1.10x", "1.00x", "1.05x", "-"]
-
