@@ -50,14 +50,17 @@ def torch_forward(name, batch):
         import torch
         param = nets.net_param(name, batch, deploy=True)
         f = nets.torch_forward_fn(param, train=False)
-        params = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_params(param).items()}
-        stats = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_stats(param).items()}
-        data = torch.from_numpy(nets.inputs(param)[0])
+        dev = nets.TORCH_DEVICE
+        params = {k: [torch.from_numpy(a).to(dev) for a in v]
+                  for k, v in nets.init_params(param).items()}
+        stats = {k: [torch.from_numpy(a).to(dev) for a in v]
+                 for k, v in nets.init_stats(param).items()}
+        data = torch.from_numpy(nets.inputs(param)[0]).to(dev)
         final = nets.NETS[name][3]
 
         def run():
             with torch.inference_mode():
-                return f(params, data, None, stats)[1][final].numpy()
+                return f(params, data, None, stats)[1][final].cpu().numpy()
         return run
     return setup
 

@@ -54,18 +54,21 @@ def torch_step(name, batch):
         param = nets.net_param(name, batch)
         f = nets.torch_forward_fn(param, train=True)
         frozen = nets.frozen_layers(param)      # lr_mult 0: neither updated nor differentiated
-        params = {k: [torch.tensor(a, requires_grad=k not in frozen) for a in v]
+        dev = nets.TORCH_DEVICE
+        params = {k: [torch.tensor(a, requires_grad=k not in frozen, device=dev) for a in v]
                   for k, v in nets.init_params(param).items()}
         opt = torch.optim.SGD([t for k, v in params.items() if k not in frozen for t in v],
                               lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY)
-        data, label = (torch.from_numpy(a) for a in nets.inputs(param))
-        stats = {k: [torch.from_numpy(a) for a in v] for k, v in nets.init_stats(param).items()}
+        data, label = (torch.from_numpy(a).to(dev) for a in nets.inputs(param))
+        stats = {k: [torch.from_numpy(a).to(dev) for a in v]
+                 for k, v in nets.init_stats(param).items()}
 
         def run():
             opt.zero_grad(set_to_none=True)
             loss, _ = f(params, data, label, stats)
             loss.backward()
             opt.step()
+            nets.torch_sync()
         return run
     return setup
 

@@ -163,15 +163,19 @@ def main(description, make_contenders, default_repeats, default_warmup=2, extra_
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--json", default="")
     parser.add_argument("--rss-of", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--torch-device", default="cpu",
+                        help="where the PyTorch contender runs (cpu, or cuda on a GPU machine; "
+                             "the JAX contenders run on JAX's default device)")
     for args, kwargs in (extra_args or []):
         parser.add_argument(*args, **kwargs)
     opts = parser.parse_args()
     import logging
     logging.getLogger("jcaffe").setLevel(logging.WARNING)
+    import nets
+    nets.TORCH_DEVICE = opts.torch_device
     contenders = make_contenders(opts)
     _set_threads([opts.rss_of] if opts.rss_of else contenders)
     if opts.rss_of:
-        import nets
         nets.STANDALONE_PROTO = not opts.rss_of.startswith("jcaffe")
         run = contenders[opts.rss_of]()
         for _ in range(RSS_CALLS):      # the first call (compilation), then steady state

@@ -40,6 +40,16 @@ _pb2 = None
 # Set by the harness in a memory-measuring subprocess of a non-jcaffe contender:
 # then the prototxt is parsed without importing jcaffe (and with it jax).
 STANDALONE_PROTO = False
+# Where the PyTorch contender runs (the harness's --torch-device): "cpu", or "cuda" on a
+# GPU machine, where torch_sync() waits for its kernels before a call counts as done.
+TORCH_DEVICE = "cpu"
+
+
+def torch_sync():
+    """Eager PyTorch on a GPU returns before its kernels finish: wait for them."""
+    if TORCH_DEVICE != "cpu":
+        import torch
+        torch.cuda.synchronize()
 
 
 def caffe_pb2():
