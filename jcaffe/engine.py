@@ -39,6 +39,11 @@ from . import xla_options
 # (216 ms for a 51 MB map). Division is an op XLA will not copy into consumers, and
 # x / 1 is x exactly (NaN, infinities and -0 included), as long as XLA cannot see the 1:
 # it is made from the bits of a runtime input, (bits | ONE) & ONE.
+# The CPU's rule only. On a GPU a recomputed elementwise producer costs little inside a
+# memory-bound kernel, and the division costs a kernel and a pass over the blob of its
+# own. Measured on an H200 (benchmarks/NOTES.md, thirty-first session): GoogLeNet's
+# deploy forward took 0.78x the time without it (first call 7.1 -> 2.4 s), its training
+# step compiled in 11.4 s instead of 28.2.
 _ONE = contextvars.ContextVar("jcaffe_runtime_one", default=None)
 
 
@@ -46,8 +51,9 @@ _ONE = contextvars.ContextVar("jcaffe_runtime_one", default=None)
 def runtime_one(inputs):
     """While tracing a compiled call, :func:`materialize` divides by an exact 1 made from
     the first array among ``inputs`` (the call's own inputs, not values it computes: a 1
-    computed from the chain would join the chain's fusion). The outermost call wins."""
-    if _ONE.get() is not None:
+    computed from the chain would join the chain's fusion). The outermost call wins.
+    Only on the CPU backend: elsewhere :func:`materialize` leaves its blob to XLA."""
+    if _ONE.get() is not None or jax.default_backend() != "cpu":
         yield
         return
     first = next((a for a in jax.tree_util.tree_leaves(inputs) if np.size(a)), None)

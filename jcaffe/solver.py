@@ -102,7 +102,9 @@ class Solver:
     CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     # Params of at least this size whose layer can give their diff by rows (InnerProduct
     # weights) are updated a block of rows at a time in a fused step, without their
-    # whole diff (jcaffe.engine.RowBlocks); None: never.
+    # whole diff (jcaffe.engine.RowBlocks); None: never. On the CPU backend only: on an
+    # H200 CaffeNet's step took 5.4 ms without them against 6.5 with them, and XLA's
+    # temporaries were no smaller (benchmarks/NOTES.md, thirty-first session).
     row_blocks_min_bytes = 32 << 20
 
     def __init__(self, source, _source_path=None, devices=None):
@@ -599,9 +601,11 @@ class Solver:
         never whole (jcaffe.engine.RowBlocks): big ones (``row_blocks_min_bytes``) that
         one layer alone computes, by rows. Not with data-parallel training, iter_size > 1
         or clip_gradients, which need each whole diff, nor with a rule whose update value
-        needs the diff itself (SGD and Adam have values from their history alone)."""
+        needs the diff itself (SGD and Adam have values from their history alone), nor
+        off the CPU backend (see row_blocks_min_bytes)."""
         limit = self.row_blocks_min_bytes
-        if (limit is None or self.parallel is not None or self.param.iter_size != 1
+        if (limit is None or jax.default_backend() != "cpu" or self.parallel is not None
+                or self.param.iter_size != 1
                 or self.param.clip_gradients >= 0
                 or not getattr(self._rule, "value_from_history", None)):
             return frozenset()

@@ -171,6 +171,8 @@ def test_which_params_are_updated_in_the_backward(monkeypatch):
     assert seg.updated_in_order(params) == {}
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu",
+                    reason="the copies are XLA CPU's: an H200's step copied no weight either way")
 def test_updates_in_the_backward_copy_no_weight(at_the_end, any_size):
     """The 1x1 convolutions' weights, read through their ordered copy by the data
     gradient's product: updated at the end of the step, XLA copied each of them before
