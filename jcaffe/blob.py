@@ -25,6 +25,15 @@ HOST, DEVICE, SYNCED = "host", "device", "synced"
 
 MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
+# Counts the changes of any Blob's shape: what a fused solver step derives from the
+# shapes (jcaffe.solver.Solver._steady_plan) holds while it is unchanged.
+_shape_changes = 0
+
+
+def shape_epoch():
+    """A number that changes whenever a Blob's shape changes (Blob.reshape)."""
+    return _shape_changes
+
 
 def device_zeros(shape, dtype):
     """A zero array on the default device, copied from host zeros: nothing is compiled
@@ -273,6 +282,9 @@ class Blob:
             self._data.reshape(shape)
         if self._diff.shape == self._shape:
             self._diff.reshape(shape)
+        if shape != self._shape:
+            global _shape_changes
+            _shape_changes += 1
         self._shape = shape
 
     def shape_string(self):

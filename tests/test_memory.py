@@ -264,6 +264,36 @@ def test_the_first_step_traces_the_iteration_once(monkeypatch):
     assert len(traced) == 2
 
 
+def test_a_step_reshapes_the_layers_again_only_after_a_shape_changed(monkeypatch):
+    """Caffe reshapes every layer before each forward; a fused step does it (and derives
+    its static spec and layouts) again only after a blob's shape changed: a new batch
+    size, or a user's reshape of a blob the layers then reshape back."""
+    from jcaffe.net import Net
+    reshaped = []
+    reshape_slot = Net._reshape_slot
+
+    def counting(self, slot):
+        reshaped.append(slot.layer.name)
+        return reshape_slot(self, slot)
+    monkeypatch.setattr(Net, "_reshape_slot", counting)
+    solver = _solver()
+    blobs = solver.net.blobs
+    solver.step(3)
+    layers = len(solver.net.layers)
+    assert len(reshaped) == layers                    # the first step's only
+    blobs["data"].reshape(2, *blobs["data"].shape[1:])
+    blobs["label"].reshape(2)
+    solver.step(2)
+    assert len(reshaped) == 2 * layers and blobs["ip"].shape == (2, 5)
+    assert np.isfinite(solver.smoothed_loss)
+    blobs["ip"].reshape(10)                           # the InnerProduct's top: reshaped back
+    solver.step(1)
+    assert len(reshaped) == 3 * layers and blobs["ip"].shape == (2, 5)
+    blobs["ip"].reshape(2, 5)                         # its own shape: nothing changed
+    solver.step(1)
+    assert len(reshaped) == 3 * layers
+
+
 RESIDUAL_NET = """
 name: "residual"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 2 dim: 6 dim: 6 } } }
