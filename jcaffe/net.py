@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import common, hdf5, netgraph, protoio
-from .blob import Blob, shape_string
+from .blob import Blob, shape_epoch, shape_string
 from .engine import LayerSlot, Segment
 from .errors import BackwardError, JcaffeError, NetGraphError, PythonLayerError, ShapeMismatchError
 from .layer import create_layer
@@ -94,6 +94,7 @@ class Net:
         self.inputs = []
         self._saved = {}
         self._segments = {}
+        self._reshaped = {}     # (first, last) layer of a compiled run: shape_epoch() after
         self._hooks = {"before_forward": [], "after_forward": [],
                        "before_backward": [], "after_backward": []}
         self._forward_count = 0
@@ -605,6 +606,18 @@ class Net:
             seg = self._segments[key] = Segment(run, keep=read_outside | set(self.outputs))
         return seg
 
+    def _reshape_run(self, run):
+        """Reshape the layers of a compiled ``run`` for their bottoms' shapes, as Caffe does
+        before every forward; a no-op, skipped, while no blob's shape has changed since
+        (blob.shape_epoch): GoogLeNet's deploy forward spent 0.5 of its 1.75 ms of host
+        work there."""
+        key = (run[0].index, run[-1].index)
+        if self._reshaped.get(key) == shape_epoch():
+            return
+        for slot in run:
+            self._reshape_slot(slot)
+        self._reshaped[key] = shape_epoch()
+
     def _reshape_slot(self, slot):
         layer = slot.layer
         if layer.is_host:
@@ -666,8 +679,7 @@ class Net:
                     blob.set_device_data(jnp.asarray(value, self.dtype))
 
     def _forward_compiled(self, run, key, wanted=()):   # key: (base key, count), folded in the call
-        for slot in run:
-            self._reshape_slot(slot)
+        self._reshape_run(run)
         seg = self._segment(run)
         params = {pid: self._learnable[pid].device_data() for pid in seg.param_ids}
         data = {name: self.blobs[name].device_data() for name in seg.reads}

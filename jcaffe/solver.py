@@ -496,8 +496,7 @@ class Solver:
         key = (seg, seg.channels_last)
         if self._steady is not None and self._steady[0] == key + (shape_epoch(),):
             return self._steady[1]
-        for slot in run:
-            self.net._reshape_slot(slot)
+        self.net._reshape_run(run)
         _, data_names, diff_names, _, _ = seg.backward_plan()
         plan = (self._recycle_spec(seg), data_names, diff_names, seg.last_writes(),
                 seg.last_diffs())

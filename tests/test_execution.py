@@ -37,6 +37,32 @@ def test_runs_of_builtin_layers_are_single_compiled_segments(tmp_path):
         assert seg._backward_jit["fn"]._cache_size() == 1
 
 
+def test_a_forward_reshapes_compiled_runs_again_only_after_a_shape_changed(tmp_path, monkeypatch):
+    """Caffe reshapes every layer before each forward. The layers of a compiled run are
+    reshaped again only after some blob's shape changed (here the input's batch, which
+    then reaches the run behind the Python layer too); the Python layer's reshape is
+    its own code and is called every time, as in Caffe."""
+    from jcaffe.net import Net
+    reshaped = []
+    reshape_slot = Net._reshape_slot
+
+    def counting(self, slot):
+        reshaped.append(slot.layer.name)
+        return reshape_slot(self, slot)
+    monkeypatch.setattr(Net, "_reshape_slot", counting)
+    net = make_net(tmp_path, MIXED)
+    del reshaped[:]
+    r = np.random.default_rng(0)
+    for _ in range(3):
+        net.forward(x=r.standard_normal((4, 3)), t=r.standard_normal((4, 3)))
+    assert reshaped == ["in", "ip1", "tanh1", "ip2", "sig", "loss"]
+    net.blobs["x"].reshape(2, 3)
+    net.blobs["t"].reshape(2, 3)
+    out = net.forward()
+    assert reshaped[6:] == ["in", "ip1", "tanh1", "ip2", "sig", "loss"]
+    assert net.blobs["o"].shape == (2, 3) and np.isfinite(out["loss"])
+
+
 def test_mixed_net_gradient_matches_jax_grad(tmp_path, x64):
     net = make_net(tmp_path, MIXED, dtype=np.float64)
     r = np.random.default_rng(1)
