@@ -55,10 +55,12 @@ class SyncedArray:
         self.pending = None         # a PendingForward that will compute the content
         self._pending_name = None
         self._reorder = None        # _dev holds the content in another order: see set_device
+        self.watch = None           # (segment, blob name): a read is noted (watch_reads)
 
     def set_pending(self, pending, name):
         """The content is blob ``name`` of the forward ``pending``, not computed yet."""
         self.pending, self._pending_name = pending, name
+        self.watch = None
         self._dev = None
         self._reorder = None
         self._host = None
@@ -69,8 +71,20 @@ class SyncedArray:
         pending.resolve()                 # sets this array (and the forward's others)
         pending.segment.read_pending(name)
 
+    def watch_reads(self, segment, name):
+        """Until this content is replaced, its first read (host or device) tells
+        ``segment`` that blob ``name`` is read (Segment.read_pending)."""
+        self.watch = (segment, name)
+
+    def _note_read(self):
+        segment, name = self.watch
+        self.watch = None
+        segment.read_pending(name)
+
     def host(self):
         """The host copy, synced from the device if the device is ahead."""
+        if self.watch is not None:
+            self._note_read()
         if self.pending is not None:
             self._resolve()
         self._settle()
@@ -89,6 +103,8 @@ class SyncedArray:
 
     def device(self):
         """The device copy, uploaded from the host if the host is ahead."""
+        if self.watch is not None:
+            self._note_read()
         if self.pending is not None:
             self._resolve()
         self._settle()
@@ -120,6 +136,7 @@ class SyncedArray:
         self._reorder = reorder
         self.head = DEVICE
         self.pending = None
+        self.watch = None
         # The host copy is stale now, and host() makes a new one when asked: drop it
         # (a solver's params would otherwise keep their initial values resident).
         self._host = None
@@ -158,6 +175,7 @@ class SyncedArray:
         self._host = np.array(value, dtype=self.dtype).reshape(self.shape)
         self.head = HOST
         self.pending = None
+        self.watch = None
         self._reorder = None
 
     def reshape(self, shape):
@@ -329,6 +347,10 @@ class Blob:
 
     def take_device_diff(self, keep=frozenset()):
         return self._diff.take_device(keep) if self._diff.shape == self._shape else None
+
+    def watch_data_reads(self, segment, name):
+        """SyncedArray.watch_reads of the data."""
+        self._data.watch_reads(segment, name)
 
     def set_pending_data(self, pending, name):
         """The data is blob ``name`` of the slim forward ``pending`` (jcaffe.engine),

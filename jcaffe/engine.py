@@ -570,6 +570,16 @@ class Segment:
         """A pending blob of this segment was read: later forwards return it."""
         self.learned.add(name)
 
+    def dropped_when_slim(self):
+        """The blobs a slim forward of this segment would leave pending now. Read after
+        a full forward (the net watches them), they are returned by the first slim one:
+        pycaffe's feature extraction reads an intermediate blob after every forward,
+        and finding it only pending in the second forward cost a run of the full
+        program at that read and a third compile (GoogLeNet: about 3 s)."""
+        if not self._may_slim or self.slim_after is None:
+            return ()
+        return set(self.writes) - self.keep - self.learned
+
     # -- backward --------------------------------------------------------------
     def backward_plan(self):
         """Blobs whose data / top diffs the backward reads, the diffs it writes,

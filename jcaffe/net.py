@@ -691,6 +691,9 @@ class Net:
                 self.blobs[name].set_device_data(written[name])
             else:       # computed when first read (see jcaffe.engine)
                 self.blobs[name].set_pending_data(pending, name)
+        if pending is None:
+            for name in seg.dropped_when_slim():
+                self.blobs[name].watch_data_reads(seg, name)
         self._saved.update(saved)
         for pid, value in new_params.items():
             self._learnable[pid].set_device_data(value)

@@ -78,6 +78,32 @@ def test_slim_forward_leaves_intermediates_pending_and_computes_them_when_read()
         np.testing.assert_allclose(net.blobs[name].data, ref[name], rtol=1e-6, atol=1e-7)
 
 
+def test_a_blob_read_after_the_first_forward_is_returned_by_the_first_slim_one(monkeypatch):
+    """Feature extraction (read an intermediate blob after every forward): the read after
+    the first, full forward is noted, so the second forward's slim program returns that
+    blob; no read of a pending blob runs the full program again. Blobs nobody read stay
+    pending, and a device read counts as a read."""
+    full = []
+    run_full = engine.Segment.run_full
+
+    def counting(self, *args):
+        full.append(self)
+        return run_full(self, *args)
+    monkeypatch.setattr(engine.Segment, "run_full", counting)
+    net = _net()
+    xs = [_inputs(s) for s in range(3)]
+    net.forward(data=xs[0])
+    net.blobs["pool"].data                       # read (host)
+    net.blobs["ip"].device_data()                # read (device)
+    for x in xs[1:]:
+        net.forward(data=x)
+        assert not _pending(net, "pool") and not _pending(net, "ip") and _pending(net, "conv")
+        ref = _reference(net, x)
+        np.testing.assert_allclose(net.blobs["pool"].data, ref["pool"], rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(net.blobs["ip"].data, ref["ip"], rtol=1e-6, atol=1e-7)
+    assert [s for s in full if s in net._segments.values()] == full[:1]   # the first forward's
+
+
 def test_pending_blob_is_what_its_forward_computed_after_weights_and_input_change():
     net = _net()
     x = _inputs(1)
