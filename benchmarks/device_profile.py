@@ -4,11 +4,12 @@ for a lent GPU machine: benchmarks/device_check.sh times, this one explains).
     python benchmarks/device_profile.py --net googlenet --forward --out DIR
     python benchmarks/device_profile.py --net resnet50 --out DIR
 
-For each contender: every compilation of its first call (jax.monitoring's durations,
-with the jitted function's name from jax_log_compiles), then ``--calls`` steady calls
-under ``jax.profiler`` (a Perfetto trace per contender) and the optimized HLO of its
-programs (XLA's dump), all under DIR. ``kernels.py``-style reading is done off the
-machine: the traces' device events name each kernel and its HLO op.
+For each contender: the compile events of its first call (jax.monitoring's durations;
+with JAX_LOG_COMPILES=1 the log names each jitted function), then ``--calls`` steady
+calls under ``jax.profiler`` (a Perfetto trace per contender) and the optimized HLO of
+its programs (XLA's dump), all under DIR. Read the traces off the machine with
+``benchmarks/device_kernels.py DIR``; a kernel's name is its HLO instruction's, whose
+op_name in the dump names the layer (``<layer>.forward`` / ``.backward``).
 """
 import argparse
 import logging

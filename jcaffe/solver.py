@@ -492,7 +492,8 @@ class Solver:
         (its static spec, the backward's data and diff names, the blobs and diffs it
         leaves channels-last). Derived again only after a blob's shape changed
         (blob.shape_epoch): a data layer's new batch shape, a user's reshape. Each step
-        did it all, about half of a ResNet-50 step's host work (4 of 9 ms)."""
+        did it all: 2.7 of the 6.6 ms of Python around a ResNet-50 step's call (batch 2,
+        a 2-core VM), which a GPU's step waits for."""
         key = (seg, seg.channels_last)
         if self._steady is not None and self._steady[0] == key + (shape_epoch(),):
             return self._steady[1]
