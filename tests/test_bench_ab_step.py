@@ -111,3 +111,35 @@ def test_round_interval_is_a_t_interval_over_the_log_ratios():
     many = ab_step.round_interval([0.95, 1.05] * 40)
     logs = np.log([0.95, 1.05] * 40)
     assert np.isclose(np.log(many[2]) - logs.mean(), 1.96 * logs.std(ddof=1) / np.sqrt(80))
+
+
+def test_the_engine_variants_each_switch_their_rule(monkeypatch):
+    """benchmarks/variants_engine.py: each name changes the one setting it names (each
+    restored after this test), and an unknown name lists the known ones."""
+    import jax
+    import pytest
+    from jcaffe import engine
+    from jcaffe.solver import Solver
+    sys.path.insert(0, BENCH)
+    import variants_engine
+    for owner, attr in ((Solver, "update_in_backward"), (Solver, "row_blocks_min_bytes"),
+                        (engine.Segment, "ordered_backward"),
+                        (engine.Segment, "channels_last"), (engine, "materialize")):
+        monkeypatch.setattr(owner, attr, getattr(owner, attr))
+    precision = jax.config.jax_default_matmul_precision
+    try:
+        variants_engine.apply("default")
+        assert Solver.update_in_backward and engine.Segment.ordered_backward
+        for name in ("update_at_end", "unordered", "caffe_order", "no_row_blocks"):
+            variants_engine.apply(name)
+        assert not Solver.update_in_backward and not engine.Segment.ordered_backward
+        assert not engine.Segment.channels_last and Solver.row_blocks_min_bytes is None
+        variants_engine.apply("no_materialize")
+        x = object()
+        assert engine.materialize(x) is x
+        variants_engine.apply("float32")
+        assert jax.config.jax_default_matmul_precision == "highest"
+    finally:
+        jax.config.update("jax_default_matmul_precision", precision)
+    with pytest.raises(SystemExit, match="update_at_end"):
+        variants_engine.apply("fast")

@@ -1,0 +1,58 @@
+"""Named switches of jcaffe's engine rules, for ``benchmarks/ab_step.py --variants``:
+
+    python benchmarks/ab_step.py --net resnet50 --variants benchmarks/variants_engine.py \\
+        default update_at_end --rounds 4
+
+Each name turns one documented rule off (or one option on) before the variant's solver
+or net is built; "default" changes nothing. Made for the next session with a lent GPU,
+where the CPU's rules were chosen without measurements (benchmarks/NOTES.md,
+thirty-first session), but they run anywhere.
+"""
+
+
+def _update_at_end():
+    from jcaffe.solver import Solver
+    Solver.update_in_backward = False
+
+
+def _unordered():
+    from jcaffe.engine import Segment
+    Segment.ordered_backward = False
+
+
+def _caffe_order():
+    from jcaffe.engine import Segment
+    Segment.channels_last = False
+
+
+def _no_row_blocks():
+    from jcaffe.solver import Solver
+    Solver.row_blocks_min_bytes = None
+
+
+def _no_materialize():
+    from jcaffe import engine
+    engine.materialize = lambda x: x
+
+
+def _float32():
+    import jax
+    jax.config.update("jax_default_matmul_precision", "highest")
+
+
+VARIANTS = {
+    "default": lambda: None,
+    "update_at_end": _update_at_end,      # every param updated after the whole backward
+    "unordered": _unordered,              # XLA's own order for the backward
+    "caffe_order": _caffe_order,          # no channels-last runs (CPU only anyway)
+    "no_row_blocks": _no_row_blocks,      # big weight diffs whole (CPU only anyway)
+    "no_materialize": _no_materialize,    # no stored Split bottoms (CPU only anyway)
+    "float32": _float32,                  # full float32 products (not TF32 on a GPU)
+}
+
+
+def apply(name):
+    if name not in VARIANTS:
+        raise SystemExit("variants_engine: no variant %r; the variants are: %s"
+                         % (name, ", ".join(VARIANTS)))
+    VARIANTS[name]()
