@@ -5,6 +5,7 @@
 # each stage under its own time limit, everything logged under $OUT.
 #
 #   bash benchmarks/device_check.sh [SECONDS]     (the whole budget; default 480)
+#   AB="resnet50:default:update_at_end" bash benchmarks/device_check.sh 540
 #
 # The machine's own python3, JAX and PyTorch are used (nothing can be installed there
 # from a registry); lmdb travels as a wheel in .whl/ (carry it).
@@ -101,6 +102,17 @@ import glob, json, os, sys
 json.dump({os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob("/tmp/bench/*.json"))},
           open(sys.argv[1], "w"), indent=1)
 EOF
+
+# Optional A/Bs of the engine's rules (benchmarks/variants_engine.py), one process per
+# variant and round: AB="resnet50:default:update_at_end caffenet:default:float32".
+for spec in ${AB:-}; do
+    IFS=: read -r net a b <<< "$spec"
+    t=$(( $(left) < 120 ? $(left) : 120 ))
+    [ "$t" -lt 30 ] && { echo "skipped A/B $spec: no time left"; continue; }
+    stage "A/B $net: $a vs $b (limit $t s)"
+    timeout "$t" python3 benchmarks/ab_step.py --net "$net" --variants \
+        benchmarks/variants_engine.py "$a" "$b" --steps 20 --rounds 2 || echo "exit $?"
+done
 
 stage "digits example (README's main job), 500 iterations"
 t=$(( $(left) < 40 ? $(left) : 40 ))
