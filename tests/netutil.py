@@ -119,3 +119,16 @@ def compiled_step(solver):
     solver._jit_fused = spy
     solver.step(1)
     return seen[0].lower(*seen[1]).compile()
+
+
+def calls_of(monkeypatch, owner, name, what=lambda *args: args):
+    """A list recording ``what(*args)`` for each call of ``owner.name`` from now on (the
+    original still runs; monkeypatch puts it back)."""
+    seen = []
+    original = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        seen.append(what(*args))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(owner, name, recording)
+    return seen

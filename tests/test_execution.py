@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import jcaffe
-from netutil import make_net
+from netutil import calls_of, make_net
 
 MIXED = """
 name: "mixed"
@@ -43,13 +43,7 @@ def test_a_forward_reshapes_compiled_runs_again_only_after_a_shape_changed(tmp_p
     then reaches the run behind the Python layer too); the Python layer's reshape is
     its own code and is called every time, as in Caffe."""
     from jcaffe.net import Net
-    reshaped = []
-    reshape_slot = Net._reshape_slot
-
-    def counting(self, slot):
-        reshaped.append(slot.layer.name)
-        return reshape_slot(self, slot)
-    monkeypatch.setattr(Net, "_reshape_slot", counting)
+    reshaped = calls_of(monkeypatch, Net, "_reshape_slot", lambda net, slot: slot.layer.name)
     net = make_net(tmp_path, MIXED)
     del reshaped[:]
     r = np.random.default_rng(0)

@@ -9,7 +9,7 @@ from google.protobuf import text_format
 import jcaffe
 from jcaffe import engine
 from jcaffe.proto import caffe_pb2
-from netutil import count_compilations
+from netutil import calls_of, count_compilations
 
 DEPLOY = """
 name: "deploy"
@@ -83,13 +83,7 @@ def test_a_blob_read_after_the_first_forward_is_returned_by_the_first_slim_one(m
     the first, full forward is noted, so the second forward's slim program returns that
     blob; no read of a pending blob runs the full program again. Blobs nobody read stay
     pending, and a device read counts as a read."""
-    full = []
-    run_full = engine.Segment.run_full
-
-    def counting(self, *args):
-        full.append(self)
-        return run_full(self, *args)
-    monkeypatch.setattr(engine.Segment, "run_full", counting)
+    full = calls_of(monkeypatch, engine.Segment, "run_full", lambda seg, *args: seg)
     net = _net()
     xs = [_inputs(s) for s in range(3)]
     net.forward(data=xs[0])

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jcaffe
 from jcaffe import engine, memory
 from jcaffe.proto import caffe_pb2
+from netutil import calls_of
 
 NET = """
 name: "small"
@@ -269,13 +270,7 @@ def test_a_step_reshapes_the_layers_again_only_after_a_shape_changed(monkeypatch
     its static spec and layouts) again only after a blob's shape changed: a new batch
     size, or a user's reshape of a blob the layers then reshape back."""
     from jcaffe.net import Net
-    reshaped = []
-    reshape_slot = Net._reshape_slot
-
-    def counting(self, slot):
-        reshaped.append(slot.layer.name)
-        return reshape_slot(self, slot)
-    monkeypatch.setattr(Net, "_reshape_slot", counting)
+    reshaped = calls_of(monkeypatch, Net, "_reshape_slot", lambda net, slot: slot.layer.name)
     solver = _solver()
     blobs = solver.net.blobs
     solver.step(3)
