@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the workplace's `device` tool; never CI):
 #   versions -> float32 precision probe -> training-step and deploy-forward benchmarks
-#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> the README's digits job -> tests,
+#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> optional A/Bs -> the README's digits job
+#   -> tests,
 # each stage under its own time limit, everything logged under $OUT.
 #
 #   bash benchmarks/device_check.sh [SECONDS]     (the whole budget; default 480)
@@ -75,28 +76,6 @@ bench bench_train.py resnet50 60 10
 bench bench_train.py googlenet 60 10
 bench bench_forward.py caffenet 30 15
 bench bench_forward.py googlenet 45 10
-t=$(( $(left) < 45 ? $(left) : 45 ))
-stage "CaffeNet step: fc6/fc7 weights updated by row blocks (CPU's choice) or whole (limit $t s)"
-[ "$t" -ge 20 ] && { timeout "$t" python3 - <<'EOF' || echo "exit $?"; }
-import sys
-sys.path.insert(0, "benchmarks")
-import harness, nets, jax
-
-def solver(row_blocks):
-    def setup():
-        s = nets.jcaffe_solver("caffenet", 32)
-        if not row_blocks:
-            s.row_blocks_min_bytes = None
-        def run():
-            s.step(1)
-            jax.block_until_ready(s._losses[-1])
-        return run
-    return setup
-
-res = harness.measure({"row blocks (default)": solver(True), "whole diffs": solver(False)}, 3, 15)
-print(harness.table(res))
-EOF
-
 python3 - "$OUT/bench.json" <<'EOF'
 import glob, json, os, sys
 json.dump({os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob("/tmp/bench/*.json"))},

@@ -39,7 +39,6 @@ def main():
     else:
         import bench_train as bench
     logging.getLogger("jcaffe").setLevel(logging.WARNING)
-    nets.TORCH_DEVICE = "cuda" if jax.default_backend() == "gpu" else "cpu"
     compiles = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compiles.append((event, secs)) if "compil" in event
