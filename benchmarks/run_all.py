@@ -7,7 +7,9 @@ interleaved; peak memory from one subprocess per contender). --quick: fewer
 repeats, no CaffeNet/GoogLeNet (to check that everything runs).
 --notes FILE: a markdown file appended verbatim (the analysis of the numbers).
 The raw numbers go to benchmarks/results.json; --render rewrites RESULTS.md from
-it (and the notes) without measuring again.
+it (and the notes) without measuring again; --only KEYS measures those entries of the
+plan again (e.g. ``--only host``), merges them into results.json and renders: their
+sections then say when they were measured, apart from the run in the header.
 """
 import argparse
 import datetime
@@ -210,6 +212,7 @@ def main():
     ap.add_argument("--notes", default=os.path.join(HERE, "NOTES.md"))
     ap.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
     ap.add_argument("--render", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated plan keys to measure again")
     opts = ap.parse_args()
     raw = os.path.join(HERE, "results.json")
     if opts.render:
@@ -226,6 +229,7 @@ def main():
         ("data_lenet", "bench_data.py", ["--net", "lenet"] + (q or ["--repeats", "30"])),
         ("compile_cache", "bench_compile_cache.py",
          ["--nets", "lenet" if opts.quick else "lenet,caffenet,googlenet"]),
+        ("host", "bench_host.py", ["--nets", "lenet" if opts.quick else "lenet,googlenet,resnet50"]),
     ]
     if not opts.quick:
         plan += [
@@ -267,6 +271,8 @@ def main():
         plan += [("forward1_%s" % name, "bench_forward.py",
                   ["--net", name, "--batch", "1", "--repeats", "15", "--warmup", "2",
                    "--no-memory"]) for name in SINGLE_IMAGE_NETS]
+    if opts.only:
+        return remeasure(plan, opts.only.split(","), raw, opts)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for key, script, args in plan:
@@ -292,6 +298,37 @@ def main():
         with open(raw, "w") as f:
             json.dump(state, f, indent=1)
     render(state, opts)
+
+
+def remeasure(plan, keys, raw, opts):
+    """Measure the plan's entries ``keys`` again into results.json (each with the time
+    it was measured: ``results[key + "_measured"]``) and render."""
+    by_key = {key: (script, args) for key, script, args in plan}
+    unknown = [k for k in keys if k not in by_key]
+    if unknown:
+        raise SystemExit("--only: no plan entries %s (there are %s)"
+                         % (", ".join(unknown), ", ".join(by_key)))
+    with open(raw) as f:
+        state = json.load(f)
+    results = state["results"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for key in keys:
+            script, args = by_key[key]
+            started, before = datetime.datetime.now(datetime.timezone.utc), load()
+            results[key] = run(script, args, os.path.join(tmp, key + ".json"))
+            results[key + "_cmd"] = "python benchmarks/%s %s" % (script, " ".join(args))
+            results[key + "_measured"] = "%s to %s UTC, load before: `%s`" % (
+                started.strftime("%Y-%m-%d %H:%M"),
+                datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"), before)
+    with open(raw, "w") as f:
+        json.dump(state, f, indent=1)
+    render(state, opts)
+
+
+def measured_apart(results, key):
+    """The line saying when ``key`` was measured, where it was not in the header's run."""
+    when = results.get(key + "_measured")
+    return ["Measured apart from the run in the header: %s." % when, ""] if when else []
 
 
 def render(state, opts):
@@ -356,6 +393,7 @@ def render(state, opts):
             continue
         out.append("## " + title)
         out.append("")
+        out += measured_apart(results, key)
         if results[key] is None:
             out.append("(failed; see the run's log)")
         else:
@@ -399,8 +437,22 @@ def render(state, opts):
                 "command line keeps this cache by default (`jcaffe/compile_cache.py`). 'XLA "
                 "compile' sums JAX's backend compile events of the first step (with a warm "
                 "cache: the programs under the cache's 0.1 s threshold, which are not written).",
-                "", bench_compile_cache.table(results["compile_cache"]["rows"]), "",
+                ""] + measured_apart(results, "compile_cache") + [
+                bench_compile_cache.table(results["compile_cache"]["rows"]), "",
                 "`%s`" % results["compile_cache_cmd"], ""]
+    if results.get("host"):
+        import bench_host
+        out += ["## Host work per call (what an accelerator's step waits for)", "",
+                "The Python thread's CPU time per call (`time.thread_time()`, each call after "
+                "the previous one finished), batch %d, medians over rounds alternating between "
+                "the contenders: jcaffe's `Solver.step(1)` and deploy `Net.forward()` against "
+                "pure JAX's jitted step and forward. jcaffe's jitted call is shown apart, with "
+                "the arrays it passes and gets back (params, solver history, the blob buffers "
+                "it recycles; the runtime spends a few microseconds on each). On a GPU this is "
+                "the time a call that waits for its result spends outside the device's work "
+                "(benchmarks/NOTES.md, thirty-first and thirty-second sessions)."
+                % results["host"]["batch"], ""] + measured_apart(results, "host") + [
+                bench_host.table(results["host"]["rows"]), "", "`%s`" % results["host_cmd"], ""]
     if results.get("layers"):
         import bench_layers
         out += ["## Layer catalog: each layer's backward vs `jax.vjp` of its own forward", "",

@@ -1,0 +1,50 @@
+"""benchmarks/bench_host.py: it times jcaffe's fused step and slim deploy forward (not a
+fallback path), counts the arrays each jitted call passes and returns, and its table
+reads the rows it was given."""
+import os
+import sys
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+sys.path.insert(0, BENCH)
+import bench_host  # noqa: E402
+import nets  # noqa: E402
+
+
+def test_the_step_is_the_fused_call_with_its_params_and_history():
+    row = bench_host.measure("lenet", 2, "step", calls=2, rounds=1)
+    jc, pure = row["jcaffe"], row["pure JAX"]
+    learnable = len(nets.jcaffe_solver("lenet", 2).net._learnable)      # 4 layers, w and b
+    assert learnable == 8
+    # params and their history in, both back, and the blobs the step rewrites
+    assert jc["arrays_in"] > 2 * learnable and jc["arrays_out"] > 2 * learnable
+    assert pure["arrays_in"] == 2 * learnable + 3        # params, momentum, data, label, key
+    assert 0 < jc["call_ms"] <= jc["ms"] and pure["ms"] > 0
+    assert len(jc["rounds_ms"]) == 1
+
+
+def test_the_forward_is_the_slim_program():
+    row = bench_host.measure("lenet", 2, "forward", calls=2, rounds=1)
+    assert row["jcaffe"]["arrays_out"] == 1           # the output alone
+    assert row["jcaffe"]["arrays_in"] >= 8 + 1        # params, data
+    assert row["pure JAX"]["arrays_out"] == 1
+
+
+def test_table_gives_each_row_and_the_ratio():
+    c = lambda ms, call, n: {"ms": ms, "call_ms": call, "arrays_in": n, "arrays_out": n}
+    text = bench_host.table({"lenet:step": {"jcaffe": c(3.0, 1.0, 40), "pure JAX": c(2.0, 1.5, 19)},
+                             "lenet:forward": {"jcaffe": c(1.0, None, None),
+                                               "pure JAX": c(2.0, 0.5, 9)}})
+    lines = text.splitlines()
+    assert lines[2] == "| lenet | training step | 3.00 | 1.00 | 40 / 40 | 2.00 | 19 / 19 | 1.50 |"
+    assert lines[3] == "| lenet | deploy forward | 1.00 | - | - | 2.00 | 9 / 9 | 0.50 |"
+
+
+def test_run_all_only_names_plan_entries_and_dates_them(tmp_path):
+    import pytest
+    import run_all
+    with pytest.raises(SystemExit, match="no plan entries hots"):
+        run_all.remeasure([("host", "bench_host.py", [])], ["hots"], str(tmp_path / "r.json"),
+                          None)
+    assert run_all.measured_apart({"host": {}}, "host") == []
+    assert run_all.measured_apart({"host_measured": "then"}, "host") == [
+        "Measured apart from the run in the header: then.", ""]
