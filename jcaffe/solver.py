@@ -135,6 +135,7 @@ class Solver:
         self._history = self._init([b.device_data() for b in learnable])
         self._update_jit = jax.jit(self._update, donate_argnums=(1,))   # history, in place
         self._fused = None              # (segment, jitted fn)
+        self._recycle_plan = None       # (self._fused[3], _recycle_places)
         self._steady = None             # (key, what a fused step derives from the shapes)
         self.parallel = data_parallel_for(self, devices)   # None: one device, no collectives
 
@@ -554,36 +555,56 @@ class Solver:
         none is left to give (the first step, a pending blob, an array that is also one
         of the step's ``inputs``, an array given already). Every array at the step's
         places is taken: they are all rewritten."""
-        layout, avals, _ = self._fused[3]
-        written, saved_at, diffs = layout.positions()
-        found = [[] for _ in layout.layout[1]]
+        plan = self._recycle_places()
         keep = {id(a) for a in jax.tree_util.tree_leaves(inputs)}
-        blobs = self.net.blobs
-        for places, take in ((written, "take_device_data"), (diffs, "take_device_diff")):
-            for name, pos in places.items():
-                value = getattr(blobs[name], take)(keep)
-                if value is not None:
-                    found[pos].append(value)
+        found = []          # (position among the step's outputs, array), in place order
+        for take, pos in plan["blobs"]:
+            value = take(keep)
+            if value is not None:
+                found.append((pos, value))
         # the last residuals, where their structure is this step's (not after a net.forward()
         # of another shape); donated, so this step's replace them
-        current = {index: self.net._saved.pop(index, None) for index in saved_at}
-        if jax.tree_util.tree_structure(current) == jax.tree_util.tree_structure(saved_at):
-            for pos, value in zip(jax.tree_util.tree_leaves(saved_at),
-                                  jax.tree_util.tree_leaves(current)):
+        saved = self.net._saved
+        current = {index: saved.pop(index, None) for index in plan["saved_at"]}
+        if jax.tree_util.tree_structure(current) == plan["saved_structure"]:
+            for pos, value in zip(plan["saved_positions"], jax.tree_util.tree_leaves(current)):
                 if isinstance(value, jax.Array) and id(value) not in keep:
-                    found[pos].append(value)
+                    found.append((pos, value))
+        # each distinct value gets the first array found at its places (by position)
+        found.sort(key=lambda item: item[0])
+        avals, value_of = plan["avals"], plan["value_of"]
         given = [None] * len(avals)
-        taken = set(keep)
-        for pos, k in enumerate(layout.layout[1]):
-            for value in found[pos] if k >= 0 and given[k] is None else ():
-                like = avals[k]
-                if (id(value) not in taken and not value.is_deleted()
-                        and value.shape == like.shape and value.dtype == like.dtype):
-                    given[k] = value
-                    taken.add(id(value))
-                    break
+        taken = keep
+        for pos, value in found:
+            k = value_of[pos]
+            if k < 0 or given[k] is not None or id(value) in taken or value.is_deleted():
+                continue
+            like = avals[k]
+            if value.shape == like.shape and value.dtype == like.dtype:
+                given[k] = value
+                taken.add(id(value))
         return [value if value is not None else device_zeros(like.shape, like.dtype)
                 for value, like in zip(given, avals)]
+
+    def _recycle_places(self):
+        """What _recycled reads at every step, found once per compiled step: the blobs'
+        and diffs' take methods with the positions of their values among the step's
+        outputs, the residuals' places and structure. (Found at each step, it was about
+        half of _recycled's 1 ms in a ResNet-50 step, a GPU's wait: bench_host.py.)"""
+        compiled = self._fused[3]
+        if self._recycle_plan is not None and self._recycle_plan[0] is compiled:
+            return self._recycle_plan[1]
+        layout, avals, _ = compiled
+        written, saved_at, diffs = layout.positions()
+        blobs = self.net.blobs
+        plan = {"blobs": [(blobs[name].take_device_data, pos) for name, pos in written.items()]
+                + [(blobs[name].take_device_diff, pos) for name, pos in diffs.items()],
+                "saved_at": saved_at,
+                "saved_structure": jax.tree_util.tree_structure(saved_at),
+                "saved_positions": jax.tree_util.tree_leaves(saved_at),
+                "avals": avals, "value_of": layout.layout[1]}
+        self._recycle_plan = (compiled, plan)
+        return plan
 
     def _compile_fused(self, params, spec, rest):
         """The first call of a fused step: the layout of its outputs (one trace with no
