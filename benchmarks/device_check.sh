@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the workplace's `device` tool; never CI):
 #   versions -> float32 precision probe -> training-step and deploy-forward benchmarks
-#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> optional A/Bs -> the README's digits job
-#   -> tests,
+#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> host work per call -> optional A/Bs
+#   -> the README's digits job -> tests,
 # each stage under its own time limit, everything logged under $OUT.
 #
 #   bash benchmarks/device_check.sh [SECONDS]     (the whole budget; default 480)
@@ -76,6 +76,14 @@ bench bench_train.py resnet50 60 10
 bench bench_train.py googlenet 60 10
 bench bench_forward.py caffenet 30 15
 bench bench_forward.py googlenet 45 10
+# The host's work per call there (benchmarks/bench_host.py; jcaffe's own Python and its
+# jitted call's arrays): what the steps above wait for beyond the GPU's kernels.
+t=$(( $(left) < 100 ? $(left) : 100 ))
+if [ "$t" -ge 40 ]; then
+    stage "bench_host.py lenet,resnet50 (limit $t s)"
+    timeout "$t" python3 benchmarks/bench_host.py --nets lenet,resnet50 --calls 20 --rounds 2 \
+        --json /tmp/bench/bench_host.json || echo "exit $?"
+fi
 python3 - "$OUT/bench.json" <<'EOF'
 import glob, json, os, sys
 json.dump({os.path.basename(p)[:-5]: json.load(open(p)) for p in sorted(glob.glob("/tmp/bench/*.json"))},
