@@ -2,6 +2,13 @@
 
     python benchmarks/bench_train.py --net lenet [--repeats 20]
     python benchmarks/bench_train.py --net caffenet --repeats 5
+    python benchmarks/bench_train.py --net resnet50 --steps 10
+
+--steps N: N steps per timed call, waiting only for the last one (``Solver.step(N)``;
+N dispatches of pure JAX's step; N eager PyTorch steps, then a sync), as a training
+loop runs: on an accelerator the host prepares a step while the device runs the one
+before, so its work per step is hidden where it is shorter than the device's. One
+step per call (the default) waits for every step, as a display iteration does.
 
 Same architecture (tests/data/zoo/<net>.prototxt, data from an Input layer fed once),
 same batch, same update (lr 0.01, momentum 0.9, weight decay 5e-4, Caffe's order).
@@ -14,19 +21,19 @@ import harness  # noqa: E402
 import nets  # noqa: E402
 
 
-def jcaffe_step(name, batch):
+def jcaffe_step(name, batch, steps=1):
     def setup():
         import jax
         solver = nets.jcaffe_solver(name, batch)
 
         def run():
-            solver.step(1)
+            solver.step(steps)
             jax.block_until_ready(solver._losses[-1])
         return run
     return setup
 
 
-def jax_step(name, batch):
+def jax_step(name, batch, steps=1):
     def setup():
         import jax
         import jax.numpy as jnp
@@ -39,16 +46,17 @@ def jax_step(name, batch):
         key = jax.random.PRNGKey(0)
 
         def run():
-            state["i"] += 1
-            state["p"], state["m"], state["s"], loss = step(
-                state["p"], state["m"], state["s"], data, label,
-                jax.random.fold_in(key, state["i"]))
+            for _ in range(steps):
+                state["i"] += 1
+                state["p"], state["m"], state["s"], loss = step(
+                    state["p"], state["m"], state["s"], data, label,
+                    jax.random.fold_in(key, state["i"]))
             loss.block_until_ready()
         return run
     return setup
 
 
-def torch_step(name, batch):
+def torch_step(name, batch, steps=1):
     def setup():
         import torch
         param = nets.net_param(name, batch)
@@ -64,22 +72,27 @@ def torch_step(name, batch):
                  for k, v in nets.init_stats(param).items()}
 
         def run():
-            opt.zero_grad(set_to_none=True)
-            loss, _ = f(params, data, label, stats)
-            loss.backward()
-            opt.step()
+            for _ in range(steps):
+                opt.zero_grad(set_to_none=True)
+                loss, _ = f(params, data, label, stats)
+                loss.backward()
+                opt.step()
             nets.torch_sync()
         return run
     return setup
 
 
-def contenders(name, batch):
-    out = {"jcaffe Solver.step": jcaffe_step(name, batch),
-           "pure JAX (jit value_and_grad)": jax_step(name, batch)}
+def contenders(name, batch, steps=1):
+    out = {"jcaffe Solver.step": jcaffe_step(name, batch, steps),
+           "pure JAX (jit value_and_grad)": jax_step(name, batch, steps)}
     if harness.has_torch():
-        out["PyTorch eager"] = torch_step(name, batch)
+        out["PyTorch eager"] = torch_step(name, batch, steps)
     return out
 
 
 if __name__ == "__main__":
-    harness.net_main("Training step, %s", contenders)
+    steps = int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 1
+    harness.net_main("Training step, %s" if steps == 1 else
+                     "Training steps, %%s, %d per call (waiting for the last)" % steps,
+                     lambda net, batch, opts: contenders(net, batch, opts.steps),
+                     extra_args=[(("--steps",), {"type": int, "default": 1})])

@@ -62,18 +62,23 @@ for prec in (None, "high", "highest"):
         np.linalg.norm(cv - ref_cv) / np.linalg.norm(ref_cv)))
 EOF
 
-bench() {   # bench SCRIPT NET SECONDS REPEATS
-    local t=$3
+bench() {   # bench SCRIPT NET SECONDS REPEATS [STEPS per call]
+    local t=$3 steps=${5:-1}
     [ "$t" -gt "$(left)" ] && t=$(left)
     [ "$t" -lt 20 ] && { echo "skipped $1 $2: no time left"; return; }
-    stage "$1 --net $2 (limit $t s)"
+    stage "$1 --net $2 --steps $steps (limit $t s)"
     timeout "$t" python3 "benchmarks/$1" --net "$2" --repeats "$4" --warmup 3 --no-memory \
-        --torch-device "${TORCH_DEVICE:-cuda}" --json "/tmp/bench/${1%.py}_$2.json" || echo "exit $?"
+        $([ "$steps" -gt 1 ] && echo --steps "$steps") \
+        --torch-device "${TORCH_DEVICE:-cuda}" \
+        --json "/tmp/bench/${1%.py}_$2$([ "$steps" -gt 1 ] && echo "_x$steps").json" || echo "exit $?"
 }
 bench bench_train.py lenet 35 15
 bench bench_train.py caffenet 45 15
 bench bench_train.py resnet50 60 10
 bench bench_train.py googlenet 60 10
+# ten steps per call, waiting for the last: the host's work overlaps the GPU's, as in
+# a training loop (bench_train.py --steps)
+bench bench_train.py resnet50 60 5 10
 bench bench_forward.py caffenet 30 15
 bench bench_forward.py googlenet 45 10
 # The host's work per call there (benchmarks/bench_host.py; jcaffe's own Python and its

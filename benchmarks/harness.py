@@ -204,16 +204,21 @@ def main(description, make_contenders, default_repeats, default_warmup=2, extra_
     return results, rss
 
 
-def net_main(title, contenders_of, default_repeats=None):
+def net_main(title, contenders_of, default_repeats=None, extra_args=()):
     """main() of a script comparing contenders on one benchmark net (--net, --batch):
-    ``contenders_of(net name, batch)`` -> {label: setup}; ``title`` has a %s for the net."""
+    ``contenders_of(net name, batch)`` -> {label: setup}; ``title`` has a %s for the net.
+    With ``extra_args`` (the script's own options, as main's) it is called with the
+    parsed options too: ``contenders_of(net name, batch, opts)``."""
     import nets
     net = sys.argv[sys.argv.index("--net") + 1] if "--net" in sys.argv else "lenet"
-    main(title % net,
-         lambda opts: contenders_of(opts.net, opts.batch or nets.NETS[opts.net][1]),
+
+    def make(opts):
+        batch = opts.batch or nets.NETS[opts.net][1]
+        return contenders_of(opts.net, batch, opts) if extra_args else contenders_of(opts.net, batch)
+    main(title % net, make,
          default_repeats=default_repeats or (20 if net == "lenet" else 5),
          extra_args=[(("--net",), {"default": "lenet", "choices": list(nets.NETS)}),
-                     (("--batch",), {"type": int, "default": 0})])
+                     (("--batch",), {"type": int, "default": 0})] + list(extra_args))
 
 
 def has_torch():

@@ -48,3 +48,17 @@ def test_run_all_only_names_plan_entries_and_dates_them(tmp_path):
     assert run_all.measured_apart({"host": {}}, "host") == []
     assert run_all.measured_apart({"host_measured": "then"}, "host") == [
         "Measured apart from the run in the header: then.", ""]
+
+
+def test_bench_train_steps_runs_that_many_steps_per_call(monkeypatch):
+    """--steps N: each timed call of the jcaffe contender runs N solver iterations (and
+    the others N steps), waiting for the last."""
+    import bench_train
+    made = []
+    real = nets.jcaffe_solver
+    monkeypatch.setattr(nets, "jcaffe_solver", lambda *a: made.append(real(*a)) or made[-1])
+    run = bench_train.contenders("lenet", 2, steps=3)["jcaffe Solver.step"]()
+    run()
+    run()
+    assert made[0].iter == 6
+    bench_train.contenders("lenet", 2, steps=3)["pure JAX (jit value_and_grad)"]()()
