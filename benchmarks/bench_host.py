@@ -30,105 +30,83 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bench_forward  # noqa: E402
+import bench_train  # noqa: E402
 import nets  # noqa: E402
 
 
 def _leaves(tree):
+    """The arrays in ``tree`` (not a static argument's names and shapes)."""
     import jax
-    return len(jax.tree_util.tree_leaves(tree))
+    return sum(hasattr(x, "dtype") for x in jax.tree_util.tree_leaves(tree))
 
 
-def jcaffe_step(name, batch, record):
-    """run() of one Solver.step(1); ``record`` gets (thread s of the jitted call, arrays
-    in, arrays out) per call."""
-    import jax
-    solver = nets.jcaffe_solver(name, batch)
-    solver.step(1)
-    jax.block_until_ready(solver._losses[-1])
-    if solver._fused is None:
-        raise SystemExit("%s: the solver did not fuse its step" % name)
-    seg, fn = solver._fused[:2]
-
-    def timed(params, history, recycled, spec, *rest):
-        t = time.thread_time()
-        out = fn(params, history, recycled, spec, *rest)
-        record.append((time.thread_time() - t,
-                       _leaves((params, history, recycled, rest)), _leaves(out)))
-        return out
-    solver._fused = (seg, timed) + solver._fused[2:]
-
-    def run():
-        solver.step(1)
-        jax.block_until_ready(solver._losses[-1])
-    return run
-
-
-def jax_step(name, batch, record):
-    import jax
-    import jax.numpy as jnp
-    param = nets.net_param(name, batch)
-    step = nets.jax_train_step(param)
-    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
-    state = {"p": params, "m": jax.tree_util.tree_map(jnp.zeros_like, params), "i": 0,
-             "s": jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))}
-    data, label = (jnp.asarray(a) for a in nets.inputs(param))
-    key = jax.random.PRNGKey(0)
-
-    def run():
-        state["i"] += 1
-        args = (state["p"], state["m"], state["s"], data, label,
-                jax.random.fold_in(key, state["i"]))
-        t = time.thread_time()
-        out = step(*args)
-        record.append((time.thread_time() - t, _leaves(args), _leaves(out)))
-        state["p"], state["m"], state["s"], loss = out
-        loss.block_until_ready()
-    return run
-
-
-def jcaffe_forward(name, batch, record):
-    import jcaffe
-    param = nets.net_param(name, batch, deploy=True)
-    net = jcaffe.Net(param, jcaffe.TEST)
-    nets.load_reference_params(net, param)
-    net.blobs["data"].data[...] = nets.inputs(param)[0]
-    final = nets.NETS[name][3]
-    for _ in range(2):          # the full program, then the slim one
-        net.forward()
-    segments = list(net._segments.values())
-    if len(segments) != 1 or segments[0]._slim is None:
-        raise SystemExit("%s: the deploy forward is not one slim program" % name)
-    seg = segments[0]
-    returned, fn = seg._slim
-
+def _timed(fn, record):
+    """``fn`` (a jitted callable) recording (thread s of each call, arrays in, arrays out)."""
     def timed(*args):
         t = time.thread_time()
         out = fn(*args)
         record.append((time.thread_time() - t, _leaves(args), _leaves(out)))
         return out
-    seg._slim = (returned, timed)
+    return timed
 
-    def run():
-        net.forward()[final]
+
+def _with_timed(module, attr, record, setup):
+    """``setup()`` with ``module.attr`` (a maker of jitted callables) making timed ones."""
+    real = getattr(module, attr)
+    setattr(module, attr, lambda *a, **k: _timed(real(*a, **k), record))
+    try:
+        return setup()
+    finally:
+        setattr(module, attr, real)
+
+
+def jcaffe_step(name, batch, record):
+    """bench_train's jcaffe contender, its fused step's jitted call timed."""
+    import jcaffe
+    solvers = []
+    real = jcaffe.get_solver
+    jcaffe.get_solver = lambda *a, **k: solvers.append(real(*a, **k)) or solvers[-1]
+    try:
+        run = bench_train.jcaffe_step(name, batch)()
+    finally:
+        jcaffe.get_solver = real
+    run()
+    solver = solvers[0]
+    if solver._fused is None:
+        raise SystemExit("%s: the solver did not fuse its step" % name)
+    solver._fused = (solver._fused[0], _timed(solver._fused[1], record)) + solver._fused[2:]
+    return run
+
+
+def jax_step(name, batch, record):
+    """bench_train's pure JAX contender, its jitted step timed."""
+    return _with_timed(nets, "jax_train_step", record, bench_train.jax_step(name, batch))
+
+
+def jcaffe_forward(name, batch, record):
+    """bench_forward's jcaffe contender, the jitted call of its slim program timed."""
+    import jcaffe
+    made = []
+    real = jcaffe.Net
+    jcaffe.Net = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    try:
+        run = bench_forward.jcaffe_forward(name, batch)()
+    finally:
+        jcaffe.Net = real
+    for _ in range(2):          # the full program, then the slim one
+        run()
+    segments = list(made[0]._segments.values())
+    if len(segments) != 1 or segments[0]._slim is None:
+        raise SystemExit("%s: the deploy forward is not one slim program" % name)
+    seg = segments[0]
+    seg._slim = (seg._slim[0], _timed(seg._slim[1], record))
     return run
 
 
 def jax_forward(name, batch, record):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    param = nets.net_param(name, batch, deploy=True)
-    f = nets.jax_deploy_forward(param, nets.NETS[name][3])
-    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
-    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
-    data = jnp.asarray(nets.inputs(param)[0])
-
-    def run():
-        t = time.thread_time()
-        out = f(params, stats, data)
-        record.append((time.thread_time() - t, _leaves((params, stats, data)), 1))
-        np.asarray(out)
-    return run
+    """bench_forward's pure JAX contender, its jitted forward timed."""
+    return _with_timed(nets, "jax_deploy_forward", record, bench_forward.jax_forward(name, batch))
 
 
 CONTENDERS = {"step": (jcaffe_step, jax_step), "forward": (jcaffe_forward, jax_forward)}
