@@ -445,7 +445,7 @@ def render(state, opts):
         out += ["## Host work per call (what an accelerator's step waits for)", "",
                 "The Python thread's CPU time per call (`time.thread_time()`, each call after "
                 "the previous one finished), batch %d, medians over rounds alternating between "
-                "the contenders: jcaffe's `Solver.step(1)` and deploy `Net.forward()` against "
+                "the contenders, a fresh process for each net and kind of call: jcaffe's `Solver.step(1)` and deploy `Net.forward()` against "
                 "pure JAX's jitted step and forward. jcaffe's jitted call is shown apart, with "
                 "the arrays it passes and gets back (params, solver history, the blob buffers "
                 "it recycles; the runtime spends a few microseconds on each). On a GPU this is "

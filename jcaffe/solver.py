@@ -589,8 +589,9 @@ class Solver:
     def _recycle_places(self):
         """What _recycled reads at every step, found once per compiled step: the blobs'
         and diffs' take methods with the positions of their values among the step's
-        outputs, the residuals' places and structure. (Found at each step, it was about
-        half of _recycled's 1 ms in a ResNet-50 step, a GPU's wait: bench_host.py.)"""
+        outputs, the residuals' places and structure. (Found at each step, they were a
+        sixth of _recycled's 1 ms in a ResNet-50 step, batch 2: benchmarks/bench_host.py,
+        whose steps on a GPU wait for it.)"""
         compiled = self._fused[3]
         if self._recycle_plan is not None and self._recycle_plan[0] is compiled:
             return self._recycle_plan[1]
