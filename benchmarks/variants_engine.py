@@ -35,6 +35,11 @@ def _no_materialize():
     engine.materialize = lambda x: x
 
 
+def _no_recycle():
+    from jcaffe.solver import Solver
+    Solver.recycle_buffers = False
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -47,6 +52,7 @@ VARIANTS = {
     "caffe_order": _caffe_order,          # no channels-last runs (CPU only anyway)
     "no_row_blocks": _no_row_blocks,      # big weight diffs whole (CPU only anyway)
     "no_materialize": _no_materialize,    # no stored Split bottoms (CPU only anyway)
+    "no_recycle": _no_recycle,            # no blob buffers donated: fewer arguments, more memory
     "float32": _float32,                  # full float32 products (not TF32 on a GPU)
 }
 

@@ -106,6 +106,12 @@ class Solver:
     # H200 CaffeNet's step took 5.4 ms without them against 6.5 with them, and XLA's
     # temporaries were no smaller (benchmarks/NOTES.md, thirty-first session).
     row_blocks_min_bytes = 32 << 20
+    # Donate the last step's blob, diff and residual arrays as the buffers of this step's
+    # (_recycled): Caffe's memory, the old blobs gone before the new ones are written.
+    # Each costs the call a few microseconds of host work (ResNet-50: 274 of its 924
+    # arguments; benchmarks/bench_host.py); False passes none, for the A/B on a GPU
+    # (benchmarks/variants_engine.py, no_recycle).
+    recycle_buffers = True
 
     def __init__(self, source, _source_path=None, devices=None):
         param, path = _read_solver_param(source)
@@ -467,7 +473,8 @@ class Solver:
                 np.asarray([rate, rate], net.dtype), np.int32(self._iter))
         if self._fused[3] is None or self._fused[3][2] != spec:     # first call, or reshaped
             self._compile_fused(params, spec, rest)
-        recycled = self._recycled((params, self._history, data_in, extra, loss_w, top_diffs))
+        recycled = (self._recycled((params, self._history, data_in, extra, loss_w, top_diffs))
+                    if self._fused[3][1] else [])
         out = self._fused[1](params, self._history, recycled, spec, *rest)
         new_params, self._history, values, norm, outputs, loss = out
         written, saved, diffs = outputs.restore(rest[:4])
@@ -617,7 +624,8 @@ class Solver:
         seg, fn, stacked, _ = self._fused
         started, loaded = time.perf_counter(), compile_cache.stats()["hits"]
         layout = fn.trace(params, self._history, [], spec, *rest).out_info[4]
-        avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in layout.values]
+        avals = ([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in layout.values]
+                 if self.recycle_buffers else [])
         fn.trace(params, self._history, avals, spec, *rest).lower().compile()
         self._fused = (seg, fn, stacked, (layout, avals, spec))
         # Caffe has no such pause: say what the first iteration's time went to.

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import jcaffe
 from jcaffe import engine, memory
+from jcaffe.solver import Solver
 from jcaffe.proto import caffe_pb2
 from netutil import calls_of
 
@@ -78,6 +79,25 @@ def test_recycled_blobs_hold_exactly_what_the_unfused_path_computes():
         fused.step(1)
         plain.step(1)
         _assert_same(fused, plain)
+
+
+def test_without_recycling_the_step_computes_the_same_and_donates_no_blob(monkeypatch):
+    """Solver.recycle_buffers = False (the no_recycle variant for a GPU's A/B): the
+    step passes no blob buffers, leaves the last step's blob arrays alone, and computes
+    what the unfused path does."""
+    monkeypatch.setattr(Solver, "recycle_buffers", False)
+    fused, plain = _solver(), _solver(fuse=False)
+    fused.step(1)
+    plain.step(1)
+    old = fused.net.blobs["pool"].device_data()
+    passed = []
+    real = fused._fused[1]
+    fused._fused = (fused._fused[0], lambda *a: passed.append(a[2]) or real(*a)) + fused._fused[2:]
+    for _ in range(2):
+        fused.step(1)
+        plain.step(1)
+        _assert_same(fused, plain)
+    assert passed == [[], []] and not old.is_deleted()
 
 
 def test_blobs_read_or_written_between_fused_steps_stay_correct():
