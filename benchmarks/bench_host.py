@@ -51,10 +51,10 @@ def _timed(fn, record):
     return timed
 
 
-def _with_timed(module, attr, record, setup):
-    """``setup()`` with ``module.attr`` (a maker of jitted callables) making timed ones."""
+def _patched(module, attr, wrap, setup):
+    """``setup()`` while ``module.attr`` (a maker) gives ``wrap(what it made)``."""
     real = getattr(module, attr)
-    setattr(module, attr, lambda *a, **k: _timed(real(*a, **k), record))
+    setattr(module, attr, lambda *a, **k: wrap(real(*a, **k)))
     try:
         return setup()
     finally:
@@ -65,12 +65,8 @@ def jcaffe_step(name, batch, record):
     """bench_train's jcaffe contender, its fused step's jitted call timed."""
     import jcaffe
     solvers = []
-    real = jcaffe.get_solver
-    jcaffe.get_solver = lambda *a, **k: solvers.append(real(*a, **k)) or solvers[-1]
-    try:
-        run = bench_train.jcaffe_step(name, batch)()
-    finally:
-        jcaffe.get_solver = real
+    run = _patched(jcaffe, "get_solver", lambda s: solvers.append(s) or s,
+                   bench_train.jcaffe_step(name, batch))
     run()
     solver = solvers[0]
     if solver._fused is None:
@@ -81,19 +77,16 @@ def jcaffe_step(name, batch, record):
 
 def jax_step(name, batch, record):
     """bench_train's pure JAX contender, its jitted step timed."""
-    return _with_timed(nets, "jax_train_step", record, bench_train.jax_step(name, batch))
+    return _patched(nets, "jax_train_step", lambda f: _timed(f, record),
+                    bench_train.jax_step(name, batch))
 
 
 def jcaffe_forward(name, batch, record):
     """bench_forward's jcaffe contender, the jitted call of its slim program timed."""
     import jcaffe
     made = []
-    real = jcaffe.Net
-    jcaffe.Net = lambda *a, **k: made.append(real(*a, **k)) or made[-1]
-    try:
-        run = bench_forward.jcaffe_forward(name, batch)()
-    finally:
-        jcaffe.Net = real
+    run = _patched(jcaffe, "Net", lambda n: made.append(n) or n,
+                   bench_forward.jcaffe_forward(name, batch))
     for _ in range(2):          # the full program, then the slim one
         run()
     segments = list(made[0]._segments.values())
@@ -106,7 +99,8 @@ def jcaffe_forward(name, batch, record):
 
 def jax_forward(name, batch, record):
     """bench_forward's pure JAX contender, its jitted forward timed."""
-    return _with_timed(nets, "jax_deploy_forward", record, bench_forward.jax_forward(name, batch))
+    return _patched(nets, "jax_deploy_forward", lambda f: _timed(f, record),
+                    bench_forward.jax_forward(name, batch))
 
 
 CONTENDERS = {"step": (jcaffe_step, jax_step), "forward": (jcaffe_forward, jax_forward)}
