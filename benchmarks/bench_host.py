@@ -24,6 +24,7 @@ params, momentum and BatchNorm statistics and returns only the loss beside them.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -106,16 +107,10 @@ def jax_forward(name, batch, record):
 CONTENDERS = {"step": (jcaffe_step, jax_step), "forward": (jcaffe_forward, jax_forward)}
 
 
-def _median(xs):
-    xs = sorted(xs)
-    return xs[len(xs) // 2] if xs else float("nan")
-
-
 def measure(name, batch, what, calls, rounds):
     """{"jcaffe": {...}, "pure JAX": {...}} of one net and call kind: ms per call (the
     thread's CPU time, median over the rounds' medians), of it the jitted call, and the
     arrays passed and returned."""
-    import jax
     records = {"jcaffe": [], "pure JAX": []}
     runs = {who: make(name, batch, records[who])
             for who, make in zip(records, CONTENDERS[what])}
@@ -132,14 +127,13 @@ def measure(name, batch, what, calls, rounds):
                 t = time.thread_time()
                 run()
                 times.append(time.thread_time() - t)
-            totals[who].append(_median(times))
-        jax.effects_barrier()
+            totals[who].append(statistics.median(times))
     out = {}
     for who in runs:
         rec = records[who]
-        out[who] = {"ms": 1e3 * _median(totals[who]),
+        out[who] = {"ms": 1e3 * statistics.median(totals[who]),
                     "rounds_ms": [1e3 * t for t in totals[who]],
-                    "call_ms": 1e3 * _median([r[0] for r in rec]) if rec else None,
+                    "call_ms": 1e3 * statistics.median([r[0] for r in rec]) if rec else None,
                     "arrays_in": rec[-1][1] if rec else None,
                     "arrays_out": rec[-1][2] if rec else None}
     return out
