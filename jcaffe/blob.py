@@ -43,6 +43,14 @@ def device_zeros(shape, dtype):
     return jax.device_put(np.zeros(shape, dtype))
 
 
+class View:
+    """The content of an array held inside another array, ``view(source)`` when read:
+    SyncedArray.set_device_view (a solver's packed history: jcaffe.packed_history)."""
+
+    def __call__(self, source):
+        raise NotImplementedError
+
+
 class SyncedArray:
     """One array living on the host, the device, or both (head says which is current)."""
 
@@ -141,6 +149,17 @@ class SyncedArray:
         # (a solver's params would otherwise keep their initial values resident).
         self._host = None
 
+    def set_device_view(self, source, view):
+        """Make ``view(source)`` (a :class:`View`) the current content, made when first
+        read: ``source`` holds it among other arrays' contents, and a step whose param
+        diffs nobody reads never slices them out."""
+        self._dev = source
+        self._reorder = view
+        self.head = DEVICE
+        self.pending = None
+        self.watch = None
+        self._host = None
+
     def take_device(self, keep=frozenset()):
         """Hand over the device copy for reuse as the buffer of this array's next value
         (a fused solver step donates it; see Solver._recycled): returns it, or None where
@@ -148,8 +167,9 @@ class SyncedArray:
         The content is lost until the next set_device: zeros if read before (made when
         read: a fused step takes every blob it rewrites, and reads of them are rare)."""
         value = self._dev
-        if self.pending is not None or value is None or id(value) in keep or value.is_deleted():
-            return None
+        if (self.pending is not None or value is None or id(value) in keep
+                or isinstance(self._reorder, View) or value.is_deleted()):
+            return None     # (a view's source holds other arrays' contents too)
         self._dev = None
         self._reorder = None
         if self.head == DEVICE:     # no current copy is left: zeros until set again
@@ -347,6 +367,9 @@ class Blob:
 
     def set_device_diff(self, value, reorder=None):
         self._diff.set_device(value, reorder)
+
+    def set_device_diff_view(self, source, view):
+        self._diff.set_device_view(source, view)
 
     def drop_host_data(self):
         self._data.drop_host()

@@ -39,10 +39,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import common, compile_cache, engine, hdf5, progress, protoio, xla_options
-from .blob import device_zeros, shape_epoch
+from .blob import View, device_zeros, shape_epoch
 from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
+from .packed_history import HistoryLayout
 from .parallel import data_parallel_for
 from .proto import caffe_pb2
 from .update_rules import make_update, rule_for
@@ -112,6 +113,10 @@ class Solver:
     # arguments; benchmarks/bench_host.py); False passes none, for the A/B on a GPU
     # (benchmarks/variants_engine.py, no_recycle).
     recycle_buffers = True
+    # The history of params of at most this many bytes lives in one array (and so is
+    # one argument and one result of a fused step, not two per param and history slot:
+    # jcaffe.packed_history); None: every param's apart.
+    history_pack_max_bytes = 1 << 20
 
     def __init__(self, source, _source_path=None, devices=None):
         param, path = _read_solver_param(source)
@@ -135,15 +140,22 @@ class Solver:
         self._progress = None   # the terminal progress bar while solve() runs
         self._losses = collections.deque()
         self.fuse_step = True           # False forces the pycaffe-style path
-        learnable = self.net._learnable
-        self._init, self._update = make_update(param, self._rule, self.net.params_lr,
-                                               self.net.params_weight_decay)
-        self._history = self._init([b.device_data() for b in learnable])
-        self._update_jit = jax.jit(self._update, donate_argnums=(1,))   # history, in place
         self._fused = None              # (segment, jitted fn)
         self._recycle_plan = None       # (self._fused[3], _recycle_places)
         self._steady = None             # (key, what a fused step derives from the shapes)
         self.parallel = data_parallel_for(self, devices)   # None: one device, no collectives
+        learnable = self.net._learnable
+        # The history, held as (packed, loose) (jcaffe.packed_history) and, once asked
+        # for, unpacked (self._history); either may be None until needed. Data-parallel
+        # training keeps every param's apart (its step takes the unpacked history).
+        self._layout = HistoryLayout([b.shape for b in learnable], [b.dtype for b in learnable],
+                                     self._rule.num_history,
+                                     self.history_pack_max_bytes if self.parallel is None else None)
+        _, self._update = make_update(param, self._rule, self.net.params_lr,
+                                      self.net.params_weight_decay, self._layout.packed_ids)
+        self._hist_state, self._hist_full = self._layout.zeros(), None
+        self._update_jit = jax.jit(self._packed_update, donate_argnums=(1,))   # history, in place
+        self._diff_places = None        # (self._fused[3], where each param's diff comes from)
 
     # ------------------------------------------------------------------
     # setup
@@ -286,6 +298,33 @@ class Solver:
         the second slots of AdaDelta/Adam)."""
         return [np.asarray(h) for slot in self._history for h in slot]
 
+    @property
+    def _history(self):
+        """Every param's history arrays, ``_history[k][i]`` (the packed ones sliced out
+        of the solver's state by one program)."""
+        if self._hist_full is None:
+            self._hist_full = self._layout.history_of(self._hist_state)
+        return self._hist_full
+
+    @_history.setter
+    def _history(self, history):
+        self._hist_full = tuple(tuple(slot) for slot in history)
+        self._hist_state = None
+
+    def _history_state(self):
+        """The history as (packed, loose), what the compiled updates take and donate."""
+        if self._hist_state is None:
+            self._hist_state = self._layout.packed_state(self._hist_full)
+        return self._hist_state
+
+    def _set_history_state(self, state):
+        self._hist_state, self._hist_full = state, None     # (the donated arrays are gone)
+
+    def _packed_update(self, grads, state, params, rate, t):
+        new_params, history, values, norm = self._update(
+            grads, self._layout.unpack(state), params, rate, t)
+        return new_params, self._layout.pack(history), values, norm
+
     def add_callback(self, on_start, on_gradients_ready):
         """Call ``on_start()`` before each iteration's forward and
         ``on_gradients_ready()`` before its update (pycaffe's add_callback)."""
@@ -417,11 +456,14 @@ class Solver:
         params = [b.device_data() for b in learnable]
         grads = [b.device_diff() for b in learnable]
         # After a fused step a param diff may be its history array (see _trace_fused),
-        # which this call donates: pass such a diff as a copy.
-        held = {id(h) for slot in self._history for h in slot}
+        # which this call donates: pass such a diff as a copy. (A packed one is a view,
+        # sliced out by device_diff.)
+        state = self._history_state()
+        held = {id(h) for slot in state[1] for h in slot}
         grads = [jnp.array(g, copy=True) if id(g) in held else g for g in grads]
-        new_params, self._history, values, norm = self._update_jit(
-            grads, self._history, params, np.asarray(rate, self.net.dtype), np.int32(self._iter))
+        new_params, state, values, norm = self._update_jit(
+            grads, state, params, np.asarray(rate, self.net.dtype), np.int32(self._iter))
+        self._set_history_state(state)
         for blob, value, diff in zip(learnable, new_params, values):
             blob.set_device_data(value)
             blob.set_device_diff(diff)
@@ -473,15 +515,22 @@ class Solver:
                 np.asarray([rate, rate], net.dtype), np.int32(self._iter))
         if self._fused[3] is None or self._fused[3][2] != spec:     # first call, or reshaped
             self._compile_fused(params, spec, rest)
-        recycled = (self._recycled((params, self._history, data_in, extra, loss_w, top_diffs))
+        state = self._history_state()
+        recycled = (self._recycled((params, state, data_in, extra, loss_w, top_diffs))
                     if self._fused[3][1] else [])
-        out = self._fused[1](params, self._history, recycled, spec, *rest)
-        new_params, self._history, values, norm, outputs, loss = out
+        out = self._fused[1](params, state, recycled, spec, *rest)
+        new_params, state, values, norm, outputs, loss = out
+        self._set_history_state(state)
         written, saved, diffs = outputs.restore(rest[:4])
-        for i, (blob, value, diff) in enumerate(zip(learnable, new_params, values)):
+        packed, loose = state
+        for blob, value, diff, place in zip(learnable, new_params, values, self._diff_sources()):
             blob.set_device_data(value)
-            blob.set_device_diff(self._history[self._diff_is_history[i]][i] if diff is None
-                                 else diff)
+            if diff is not None:
+                blob.set_device_diff(diff)
+            elif isinstance(place, View):       # its new history, inside the packed array
+                blob.set_device_diff_view(packed, place)
+            else:
+                blob.set_device_diff(loose[place[0]][place[1]])
         # (blobs computed channels-last come back held so, and are reordered when read)
         once = {}           # id(value): its ReorderOnce (values under several names)
         for name, value in written.items():
@@ -526,7 +575,8 @@ class Solver:
         """The compiled step. Donated (XLA writes the results into their buffers): the
         params and solver history, updated in place (no second copy of every weight and
         momentum), and the last step's arrays of the blobs, diffs and residuals this step
-        rewrites, which become this step's. That is Caffe's own memory use (its blobs are
+        rewrites, which become this step's (the history as (packed, loose):
+        jcaffe.packed_history). That is Caffe's own memory use (its blobs are
         overwritten in place); without it the previous step's blobs (CaffeNet, batch 32:
         218 MB) stayed resident beside the new ones for the whole step. The blobs, diffs
         and residuals come back as an :class:`engine.Distinct`, each value once."""
@@ -538,7 +588,8 @@ class Solver:
         # of its first call). XLA inlines the call; the program is the same.
         @functools.partial(jax.jit, static_argnums=(2,))
         def iteration(params, history, spec, *rest):
-            out = list(fused(params, history, *rest))
+            out = list(fused(params, self._layout.unpack(history), *rest))
+            out[1] = self._layout.pack(out[1])
             for k, like in zip((4, 6), spec):       # written blobs, their diffs
                 like = {name: (shape, dtype) for name, shape, dtype in like}
                 out[k] = {name: jnp.reshape(v, like[name][0]).astype(like[name][1])
@@ -593,6 +644,27 @@ class Solver:
         return [value if value is not None else device_zeros(like.shape, like.dtype)
                 for value, like in zip(given, avals)]
 
+    def _diff_sources(self):
+        """For each param, where a fused step's result holds its new diff when that is
+        one of its new history arrays (``_diff_is_history``): the loose history's (slot,
+        index), or the packed array's View; None where the diff is returned apart.
+        Found once per compiled step."""
+        compiled = self._fused[3]
+        if self._diff_places is not None and self._diff_places[0] is compiled:
+            return self._diff_places[1]
+        layout = self._layout
+        loose_index = {i: j for j, i in enumerate(layout.loose_ids)}
+        places = []
+        for i, k in enumerate(self._diff_is_history):
+            if k is None:
+                places.append(None)
+            elif layout.is_packed(i):
+                places.append(layout.view(k, i))
+            else:
+                places.append((k, loose_index[i]))
+        self._diff_places = (compiled, places)
+        return places
+
     def _recycle_places(self):
         """What _recycled reads at every step, found once per compiled step: the blobs'
         and diffs' take methods with the positions of their values among the step's
@@ -623,10 +695,11 @@ class Solver:
         the compiler's own heap (about 350 MB), and that was the process's peak."""
         seg, fn, stacked, _ = self._fused
         started, loaded = time.perf_counter(), compile_cache.stats()["hits"]
-        layout = fn.trace(params, self._history, [], spec, *rest).out_info[4]
+        state = self._history_state()
+        layout = fn.trace(params, state, [], spec, *rest).out_info[4]
         avals = ([jax.ShapeDtypeStruct(a.shape, a.dtype) for a in layout.values]
                  if self.recycle_buffers else [])
-        fn.trace(params, self._history, avals, spec, *rest).lower().compile()
+        fn.trace(params, state, avals, spec, *rest).lower().compile()
         self._fused = (seg, fn, stacked, (layout, avals, spec))
         # Caffe has no such pause: say what the first iteration's time went to.
         cached = compile_cache.stats()["hits"] > loaded

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from . import engine
 from .blob import device_zeros
 from .errors import SolverError
 
@@ -187,8 +188,15 @@ def _f32(x):
     return float(np.float32(x))
 
 
-def make_update(param, rule, lr_mults, decay_mults):
-    """The (init, update) pair for one net's learnable params (see the module doc)."""
+def make_update(param, rule, lr_mults, decay_mults, packed=()):
+    """The (init, update) pair for one net's learnable params (see the module doc).
+
+    ``packed``: the params whose new history a fused step copies into one array after
+    their update (jcaffe.packed_history). Their regularized gradient is computed once
+    and kept (engine.materialize): XLA would otherwise compute the history again inside
+    that copy, from the param's old value, which the in-place update has overwritten by
+    then, and so it copied every such param before the step."""
+    packed = frozenset(packed)
     clip = _f32(param.clip_gradients)
     iter_size = int(param.iter_size)
     reg = param.regularization_type
@@ -216,6 +224,8 @@ def make_update(param, rule, lr_mults, decay_mults):
             g = g * _f32(1.0 / iter_size)
         if decays[i]:
             g = g + decays[i] * (p if reg == "L2" else jnp.sign(p))
+            if i in packed:
+                g = engine.materialize(g)
         local_rate = rate.astype(g.dtype) * lr_mults[i]
         value, hist = rule.compute(g, hist, local_rate, t)
         return p - value, tuple(hist), value
