@@ -40,9 +40,9 @@ def _no_recycle():
     Solver.recycle_buffers = False
 
 
-def _no_pack():
+def _pack():
     from jcaffe.solver import Solver
-    Solver.history_pack_max_bytes = None
+    Solver.history_pack_max_bytes = 1 << 20
 
 
 def _float32():
@@ -58,7 +58,7 @@ VARIANTS = {
     "no_row_blocks": _no_row_blocks,      # big weight diffs whole (CPU only anyway)
     "no_materialize": _no_materialize,    # no stored Split bottoms (CPU only anyway)
     "no_recycle": _no_recycle,            # no blob buffers donated: fewer arguments, more memory
-    "no_pack": _no_pack,                  # one history array per param (jcaffe.packed_history)
+    "pack": _pack,                        # small params' history in one array (jcaffe.packed_history)
     "float32": _float32,                  # full float32 products (not TF32 on a GPU)
 }
 

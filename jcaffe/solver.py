@@ -115,8 +115,12 @@ class Solver:
     recycle_buffers = True
     # The history of params of at most this many bytes lives in one array (and so is
     # one argument and one result of a fused step, not two per param and history slot:
-    # jcaffe.packed_history); None: every param's apart.
-    history_pack_max_bytes = 1 << 20
+    # jcaffe.packed_history); None: every param's apart. Off: on the CPU it saved a
+    # ResNet-50 step (batch 2) 1.7 of its 8.4 ms of host work, changed no step's time,
+    # and added 2.8 s to its compile (XLA compiles each fusion reading a slice of the
+    # packed array as a kernel of its own); the A/B on a GPU, where the host work is
+    # what a step waits for, is benchmarks/variants_engine.py's ``pack``.
+    history_pack_max_bytes = None
 
     def __init__(self, source, _source_path=None, devices=None):
         param, path = _read_solver_param(source)

@@ -161,3 +161,44 @@ def test_a_packed_history_snapshot_restores_into_a_separate_one(tmp_path):
     restored.step(2)
     for a, b in zip(packed.net.learnable_params, restored.net.learnable_params):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-7)
+
+
+def test_a_packed_fused_step_updates_donated_weights_without_copying_them():
+    """The packed history is concatenated after the updates; computed again there from
+    the weight (its decay), it would make XLA copy every packed weight before the step,
+    which the update overwrites in place. The regularized gradient is kept instead
+    (update_rules.make_update's ``packed``)."""
+    solver = make_solver("SGD", 32)
+    jitted = solver._jit_fused
+    seen = []
+
+    def spy(seg, stacked):
+        fn = jitted(seg, stacked)
+
+        def call(*args):
+            seen.append((fn, jax.tree_util.tree_map(
+                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
+                else a, args)))
+            return fn(*args)
+        call.trace = fn.trace
+        return call
+    solver._jit_fused = spy
+    solver.step(1)
+    fn, args = seen[0]
+    hlo = fn.lower(*args).compile().as_text()
+    # (a bias may be copied, packed or not: 8 bytes here; ip2's weight is packed)
+    weights = [line.strip() for line in hlo.splitlines()
+               if " copy(%params" in line and "f32[2,4]" in line]
+    assert weights == []
+    assert "f32[2,4]" in hlo and " copy(%history" in hlo    # (a copy is seen: the packed array's)
+
+
+def test_packing_is_off_unless_asked_for():
+    assert Solver.history_pack_max_bytes is None
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" base_lr: 0.1 lr_policy: "fixed"', param)
+    text_format.Parse(NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    assert solver._layout.packed_ids == [] and solver._hist_state[0] is None
+    solver.step(1)
+    assert len(jax.tree_util.tree_leaves(solver._hist_state)) == 4
