@@ -149,11 +149,12 @@ def test_apply_update_after_a_packed_fused_step_reads_the_views():
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
-def test_a_packed_history_snapshot_restores_into_a_separate_one(tmp_path):
+@pytest.mark.parametrize("into", [None, 32], ids=["into_separate", "into_packed"])
+def test_a_packed_history_snapshot_restores_and_training_goes_on(tmp_path, into):
     packed = make_solver("Adam", 32, extra='snapshot_prefix: "%s/s"' % tmp_path)
     packed.step(2)
     _, state = packed.snapshot()
-    restored = make_solver("Adam", None)
+    restored = make_solver("Adam", into)
     restored.restore(state)
     for a, b in zip(packed.history, restored.history):
         np.testing.assert_array_equal(a, b)
@@ -161,6 +162,8 @@ def test_a_packed_history_snapshot_restores_into_a_separate_one(tmp_path):
     restored.step(2)
     for a, b in zip(packed.net.learnable_params, restored.net.learnable_params):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-7)
+    for a, b in zip(packed.history, restored.history):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_a_packed_fused_step_updates_donated_weights_without_copying_them():
@@ -202,3 +205,16 @@ def test_packing_is_off_unless_asked_for():
     assert solver._layout.packed_ids == [] and solver._hist_state[0] is None
     solver.step(1)
     assert len(jax.tree_util.tree_leaves(solver._hist_state)) == 4
+
+
+def test_a_pycaffe_backward_after_a_packed_fused_step_accumulates_onto_the_views():
+    """Caffe's backward adds the param gradients to the diffs (hence ClearParamDiffs):
+    after a fused step those diffs are views of the packed momentum."""
+    packed, separate = make_solver("SGD", 32), make_solver("SGD", None)
+    for solver in (packed, separate):
+        solver.step(1)
+        solver.net.forward()
+        solver.net.backward()
+    for a, b in zip(packed.net.learnable_params, separate.net.learnable_params):
+        np.testing.assert_allclose(a.diff, b.diff, rtol=1e-6, atol=1e-7)
+    assert np.any(packed.net.params["ip2"][1].diff != 0)
