@@ -27,7 +27,7 @@ passed 622 arrays instead of 924 and spent 6.7 instead of 8.4 ms of host work; t
 steps' times did not change (interleaved A/Bs on LeNet, CaffeNet and ResNet-50); and
 its compile took 2.8 s longer: each fusion that reads a slice of the packed array has
 its own offsets, so XLA compiles it as a kernel of its own, where params of one shape
-shared one (about 8 ms a kernel; a toy of 300 updates compiled in 2.7 s instead of
+shared one (about 9 ms a kernel; a toy of 300 updates compiled in 2.7 s instead of
 0.4). Where the host's work is what a step waits for (a GPU), the A/B is
 benchmarks/variants_engine.py's ``pack``.
 """
@@ -75,9 +75,11 @@ class HistoryLayout:
         return [jnp.reshape(jax.lax.slice(packed, (off,), (off + size,)), self.shapes[i])
                 for _, i, off, size in self.places]
 
-    def pack(self, history):
-        """history[k][i] (every param's) -> (packed, loose)."""
-        packed = (self._pack_arrays([history[k][i] for k, i, _, _ in self.places])
+    def pack(self, history, concatenate=None):
+        """history[k][i] (every param's) -> (packed, loose). ``concatenate`` (of the
+        packed params' arrays): traced, or a compiled call (packed_state)."""
+        concatenate = concatenate or self._pack_arrays
+        packed = (concatenate([history[k][i] for k, i, _, _ in self.places])
                   if self.places else None)
         loose = tuple(tuple(slot[i] for i in self.loose_ids) for slot in history)
         return packed, loose
@@ -107,10 +109,7 @@ class HistoryLayout:
 
     def packed_state(self, history):
         """``pack`` of concrete arrays: the loose ones as they are (not copied)."""
-        packed = (self._pack_jit([history[k][i] for k, i, _, _ in self.places])
-                  if self.places else None)
-        loose = tuple(tuple(slot[i] for i in self.loose_ids) for slot in history)
-        return packed, loose
+        return self.pack(history, self._pack_jit)
 
     def history_of(self, state):
         """``unpack`` of a concrete state: the packed arrays sliced out by one program

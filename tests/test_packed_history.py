@@ -12,6 +12,7 @@ from jcaffe.blob import View
 from jcaffe.packed_history import HistoryLayout
 from jcaffe.proto import caffe_pb2
 from jcaffe.solver import Solver
+from netutil import compiled_step
 
 # ip1 weight 4x3 (48 bytes), its bias 4 (16 bytes); ip2 weight 2x4 (32), bias 2 (8):
 # with history_pack_max_bytes 32 three are packed and ip1's weight is loose.
@@ -171,24 +172,7 @@ def test_a_packed_fused_step_updates_donated_weights_without_copying_them():
     the weight (its decay), it would make XLA copy every packed weight before the step,
     which the update overwrites in place. The regularized gradient is kept instead
     (update_rules.make_update's ``packed``)."""
-    solver = make_solver("SGD", 32)
-    jitted = solver._jit_fused
-    seen = []
-
-    def spy(seg, stacked):
-        fn = jitted(seg, stacked)
-
-        def call(*args):
-            seen.append((fn, jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
-                else a, args)))
-            return fn(*args)
-        call.trace = fn.trace
-        return call
-    solver._jit_fused = spy
-    solver.step(1)
-    fn, args = seen[0]
-    hlo = fn.lower(*args).compile().as_text()
+    hlo = compiled_step(make_solver("SGD", 32)).as_text()
     # (a bias may be copied, packed or not: 8 bytes here; ip2's weight is packed)
     weights = [line.strip() for line in hlo.splitlines()
                if " copy(%params" in line and "f32[2,4]" in line]
