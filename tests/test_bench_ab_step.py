@@ -123,6 +123,7 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
     sys.path.insert(0, BENCH)
     import variants_engine
     for owner, attr in ((Solver, "update_in_backward"), (Solver, "row_blocks_min_bytes"),
+                        (Solver, "recycle_buffers"), (Solver, "history_pack_max_bytes"),
                         (engine.Segment, "ordered_backward"),
                         (engine.Segment, "channels_last"), (engine, "materialize")):
         monkeypatch.setattr(owner, attr, getattr(owner, attr))
@@ -134,6 +135,10 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
             variants_engine.apply(name)
         assert not Solver.update_in_backward and not engine.Segment.ordered_backward
         assert not engine.Segment.channels_last and Solver.row_blocks_min_bytes is None
+        assert Solver.recycle_buffers and Solver.history_pack_max_bytes is None
+        variants_engine.apply("no_recycle")
+        variants_engine.apply("pack")
+        assert not Solver.recycle_buffers and Solver.history_pack_max_bytes == 1 << 20
         variants_engine.apply("no_materialize")
         x = object()
         assert engine.materialize(x) is x
