@@ -40,6 +40,11 @@ def _no_recycle():
     Solver.recycle_buffers = False
 
 
+def _wait_all():
+    from jcaffe.engine import Segment
+    Segment.update_min_bytes = 0
+
+
 def _pack():
     from jcaffe.solver import Solver
     Solver.history_pack_max_bytes = 1 << 20
@@ -58,7 +63,9 @@ VARIANTS = {
     "no_row_blocks": _no_row_blocks,      # big weight diffs whole (CPU only anyway)
     "no_materialize": _no_materialize,    # no stored Split bottoms (CPU only anyway)
     "no_recycle": _no_recycle,            # no blob buffers donated: fewer arguments, more memory
-    "pack": _pack,                        # small params' history in one array (jcaffe.packed_history)
+    "wait_all": _wait_all,                # every update after its layers' data gradients:
+                                          # no copies of the params under 1 MB
+    "pack": _pack,                        # small params' history in one array
     "float32": _float32,                  # full float32 products (not TF32 on a GPU)
 }
 

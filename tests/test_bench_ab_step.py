@@ -124,7 +124,7 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
     import variants_engine
     for owner, attr in ((Solver, "update_in_backward"), (Solver, "row_blocks_min_bytes"),
                         (Solver, "recycle_buffers"), (Solver, "history_pack_max_bytes"),
-                        (engine.Segment, "ordered_backward"),
+                        (engine.Segment, "ordered_backward"), (engine.Segment, "update_min_bytes"),
                         (engine.Segment, "channels_last"), (engine, "materialize")):
         monkeypatch.setattr(owner, attr, getattr(owner, attr))
     precision = jax.config.jax_default_matmul_precision
@@ -139,6 +139,9 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
         variants_engine.apply("no_recycle")
         variants_engine.apply("pack")
         assert not Solver.recycle_buffers and Solver.history_pack_max_bytes == 1 << 20
+        assert engine.Segment.update_min_bytes > 0
+        variants_engine.apply("wait_all")
+        assert engine.Segment.update_min_bytes == 0
         variants_engine.apply("no_materialize")
         x = object()
         assert engine.materialize(x) is x
