@@ -27,7 +27,7 @@ passed 622 arrays instead of 924 and spent 6.7 instead of 8.4 ms of host work; t
 steps' times did not change (interleaved A/Bs on LeNet, CaffeNet and ResNet-50); and
 its compile took 2.8 s longer: each fusion that reads a slice of the packed array has
 its own offsets, so XLA compiles it as a kernel of its own, where params of one shape
-shared one (about 9 ms a kernel; a toy of 300 updates compiled in 2.7 s instead of
+shared one (about 9.5 ms a kernel; a toy of 300 updates compiled in 2.7 s instead of
 0.4). Where the host's work is what a step waits for (a GPU), the A/B is
 benchmarks/variants_engine.py's ``pack``.
 """
