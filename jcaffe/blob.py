@@ -15,6 +15,7 @@ its host or device copy computes it there. Writing a new value drops that.
 Two blobs can share one SyncedArray (Caffe's ShareData/ShareDiff): that is how
 shared params and test nets that share the train net's weights work.
 """
+import abc
 import math
 
 import jax
@@ -43,12 +44,13 @@ def device_zeros(shape, dtype):
     return jax.device_put(np.zeros(shape, dtype))
 
 
-class View:
+class View(abc.ABC):
     """The content of an array held inside another array, ``view(source)`` when read:
     SyncedArray.set_device_view (a solver's packed history: jcaffe.packed_history)."""
 
+    @abc.abstractmethod
     def __call__(self, source):
-        raise NotImplementedError
+        """This array's content, out of ``source``."""
 
 
 class SyncedArray:
