@@ -1,13 +1,28 @@
-"""Read the GPU traces of benchmarks/device_profile.py (off the device machine): per
-contender, kernels per call, the GPU's busy time and the span from the first kernel to
-the last, per call, and the busy time by kind of kernel.
+"""Read the traces of benchmarks/device_profile.py (off the device machine, or here):
+per contender, kernels per call, the device's busy time and the span from the first
+kernel to the last, per call, the busy time by kind of kernel and, with ``--layers``,
+by the jcaffe layer each kernel's HLO instruction came from.
 
-    python benchmarks/device_kernels.py DIR [--calls 5]
+    python benchmarks/device_kernels.py DIR [--calls 5] [--layers 15]
 
-DIR holds device_profile's ``trace_<net>_<mode>_<contender>`` folders. Busy time well
-under the span means the GPU waited: on the host (Python, dispatch) or between
-launches. Kinds are read off the kernel names XLA and the libraries give (a fused
-transpose that also divides counts as "divide+transpose").
+DIR holds device_profile's ``trace_<net>_<mode>_<contender>`` folders (and its
+``hlo_<net>_<mode>`` dump, which ``--layers`` reads). On a GPU the kernels are the
+events of the process named /device:GPU:...; busy time well under the span means the
+GPU waited: on the host (Python, dispatch) or between launches. On the CPU (no GPU in
+the trace) they are XLA's thunks, timed on the threads that run them: an Eigen
+convolution returns at once and runs on the thread pool beside the next thunks, so
+busy time is a sum of overlapping pieces there, not the step's time. Kinds are read
+off the kernel names XLA and the libraries give (a fused transpose that also divides
+counts as "divide+transpose").
+
+By layer: each instruction's ``op_name`` metadata in the optimized HLO carries the name
+scope jcaffe traces it under ("conv1.forward", "conv1.backward", "conv1.update": the
+solver's update of the params conv1 owns). XLA drops it on some instructions it makes
+(a weight gradient's convolution, the transposes before it): a fusion without its own
+is named by the instructions it fuses, an instruction with none by its neighbours: its
+users' layer when that is a backward (an update's input is that layer's backward) or
+one of its operands' too, else its first operand's. The rest (the pure
+JAX contender, a step's glue) is "(other)".
 """
 import argparse
 import collections
@@ -15,6 +30,7 @@ import glob
 import gzip
 import json
 import os
+import re
 
 
 def kind(name):
@@ -24,8 +40,10 @@ def kind(name):
     if any(k in n for k in ("xmma", "cudnn", "conv", "implicit", "fprop", "dgrad", "wgrad",
                             "sm90_")):
         return "convolution/library"
-    if "gemm" in n or "cutlass" in n:
+    if "gemm" in n or "cutlass" in n or n.startswith("dot"):
         return "gemm"
+    if n.startswith("ynn_fusion") or n.startswith("xnn_fusion"):
+        return "library fusion (dot/convolution)"
     if "transpose" in n:
         return "divide+transpose" if "divide" in n else "transpose"
     if "reduce" in n or "reduction" in n:
@@ -35,19 +53,33 @@ def kind(name):
     return "other"
 
 
-def device_events(trace_dir):
-    """The trace's complete events on the GPU (the process named /device:GPU:...)."""
-    path = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)[0]
-    with gzip.open(path) as f:
+def _events(trace_dir):
+    paths = glob.glob(os.path.join(trace_dir, "**", "perfetto_trace.json.gz"), recursive=True)
+    if not paths:
+        raise SystemExit("%s: no perfetto_trace.json.gz under it (device_profile.py writes "
+                         "one per contender)" % trace_dir)
+    with gzip.open(paths[0]) as f:
         data = json.load(f)
-    events = data["traceEvents"] if isinstance(data, dict) else data
+    return data["traceEvents"] if isinstance(data, dict) else data
+
+
+def device_events(trace_dir):
+    """(the trace's kernels, "GPU" or "CPU"): the complete events on the GPU (the process
+    named /device:GPU:...) or, in a trace without one, XLA CPU's thunks (the complete
+    events naming their HLO instruction, ``args.hlo_op``)."""
+    events = _events(trace_dir)
     gpu = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
            and "GPU" in e.get("args", {}).get("name", "")}
-    return [e for e in events if e.get("ph") == "X" and e.get("pid") in gpu]
+    if gpu:
+        return [e for e in events if e.get("ph") == "X" and e.get("pid") in gpu], "GPU"
+    thunks = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    if not thunks:
+        raise SystemExit("%s: neither GPU kernels nor XLA CPU thunks in the trace" % trace_dir)
+    return thunks, "CPU"
 
 
 def summary(trace_dir, calls):
-    events = device_events(trace_dir)
+    events, _ = device_events(trace_dir)
     busy = collections.Counter()
     count = collections.Counter()
     for e in events:
@@ -57,17 +89,119 @@ def summary(trace_dir, calls):
     return len(events) / calls, sum(busy.values()), span, busy, count
 
 
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?\b([a-z\-]+)\((.*)$")
+_COMPUTATION = re.compile(r"^\s*%?([\w.\-]+) .*\{\s*$")
+_SCOPE = re.compile(r"^(?:[\w\-]+\([^/]*\)/)*(.+?\.(?:forward|backward|update))(?:/|$)")
+
+
+def layer_scope(op_name):
+    """The jcaffe name scope in an op_name ("jit(step)/jit(iteration)/conv1.forward/..."
+    -> "conv1.forward"; a layer name with '/' is kept whole), or None."""
+    m = _SCOPE.match(op_name)
+    return m.group(1) if m else None
+
+
+def hlo_scopes(text):
+    """{instruction: its layer scope or None} of an optimized HLO module's text."""
+    own, calls, operands, members = {}, {}, {}, collections.defaultdict(list)
+    computation = None
+    for line in text.splitlines():
+        m = _INSTRUCTION.match(line)
+        if not m:
+            c = _COMPUTATION.match(line)
+            if c and "=" not in line.split("{")[0]:
+                computation = c.group(1)
+            continue
+        name, rest = m.group(1), m.group(3)
+        meta = re.search(r'op_name="([^"]*)"', line)
+        own[name] = layer_scope(meta.group(1)) if meta else None
+        called = re.search(r"\bcalls=%?([\w.\-]+)", line)
+        if called:
+            calls[name] = called.group(1)
+        operands[name] = re.findall(r"%([\w.\-]+)", rest.split("),")[0])
+        members[computation].append(name)
+    scopes = {}
+    for name, scope in own.items():
+        if scope is None and name in calls:     # a fusion: what it fuses, most of it
+            inner = collections.Counter(own[i] for i in members.get(calls[name], ())
+                                        if own.get(i))
+            scope = inner.most_common(1)[0][0] if inner else None
+        scopes[name] = scope
+    users = collections.defaultdict(list)
+    for name, ops in operands.items():
+        for o in ops:
+            users[o].append(name)
+
+    def near(name, links, seen):
+        """The scopes met first along ``links`` (users or operands), through
+        instructions that have none."""
+        out = []
+        for other in links.get(name, ()):
+            if other not in seen:
+                seen.add(other)
+                out += [scopes[other]] if scopes.get(other) else near(other, links, seen)
+        return out
+    found = {}
+    for name in scopes:
+        if scopes[name] is None:
+            # Its users' scope where an operand has it too, or where it is a backward (a
+            # weight gradient's consumer is its layer's update: "X.update" -> "X.backward");
+            # else its operands' (a forward product's input is its layer's columns).
+            user = next(iter(near(name, users, {name})), None)
+            if user and user.endswith(".update"):
+                user = user[:-len(".update")] + ".backward"
+            ops = near(name, operands, {name})
+            found[name] = (user if user and (user in ops or user.endswith(".backward"))
+                           else ops[0] if ops else user)
+    scopes.update(found)
+    return scopes
+
+
+def by_layer(trace_dir, hlo_dir, calls):
+    """{layer scope or "(other)": busy time per call} of the trace's kernels, each named
+    through the dumped module (under ``hlo_dir``) that holds the most of their
+    instructions."""
+    events, _ = device_events(trace_dir)
+    ops = collections.Counter((e.get("args", {}).get("hlo_module"),
+                               e.get("args", {}).get("hlo_op") or e["name"]) for e in events)
+    best, best_hits = {}, -1
+    for path in glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt")):
+        with open(path) as f:
+            scopes = hlo_scopes(f.read())
+        hits = sum(n for (_, op), n in ops.items() if op in scopes)
+        if hits > best_hits:
+            best, best_hits = scopes, hits
+    out = collections.Counter()
+    for e in events:
+        op = e.get("args", {}).get("hlo_op") or e["name"]
+        out[best.get(op) or "(other)"] += e["dur"] / calls
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir")
     ap.add_argument("--calls", type=int, default=5, help="device_profile's --calls")
+    ap.add_argument("--layers", type=int, default=0, metavar="N",
+                    help="also the N layer scopes with the most busy time")
     opts = ap.parse_args()
-    for trace_dir in sorted(glob.glob(os.path.join(opts.dir, "trace_*"))):
+    traces = sorted(glob.glob(os.path.join(opts.dir, "trace_*")))
+    if not traces:
+        raise SystemExit("%s: no trace_* folders (benchmarks/device_profile.py --out DIR)"
+                         % opts.dir)
+    for trace_dir in traces:
         kernels, busy, span, by_kind, count = summary(trace_dir, opts.calls)
-        print("%-36s kernels/call %5.0f  busy %6.2f ms  span %6.2f ms" % (
-            os.path.basename(trace_dir)[6:], kernels, busy / 1000, span / 1000))
+        device = device_events(trace_dir)[1]
+        print("%-36s %s kernels/call %5.0f  busy %6.2f ms  span %6.2f ms" % (
+            os.path.basename(trace_dir)[6:], device, kernels, busy / 1000, span / 1000))
         for k, us in by_kind.most_common():
-            print("    %-20s %6.2f ms  %5.0f kernels" % (k, us / 1000, count[k]))
+            print("    %-34s %8.2f ms  %5.0f kernels" % (k, us / 1000, count[k]))
+        if opts.layers:
+            tag = "_".join(os.path.basename(trace_dir).split("_")[1:3])
+            layers = by_layer(trace_dir, os.path.join(opts.dir, "hlo_" + tag), opts.calls)
+            print("  by layer (busy ms per call):")
+            for scope, us in layers.most_common(opts.layers):
+                print("    %-34s %8.2f ms" % (scope, us / 1000))
 
 
 if __name__ == "__main__":

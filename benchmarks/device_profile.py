@@ -9,7 +9,9 @@ with JAX_LOG_COMPILES=1 the log names each jitted function), then ``--calls`` st
 calls under ``jax.profiler`` (a Perfetto trace per contender) and the optimized HLO of
 its programs (XLA's dump), all under DIR. Read the traces off the machine with
 ``benchmarks/device_kernels.py DIR``; a kernel's name is its HLO instruction's, whose
-op_name in the dump names the layer (``<layer>.forward`` / ``.backward``).
+op_name in the dump names the layer (``<layer>.forward`` / ``.backward`` / ``.update``):
+``--layers N`` sums the kernels by it. It runs on the CPU too (the kernels are then
+XLA's thunks).
 """
 import argparse
 import logging

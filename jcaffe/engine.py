@@ -524,7 +524,9 @@ class Segment:
                 (last.add if top_last else last.discard)(name)
                 written_here.add(name)
                 if w:
-                    term = jnp.vdot(_as(value, run, False), loss_weights[name].astype(value.dtype))
+                    with jax.named_scope(_scope(layer, "forward")):     # its loss_weight
+                        term = jnp.vdot(_as(value, run, False),
+                                        loss_weights[name].astype(value.dtype))
                     loss = term if loss is None else loss + term
         # (a backward in the same trace transposes these back where it runs channels-last:
         # XLA cancels the two transposes)

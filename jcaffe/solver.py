@@ -155,8 +155,10 @@ class Solver:
         self._layout = HistoryLayout([b.shape for b in learnable], [b.dtype for b in learnable],
                                      self._rule.num_history,
                                      self.history_pack_max_bytes if self.parallel is None else None)
+        owners = [self.net._slots[slot].layer.name for slot, _ in self.net._param_owner_slot]
         _, self._update = make_update(param, self._rule, self.net.params_lr,
-                                      self.net.params_weight_decay, self._layout.packed_ids)
+                                      self.net.params_weight_decay, self._layout.packed_ids,
+                                      owners)
         self._hist_state, self._hist_full = self._layout.zeros(), None
         self._update_jit = jax.jit(self._packed_update, donate_argnums=(1,))   # history, in place
         self._diff_places = None        # (self._fused[3], where each param's diff comes from)

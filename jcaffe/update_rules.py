@@ -188,8 +188,11 @@ def _f32(x):
     return float(np.float32(x))
 
 
-def make_update(param, rule, lr_mults, decay_mults, packed=()):
+def make_update(param, rule, lr_mults, decay_mults, packed=(), names=None):
     """The (init, update) pair for one net's learnable params (see the module doc).
+
+    ``names``: each param's owner layer, naming its update's ops in profiler traces and
+    HLO dumps ("conv1.update", as the engine's "conv1.forward" and "conv1.backward").
 
     ``packed``: the params whose new history a fused step copies into one array after
     their update (jcaffe.packed_history). Their regularized gradient is computed once
@@ -204,6 +207,8 @@ def make_update(param, rule, lr_mults, decay_mults, packed=()):
         raise SolverError("Unknown regularization type: '%s' (known: L1, L2)" % reg)
     decays = [_f32(np.float32(param.weight_decay) * np.float32(d)) for d in decay_mults]
     lr_mults = [_f32(m) for m in lr_mults]
+    scopes = (["%s.update" % name for name in names] if names is not None
+              else ["param%d.update" % i for i in range(len(lr_mults))])
 
     def init(params):
         return tuple(tuple(device_zeros(p.shape, p.dtype) for p in params)
@@ -215,6 +220,10 @@ def make_update(param, rule, lr_mults, decay_mults, packed=()):
         -> (new param, new history, update value). Every stage is elementwise in the
         param, so a fused step can apply it to each param as soon as its diff is
         complete (jcaffe.engine, "the backward's order")."""
+        with jax.named_scope(scopes[i]):
+            return _update_one(i, g, hist, p, rate, t)
+
+    def _update_one(i, g, hist, p, rate, t):
         if hasattr(g, "rows") and not getattr(rule, "value_from_history", None):
             g = g.full()
         if hasattr(g, "rows"):      # a RowBlocks diff: computed and applied by rows

@@ -102,6 +102,12 @@ def ynn_dots(hlo):
 def compiled_step(solver):
     """The XLA executable of ``solver``'s fused step: its first step runs, and the jitted
     step is lowered again with the arguments (their shapes) of that call."""
+    return lowered_step(solver).compile()
+
+
+def lowered_step(solver):
+    """``solver``'s fused step lowered (jax's ``Lowered``, before XLA's passes), as
+    :func:`compiled_step` finds it."""
     jitted = solver._jit_fused
     seen = []
 
@@ -118,7 +124,7 @@ def compiled_step(solver):
         return call
     solver._jit_fused = spy
     solver.step(1)
-    return seen[0].lower(*seen[1]).compile()
+    return seen[0].lower(*seen[1])
 
 
 def calls_of(monkeypatch, owner, name, what=lambda *args: args):

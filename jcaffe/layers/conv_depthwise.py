@@ -60,8 +60,9 @@ def _per_channel(w, channels):
 
 
 # Jitted with the geometry static, as conv_gemm's maps: inside a compiled net they
-# inline; called eagerly (layer tests, gradcheck) each is one compiled call.
-@functools.partial(jax.jit, static_argnums=(2,))
+# inline (into the caller's jaxpr, named by its layer: conv_gemm's doc); called eagerly
+# (layer tests, gradcheck) each is one compiled call.
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def forward(x, w, geo):
     """y = W * x for x (B, C, in...), w (C*m, 1, k...), group C -> (B, C*m, out...)."""
     b, c = x.shape[:2]
@@ -74,7 +75,7 @@ def forward(x, w, geo):
     return y.reshape((b, w.shape[0]) + tuple(geo.out_spatial))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@functools.partial(jax.jit, inline=True, static_argnums=(2, 3))
 def data_diff(dy, w, channels, geo):
     """dE/dx for dy (B, C*m, out...), w (C*m, 1, k...), ``channels`` = C -> (B, C, in...).
 
@@ -101,7 +102,7 @@ def data_diff(dy, w, channels, geo):
     return conv_gemm.assemble_phases(phases, (b, channels), dy.dtype, geo)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def weight_diff(x, dy, geo):
     """dE/dW for x (B, C, in...), dy (B, C*m, out...) -> (C*m, 1, k...)."""
     b, c = x.shape[:2]
@@ -159,7 +160,7 @@ def _repeated(a, m):
     return a if m == 1 else jnp.repeat(a, m, axis=-1)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def forward_last(x, w, geo):
     """forward for x (B, in..., C) -> (B, out..., C*m)."""
     m = w.shape[0] // x.shape[-1]
@@ -172,7 +173,7 @@ def forward_last(x, w, geo):
     return y
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@functools.partial(jax.jit, inline=True, static_argnums=(2, 3))
 def data_diff_last(dy, w, channels, geo):
     """data_diff for dy (B, out..., C*m) -> (B, in..., C): by stride phases, each
     phase (B, spans..., C) the sum of its offsets' shifted slices of one padded dy."""
@@ -202,7 +203,7 @@ def data_diff_last(dy, w, channels, geo):
     return conv_gemm._crop_to_input(full, geo, 1)
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def weight_diff_last(x, dy, geo):
     """weight_diff for x (B, in..., C), dy (B, out..., C*m) -> (C*m, 1, k...).
 

@@ -22,7 +22,11 @@ computed a kernel row at a time and accumulated in place (``by_rows``, below).
 ``geo`` is a ``Geometry`` (Convolution.geometry(): Deconvolution's "virtual
 convolution" fits the same description). The three maps are jitted with it as a
 static argument: inside a compiled net they inline; called eagerly (layer tests,
-gradcheck) they run as one compiled call instead of dozens of small ones.
+gradcheck) they run as one compiled call instead of dozens of small ones. They are
+jitted ``inline=True``, traced into the caller's jaxpr: a called jit's ops are named
+inside it only ("dot_general"), these carry the layer's name scope
+("conv2.forward/dot_general") into profiles and HLO dumps. XLA inlines a call anyway:
+the compiled program is the same (LeNet's step, HLO compared but for names).
 """
 import collections
 import functools
@@ -407,7 +411,7 @@ def _sampled_last(x, geo):
     return lax.slice(x, (0,) * (n + 2), limit, (1,) + tuple(geo.stride) + (1,))
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def pointwise_forward_last(x, w, geo):
     """y = W x for x (B, in..., C), w (O, C, 1...) -> (B, out..., O)."""
     o, c = w.shape[:2]
@@ -416,7 +420,7 @@ def pointwise_forward_last(x, w, geo):
     return y.reshape(xs.shape[:-1] + (o,))
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def pointwise_data_diff_last(dy, w, geo):
     """dE/dx for dy (B, out..., O) -> (B, in..., C): dy W, zeros between strided samples."""
     o, c = w.shape[:2]
@@ -429,7 +433,7 @@ def pointwise_data_diff_last(dy, w, geo):
         for size, out, s in zip(geo.in_spatial, geo.out_spatial, geo.stride)] + [(0, 0, 0)])
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def pointwise_weight_diff_last(x, dy, geo):
     """dE/dW for x (B, in..., C), dy (B, out..., O) -> (O, C, 1...)."""
     o, c = dy.shape[-1], x.shape[-1]
@@ -440,7 +444,7 @@ def pointwise_weight_diff_last(x, dy, geo):
 # ``last`` (ungrouped maps): the forward's product is written position-major, (B * out,
 # O), i.e. channels-last, and the weight gradient reads dy so: for a convolution whose
 # top the engine keeps channels-last (Convolution._gemm_top_last: FCN's conv1_1).
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+@functools.partial(jax.jit, inline=True, static_argnums=(2, 3, 4))
 def forward(x, w, group, geo, last=False):
     """y = W * x for x (B, C, in...), w (O, C/g, k...) -> (B, O, out...)."""
     if pointwise(geo):
@@ -526,7 +530,7 @@ def _data_diff_by_rows(dy, w, group, geo):
     return jnp.transpose(full, (n + 1,) + tuple(range(n + 1)))         # (B, C, in...)
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3))
+@functools.partial(jax.jit, inline=True, static_argnums=(2, 3))
 def data_diff(dy, w, group, geo):
     """dE/dx = col2im(W^T dE/dy) for dy (B, O, out...), w (O, C/g, k...) -> (B, C, in...):
     by kernel rows where they fit in ROW_BYTES, else by columns in batch chunks."""
@@ -551,7 +555,7 @@ def _data_diff_by_columns(dy, w, group, geo):
     return _map_batch(one, [dy], _per_chunk(dy.shape[0], cg * group, geo, dy.dtype.itemsize))
 
 
-@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+@functools.partial(jax.jit, inline=True, static_argnums=(2, 3, 4))
 def weight_diff(x, dy, group, geo, last=False):
     """dE/dW = dE/dy columns(x)^T, summed over the batch in chunks -> (O, C/g, k...)."""
     if pointwise(geo):
@@ -586,7 +590,7 @@ def _rows_per_chunk(x_channels, geo, itemsize):
     return max(1, min(CHUNK_BYTES // max(row, 1), geo.out_spatial[0]))
 
 
-@functools.partial(jax.jit, static_argnums=(2,))
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
 def weight_diff_by_rows(x, dy, geo):
     """dE/dW of an ungrouped convolution, (O, C, k...), from x (B, C, in...) and
     dy (B, O, out...): per image, columns of a few output rows at a time."""
