@@ -9,20 +9,24 @@ DIR holds device_profile's ``trace_<net>_<mode>_<contender>`` folders (and its
 ``hlo_<net>_<mode>`` dump, which ``--layers`` reads). On a GPU the kernels are the
 events of the process named /device:GPU:...; busy time well under the span means the
 GPU waited: on the host (Python, dispatch) or between launches. On the CPU (no GPU in
-the trace) they are XLA's thunks, timed on the threads that run them: an Eigen
-convolution returns at once and runs on the thread pool beside the next thunks, so
-busy time is a sum of overlapping pieces there, not the step's time. Kinds are read
-off the kernel names XLA and the libraries give (a fused transpose that also divides
-counts as "divide+transpose").
+the trace) they are XLA's thunks, each from its start to the executor's "end:" mark of
+it: an Eigen convolution returns at once and runs on the thread pool beside the next
+thunks. Where kernels overlap, each moment is shared equally among those in flight, so
+the kinds' and layers' times add up to the busy time (on two cores, two kernels in
+flight each get half of it, whatever each really used). Kinds are read off the kernel
+names XLA and the libraries give (a fused transpose that also divides counts as
+"divide+transpose").
 
 By layer: each instruction's ``op_name`` metadata in the optimized HLO carries the name
 scope jcaffe traces it under ("conv1.forward", "conv1.backward", "conv1.update": the
 solver's update of the params conv1 owns). XLA drops it on some instructions it makes
 (a weight gradient's convolution, the transposes before it): a fusion without its own
-is named by the instructions it fuses, an instruction with none by its neighbours: its
-users' layer when that is a backward (an update's input is that layer's backward) or
-one of its operands' too, else its first operand's. The rest (the pure
-JAX contender, a step's glue) is "(other)".
+is named by the instructions it fuses, an instruction with none by its neighbours: by
+its users' layer when that is an update (a weight gradient: "X.update" -> "X.backward")
+or one of its operands' too, else "? A > B", the layers it lies between (A made its
+input, B reads its output: a data gradient's convolution of layer C lies between the
+backward above C and the one below). The rest (the pure JAX contender, a step's glue)
+is "(other)".
 """
 import argparse
 import collections
@@ -66,24 +70,55 @@ def _events(trace_dir):
 def device_events(trace_dir):
     """(the trace's kernels, "GPU" or "CPU"): the complete events on the GPU (the process
     named /device:GPU:...) or, in a trace without one, XLA CPU's thunks (the complete
-    events naming their HLO instruction, ``args.hlo_op``)."""
+    events naming their HLO instruction, ``args.hlo_op``), each lasting until its
+    "end: <instruction>" event (an asynchronous thunk returns at once: the executor
+    marks its completion so)."""
     events = _events(trace_dir)
     gpu = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
            and "GPU" in e.get("args", {}).get("name", "")}
     if gpu:
         return [e for e in events if e.get("ph") == "X" and e.get("pid") in gpu], "GPU"
-    thunks = [e for e in events if e.get("ph") == "X" and "hlo_op" in e.get("args", {})]
+    complete = sorted((e for e in events if e.get("ph") == "X"), key=lambda e: e["ts"])
+    thunks = [dict(e) for e in complete if "hlo_op" in e.get("args", {})]
     if not thunks:
         raise SystemExit("%s: neither GPU kernels nor XLA CPU thunks in the trace" % trace_dir)
+    started = collections.defaultdict(collections.deque)
+    for e in thunks:
+        started[e["name"]].append(e)
+    for e in complete:          # the k-th end of an instruction ends its k-th start
+        if e["name"].startswith("end: ") and started.get(e["name"][5:]):
+            thunk = started[e["name"][5:]].popleft()
+            thunk["dur"] = max(thunk["dur"], e["ts"] + e["dur"] - thunk["ts"])
     return thunks, "CPU"
 
 
+def shares(events):
+    """Each event's share of the wall time: every moment is divided equally among the
+    events in flight then (on the CPU thunks overlap; on a GPU stream they do not, and
+    each gets its own duration). The shares add up to the time anything ran."""
+    edges = sorted({e["ts"] for e in events} | {e["ts"] + e["dur"] for e in events})
+    # (events sorted by start; a sweep over the elementary intervals between edges)
+    order = sorted(range(len(events)), key=lambda i: events[i]["ts"])
+    out = [0.0] * len(events)
+    active, k = set(), 0
+    for a, b in zip(edges, edges[1:]):
+        while k < len(order) and events[order[k]]["ts"] <= a:
+            active.add(order[k])
+            k += 1
+        active = {i for i in active if events[i]["ts"] + events[i]["dur"] > a}
+        for i in active:
+            out[i] += (b - a) / len(active)
+    return out
+
+
 def summary(trace_dir, calls):
+    """Per call: (kernels, busy time: the time any ran, span, {kind: its share of the
+    busy time}, {kind: kernels})."""
     events, _ = device_events(trace_dir)
     busy = collections.Counter()
     count = collections.Counter()
-    for e in events:
-        busy[kind(e["name"])] += e["dur"] / calls
+    for e, share in zip(events, shares(events)):
+        busy[kind(e["name"])] += share / calls
         count[kind(e["name"])] += 1 / calls
     span = (max(e["ts"] + e["dur"] for e in events) - min(e["ts"] for e in events)) / calls
     return len(events) / calls, sum(busy.values()), span, busy, count
@@ -144,21 +179,25 @@ def hlo_scopes(text):
     found = {}
     for name in scopes:
         if scopes[name] is None:
-            # Its users' scope where an operand has it too, or where it is a backward (a
-            # weight gradient's consumer is its layer's update: "X.update" -> "X.backward");
-            # else its operands' (a forward product's input is its layer's columns).
+            # A weight gradient (its user is its layer's update: "X.update" ->
+            # "X.backward"), or the layer its operands and users agree on; else the
+            # layers around it ("? A > B": a data gradient's convolution lies between
+            # the backward that made its input and the one that reads its output).
             user = next(iter(near(name, users, {name})), None)
             if user and user.endswith(".update"):
-                user = user[:-len(".update")] + ".backward"
+                found[name] = user[:-len(".update")] + ".backward"
+                continue
             ops = near(name, operands, {name})
-            found[name] = (user if user and (user in ops or user.endswith(".backward"))
-                           else ops[0] if ops else user)
+            if user and user in ops:
+                found[name] = user
+            elif user or ops:
+                found[name] = "? %s > %s" % (ops[0] if ops else "", user or "")
     scopes.update(found)
     return scopes
 
 
 def by_layer(trace_dir, hlo_dir, calls):
-    """{layer scope or "(other)": busy time per call} of the trace's kernels, each named
+    """{layer scope or "(other)": its share of the busy time per call}, each kernel named
     through the dumped module (under ``hlo_dir``) that holds the most of their
     instructions."""
     events, _ = device_events(trace_dir)
@@ -172,9 +211,9 @@ def by_layer(trace_dir, hlo_dir, calls):
         if hits > best_hits:
             best, best_hits = scopes, hits
     out = collections.Counter()
-    for e in events:
+    for e, share in zip(events, shares(events)):
         op = e.get("args", {}).get("hlo_op") or e["name"]
-        out[best.get(op) or "(other)"] += e["dur"] / calls
+        out[best.get(op) or "(other)"] += share / calls
     return out
 
 

@@ -53,8 +53,8 @@ def _write_trace(folder, events):
 
 # An optimized CPU module as XLA writes it: a fusion with its op_name, one whose fused
 # computation has it, a product XLA remade without one (its input from conv2's forward,
-# its user pool2's forward), a weight gradient without one (its user conv2's update),
-# and a layer named with '/'.
+# its user pool2's forward: named by both), a weight gradient without one (its user
+# conv2's update), and a layer named with '/'.
 HLO = """HloModule jit_step, entry_computation_layout={...}
 
 %fused_computation.1 (param_0.1: f32[8]) -> f32[8] {
@@ -77,22 +77,27 @@ ENTRY %main.9 (Arg_0.1: f32[8], Arg_1.2: f32[8,8]) -> f32[8] {
 
 def test_device_kernels_names_each_kernels_layer_on_the_cpu(tmp_path):
     """A CPU trace (no GPU process): XLA's thunks are the kernels, named by their HLO
-    instruction; by layer, through the dumped module's op_name scopes."""
+    instruction, each until its "end:" mark, overlapping ones sharing the time; by
+    layer, through the dumped module's op_name scopes."""
     scopes = device_kernels.hlo_scopes(HLO)
     assert scopes["cols_fusion"] == "conv2.forward"
     assert scopes["exp_fusion"] == "inception_3a/1x1.forward"
-    assert scopes["dot.11"] == "conv2.forward"          # its operand's, not pool2's
+    assert scopes["dot.11"] == "? conv2.forward > pool2.forward"     # the layers around it
     assert scopes["convolution"] == "conv2.backward"    # feeds conv2's update
     assert scopes["subtract_fusion"] == "conv2.update"
     assert device_kernels.layer_scope("params[0]") is None
+    # the convolution returns at once (asynchronous) and is marked done at 80; the
+    # exponential runs meanwhile, sharing those 10 us with it
     thunks = [("cols_fusion", 0, 10), ("dot.11", 10, 40), ("pool_fusion", 50, 5),
-              ("convolution", 60, 20), ("subtract_fusion", 80, 2)]
+              ("convolution", 60, 1), ("exp_fusion", 62, 10), ("subtract_fusion", 80, 2)]
     events = [{"ph": "M", "pid": 7, "name": "process_name", "args": {"name": "/host:CPU"}},
               {"ph": "X", "pid": 7, "tid": 3, "ts": 0, "dur": 500, "name": "$solver.py step"}]
     for call in range(2):
         events += [{"ph": "X", "pid": 7, "tid": 4, "ts": 1000 * call + ts, "dur": dur,
                     "name": op, "args": {"hlo_module": "jit_step", "hlo_op": op}}
                    for op, ts, dur in thunks]
+        events.append({"ph": "X", "pid": 7, "tid": 4, "ts": 1000 * call + 79, "dur": 1,
+                       "name": "end: convolution", "args": {}})
     _write_trace(tmp_path / "trace_net_train_jcaffe" / "plugins" / "profile" / "run", events)
     (tmp_path / "hlo_net_train").mkdir()
     (tmp_path / "hlo_net_train" / "module_0001.jit_step.cpu_after_optimizations.txt"
@@ -100,11 +105,12 @@ def test_device_kernels_names_each_kernels_layer_on_the_cpu(tmp_path):
     trace = str(tmp_path / "trace_net_train_jcaffe")
     count, busy, span, by_kind, _ = device_kernels.summary(trace, calls=2)
     assert device_kernels.device_events(trace)[1] == "CPU"
-    assert count == 5 and busy == 77 and span == 541
-    assert by_kind == {"fusion": 17, "gemm": 40, "convolution/library": 20}
+    assert count == 6 and busy == 77 and span == 541
+    assert by_kind == {"fusion": 22, "gemm": 40, "convolution/library": 15}
     layers = device_kernels.by_layer(trace, str(tmp_path / "hlo_net_train"), calls=2)
-    assert layers == {"conv2.forward": 50, "pool2.forward": 5, "conv2.backward": 20,
-                      "conv2.update": 2}
+    assert layers == {"conv2.forward": 10, "? conv2.forward > pool2.forward": 40,
+                      "pool2.forward": 5, "inception_3a/1x1.forward": 5,
+                      "conv2.backward": 15, "conv2.update": 2}
 
 
 STEP_NET = """
