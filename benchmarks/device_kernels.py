@@ -201,19 +201,21 @@ def by_layer(trace_dir, hlo_dir, calls):
     through the dumped module (under ``hlo_dir``) that holds the most of their
     instructions."""
     events, _ = device_events(trace_dir)
-    ops = collections.Counter((e.get("args", {}).get("hlo_module"),
-                               e.get("args", {}).get("hlo_op") or e["name"]) for e in events)
+    ops = collections.Counter(e.get("args", {}).get("hlo_op") or e["name"] for e in events)
     best, best_hits = {}, -1
     for path in glob.glob(os.path.join(hlo_dir, "*after_optimizations.txt")):
         with open(path) as f:
             scopes = hlo_scopes(f.read())
-        hits = sum(n for (_, op), n in ops.items() if op in scopes)
+        hits = sum(n for op, n in ops.items()
+                   if op in scopes or re.sub(r"_(\d+)$", r".\1", op) in scopes)
         if hits > best_hits:
             best, best_hits = scopes, hits
     out = collections.Counter()
     for e, share in zip(events, shares(events)):
         op = e.get("args", {}).get("hlo_op") or e["name"]
-        out[best.get(op) or "(other)"] += share / calls
+        # (a GPU kernel without the hlo_op argument is named as its fusion, '.' -> '_')
+        scope = best.get(op) or best.get(re.sub(r"_(\d+)$", r".\1", op))
+        out[scope or "(other)"] += share / calls
     return out
 
 

@@ -152,3 +152,25 @@ def test_a_fused_steps_ops_are_named_by_layer(monkeypatch):
     assert any(n.group(1) == "conv.forward/dot_general" for n in names)    # conv_gemm's
     updates = {device_kernels.layer_scope(n) for n in re.findall(r'op_name="([^"]*)"', hlo)}
     assert {"conv.update", "ip.update"} <= updates
+
+
+def test_device_kernels_names_gpu_kernels_by_their_fusion(tmp_path):
+    """A GPU kernel without an hlo_op argument is named as its fusion ('.3' -> '_3');
+    library kernels name no instruction: "(other)"."""
+    meta = [{"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}}]
+    kernels = [("sm90_xmma_fprop_implicit_gemm", 0, 100), ("loop_add_fusion", 150, 50),
+               ("input_divide_transpose_fusion_3", 250, 30)]
+    _write_trace(tmp_path / "trace_net_train_jcaffe" / "plugins" / "profile" / "run",
+                 meta + [{"ph": "X", "pid": 1, "tid": 14, "ts": ts, "dur": dur, "name": name}
+                         for name, ts, dur in kernels])
+    (tmp_path / "hlo_net_train").mkdir()
+    (tmp_path / "hlo_net_train" / "module_0001.jit_step.gpu_after_optimizations.txt"
+     ).write_text("""ENTRY %main (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  %loop_add_fusion = f32[8]{0} fusion(%p), kind=kLoop, calls=%c1, metadata={op_name="jit(step)/jit(iteration)/relu1.backward/add"}
+  ROOT %input_divide_transpose_fusion.3 = f32[8]{0} fusion(%loop_add_fusion), kind=kInput, calls=%c2, metadata={op_name="jit(step)/jit(iteration)/split.forward/div"}
+}
+""")
+    layers = device_kernels.by_layer(str(tmp_path / "trace_net_train_jcaffe"),
+                                     str(tmp_path / "hlo_net_train"), calls=1)
+    assert layers == {"(other)": 100, "relu1.backward": 50, "split.forward": 30}
