@@ -559,3 +559,56 @@ def test_inception_blocks_run_channels_last(tmp_path, monkeypatch, x64):
     for name in diffs0:
         if name != "b4":    # (its bottom, after ReLU and LRN, is never negative: no slope diff)
             assert all(np.any(d) for d in diffs[name]), name
+
+
+BIAS_NET = """
+name: "bias_last"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 128 dim: 128 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 16 kernel_size: 3 pad: 1 stride: 2 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "bn1" type: "BatchNorm" bottom: "conv1" top: "conv1" }
+layer { name: "sc1" type: "Scale" bottom: "conv1" top: "conv1" scale_param { bias_term: true } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pw" type: "Convolution" bottom: "conv1" top: "pw" convolution_param {
+  num_output: 8 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "pool" type: "Pooling" bottom: "pw" top: "pool" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_a_gemm_top_written_channels_last_gets_its_bias_before_the_reorder(monkeypatch):
+    """A GEMM forward writing its product channels-last (forward_top_last) adds the bias
+    before reordering it to Caffe's axes, so that the engine's reorder back cancels
+    it: the BatchNorm after it reduces the top as it lies. Added after, XLA wrote the
+    top out in Caffe's order for each of the batch mean and variance (ResNet-50's
+    bn_conv1: two 51 MB copies a step) where the product came out of the loop over the
+    batch's chunks (here: one image a chunk)."""
+    import re
+    from jcaffe.layers import conv_gemm
+    from jcaffe.layers.vision import Convolution
+    from netutil import compiled_step
+    monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)
+    monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", 1 << 16)
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.01 lr_policy: "fixed"', param)
+    text_format.Parse(BIAS_NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    net = solver.net
+    conv1 = net.layer_dict["conv1"]
+    assert conv1._top_last_gemm(2)
+    hlo = compiled_step(solver).as_text()
+    plan = {s.layer.name: p for s, p in ((s, net._segments[k].layout_plan()[s.index])
+                                         for k in net._segments for s in net._segments[k].slots
+                                         if s.layer.forward_writes_tops)}
+    assert plan["conv1"][2] and plan["bn1"][1]         # top kept channels-last; BN runs so
+    entry = hlo.split("\nENTRY", 1)[1]
+    # (the blobs come back held: bitcasts of that shape, not transposes)
+    assert re.search(r"^\s+%?\S+ = .* while\(", entry, re.M)     # the chunks' loop
+    caffe_order = re.findall(r"^\s+%?(\S*transpose\S*) = f32\[2,16,64,64\]\{3,2,1,0\} ",
+                             entry, re.M)
+    assert not caffe_order, caffe_order

@@ -443,12 +443,18 @@ def pointwise_weight_diff_last(x, dy, geo):
 
 # ``last`` (ungrouped maps): the forward's product is written position-major, (B * out,
 # O), i.e. channels-last, and the weight gradient reads dy so: for a convolution whose
-# top the engine keeps channels-last (Convolution._gemm_top_last: FCN's conv1_1).
+# top the engine keeps channels-last (Convolution._gemm_top_last: FCN's conv1_1). The
+# bias is then added before the product is reordered to Caffe's axes, so that the
+# engine's reorder back (its channels-last run) cancels this one. Added after it, the
+# sum sat between the two, and XLA made a reduction of the run (ResNet-50's bn_conv1:
+# the batch mean and variance) read the sum in Caffe's order, written out so first:
+# two transposed copies of a 16x64x112x112 map a step.
 @functools.partial(jax.jit, inline=True, static_argnums=(2, 3, 4))
-def forward(x, w, group, geo, last=False):
-    """y = W * x for x (B, C, in...), w (O, C/g, k...) -> (B, O, out...)."""
+def forward(x, w, group, geo, last=False, bias=None):
+    """y = W * x (+ bias, per output channel) for x (B, C, in...), w (O, C/g, k...)
+    -> (B, O, out...)."""
     if pointwise(geo):
-        return _pointwise_forward(x, w, group, geo)
+        return _with_bias(_pointwise_forward(x, w, group, geo), bias, 1)
     o = w.shape[0]
     wg = w.reshape(group, o // group, -1)
 
@@ -461,7 +467,18 @@ def forward(x, w, group, geo, last=False):
         return _channels_first(y.reshape((o, xb.shape[0]) + tuple(geo.out_spatial)))
     assert not last or group == 1, "channels-last GEMM products are ungrouped"
     y = _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
-    return jnp.moveaxis(y, -1, 1) if last else y
+    if last:
+        return jnp.moveaxis(_with_bias(y, bias, y.ndim - 1), -1, 1)
+    return _with_bias(y, bias, 1)
+
+
+def _with_bias(y, bias, axis):
+    """y + bias along ``axis`` (None: y)."""
+    if bias is None:
+        return y
+    shape = [1] * y.ndim
+    shape[axis] = -1
+    return y + bias.reshape(shape)
 
 
 # -- the data gradient by kernel rows --------------------------------------------------

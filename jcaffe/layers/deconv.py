@@ -57,8 +57,8 @@ class Deconvolution(Convolution):
     gemm_top_last = False
 
     # forward and backward are Convolution's, over the transposed maps
-    def _forward_map(self, x, w):
-        return self._data_diff(x, w)          # y = W^T * x
+    def _forward_map(self, x, w, bias=None):
+        return self._add_bias(self._data_diff(x, w), bias)      # y = W^T * x (+ bias)
 
     def _backward_map(self, dy, w):
         return self._conv_forward(dy, w)      # dE/dx = W * dE/dy

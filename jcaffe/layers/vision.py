@@ -149,10 +149,9 @@ class Convolution(JaxLayer):
     def forward(self, params, bottoms, rng):
         w = params[0]
         tops = []
+        bias = params[1] if self.p.bias_term else None
         for x in bottoms:
-            y = self._forward_map(self._batched(x), w)
-            if self.p.bias_term:
-                y = y + params[1].reshape((-1,) + (1,) * self.num_spatial)
+            y = self._forward_map(self._batched(x), w, bias)
             tops.append(y.reshape(x.shape[:self.axis] + y.shape[1:]))
         return tops, None
 
@@ -174,8 +173,11 @@ class Convolution(JaxLayer):
 
     # The three linear maps forward/backward are written with; Deconvolution (its
     # transpose) swaps the first two and the weight gradient's arguments.
-    def _forward_map(self, x, w):
-        return self._conv_forward(x, w)
+    def _forward_map(self, x, w, bias=None):
+        return self._conv_forward(x, w, bias)
+
+    def _add_bias(self, y, bias):
+        return y if bias is None else y + bias.reshape((-1,) + (1,) * self.num_spatial)
 
     def _backward_map(self, dy, w):
         return self._data_diff(dy, w)
@@ -510,20 +512,23 @@ class Convolution(JaxLayer):
         return self._gemm("forward", weight_shape[1], _macs(batch, weight_shape, self.out_spatial),
                           batch=batch)
 
-    def _conv_forward(self, x, w):
-        """y = W * x for x (batch, C, spatial...), w (O, C/group, kernel...)."""
+    def _conv_forward(self, x, w, bias=None):
+        """y = W * x (+ bias) for x (batch, C, spatial...), w (O, C/group, kernel...),
+        bias (O,) or None."""
         if self._depthwise(w.shape[1]):
-            return conv_depthwise.forward(x, w, self.geometry())
+            return self._add_bias(conv_depthwise.forward(x, w, self.geometry()), bias)
         if self._forward_on_gemm(x.shape[0], w.shape):
             return conv_gemm.forward(x, w, self.group, self.geometry(),
-                                     self._gemm_top_last(x.shape[0], w.shape))
+                                     self._gemm_top_last(x.shape[0], w.shape), bias)
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
             pieces, wb = self._pieces(w)
             xs, ws = jnp.split(x, pieces, axis=1), jnp.split(wb, pieces, axis=0)
-            return jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
-        return conv(x, w, feature_group_count=self.group)
+            y = jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
+        else:
+            y = conv(x, w, feature_group_count=self.group)
+        return self._add_bias(y, bias)
 
     def _data_diff(self, dy, w):
         """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
