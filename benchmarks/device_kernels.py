@@ -72,7 +72,8 @@ def device_events(trace_dir):
     named /device:GPU:...) or, in a trace without one, XLA CPU's thunks (the complete
     events naming their HLO instruction, ``args.hlo_op``), each lasting until its
     "end: <instruction>" event (an asynchronous thunk returns at once: the executor
-    marks its completion so)."""
+    marks its completion so); a thunk that runs others inside it (a loop) is left out,
+    its body's count."""
     events = _events(trace_dir)
     gpu = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
            and "GPU" in e.get("args", {}).get("name", "")}
@@ -82,6 +83,17 @@ def device_events(trace_dir):
     thunks = [dict(e) for e in complete if "hlo_op" in e.get("args", {})]
     if not thunks:
         raise SystemExit("%s: neither GPU kernels nor XLA CPU thunks in the trace" % trace_dir)
+    # a loop's or call's thunk runs its body's thunks inside it, on its thread: only
+    # those count
+    by_thread = collections.defaultdict(list)
+    for e in thunks:
+        by_thread[e["tid"]].append(e)
+    inner = set()
+    for run in by_thread.values():
+        for e, after in zip(run, run[1:]):
+            if after["ts"] < e["ts"] + e["dur"]:
+                inner.add(id(e))
+    thunks = [e for e in thunks if id(e) not in inner]
     started = collections.defaultdict(collections.deque)
     for e in thunks:
         started[e["name"]].append(e)
