@@ -47,7 +47,7 @@ def kind(name):
     if "gemm" in n or "cutlass" in n or n.startswith("dot"):
         return "gemm"
     if n.startswith("ynn_fusion") or n.startswith("xnn_fusion"):
-        return "library fusion (dot/convolution)"
+        return "library fusion (YNNPACK/XNNPACK)"
     if "transpose" in n:
         return "divide+transpose" if "divide" in n else "transpose"
     if "reduce" in n or "reduction" in n:
