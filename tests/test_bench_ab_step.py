@@ -29,10 +29,10 @@ def test_ab_step_runs_each_variant_in_its_own_processes(tmp_path):
         "    if name == 'columns':\n"
         "        conv_gemm.ROW_BYTES = 0\n"
         "    forward = vision.Convolution._conv_forward\n"
-        "    def traced(self, x, w):\n"
+        "    def traced(self, x, w, *rest):\n"
         "        with open(%r, 'a') as f:\n"
         "            f.write('%%s:%%d:%%d\\n' %% (name, conv_gemm.ROW_BYTES, os.getpid()))\n"
-        "        return forward(self, x, w)\n"
+        "        return forward(self, x, w, *rest)\n"
         "    vision.Convolution._conv_forward = traced\n" % str(log))
     out = ab_step(variants, "--steps", "2", "rows", "columns").stdout
     records = [line.split(":") for line in log.read_text().split()]
