@@ -520,14 +520,16 @@ class Segment:
                 raise ValueError("%s layer '%s' returned %d tops, expected %d"
                                  % (layer.type, layer.name, len(tops), len(s.tops)))
             for name, value, w in zip(s.tops, tops, layer.loss):
-                env[name] = _as(value, run, top_last)
-                (last.add if top_last else last.discard)(name)
-                written_here.add(name)
-                if w:
-                    with jax.named_scope(_scope(layer, "forward")):     # its loss_weight
+                # (its tops' reorders and loss_weight named by it too: XLA folds a reorder
+                # into the convolution before it, which takes the reorder's name)
+                with jax.named_scope(_scope(layer, "forward")):
+                    env[name] = _as(value, run, top_last)
+                    (last.add if top_last else last.discard)(name)
+                    written_here.add(name)
+                    if w:
                         term = jnp.vdot(_as(value, run, False),
                                         loss_weights[name].astype(value.dtype))
-                    loss = term if loss is None else loss + term
+                        loss = term if loss is None else loss + term
         # (a backward in the same trace transposes these back where it runs channels-last:
         # XLA cancels the two transposes)
         written = _returned({name: env[name] for name in self.writes}, last, held)
