@@ -208,6 +208,12 @@ def hlo_scopes(text):
     return scopes
 
 
+def _fusion_name(kernel):
+    """A GPU kernel's HLO instruction where its trace gives no hlo_op: its name, with
+    the fusion's '.3' written '_3'."""
+    return re.sub(r"_(\d+)$", r".\1", kernel)
+
+
 def by_layer(trace_dir, hlo_dir, calls):
     """{layer scope or "(other)": its share of the busy time per call}, each kernel named
     through the dumped module (under ``hlo_dir``) that holds the most of their
@@ -219,14 +225,13 @@ def by_layer(trace_dir, hlo_dir, calls):
         with open(path) as f:
             scopes = hlo_scopes(f.read())
         hits = sum(n for op, n in ops.items()
-                   if op in scopes or re.sub(r"_(\d+)$", r".\1", op) in scopes)
+                   if op in scopes or _fusion_name(op) in scopes)
         if hits > best_hits:
             best, best_hits = scopes, hits
     out = collections.Counter()
     for e, share in zip(events, shares(events)):
         op = e.get("args", {}).get("hlo_op") or e["name"]
-        # (a GPU kernel without the hlo_op argument is named as its fusion, '.' -> '_')
-        scope = best.get(op) or best.get(re.sub(r"_(\d+)$", r".\1", op))
+        scope = best.get(op) or best.get(_fusion_name(op))
         out[scope or "(other)"] += share / calls
     return out
 

@@ -113,6 +113,22 @@ def test_device_kernels_names_each_kernels_layer_on_the_cpu(tmp_path):
                       "conv2.backward": 15, "conv2.update": 2}
 
 
+def _solver(net_text):
+    """A momentum SGD solver over the net ``net_text``."""
+    from google.protobuf import text_format
+    from jcaffe.proto import caffe_pb2
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.01 momentum: 0.9 lr_policy: "fixed"', param)
+    text_format.Parse(net_text, param.net_param)
+    return jcaffe.get_solver(param)
+
+
+def _layout_plan(solver):
+    """{layer name: its layout plan entry} of ``solver``'s net, after a step."""
+    return {s.layer.name: p for seg in solver.net._segments.values() for s in seg.slots
+            if s.layer.forward_writes_tops for p in [seg.layout_plan()[s.index]]}
+
+
 STEP_NET = """
 name: "scoped"
 layer { name: "data" type: "Input" top: "data" top: "label"
@@ -132,14 +148,9 @@ def test_a_fused_steps_ops_are_named_by_layer(monkeypatch):
     convolution helpers' too (conv_gemm's, here for every map; inlined: a jitted
     helper's ops are named inside it only), and each param's update under its owner's
     ("conv.update"), for profiles and HLO dumps (device_kernels --layers)."""
-    from google.protobuf import text_format
     from jcaffe.layers import vision
-    from jcaffe.proto import caffe_pb2
     monkeypatch.setattr(vision.Convolution, "GEMM_MIN_MACS", 0)
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('base_lr: 0.01 momentum: 0.9 lr_policy: "fixed"', param)
-    text_format.Parse(STEP_NET, param.net_param)
-    solver = jcaffe.get_solver(param)
+    solver = _solver(STEP_NET)
     solver.net.blobs["label"].data[...] = np.arange(8) % 4
     hlo = netutil.lowered_step(solver).as_text(dialect="hlo", debug_info=True)
     products = re.findall(r" (?:dot|convolution)\(.*", hlo)
@@ -204,15 +215,9 @@ def test_a_layers_top_reorders_are_named_by_it():
     remakes that without its own name, taking the reorder's (ResNet-50's step, batch 2:
     33 of its 36 convolutions named by their layer, against 17 without it; the other
     three, data gradients, are left to device_kernels' guess)."""
-    from google.protobuf import text_format
-    from jcaffe.proto import caffe_pb2
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('base_lr: 0.01 momentum: 0.9 lr_policy: "fixed"', param)
-    text_format.Parse(CHAIN_NET, param.net_param)
-    solver = jcaffe.get_solver(param)
+    solver = _solver(CHAIN_NET)
     hlo = netutil.lowered_step(solver).as_text(dialect="hlo", debug_info=True)
-    plan = {s.layer.name: p for seg in solver.net._segments.values() for s in seg.slots
-            if s.layer.forward_writes_tops for p in [seg.layout_plan()[s.index]]}
+    plan = _layout_plan(solver)
     assert plan["conv0"][2] and plan["conv"][2]         # tops kept channels-last
     names = re.findall(r' transpose\(.*op_name="([^"]*)"', hlo)
     scopes = [device_kernels.layer_scope(n) for n in names]

@@ -602,9 +602,8 @@ def test_a_gemm_top_written_channels_last_gets_its_bias_before_the_reorder(monke
     conv1 = net.layer_dict["conv1"]
     assert conv1._top_last_gemm(2)
     hlo = compiled_step(solver).as_text()
-    plan = {s.layer.name: p for s, p in ((s, net._segments[k].layout_plan()[s.index])
-                                         for k in net._segments for s in net._segments[k].slots
-                                         if s.layer.forward_writes_tops)}
+    plan = {s.layer.name: seg.layout_plan()[s.index] for seg in net._segments.values()
+            for s in seg.slots if s.layer.forward_writes_tops}
     assert plan["conv1"][2] and plan["bn1"][1]         # top kept channels-last; BN runs so
     entry = hlo.split("\nENTRY", 1)[1]
     # (the blobs come back held: bitcasts of that shape, not transposes)

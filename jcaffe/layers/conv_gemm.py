@@ -454,7 +454,7 @@ def forward(x, w, group, geo, last=False, bias=None):
     """y = W * x (+ bias, per output channel) for x (B, C, in...), w (O, C/g, k...)
     -> (B, O, out...)."""
     if pointwise(geo):
-        return _with_bias(_pointwise_forward(x, w, group, geo), bias, 1)
+        return add_bias(_pointwise_forward(x, w, group, geo), bias)
     o = w.shape[0]
     wg = w.reshape(group, o // group, -1)
 
@@ -468,11 +468,11 @@ def forward(x, w, group, geo, last=False, bias=None):
     assert not last or group == 1, "channels-last GEMM products are ungrouped"
     y = _map_batch(one, [x], _per_chunk(x.shape[0], x.shape[1], geo, x.dtype.itemsize))
     if last:
-        return jnp.moveaxis(_with_bias(y, bias, y.ndim - 1), -1, 1)
-    return _with_bias(y, bias, 1)
+        return jnp.moveaxis(add_bias(y, bias, y.ndim - 1), -1, 1)
+    return add_bias(y, bias)
 
 
-def _with_bias(y, bias, axis):
+def add_bias(y, bias, axis=1):
     """y + bias along ``axis`` (None: y)."""
     if bias is None:
         return y

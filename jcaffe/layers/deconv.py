@@ -13,6 +13,7 @@ top) and ``out_spatial`` its output (this layer's bottom).
             dE/dW = Convolution._weight_diff(dE/dy, x), dE/db = sum dE/dy.
 """
 from ..layer import register
+from . import conv_gemm
 from .vision import Convolution
 
 
@@ -58,7 +59,7 @@ class Deconvolution(Convolution):
 
     # forward and backward are Convolution's, over the transposed maps
     def _forward_map(self, x, w, bias=None):
-        return self._add_bias(self._data_diff(x, w), bias)      # y = W^T * x (+ bias)
+        return conv_gemm.add_bias(self._data_diff(x, w), bias)      # y = W^T * x (+ bias)
 
     def _backward_map(self, dy, w):
         return self._conv_forward(dy, w)      # dE/dx = W * dE/dy

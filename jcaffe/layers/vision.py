@@ -176,9 +176,6 @@ class Convolution(JaxLayer):
     def _forward_map(self, x, w, bias=None):
         return self._conv_forward(x, w, bias)
 
-    def _add_bias(self, y, bias):
-        return y if bias is None else y + bias.reshape((-1,) + (1,) * self.num_spatial)
-
     def _backward_map(self, dy, w):
         return self._data_diff(dy, w)
 
@@ -516,7 +513,7 @@ class Convolution(JaxLayer):
         """y = W * x (+ bias) for x (batch, C, spatial...), w (O, C/group, kernel...),
         bias (O,) or None."""
         if self._depthwise(w.shape[1]):
-            return self._add_bias(conv_depthwise.forward(x, w, self.geometry()), bias)
+            return conv_gemm.add_bias(conv_depthwise.forward(x, w, self.geometry()), bias)
         if self._forward_on_gemm(x.shape[0], w.shape):
             return conv_gemm.forward(x, w, self.group, self.geometry(),
                                      self._gemm_top_last(x.shape[0], w.shape), bias)
@@ -528,7 +525,7 @@ class Convolution(JaxLayer):
             y = jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
         else:
             y = conv(x, w, feature_group_count=self.group)
-        return self._add_bias(y, bias)
+        return conv_gemm.add_bias(y, bias)
 
     def _data_diff(self, dy, w):
         """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
