@@ -406,6 +406,49 @@ def test_weight_gradient_by_rows_choice_and_layer(x64, rng, monkeypatch):
                                    err_msg=what)
 
 
+def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeypatch):
+    """On CPU, with convolutions on XLA's own kernels, a top diff of
+    WEIGHT_GEMM_MIN_DIFF_BYTES or more in Caffe's order (MobileNet's and CaffeNet's
+    conv1) has its weight gradient from GEMM, not from XLA's convolution, which would
+    transpose the whole diff; not a smaller diff, a grouped map, columns longer than
+    GEMM_MAX_COLUMN, fewer than GEMM_MIN_MACS multiply-adds, or a diff the engine holds
+    channels-last (backward_top_last). Both backwards are the vjp of the convolution."""
+    from jcaffe import xla_options
+    from jcaffe.layers import conv_gemm
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: True)
+    conv1 = _layer("num_output: 4 kernel_size: 3 stride: 2", (2, 3, 15, 15))      # 27
+    x = jnp.asarray(rng.standard_normal((2, 3, 15, 15)))
+    w, b = params_of(conv1)
+    y, vjp = jax.vjp(lambda x, w, b: _plain(conv1, x, w, b), x, w, b)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    monkeypatch.setattr(Convolution, "WEIGHT_GEMM_MIN_DIFF_BYTES", dy.size * 8)
+    big = Convolution.GEMM_MIN_MACS
+    cpu = jax.default_backend() == "cpu"
+    assert conv1._weight_gemm_in_caffe_order(dy, 3, big) == cpu
+    assert not conv1._weight_gemm_in_caffe_order(dy[:, :, :-1], 3, big)
+    assert not conv1._weight_gemm_in_caffe_order(dy, 3, big - 1)
+    with conv1._flag("_top_diff_last"):
+        assert not conv1._weight_gemm_in_caffe_order(dy, 3, big)
+    grouped = _layer("num_output: 6 kernel_size: 3 stride: 2 group: 3", (2, 3, 15, 15))
+    long = _layer("num_output: 4 kernel_size: 3 stride: 2", (2, 57, 15, 15))       # 513
+    assert not grouped._weight_gemm_in_caffe_order(dy, 1, big)
+    assert not long._weight_gemm_in_caffe_order(dy, 57, big)
+    if not cpu:
+        return
+    monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 1)
+    calls = []
+    original = conv_gemm.weight_diff
+    monkeypatch.setattr(conv_gemm, "weight_diff", lambda *a: calls.append(a[3]) or original(*a))
+    rx, rw, rb = vjp(dy)
+    for backward, gemm in ((conv1.backward, True), (conv1.backward_top_last, False)):
+        del calls[:]
+        (dx,), (dw, db) = backward([w, b], [x], [y], None, [dy], (True,))
+        assert calls == ([conv1.geometry()] if gemm else []), backward
+        for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10,
+                                       atol=1e-10, err_msg=what)
+
+
 @pytest.mark.parametrize("own_convolutions", [True, False])
 def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every map of a 1x1 kernel without

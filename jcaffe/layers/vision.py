@@ -325,6 +325,31 @@ class Convolution(JaxLayer):
             return False
         return column <= self.GEMM_MAX_COLUMN
 
+    # XLA's weight-gradient convolution reads the top diff as (out..., batch, O), the
+    # batch as Eigen's input channels. From a diff in Caffe's order (where the engine does
+    # not keep the top channels-last) that is a transposition of the whole diff, which
+    # XLA fuses into the diff's producer, each element read across the layout: MobileNet's
+    # conv1 (49 MB at 32 x 112 x 112 x 32, from BatchNorm's backward) spent 86 ms of its
+    # step there, against 4 ms for the same fusion in Caffe's order. GEMM reads the diff
+    # as (O, batch * out...), whole rows of it. Alone, conv1 shapes with their diff from
+    # a BatchNorm backward (ms, XLA / GEMM, 2026-12-05, Intel Xeon): MobileNet's 99 / 66,
+    # CaffeNet's 140 / 74, ResNet's 120 / 58. Steps (benchmarks/ab_step.py, 4 rounds of 8,
+    # GEMM / XLA): MobileNet 0.970 (interval 0.942-0.998), CaffeNet 0.980 (0.955-1.005).
+    # Taking GEMM where the diff comes channels-last (ResNet-50's and GoogLeNet's conv1,
+    # backward_top_last) cost 1.05x and 1.09x, and LeNet's small diffs (3 MB and less, in
+    # cache) 1.35x; so this holds for a diff in Caffe's order of WEIGHT_GEMM_MIN_DIFF_BYTES
+    # or more, ungrouped, with columns short enough for GEMM's forward (GEMM_MAX_COLUMN).
+    WEIGHT_GEMM_MIN_DIFF_BYTES = 8 << 20
+    _top_diff_last = False
+
+    def _weight_gemm_in_caffe_order(self, dy, channels_per_group, macs):
+        """Whether the weight gradient from ``dy``, held in Caffe's order, takes GEMM
+        (above): on CPU, ungrouped, from GEMM_MIN_MACS."""
+        column = channels_per_group * int(np.prod(self.kernel))
+        return (jax.default_backend() == "cpu" and not self._top_diff_last and self.group == 1
+                and macs >= self.GEMM_MIN_MACS and column <= self.GEMM_MAX_COLUMN
+                and dy.size * dy.dtype.itemsize >= self.WEIGHT_GEMM_MIN_DIFF_BYTES)
+
     # One image's weight gradient on a map above BATCH1_GEMM_MAX_POSITIONS with longer
     # columns runs by output rows (conv_gemm.weight_diff_by_rows), not on XLA's
     # convolution. FCN's VGG shapes, channels-last inputs as in the step (ms, XLA / by
@@ -469,18 +494,23 @@ class Convolution(JaxLayer):
             return self.forward(params, bottoms, rng)
 
     def backward_top_last(self, params, bottoms, tops, saved, top_diffs, propagate_down):
-        if not self._top_last_gemm(self._batch()):
-            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
-        with self._gemm_last():
-            return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+        with self._flag("_top_diff_last"):
+            if not self._top_last_gemm(self._batch()):
+                return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+            with self._gemm_last():
+                return self.backward(params, bottoms, tops, saved, top_diffs, propagate_down)
+
+    def _gemm_last(self):
+        return self._flag("_force_gemm_last")
 
     @contextlib.contextmanager
-    def _gemm_last(self):
-        self._force_gemm_last = True
+    def _flag(self, name):
+        """Sets the class-level False ``name`` True on this layer while tracing under it."""
+        setattr(self, name, True)
         try:
             yield
         finally:
-            del self._force_gemm_last
+            delattr(self, name)
 
     _force_gemm_last = False
 
@@ -640,7 +670,8 @@ class Convolution(JaxLayer):
         macs = _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel), self.out_spatial)
         if self._weight_by_rows(x.shape[0], cg, macs):
             return conv_gemm.weight_diff_by_rows(x, dy, self.geometry())
-        if self._gemm("weight", cg, macs, batch=x.shape[0]):
+        if (self._gemm("weight", cg, macs, batch=x.shape[0])
+                or self._weight_gemm_in_caffe_order(dy, cg, macs)):
             last = self._gemm_top_last(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel))
             return conv_gemm.weight_diff(x, dy, self.group, self.geometry(), last)
         n = self.num_spatial
