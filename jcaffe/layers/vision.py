@@ -334,11 +334,13 @@ class Convolution(JaxLayer):
     # as (O, batch * out...), whole rows of it. Alone, conv1 shapes with their diff from
     # a BatchNorm backward (ms, XLA / GEMM, 2026-12-05, Intel Xeon): MobileNet's 99 / 66,
     # CaffeNet's 140 / 74, ResNet's 120 / 58. Steps (benchmarks/ab_step.py, 4 rounds of 8,
-    # GEMM / XLA): MobileNet 0.970 (interval 0.942-0.998), CaffeNet 0.980 (0.955-1.005).
-    # Taking GEMM where the diff comes channels-last (ResNet-50's and GoogLeNet's conv1,
-    # backward_top_last) cost 1.05x and 1.09x, and LeNet's small diffs (3 MB and less, in
-    # cache) 1.35x; so this holds for a diff in Caffe's order of WEIGHT_GEMM_MIN_DIFF_BYTES
-    # or more, ungrouped, with columns short enough for GEMM's forward (GEMM_MAX_COLUMN).
+    # GEMM / XLA, two runs): MobileNet 0.970 and 0.979, CaffeNet 0.980 and 0.981 (each
+    # interval 0.94-1.03). Taking GEMM where the diff comes channels-last (ResNet-50's and
+    # GoogLeNet's conv1, backward_top_last) cost 1.05x and 1.09x, and LeNet's small diffs
+    # (3 MB and less, in cache) 1.35x; so this holds for a diff in Caffe's order of
+    # WEIGHT_GEMM_MIN_DIFF_BYTES or more, ungrouped, with columns short enough for GEMM's
+    # forward (GEMM_MAX_COLUMN). (Deconvolution's "diff" here is its bottom: the virtual
+    # convolution's top, always in Caffe's order.)
     WEIGHT_GEMM_MIN_DIFF_BYTES = 8 << 20
     _top_diff_last = False
 
