@@ -279,7 +279,8 @@ def _total(scalars):
 # and Bias, depthwise and 1x1 convolutions: ``channels_last_ok``), and their diffs alike
 # in the backward; any other layer gets it in Caffe's order. ResNet's and MobileNet's
 # blocks run channels-last from their first convolution to their global pooling,
-# GoogLeNet from its first convolution to its last inception. Every blob and diff
+# GoogLeNet from its first convolution to its last inception, CaffeNet from conv1 to
+# conv5 (its grouped maps split into XLA's convolutions, group by group). Every blob and diff
 # leaves the call in Caffe's order (blobs always hold it), so the layout is never seen
 # outside. FCN-32s's step took 0.82x the time (benchmarks/NOTES.md, twenty-first session).
 def _to_last(x):
@@ -435,11 +436,12 @@ class Segment:
         as at a ResNeXt block's Eltwise, it computes in Caffe's order); but only where
         the values flow on, through such layers, into a layer that reads them
         channels-last (``channels_last_reader``: a convolution on XLA's kernel, a
-        depthwise or 1x1 map). Such a reader runs channels-last whenever its bottoms
-        come so. Elsewhere (into a grouped convolution, a PReLU, an InnerProduct, or
-        only out of the call) the transpose back would just move, and the blob
-        returned in Caffe's order would cost one copy more (CaffeNet's step 1.06x with
-        every convolution top kept channels-last)."""
+        depthwise or 1x1 map, a grouped map split into XLA's convolutions). Such a
+        reader runs channels-last whenever its bottoms come so. Elsewhere (into a
+        PReLU, an InnerProduct, or only out of the call) the transpose back would just
+        move, and the blob returned in Caffe's order would cost one copy more
+        (CaffeNet's step 1.06x with every convolution top kept channels-last, when its
+        grouped maps still read Caffe's order)."""
         if not self.channels_last:
             return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
                     if s.layer.forward_writes_tops}, frozenset()

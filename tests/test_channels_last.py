@@ -404,14 +404,18 @@ def test_concat_channels_last_joins_along_the_moved_axis(axis, x64):
 
 def test_layers_that_stay_in_caffes_order():
     """A Scale with its scale from a second bottom or over two axes, and a grouped
-    convolution that is not depthwise, do not compute channels-last."""
+    convolution that is not depthwise, do not compute channels-last. (The grouped map,
+    split into XLA's convolutions on the CPU, reads and writes channels-last as they
+    do: the engine keeps the layers around it so, test_grouped_maps_... below.)"""
     shape = (2, 4, 5, 5)
     two = make_layer('type: "Scale"', [shape, (4,)])
     wide = make_layer('type: "Scale" scale_param { num_axes: 2 }', [shape])
     grouped = make_layer('type: "Convolution" convolution_param { num_output: 4 kernel_size: 3 '
                          'group: 2 }', [shape])
     assert not any(l.channels_last_ok() for l in (two, wide, grouped))
-    assert not grouped.channels_last_top() and not grouped.channels_last_reader()
+    on_xla = jax.default_backend() == "cpu"
+    assert grouped._groups_on_xla() == on_xla
+    assert grouped.channels_last_top() == on_xla and grouped.channels_last_reader() == on_xla
 
 
 BLOCKS_NET = """
@@ -611,3 +615,56 @@ def test_a_gemm_top_written_channels_last_gets_its_bias_before_the_reorder(monke
     caffe_order = re.findall(r"^\s+%?(\S*transpose\S*) = f32\[2,16,64,64\]\{3,2,1,0\} ",
                              entry, re.M)
     assert not caffe_order, caffe_order
+
+
+ALEX_NET = """
+name: "alex"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 19 dim: 19 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 8 kernel_size: 3 stride: 2 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm1" type: "LRN" bottom: "pool1" top: "norm1" lrn_param { local_size: 3 alpha: 0.5 beta: 0.75 } }
+layer { name: "conv2" type: "Convolution" bottom: "norm1" top: "conv2" convolution_param {
+  num_output: 6 kernel_size: 3 pad: 1 group: 2 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3" convolution_param {
+  num_output: 4 kernel_size: 3 pad: 1 group: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "relu3" type: "ReLU" bottom: "conv3" top: "conv3" }
+layer { name: "pool3" type: "Pooling" bottom: "conv3" top: "pool3" pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "ip" type: "InnerProduct" bottom: "pool3" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_grouped_maps_on_xlas_kernel_run_channels_last(tmp_path, monkeypatch, x64):
+    """CaffeNet, small: its grouped maps run split into XLA's convolutions, each group a
+    slice of the channels, which reads and writes channels-last as cheaply as an
+    ungrouped one. So conv1's top stays channels-last through ReLU, MAX pooling and LRN
+    into conv2, conv2's into conv3, and conv3's (read by nothing channels-last after it)
+    goes out in Caffe's order. Every blob, diff and param diff is what the net computes
+    in Caffe's order, float64."""
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(4).standard_normal(
+            net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [0, 2]
+    jcaffe.set_random_seed(5)
+    results, net = _in_both_orders(tmp_path, monkeypatch, ALEX_NET, feed)
+    (plan, _, _, diffs), (plan0, _, _, _) = results
+    assert not any(p[1] or p[2] for p in plan0.values())
+    assert net.layer_dict["conv2"]._groups_on_xla() and net.layer_dict["conv3"]._groups_on_xla()
+    assert plan["conv1"] == ((False,), False, True)
+    for name in ("relu1", "pool1", "norm1", "relu2"):
+        assert plan[name] == ((True,), True, True), name
+    assert plan["conv2"] == ((True,), False, True)      # (XLA's own order, both sides)
+    assert plan["conv3"] == ((True,), False, False)     # (nothing reads it channels-last)
+    assert plan["relu3"][1:] == (False, False) and plan["pool3"][1:] == (False, False)
+    _assert_same(results, 1e-11, 1e-10)
+    for name in diffs:
+        assert all(np.any(d) for d in diffs[name]), name
+

@@ -382,9 +382,13 @@ class Convolution(JaxLayer):
         to Caffe's order after): the engine keeps that order for the ReLUs after it and
         hands the next convolution its bottom without a copy (jcaffe.engine). An
         ungrouped GEMM forward writes its product so where the engine asks
-        (forward_top_last); a depthwise or 1x1 map computes so from a bottom held so."""
-        if not self._layout_ok() or self.group > 1:
+        (forward_top_last); a depthwise or 1x1 map computes so from a bottom held so;
+        a grouped map split into XLA's convolutions joins its groups' tops so
+        (_groups_on_xla)."""
+        if not self._layout_ok():
             return False
+        if self.group > 1:
+            return self._groups_on_xla()
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
         return (not self._forward_on_gemm(self._batch(), weight)
                 or self._gemm_top_last(self._batch(), weight) or self._top_last_gemm(self._batch()))
@@ -392,13 +396,34 @@ class Convolution(JaxLayer):
     def channels_last_reader(self):
         """XLA's convolution reads its bottom channels-last (a transpose it cancels), as
         does a GEMM map of one large image (_gemm_top_last: its columns, by rows), and
-        the depthwise and 1x1 maps compute faster so (channels_last_ok)."""
+        a grouped map split into XLA's convolutions (_groups_on_xla: each group's slice
+        of the channels); the depthwise and 1x1 maps compute faster so
+        (channels_last_ok)."""
         if not self._layout_ok():
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        return self.channels_last_ok() or (self.group == 1 and (
+        return self.channels_last_ok() or self._groups_on_xla() or (self.group == 1 and (
             not self._forward_on_gemm(self._batch(), weight)
             or self._gemm_top_last(self._batch(), weight)))
+
+    # A grouped map split into XLA's convolutions (_split_groups) slices each group's
+    # channels off its bottom and joins the groups' tops along the channels. Held
+    # channels-last, those are slices and joins along the minor axis, and each group's
+    # convolution reads and writes channels-last as XLA's kernel does; in Caffe's order
+    # each group's input was transposed in and its output back. So the engine keeps
+    # such a map's top, and the layers between it and the next convolution, channels-
+    # last: CaffeNet then runs so from conv1 to conv5 (its LRNs and pools with it).
+    # CaffeNet's step (benchmarks/ab_step.py, 6 rounds of 8 steps, with LRN's stored
+    # bottom diff, below): 0.969 against Caffe's order (interval 0.943-0.996); deploy
+    # forward 0.947 (0.933-0.962); ResNeXt-50's step, whose 32-group maps run as
+    # blocks of groups, level (1.008, interval 0.971-1.046). (2026-12-05, Intel Xeon.)
+    def _groups_on_xla(self):
+        """Whether this grouped 2-d map runs split into XLA's convolutions: not
+        depthwise (conv_depthwise), its forward not on GEMM."""
+        if self.group == 1 or not self._split_groups() or self._depthwise(self.channels // self.group):
+            return False
+        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        return not self._forward_on_gemm(self._batch(), weight)
 
     # -- channels-last runs (CPU) -----------------------------------------------
     # A depthwise map (conv_depthwise) and an ungrouped 1x1 map without padding (one
@@ -1200,7 +1225,16 @@ class LRN(JaxLayer):
         n, _ = self._window()
         alpha, beta = self.p.alpha, self.p.beta
         ratio_sum = self._local_sum(dy * y / scale)
-        return [dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum], []
+        dx = dy * _negative_power(scale, beta) - (2 * alpha * beta / n) * x * ratio_sum
+        # Stored once (engine.materialize). A MAX pooling's backward below reads its top
+        # diff in one in-place update per kernel row, and XLA fused this whole expression
+        # (the window sum, the powers) into each of them and into the diff returned:
+        # CaffeNet's pool1.backward took 29 ms and relu1's 10 with its LRN channels-
+        # last, 16 and 2 stored. CaffeNet's step so (Convolution._groups_on_xla) took
+        # 1.024x the time of Caffe's order without this, 0.969x with it; with its LRNs
+        # in Caffe's order, and on GoogLeNet, storing measured level (0.988 and 0.996;
+        # benchmarks/ab_step.py, 4-6 rounds, 2026-12-05).
+        return [engine.materialize(dx)], []
 
 
 def _negative_power(s, beta):
