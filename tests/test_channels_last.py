@@ -668,3 +668,57 @@ def test_grouped_maps_on_xlas_kernel_run_channels_last(tmp_path, monkeypatch, x6
     for name in diffs:
         assert all(np.any(d) for d in diffs[name]), name
 
+
+
+WIDE_GROUPS_NET = """
+name: "wide_groups"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 10 dim: 10 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 40 kernel_size: 3 weight_filler { type: "gaussian" std: 0.2 }
+  bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2" convolution_param {
+  num_output: 40 kernel_size: 3 pad: 1 group: 2 weight_filler { type: "gaussian" std: 0.2 }
+  bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3" convolution_param {
+  num_output: 8 kernel_size: 3 weight_filler { type: "gaussian" std: 0.2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv3" top: "ip"
+  inner_product_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_split_groups_are_joined_channels_last(tmp_path, monkeypatch, x64):
+    """A grouped map whose groups (20 channels: wider than conv_blocks packs) run as
+    separate XLA convolutions joins their maps along the minor axis: each is written
+    channels-last by XLA's kernel, so the join moves whole rows and its result is the
+    channels-last top the engine keeps. Joined along Caffe's channel axis, each map was
+    transposed into Caffe's layout and the ReLU after read it across that layout
+    again (CaffeNet's step 1.05x, ResNeXt-50's 1.10x). The values are those of Caffe's
+    order, float64; in the compiled step both joins (forward, data gradient) are
+    (N, H, W, C) arrays."""
+    import re
+    from netutil import compiled_step
+
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(6).standard_normal(
+            net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [1, 0]
+    jcaffe.set_random_seed(7)
+    results, net = _in_both_orders(tmp_path, monkeypatch, WIDE_GROUPS_NET, feed)
+    conv2 = net.layer_dict["conv2"]
+    assert conv2._pieces(net.params["conv2"][0].data)[0] == 2      # (two convolutions)
+    assert results[0][0]["conv2"] == ((True,), False, True)
+    _assert_same(results, 1e-11, 1e-10)
+
+    monkeypatch.setattr(engine.Segment, "channels_last", True)
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('base_lr: 0.01 lr_policy: "fixed"', param)
+    text_format.Parse(WIDE_GROUPS_NET, param.net_param)
+    entry = compiled_step(jcaffe.get_solver(param)).as_text().split("\nENTRY", 1)[1]
+    joins = re.findall(r"= (f32\[[\d,]+\])\{3,2,1,0\} \S+\(.*op_name=\"[^\"]*"
+                       r"conv2\.(?:forward|backward)/concatenate\"", entry)
+    assert sorted(joins) == ["f32[2,8,8,40]", "f32[2,8,8,40]"], joins

@@ -579,7 +579,7 @@ class Convolution(JaxLayer):
         if self._split_groups():
             pieces, wb = self._pieces(w)
             xs, ws = jnp.split(x, pieces, axis=1), jnp.split(wb, pieces, axis=0)
-            y = jnp.concatenate([conv(xg, wg) for xg, wg in zip(xs, ws)], axis=1)
+            y = _join_channels([conv(xg, wg) for xg, wg in zip(xs, ws)])
         else:
             y = conv(x, w, feature_group_count=self.group)
         return conv_gemm.add_bias(y, bias)
@@ -627,8 +627,7 @@ class Convolution(JaxLayer):
         if self._split_groups():
             pieces, wb = self._pieces(w)
             dys, ws = jnp.split(dy, pieces, axis=1), jnp.split(wb, pieces, axis=0)
-            return jnp.concatenate([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)],
-                                   axis=1)
+            return _join_channels([conv(d, transposed(wg, 1)) for d, wg in zip(dys, ws)])
         return conv(dy, transposed(w, g), feature_group_count=g)
 
     def _phase_data_diff(self, dy, w, transposed):
@@ -732,6 +731,26 @@ def _offset_dtype(dtype, count):
     if dtype.kind == "f" and count < 2 ** jnp.finfo(dtype).nmant:
         return dtype
     return np.dtype(np.int32)
+
+
+# The groups' maps of a grouped convolution split into XLA's convolutions, joined along
+# the channels. XLA's CPU kernel writes each map channels-last; joined along Caffe's
+# channel axis, the join's result took Caffe's layout (each map transposed into it), and
+# where the engine keeps the top channels-last (Convolution._groups_on_xla) the layers
+# after it read it across that layout again. Joined channels-last, the moves are
+# bitcasts of the kernel's output, and the one transpose to Caffe's order is the one
+# the engine cancels. Steps (benchmarks/ab_step.py, rounds' geometric mean, joined
+# channels-last / along Caffe's axis, 2026-12-05, Intel Xeon): CaffeNet 0.951 (6 rounds
+# of 8, interval 0.940-0.962), ResNeXt-50 0.910 (4 rounds of 4, 0.867-0.955); CaffeNet's
+# deploy forward 0.952 (0.895-1.013).
+JOIN_GROUPS_LAST = True
+
+
+def _join_channels(maps):
+    """concatenate(maps, axis=1), for (N, C_i, spatial...) maps of the split groups."""
+    if not JOIN_GROUPS_LAST:
+        return jnp.concatenate(maps, axis=1)
+    return jnp.moveaxis(jnp.concatenate([jnp.moveaxis(m, 1, -1) for m in maps], axis=-1), -1, 1)
 
 
 def _computed_once(offset, k):
