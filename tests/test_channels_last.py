@@ -669,7 +669,6 @@ def test_grouped_maps_on_xlas_kernel_run_channels_last(tmp_path, monkeypatch, x6
         assert all(np.any(d) for d in diffs[name]), name
 
 
-
 WIDE_GROUPS_NET = """
 name: "wide_groups"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 10 dim: 10 } } }

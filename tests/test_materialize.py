@@ -118,7 +118,9 @@ def test_lrns_bottom_diff_is_computed_once_in_caffenets_step():
     CaffeNet's step (its LRNs channels-last, between the pools and the grouped maps)
     XLA fused the whole expression into each of pool1's backward updates (one per
     kernel row) and into the diff returned: 29 ms for pool1's backward at batch 32,
-    16 stored. (The net as the model zoo has it, at batch 2: the same program.)"""
+    16 stored. (The model zoo's CaffeNet at batch 2: nets cut after conv2 or pool2 fused
+    the expression into the pool's updates either way, so the check needs the whole
+    net.)"""
     import os
     from jcaffe import protoio
     from netutil import compiled_step

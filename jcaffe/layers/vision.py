@@ -420,7 +420,8 @@ class Convolution(JaxLayer):
     def _groups_on_xla(self):
         """Whether this grouped 2-d map runs split into XLA's convolutions: not
         depthwise (conv_depthwise), its forward not on GEMM."""
-        if self.group == 1 or not self._split_groups() or self._depthwise(self.channels // self.group):
+        if (self.group == 1 or not self._split_groups()
+                or self._depthwise(self.channels // self.group)):
             return False
         weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
         return not self._forward_on_gemm(self._batch(), weight)
