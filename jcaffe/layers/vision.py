@@ -389,7 +389,7 @@ class Convolution(JaxLayer):
             return False
         if self.group > 1:
             return self._groups_on_xla()
-        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        weight = self._weight_shape()
         return (not self._forward_on_gemm(self._batch(), weight)
                 or self._gemm_top_last(self._batch(), weight) or self._top_last_gemm(self._batch()))
 
@@ -401,7 +401,7 @@ class Convolution(JaxLayer):
         (channels_last_ok)."""
         if not self._layout_ok():
             return False
-        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        weight = self._weight_shape()
         return self.channels_last_ok() or self._groups_on_xla() or (self.group == 1 and (
             not self._forward_on_gemm(self._batch(), weight)
             or self._gemm_top_last(self._batch(), weight)))
@@ -418,13 +418,12 @@ class Convolution(JaxLayer):
     # forward 0.947 (0.933-0.962); ResNeXt-50's step, whose 32-group maps run as
     # blocks of groups, level (1.008, interval 0.971-1.046). (2026-12-05, Intel Xeon.)
     def _groups_on_xla(self):
-        """Whether this grouped 2-d map runs split into XLA's convolutions: not
-        depthwise (conv_depthwise), its forward not on GEMM."""
-        if (self.group == 1 or not self._split_groups()
+        """Whether this grouped 2-d map (_layout_ok) runs split into XLA's convolutions:
+        not depthwise (conv_depthwise), its forward not on GEMM."""
+        if (self.group == 1 or not self._layout_ok() or not self._split_groups()
                 or self._depthwise(self.channels // self.group)):
             return False
-        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
-        return not self._forward_on_gemm(self._batch(), weight)
+        return not self._forward_on_gemm(self._batch(), self._weight_shape())
 
     # -- channels-last runs (CPU) -----------------------------------------------
     # A depthwise map (conv_depthwise) and an ungrouped 1x1 map without padding (one
@@ -438,6 +437,10 @@ class Convolution(JaxLayer):
 
     def _batch(self):
         return self.bottom_shapes[0][0]
+
+    def _weight_shape(self):
+        """(O, C/group, kernel...), from the layer's setup."""
+        return (self.num_output, self.channels // self.group) + tuple(self.kernel)
 
     def _last_form(self):
         """'depthwise' or 'pointwise' where this map computes channels-last, else None."""
@@ -509,7 +512,7 @@ class Convolution(JaxLayer):
         """Whether forward_top_last writes the GEMM product channels-last (an ungrouped
         GEMM forward with columns up to TOP_LAST_MAX_COLUMN that does not already:
         _gemm_top_last)."""
-        weight = (self.num_output, self.channels // self.group) + tuple(self.kernel)
+        weight = self._weight_shape()
         return (self.group == 1 and not conv_gemm.pointwise(self.geometry())
                 and weight[1] * int(np.prod(self.kernel)) <= self.TOP_LAST_MAX_COLUMN
                 and self._forward_on_gemm(batch, weight)
