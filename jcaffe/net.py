@@ -7,10 +7,12 @@ force_backward, collect outputs. Forward and backward over a layer range run
 each contiguous run of JaxLayers as one compiled call; host layers (user
 Python layers) run between them on real Blob objects.
 """
+import functools
 import logging
 import os
 from collections import OrderedDict
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -24,6 +26,12 @@ from .proto import caffe_pb2
 log = logging.getLogger("jcaffe")
 
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _zeros(shapes, dtype):
+    """Zero arrays of ``shapes`` (a tuple of tuples) and ``dtype``, made by one call."""
+    return tuple(jnp.zeros(shape, dtype) for shape in shapes)
 
 
 def _load_net_param(source):
@@ -488,8 +496,15 @@ class Net:
             self._reshape_slot(slot)
 
     def clear_param_diffs(self):
-        for blob in self._learnable:
-            blob.set_device_diff(jnp.zeros(blob.shape, self.dtype))
+        """Zero every learnable param's diff (Caffe's ClearParamDiffs), in one compiled
+        call: a solver that cannot fuse its step (a net with a numpy Python layer)
+        clears them every iteration, and one eager jnp.zeros per param cost LeNet's
+        eight 1.9 ms of host work a step."""
+        learnable = self._learnable
+        if learnable:
+            zeros = _zeros(tuple(b.shape for b in learnable), np.dtype(self.dtype))
+            for blob, zero in zip(learnable, zeros):
+                blob.set_device_diff(zero)
 
     def share_with(self, other):
         """Use ``other``'s param data for layers of the same name (ShareTrainedLayersWith)."""
