@@ -14,8 +14,9 @@ records under convert_imageset's keys, several batches so the reader wraps aroun
   TRAIN), ``mirror: true``, ``mean_value: [104, 117, 123]`` (Caffe's ImageNet example
   with mean values).
 
-Contenders: ``Solver.step(1)`` with the Input layer (the bench_train.py contender) and
-with the Data layer (its prefetch thread at Caffe's default depth 4), each waiting for
+Contenders: ``Solver.step(1)`` with the Input layer (the bench_train.py contender), with
+the Data layer (its prefetch thread at Caffe's default depth 4) and with a numpy Python
+data layer (py_data_layer.py: the same records, transformed in its forward), each waiting for
 the step's loss, as bench_train.py does: the host's work for the next batch cannot
 overlap the step. Then ``Solver.step(10)`` of each (the times are per call, ten steps),
 as ``jcaffe train`` and ``solver.solve()`` run: the host reads and hands over the next
@@ -84,12 +85,33 @@ def data_net_param(name, batch, source, prefetch):
     return param
 
 
-def data_solver(name, batch, prefetch):
+def python_net_param(name, batch):
+    """The benchmark net with its Input layer replaced by py_data_layer's numpy Python
+    data layer (the same records and transformation as the Data layer's)."""
+    import json
+    from jcaffe.proto import caffe_pb2 as pb2
+    param = pb2.NetParameter()
+    param.ParseFromString(nets.net_param(name, batch).SerializeToString())
+    layer = param.layer[0]
+    layer.Clear()
+    layer.name, layer.type = "data", "Python"
+    layer.top.extend(["data", "label"])
+    shape, transform = record_shape(name)
+    layer.python_param.module, layer.python_param.layer = "py_data_layer", "RandomBatches"
+    layer.python_param.param_str = json.dumps({
+        "batch": batch, "shape": list(shape), "batches": BATCHES_IN_DB,
+        "crop": transform.get("crop_size", 0), "scale": transform.get("scale", 1.0),
+        "mean": list(transform.get("mean_value", [0] * shape[0]))})
+    return param
+
+
+def data_solver(name, batch, prefetch, python=False):
     import jcaffe
     from jcaffe.proto import caffe_pb2 as pb2
     sp = pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY,
                              lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1, type="SGD")
-    sp.net_param.CopyFrom(data_net_param(name, batch, write_db(name, batch), prefetch))
+    sp.net_param.CopyFrom(python_net_param(name, batch) if python else
+                          data_net_param(name, batch, write_db(name, batch), prefetch))
     solver = jcaffe.get_solver(sp)
     nets.load_reference_params(solver.net, nets.net_param(name, batch))
     return solver
@@ -121,10 +143,13 @@ def contenders(name, batch):
         raise SystemExit("bench_data.py: %s's labels are not one per image (a Data layer's are)" % name)
     fed_once = lambda: nets.jcaffe_solver(name, batch)
     from_db = lambda: data_solver(name, batch, 4)
+    from_python = lambda: data_solver(name, batch, 0, python=True)
     return {"jcaffe Solver.step(1) from Input (fed once)": stepper(fed_once, 1),
             "jcaffe Solver.step(1) from Data over LMDB": stepper(from_db, 1),
+            "jcaffe Solver.step(1) from a Python data layer": stepper(from_python, 1),
             "jcaffe Solver.step(%d) from Input (fed once)" % CHAIN: stepper(fed_once, CHAIN),
             "jcaffe Solver.step(%d) from Data over LMDB" % CHAIN: stepper(from_db, CHAIN),
+            "jcaffe Solver.step(%d) from a Python data layer" % CHAIN: stepper(from_python, CHAIN),
             "jcaffe Data.load_batch() alone": load_batch(name, batch)}
 
 

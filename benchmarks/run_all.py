@@ -253,7 +253,7 @@ def main():
             ("data_caffenet", "bench_data.py",
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
-              "jcaffe Data.load_batch() alone"]),
+              "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",

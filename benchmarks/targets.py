@@ -172,14 +172,15 @@ def _data_row(results):
         if not medians:
             continue
         for steps in ("Solver.step(1)", "Solver.step(10)"):
-            fed = medians.get("jcaffe %s from Data over LMDB" % steps)
             once = medians.get("jcaffe %s from Input (fed once)" % steps)
-            if fed and once:
-                parts.append("%s %s %.2fx" % (NAMES[net], steps, fed / once))
+            for source, label in (("Data over LMDB", ""), ("a Python data layer", " Python layer")):
+                fed = medians.get("jcaffe %s from %s" % (steps, source))
+                if fed and once:
+                    parts.append("%s %s%s %.2fx" % (NAMES[net], steps, label, fed / once))
     if not parts:
         return None
-    return ("training from LMDB (not an issue target): the Data-fed step / the Input-fed one",
-            "; ".join(parts), "reported")
+    return ("training from LMDB or a Python data layer (not an issue target): the step fed so / "
+            "the Input-fed one", "; ".join(parts), "reported")
 
 
 def rows(state, reference, gflop, caffe_mb):

@@ -85,6 +85,13 @@ def _rate_after(pair, probes):
     return pair[(sum(p.astype(pair.dtype) for p in probes) > 0).astype(jnp.int32)]
 
 
+def _host_source(slot):
+    """Whether a host layer's slot is a data layer a fused step can run before its call
+    (Solver._fused_plan)."""
+    return (not slot.bottoms and not slot.param_ids and not slot.need_backward
+            and not any(slot.layer.loss))
+
+
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
@@ -480,23 +487,41 @@ class Solver:
     # fused iteration: forward + backward (+ iter_size) + update in one jit
     # ------------------------------------------------------------------
     def _can_fuse(self):
-        if not self.fuse_step or self._callbacks:
-            return False
+        return self._fused_plan() is not None
+
+    def _fused_plan(self):
+        """(host data layers, the compiled run) of a net whose iteration runs as one
+        fused call, else None. Host (Python) layers are allowed at the start of the net
+        as data layers: no bottoms, no params, no loss weight and no backward (Caffe
+        never calls a data layer's backward). Their forward runs on the host before the
+        call, their tops passed in as a Data layer's batch is; a pycaffe data layer
+        (the common Python layer) no longer sends the whole step down the pycaffe path
+        (LeNet: 1.21x the Input-fed step's time; benchmarks/bench_data.py). Any other
+        host layer, a net hook or a solver callback needs the layer-by-layer path."""
         net = self.net
-        if not net._slots:
-            return False
+        if not self.fuse_step or self._callbacks or not net._slots or any(net._hooks.values()):
+            return None
         runs = net._runs(0, len(net._slots) - 1)
-        return len(runs) == 1 and not runs[0][0].layer.is_host
+        host = []
+        while len(runs) > 1 and runs[0][0].layer.is_host and _host_source(runs[0][0]):
+            host.append(runs.pop(0)[0])
+        if len(runs) != 1 or runs[0][0].layer.is_host:
+            return None
+        return host, runs[0]
 
     def _fused_iteration(self, display):
         net = self.net
-        run = net._runs(0, len(net._slots) - 1)[0]
+        host, run = self._fused_plan()
         blobs, learnable = net.blobs, net._learnable
-        # Data layers: the next batch of each pass, fetched on the host (prefetched) and
-        # passed in; with iter_size > 1 the passes' batches are stacked on a leading axis.
-        sources = [t for slot in run if getattr(slot.layer, "is_source", False) for t in slot.tops]
+        # Data layers: the next batch of each pass, fetched on the host (prefetched, or by
+        # a Python data layer's forward) and passed in; with iter_size > 1 the passes'
+        # batches are stacked on a leading axis.
+        sources = [t for slot in host for t in slot.tops] + [
+            t for slot in run if getattr(slot.layer, "is_source", False) for t in slot.tops]
         batches = []
         for _ in range(self.param.iter_size if sources else 1):
+            for slot in host:
+                net._forward_host(slot)
             net._load_sources(run)
             batches.append([blobs[t].device_data() for t in sources])
         seg = net._segment(run)

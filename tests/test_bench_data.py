@@ -23,6 +23,21 @@ def test_the_data_layer_reads_the_benchmarks_database():
     step()
 
 
+def test_the_python_data_layer_feeds_one_fused_step():
+    """py_data_layer's numpy data layer: the benchmark net's input shapes, the Data
+    layer's transformation (ImageNet records cropped, mean subtracted), a fused step."""
+    import jcaffe
+    net = jcaffe.Net(bench_data.python_net_param("caffenet", 2), jcaffe.TRAIN)
+    net.forward()
+    data = net.blobs["data"].data
+    assert data.shape == (2, 3, 227, 227) and -123 <= data.min() and data.max() <= 255 - 104
+    assert 0 <= net.blobs["label"].data.min() and net.blobs["label"].data.max() <= 9
+    solver = bench_data.data_solver("lenet", 3, 0, python=True)
+    assert solver.net.layers[0].type == "Python" and solver._can_fuse()
+    solver.step(2)
+    assert np.isfinite(solver.smoothed_loss)
+
+
 def test_imagenet_records_are_cropped_to_the_nets_input():
     shape, transform = bench_data.record_shape("caffenet")
     assert shape == (3, 256, 256) and transform["crop_size"] == 227 and transform["mirror"]

@@ -101,3 +101,14 @@ def test_a_target_whose_benchmark_did_not_run_says_so():
     assert next(v for k, v in rows.items() if k.startswith("`jcaffe time` agrees")) == not_run
     assert rows["deploy forward <= 1.0x PyTorch eager"] == ("-", "not run")
     assert rows["train step <= 1.0x PyTorch eager"][1] == "yes"
+
+
+def test_data_row_puts_each_fed_step_over_the_input_fed_one():
+    steps = {"jcaffe Solver.step(1) from Input (fed once)": 10.0,
+             "jcaffe Solver.step(1) from Data over LMDB": 11.0,
+             "jcaffe Solver.step(1) from a Python data layer": 12.0}
+    results = {"results": {k: {"median_ms": v} for k, v in steps.items()}}
+    rows = _table(_state(data_lenet=results))
+    numbers, met = next(v for k, v in rows.items() if k.startswith("training from LMDB"))
+    assert numbers == "LeNet Solver.step(1) 1.10x; LeNet Solver.step(1) Python layer 1.20x"
+    assert met == "reported"

@@ -259,6 +259,56 @@ def test_iter_size_k_batch_b_equals_batch_kb_with_a_data_layer():
     assert a.smoothed_loss == pytest.approx(b.smoothed_loss, rel=1e-5)
 
 
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_python_data_layer_runs_before_one_fused_call(monkeypatch, iter_size):
+    """A Python data layer (no bottoms, no params, no backward) at the start of the net:
+    its reshape and forward run on the host once per pass, then one compiled call does
+    the rest of the iteration, with the same trajectory as the layer-by-layer path."""
+    from jcaffe.engine import Segment
+    fused, plain = feeder_solver(2, iter_size), feeder_solver(2, iter_size)
+    plain.fuse_step = False
+    assert fused._can_fuse() and not plain._can_fuse()
+    feeder = fused.net.layers[0]
+    calls = {"reshape": 0, "forward": 0, "backward": 0}
+    for name in calls:
+        def counted(*args, _name=name, _orig=getattr(feeder, name)):
+            calls[_name] += 1
+            return _orig(*args)
+        monkeypatch.setattr(feeder, name, counted)
+    compiled = []
+    for name in ("run_forward", "run_backward"):
+        monkeypatch.setattr(Segment, name, lambda *a, **k: compiled.append(1))
+    fused.step(3)
+    assert calls == {"reshape": 3 * iter_size, "forward": 3 * iter_size, "backward": 0}
+    assert not compiled         # no layer-by-layer forward or backward
+    monkeypatch.undo()
+    plain.step(3)
+    for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(pa.diff, pb.diff, rtol=1e-5, atol=1e-7)
+    for name in ("x", "y", "ip", "loss"):   # the last pass's batch and values
+        np.testing.assert_allclose(fused.net.blobs[name].data, plain.net.blobs[name].data,
+                                   rtol=1e-5, atol=1e-7)
+    assert fused.smoothed_loss == pytest.approx(plain.smoothed_loss, rel=1e-5)
+
+
+def test_other_host_layers_keep_the_layer_by_layer_path():
+    """Only data layers run before the fused call: a Python layer with a loss weight on
+    its tops (a constant loss) or a net with hooks takes the pycaffe-style path."""
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 random_seed: 3', param)
+    extra = ('\nlayer { name: "extra" type: "Python" top: "x2" top: "y2" loss_weight: 1 '
+             'loss_weight: 1 python_param { module: "solver_layers" layer: "BatchFeeder" '
+             'param_str: "2" } }\nlayer { name: "ip"')
+    text_format.Parse((FEEDER_NET % 2).replace('\nlayer { name: "ip"', extra, 1), param.net_param)
+    assert [lp.name for lp in param.net_param.layer] == ["data", "extra", "ip", "loss"]
+    assert not jcaffe.get_solver(param)._can_fuse()
+    solver = feeder_solver(2, 1)
+    assert solver._can_fuse()
+    solver.net.before_forward(lambda index: None)
+    assert not solver._can_fuse()
+
+
 DROPOUT_NET = """
 name: "drop"
 layer { name: "data" type: "DummyData" top: "x" top: "y"
