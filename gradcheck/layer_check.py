@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from google.protobuf import text_format
 
-from jcaffe.layer import create_layer
+from jcaffe.layer import JaxLayer, create_layer
 from jcaffe.layer import layer_class as registered_class
 from jcaffe.proto import caffe_pb2
 
@@ -107,6 +107,11 @@ def check_layer(layer, bottom_shapes=None, bottoms=None, *, propagate_down=None,
     if mode not in ("auto", "exhaustive", "projection"):
         raise ValueError("mode must be 'auto', 'exhaustive' or 'projection', got %r" % (mode,))
     lp = parse_layer_param(layer)
+    if layer_class is None and lp.type == "Python":
+        from .python_check import _as_python_type, load_class
+        cls = load_class(lp.python_param.module + "." + lp.python_param.layer)
+        if isinstance(cls, type) and issubclass(cls, JaxLayer):     # a Python layer in JAX
+            layer_class = _as_python_type(cls)
     if layer_class is None and (lp.type == "Python" or registered_class(lp.type).is_host):
         # Python layers, and built-in host layers (Filter) that work on Blobs like them.
         from .python_check import check_python_layer

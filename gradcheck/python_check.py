@@ -17,6 +17,7 @@ are the values of ``self.blobs``). Then the checker also runs ``jax.vjp`` of
 it: its tops must equal the numpy forward's, and the hand-written backward is
 compared with the vjp element by element, besides finite differences.
 """
+import functools
 import importlib
 import importlib.util
 import os
@@ -25,7 +26,7 @@ import sys
 import numpy as np
 
 from jcaffe.blob import Blob
-from jcaffe.layer import BlobVec, Layer
+from jcaffe.layer import BlobVec, JaxLayer, Layer, jax_python_layer
 from jcaffe.layer import layer_class as registered_class
 from jcaffe.proto import caffe_pb2
 
@@ -106,6 +107,10 @@ def check_python_layer(layer, bottom_shapes=None, param_str="", *, bottoms=None,
         num_top = len(lp.top) or num_top
     else:
         cls = load_class(layer)
+    if isinstance(cls, type) and issubclass(cls, JaxLayer):
+        return _check_jax_python_layer(cls, lp, bottom_shapes, param_str, bottoms, num_top,
+                                       propagate_down, label_bottoms, num_classes, seed, eps,
+                                       rtol, atol, phase)
     layer = make_python_layer(cls, param_str, phase, lp)
     if label_bottoms is None:   # bottoms force_backward never reaches (Filter's selector)
         n = len(bottom_shapes if bottoms is None else bottoms)
@@ -146,6 +151,30 @@ def check_python_layer(layer, bottom_shapes=None, param_str="", *, bottoms=None,
                                 "top[k].diff, so it is only right for loss_weight 1 (scale the "
                                 "bottom diffs by top[0].diff[0])")
     return report
+
+
+def _check_jax_python_layer(cls, lp, bottom_shapes, param_str, bottoms, num_top,
+                            propagate_down, label_bottoms, num_classes, seed, eps, rtol, atol,
+                            phase):
+    """A Python layer written in JAX (a jcaffe.JaxLayer): checked as the built-in layers
+    are (layer_check.check_layer: backward against jax.vjp of its own forward and float64
+    finite differences), built from a ``type: "Python"`` LayerParameter."""
+    from .layer_check import check_layer
+    if lp is None:
+        lp = caffe_pb2.LayerParameter(name=cls.__name__, type="Python")
+        lp.python_param.module, lp.python_param.layer = cls.__module__, cls.__name__
+        lp.python_param.param_str = param_str
+    if not lp.top:
+        lp.top.extend("t%d" % i for i in range(num_top))
+    return check_layer(lp, bottom_shapes, bottoms=bottoms, propagate_down=propagate_down,
+                       label_bottoms=label_bottoms or None, num_classes=num_classes, seed=seed,
+                       eps=eps, rtol=rtol, atol=atol, phase=phase,
+                       layer_class=_as_python_type(cls))
+
+
+def _as_python_type(cls):
+    """``cls`` built as create_layer builds a JaxLayer named by a Python layer."""
+    return functools.partial(jax_python_layer, cls)
 
 
 def _jax_reference(report, runner, vs, tol):

@@ -30,6 +30,9 @@ import numpy as np
 from jax import lax
 
 from . import xla_options
+from .blob import shape_string
+from .errors import ShapeMismatchError
+from .layer import note_python_layer
 
 # -- values computed once ------------------------------------------------------------
 # XLA's CPU fusion copies cheap elementwise producers into each consumer, also where the
@@ -259,6 +262,26 @@ def _waiting(x, after):
     layer's own), made to depend on ``after`` in a way XLA cannot fold away."""
     one = jnp.maximum((after != after).astype(x.dtype), jnp.ones((), x.dtype))
     return x * one
+
+
+@contextlib.contextmanager
+def _user_layer(layer, method):
+    """Errors raised while tracing a user's Python layer written in JAX name it."""
+    try:
+        yield
+    except Exception as e:
+        note_python_layer(e, layer, method)
+        raise
+
+
+def _check_user_tops(layer, names, tops):
+    """A user's JAX layer returns tops of the shapes its reshape() gave (the blobs')."""
+    for name, top, shape in zip(names, tops, layer.top_shapes):
+        if tuple(jnp.shape(top)) != tuple(shape):
+            raise ShapeMismatchError(
+                "Python layer '%s' (%s): forward() returned top '%s' of shape %s, but its "
+                "reshape() gave %s" % (layer.name, layer.python_class, name,
+                                        shape_string(jnp.shape(top)), shape_string(shape)))
 
 
 def _total(scalars):
@@ -507,7 +530,7 @@ class Segment:
                 # (its tops are its bottom, read by several layers: stored once, and the
                 # blob keeps that same value, so it is returned once)
                 env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
-            with jax.named_scope(_scope(layer, "forward")):
+            with jax.named_scope(_scope(layer, "forward")), _user_layer(layer, "forward"):
                 fn = (layer.forward_channels_last if run
                       else layer.forward_top_last if top_last else layer.forward)
                 out = fn(lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
@@ -521,6 +544,8 @@ class Segment:
             if len(tops) != len(s.tops):
                 raise ValueError("%s layer '%s' returned %d tops, expected %d"
                                  % (layer.type, layer.name, len(tops), len(s.tops)))
+            if getattr(layer, "python_class", None) is not None:
+                _check_user_tops(layer, s.tops, tops)
             for name, value, w in zip(s.tops, tops, layer.loss):
                 # (its tops' reorders and loss_weight named by it too: XLA folds a reorder
                 # into the convolution before it, which takes the reorder's name)
@@ -662,7 +687,7 @@ class Segment:
             bottoms = [value(b, run) for b in s.bottoms]
             tops = [value(t, run) for t in s.tops]
             dys = [_as(env[t], t in last, run) for t in s.tops]
-            with jax.named_scope(_scope(layer, "backward")):
+            with jax.named_scope(_scope(layer, "backward")), _user_layer(layer, "backward"):
                 fn = (layer.backward_channels_last if run
                       else layer.backward_top_last if top_last else layer.backward)
                 bottom_diffs, p_diffs = fn(lp, bottoms, tops, saved.get(s.index), dys,

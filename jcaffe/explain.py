@@ -162,7 +162,7 @@ def explain(net, start=None, end=None):
 
     layers = []
     for s in slots:
-        layer, lp = s.layer, s.layer.layer_param
+        layer = s.layer
         params = []
         for k, (blob, pid) in enumerate(zip(layer.blobs, s.param_ids)):
             owner = owner_names[pid]
@@ -177,7 +177,7 @@ def explain(net, start=None, end=None):
             index=s.index, name=layer.name, type=layer.type, bottoms=list(s.bottoms),
             tops=list(s.tops), in_place=[t for t in s.tops if t in s.bottoms],
             auto_split=_is_auto_split(s),
-            python_class=getattr(layer, "python_class", None) if layer.is_host else None,
+            python_class=getattr(layer, "python_class", None),
             params=params, needs_backward=bool(s.need_backward), rule=classify_reason(reason),
             reason=reason, bottom_diffs=bottoms, loss_weights=[float(w) for w in layer.loss]))
 

@@ -224,6 +224,12 @@ class JaxLayer(_LayerCommon):
         self.top_shapes = ()
 
     @property
+    def param_str(self):
+        """``python_param.param_str``: a layer written in JAX and named by a ``type:
+        "Python"`` layer reads its options here, as a numpy Python layer does."""
+        return self.layer_param.python_param.param_str
+
+    @property
     def p(self):
         """This layer's ``*_param`` message (e.g. ``convolution_param``)."""
         field = self.param_field or _param_field_for(self.type)
@@ -349,6 +355,25 @@ class BlobVec(list):
         return self[-1]
 
 
+def note_python_layer(error, layer, method):
+    """Add a note naming the user Python layer (numpy or JAX) ``layer`` to ``error``,
+    raised in its ``method``; other layers' errors name themselves."""
+    where = getattr(layer, "python_class", None)
+    if where is not None:
+        error.add_note("(in %s() of Python layer '%s', %s)" % (method, layer.name, where))
+
+
+def jax_python_layer(cls, layer_param, dtype):
+    """A Python layer written in JAX (``cls`` a JaxLayer subclass): compiled into the
+    net's segments (and a solver's fused step) like a built-in layer, not run on the host
+    between them. Its type is "Python", as the prototxt names it (logs, errors,
+    ``self.p`` and ``self.param_str`` read python_param)."""
+    layer = cls(layer_param, dtype)
+    layer.type = "Python"
+    layer.python_class = "%s.%s" % (cls.__module__, cls.__name__)
+    return layer
+
+
 def create_python_layer(layer_param, dtype):
     """Import ``python_param.module``, instantiate ``python_param.layer`` (Caffe's PythonLayer)."""
     pp = layer_param.python_param
@@ -365,12 +390,16 @@ def create_python_layer(layer_param, dtype):
     if cls is None:
         raise PythonLayerError("%s: module '%s' (%s) has no class '%s'"
                                % (where, pp.module, getattr(module, "__file__", "?"), pp.layer))
+    if isinstance(cls, type) and issubclass(cls, JaxLayer):
+        return jax_python_layer(cls, layer_param, dtype)
     try:
         layer = cls(layer_param)
     except TypeError:
         layer = cls()
     if not isinstance(layer, Layer):
-        raise PythonLayerError("%s: %s.%s must subclass jcaffe.Layer" % (where, pp.module, pp.layer))
+        raise PythonLayerError("%s: %s.%s must subclass jcaffe.Layer (numpy, run on the host) or "
+                               "jcaffe.JaxLayer (JAX, compiled with the net)"
+                               % (where, pp.module, pp.layer))
     if not hasattr(layer, "layer_param"):  # the user's __init__ skipped super().__init__
         Layer.__init__(layer, layer_param)
     layer.layer_param = layer_param

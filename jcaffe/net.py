@@ -20,7 +20,7 @@ from . import common, hdf5, netgraph, protoio
 from .blob import Blob, shape_epoch, shape_string
 from .engine import LayerSlot, Segment
 from .errors import BackwardError, JcaffeError, NetGraphError, PythonLayerError, ShapeMismatchError
-from .layer import create_layer
+from .layer import create_layer, note_python_layer
 from .proto import caffe_pb2
 
 log = logging.getLogger("jcaffe")
@@ -223,8 +223,11 @@ class Net:
                     raise NetGraphError("Python layer '%s': param blob dtype %s differs from the net's %s"
                                         % (layer.name, b.dtype, self.dtype))
             return [t.shape for t in top]
-        return layer.layer_setup([self.blobs[b].shape for b in slot.bottoms], len(slot.tops),
-                                 common.filler_rng())
+        shapes = [self.blobs[b].shape for b in slot.bottoms]
+        if getattr(layer, "python_class", None) is not None:     # a Python layer in JAX
+            return self._call_python(layer, "layer_setup", shapes, len(slot.tops),
+                                     common.filler_rng())
+        return layer.layer_setup(shapes, len(slot.tops), common.filler_rng())
 
     def _append_param(self, slot, k):
         """Caffe's AppendParam: owners become learnable params; named params share."""
@@ -766,9 +769,8 @@ class Net:
         except PythonLayerError:
             raise
         except Exception as e:
-            if layer.type == "Python":
-                e.add_note("(in %s() of Python layer '%s', %s)"
-                           % (method, layer.name, getattr(layer, "python_class", type(layer).__name__)))
+            if getattr(layer, "python_class", None) is not None:
+                note_python_layer(e, layer, method)
             elif not isinstance(e, JcaffeError):   # a built-in host layer (Filter)
                 e.add_note("(in %s() of %s layer '%s')" % (method, layer.type, layer.name))
             raise

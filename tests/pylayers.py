@@ -122,3 +122,53 @@ class JaxScaledTanhWrongParamGrad(JaxScaledTanh):
 
 class JaxScaledTanhWrongJaxForward(JaxScaledTanh):
     jax_offset = 0.25
+
+
+class CompiledScaledTanh(jcaffe.JaxLayer):
+    """JaxScaledTanh written in JAX (a Python layer compiled with the net): top = w *
+    tanh(bottom), w a learned scalar starting at 1.5."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+
+    def setup(self, bottom_shapes):
+        from jcaffe.proto import caffe_pb2
+        self.init_params([((1,), caffe_pb2.FillerParameter(type="constant", value=1.5))],
+                         self.filler_rng)
+
+    def reshape(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, params, bottoms, rng):
+        import jax.numpy as jnp
+        t = jnp.tanh(bottoms[0])
+        return [params[0][0] * t], t
+
+    def backward(self, params, bottoms, tops, t, top_diffs, propagate_down):
+        import jax.numpy as jnp
+        dy = top_diffs[0]
+        dx = params[0][0] * dy * self.slope(t) if propagate_down[0] else None
+        return [dx], [jnp.sum(dy * t).reshape(1)]
+
+    def slope(self, t):
+        return 1 - t * t
+
+
+class CompiledScaledTanhWrongGrad(CompiledScaledTanh):
+    def slope(self, t):
+        return 1 - t        # d tanh = 1 - tanh^2, not 1 - tanh
+
+
+class CompiledRaises(CompiledScaledTanh):
+    def forward(self, params, bottoms, rng):
+        raise ValueError("boom")
+
+
+class CompiledWrongTopShape(CompiledScaledTanh):
+    def forward(self, params, bottoms, rng):
+        tops, t = super().forward(params, bottoms, rng)
+        return [tops[0][:, :1]], t
+
+
+class NeitherLayerKind:
+    """Not a jcaffe.Layer nor a jcaffe.JaxLayer."""

@@ -85,12 +85,16 @@ def test_sign_task_backward_skipped_until_force_backward():
     assert skipped["accuracy"] > 0.9 and forced["accuracy"] > 0.9
 
 
-def test_onehot_euclidean_lenet(digits_run):
+@pytest.mark.parametrize("jax_layers", [False, True])
+def test_onehot_euclidean_lenet(digits_run, jax_layers):
     out, _, _ = digits_run
     onehot = load_example("python_layers/train_onehot_lenet.py", "train_onehot_lenet")
     lines = []
-    accuracy = onehot.train(iters=150, out_dir=str(out), log=lines.append, verbose=False)
+    accuracy = onehot.train(iters=150, out_dir=str(out), log=lines.append, verbose=False,
+                            jax_layers=jax_layers)
     assert accuracy > 0.8, lines
+    assert lines[-1].startswith("one-hot + Python EuclideanLoss LeNet (%s layers)"
+                                % ("JAX" if jax_layers else "numpy"))
 
 
 def test_saliency_map(digits_run, tmp_path):
