@@ -126,6 +126,20 @@ def _pyloop_row(results):
             "yes" if loop / step <= 1.5 else "**no**")
 
 
+def _python_layers_row(results):
+    """The step with its loss as Python layers (bench_pyloop.py), numpy and JAX, over the
+    step with the built-in SoftmaxWithLoss."""
+    medians = _medians(results, "pyloop_lenet") or {}
+    step = medians.get("jcaffe Solver.step")
+    kinds = [(kind, medians.get("jcaffe Solver.step, loss as %s" % label))
+             for kind, label in (("numpy", "numpy Python layers"), ("JAX", "Python layers in JAX"))]
+    parts = ["%s %.2fx (%.1f ms)" % (kind, ms / step, ms) for kind, ms in kinds if ms and step]
+    if not parts:
+        return None
+    return ("LeNet's step with its loss as Python layers / with SoftmaxWithLoss (not an issue "
+            "target)", "; ".join(parts), "reported")
+
+
 def _compile_row(results):
     data = results.get("train_caffenet")
     if not data:
@@ -198,7 +212,8 @@ def rows(state, reference, gflop, caffe_mb):
     if ratios:
         out.append(("deploy forward at one image vs PyTorch eager (not an issue target)",
                     _listing(ratios, True), "reported"))
-    out += [_pyloop_row(results), _memory_row(results, caffe_mb), _compile_row(results),
+    out += [_pyloop_row(results), _python_layers_row(results), _memory_row(results, caffe_mb),
+            _compile_row(results),
             _gflops_row(results, state["peak"], gflop), _jtime_row(results, state.get("jtime")),
             _data_row(results)]
     return [row for row in out if row is not None]
