@@ -85,11 +85,12 @@ def _rate_after(pair, probes):
     return pair[(sum(p.astype(pair.dtype) for p in probes) > 0).astype(jnp.int32)]
 
 
-def _host_source(slot):
-    """Whether a host layer's slot is a data layer a fused step can run before its call
-    (Solver._fused_plan)."""
-    return (not slot.bottoms and not slot.param_ids and not slot.need_backward
-            and not any(slot.layer.loss))
+def _host_source(slot, produced):
+    """Whether a host layer's slot can run on the host before a fused step's call
+    (Solver._fused_plan): a data layer, or a layer reading only the tops of those before
+    it (``produced``), with no params, no loss weight and no backward."""
+    return (all(b in produced for b in slot.bottoms) and not slot.param_ids
+            and not slot.need_backward and not any(slot.layer.loss))
 
 
 class Solver:
@@ -492,19 +493,23 @@ class Solver:
     def _fused_plan(self):
         """(host data layers, the compiled run) of a net whose iteration runs as one
         fused call, else None. Host (Python) layers are allowed at the start of the net
-        as data layers: no bottoms, no params, no loss weight and no backward (Caffe
-        never calls a data layer's backward). Their forward runs on the host before the
-        call, their tops passed in as a Data layer's batch is; a pycaffe data layer
-        (the common Python layer) no longer sends the whole step down the pycaffe path
-        (LeNet: 1.21x the Input-fed step's time; benchmarks/bench_data.py). Any other
-        host layer, a net hook or a solver callback needs the layer-by-layer path."""
+        as data layers: no params, no loss weight and no backward (Caffe never calls a
+        data layer's backward), their bottoms (if any) the tops of the host layers
+        before them (a numpy transform of a Python data layer's batch). Their forward
+        runs on the host before the call, their tops passed in as a Data layer's batch
+        is; a pycaffe data layer (the common Python layer) no longer sends the whole
+        step down the pycaffe path (LeNet: 1.21x the Input-fed step's time;
+        benchmarks/bench_data.py). Any other host layer, a net hook or a solver
+        callback needs the layer-by-layer path."""
         net = self.net
         if not self.fuse_step or self._callbacks or not net._slots or any(net._hooks.values()):
             return None
         runs = net._runs(0, len(net._slots) - 1)
-        host = []
-        while len(runs) > 1 and runs[0][0].layer.is_host and _host_source(runs[0][0]):
+        host, produced = [], set()
+        while (len(runs) > 1 and runs[0][0].layer.is_host
+               and _host_source(runs[0][0], produced)):
             host.append(runs.pop(0)[0])
+            produced.update(host[-1].tops)
         if len(runs) != 1 or runs[0][0].layer.is_host:
             return None
         return host, runs[0]
@@ -516,15 +521,16 @@ class Solver:
         # Data layers: the next batch of each pass, fetched on the host (prefetched, or by
         # a Python data layer's forward) and passed in; with iter_size > 1 the passes'
         # batches are stacked on a leading axis.
-        sources = [t for slot in host for t in slot.tops] + [
-            t for slot in run if getattr(slot.layer, "is_source", False) for t in slot.tops]
+        seg = net._segment(run)
+        sources = list(dict.fromkeys(
+            [t for slot in host for t in slot.tops if t in seg.reads]
+            + [t for slot in run if getattr(slot.layer, "is_source", False) for t in slot.tops]))
         batches = []
-        for _ in range(self.param.iter_size if sources else 1):
+        for _ in range(self.param.iter_size if sources or host else 1):
             for slot in host:
                 net._forward_host(slot)
             net._load_sources(run)
             batches.append([blobs[t].device_data() for t in sources])
-        seg = net._segment(run)
         spec, data_names, diff_names, last, last_diffs = self._steady_plan(seg, run)
         stacked = tuple(sources) if self.param.iter_size > 1 else ()
         if self._fused is None or self._fused[0] is not seg or self._fused[2] != stacked:

@@ -75,3 +75,17 @@ class DigitPatternFeeder(jcaffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         pass
+
+
+class Doubler(jcaffe.Layer):
+    """top = 2 * bottom, a numpy transform of a data layer's top (no backward: nothing
+    below it learns)."""
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        raise Exception("Doubler's backward is never called")

@@ -292,6 +292,35 @@ def test_python_data_layer_runs_before_one_fused_call(monkeypatch, iter_size):
     assert fused.smoothed_loss == pytest.approx(plain.smoothed_loss, rel=1e-5)
 
 
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_host_layers_reading_the_data_layers_tops_run_before_the_fused_call(iter_size):
+    """A numpy transform of the Python data layer's tops (Doubler on y) runs on the host
+    too; the compiled call gets its top, not the data layer's, and trains as the
+    layer-by-layer path does."""
+    net = (FEEDER_NET % 2).replace(
+        '\nlayer { name: "ip"', '\nlayer { name: "double" type: "Python" bottom: "y" top: "y2" '
+        'python_param { module: "solver_layers" layer: "Doubler" } }\nlayer { name: "ip"', 1
+    ).replace('bottom: "ip" bottom: "y"', 'bottom: "ip" bottom: "y2"')
+    solvers = []
+    for fuse in (True, False):
+        param = caffe_pb2.SolverParameter()
+        text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 '
+                          'random_seed: 3 iter_size: %d' % iter_size, param)
+        text_format.Parse(net, param.net_param)
+        solver = jcaffe.get_solver(param)
+        solver.fuse_step = fuse
+        assert solver._can_fuse() == fuse
+        solver.step(3)
+        solvers.append(solver)
+    fused, plain = solvers
+    host, run = fused._fused_plan()
+    assert [s.layer.name for s in host] == ["data", "double"]
+    assert "y2" in fused.net._segment(run).reads and "y" not in fused.net._segment(run).reads
+    for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused.net.blobs["y2"].data, 2 * fused.net.blobs["y"].data)
+
+
 def test_other_host_layers_keep_the_layer_by_layer_path():
     """Only data layers run before the fused call: a Python layer with a loss weight on
     its tops (a constant loss) or a net with hooks takes the pycaffe-style path."""
