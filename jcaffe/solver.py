@@ -93,6 +93,26 @@ def _host_source(slot, produced):
             and not slot.need_backward and not any(slot.layer.loss))
 
 
+def _host_reason(slot, produced, leading):
+    """Why the host layer of ``slot`` keeps a fused step from running (its log line):
+    ``leading``, it comes before every compiled layer (a data layer _host_source
+    refused); else after some."""
+    layer = slot.layer
+    python = getattr(layer, "python_class", None)
+    what = ("Python layer '%s' (%s)" % (layer.name, python) if python
+            else "%s layer '%s'" % (layer.type, layer.name))
+    outside = [b for b in slot.bottoms if b not in produced]
+    why = ("it comes after compiled layers: only data layers at the start of the net run "
+           "before the one call" if not leading
+           else "it reads '%s', which no host layer before it computes" % outside[0] if outside
+           else "it has params" if slot.param_ids
+           else "it needs backward" if slot.need_backward
+           else "its tops have a loss weight")
+    hint = ("; written as a jcaffe.JaxLayer (examples/python_layers/jax_layers.py) it would "
+            "be compiled with the net" if python else "")
+    return "%s runs on the host between compiled segments (%s)%s" % (what, why, hint)
+
+
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
@@ -152,6 +172,7 @@ class Solver:
         self._progress = None   # the terminal progress bar while solve() runs
         self._losses = collections.deque()
         self.fuse_step = True           # False forces the pycaffe-style path
+        self._told_layer_by_layer = None    # the reason last logged (_say_layer_by_layer)
         self._fused = None              # (segment, jitted fn)
         self._recycle_plan = None       # (self._fused[3], _recycle_places)
         self._steady = None             # (key, what a fused step derives from the shapes)
@@ -378,6 +399,7 @@ class Solver:
             elif self._can_fuse():
                 loss, after = self._fused_iteration(display)
             else:
+                self._say_layer_by_layer()
                 loss, after = self._forward_backward(), None
             self._losses.append(loss)
             if display:
@@ -432,6 +454,16 @@ class Solver:
         if p.test_interval and self._iter % p.test_interval == 0:
             self.test_all()
         log.info("Optimization Done.")
+
+    def _say_layer_by_layer(self):
+        """Log once (again when the reason changes) why an iteration is not one
+        compiled call: the layer-by-layer path is slower (LeNet with a numpy Python
+        loss: 1.29x; benchmarks/RESULTS.md), and Caffe users ask why."""
+        reason = self._plan_or_reason()[1]
+        if reason != self._told_layer_by_layer:
+            self._told_layer_by_layer = reason
+            log.info("Each iteration runs layer by layer (forward, backward and update as "
+                     "separate calls), not as one compiled call: %s", reason)
 
     def _forward_backward(self):
         """pycaffe-style: clear diffs, then iter_size forward/backward passes; mean loss."""
@@ -492,18 +524,29 @@ class Solver:
 
     def _fused_plan(self):
         """(host data layers, the compiled run) of a net whose iteration runs as one
-        fused call, else None. Host (Python) layers are allowed at the start of the net
-        as data layers: no params, no loss weight and no backward (Caffe never calls a
-        data layer's backward), their bottoms (if any) the tops of the host layers
-        before them (a numpy transform of a Python data layer's batch). Their forward
-        runs on the host before the call, their tops passed in as a Data layer's batch
-        is; a pycaffe data layer (the common Python layer) no longer sends the whole
-        step down the pycaffe path (LeNet: 1.21x the Input-fed step's time;
-        benchmarks/bench_data.py). Any other host layer, a net hook or a solver
-        callback needs the layer-by-layer path."""
+        fused call, else None (:meth:`_plan_or_reason`)."""
+        return self._plan_or_reason()[0]
+
+    def _plan_or_reason(self):
+        """((host data layers, the compiled run), None) of a net whose iteration runs as
+        one fused call, else (None, why not, in words). Host (Python) layers are allowed
+        at the start of the net as data layers: no params, no loss weight and no
+        backward (Caffe never calls a data layer's backward), their bottoms (if any) the
+        tops of the host layers before them (a numpy transform of a Python data layer's
+        batch). Their forward runs on the host before the call, their tops passed in as
+        a Data layer's batch is; a pycaffe data layer (the common Python layer) no
+        longer sends the whole step down the pycaffe path (LeNet: 1.21x the Input-fed
+        step's time; benchmarks/bench_data.py). Any other host layer, a net hook or a
+        solver callback needs the layer-by-layer path."""
         net = self.net
-        if not self.fuse_step or self._callbacks or not net._slots or any(net._hooks.values()):
-            return None
+        if not self.fuse_step:
+            return None, "solver.fuse_step is False"
+        if self._callbacks:
+            return None, "solver callbacks (add_callback) run between the backward and the update"
+        if not net._slots:
+            return None, "the net has no layers"
+        if any(net._hooks.values()):
+            return None, "net hooks (before_forward/after_forward/...) run around each layer"
         runs = net._runs(0, len(net._slots) - 1)
         host, produced = [], set()
         while (len(runs) > 1 and runs[0][0].layer.is_host
@@ -511,8 +554,9 @@ class Solver:
             host.append(runs.pop(0)[0])
             produced.update(host[-1].tops)
         if len(runs) != 1 or runs[0][0].layer.is_host:
-            return None
-        return host, runs[0]
+            slot = next(r[0] for r in runs if r[0].layer.is_host)
+            return None, _host_reason(slot, produced, leading=runs[0][0] is slot)
+        return (host, runs[0]), None
 
     def _fused_iteration(self, display):
         net = self.net

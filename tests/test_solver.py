@@ -331,11 +331,45 @@ def test_other_host_layers_keep_the_layer_by_layer_path():
              'param_str: "2" } }\nlayer { name: "ip"')
     text_format.Parse((FEEDER_NET % 2).replace('\nlayer { name: "ip"', extra, 1), param.net_param)
     assert [lp.name for lp in param.net_param.layer] == ["data", "extra", "ip", "loss"]
-    assert not jcaffe.get_solver(param)._can_fuse()
+    plan, reason = jcaffe.get_solver(param)._plan_or_reason()
+    assert plan is None and reason == (
+        "Python layer 'extra' (solver_layers.BatchFeeder) runs on the host between compiled "
+        "segments (its tops have a loss weight); written as a jcaffe.JaxLayer "
+        "(examples/python_layers/jax_layers.py) it would be compiled with the net")
     solver = feeder_solver(2, 1)
     assert solver._can_fuse()
     solver.net.before_forward(lambda index: None)
-    assert not solver._can_fuse()
+    assert solver._plan_or_reason() == (
+        None, "net hooks (before_forward/after_forward/...) run around each layer")
+
+
+def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
+    """Caffe users ask why a net with Python layers trains slower: the first iteration
+    on the layer-by-layer path says which layer (or setting) keeps it from one call."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir,
+                                             "examples", "python_layers"))
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse('type: "SGD" base_lr: 0.05 lr_policy: "fixed" random_seed: 1', param)
+    text_format.Parse(SEED_NET, param.net_param)
+    solver = jcaffe.get_solver(param)
+    with LogLines() as lines:
+        solver.step(3)
+    said = [l for l in lines.lines if l.startswith("Each iteration runs layer by layer")]
+    assert said == [
+        "Each iteration runs layer by layer (forward, backward and update as separate calls), "
+        "not as one compiled call: Python layer 'onehot' (one_hot.OneHot) runs on the host "
+        "between compiled segments (it comes after compiled layers: only data layers at the "
+        "start of the net run before the one call); "
+        "written as a jcaffe.JaxLayer (examples/python_layers/jax_layers.py) it would be "
+        "compiled with the net"]
+    solver = feeder_solver(2, 1)
+    solver.fuse_step = False
+    with LogLines() as lines:
+        solver.step(2)
+        solver.fuse_step = True
+        solver.step(1)
+    assert [l.split(": ", 1)[1] for l in lines.lines
+            if l.startswith("Each iteration runs")] == ["solver.fuse_step is False"]
 
 
 DROPOUT_NET = """
