@@ -28,6 +28,24 @@ log = logging.getLogger("jcaffe")
 TRAIN, TEST = caffe_pb2.TRAIN, caffe_pb2.TEST
 
 
+def _mean_abs(blob, diff):
+    """Caffe's asum / count of a blob's data or diff (debug_info's numbers)."""
+    value = blob.device_diff() if diff else blob.device_data()
+    return float(_asum(value)) / blob.count if blob.count else float("nan")
+
+
+@jax.jit
+def _asum(x):
+    return jnp.sum(jnp.abs(x))
+
+
+@jax.jit
+def _norms(data, diff):
+    """(asum data, asum diff, sumsq data, sumsq diff) of one param."""
+    return jnp.stack([jnp.sum(jnp.abs(data)), jnp.sum(jnp.abs(diff)),
+                      jnp.sum(data * data), jnp.sum(diff * diff)])
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _zeros(shapes, dtype):
     """Zero arrays of ``shapes`` (a tuple of tuples) and ``dtype``, made by one call."""
@@ -87,7 +105,11 @@ class Net:
         param = netgraph.insert_splits(filtered)
         self.name = param.name
         self.force_backward = param.force_backward
+        # Caffe's debug_info: each layer's forward and backward log the mean absolute
+        # value of its tops, bottom diffs and params (the net then runs layer by layer,
+        # as with hooks). A solver sets it on its display iterations only.
         self.debug_info = param.debug_info
+        self._display_name_of = {}      # (layer index, blob index): param display name
         self._param = param
         self.blobs = OrderedDict()              # name -> Blob, in creation order
         self._blob_producer = {}
@@ -234,6 +256,7 @@ class Net:
         lp, layer = slot.layer.layer_param, slot.layer
         spec = lp.param[k] if k < len(lp.param) else caffe_pb2.ParamSpec()
         name = spec.name
+        self._display_name_of[(slot.index, k)] = name or str(k)
         self.param_display_names.append(name or str(k))
         if not name or name not in self._param_names_index:
             pid = len(self._learnable)
@@ -600,7 +623,7 @@ class Net:
     # ======================================================================
     def _runs(self, lo, hi):
         """Split layers lo..hi into host layers and runs of JaxLayers."""
-        per_layer = any(self._hooks.values())
+        per_layer = any(self._hooks.values()) or self.debug_info
         runs, current = [], []
         for i in range(lo, hi + 1):
             slot = self._slots[i]
@@ -667,6 +690,8 @@ class Net:
             else:
                 self._load_sources(run)
                 loss += self._forward_compiled(run, key, wanted)
+            if self.debug_info:
+                self._forward_debug_info(run[0])
             if len(run) == 1:
                 self._run_hooks("after_forward", run[0].index)
         return loss
@@ -729,8 +754,40 @@ class Net:
                     self._backward_host(run[0])
             else:
                 self._backward_compiled(run)
+            if self.debug_info and run[0].need_backward:
+                self._backward_debug_info(run[0])
             if len(run) == 1:
                 self._run_hooks("after_backward", run[0].index)
+
+    # -- debug_info (Caffe's Net::ForwardDebugInfo, BackwardDebugInfo) -------------------
+    def _forward_debug_info(self, slot):
+        name = slot.layer.name
+        for top in slot.tops:
+            log.info("    [Forward] Layer %s, top blob %s data: %g",
+                     name, top, _mean_abs(self.blobs[top], False))
+        for k, pid in enumerate(slot.param_ids):
+            log.info("    [Forward] Layer %s, param blob %s data: %g", name,
+                     self._display_name_of[(slot.index, k)], _mean_abs(self._learnable[pid], False))
+
+    def _backward_debug_info(self, slot):
+        name = slot.layer.name
+        for bottom, need in zip(slot.bottoms, slot.bottom_need_backward):
+            if need:
+                log.info("    [Backward] Layer %s, bottom blob %s diff: %g",
+                         name, bottom, _mean_abs(self.blobs[bottom], True))
+        for k, pid in enumerate(slot.param_ids):
+            if slot.layer.wants_param_diff(k):
+                log.info("    [Backward] Layer %s, param blob %d diff: %g",
+                         name, k, _mean_abs(self._learnable[pid], True))
+
+    def _params_debug_info(self):
+        """Caffe's Net::Backward with debug_info: the L1 and L2 norms of all learnable
+        params' data and diffs, after a whole backward (a solver's iteration)."""
+        sums = np.zeros(4)
+        for blob in self._learnable:
+            sums += np.asarray(_norms(blob.device_data(), blob.device_diff()), np.float64)
+        log.error("    [Backward] All net params (data, diff): L1 norm = (%g, %g); "
+                  "L2 norm = (%g, %g)", sums[0], sums[1], np.sqrt(sums[2]), np.sqrt(sums[3]))
 
     def _backward_host(self, slot):
         layer = slot.layer

@@ -303,6 +303,7 @@ class Solver:
                 state.MergeFrom(p.test_state[i])
             log.info("Creating test net (#%d) specified by %s", i, source)
             net = self._make_net(net_param, state)
+            net.debug_info = p.debug_info       # (Caffe: set_debug_info(debug_info))
             self._load_weights(net)
             net.share_with(self.net)
             nets.append(net)
@@ -394,6 +395,8 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = bool(p.display) and self._iter % p.display == 0
+            # (Caffe: the train net's debug_info is the solver's, on display iterations)
+            self.net.debug_info = display and p.debug_info
             if self.parallel is not None:
                 loss, after = self.parallel.iteration(display)
             elif self._can_fuse():
@@ -460,7 +463,7 @@ class Solver:
         compiled call: the layer-by-layer path is slower (LeNet with a numpy Python
         loss: 1.29x; benchmarks/RESULTS.md), and Caffe users ask why."""
         reason = self._plan_or_reason()[1]
-        if reason != self._told_layer_by_layer:
+        if reason != self._told_layer_by_layer and not self.net.debug_info:
             self._told_layer_by_layer = reason
             log.info("Each iteration runs layer by layer (forward, backward and update as "
                      "separate calls), not as one compiled call: %s", reason)
@@ -474,6 +477,8 @@ class Solver:
             net._forward_count = self._iter * self.param.iter_size + k
             loss += net._forward(0, n - 1)
             net._backward(n - 1, 0)
+            if net.debug_info:      # (Caffe's Net::Backward)
+                net._params_debug_info()
         return loss / self.param.iter_size
 
     def _next_rate(self):
@@ -547,6 +552,8 @@ class Solver:
             return None, "the net has no layers"
         if any(net._hooks.values()):
             return None, "net hooks (before_forward/after_forward/...) run around each layer"
+        if net.debug_info:
+            return None, "debug_info logs each layer's values"
         runs = net._runs(0, len(net._slots) - 1)
         host, produced = [], set()
         while (len(runs) > 1 and runs[0][0].layer.is_host
@@ -554,7 +561,9 @@ class Solver:
             host.append(runs.pop(0)[0])
             produced.update(host[-1].tops)
         if len(runs) != 1 or runs[0][0].layer.is_host:
-            slot = next(r[0] for r in runs if r[0].layer.is_host)
+            slot = next((r[0] for r in runs if r[0].layer.is_host), None)
+            if slot is None:
+                return None, "the net runs as %d compiled segments" % len(runs)
             return None, _host_reason(slot, produced, leading=runs[0][0] is slot)
         return (host, runs[0]), None
 

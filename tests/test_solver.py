@@ -372,6 +372,43 @@ def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
             if l.startswith("Each iteration runs")] == ["solver.fuse_step is False"]
 
 
+def test_debug_info_logs_each_layer_on_display_iterations_as_caffe_does():
+    """SolverParameter debug_info: on display iterations the train net logs, after each
+    layer's forward, the mean absolute value of its tops and params, after each backward
+    that of its bottom diffs and param diffs, then the L1/L2 norms of all params (Caffe's
+    Net::ForwardDebugInfo, BackwardDebugInfo, Backward); the other iterations stay fused."""
+    solver = make_solver('base_lr: 0.1 momentum: 0.9 display: 2 debug_info: true')
+    W, b = (blob.data.copy() for blob in solver.net.learnable_params)
+    with LogLines() as lines:
+        solver.step(1)
+    debug = [l for l in lines.lines if l.startswith("    [")]
+    assert [l.split(":")[0] for l in debug] == [
+        "    [Forward] Layer x, top blob x data", "    [Forward] Layer y, top blob y data",
+        "    [Forward] Layer ip, top blob ip data", "    [Forward] Layer ip, param blob 0 data",
+        "    [Forward] Layer ip, param blob 1 data", "    [Forward] Layer loss, top blob loss data",
+        "    [Backward] Layer loss, bottom blob ip diff",
+        "    [Backward] Layer ip, param blob 0 diff", "    [Backward] Layer ip, param blob 1 diff",
+        "    [Backward] All net params (data, diff)"]
+    value = {l.split(":")[0].strip(): l for l in debug}
+    ip = X @ W.T + b
+    d_ip = (ip - Y) / len(X)
+    for key, expected in (("[Forward] Layer ip, top blob ip data", np.abs(ip).mean()),
+                          ("[Forward] Layer ip, param blob 0 data", np.abs(W).mean()),
+                          ("[Backward] Layer loss, bottom blob ip diff", np.abs(d_ip).mean()),
+                          ("[Backward] Layer ip, param blob 1 diff",
+                           np.abs(d_ip.sum(0)).mean())):
+        assert float(value[key].rsplit(": ", 1)[1]) == pytest.approx(expected, rel=1e-5), key
+    l1 = float(value["[Backward] All net params (data, diff)"].split("(")[2].split(",")[0])
+    assert l1 == pytest.approx(np.abs(W).sum() + np.abs(b).sum(), rel=1e-5)
+    fused = []
+    original = solver._fused_iteration
+    solver._fused_iteration = lambda display: fused.append(display) or original(display)
+    with LogLines() as lines:
+        solver.step(2)
+    assert fused == [False]                 # iteration 1 (no display) runs fused
+    assert sum(l.startswith("    [Forward]") for l in lines.lines) == 6     # iteration 2's
+
+
 DROPOUT_NET = """
 name: "drop"
 layer { name: "data" type: "DummyData" top: "x" top: "y"
