@@ -64,15 +64,23 @@ def write_db(name, batch):
     return path
 
 
-def data_net_param(name, batch, source, prefetch):
-    """The benchmark net with its Input layer replaced by a Data layer over ``source``."""
+def _input_replaced(name, batch, layer_type):
+    """(the benchmark net, its first layer): the Input layer cleared and made a
+    ``layer_type`` layer named "data" with tops data and label, for the caller to fill."""
     from jcaffe.proto import caffe_pb2 as pb2
     param = pb2.NetParameter()
     param.ParseFromString(nets.net_param(name, batch).SerializeToString())
     layer = param.layer[0]
     layer.Clear()
-    layer.name, layer.type = "data", "Data"
+    layer.name, layer.type = "data", layer_type
     layer.top.extend(["data", "label"])
+    return param, layer
+
+
+def data_net_param(name, batch, source, prefetch):
+    """The benchmark net with its Input layer replaced by a Data layer over ``source``."""
+    from jcaffe.proto import caffe_pb2 as pb2
+    param, layer = _input_replaced(name, batch, "Data")
     layer.data_param.source = source
     layer.data_param.batch_size = batch
     layer.data_param.backend = pb2.DataParameter.LMDB
@@ -89,13 +97,7 @@ def python_net_param(name, batch):
     """The benchmark net with its Input layer replaced by py_data_layer's numpy Python
     data layer (the same records and transformation as the Data layer's)."""
     import json
-    from jcaffe.proto import caffe_pb2 as pb2
-    param = pb2.NetParameter()
-    param.ParseFromString(nets.net_param(name, batch).SerializeToString())
-    layer = param.layer[0]
-    layer.Clear()
-    layer.name, layer.type = "data", "Python"
-    layer.top.extend(["data", "label"])
+    param, layer = _input_replaced(name, batch, "Python")
     shape, transform = record_shape(name)
     layer.python_param.module, layer.python_param.layer = "py_data_layer", "RandomBatches"
     layer.python_param.param_str = json.dumps({

@@ -395,8 +395,9 @@ class Solver:
             for on_start, _ in self._callbacks:
                 on_start()
             display = bool(p.display) and self._iter % p.display == 0
-            # (Caffe: the train net's debug_info is the solver's, on display iterations)
-            self.net.debug_info = display and p.debug_info
+            # (Caffe: the train net's debug_info is the solver's, on display iterations;
+            # data-parallel training runs its one compiled step regardless)
+            self.net.debug_info = display and p.debug_info and self.parallel is None
             if self.parallel is not None:
                 loss, after = self.parallel.iteration(display)
             elif self._can_fuse():

@@ -136,6 +136,17 @@ def test_one_device_data_parallel_matches_the_ordinary_solver(runs):
         np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-7)
 
 
+def test_debug_info_leaves_data_parallel_training_one_compiled_step(runs):
+    """Solver debug_info makes the train net run layer by layer on display iterations;
+    data-parallel training, which has no such path, keeps its one compiled step."""
+    param = worker.solver_param(worker.LENET, 4, 1)
+    param.display, param.debug_info = 1, True
+    par = jcaffe.get_solver(param, devices=1)
+    worker.feed(par, 0, slice(0, 4))
+    par.step(1)
+    assert par.iter == 1 and not par.net.debug_info
+
+
 def test_more_devices_than_this_process_has():
     with pytest.raises(DeviceError, match=r"asked for 2 device\(s\); this process sees 1"):
         worker.lenet_solver(2, devices=2)
