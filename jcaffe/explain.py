@@ -113,7 +113,8 @@ class Trap(_Record):
 
 
 class Explanation(_Record):
-    _fields = ("net", "phase", "force_backward", "backward_range", "layers", "blobs", "warnings")
+    _fields = ("net", "phase", "force_backward", "backward_range", "layers", "blobs", "warnings",
+               "training_step")
 
     def __init__(self, **kw):
         for f in self._fields:
@@ -206,9 +207,23 @@ def explain(net, start=None, end=None):
                end if end is not None else slots[0].layer.name]
     ex = Explanation(net=net.name, phase=caffe_pb2.Phase.Name(net.phase),
                      force_backward=bool(net.force_backward), backward_range=rng,
-                     layers=layers, blobs=blobs, warnings=[])
+                     layers=layers, blobs=blobs, warnings=[],
+                     training_step=_training_step(net) if net.phase == caffe_pb2.TRAIN else None)
     ex.warnings = _traps(net, ex, consumers)
     return ex
+
+
+def _training_step(net):
+    """How a solver's iteration over this TRAIN net runs, in words (before the solver's
+    own settings: fuse_step, callbacks)."""
+    from .solver import fused_step_plan
+    plan, reason = fused_step_plan(net)
+    if plan is None:
+        return "layer by layer (forward, backward and update as separate calls): " + reason
+    host, _ = plan
+    before = ("; host data layers run first: %s" % ", ".join(
+        "'%s'" % s.layer.name for s in host)) if host else ""
+    return "one compiled call per iteration (forward, backward and update)" + before
 
 
 def _ancestors(ex, blob_name, before):
@@ -380,6 +395,8 @@ def format_explanation(ex):
     lines = ["Net '%s' (phase %s%s): %d layers, %d blobs"
              % (ex.net, ex.phase, ", force_backward: true" if ex.force_backward else "",
                 len(ex.layers), len(ex.blobs))]
+    if ex.training_step:
+        lines.append("training step: %s" % ex.training_step)
     if ex.backward_range:
         lines.append("checked backward range: start='%s' end='%s'" % tuple(ex.backward_range))
     lines.append("")

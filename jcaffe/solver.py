@@ -113,6 +113,29 @@ def _host_reason(slot, produced, leading):
     return "%s runs on the host between compiled segments (%s)%s" % (what, why, hint)
 
 
+def fused_step_plan(net):
+    """What of ``net`` decides whether a solver's iteration over it runs as one compiled
+    call (Solver._plan_or_reason, which adds the solver's own settings; explain()):
+    ((host data layers, the compiled run), None), or (None, why not, in words)."""
+    if not net._slots:
+        return None, "the net has no layers"
+    if any(net._hooks.values()):
+        return None, "net hooks (before_forward/after_forward/...) run around each layer"
+    if net.debug_info:
+        return None, "debug_info logs each layer's values"
+    runs = net._runs(0, len(net._slots) - 1)
+    host, produced = [], set()
+    while len(runs) > 1 and runs[0][0].layer.is_host and _host_source(runs[0][0], produced):
+        host.append(runs.pop(0)[0])
+        produced.update(host[-1].tops)
+    if len(runs) != 1 or runs[0][0].layer.is_host:
+        slot = next((r[0] for r in runs if r[0].layer.is_host), None)
+        if slot is None:
+            return None, "the net runs as %d compiled segments" % len(runs)
+        return None, _host_reason(slot, produced, leading=runs[0][0] is slot)
+    return (host, runs[0]), None
+
+
 class Solver:
     """A Caffe solver. ``Solver(path_or_SolverParameter)`` uses ``type`` from the
     parameter; the subclasses (``SGDSolver``, ``AdamSolver``, ...) use their own
@@ -544,29 +567,11 @@ class Solver:
         longer sends the whole step down the pycaffe path (LeNet: 1.21x the Input-fed
         step's time; benchmarks/bench_data.py). Any other host layer, a net hook or a
         solver callback needs the layer-by-layer path."""
-        net = self.net
         if not self.fuse_step:
             return None, "solver.fuse_step is False"
         if self._callbacks:
             return None, "solver callbacks (add_callback) run between the backward and the update"
-        if not net._slots:
-            return None, "the net has no layers"
-        if any(net._hooks.values()):
-            return None, "net hooks (before_forward/after_forward/...) run around each layer"
-        if net.debug_info:
-            return None, "debug_info logs each layer's values"
-        runs = net._runs(0, len(net._slots) - 1)
-        host, produced = [], set()
-        while (len(runs) > 1 and runs[0][0].layer.is_host
-               and _host_source(runs[0][0], produced)):
-            host.append(runs.pop(0)[0])
-            produced.update(host[-1].tops)
-        if len(runs) != 1 or runs[0][0].layer.is_host:
-            slot = next((r[0] for r in runs if r[0].layer.is_host), None)
-            if slot is None:
-                return None, "the net runs as %d compiled segments" % len(runs)
-            return None, _host_reason(slot, produced, leading=runs[0][0] is slot)
-        return (host, runs[0]), None
+        return fused_step_plan(self.net)
 
     def _fused_iteration(self, display):
         net = self.net

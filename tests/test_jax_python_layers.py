@@ -125,3 +125,28 @@ def test_explain_names_a_jax_python_layer_and_its_backward_trap():
     ).replace('top: "ip"\n', 'top: "ip" param { lr_mult: 0 } param { lr_mult: 0 }\n'), param)
     report = jcaffe.Net(param, jcaffe.TRAIN).explain()
     assert [t.layer for t in report.warnings if t.kind == "python-backward-never-runs"] == ["tanh"]
+
+
+def test_explain_says_how_a_solver_iteration_runs():
+    """explain() of a TRAIN net says whether a solver's iteration is one compiled call,
+    and if not, which layer keeps it from one (the solver's log line)."""
+    def step_of(layer, phase=jcaffe.TRAIN):
+        param = caffe_pb2.NetParameter()
+        text_format.Parse(TANH_NET % layer, param)
+        return jcaffe.Net(param, phase).explain()
+    compiled = step_of("CompiledScaledTanh")
+    assert compiled.training_step == ("one compiled call per iteration (forward, backward "
+                                      "and update)")
+    assert "training step: one compiled call" in str(compiled)
+    host = step_of("JaxScaledTanh").training_step
+    assert host.startswith("layer by layer (forward, backward and update as separate calls): "
+                           "Python layer 'tanh' (pylayers.JaxScaledTanh) runs on the host")
+    assert step_of("CompiledScaledTanh", jcaffe.TEST).training_step is None
+    feeder = caffe_pb2.NetParameter()
+    text_format.Parse('name: "f" layer { name: "data" type: "Python" top: "x" top: "y" '
+                      'python_param { module: "solver_layers" layer: "BatchFeeder" '
+                      'param_str: "2" } } layer { name: "ip" type: "InnerProduct" bottom: "x" '
+                      'top: "ip" inner_product_param { num_output: 2 } } layer { name: "loss" '
+                      'type: "EuclideanLoss" bottom: "ip" bottom: "y" top: "loss" }', feeder)
+    assert jcaffe.Net(feeder, jcaffe.TRAIN).explain().training_step.endswith(
+        "; host data layers run first: 'data'")
