@@ -89,3 +89,28 @@ class Doubler(jcaffe.Layer):
 
     def backward(self, top, propagate_down, bottom):
         raise Exception("Doubler's backward is never called")
+
+
+class VariableSizeFeeder(jcaffe.Layer):
+    """One image a batch, as FCN's voc_layers feed them: data (1, 2, H, W) with H, W
+    cycling through 6x6, 8x7 and 5x9, and a per-pixel label map (1, 1, H, W) of 0/1."""
+
+    SIZES = [(6, 6), (8, 7), (5, 9)]
+
+    def setup(self, bottom, top):
+        self.rng = np.random.default_rng(int(self.param_str or 0))
+        self.k = 0
+
+    def reshape(self, bottom, top):
+        h, w = self.SIZES[self.k % len(self.SIZES)]
+        top[0].reshape(1, 2, h, w)
+        top[1].reshape(1, 1, h, w)
+
+    def forward(self, bottom, top):
+        image = self.rng.normal(size=top[0].shape)
+        top[0].data[...] = image
+        top[1].data[...] = (image[:, :1] > 0)
+        self.k += 1
+
+    def backward(self, top, propagate_down, bottom):
+        pass

@@ -321,6 +321,37 @@ def test_host_layers_reading_the_data_layers_tops_run_before_the_fused_call(iter
     np.testing.assert_allclose(fused.net.blobs["y2"].data, 2 * fused.net.blobs["y"].data)
 
 
+def test_python_data_layer_of_changing_image_sizes_trains_fused_as_layer_by_layer():
+    """FCN's pattern: a Python data layer reshaping its tops to each image's size. The
+    fused step recompiles per shape and trains as the layer-by-layer path does."""
+    net = """
+name: "fcn-ish"
+layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "solver_layers" layer: "VariableSizeFeeder" param_str: "3" } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
+  convolution_param { num_output: 2 kernel_size: 3 pad: 1
+    weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
+"""
+    solvers = []
+    for fuse in (True, False):
+        param = caffe_pb2.SolverParameter()
+        text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 '
+                          'random_seed: 3', param)
+        text_format.Parse(net, param.net_param)
+        solver = jcaffe.get_solver(param)
+        solver.fuse_step = fuse
+        assert solver._can_fuse() == fuse
+        solver.step(5)
+        solvers.append(solver)
+    fused, plain = solvers
+    assert fused.net.blobs["data"].shape == (1, 2, 8, 7)        # the fifth image's
+    for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(fused.net.blobs["score"].data, plain.net.blobs["score"].data,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_other_host_layers_keep_the_layer_by_layer_path():
     """Only data layers run before the fused call: a Python layer with a loss weight on
     its tops (a constant loss) or a net with hooks takes the pycaffe-style path."""
