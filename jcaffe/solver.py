@@ -40,7 +40,7 @@ import numpy as np
 
 from . import common, compile_cache, engine, hdf5, progress, protoio, xla_options
 from .blob import View, device_zeros, shape_epoch
-from .errors import ProtoFileError, SolverError
+from .errors import BackwardError, ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
 from .packed_history import HistoryLayout
@@ -196,6 +196,7 @@ class Solver:
         self._losses = collections.deque()
         self.fuse_step = True           # False forces the pycaffe-style path
         self._told_layer_by_layer = None    # the reason last logged (_say_layer_by_layer)
+        self._backward_update = None    # (segment, jitted backward + update)
         self._fused = None              # (segment, jitted fn)
         self._recycle_plan = None       # (self._fused[3], _recycle_places)
         self._steady = None             # (key, what a fused step derives from the shapes)
@@ -427,7 +428,11 @@ class Solver:
                 loss, after = self._fused_iteration(display)
             else:
                 self._say_layer_by_layer()
-                loss, after = self._forward_backward(), None
+                run = self._last_backward_run()
+                if run is not None:
+                    loss, after = self._forward_backward_update(run, display)
+                else:
+                    loss, after = self._forward_backward(), None
             self._losses.append(loss)
             if display:
                 lapse = time.perf_counter() - timer_start
@@ -491,6 +496,78 @@ class Solver:
             self._told_layer_by_layer = reason
             log.info("Each iteration runs layer by layer (forward, backward and update as "
                      "separate calls), not as one compiled call: %s", reason)
+
+    # On the layer-by-layer path the update runs in the call of the last backward (the
+    # net's first compiled run) where that run holds every layer with params: no call
+    # of its own, no param diffs written and read back, no diffs cleared first. Steps
+    # with a numpy Python loss (OneHot + EuclideanLoss, one process each, alternating):
+    # LeNet 9.9 against 11.6 ms with the update apart, CaffeNet 882 against 1016 ms.
+    update_with_last_backward = True
+
+    def _last_backward_run(self):
+        """The first compiled run of the train net when a layer-by-layer iteration can
+        compute its backward and the update in one call (_forward_backward_update): the
+        run holds every layer with params, and the host layers before it need no
+        backward; iter_size 1, no callbacks (they run between the two), no debug_info
+        (its norms are of the diffs before the update). Else None."""
+        net = self.net
+        if (not self.update_with_last_backward or self.param.iter_size != 1
+                or self._callbacks or self.parallel is not None or net.debug_info
+                or any(net._hooks.values()) or not net._learnable):
+            return None
+        runs = net._runs(0, len(net._slots) - 1)
+        first = next((k for k, r in enumerate(runs) if not r[0].layer.is_host), None)
+        if first is None or any(s.need_backward for r in runs[:first] for s in r):
+            return None
+        if any(s.param_ids for k, r in enumerate(runs) if k != first for s in r):
+            return None
+        return runs[first]
+
+    def _forward_backward_update(self, run, display):
+        """One layer-by-layer iteration whose last backward, over ``run``, and the update
+        are one compiled call (_last_backward_run); -> (loss, after) as _fused_iteration."""
+        net, n = self.net, len(self.net._slots)
+        net._forward_count = self._iter
+        loss = net._forward(0, n - 1)
+        if run[-1].index < n - 1:
+            net._backward(n - 1, run[-1].index + 1)
+        seg = net._segment(run)
+        active, data_names, diff_names, _, _ = seg.backward_plan()
+        for slot in active:
+            if slot.layer.forward_writes_tops and slot.index not in net._saved:
+                raise BackwardError("layer '%s' has not run forward yet" % slot.layer.name)
+        if self._backward_update is None or self._backward_update[0] is not seg:
+            self._backward_update = (seg, self._jit_backward_update(seg))
+        learnable = net._learnable
+        rate = self._next_rate()
+        out = self._backward_update[1](
+            [b.device_data() for b in learnable], self._history_state(),
+            {name: net.blobs[name].device_data() for name in data_names},
+            {name: net.blobs[name].device_diff() for name in diff_names},
+            {s.index: net._saved.get(s.index) for s in active},
+            np.asarray(rate, net.dtype), np.int32(self._iter))
+        new_params, state, values, norm, diffs = out
+        self._set_history_state(state)
+        for blob, value, diff in zip(learnable, new_params, values):
+            blob.set_device_data(value)
+            blob.set_device_diff(diff)
+        for name, value in diffs.items():
+            net.blobs[name].set_device_diff(value)
+        return loss, self._after_fused(rate, display, norm)
+
+    def _jit_backward_update(self, seg):
+        """The compiled backward of ``seg`` (every param's diff from zero) and the update
+        of every param (Caffe's ApplyUpdate, as apply_update computes it)."""
+        n = len(self.net._learnable)
+        pids = seg.backward_plan()[4]
+
+        def backward_update(params, state, data, top_diffs, saved, rate, t):
+            diffs, acc = seg.trace_backward(
+                {pid: params[pid] for pid in seg.param_ids}, data, top_diffs, saved,
+                {pid: jnp.zeros_like(params[pid]) for pid in pids})
+            grads = [acc[pid] if pid in acc else jnp.zeros_like(params[pid]) for pid in range(n)]
+            return self._packed_update(grads, state, params, rate, t) + (diffs,)
+        return xla_options.jit(backward_update, donate_argnums=(1,))
 
     def _forward_backward(self):
         """pycaffe-style: clear diffs, then iter_size forward/backward passes; mean loss."""

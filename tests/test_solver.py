@@ -374,6 +374,66 @@ def test_other_host_layers_keep_the_layer_by_layer_path():
         None, "net hooks (before_forward/after_forward/...) run around each layer")
 
 
+@pytest.mark.parametrize("text,extra", [
+    ('type: "SGD" base_lr: 0.05 momentum: 0.9 weight_decay: 0.01', {}),
+    ('type: "Nesterov" base_lr: 0.05 momentum: 0.9 regularization_type: "L1" '
+     'weight_decay: 0.01', {}),
+    ('type: "Adam" base_lr: 0.01 momentum: 0.9 clip_gradients: 0.5', {}),
+    ('type: "AdaDelta" base_lr: 1 momentum: 0.95',
+     {"lr_policy": "step", "gamma": 0.5, "stepsize": 2}),
+    ('type: "RMSProp" base_lr: 0.01 rms_decay: 0.9 display: 2', {})])
+def test_layer_by_layer_backward_and_update_in_one_call_equal_them_apart(text, extra):
+    """On the layer-by-layer path the last backward and the update run as one call; the
+    trajectory, the params' diffs (the update values, as Caffe leaves them), the blobs'
+    diffs and the history are those of the backward and apply_update() apart."""
+    solvers = []
+    for together in (True, False):
+        solver = dropout_solver(text, fuse=False, **extra)
+        solver.update_with_last_backward = together
+        assert (solver._last_backward_run() is not None) == together
+        calls = []
+        original = solver.apply_update
+        solver.apply_update = lambda: calls.append(1) or original()
+        solver.step(4)
+        assert len(calls) == (0 if together else 4)
+        solvers.append(solver)
+    one, apart = solvers
+    assert one.iter == apart.iter == 4 and one.lr == apart.lr
+    for pa, pb in zip(one.net.learnable_params, apart.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(pa.diff, pb.diff, rtol=1e-5, atol=1e-7)
+    for name in ("x", "h", "out"):
+        np.testing.assert_allclose(one.net.blobs[name].diff, apart.net.blobs[name].diff,
+                                   rtol=1e-5, atol=1e-7)
+    for ha, hb in zip(one.history, apart.history):
+        np.testing.assert_allclose(ha, hb, rtol=1e-5, atol=1e-7)
+    assert one.smoothed_loss == pytest.approx(apart.smoothed_loss, rel=1e-6)
+
+
+def test_a_numpy_python_loss_net_updates_in_its_last_backward_call(monkeypatch):
+    """SEED_NET (a Python data layer, compiled layers, numpy OneHot and EuclideanLoss):
+    the numpy layers' backward runs on the host, then one call does the compiled
+    layers' backward and the update; the same trajectory as with the update apart."""
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir,
+                                             "examples", "python_layers"))
+    params = []
+    for together in (True, False):
+        param = caffe_pb2.SolverParameter()
+        text_format.Parse('type: "SGD" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" '
+                          'random_seed: 1', param)
+        text_format.Parse(SEED_NET, param.net_param)
+        solver = jcaffe.get_solver(param)
+        solver.update_with_last_backward = together
+        run = solver._last_backward_run()
+        assert (run is not None) == together
+        if together:
+            assert [s.layer.name for s in run] == ["ip1", "relu1", "ip2"]
+        solver.step(5)
+        params.append([b.data.copy() for b in solver.net.learnable_params])
+    for a, b in zip(*params):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
     """Caffe users ask why a net with Python layers trains slower: the first iteration
     on the layer-by-layer path says which layer (or setting) keeps it from one call."""
