@@ -219,7 +219,8 @@ def _training_step(net):
     from .solver import fused_step_plan
     plan, reason = fused_step_plan(net)
     if plan is None:
-        return "layer by layer (forward, backward and update as separate calls): " + reason
+        return ("layer by layer (compiled segments and host layers called in turn): "
+                + reason)
     host, _ = plan
     before = ("; host data layers run first: %s" % ", ".join(
         "'%s'" % s.layer.name for s in host)) if host else ""

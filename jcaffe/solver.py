@@ -494,8 +494,8 @@ class Solver:
         reason = self._plan_or_reason()[1]
         if reason != self._told_layer_by_layer and not self.net.debug_info:
             self._told_layer_by_layer = reason
-            log.info("Each iteration runs layer by layer (forward, backward and update as "
-                     "separate calls), not as one compiled call: %s", reason)
+            log.info("Each iteration runs layer by layer (compiled segments and host layers "
+                     "called in turn), not as one compiled call: %s", reason)
 
     # On the layer-by-layer path the update runs in the call of the last backward (the
     # net's first compiled run) where that run holds every layer with params: no call

@@ -139,7 +139,7 @@ def test_explain_says_how_a_solver_iteration_runs():
                                       "and update)")
     assert "training step: one compiled call" in str(compiled)
     host = step_of("JaxScaledTanh").training_step
-    assert host.startswith("layer by layer (forward, backward and update as separate calls): "
+    assert host.startswith("layer by layer (compiled segments and host layers called in turn): "
                            "Python layer 'tanh' (pylayers.JaxScaledTanh) runs on the host")
     assert step_of("CompiledScaledTanh", jcaffe.TEST).training_step is None
     feeder = caffe_pb2.NetParameter()

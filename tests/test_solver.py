@@ -447,7 +447,7 @@ def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
         solver.step(3)
     said = [l for l in lines.lines if l.startswith("Each iteration runs layer by layer")]
     assert said == [
-        "Each iteration runs layer by layer (forward, backward and update as separate calls), "
+        "Each iteration runs layer by layer (compiled segments and host layers called in turn), "
         "not as one compiled call: Python layer 'onehot' (one_hot.OneHot) runs on the host "
         "between compiled segments (it comes after compiled layers: only data layers at the "
         "start of the net run before the one call); "
