@@ -40,7 +40,7 @@ import numpy as np
 
 from . import common, compile_cache, engine, hdf5, progress, protoio, xla_options
 from .blob import View, device_zeros, shape_epoch
-from .errors import BackwardError, ProtoFileError, SolverError
+from .errors import ProtoFileError, SolverError
 from .lr_policy import check_policy, learning_rate
 from .net import Net
 from .packed_history import HistoryLayout
@@ -533,9 +533,6 @@ class Solver:
             net._backward(n - 1, run[-1].index + 1)
         seg = net._segment(run)
         active, data_names, diff_names, _, _ = seg.backward_plan()
-        for slot in active:
-            if slot.layer.forward_writes_tops and slot.index not in net._saved:
-                raise BackwardError("layer '%s' has not run forward yet" % slot.layer.name)
         if self._backward_update is None or self._backward_update[0] is not seg:
             self._backward_update = (seg, self._jit_backward_update(seg))
         learnable = net._learnable
