@@ -424,15 +424,17 @@ class Solver:
             self.net.debug_info = display and p.debug_info and self.parallel is None
             if self.parallel is not None:
                 loss, after = self.parallel.iteration(display)
-            elif self._can_fuse():
-                loss, after = self._fused_iteration(display)
             else:
-                self._say_layer_by_layer()
-                run = self._last_backward_run()
-                if run is not None:
-                    loss, after = self._forward_backward_update(run, display)
+                plan, reason = self._plan_or_reason()
+                if plan is not None:
+                    loss, after = self._fused_iteration(display, plan)
                 else:
-                    loss, after = self._forward_backward(), None
+                    self._say_layer_by_layer(reason)
+                    run = self._last_backward_run()
+                    if run is not None:
+                        loss, after = self._forward_backward_update(run, display)
+                    else:
+                        loss, after = self._forward_backward(), None
             self._losses.append(loss)
             if display:
                 lapse = time.perf_counter() - timer_start
@@ -487,11 +489,10 @@ class Solver:
             self.test_all()
         log.info("Optimization Done.")
 
-    def _say_layer_by_layer(self):
-        """Log once (again when the reason changes) why an iteration is not one
-        compiled call: the layer-by-layer path is slower (LeNet with a numpy Python
-        loss: 1.29x; benchmarks/RESULTS.md), and Caffe users ask why."""
-        reason = self._plan_or_reason()[1]
+    def _say_layer_by_layer(self, reason):
+        """Log once (again when it changes) the ``reason`` an iteration is not one
+        compiled call (_plan_or_reason): the layer-by-layer path is slower (LeNet with a
+        numpy Python loss: 1.14x; benchmarks/RESULTS.md), and Caffe users ask why."""
         if reason != self._told_layer_by_layer and not self.net.debug_info:
             self._told_layer_by_layer = reason
             log.info("Each iteration runs layer by layer (compiled segments and host layers "
@@ -647,9 +648,11 @@ class Solver:
             return None, "solver callbacks (add_callback) run between the backward and the update"
         return fused_step_plan(self.net)
 
-    def _fused_iteration(self, display):
+    def _fused_iteration(self, display, plan=None):
+        """One iteration as one compiled call; ``plan``: _fused_plan()'s, if the caller
+        has it. -> (loss, after)."""
         net = self.net
-        host, run = self._fused_plan()
+        host, run = plan if plan is not None else self._fused_plan()
         blobs, learnable = net.blobs, net._learnable
         # Data layers: the next batch of each pass, fetched on the host (prefetched, or by
         # a Python data layer's forward) and passed in; with iter_size > 1 the passes'
