@@ -259,6 +259,26 @@ def test_iter_size_k_batch_b_equals_batch_kb_with_a_data_layer():
     assert a.smoothed_loss == pytest.approx(b.smoothed_loss, rel=1e-5)
 
 
+def text_solver(solver_text, net_text):
+    """A solver from a SolverParameter and a NetParameter in prototxt text."""
+    param = caffe_pb2.SolverParameter()
+    text_format.Parse(solver_text, param)
+    text_format.Parse(net_text, param.net_param)
+    return jcaffe.get_solver(param)
+
+
+def fused_and_layer_by_layer(solver_text, net_text, steps):
+    """(fused, layer by layer): the same solver, ``steps`` iterations on each path."""
+    solvers = []
+    for fuse in (True, False):
+        solver = text_solver(solver_text, net_text)
+        solver.fuse_step = fuse
+        assert solver._can_fuse() == fuse
+        solver.step(steps)
+        solvers.append(solver)
+    return solvers
+
+
 @pytest.mark.parametrize("iter_size", [1, 2])
 def test_python_data_layer_runs_before_one_fused_call(monkeypatch, iter_size):
     """A Python data layer (no bottoms, no params, no backward) at the start of the net:
@@ -301,18 +321,9 @@ def test_host_layers_reading_the_data_layers_tops_run_before_the_fused_call(iter
         '\nlayer { name: "ip"', '\nlayer { name: "double" type: "Python" bottom: "y" top: "y2" '
         'python_param { module: "solver_layers" layer: "Doubler" } }\nlayer { name: "ip"', 1
     ).replace('bottom: "ip" bottom: "y"', 'bottom: "ip" bottom: "y2"')
-    solvers = []
-    for fuse in (True, False):
-        param = caffe_pb2.SolverParameter()
-        text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 '
-                          'random_seed: 3 iter_size: %d' % iter_size, param)
-        text_format.Parse(net, param.net_param)
-        solver = jcaffe.get_solver(param)
-        solver.fuse_step = fuse
-        assert solver._can_fuse() == fuse
-        solver.step(3)
-        solvers.append(solver)
-    fused, plain = solvers
+    fused, plain = fused_and_layer_by_layer(
+        'type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 random_seed: 3 '
+        'iter_size: %d' % iter_size, net, 3)
     host, run = fused._fused_plan()
     assert [s.layer.name for s in host] == ["data", "double"]
     assert "y2" in fused.net._segment(run).reads and "y" not in fused.net._segment(run).reads
@@ -333,18 +344,8 @@ layer { name: "conv" type: "Convolution" bottom: "data" top: "score"
     weight_filler { type: "gaussian" std: 0.3 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
 """
-    solvers = []
-    for fuse in (True, False):
-        param = caffe_pb2.SolverParameter()
-        text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 '
-                          'random_seed: 3', param)
-        text_format.Parse(net, param.net_param)
-        solver = jcaffe.get_solver(param)
-        solver.fuse_step = fuse
-        assert solver._can_fuse() == fuse
-        solver.step(5)
-        solvers.append(solver)
-    fused, plain = solvers
+    fused, plain = fused_and_layer_by_layer(
+        'type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 random_seed: 3', net, 5)
     assert fused.net.blobs["data"].shape == (1, 2, 8, 7)        # the fifth image's
     for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
         np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
@@ -355,14 +356,13 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top
 def test_other_host_layers_keep_the_layer_by_layer_path():
     """Only data layers run before the fused call: a Python layer with a loss weight on
     its tops (a constant loss) or a net with hooks takes the pycaffe-style path."""
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('type: "SGD" lr_policy: "fixed" base_lr: 0.1 random_seed: 3', param)
     extra = ('\nlayer { name: "extra" type: "Python" top: "x2" top: "y2" loss_weight: 1 '
              'loss_weight: 1 python_param { module: "solver_layers" layer: "BatchFeeder" '
              'param_str: "2" } }\nlayer { name: "ip"')
-    text_format.Parse((FEEDER_NET % 2).replace('\nlayer { name: "ip"', extra, 1), param.net_param)
-    assert [lp.name for lp in param.net_param.layer] == ["data", "extra", "ip", "loss"]
-    plan, reason = jcaffe.get_solver(param)._plan_or_reason()
+    solver = text_solver('type: "SGD" lr_policy: "fixed" base_lr: 0.1 random_seed: 3',
+                         (FEEDER_NET % 2).replace('\nlayer { name: "ip"', extra, 1))
+    assert [layer.name for layer in solver.net.layers] == ["data", "extra", "ip", "loss"]
+    plan, reason = solver._plan_or_reason()
     assert plan is None and reason == (
         "Python layer 'extra' (solver_layers.BatchFeeder) runs on the host between compiled "
         "segments (its tops have a loss weight); written as a jcaffe.JaxLayer "
@@ -418,11 +418,8 @@ def test_a_numpy_python_loss_net_updates_in_its_last_backward_call(monkeypatch):
                                              "examples", "python_layers"))
     params = []
     for together in (True, False):
-        param = caffe_pb2.SolverParameter()
-        text_format.Parse('type: "SGD" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" '
-                          'random_seed: 1', param)
-        text_format.Parse(SEED_NET, param.net_param)
-        solver = jcaffe.get_solver(param)
+        solver = text_solver('type: "SGD" base_lr: 0.05 momentum: 0.9 lr_policy: "fixed" '
+                             'random_seed: 1', SEED_NET)
         solver.update_with_last_backward = together
         run = solver._last_backward_run()
         assert (run is not None) == together
@@ -439,10 +436,7 @@ def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
     on the layer-by-layer path says which layer (or setting) keeps it from one call."""
     monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir,
                                              "examples", "python_layers"))
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('type: "SGD" base_lr: 0.05 lr_policy: "fixed" random_seed: 1', param)
-    text_format.Parse(SEED_NET, param.net_param)
-    solver = jcaffe.get_solver(param)
+    solver = text_solver('type: "SGD" base_lr: 0.05 lr_policy: "fixed" random_seed: 1', SEED_NET)
     with LogLines() as lines:
         solver.step(3)
     said = [l for l in lines.lines if l.startswith("Each iteration runs layer by layer")]
@@ -493,7 +487,8 @@ def test_debug_info_logs_each_layer_on_display_iterations_as_caffe_does():
     assert l1 == pytest.approx(np.abs(W).sum() + np.abs(b).sum(), rel=1e-5)
     fused = []
     original = solver._fused_iteration
-    solver._fused_iteration = lambda display: fused.append(display) or original(display)
+    solver._fused_iteration = lambda display, *plan: fused.append(display) or original(display,
+                                                                                      *plan)
     with LogLines() as lines:
         solver.step(2)
     assert fused == [False]                 # iteration 1 (no display) runs fused
