@@ -146,9 +146,28 @@ def _use_device(flags):
         common.set_mode_gpu()
         common.set_device(ids[0])
         log.info("Using device %d: %s", ids[0], jax.devices()[ids[0]])
+    elif common.mode() == "CPU" and jax.config.jax_default_device is not None:
+        log.info("Use CPU (%s).", jax.config.jax_default_device)
     else:
         log.info("Using %s (JAX default device %s).", jax.default_backend().upper(), jax.devices()[0])
     _log_precision()
+
+
+def _solver_mode(param, flags, given):
+    """``caffe train`` reads the solver's ``solver_mode`` and ``device_id`` when no -gpu flag
+    is given: GPU trains on ``device_id`` (0 if unset), CPU on the CPU even where an
+    accelerator is present. Without ``solver_mode`` jcaffe uses JAX's default device (where
+    Caffe would use the CPU). A GPU mode on a machine with no accelerator trains on the CPU
+    with a warning (CPU-only Caffe stops there)."""
+    if flags["gpu"] != "" or "devices" in given or not param.HasField("solver_mode"):
+        return
+    if param.solver_mode == caffe_pb2.SolverParameter.CPU:
+        common.set_mode_cpu()
+    elif jax.default_backend() == "cpu":
+        log.warning("solver_mode: GPU, but JAX sees no accelerator: training on the CPU "
+                    "(CPU-only Caffe stops with 'Cannot use GPU in CPU-only Caffe').")
+    else:
+        flags["gpu"] = str(param.device_id)
 
 
 def _log_precision():
@@ -156,6 +175,8 @@ def _log_precision():
     say so once, with the switch (measured on an H200: relative error 2.9e-4 for a
     1024-wide product, 2.9e-7 at 'highest'; benchmarks/device_check.sh)."""
     backend = jax.default_backend()
+    if common.mode() == "CPU" and jax.config.jax_default_device is not None:
+        backend = "cpu"
     if backend == "cpu" or jax.config.jax_default_matmul_precision is not None:
         return
     log.info("float32 products and convolutions run at JAX's default precision on %s "
@@ -222,6 +243,7 @@ def train(flags, given):
         param.max_iter = flags["iterations"]
     distributed = parallel.init_distributed(flags["coordinator"] or None, flags["num_processes"],
                                             flags["process_id"], flags["distributed_timeout"])
+    _solver_mode(param, flags, given)
     devices = _train_devices(flags, given, distributed)
     handler = SignalHandler(_action(flags["sigint_effect"], "sigint_effect"),
                             _action(flags["sighup_effect"], "sighup_effect"))

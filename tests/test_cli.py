@@ -167,3 +167,46 @@ def test_off_the_cpu_the_log_says_float32_products_are_not_float32(monkeypatch, 
         monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
         cli._log_precision()
     assert "precision" not in caplog.text
+
+
+@pytest.fixture
+def restore_mode():
+    import jax
+    from jcaffe import common
+    mode, device = common.mode(), jax.config.jax_default_device
+    yield
+    common._state["mode"] = mode
+    jax.config.update("jax_default_device", device)
+
+
+def test_train_reads_solver_mode_and_device_id_when_no_gpu_flag(workdir, monkeypatch, restore_mode):
+    """As Caffe's train: solver_mode CPU keeps training on the CPU; GPU picks device_id; a
+    -gpu flag wins over both; GPU where JAX sees no accelerator warns and trains on the CPU."""
+    import jax
+    from jcaffe import common
+    solver = workdir / "solver.prototxt"
+    write_solver(solver, max_iter=1)
+    base = solver.read_text()
+    solver.write_text(base + "solver_mode: CPU\n")
+    common.set_mode_gpu()
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", str(solver)]) == 0
+    assert common.mode() == "CPU" and jax.config.jax_default_device.platform == "cpu"
+    assert any(l.startswith("Use CPU (") for l in lines.lines), lines.lines
+
+    solver.write_text(base + "solver_mode: GPU\n")
+    with LogLines() as lines:
+        assert cli.main(["train", "-solver", str(solver)]) == 0
+    assert any("solver_mode: GPU, but JAX sees no accelerator" in l for l in lines.lines)
+
+    chosen = []
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(common, "set_device", chosen.append)
+    monkeypatch.setattr(jax, "devices", lambda *a: [jax.local_devices(backend="cpu")[0]] * 3)
+    solver.write_text(base + "solver_mode: GPU\ndevice_id: 2\n")
+    assert cli.main(["train", "-solver", str(solver)]) == 0
+    solver.write_text(base + "solver_mode: GPU\n")
+    assert cli.main(["train", "-solver", str(solver)]) == 0
+    solver.write_text(base + "solver_mode: CPU\n")
+    assert cli.main(["train", "-solver", str(solver), "-gpu", "1"]) == 0
+    assert chosen == [2, 0, 1]
