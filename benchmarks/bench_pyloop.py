@@ -11,6 +11,8 @@
   by examples/python_layers' OneHot + EuclideanLoss): written with numpy (run on the
   host between compiled segments, layer by layer) and written in JAX (jax_layers.py,
   named by the same ``type: "Python"`` layers: one fused call).
+* ``Solver.step`` with a numpy accuracy Python layer at the end of the net
+  (py_metric_layer.py): it runs on the host after the one compiled call.
 """
 import os
 import sys
@@ -87,6 +89,39 @@ def python_loss_solver(name, batch, kind):
     return solver
 
 
+def python_metric_solver(name, batch):
+    """nets.jcaffe_solver's solver with a numpy accuracy Python layer at the end of the
+    net (py_metric_layer.Accuracy on the loss's scores and labels)."""
+    import jcaffe
+    from jcaffe.proto import caffe_pb2 as pb2
+    param = nets.net_param(name, batch)
+    scores, label = param.layer[-1].bottom
+    acc = param.layer.add(name="accuracy", type="Python", bottom=[scores, label], top=["accuracy"])
+    acc.python_param.module, acc.python_param.layer = "py_metric_layer", "Accuracy"
+    sp = pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY,
+                             lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1,
+                             type="SGD")
+    sp.net_param.CopyFrom(param)
+    solver = jcaffe.get_solver(sp)
+    nets.load_reference_params(solver.net, nets.net_param(name, batch))
+    data, labels = nets.inputs(param)
+    solver.net.blobs["data"].data[...] = data
+    solver.net.blobs["label"].data[...] = labels
+    return solver
+
+
+def python_metric_step(name, batch):
+    def setup():
+        import jax
+        solver = python_metric_solver(name, batch)
+
+        def run():
+            solver.step(1)
+            jax.block_until_ready([b.device_data() for b in solver.net.learnable_params])
+        return run
+    return setup
+
+
 def python_loss_step(name, batch, kind):
     def setup():
         import jax
@@ -105,7 +140,9 @@ def contenders(name, batch):
             "jcaffe forward()+backward()+apply_update()": loop(name, batch, True),
             "jcaffe forward()+backward()": loop(name, batch, False),
             "jcaffe Solver.step, loss as numpy Python layers": python_loss_step(name, batch, "numpy"),
-            "jcaffe Solver.step, loss as Python layers in JAX": python_loss_step(name, batch, "JAX")}
+            "jcaffe Solver.step, loss as Python layers in JAX": python_loss_step(name, batch, "JAX"),
+            "jcaffe Solver.step, numpy Python accuracy at the end":
+                python_metric_step(name, batch)}
 
 
 if __name__ == "__main__":

@@ -221,10 +221,12 @@ def _training_step(net):
     if plan is None:
         return ("layer by layer (compiled segments and host layers called in turn): "
                 + reason)
-    host, _ = plan
+    host, _, tail = plan
     before = ("; host data layers run first: %s" % ", ".join(
         "'%s'" % s.layer.name for s in host)) if host else ""
-    return "one compiled call per iteration (forward, backward and update)" + before
+    after = ("; host layers at the end run after it, on its blobs: %s" % ", ".join(
+        "'%s'" % s.layer.name for s in tail)) if tail else ""
+    return "one compiled call per iteration (forward, backward and update)" + before + after
 
 
 def _ancestors(ex, blob_name, before):

@@ -93,21 +93,31 @@ def _host_source(slot, produced):
             and not slot.need_backward and not any(slot.layer.loss))
 
 
-def _host_reason(slot, produced, leading):
+def _host_sink(slot):
+    """Whether a host layer's slot at the end of the net can run on the host after a
+    fused step's call: it reads the step's blobs, and nothing compiled reads its tops
+    (only host layers after it), with no params, no loss weight and no backward (a
+    metric or a monitor: Caffe never calls its backward)."""
+    return not slot.param_ids and not slot.need_backward and not any(slot.layer.loss)
+
+
+def _host_reason(slot, produced, where):
     """Why the host layer of ``slot`` keeps a fused step from running (its log line):
-    ``leading``, it comes before every compiled layer (a data layer _host_source
-    refused); else after some."""
+    ``where`` it is: "leading" (before every compiled layer: a data layer _host_source
+    refused), "trailing" (after every compiled layer: _host_sink refused) or "middle"."""
     layer = slot.layer
     python = getattr(layer, "python_class", None)
     what = ("Python layer '%s' (%s)" % (layer.name, python) if python
             else "%s layer '%s'" % (layer.type, layer.name))
     outside = [b for b in slot.bottoms if b not in produced]
-    why = ("it comes after compiled layers: only data layers at the start of the net run "
-           "before the one call" if not leading
-           else "it reads '%s', which no host layer before it computes" % outside[0] if outside
+    why = ("compiled layers come before it and read its tops: only host layers at the start "
+           "of the net (data) or at its end (reading the step's blobs) run outside the one "
+           "call" if where == "middle"
+           else "it reads '%s', which no host layer before it computes" % outside[0]
+           if where == "leading" and outside
            else "it has params" if slot.param_ids
-           else "it needs backward" if slot.need_backward
-           else "its tops have a loss weight")
+           else "its tops have a loss weight" if any(slot.layer.loss)
+           else "it needs backward")
     hint = ("; written as a jcaffe.JaxLayer (examples/python_layers/jax_layers.py) it would "
             "be compiled with the net" if python else "")
     return "%s runs on the host between compiled segments (%s)%s" % (what, why, hint)
@@ -116,7 +126,8 @@ def _host_reason(slot, produced, leading):
 def fused_step_plan(net):
     """What of ``net`` decides whether a solver's iteration over it runs as one compiled
     call (Solver._plan_or_reason, which adds the solver's own settings; explain()):
-    ((host data layers, the compiled run), None), or (None, why not, in words)."""
+    ((host data layers, the compiled run, host layers after it), None), or (None, why
+    not, in words)."""
     if not net._slots:
         return None, "the net has no layers"
     if any(net._hooks.values()):
@@ -128,12 +139,19 @@ def fused_step_plan(net):
     while len(runs) > 1 and runs[0][0].layer.is_host and _host_source(runs[0][0], produced):
         host.append(runs.pop(0)[0])
         produced.update(host[-1].tops)
+    tail = []
+    while len(runs) > 1 and runs[-1][0].layer.is_host and _host_sink(runs[-1][0]):
+        tail.insert(0, runs.pop()[0])
     if len(runs) != 1 or runs[0][0].layer.is_host:
-        slot = next((r[0] for r in runs if r[0].layer.is_host), None)
-        if slot is None:
+        at = next((k for k, r in enumerate(runs) if r[0].layer.is_host), None)
+        if at is None:
             return None, "the net runs as %d compiled segments" % len(runs)
-        return None, _host_reason(slot, produced, leading=runs[0][0] is slot)
-    return (host, runs[0]), None
+        if at == 0:
+            return None, _host_reason(runs[0][0], produced, "leading")
+        if all(r[0].layer.is_host for r in runs[at:]):     # the one the tail stopped at
+            return None, _host_reason(runs[-1][0], produced, "trailing")
+        return None, _host_reason(runs[at][0], produced, "middle")
+    return (host, runs[0], tail), None
 
 
 class Solver:
@@ -632,27 +650,36 @@ class Solver:
         return self._plan_or_reason()[0]
 
     def _plan_or_reason(self):
-        """((host data layers, the compiled run), None) of a net whose iteration runs as
-        one fused call, else (None, why not, in words). Host (Python) layers are allowed
-        at the start of the net as data layers: no params, no loss weight and no
-        backward (Caffe never calls a data layer's backward), their bottoms (if any) the
-        tops of the host layers before them (a numpy transform of a Python data layer's
-        batch). Their forward runs on the host before the call, their tops passed in as
-        a Data layer's batch is; a pycaffe data layer (the common Python layer) no
-        longer sends the whole step down the pycaffe path (LeNet: 1.21x the Input-fed
-        step's time; benchmarks/bench_data.py). Any other host layer, a net hook or a
-        solver callback needs the layer-by-layer path."""
+        """((host data layers, the compiled run, host layers after it), None) of a net
+        whose iteration runs as one fused call, else (None, why not, in words). Host
+        (Python) layers are allowed at the start of the net as data layers: no params,
+        no loss weight and no backward (Caffe never calls a data layer's backward), their
+        bottoms (if any) the tops of the host layers before them (a numpy transform of a
+        Python data layer's batch). Their forward runs on the host before the call, their
+        tops passed in as a Data layer's batch is; a pycaffe data layer (the common
+        Python layer) no longer sends the whole step down the pycaffe path (LeNet: 1.21x
+        the Input-fed step's time; benchmarks/bench_data.py). At the end of the net, host
+        layers whose tops no compiled layer reads, with no params, no loss weight and no
+        backward (a metric or a monitor in numpy), run after the call on the blobs it
+        returns, which hold what Caffe's forward gave them (iter_size 1: with more passes
+        each would see its own). Any other host layer, a net hook or a solver callback
+        needs the layer-by-layer path."""
         if not self.fuse_step:
             return None, "solver.fuse_step is False"
         if self._callbacks:
             return None, "solver callbacks (add_callback) run between the backward and the update"
-        return fused_step_plan(self.net)
+        plan, reason = fused_step_plan(self.net)
+        if plan is not None and plan[2] and self.param.iter_size > 1:
+            return None, ("host layer '%s' at the end of the net runs once per pass, and "
+                          "with iter_size %d the passes run inside the one call"
+                          % (plan[2][0].layer.name, self.param.iter_size))
+        return plan, reason
 
     def _fused_iteration(self, display, plan=None):
         """One iteration as one compiled call; ``plan``: _fused_plan()'s, if the caller
         has it. -> (loss, after)."""
         net = self.net
-        host, run = plan if plan is not None else self._fused_plan()
+        host, run, tail = plan if plan is not None else self._fused_plan()
         blobs, learnable = net.blobs, net._learnable
         # Data layers: the next batch of each pass, fetched on the host (prefetched, or by
         # a Python data layer's forward) and passed in; with iter_size > 1 the passes'
@@ -714,6 +741,8 @@ class Solver:
             blobs[name].set_device_diff(value, once.setdefault(id(value), engine.ReorderOnce())
                                         if name in last_diffs else None)
         net._forward_count = count0 + self.param.iter_size
+        for slot in tail:       # metrics and monitors at the end, on this pass's blobs
+            net._forward_host(slot)
         return loss, self._after_fused(rate, display, norm)
 
     def _steady_plan(self, seg, run):

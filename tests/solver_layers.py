@@ -91,6 +91,24 @@ class Doubler(jcaffe.Layer):
         raise Exception("Doubler's backward is never called")
 
 
+class ArgmaxAccuracy(jcaffe.Layer):
+    """A metric in numpy at the end of a net: top = the fraction of rows of bottom[0]
+    whose argmax is bottom[1]'s label. ``seen`` keeps every score batch it read."""
+
+    def setup(self, bottom, top):
+        self.seen = []
+
+    def reshape(self, bottom, top):
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.seen.append(bottom[0].data.copy())
+        top[0].data[...] = np.mean(bottom[0].data.argmax(1) == bottom[1].data.astype(int))
+
+    def backward(self, top, propagate_down, bottom):
+        raise Exception("a metric's backward is never called")
+
+
 class VariableSizeFeeder(jcaffe.Layer):
     """One image a batch, as FCN's voc_layers feed them: data (1, 2, H, W) with H, W
     cycling through 6x6, 8x7 and 5x9, and a per-pixel label map (1, 1, H, W) of 0/1."""

@@ -324,7 +324,7 @@ def test_host_layers_reading_the_data_layers_tops_run_before_the_fused_call(iter
     fused, plain = fused_and_layer_by_layer(
         'type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 random_seed: 3 '
         'iter_size: %d' % iter_size, net, 3)
-    host, run = fused._fused_plan()
+    host, run, _ = fused._fused_plan()
     assert [s.layer.name for s in host] == ["data", "double"]
     assert "y2" in fused.net._segment(run).reads and "y" not in fused.net._segment(run).reads
     for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
@@ -442,9 +442,8 @@ def test_the_log_says_once_why_an_iteration_runs_layer_by_layer(monkeypatch):
     said = [l for l in lines.lines if l.startswith("Each iteration runs layer by layer")]
     assert said == [
         "Each iteration runs layer by layer (compiled segments and host layers called in turn), "
-        "not as one compiled call: Python layer 'onehot' (one_hot.OneHot) runs on the host "
-        "between compiled segments (it comes after compiled layers: only data layers at the "
-        "start of the net run before the one call); "
+        "not as one compiled call: Python layer 'loss' (euclidean_loss.EuclideanLossLayer) "
+        "runs on the host between compiled segments (its tops have a loss weight); "
         "written as a jcaffe.JaxLayer (examples/python_layers/jax_layers.py) it would be "
         "compiled with the net"]
     solver = feeder_solver(2, 1)
@@ -749,3 +748,79 @@ def test_seed_scenario_on_lenet(monkeypatch):
     solver.step(60)
     assert solver.smoothed_loss < 0.5 * first, (first, solver.smoothed_loss)
     assert not np.allclose(net.params["conv1"][0].data, w0)
+
+
+METRIC_NET = """
+name: "metric"
+layer { name: "data" type: "Python" top: "data" top: "label"
+  python_param { module: "solver_layers" layer: "ClassFeeder" param_str: "16" } }
+layer { name: "ip1" type: "InnerProduct" bottom: "data" top: "ip1"
+  inner_product_param { num_output: 16 weight_filler { type: "xavier" } } }
+layer { name: "relu1" type: "ReLU" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+  inner_product_param { num_output: 4 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+layer { name: "acc" type: "Python" bottom: "ip2" bottom: "label" top: "acc"
+  python_param { module: "solver_layers" layer: "ArgmaxAccuracy" } }
+"""
+
+
+def test_python_metric_at_the_end_runs_after_one_fused_call(monkeypatch):
+    """A numpy metric at the end of the net (no params, no loss weight, no backward,
+    its top read by nothing compiled) runs on the host after the one call, on the same
+    scores Caffe's forward gives it each iteration; its backward is never called."""
+    from jcaffe.engine import Segment
+    solver_text = 'type: "SGD" lr_policy: "fixed" base_lr: 0.1 momentum: 0.9 random_seed: 3'
+    fused = text_solver(solver_text, METRIC_NET)
+    host, run, tail = fused._fused_plan()
+    assert [s.layer.name for s in host] == ["data"] and [s.layer.name for s in tail] == ["acc"]
+    assert fused.net.explain().training_step == (
+        "one compiled call per iteration (forward, backward and update); host data layers "
+        "run first: 'data'; host layers at the end run after it, on its blobs: 'acc'")
+    compiled = []
+    for name in ("run_forward", "run_backward"):
+        monkeypatch.setattr(Segment, name, lambda *a, **k: compiled.append(1))
+    fused.step(4)
+    assert not compiled         # no layer-by-layer forward or backward
+    monkeypatch.undo()
+    plain = text_solver(solver_text, METRIC_NET)
+    plain.fuse_step = False
+    plain.step(4)
+    seen = [s.layer.seen for s in (fused.net._slots[-1], plain.net._slots[-1])]
+    assert len(seen[0]) == len(seen[1]) == 4
+    for a, b in zip(*seen):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert fused.net.blobs["acc"].data[0] == plain.net.blobs["acc"].data[0]
+    np.testing.assert_allclose(seen[0][-1], fused.net.blobs["ip2"].data)
+    for pa, pb in zip(fused.net.learnable_params, plain.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+    with LogLines() as lines:
+        fused.param.display = 1
+        fused.step(1)
+    assert any("Train net output #0: acc = %g" % fused.net.blobs["acc"].data[0] in l
+               for l in lines.lines), lines.lines
+
+
+def test_host_layers_after_compiled_ones_say_why_they_are_not_fused():
+    """The rules around a host layer after the compiled layers, each with its reason."""
+    solver_text = 'type: "SGD" lr_policy: "fixed" base_lr: 0.1 random_seed: 3'
+    solver = text_solver(solver_text + " iter_size: 2", METRIC_NET)
+    assert solver._plan_or_reason() == (
+        None, "host layer 'acc' at the end of the net runs once per pass, and with "
+        "iter_size 2 the passes run inside the one call")
+    weighted = METRIC_NET.replace('layer: "ArgmaxAccuracy" }', 'layer: "ArgmaxAccuracy" } '
+                                  'loss_weight: 1')
+    assert text_solver(solver_text, weighted)._plan_or_reason()[1] == (
+        "Python layer 'acc' (solver_layers.ArgmaxAccuracy) runs on the host between compiled "
+        "segments (its tops have a loss weight); written as a jcaffe.JaxLayer "
+        "(examples/python_layers/jax_layers.py) it would be compiled with the net")
+    doubled = (FEEDER_NET % 2).replace(
+        '\nlayer { name: "loss"', '\nlayer { name: "double" type: "Python" bottom: "ip" '
+        'top: "ip2" python_param { module: "solver_layers" layer: "Doubler" } }'
+        '\nlayer { name: "loss"', 1).replace('bottom: "ip" bottom: "y"', 'bottom: "ip2" bottom: "y"')
+    reason = text_solver(solver_text, doubled)._plan_or_reason()[1]
+    assert reason.startswith(
+        "Python layer 'double' (solver_layers.Doubler) runs on the host between compiled "
+        "segments (compiled layers come before it and read its tops: only host layers at the "
+        "start of the net (data) or at its end (reading the step's blobs) run outside the one "
+        "call)"), reason
