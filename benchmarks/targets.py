@@ -133,6 +133,8 @@ def _python_layers_row(results):
     step = medians.get("jcaffe Solver.step")
     kinds = [(kind, medians.get("jcaffe Solver.step, loss as %s" % label))
              for kind, label in (("numpy", "numpy Python layers"), ("JAX", "Python layers in JAX"))]
+    kinds.append(("numpy accuracy at the end (the step's own loss)",
+                  medians.get("jcaffe Solver.step, numpy Python accuracy at the end")))
     parts = ["%s %.2fx (%.1f ms)" % (kind, ms / step, ms) for kind, ms in kinds if ms and step]
     if not parts:
         return None

@@ -118,8 +118,10 @@ def test_python_layers_row_puts_both_kinds_over_the_step():
     medians = {"jcaffe Solver.step": 10.0, "jcaffe forward()+backward()+apply_update()": 12.0,
                "jcaffe forward()+backward()": 11.0,
                "jcaffe Solver.step, loss as numpy Python layers": 13.0,
-               "jcaffe Solver.step, loss as Python layers in JAX": 10.5}
+               "jcaffe Solver.step, loss as Python layers in JAX": 10.5,
+               "jcaffe Solver.step, numpy Python accuracy at the end": 10.2}
     rows = _table(_state(pyloop_lenet={"results": {k: {"median_ms": v}
                                                    for k, v in medians.items()}}))
     numbers, met = next(v for k, v in rows.items() if k.startswith("LeNet's step with its loss"))
-    assert numbers == "numpy 1.30x (13.0 ms); JAX 1.05x (10.5 ms)" and met == "reported"
+    assert numbers == ("numpy 1.30x (13.0 ms); JAX 1.05x (10.5 ms); numpy accuracy at the end "
+                       "(the step's own loss) 1.02x (10.2 ms)") and met == "reported"
