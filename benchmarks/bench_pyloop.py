@@ -59,8 +59,6 @@ def loop(name, batch, update):
 def python_loss_solver(name, batch, kind):
     """nets.jcaffe_solver's solver with the loss as two Python layers of ``kind``
     (PYTHON_LOSS): one-hot labels, then a Euclidean loss against them."""
-    import jcaffe
-    from jcaffe.proto import caffe_pb2 as pb2
     param = nets.net_param(name, batch)
     loss = param.layer[-1]
     if loss.type != "SoftmaxWithLoss" or len(param.layer[-1].bottom) != 2:
@@ -76,6 +74,15 @@ def python_loss_solver(name, batch, kind):
     euclid = param.layer.add(name="loss", type="Python", bottom=[scores, "onehot"], top=["loss"],
                              loss_weight=[1.0])
     euclid.python_param.module, euclid.python_param.layer = loss_module, loss_class
+    return _sgd_solver(param, name, batch)
+
+
+def _sgd_solver(param, name, batch):
+    """nets.jcaffe_solver's SGD settings over ``param`` (the zoo net ``name`` with Python
+    layers added or swapped in), the reference params of its learned layers, the
+    reference inputs fed once."""
+    import jcaffe
+    from jcaffe.proto import caffe_pb2 as pb2
     sp = pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY,
                              lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1,
                              type="SGD")
@@ -92,22 +99,11 @@ def python_loss_solver(name, batch, kind):
 def python_metric_solver(name, batch):
     """nets.jcaffe_solver's solver with a numpy accuracy Python layer at the end of the
     net (py_metric_layer.Accuracy on the loss's scores and labels)."""
-    import jcaffe
-    from jcaffe.proto import caffe_pb2 as pb2
     param = nets.net_param(name, batch)
     scores, label = param.layer[-1].bottom
     acc = param.layer.add(name="accuracy", type="Python", bottom=[scores, label], top=["accuracy"])
     acc.python_param.module, acc.python_param.layer = "py_metric_layer", "Accuracy"
-    sp = pb2.SolverParameter(base_lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY,
-                             lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1,
-                             type="SGD")
-    sp.net_param.CopyFrom(param)
-    solver = jcaffe.get_solver(sp)
-    nets.load_reference_params(solver.net, nets.net_param(name, batch))
-    data, labels = nets.inputs(param)
-    solver.net.blobs["data"].data[...] = data
-    solver.net.blobs["label"].data[...] = labels
-    return solver
+    return _sgd_solver(param, name, batch)
 
 
 def python_metric_step(name, batch):
