@@ -183,30 +183,31 @@ def test_train_reads_solver_mode_and_device_id_when_no_gpu_flag(workdir, monkeyp
     """As Caffe's train: solver_mode CPU keeps training on the CPU; GPU picks device_id; a
     -gpu flag wins over both; GPU where JAX sees no accelerator warns and trains on the CPU."""
     import jax
+    from google.protobuf import text_format
     from jcaffe import common
     solver = workdir / "solver.prototxt"
     write_solver(solver, max_iter=1)
-    base = solver.read_text()
-    solver.write_text(base + "solver_mode: CPU\n")
+    solver.write_text(solver.read_text() + "solver_mode: CPU\n")
     common.set_mode_gpu()
     with LogLines() as lines:
         assert cli.main(["train", "-solver", str(solver)]) == 0
     assert common.mode() == "CPU" and jax.config.jax_default_device.platform == "cpu"
     assert any(l.startswith("Use CPU (") for l in lines.lines), lines.lines
 
-    solver.write_text(base + "solver_mode: GPU\n")
+    def device_flag(text, *argv):
+        """The -gpu value train goes on with, after the solver's solver_mode."""
+        param = caffe_pb2.SolverParameter()
+        text_format.Parse(text, param)
+        _, flags, given = cli.parse_flags(["train"] + list(argv))
+        cli._solver_mode(param, flags, given)
+        return flags["gpu"]
     with LogLines() as lines:
-        assert cli.main(["train", "-solver", str(solver)]) == 0
+        assert device_flag("solver_mode: GPU") == ""
     assert any("solver_mode: GPU, but JAX sees no accelerator" in l for l in lines.lines)
-
-    chosen = []
     monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-    monkeypatch.setattr(common, "set_device", chosen.append)
-    monkeypatch.setattr(jax, "devices", lambda *a: [jax.local_devices(backend="cpu")[0]] * 3)
-    solver.write_text(base + "solver_mode: GPU\ndevice_id: 2\n")
-    assert cli.main(["train", "-solver", str(solver)]) == 0
-    solver.write_text(base + "solver_mode: GPU\n")
-    assert cli.main(["train", "-solver", str(solver)]) == 0
-    solver.write_text(base + "solver_mode: CPU\n")
-    assert cli.main(["train", "-solver", str(solver), "-gpu", "1"]) == 0
-    assert chosen == [2, 0, 1]
+    assert device_flag("solver_mode: GPU device_id: 2") == "2"
+    assert device_flag("solver_mode: GPU") == "0"
+    assert device_flag("device_id: 2") == ""           # no solver_mode: JAX's default device
+    common.set_mode_gpu()
+    assert device_flag("solver_mode: CPU", "-gpu", "1") == "1" and common.mode() == "GPU"
+    assert device_flag("solver_mode: GPU", "-devices", "2") == ""
