@@ -18,6 +18,26 @@ def test_top_level_names():
     jcaffe.set_mode_cpu()
 
 
+# What BVLC pycaffe's caffe/__init__.py exports, and its modules users import by name.
+PYCAFFE_EXPORTS = [
+    "Net", "SGDSolver", "NesterovSolver", "AdaGradSolver", "RMSPropSolver", "AdaDeltaSolver",
+    "AdamSolver", "Timer", "init_log", "log", "set_mode_cpu", "set_mode_gpu", "set_device", "Layer",
+    "get_solver", "layer_type_list", "set_random_seed", "solver_count", "set_solver_count",
+    "solver_rank", "set_solver_rank", "set_multiprocess", "has_nccl", "__version__", "TRAIN",
+    "TEST", "Classifier", "Detector", "io", "layers", "params", "NetSpec", "to_proto"]
+PYCAFFE_MODULES = ["io", "draw", "net_spec", "classifier", "detector", "coord_map", "proto.caffe_pb2"]
+# Left out: caffe.NCCL (multi-GPU through one process per GPU and NCCL): jcaffe trains
+# data parallel with get_solver(..., devices=...) or `jcaffe train -gpu all` (README).
+
+
+def test_every_pycaffe_export_and_module_is_here():
+    import importlib
+    missing = [name for name in PYCAFFE_EXPORTS if not hasattr(jcaffe, name)]
+    assert not missing, missing
+    for module in PYCAFFE_MODULES:
+        importlib.import_module("jcaffe." + module)
+
+
 def test_layer_type_list_has_the_engine_layers():
     types = set(jcaffe.layer_type_list())
     assert {"Input", "DummyData", "Convolution", "Pooling", "InnerProduct", "ReLU", "TanH", "Sigmoid",
