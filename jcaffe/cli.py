@@ -146,11 +146,17 @@ def _use_device(flags):
         common.set_mode_gpu()
         common.set_device(ids[0])
         log.info("Using device %d: %s", ids[0], jax.devices()[ids[0]])
-    elif common.mode() == "CPU" and jax.config.jax_default_device is not None:
+    elif _cpu_chosen():
         log.info("Use CPU (%s).", jax.config.jax_default_device)
     else:
         log.info("Using %s (JAX default device %s).", jax.default_backend().upper(), jax.devices()[0])
     _log_precision()
+
+
+def _cpu_chosen():
+    """Whether set_mode_cpu() pinned JAX's default device to the CPU (solver_mode: CPU),
+    whatever accelerator JAX sees."""
+    return common.mode() == "CPU" and jax.config.jax_default_device is not None
 
 
 def _solver_mode(param, flags, given):
@@ -174,9 +180,7 @@ def _log_precision():
     """Off the CPU, JAX's default float32 matrix products and convolutions are not float32:
     say so once, with the switch (measured on an H200: relative error 2.9e-4 for a
     1024-wide product, 2.9e-7 at 'highest'; benchmarks/device_check.sh)."""
-    backend = jax.default_backend()
-    if common.mode() == "CPU" and jax.config.jax_default_device is not None:
-        backend = "cpu"
+    backend = "cpu" if _cpu_chosen() else jax.default_backend()
     if backend == "cpu" or jax.config.jax_default_matmul_precision is not None:
         return
     log.info("float32 products and convolutions run at JAX's default precision on %s "

@@ -85,20 +85,24 @@ def _rate_after(pair, probes):
     return pair[(sum(p.astype(pair.dtype) for p in probes) > 0).astype(jnp.int32)]
 
 
+def _forward_only(slot):
+    """No params, no loss weight and no backward: a host layer whose forward can run
+    outside a fused step's call (Caffe never calls its backward)."""
+    return not slot.param_ids and not slot.need_backward and not any(slot.layer.loss)
+
+
 def _host_source(slot, produced):
     """Whether a host layer's slot can run on the host before a fused step's call
     (Solver._fused_plan): a data layer, or a layer reading only the tops of those before
-    it (``produced``), with no params, no loss weight and no backward."""
-    return (all(b in produced for b in slot.bottoms) and not slot.param_ids
-            and not slot.need_backward and not any(slot.layer.loss))
+    it (``produced``), forward only."""
+    return all(b in produced for b in slot.bottoms) and _forward_only(slot)
 
 
 def _host_sink(slot):
-    """Whether a host layer's slot at the end of the net can run on the host after a
-    fused step's call: it reads the step's blobs, and nothing compiled reads its tops
-    (only host layers after it), with no params, no loss weight and no backward (a
-    metric or a monitor: Caffe never calls its backward)."""
-    return not slot.param_ids and not slot.need_backward and not any(slot.layer.loss)
+    """Whether a host layer's slot at the end of the net (nothing compiled reads its
+    tops: only host layers come after it) can run on the host after a fused step's
+    call, on the step's blobs: forward only (a metric or a monitor)."""
+    return _forward_only(slot)
 
 
 def _host_reason(slot, produced, where):
