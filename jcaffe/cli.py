@@ -8,7 +8,10 @@
     jcaffe time  -model net.prototxt [-iterations 50] [-phase TRAIN|TEST] [-stage ..] [-level N]
     jcaffe device_query
     jcaffe convert_imageset | compute_image_mean | extract_features | upgrade_net_proto_text |
-           upgrade_net_proto_binary | upgrade_solver_proto_text   (Caffe's tools: jcaffe/tools.py)
+           upgrade_net_proto_binary | upgrade_solver_proto_text | convert_mnist_data |
+           convert_mnist_siamese_data | convert_cifar_data
+           (Caffe's tools and its examples' converters: jcaffe/tools.py)
+    jcaffe summarize | classify | detect   (Caffe's Python scripts: jcaffe/cli_scripts.py)
 
 Flags are gflags-style: ``-solver x``, ``-solver=x``, ``--solver x`` and
 ``--solver=x`` all work. For ``train``, ``-iterations`` (when given)
@@ -80,14 +83,18 @@ commands:
 
 tools (each with its own flags; see 'jcaffe <tool> -help'):
   convert_imageset, compute_image_mean, extract_features,
-  upgrade_net_proto_text, upgrade_net_proto_binary, upgrade_solver_proto_text
+  upgrade_net_proto_text, upgrade_net_proto_binary, upgrade_solver_proto_text,
+  convert_mnist_data, convert_mnist_siamese_data, convert_cifar_data
 
 flags:
 """ + "".join("  -%s (%s) default: %r\n" % (k, v[1], v[0]) for k, v in FLAGS.items())
 USAGE = USAGE.replace("execution time\n", "execution time\n"    # jcaffe/cli_explain.py
                       "  explain         why each layer runs backward or not, and the traps\n"
                       "  draw            draw the net graph (.png/.svg/.pdf/.dot)\n"
-                      "  plot            plot training curves from a log\n", 1)
+                      "  plot            plot training curves from a log\n"
+                      "  summarize       print a table of the net's layers (jcaffe/cli_scripts.py)\n"
+                      "  classify        classify images with a model (pycaffe's classify.py)\n"
+                      "  detect          score windows of images (pycaffe's detect.py)\n", 1)
 
 
 class UsageError(JcaffeError):
@@ -394,6 +401,9 @@ def main(argv=None):
     if argv and argv[0] in ("explain", "draw", "plot"):   # jcaffe/cli_explain.py
         from . import cli_explain
         return cli_explain.main(argv)
+    if argv and argv[0] in ("summarize", "classify", "detect"):   # jcaffe/cli_scripts.py
+        from . import cli_scripts
+        return cli_scripts.main(argv)
     common.init_log()
     if argv and argv[0] in _tools().TOOLS:
         return _run_tool(argv[0], argv[1:])

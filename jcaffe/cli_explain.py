@@ -119,11 +119,17 @@ COMMANDS = {"explain": explain_cmd, "draw": draw_cmd, "plot": plot_cmd}
 
 def main(argv):
     """``argv[0]`` is one of COMMANDS. -> exit status."""
+    return run(COMMANDS, argv)
+
+
+def run(commands, argv):
+    """Run ``commands[argv[0]]`` on the rest of argv (also jcaffe/cli_scripts.py's
+    commands): usage errors exit 2, bad input 1 with one line naming it."""
     from . import common
     common.init_log()
     level = log.level
     try:
-        return COMMANDS[argv[0]](list(argv[1:]))
+        return commands[argv[0]](list(argv[1:]))
     except _Usage as e:
         print(str(e), file=sys.stderr)
         return 2

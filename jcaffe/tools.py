@@ -9,9 +9,10 @@
     jcaffe upgrade_net_proto_text IN.prototxt OUT.prototxt
     jcaffe upgrade_net_proto_binary IN.caffemodel OUT.caffemodel
     jcaffe upgrade_solver_proto_text IN.prototxt OUT.prototxt
+    jcaffe convert_mnist_data | convert_mnist_siamese_data | convert_cifar_data
+                                                       (jcaffe/tools_datasets.py)
 
-Flags: ``-flag value``, ``-flag=value``, ``--flag``; boolean flags also take
-``-flag`` alone, ``-flag=true|false`` and ``-noflag``, as gflags does.
+Flags are gflags-style (jcaffe/tool_flags.py).
 Images are read with Pillow into Caffe's layout (BGR, C x H x W).
 """
 import logging
@@ -19,66 +20,12 @@ import os
 
 import numpy as np
 
-from . import common, protoio, upgrade
+from . import common, protoio, tools_datasets, upgrade
 from .db import DataSourceError, make_key, open_db, parse_datum
-from .errors import JcaffeError
 from .proto import caffe_pb2
+from .tool_flags import ToolUsageError, parse_tool_flags
 
 log = logging.getLogger("jcaffe")
-
-
-class ToolUsageError(JcaffeError):
-    """A bad tool command line (printed with the tool's usage)."""
-
-
-def parse_tool_flags(argv, spec, usage):
-    """gflags-style parsing: -> (positional, {flag: value}). ``spec``: {name: default}."""
-    values = dict(spec)
-    positional = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        i += 1
-        if not arg.startswith("-") or arg in ("-", "--") or _is_number(arg):
-            positional.append(arg)
-            continue
-        name, eq, value = arg.lstrip("-").partition("=")
-        if name in ("help", "h"):
-            raise ToolUsageError(usage)
-        if name not in spec and name.startswith("no") and isinstance(spec.get(name[2:]), bool):
-            values[name[2:]] = False
-            continue
-        if name not in spec:
-            raise ToolUsageError("unknown command line flag '%s'\n\n%s" % (name, usage))
-        default = spec[name]
-        if isinstance(default, bool):
-            if not eq:
-                values[name] = True
-                continue
-            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ToolUsageError("flag '-%s' wants true or false, got '%s'" % (name, value))
-            values[name] = value.lower() in ("true", "1", "yes")
-            continue
-        if not eq:
-            if i >= len(argv):
-                raise ToolUsageError("flag '-%s' is missing its argument" % name)
-            value = argv[i]
-            i += 1
-        if isinstance(default, int):
-            try:
-                value = int(value)
-            except ValueError:
-                raise ToolUsageError("flag '-%s' wants an integer, got '%s'" % (name, value)) from None
-        values[name] = value
-    return positional, values
-
-
-def _is_number(s):
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------
@@ -370,4 +317,5 @@ TOOLS = {
     "upgrade_net_proto_text": upgrade_net_proto_text,
     "upgrade_net_proto_binary": upgrade_net_proto_binary,
     "upgrade_solver_proto_text": upgrade_solver_proto_text,
+    **tools_datasets.TOOLS,     # convert_mnist_data, convert_cifar_data (Caffe's examples)
 }
