@@ -196,11 +196,12 @@ def _load_mean(path):
 
 def _bad_input_is_an_error(command):
     """The library's ValueErrors (a context_pad too large for the net, an image of the
-    wrong shape) are bad input here: exit status 1 with their message, not a traceback."""
+    wrong shape) and the ImportError of a missing selective search module are bad input
+    here: exit status 1 with their message, not a traceback."""
     def run_command(argv):
         try:
             return command(argv)
-        except ValueError as e:
+        except (ValueError, ImportError) as e:
             raise JcaffeError(str(e)) from e
     run_command.__doc__ = command.__doc__
     return run_command
@@ -268,28 +269,29 @@ def classify_cmd(argv):
 COORD_COLS = ["ymin", "xmin", "ymax", "xmax"]
 
 
-def read_windows_csv(path):
+def read_windows_csv(path, windows=True):
     """A detect.py input CSV (a header naming ``filename`` and the four COORD_COLS, in any
-    order) -> [(filename, int array of windows K x 4), ...] in the order files first appear."""
+    order) -> [(filename, int array of windows K x 4), ...] in the order files first appear.
+    With ``windows=False`` only the filename column is needed (selective search)."""
+    need = ["filename"] + (COORD_COLS if windows else [])
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f, skipinitialspace=True)
-            missing = [c for c in ["filename"] + COORD_COLS if c not in (reader.fieldnames or [])]
+            missing = [c for c in need if c not in (reader.fieldnames or [])]
             if missing:
-                raise JcaffeError("%s: the header must name filename, %s; it lacks %s (header: %s)"
-                                  % (path, ", ".join(COORD_COLS), ", ".join(missing),
-                                     reader.fieldnames))
-            windows = {}
+                raise JcaffeError("%s: the header must name %s; it lacks %s (header: %s)"
+                                  % (path, ", ".join(need), ", ".join(missing), reader.fieldnames))
+            boxes = {}
             for row in reader:
                 try:
-                    box = [int(float(row[c])) for c in COORD_COLS]
+                    box = [int(float(row[c])) for c in COORD_COLS] if windows else None
                 except (TypeError, ValueError):
                     raise JcaffeError("%s:%d: window coordinates must be numbers, got %s"
                                       % (path, reader.line_num, [row[c] for c in COORD_COLS])) from None
-                windows.setdefault(row["filename"], []).append(box)
+                boxes.setdefault(row["filename"], []).append(box)
     except OSError as e:
         raise JcaffeError("cannot read the input file '%s': %s" % (path, e.strerror or e)) from e
-    return [(name, np.array(boxes)) for name, boxes in windows.items()]
+    return [(name, np.array(b) if windows else None) for name, b in boxes.items()]
 
 
 def write_detections_csv(path, detections):
@@ -342,7 +344,7 @@ def detect_cmd(argv):
         detections = detector.detect_windows(read_windows_csv(args.input_file))
     else:
         if name.endswith("csv"):
-            images = [f for f, _ in read_windows_csv(args.input_file)]
+            images = [f for f, _ in read_windows_csv(args.input_file, windows=False)]
         else:
             with open(args.input_file) as f:
                 images = [line.strip() for line in f if line.strip()]

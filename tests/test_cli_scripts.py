@@ -3,6 +3,8 @@
 classify and detect are checked against caffe.Classifier / caffe.Detector, which
 test_classifier.py checks against numpy by hand."""
 import csv
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 import jcaffe as caffe
 from jcaffe import cli, io as caffe_io
-from jcaffe.cli_scripts import format_table, summarize_net
+from jcaffe.cli_scripts import format_table, read_windows_csv, summarize_net
 from jcaffe.protoio import read_net_param
 from netutil import write_prototxt
 from test_classifier import tiny_model
@@ -198,9 +200,34 @@ def test_detect_bad_command_lines(det_model, tmp_path, capsys):
     assert "not in txt or csv" in capsys.readouterr().err
     assert cli.main(["detect", str(src), str(tmp_path / "o.csv")] + flags) == 1
     assert "lacks ymax, xmax" in capsys.readouterr().err
+    assert read_windows_csv(str(src), windows=False) == [("x.png", None)]   # selective search
     src.write_text("filename,ymin,xmin,ymax,xmax\nx.png,1,2,three,4\n")
     assert cli.main(["detect", str(src), str(tmp_path / "o.csv")] + flags) == 1
     assert "w.csv:2: window coordinates must be numbers" in capsys.readouterr().err
     src.write_text("filename,ymin,xmin,ymax,xmax\nx.png,1,2,3,4\n")
     assert cli.main(["detect", str(src), str(tmp_path / "o.csv")] + flags + ["--context_pad", "16"]) == 1
     assert "context_pad 16 leaves nothing of a 10-pixel input" in capsys.readouterr().err
+
+
+def test_detect_selective_search_on_a_list(det_model, image_dir, tmp_path, monkeypatch, capsys):
+    a, b = str(image_dir / "a.png"), str(image_dir / "b.png")
+    src = tmp_path / "images.txt"
+    src.write_text("%s\n%s\n" % (a, b))
+    calls = []
+
+    def get_windows(fnames, cmd):
+        calls.append(list(fnames))
+        return [np.array([[0, 0, 9, 9]]), np.array([[4, 3, 14, 13], [0, 0, 5, 5]])]
+    monkeypatch.setitem(sys.modules, "selective_search_ijcv_with_python",
+                        types.SimpleNamespace(get_windows=get_windows))
+    out = tmp_path / "dets.csv"
+    flags = model_flags(det_model) + ["--context_pad", "0"]
+    assert cli.main(["detect", str(src), str(out)] + flags) == 0
+    assert calls == [[a, b]]
+    with open(out, newline="") as f:
+        rows = list(csv.reader(f))
+    assert [r[:5] for r in rows[1:]] == [[a, "0", "0", "9", "9"], [b, "4", "3", "14", "13"],
+                                         [b, "0", "0", "5", "5"]]
+    monkeypatch.setitem(sys.modules, "selective_search_ijcv_with_python", None)
+    assert cli.main(["detect", str(src), str(out)] + flags) == 1
+    assert "needs the 'selective_search_ijcv_with_python' module" in capsys.readouterr().err
