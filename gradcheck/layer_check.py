@@ -150,13 +150,16 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
     def tops_of(p, b):
         return layer.forward(p, b, key)[0]
 
-    tops, saved = layer.forward(params, xs, key)[:2]
+    # forward, backward and the vjp each jitted, as a net runs layers (op by op, a layer
+    # of many small ops, like im2col or max pooling, compiled each on its own: slower)
+    tops, saved = jax.jit(lambda p, b: layer.forward(p, b, key)[:2])(params, xs)
     _check_tops(report, layer, tops)
     if not report.ok:
         return report
     vs = [jnp.asarray(rng.standard_normal(np.shape(t))) for t in tops]
     scale = float(sum(jnp.sum(jnp.abs(v * t)) for v, t in zip(vs, tops)))
-    bottom_diffs, param_diffs = layer.backward(params, xs, tops, saved, vs, tuple(pd))
+    bottom_diffs, param_diffs = jax.jit(lambda p, b, t, s, v: layer.backward(
+        p, b, t, s, v, tuple(pd)))(params, xs, tops, saved, vs)
     ref_params, ref_bottoms = _vjp(report, tops_of, params, xs, vs)
 
     targets = []
@@ -203,8 +206,7 @@ def _check_tops(report, layer, tops):
 
 def _vjp(report, tops_of, params, xs, vs):
     try:
-        _, fn = jax.vjp(tops_of, params, xs)
-        return fn(vs)
+        return jax.jit(lambda p, b, v: jax.vjp(tops_of, p, b)[1](v))(params, xs, vs)
     except Exception as e:   # a forward jax cannot differentiate: finite differences only
         report.notes.append("jax.vjp of the forward failed (%s: %s); checked against finite "
                             "differences only" % (type(e).__name__, e))

@@ -190,7 +190,7 @@ class _NetRunner:
                         total = total + w * jnp.sum(value)
             return total
 
-        gp, gi = jax.grad(loss_fn, argnums=(0, 1))(params, inputs)
+        gp, gi = jax.jit(jax.grad(loss_fn, argnums=(0, 1)))(params, inputs)   # as a step runs
         out = {("p", pid): g for pid, g in enumerate(gp)}
         out.update({("i", n): g for n, g in gi.items()})
         return out

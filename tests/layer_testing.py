@@ -36,8 +36,8 @@ def params_of(layer):
 
 def forward(layer, bottoms, key=None):
     key = jax.random.PRNGKey(0) if key is None else key
-    out = layer.forward(params_of(layer), [jnp.asarray(b) for b in bottoms], key)
-    return out[0], out[1]
+    return jax.jit(lambda p, b, k: layer.forward(p, b, k)[:2])(
+        params_of(layer), [jnp.asarray(b) for b in bottoms], key)
 
 
 def check_backward(layer, bottoms, propagate_down=None, rtol=1e-6, atol=1e-8, seed=1):
@@ -50,13 +50,15 @@ def check_backward(layer, bottoms, propagate_down=None, rtol=1e-6, atol=1e-8, se
     def f(params, bottoms):
         return layer.forward(params, bottoms, key)[0]
 
-    tops, vjp = jax.vjp(f, params, bottoms)
-    saved = layer.forward(params, bottoms, key)[1]
+    # jitted, as the net runs layers (op by op, the many small ops of a layer like max
+    # pooling or im2col each compiled on their own: several times slower)
+    tops, saved = jax.jit(lambda p, b: layer.forward(p, b, key)[:2])(params, bottoms)
     r = np.random.default_rng(seed)
     top_diffs = [jnp.asarray(r.standard_normal(t.shape), t.dtype) for t in tops]
-    ref_params, ref_bottoms = vjp(top_diffs)
-    bottom_diffs, param_diffs = layer.backward(params, bottoms, tops, saved, top_diffs,
-                                               tuple(propagate_down))
+    ref_params, ref_bottoms = jax.jit(lambda p, b, d: jax.vjp(f, p, b)[1](d))(
+        params, bottoms, top_diffs)
+    bottom_diffs, param_diffs = jax.jit(lambda p, b, t, s, d: layer.backward(
+        p, b, t, s, d, tuple(propagate_down)))(params, bottoms, tops, saved, top_diffs)
     for i, pd in enumerate(propagate_down):
         if pd:
             np.testing.assert_allclose(np.asarray(bottom_diffs[i]), np.asarray(ref_bottoms[i]),

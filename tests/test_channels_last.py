@@ -46,13 +46,15 @@ def test_pooling_channels_last_is_caffes_pooling(config, dtype, request):
     x = x.at[0, 1, :3, :3].set(-np.inf).at[1, 0, 2, 2].set(np.nan)
     params = params_of(layer)
     key = jax.random.PRNGKey(0)
-    tops, saved = layer.forward(params, [x], key)
-    tops_l, saved_l = layer.forward_channels_last(params, [_last(x)], key)
+    # each call jitted, as the net runs them (op by op, max pooling's many small ops
+    # made these 40 cases one of the suite's slowest tests)
+    tops, saved = jax.jit(layer.forward)(params, [x], key)
+    tops_l, saved_l = jax.jit(layer.forward_channels_last)(params, [_last(x)], key)
     np.testing.assert_array_equal(np.asarray(_last(tops[0])), np.asarray(tops_l[0]))
     dy = jnp.asarray(r.standard_normal(tops[0].shape), dtype)
-    dx, = layer.backward(params, [x], tops, saved, [dy], (True,))[0]
-    dx_l, = layer.backward_channels_last(params, [_last(x)], tops_l, saved_l, [_last(dy)],
-                                         (True,))[0]
+    dx, = jax.jit(layer.backward, static_argnums=5)(params, [x], tops, saved, [dy], (True,))[0]
+    dx_l, = jax.jit(layer.backward_channels_last, static_argnums=5)(
+        params, [_last(x)], tops_l, saved_l, [_last(dy)], (True,))[0]
     np.testing.assert_allclose(np.asarray(_last(dx)), np.asarray(dx_l), rtol=1e-6, atol=0)
     assert layer._hw == (2, 3)          # the channels-last calls leave Caffe's order behind
 

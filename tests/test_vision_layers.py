@@ -678,7 +678,7 @@ def test_vision_net_param_diffs_match_jax_grad(tmp_path, x64):
         logp = h - jax.scipy.special.logsumexp(h, axis=1, keepdims=True)
         return -(logp[0, 0] + logp[1, 2]) / 2
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)      # jitted: op by op it took 15 s
     for name, diffs in grads.items():
         for blob, g in zip(net.params[name], diffs):
             np.testing.assert_allclose(blob.diff, np.asarray(g), rtol=1e-9, atol=1e-12,
