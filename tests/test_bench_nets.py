@@ -45,9 +45,12 @@ def test_lenet_contenders_agree():
     _check("lenet", 4)
 
 
+@pytest.mark.slow
 def test_mobilenet_contenders_agree():
     """Depthwise convolutions (group = channels): jcaffe's shifted slices against the
-    references' grouped convolutions."""
+    references' grouped convolutions. Slow (the suite's slowest test, 40 s on 2 cores):
+    the default suite checks depthwise convolutions against lax (test_conv_formulations)
+    and MobileNet's blocks and whole net (test_channels_last, test_model_zoo)."""
     _check("mobilenet", 2)
 
 
