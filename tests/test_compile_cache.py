@@ -77,16 +77,33 @@ def test_command_line_reuses_its_compiled_step_across_runs(tmp_path):
                for l in second)
     assert len(losses(first)) == 5 and losses(second) == losses(first)   # the same trajectory
 
-    for args, env in ((["-compilation_cache", "off"], {}), ([], {compile_cache.ENV: "off"})):
-        lines = run_cli(["train", "-solver", solver] + args, tmp_path,
-                        XDG_CACHE_HOME=str(tmp_path / "unused"), **env)
-        assert not any("Compilation cache" in l or "compiled program(s)" in l for l in lines)
-        assert losses(lines) == losses(first)
+    off = run_cli(["train", "-solver", solver, "-compilation_cache", "off"], tmp_path,
+                  XDG_CACHE_HOME=str(tmp_path / "unused"))
+    assert not any("Compilation cache" in l or "compiled program(s)" in l for l in off)
+    assert losses(off) == losses(first)
     assert not (tmp_path / "unused").exists()
 
-    mine = tmp_path / "mine"   # the flag names the directory
-    lines = run_cli(["train", "-solver", solver, "-compilation_cache", str(mine)], tmp_path)
-    assert any("Compilation cache: %s" % mine in l for l in lines) and summary(lines)[1] >= 1
+
+def test_command_line_flag_and_environment_choose_the_cache(tmp_path, monkeypatch,
+                                                            jax_cache_settings):
+    """What the command line's -compilation_cache and $JCAFFE_COMPILATION_CACHE choose, in
+    this process (the runs above show a chosen cache written and loaded)."""
+    from jcaffe import cli
+    jax.config.update("jax_compilation_cache_dir", None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv(compile_cache.ENV, "off")
+    cli._use_compilation_cache({"compilation_cache": ""})           # the environment's off
+    assert compile_cache.compilation_cache_dir() is None
+    mine = tmp_path / "mine"                                         # the flag wins over it
+    cli._use_compilation_cache({"compilation_cache": str(mine)})
+    assert compile_cache.compilation_cache_dir() == str(mine) and mine.is_dir()
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "env"))
+    cli._use_compilation_cache({"compilation_cache": "off"})        # the flag's off wins
+    assert compile_cache.compilation_cache_dir() is None
+    monkeypatch.delenv(compile_cache.ENV)
+    cli._use_compilation_cache({"compilation_cache": ""})           # neither: the default
+    assert compile_cache.compilation_cache_dir() == str(tmp_path / "xdg" / "jcaffe" / "xla")
+    assert not (tmp_path / "env").exists()
 
 
 def test_library_leaves_jax_alone_unless_asked(tmp_path, monkeypatch, jax_cache_settings):

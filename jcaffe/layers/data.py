@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 
+from .. import rng as rng_draws
 from ..layer import JaxLayer, register
 
 
@@ -98,9 +99,9 @@ class DummyData(JaxLayer):
                 value = 0.0 if f is None else f.value
                 tops.append(jnp.full(shape, value, self.dtype))
             elif f.type == "uniform":
-                tops.append(jax.random.uniform(key, shape, self.dtype, f.min, f.max))
+                tops.append(rng_draws.uniform(key, shape, self.dtype, f.min, f.max))
             else:
-                tops.append(f.mean + f.std * jax.random.normal(key, shape, self.dtype))
+                tops.append(f.mean + f.std * rng_draws.normal(key, shape, self.dtype))
         return tops, None
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):

@@ -7,6 +7,7 @@ all it needs (ReLU).
 import jax
 import jax.numpy as jnp
 
+from .. import rng as rng_draws
 from ..layer import JaxLayer, register
 
 
@@ -87,7 +88,7 @@ class Dropout(NeuronLayer):
         if not self._train():
             return [x], None
         ratio = self.p.dropout_ratio
-        keep = jax.random.bernoulli(rng, 1.0 - ratio, x.shape)
+        keep = rng_draws.bernoulli(rng, 1.0 - ratio, x.shape)
         return [x * self._scaled_mask(keep, x.dtype)], keep
 
     def _scaled_mask(self, keep, dtype):

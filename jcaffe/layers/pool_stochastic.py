@@ -15,11 +15,11 @@ non-negative (after a ReLU): they act as unnormalized probabilities.
   last TRAIN pass; here it is the derivative of this forward,
   dE/dx = sum over covering windows with sum(x) > 0 of dE/dy * (2x - y) / sum(x).
 """
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import rng as rng_draws
 from ..proto import caffe_pb2
 from .vision import Pooling, _window_sum, _zero
 
@@ -72,7 +72,7 @@ class StochasticPooling(Pooling):
     # -- TRAIN -----------------------------------------------------------------
     def _train_forward(self, x, rng):
         win, valid = self._windows(x)
-        u = jax.random.uniform(rng, win.shape[:4], x.dtype)
+        u = rng_draws.uniform(rng, win.shape[:4], x.dtype)
         thres = u * jnp.sum(win, axis=-1)
         hit = valid & (jnp.cumsum(win, axis=-1) >= thres[..., None])
         found = jnp.any(hit, axis=-1)

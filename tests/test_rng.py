@@ -1,0 +1,55 @@
+"""jcaffe.rng: the layers' in-step draws are JAX's classic threefry (partitionable off
+while they trace, which compiles about ten times faster on the CPU), and the user's JAX
+configuration is left as it was."""
+import jax
+import numpy as np
+
+import jcaffe
+from jcaffe import rng
+from netutil import make_net
+
+
+def test_draws_are_the_classic_threefry_and_jax_keeps_its_setting():
+    before = jax.config.jax_threefry_partitionable
+    key = jax.random.PRNGKey(5)
+    with jax.threefry_partitionable(False):
+        classic = (jax.random.bernoulli(key, 0.3, (4, 7)),
+                   jax.random.uniform(key, (4, 7), np.float32, -1.0, 2.0),
+                   jax.random.normal(key, (4, 7), np.float32))
+    with jax.threefry_partitionable(True):
+        partitionable = jax.random.normal(key, (4, 7), np.float32)
+    for got in (jax.jit(lambda k: (rng.bernoulli(k, 0.3, (4, 7)),
+                                   rng.uniform(k, (4, 7), np.float32, -1.0, 2.0),
+                                   rng.normal(k, (4, 7), np.float32)))(key),
+                (rng.bernoulli(key, 0.3, (4, 7)), rng.uniform(key, (4, 7), np.float32, -1.0, 2.0),
+                 rng.normal(key, (4, 7), np.float32))):
+        for g, c in zip(got, classic):
+            np.testing.assert_array_equal(np.asarray(g), np.asarray(c))
+    assert not np.array_equal(np.asarray(classic[2]), np.asarray(partitionable))
+    assert jax.config.jax_threefry_partitionable == before
+
+
+def test_dropout_and_dummy_data_draw_the_same_whatever_jax_is_set_to(tmp_path):
+    """Two nets of the same seed, one run with JAX's partitionable threefry on and one
+    with it off, draw the same DummyData and Dropout values (without jcaffe.rng the
+    first would draw JAX's partitionable stream)."""
+    text = """
+layer { name: "d" type: "DummyData" top: "g" top: "u" dummy_data_param {
+  data_filler { type: "gaussian" std: 2 } data_filler { type: "uniform" min: -1 max: 1 }
+  shape { dim: 3 dim: 5 } shape { dim: 3 dim: 5 } } }
+layer { name: "drop" type: "Dropout" bottom: "g" top: "dropped" dropout_param { dropout_ratio: 0.5 } }
+"""
+    runs = []
+    for i, partitionable in enumerate((True, False)):
+        jcaffe.set_random_seed(11)
+        (tmp_path / str(i)).mkdir()
+        net = make_net(tmp_path / str(i), text, jcaffe.TRAIN)
+        with jax.threefry_partitionable(partitionable):
+            net.forward()
+        runs.append({n: net.blobs[n].data.copy() for n in ("g", "u", "dropped")})
+    for name in runs[0]:
+        np.testing.assert_array_equal(runs[0][name], runs[1][name], err_msg=name)
+    g, u, dropped = runs[0]["g"], runs[0]["u"], runs[0]["dropped"]
+    kept = dropped != 0
+    assert np.all(dropped[kept] == 2 * g[kept]) and 0 < kept.sum() < 15
+    assert np.std(g) > 0 and np.all((u >= -1) & (u < 1))
