@@ -126,35 +126,35 @@ def _write_datums(db, records, channels, height, width):
     return count
 
 
-def convert_mnist_data(argv):
-    pos, f = parse_tool_flags(argv, {"backend": "lmdb"}, MNIST_USAGE)
+def _mnist_command(argv, default_backend, usage):
+    """Parse an MNIST converter's command line, read and check its two files, log their
+    size. -> (images, labels, output db path, backend)."""
+    pos, f = parse_tool_flags(argv, {"backend": default_backend}, usage)
     if len(pos) != 3:
-        raise ToolUsageError(MNIST_USAGE)
+        raise ToolUsageError(usage)
     image_path, label_path, db_path = pos
     images, labels = read_mnist(image_path, label_path)
-    n, rows, cols = images.shape
-    log.info("A total of %d items.", n)
-    log.info("Rows: %d Cols: %d", rows, cols)
-    with open_db(db_path, "w", f["backend"]) as db:
-        count = _write_datums(db, (("%08d" % i, labels[i], images[i]) for i in range(n)),
-                              1, rows, cols)
+    log.info("A total of %d items.", len(images))
+    log.info("Rows: %d Cols: %d", *images.shape[1:])
+    return images, labels, db_path, f["backend"]
+
+
+def convert_mnist_data(argv):
+    images, labels, db_path, backend = _mnist_command(argv, "lmdb", MNIST_USAGE)
+    with open_db(db_path, "w", backend) as db:
+        count = _write_datums(db, (("%08d" % i, labels[i], images[i]) for i in range(len(images))),
+                              1, *images.shape[1:])
     log.info("Processed %d files.", count)
     return 0
 
 
 def convert_mnist_siamese_data(argv):
-    pos, f = parse_tool_flags(argv, {"backend": "leveldb"}, SIAMESE_USAGE)
-    if len(pos) != 3:
-        raise ToolUsageError(SIAMESE_USAGE)
-    image_path, label_path, db_path = pos
-    images, labels = read_mnist(image_path, label_path)
-    n, rows, cols = images.shape
-    log.info("A total of %d items.", n)
-    log.info("Rows: %d Cols: %d", rows, cols)
+    images, labels, db_path, backend = _mnist_command(argv, "leveldb", SIAMESE_USAGE)
+    n = len(images)
     pairs = common.filler_rng().integers(0, n, (n, 2)) if n else np.zeros((0, 2), int)
     records = (("%08d" % k, labels[i] == labels[j], images[[i, j]]) for k, (i, j) in enumerate(pairs))
-    with open_db(db_path, "w", f["backend"]) as db:
-        _write_datums(db, records, 2, rows, cols)
+    with open_db(db_path, "w", backend) as db:
+        _write_datums(db, records, 2, *images.shape[1:])
     return 0
 
 
