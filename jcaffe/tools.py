@@ -317,5 +317,5 @@ TOOLS = {
     "upgrade_net_proto_text": upgrade_net_proto_text,
     "upgrade_net_proto_binary": upgrade_net_proto_binary,
     "upgrade_solver_proto_text": upgrade_solver_proto_text,
-    **tools_datasets.TOOLS,     # convert_mnist_data, convert_cifar_data (Caffe's examples)
+    **tools_datasets.TOOLS,     # the converters of Caffe's examples (MNIST, its pairs, CIFAR-10)
 }
