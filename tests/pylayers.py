@@ -172,3 +172,23 @@ class CompiledWrongTopShape(CompiledScaledTanh):
 
 class NeitherLayerKind:
     """Not a jcaffe.Layer nor a jcaffe.JaxLayer."""
+
+
+class CompiledNoise(jcaffe.JaxLayer):
+    """x + uniform noise in [0, 1), drawn with jcaffe.rng from the key the net gives a
+    layer with needs_rng (tests/test_rng.py)."""
+
+    exact_num_bottom_blobs = 1
+    exact_num_top_blobs = 1
+    needs_rng = True
+
+    def reshape(self, bottom_shapes):
+        return [bottom_shapes[0]]
+
+    def forward(self, params, bottoms, rng):
+        from jcaffe import rng as draws
+        x, = bottoms
+        return [x + draws.uniform(rng, x.shape, x.dtype)], None
+
+    def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+        return [top_diffs[0] if propagate_down[0] else None], []

@@ -53,3 +53,20 @@ layer { name: "drop" type: "Dropout" bottom: "g" top: "dropped" dropout_param { 
     kept = dropped != 0
     assert np.all(dropped[kept] == 2 * g[kept]) and 0 < kept.sum() < 15
     assert np.std(g) > 0 and np.all((u >= -1) & (u < 1))
+
+
+def test_a_python_layer_in_jax_draws_with_the_nets_key(tmp_path):
+    """A JaxLayer with needs_rng gets a key in its forward (the README's advice: draw with
+    jcaffe.rng); each forward draws anew."""
+    net = make_net(tmp_path, """
+layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 6 } } }
+layer { name: "noise" type: "Python" bottom: "x" top: "y"
+  python_param { module: "pylayers" layer: "CompiledNoise" } }
+""", jcaffe.TRAIN)
+    net.blobs["x"].data[...] = 3.0
+    net.forward()
+    first = net.blobs["y"].data.copy()
+    net.forward()
+    second = net.blobs["y"].data
+    assert np.all((first >= 3) & (first < 4)) and np.all((second >= 3) & (second < 4))
+    assert not np.array_equal(first, second)
