@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (the workplace's `device` tool; never CI):
 #   versions -> float32 precision probe -> training-step and deploy-forward benchmarks
-#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> host work per call -> optional A/Bs
+#   (jcaffe vs pure JAX vs PyTorch on CUDA) -> host work per call -> random draws -> optional A/Bs
 #   -> the README's digits job -> tests,
 # each stage under its own time limit, everything logged under $OUT.
 #
@@ -88,6 +88,13 @@ if [ "$t" -ge 40 ]; then
     stage "bench_host.py lenet,resnet50 (limit $t s)"
     timeout "$t" python3 benchmarks/bench_host.py --nets lenet,resnet50 --calls 20 --rounds 2 \
         --json /tmp/bench/bench_host.json || echo "exit $?"
+fi
+# jcaffe's random draws (classic threefry, jcaffe/rng.py) against JAX's default on the
+# device: compile and run time (on the CPU the default compiled small draws 10x slower).
+t=$(( $(left) < 40 ? $(left) : 40 ))
+if [ "$t" -ge 20 ]; then
+    stage "bench_rng.py (limit $t s)"
+    timeout "$t" python3 benchmarks/bench_rng.py --repeats 10 || echo "exit $?"
 fi
 python3 - "$OUT/bench.json" <<'EOF'
 import glob, json, os, sys

@@ -8,9 +8,12 @@ shards without communication, which jcaffe never asks for: data parallel trainin
 each device its own key). On the CPU the default compiled slowly and ran slower
 (jaxlib 0.10.2, AMD EPYC 2-core VM, 2026-12-05):
 
-* compiling ``jax.random.bits`` of a 2x3x12x12 array: 3.1 s against 0.25 s (the step
-  of a three-layer net with a gaussian DummyData: 3.7 s against 0.47 s for its first
-  iteration); of a 64x3x224x224 array, 0.9 s against 0.25 s;
+* compiling ``jax.random.bits``: the classic one takes 0.2-0.25 s whatever the shape;
+  the default as much for 1-d shapes and (2, 432) or (6, 144), but 0.5 s for
+  (2, 3, 144), 1.1 s for (64, 10), 0.8 s for (64, 1, 28, 28), 0.9 s for
+  (64, 3, 224, 224), 3.1 s for (2, 3, 12, 12) and 3.4 s for (2, 3, 4, 5, 6). (The
+  first iteration of a three-layer net with a 2x3x12x12 gaussian DummyData: 3.7 s
+  against 0.8 s.) ``benchmarks/bench_rng.py`` measures it on any backend;
 * running: bernoulli 32x4096 1.70 against 0.91 ms, normal 64x3x224x224 216 against
   139 ms.
 

@@ -70,3 +70,19 @@ layer { name: "noise" type: "Python" bottom: "x" top: "y"
     second = net.blobs["y"].data
     assert np.all((first >= 3) & (first < 4)) and np.all((second >= 3) & (second < 4))
     assert not np.array_equal(first, second)
+
+
+def test_bench_rng_prints_a_row_per_draw_and_shape(monkeypatch, capsys):
+    import os
+    import sys
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "benchmarks"))
+    import bench_rng
+    monkeypatch.setattr(bench_rng, "SHAPES", [(2, 5), (3,)])
+    bench_rng.main(["--repeats", "2"])
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines()
+            if line.startswith("| bernoulli") or line.startswith("| normal")]
+    assert [(r[0], r[1]) for r in rows] == [("| bernoulli", "2x5"), ("| bernoulli", "3"),
+                                            ("| normal", "2x5"), ("| normal", "3")]
+    for r in rows:
+        assert all(float(v.strip(" |")) > 0 for v in r[2:])
