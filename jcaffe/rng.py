@@ -14,8 +14,8 @@ each device its own key). On the CPU the default compiled slowly and ran slower
   (64, 3, 224, 224), 3.1 s for (2, 3, 12, 12) and 3.4 s for (2, 3, 4, 5, 6). (The
   first iteration of a three-layer net with a 2x3x12x12 gaussian DummyData: 3.7 s
   against 0.8 s.) ``benchmarks/bench_rng.py`` measures it on any backend;
-* running: bernoulli 32x4096 1.70 against 0.91 ms, normal 64x3x224x224 216 against
-  139 ms.
+* running (medians of interleaved calls, bench_rng.py): bernoulli 32x4096 0.99 against
+  2.11 ms, normal 64x3x224x224 135 against 210 ms.
 
 The setting is jcaffe's alone: it applies while these functions trace, and the user's
 JAX code, Python layers in JAX included, keeps JAX's configuration. The streams are
