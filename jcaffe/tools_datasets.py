@@ -33,7 +33,7 @@ import numpy as np
 
 from . import common
 from .db import DataSourceError, open_db
-from .proto import caffe_pb2
+from .io import array_to_datum
 from .tool_flags import ToolUsageError, parse_tool_flags
 
 log = logging.getLogger("jcaffe")
@@ -112,16 +112,12 @@ def read_mnist(image_path, label_path):
     return images.reshape(num_items, rows, cols), labels
 
 
-def _write_datums(db, records, channels, height, width):
-    """Put one Datum per (key, label, uint8 data); the database commits every 1000, as
-    Caffe's converters do. -> count."""
-    datum = caffe_pb2.Datum()
-    datum.channels, datum.height, datum.width = channels, height, width
+def _write_datums(db, records):
+    """Put one Datum per (key, label, C x H x W uint8 pixels) (jcaffe.io.array_to_datum);
+    the database commits every 1000, as Caffe's converters do. -> count."""
     count = 0
-    for key, label, data in records:
-        datum.label = int(label)
-        datum.data = data.tobytes()
-        db.put(key, datum.SerializeToString())
+    for key, label, pixels in records:
+        db.put(key, array_to_datum(pixels, label).SerializeToString())
         count += 1
     return count
 
@@ -142,8 +138,8 @@ def _mnist_command(argv, default_backend, usage):
 def convert_mnist_data(argv):
     images, labels, db_path, backend = _mnist_command(argv, "lmdb", MNIST_USAGE)
     with open_db(db_path, "w", backend) as db:
-        count = _write_datums(db, (("%08d" % i, labels[i], images[i]) for i in range(len(images))),
-                              1, *images.shape[1:])
+        count = _write_datums(db, (("%08d" % i, labels[i], images[i][None])
+                                   for i in range(len(images))))
     log.info("Processed %d files.", count)
     return 0
 
@@ -154,7 +150,7 @@ def convert_mnist_siamese_data(argv):
     pairs = common.filler_rng().integers(0, n, (n, 2)) if n else np.zeros((0, 2), int)
     records = (("%08d" % k, labels[i] == labels[j], images[[i, j]]) for k, (i, j) in enumerate(pairs))
     with open_db(db_path, "w", backend) as db:
-        _write_datums(db, records, 2, *images.shape[1:])
+        _write_datums(db, records)
     return 0
 
 
@@ -178,7 +174,6 @@ def convert_cifar_data(argv):
                    for k in range(_CIFAR_TRAIN_BATCHES)]
     test_file = os.path.join(in_dir, "test_batch.bin")
     batches = {p: read_cifar_batch(p) for p in train_files + [test_file]}   # all checked first
-    shape = (3, _CIFAR_SIZE, _CIFAR_SIZE)
 
     def records(paths, train):
         for k, p in enumerate(paths):
@@ -190,10 +185,10 @@ def convert_cifar_data(argv):
 
     log.info("Writing Training data")
     with open_db(os.path.join(out_dir, "cifar10_train_" + db_type), "w", db_type) as db:
-        _write_datums(db, records(train_files, True), *shape)
+        _write_datums(db, records(train_files, True))
     log.info("Writing Testing data")
     with open_db(os.path.join(out_dir, "cifar10_test_" + db_type), "w", db_type) as db:
-        _write_datums(db, records([test_file], False), *shape)
+        _write_datums(db, records([test_file], False))
     return 0
 
 TOOLS = {"convert_mnist_data": convert_mnist_data,

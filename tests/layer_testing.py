@@ -52,7 +52,7 @@ def check_backward(layer, bottoms, propagate_down=None, rtol=1e-6, atol=1e-8, se
 
     # jitted, as the net runs layers (op by op, the many small ops of a layer like max
     # pooling or im2col each compiled on their own: several times slower)
-    tops, saved = jax.jit(lambda p, b: layer.forward(p, b, key)[:2])(params, bottoms)
+    tops, saved = forward(layer, bottoms, key)
     r = np.random.default_rng(seed)
     top_diffs = [jnp.asarray(r.standard_normal(t.shape), t.dtype) for t in tops]
     ref_params, ref_bottoms = jax.jit(lambda p, b, d: jax.vjp(f, p, b)[1](d))(
