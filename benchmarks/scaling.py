@@ -92,6 +92,15 @@ def machine():
     return cpu, os.cpu_count(), load
 
 
+def loaded_note(load_before, cores):
+    """A warning for the table when other work was running: the one-minute load average
+    at the core count or above before the run (the load after it counts the run's own
+    children, so it does not tell)."""
+    if load_before[0] >= cores:
+        return " (more load than cores: other jobs shared this machine; timings are noisy)"
+    return ""
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--devices", default="1,2,4")
@@ -165,10 +174,10 @@ def main():
         "available for this run." % cores,
         "",
     ]) + [
-        "Machine: %s, %d cores; jax %s, backend %s. Load average before/after: %s / %s "
-        "(other jobs shared this machine; timings are noisy)." % (
+        "Machine: %s, %d cores; jax %s, backend %s. Load average before/after: %s / %s%s." % (
             cpu, cores, base["jax"], base["backend"],
-            " ".join("%.1f" % x for x in load_before), " ".join("%.1f" % x for x in load_after)),
+            " ".join("%.1f" % x for x in load_before), " ".join("%.1f" % x for x in load_after),
+            loaded_note(load_before, cores)),
         "Date: %s UTC." % time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
         "Command: `python benchmarks/scaling.py %s`" % " ".join(sys.argv[1:]),
         "",
