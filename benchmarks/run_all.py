@@ -236,20 +236,20 @@ def main():
             ("train_caffenet", "bench_train.py",
              ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
             ("train_googlenet", "bench_train.py",
-             ["--net", "googlenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+             ["--net", "googlenet", "--repeats", "3", "--warmup", "1"]),
             ("train_resnet50", "bench_train.py",
              ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
             ("train_mobilenet", "bench_train.py",
-             ["--net", "mobilenet", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+             ["--net", "mobilenet", "--repeats", "3", "--warmup", "1"]),
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
             ("train_resnext50", "bench_train.py",
-             ["--net", "resnext50", "--repeats", "3", "--warmup", "1", "--no-memory",
+             ["--net", "resnext50", "--repeats", "3", "--warmup", "1",
               "--only", "jcaffe Solver.step,PyTorch eager"]),
             ("train_fcn32s", "bench_train.py",
-             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
-            # (peak memory is measured for the LeNet, CaffeNet and ResNet-50 steps and LeNet's
-            # forward: one fresh compile per contender costs minutes on the big nets)
+             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1"]),
+            # (peak memory: every training step, one fresh process per contender, about
+            # 10 minutes of the run; of the forwards, LeNet's only)
             ("data_caffenet", "bench_data.py",
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
@@ -406,9 +406,8 @@ def render(state, opts):
                                                if key.startswith("train") else ""))
             rss = results[key].get("rss_mb", {})
             mine = next((v for n, v in rss.items() if n.startswith("jcaffe")), None)
-            # Not LeNet: its arrays are 15 MB, a tenth of the jax runtime alone.
-            if key in ("train_caffenet", "train_resnet50") and mine:
-                net = key.split("_", 1)[1]
+            net = key.split("_", 1)[1]
+            if key.startswith("train_") and net in targets.MEMORY_NETS and mine:
                 count, buffers = caffe_memory_mb(net), caffe_layer_buffers_mb(net)
                 out.append("")
                 out.append("Memory: BVLC Caffe's arrays for this step, by count, %.0f MB (params "
