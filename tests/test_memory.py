@@ -172,13 +172,9 @@ def test_the_step_does_not_keep_param_host_copies_while_it_runs():
     assert np.all(np.isfinite(w))
 
 
-def test_the_fused_step_updates_donated_weights_without_copying_them():
-    """ip's weight is read by its data gradient (dpool = dip . W, W 5x27), which nothing in its
-    own update depends on: unless the update is ordered after that read, XLA copies the
-    donated weight before the step (CaffeNet: 233 MB per step). See solver._rate_after."""
-    solver = _solver()
-    jitted = solver._jit_fused
-    seen = []
+def _compiled_step(solver):
+    """The first step's compiled program (its arguments' shapes kept to lower it again)."""
+    jitted, seen = solver._jit_fused, []
 
     def spy(seg, stacked):
         fn = jitted(seg, stacked)
@@ -193,7 +189,14 @@ def test_the_fused_step_updates_donated_weights_without_copying_them():
     solver._jit_fused = spy
     solver.step(1)
     fn, args = seen[0]
-    hlo = fn.lower(*args).compile().as_text()
+    return fn.lower(*args).compile()
+
+
+def test_the_fused_step_updates_donated_weights_without_copying_them():
+    """ip's weight is read by its data gradient (dpool = dip . W, W 5x27), which nothing in its
+    own update depends on: unless the update is ordered after that read, XLA copies the
+    donated weight before the step (CaffeNet: 233 MB per step). See solver._rate_after."""
+    hlo = _compiled_step(_solver()).as_text()
     weights = [line.strip() for line in hlo.splitlines()
                if " copy(%params" in line and "f32[5,27]" in line]
     assert weights == []
@@ -219,26 +222,6 @@ layer { name: "ip" type: "InnerProduct" bottom: "cat" top: "ip"
         inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
 """
-
-
-def _compiled_step(solver):
-    """The first step's compiled program (its arguments' shapes kept to lower it again)."""
-    jitted, seen = solver._jit_fused, []
-
-    def spy(seg, stacked):
-        fn = jitted(seg, stacked)
-
-        def call(*args):
-            seen.append((fn, jax.tree_util.tree_map(
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
-                else a, args)))
-            return fn(*args)
-        call.trace = fn.trace
-        return call
-    solver._jit_fused = spy
-    solver.step(1)
-    fn, args = seen[0]
-    return fn.lower(*args).compile()
 
 
 def _readers_of_routed_diff(hlo, six):
