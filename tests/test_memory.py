@@ -2,6 +2,8 @@
 become this step's (Caffe overwrites its blobs in place), param host copies are not
 kept beside the device ones, and a long compile hands its heap back (jcaffe.memory).
 What users read must not change: every blob and diff equals the unfused path's."""
+import re
+
 import numpy as np
 import pytest
 from google.protobuf import text_format
@@ -12,7 +14,7 @@ import jcaffe
 from jcaffe import engine, memory
 from jcaffe.solver import Solver
 from jcaffe.proto import caffe_pb2
-from netutil import calls_of
+from netutil import calls_of, compiled_step
 
 NET = """
 name: "small"
@@ -172,31 +174,11 @@ def test_the_step_does_not_keep_param_host_copies_while_it_runs():
     assert np.all(np.isfinite(w))
 
 
-def _compiled_step(solver):
-    """The first step's compiled program (its arguments' shapes kept to lower it again)."""
-    jitted, seen = solver._jit_fused, []
-
-    def spy(seg, stacked):
-        fn = jitted(seg, stacked)
-
-        def call(*args):
-            seen.append((fn, jax.tree_util.tree_map(   # (the static blob shapes kept)
-                lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype) if hasattr(a, "dtype")
-                else a, args)))
-            return fn(*args)
-        call.trace = fn.trace       # the first step traces and compiles through it
-        return call
-    solver._jit_fused = spy
-    solver.step(1)
-    fn, args = seen[0]
-    return fn.lower(*args).compile()
-
-
 def test_the_fused_step_updates_donated_weights_without_copying_them():
     """ip's weight is read by its data gradient (dpool = dip . W, W 5x27), which nothing in its
     own update depends on: unless the update is ordered after that read, XLA copies the
     donated weight before the step (CaffeNet: 233 MB per step). See solver._rate_after."""
-    hlo = _compiled_step(_solver()).as_text()
+    hlo = compiled_step(_solver()).as_text()
     weights = [line.strip() for line in hlo.splitlines()
                if " copy(%params" in line and "f32[5,27]" in line]
     assert weights == []
@@ -228,7 +210,6 @@ def _readers_of_routed_diff(hlo, six):
     """The instructions reading the last array of a pool's routed dE/dx: the 6-d array
     (N, C, T_h, s_h, T_w, s_w) in any order of its dims ``six``, read by no other such
     array (the kernel rows' updates chain through it)."""
-    import re
     hlo = hlo.split("\nENTRY ", 1)[1].split("\n}", 1)[0]     # the program's own instructions
     defs = {}
     for line in hlo.splitlines():
@@ -260,7 +241,7 @@ def test_a_max_pools_routed_diff_is_stored_once_for_its_readers(monkeypatch):
     for store in (True, False):
         monkeypatch.setattr(Pooling, "STORE_ROUTED_DIFF", store)
         solver = _solver(net=BRANCHES)
-        readers[store] = _readers_of_routed_diff(_compiled_step(solver).as_text(), six)
+        readers[store] = _readers_of_routed_diff(compiled_step(solver).as_text(), six)
         diffs[store] = solver.net.blobs["conv"].diff.copy()
     assert len(readers[True]) == 1, readers[True]
     assert len(readers[False]) > 1, readers[False]      # (the test can see the difference)
