@@ -518,6 +518,7 @@ class Segment:
         written_here = set()
         plan = self.layout_plan()
         last = set()                    # blobs whose value in env is channels-last
+        writer = {}                     # blob: the layer that last wrote it in this call
         for s in self.slots:
             layer = s.layer
             if not layer.forward_writes_tops:
@@ -535,6 +536,9 @@ class Segment:
                       else layer.forward_top_last if top_last else layer.forward)
                 out = fn(lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
             tops = out[0]
+            if layer.stores_tops_after([writer.get(b) for b in s.bottoms]):
+                tops = [materialize(t) for t in tops]
+            writer.update(dict.fromkeys(s.tops, layer))
             if s.need_backward:  # residuals are kept only where backward will use them
                 saved[s.index] = out[1]
             if layer.updates_params_in_forward:

@@ -170,6 +170,12 @@ class JaxLayer(_LayerCommon):
     # moved for the call) or the *_channels_last methods.
     layout_free = False
 
+    def stores_tops_after(self, writers):
+        """Whether the engine stores this layer's tops once (engine.materialize) in a
+        compiled call, given the layers that last wrote its bottoms before it (None: an
+        input of the call). ReLU's rule; no other layer's."""
+        return False
+
     def channels_last_ok(self):
         """Whether ``forward_channels_last`` / ``backward_channels_last`` take 4-d bottoms
         (and give tops, diffs) held channels-last, (N, H, W, C)."""

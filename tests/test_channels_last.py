@@ -719,7 +719,10 @@ def test_split_groups_are_joined_channels_last(tmp_path, monkeypatch, x64):
     param = caffe_pb2.SolverParameter()
     text_format.Parse('base_lr: 0.01 lr_policy: "fixed"', param)
     text_format.Parse(WIDE_GROUPS_NET, param.net_param)
-    entry = compiled_step(jcaffe.get_solver(param)).as_text().split("\nENTRY", 1)[1]
+    # (the whole program: the forward's join may sit inside the fusion that stores relu2's
+    # top; the weight gradient's join of the groups' filters is left out)
+    hlo = compiled_step(jcaffe.get_solver(param)).as_text()
     joins = re.findall(r"= (f32\[[\d,]+\])\{3,2,1,0\} \S+\(.*op_name=\"[^\"]*"
-                       r"conv2\.(?:forward|backward)/concatenate\"", entry)
-    assert sorted(joins) == ["f32[2,8,8,40]", "f32[2,8,8,40]"], joins
+                       r"conv2\.(?:forward|backward)/concatenate\"", hlo)
+    maps = [j for j in joins if j != "f32[40,20,3,3]"]
+    assert sorted(maps) == ["f32[2,8,8,40]", "f32[2,8,8,40]"], joins
