@@ -598,9 +598,11 @@ def test_lrn_across_channels_backward_is_caffes_formula(x64, rng):
                        [shape])
     x = rng.standard_normal(shape)
     dy = rng.standard_normal(shape)
-    (y,), scale = forward(layer, [x])
-    (dx,), _ = layer.backward([], [jnp.asarray(x)], [y], scale, [jnp.asarray(dy)], (True,))
-    y, scale = np.asarray(y), np.asarray(scale)
+    (y,), saved = forward(layer, [x])
+    (dx,), _ = layer.backward([], [jnp.asarray(x)], [y], saved, [jnp.asarray(dy)], (True,))
+    y = np.asarray(y)
+    squares = np.pad(x * x, [(0, 0), (1, 1), (0, 0), (0, 0)])
+    scale = k + alpha / size * sum(squares[:, i:i + 5] for i in range(size))
     ratio = dy * y / scale
     expected = np.empty(shape)
     for c in range(5):
@@ -616,13 +618,35 @@ def test_lrn_float32_and_propagate_down_false(rng, region):
     layer = make_layer('type: "LRN" lrn_param { local_size: 3 alpha: 0.5 norm_region: %s }'
                        % region, [shape], dtype=np.float32)
     x = rng.standard_normal(shape).astype(np.float32)
-    (y,), scale = forward(layer, [x])
-    assert y.dtype == scale.dtype == jnp.float32
+    (y,), saved = forward(layer, [x])
+    assert y.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(y), lrn_reference(x.astype(np.float64), 3, 0.5, 0.75, 1.0,
                                                             region), rtol=1e-5, atol=1e-6)
-    (dx,), _ = layer.backward([], [jnp.asarray(x)], [y], scale, [jnp.ones_like(y)], (True,))
+    (dx,), _ = layer.backward([], [jnp.asarray(x)], [y], saved, [jnp.ones_like(y)], (True,))
     assert dx.dtype == jnp.float32
-    assert layer.backward([], [jnp.asarray(x)], [y], scale, [y], (False,)) == ([None], [])
+    assert layer.backward([], [jnp.asarray(x)], [y], saved, [y], (False,)) == ([None], [])
+
+
+@pytest.mark.parametrize("region", ["ACROSS_CHANNELS", "WITHIN_CHANNEL"])
+def test_lrn_keeps_nothing_for_its_backward_and_computes_the_same(rng, monkeypatch, region):
+    """LRN.RECOMPUTE_SCALE: the backward computes the scale again from the bottom, which
+    the net keeps anyway, so the forward saves nothing (GoogLeNet, batch 32: Caffe's
+    scale_ for norm1 and norm2, about 100 MB kept from each step to the next). The
+    diffs are those of the scale kept."""
+    from jcaffe.layers.vision import LRN
+    shape = (2, 7, 5, 4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    dxs = {}
+    for recompute in (True, False):
+        monkeypatch.setattr(LRN, "RECOMPUTE_SCALE", recompute)
+        layer = make_layer('type: "LRN" lrn_param { local_size: 5 alpha: 0.5 norm_region: %s }'
+                           % region, [shape], dtype=np.float32)
+        (y,), saved = forward(layer, [x])
+        assert (saved is None) == recompute
+        (dxs[recompute],), _ = layer.backward([], [jnp.asarray(x)], [y], saved, [dy], (True,))
+    np.testing.assert_allclose(np.asarray(dxs[True]), np.asarray(dxs[False]), rtol=1e-6,
+                               atol=1e-7)
 
 
 @pytest.mark.parametrize("param,shape,message", [
