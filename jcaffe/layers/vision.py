@@ -1244,12 +1244,15 @@ class LRN(JaxLayer):
             ap = _window_views_sum(ap, axis, size, 1, a.shape[axis])
         return ap
 
-    # The backward computes the scale again from the bottom, which the net keeps anyway,
-    # rather than keep the forward's (Caffe's scale_, the size of the bottom) from the
-    # forward to the backward, and in a fused step from one step to the next among the
-    # residuals the step returns. GoogLeNet (batch 32, AMD Zen 1 VM): the step's
+    # The forward saves nothing: the backward computes the scale again from the bottom,
+    # which the net keeps anyway. Saved, the scale (Caffe's scale_, the bottom's size) was
+    # one of the residuals a fused step returns, kept from one step to the next. Inside
+    # a fused step XLA merges the two computations and keeps the forward's padded squares
+    # to the backward, a temporary (computing them again from x / a runtime 1 freed that,
+    # but the recomputed arrays then met pool1's padded input at the step's peak: 426 MB
+    # of temporaries against 376). GoogLeNet (batch 32, AMD Zen 1 VM): the step's
     # arguments 2631 -> 2529 MB, its XLA temporaries 361 -> 376 MB, peak RSS 3512 ->
-    # 3422 MB; CaffeNet 1151 -> 1125 MB. False: the scale kept (to compare the two).
+    # 3422 MB; CaffeNet 1151 -> 1125 MB. False: the scale saved (to compare the two).
     RECOMPUTE_SCALE = True
 
     def _scale(self, x):
@@ -1266,8 +1269,7 @@ class LRN(JaxLayer):
             return [None], []
         (x,), (y,), (dy,), scale = bottoms, tops, top_diffs, saved
         if scale is None:
-            # (behind a barrier: XLA would see the forward's expression and keep it)
-            scale = engine.materialize(self._scale(lax.optimization_barrier(x)))
+            scale = engine.materialize(self._scale(x))
         n, _ = self._window()
         alpha, beta = self.p.alpha, self.p.beta
         ratio_sum = self._local_sum(dy * y / scale)
