@@ -291,7 +291,7 @@ def test_an_in_place_relus_bottom_has_one_reader(monkeypatch):
         lines = _entry(compiled_step(solver).as_text())
         conv = [re.match(r"\s*%(\S+) =", line).group(1) for line in lines
                 if re.match(r"\s*%\S+ = f32\[8,32,32,16\]\S* convolution\(", line)]
-        assert len(conv) == 1, conv      # conv's forward (conv2's is a fusion of its own)
+        assert len(conv) == 1, conv      # conv's forward (conv2's is not an XLA convolution)
         readers[store] = _readers(lines, conv[0])
         diffs[store] = [solver.net.blobs[name].diff.copy() for name in ("conv", "conv2")]
     assert len(readers[True]) == 1, readers[True]

@@ -12,7 +12,7 @@ NEURONS = [
     # proto floats are float32: Caffe's double ReLU uses float(0.1) too.
     ('type: "ReLU" relu_param { negative_slope: 0.1 }',
      lambda x: np.where(x > 0, x, float(np.float32(0.1)) * x)),
-    # a negative slope (y > 0 where x < 0): the backward must read the bottom's sign
+    # a negative slope: y > 0 where x < 0, so y's sign is not x's
     ('type: "ReLU" relu_param { negative_slope: -0.5 }', lambda x: np.where(x > 0, x, -0.5 * x)),
     ('type: "TanH"', np.tanh),
     ('type: "Sigmoid"', lambda x: 1 / (1 + np.exp(-x))),
@@ -75,4 +75,3 @@ def test_relu_backward_at_negative_slope(x64):
     tops, saved = forward(layer, [x])
     (dx,), _ = layer.backward([], [jnp.asarray(x)], tops, saved, [jnp.ones(4)], (True,))
     np.testing.assert_allclose(np.asarray(dx), [0.25, 0.25, 1, 1])
-
