@@ -84,6 +84,11 @@ def max_pool_backward_reference(x_shape, mask, dy):
 
 
 def lrn_reference(x, size, alpha, beta, k, region):
+    return x * lrn_scale_reference(x, size, alpha, k, region) ** -beta
+
+
+def lrn_scale_reference(x, size, alpha, k, region):
+    """Caffe's scale_: k + alpha / n * the sum of x^2 over each element's window."""
     N, C, H, W = x.shape
     half = (size - 1) // 2
     scale = np.zeros_like(x)
@@ -94,7 +99,7 @@ def lrn_reference(x, size, alpha, beta, k, region):
         else:
             s = (x[n, c, max(0, h - half):h + half + 1, max(0, w - half):w + half + 1] ** 2).sum()
             scale[n, c, h, w] = 1 + alpha * s / (size * size)
-    return x * scale ** -beta
+    return scale
 
 
 # -- Convolution -------------------------------------------------------------------
@@ -601,8 +606,7 @@ def test_lrn_across_channels_backward_is_caffes_formula(x64, rng):
     (y,), saved = forward(layer, [x])
     (dx,), _ = layer.backward([], [jnp.asarray(x)], [y], saved, [jnp.asarray(dy)], (True,))
     y = np.asarray(y)
-    squares = np.pad(x * x, [(0, 0), (1, 1), (0, 0), (0, 0)])
-    scale = k + alpha / size * sum(squares[:, i:i + 5] for i in range(size))
+    scale = lrn_scale_reference(x, size, alpha, k, "ACROSS_CHANNELS")
     ratio = dy * y / scale
     expected = np.empty(shape)
     for c in range(5):
