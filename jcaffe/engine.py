@@ -85,6 +85,15 @@ def materialize(x):
     return x / one.astype(x.dtype)
 
 
+def materialize_read_after(x, before):
+    """:func:`materialize` of ``x``, whose readers each read it after the array ``before``
+    is computed (times a one made from its first element, :func:`_waiting`); ``x``
+    unchanged outside a compiled call that set :func:`runtime_one`."""
+    if _ONE.get() is None or not jnp.issubdtype(x.dtype, jnp.floating):
+        return x
+    return _waiting(materialize(x), jnp.ravel(before)[0])
+
+
 class LayerSlot:
     """What the engine needs to know of one layer in the net (names, ids, flags)."""
 
@@ -540,7 +549,7 @@ class Segment:
                 tops = [materialize(t) for t in tops]
             writer.update(dict.fromkeys(s.tops, layer))
             if s.need_backward:  # residuals are kept only where backward will use them
-                saved[s.index] = out[1]
+                tops, saved[s.index] = layer.stored_for_backward(tops, out[1])
             if layer.updates_params_in_forward:
                 for pid, value in zip(s.param_ids, out[2]):
                     if value is not None:

@@ -176,6 +176,12 @@ class JaxLayer(_LayerCommon):
         input of the call). ReLU's rule; no other layer's."""
         return False
 
+    def stored_for_backward(self, tops, saved):
+        """The tops and residuals of a forward whose backward will run, as the engine
+        keeps them: a layer may store some once (engine.materialize) in a compiled call.
+        MAX pooling's rule; unchanged here."""
+        return tops, saved
+
     def channels_last_ok(self):
         """Whether ``forward_channels_last`` / ``backward_channels_last`` take 4-d bottoms
         (and give tops, diffs) held channels-last, (N, H, W, C)."""

@@ -327,6 +327,64 @@ def test_relu_tops_are_stored_only_straight_after_a_convolution_or_inner_product
                        "relu3": (["Pooling"], False)}
 
 
+POOL_LRN = """
+name: "pool_lrn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 8 dim: 8 dim: 16 dim: 16 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 16 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "norm" type: "LRN" bottom: "pool" top: "norm" lrn_param { local_size: 3 } }
+layer { name: "ip" type: "InnerProduct" bottom: "norm" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+def _padded_pool_input_read_in_backward(solver, dims):
+    """Whether an instruction of the step's backward reads the pool's padded input (the
+    one array of ``dims`` in any order): its readers' places in the compiled program's
+    schedule (XLA prints a scheduled module's instructions in their order) against the
+    first instruction of a layer's backward."""
+    hlo = compiled_step(solver).as_text()
+    assert "is_scheduled=true" in hlo.split("\n", 1)[0]
+    lines = _entry(hlo)
+    shapes = {m.group(1): sorted(map(int, m.group(2).split(","))) for m in
+              (re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]+)\]", line) for line in lines) if m}
+    padded = [name for name, shape in shapes.items() if shape == sorted(dims)]
+    assert len(padded) == 1, padded
+    names = [m and m.group(1) for m in (re.match(r"\s*(?:ROOT )?%(\S+) =", l) for l in lines)]
+    backward = next(i for i, line in enumerate(lines) if ".backward" in line)
+    return max(names.index(r) for r in _readers(lines, padded[0])) > backward
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's schedule")
+def test_a_max_pools_padded_input_is_read_only_in_the_forward(monkeypatch):
+    """A MAX pool's forward pads its input with -inf. Left to XLA, the window offsets the
+    backward reads (a residual the step returns) were computed from the padded input
+    late, in the backward, and the top again in some of its readers, so the padded
+    input stayed alive into the backward (GoogLeNet, batch 32: pool1's 105 MB). With
+    Pooling.STORE_MAX_RESULTS the offsets and the top are stored once, and the top's
+    readers wait for the offsets: the padded input is read in the forward only. The
+    blobs and diffs are the same either way."""
+    from jcaffe.layers.vision import Pooling
+    late, blobs = {}, {}
+    for store in (True, False):
+        monkeypatch.setattr(Pooling, "STORE_MAX_RESULTS", store)
+        solver = _solver(net=POOL_LRN)
+        # (16 x 16 maps, 3x3 stride 2: 8 windows, from 17 rows and columns)
+        late[store] = _padded_pool_input_read_in_backward(solver, (8, 16, 17, 17))
+        blobs[store] = [solver.net.blobs[name].data.copy() for name in ("pool", "norm")] + \
+            [solver.net.blobs[name].diff.copy() for name in ("conv", "pool")]
+    assert not late[True]
+    assert late[False]                                  # (the test can see the difference)
+    for kept, stored in zip(blobs[False], blobs[True]):
+        np.testing.assert_array_equal(stored, kept)
+
+
 def test_a_long_compile_is_followed_by_malloc_trim(monkeypatch):
     calls = []
     monkeypatch.setitem(memory._state, "trim", lambda pad: calls.append(pad) or 1)
