@@ -863,18 +863,22 @@ class Pooling(JaxLayer):
     # (ab_step.py, 4 rounds, interval 0.90-0.97); CaffeNet and ResNet-50 level (1.000,
     # 1.002). False: the crop left to XLA (kept to compare the two).
     STORE_ROUTED_DIFF = True
-    # MAX, where its backward runs: store the window offsets (the residual the backward
-    # reads) once, and the top once, its readers each waiting for the offsets
-    # (engine.materialize_read_after). Left to XLA, the step's returned offsets were
-    # computed late, in the backward, from the -inf-padded input, and the top again in
-    # some of its readers (an LRN's forward and backward, the copy to the returned
-    # blob), so the padded input stayed alive into the backward (GoogLeNet's pool1: 105
-    # MB). Offsets and top stored with no wait, XLA still computed the offsets late
-    # (temporaries 381 MB against 359). The top made to wait for the offsets before it was stored, XLA copied
-    # the product into each reader (ResNet-50's temporaries +39 MB). GoogLeNet (batch
-    # 32, AMD Zen 1 VM): the step's XLA temporaries 359 -> 201 MB, peak RSS 3450 -> 3264
-    # MB; CaffeNet +8.5 MB of temporaries (pool1's stored top), ResNet-50 the same.
-    # False: offsets and top left to XLA (kept to compare the two).
+    # MAX, where its backward runs and its forward pads the input: store the window
+    # offsets (the residual the backward reads) once, and the top once, its readers
+    # each waiting for the offsets (engine.materialize_read_after). Left to XLA, the
+    # step's returned offsets were computed late, in the backward, from the -inf-padded
+    # input, and the top again in some of its readers (an LRN's forward and backward,
+    # the copy to the returned blob), so the padded input stayed alive into the
+    # backward (GoogLeNet's pool1: 105 MB). Offsets and top stored with no wait, XLA
+    # still computed the offsets late (temporaries 381 MB against 359); the top made
+    # to wait for the offsets before it was stored, XLA copied that product into each
+    # reader (ResNet-50's temporaries +39 MB). GoogLeNet (batch 32, AMD Zen 1 VM): the
+    # step's XLA temporaries 359 -> 201 MB, peak RSS 3450 -> 3264 MB, the step 0.969x
+    # the time (12 steps alternated in one process); ResNet-50's memory the same, its
+    # step 1.011x; FCN-32s's temporaries +22 MB, its step 1.000x. Only where the forward
+    # pads (Caffe's pad, or the last windows' overhang): otherwise its input is a blob
+    # the step keeps anyway, and storing only cost (CaffeNet, whose windows fit:
+    # temporaries +8.5 MB, the step 1.01-1.04x). False: left to XLA (to compare).
     STORE_MAX_RESULTS = True
 
     def __new__(cls, layer_param=None, *args, **kwargs):
@@ -1014,7 +1018,8 @@ class Pooling(JaxLayer):
         return [self._ave_backward(top_diffs[0])], []
 
     def stored_for_backward(self, tops, saved):
-        if self.p.pool != _POOL.MAX or not self.STORE_MAX_RESULTS:
+        if (self.p.pool != _POOL.MAX or not self.STORE_MAX_RESULTS
+                or not any(itertools.chain(*self._max_pads()))):
             return tops, saved
         saved = engine.materialize(saved)
         return [engine.materialize_read_after(tops[0], saved)] + list(tops[1:]), saved
@@ -1039,8 +1044,7 @@ class Pooling(JaxLayer):
         The input is padded with -inf, and NaN never wins a '>' comparison, as in Caffe.
         """
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
-        pad_h = (ph, max(0, (PH - 1) * sh + kh - ph - H))
-        pad_w = (pw, max(0, (PW - 1) * sw + kw - pw - W))
+        pad_h, pad_w = self._max_pads()
         xp = jnp.pad(x, self._spatial(pad_h, pad_w, (0, 0)), constant_values=-np.inf)
         kind = _offset_dtype(x.dtype, max(kh, kw) + 1)
         m, col = _first_max(xp, self._hw[1], kw, sw, PW, kind)
@@ -1049,6 +1053,13 @@ class Pooling(JaxLayer):
         floor = max(-FLT_MAX, float(jnp.finfo(x.dtype).min))
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
         return top, self._window_offset(jnp.where(found, row, -1), col)
+
+    def _max_pads(self):
+        """The -inf rows and columns _max_forward adds (before, after) along H and W:
+        Caffe's pad, and the last windows' overhang."""
+        (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
+        return ((ph, max(0, (PH - 1) * sh + kh - ph - H)),
+                (pw, max(0, (PW - 1) * sw + kw - pw - W)))
 
     def _window_offset(self, row, col):
         """Each window's offset i * kw + j of its maximum (-1: none), from the chosen
