@@ -870,15 +870,15 @@ class Pooling(JaxLayer):
     # input, and the top again in some of its readers (an LRN's forward and backward,
     # the copy to the returned blob), so the padded input stayed alive into the
     # backward (GoogLeNet's pool1: 105 MB). Offsets and top stored with no wait, XLA
-    # still computed the offsets late (temporaries 381 MB against 359); the top made
+    # still computed the offsets late (temporaries 400 MB against 376); the top made
     # to wait for the offsets before it was stored, XLA copied that product into each
-    # reader (ResNet-50's temporaries +39 MB). GoogLeNet (batch 32, AMD Zen 1 VM): the
-    # step's XLA temporaries 359 -> 201 MB, peak RSS 3450 -> 3264 MB, the step 0.969x
+    # reader (ResNet-50's temporaries +41 MB). GoogLeNet (batch 32, AMD Zen 1 VM): the
+    # step's XLA temporaries 376 -> 211 MB, peak RSS 3450 -> 3264 MB, the step 0.969x
     # the time (12 steps alternated in one process); ResNet-50's memory the same, its
-    # step 1.011x; FCN-32s's temporaries +22 MB, its step 1.000x. Only where the forward
+    # step 1.011x; FCN-32s's temporaries +24 MB, its step 1.000x. Only where the forward
     # pads (Caffe's pad, or the last windows' overhang): otherwise its input is a blob
     # the step keeps anyway, and storing only cost (CaffeNet, whose windows fit:
-    # temporaries +8.5 MB, the step 1.01-1.04x). False: left to XLA (to compare).
+    # temporaries +8.9 MB, the step 1.01-1.04x). False: left to XLA (to compare).
     STORE_MAX_RESULTS = True
 
     def __new__(cls, layer_param=None, *args, **kwargs):
