@@ -91,6 +91,46 @@ def test_ab_step_forward_times_the_deploy_net(tmp_path):
                      out), out
 
 
+def test_ab_step_interleave_alternates_the_two_processes_steps(tmp_path):
+    """--interleave: a process per variant, both alive, set up one after the other (the
+    first variant first in odd rounds), then their steps one by one, the first of each
+    pair alternating; the interval is over the pairs."""
+    log = tmp_path / "steps.txt"
+    variants = tmp_path / "variants.py"
+    variants.write_text(
+        "import os\n"
+        "from jcaffe.solver import Solver\n"
+        "def apply(name):\n"
+        "    step = Solver.step\n"
+        "    def logged(self, *args, **kwargs):\n"
+        "        with open(%r, 'a') as f:\n"
+        "            f.write('%%s:%%d\\n' %% (name, os.getpid()))\n"
+        "        return step(self, *args, **kwargs)\n"
+        "    Solver.step = logged\n" % str(log))
+    out = ab_step(variants, "--steps", "2", "--rounds", "2", "--interleave", "a", "b").stdout
+    records = [line.split(":") for line in log.read_text().split()]
+    assert len({pid for _, pid in records}) == 4, records          # two processes a round
+    assert all(len({n for n, p in records if p == pid}) == 1 for _, pid in records)
+    # each set up with its first call and two untimed ones, then two pairs of steps
+    assert "".join(n for n, _ in records) == "aaabbbabba" + "bbbaaabaab", records
+    assert re.search(r"b / a: [0-9.]+  \(lenet, batch 2, 2 rounds of 2 steps, interleaved\)",
+                     out), out
+    assert re.search(r"pairs' b / a: geometric mean [0-9.]+, 95% interval [0-9.]+-[0-9.]+: ",
+                     out), out
+
+
+def test_ab_step_interleave_names_the_variant_whose_process_failed(tmp_path):
+    variants = tmp_path / "variants.py"
+    variants.write_text("def apply(name):\n"
+                        "    if name == 'broken':\n"
+                        "        raise ValueError('no such variant: broken')\n")
+    res = ab_step(variants, "--steps", "1", "--interleave", "good", "broken", check=False)
+    assert res.returncode != 0
+    assert "round 1, lenet: variant 'broken' exited with status 1 while setting up" \
+        in res.stderr, res.stderr
+    assert "ValueError: no such variant: broken" in res.stderr, res.stderr
+
+
 def test_round_interval_is_a_t_interval_over_the_log_ratios():
     sys.path.insert(0, BENCH)
     import ab_step

@@ -873,12 +873,13 @@ class Pooling(JaxLayer):
     # still computed the offsets late (temporaries 400 MB against 376); the top made
     # to wait for the offsets before it was stored, XLA copied that product into each
     # reader (ResNet-50's temporaries +41 MB). GoogLeNet (batch 32, AMD Zen 1 VM): the
-    # step's XLA temporaries 376 -> 211 MB, peak RSS 3450 -> 3264 MB, the step 0.969x
-    # the time (12 steps alternated in one process); ResNet-50's memory the same, its
-    # step 1.011x; FCN-32s's temporaries +24 MB, its step 1.000x. Only where the forward
-    # pads (Caffe's pad, or the last windows' overhang): otherwise its input is a blob
-    # the step keeps anyway, and storing only cost (CaffeNet, whose windows fit:
-    # temporaries +8.9 MB, the step 1.01-1.04x). False: left to XLA (to compare).
+    # step's XLA temporaries 376 -> 211 MB, peak RSS 3450 -> 3264 MB, the step level
+    # (ab_step.py --interleave, 2 rounds of 6 pairs: 0.997x, pairs' interval 0.981-1.006);
+    # ResNet-50's memory the same, its step 1.002x (0.995-1.030); FCN-32s's temporaries
+    # +24 MB. Only where the forward pads (Caffe's pad, or the last windows' overhang):
+    # otherwise its input is a blob the step keeps anyway, and storing only cost
+    # (CaffeNet, whose windows fit: temporaries +9 MB, the step 1.020x, pairs' interval
+    # 1.005-1.027). False: left to XLA (kept to compare the two).
     STORE_MAX_RESULTS = True
 
     def __new__(cls, layer_param=None, *args, **kwargs):
