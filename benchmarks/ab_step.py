@@ -145,11 +145,10 @@ def interleaved_round(child_cmd, a, b, steps, a_first):
     up one after the other (their compiles never overlap), then ``steps`` pairs of steps,
     one of each, alternating which goes first. Each process waits while the other
     steps. -> {name: {"times", "loss", "first"}}."""
-    import tempfile as _tempfile
     procs, runs = {}, {}
     try:
         for name in ((a, b) if a_first else (b, a)):
-            err = _tempfile.TemporaryFile(mode="w+")
+            err = tempfile.TemporaryFile(mode="w+")
             proc = subprocess.Popen(child_cmd(name), stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE, stderr=err, text=True)
             procs[name] = (proc, err)

@@ -88,7 +88,9 @@ def materialize(x):
 def materialize_read_after(x, before):
     """:func:`materialize` of ``x``, whose readers each read it after the array ``before``
     is computed (times a one made from its first element, :func:`_waiting`); ``x``
-    unchanged outside a compiled call that set :func:`runtime_one`."""
+    unchanged outside a compiled call that set :func:`runtime_one`. (The wait on the
+    readers, not on ``x``: ``materialize(_waiting(x, ...))`` XLA rewrote into one product
+    by a scalar, which it copied into each reader: Pooling.STORE_MAX_RESULTS.)"""
     if _ONE.get() is None or not jnp.issubdtype(x.dtype, jnp.floating):
         return x
     return _waiting(materialize(x), jnp.ravel(before)[0])
