@@ -218,16 +218,20 @@ def _readers(lines, name):
             and re.search(r"%" + re.escape(name) + r"[,)]", line.split("=", 1)[1])}
 
 
+def _arrays_of_dims(lines, dims):
+    """The names of the float32 instructions among ``lines`` whose shape holds ``dims``
+    in any order."""
+    return [m.group(1) for m in (re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]+)\]", line)
+                                 for line in lines)
+            if m and sorted(map(int, m.group(2).split(","))) == sorted(dims)]
+
+
 def _readers_of_routed_diff(hlo, six):
     """The instructions reading the last array of a pool's routed dE/dx: the 6-d array
     (N, C, T_h, s_h, T_w, s_w) in any order of its dims ``six``, read by no other such
     array (the kernel rows' updates chain through it)."""
     lines = _entry(hlo)
-    defs = {}
-    for line in lines:
-        m = re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]+)\]", line)
-        if m and sorted(map(int, m.group(2).split(","))) == sorted(six):
-            defs[m.group(1)] = line
+    defs = _arrays_of_dims(lines, six)
     last = [n for n in defs if not _readers(lines, n) & set(defs)]
     assert len(last) == 1, (last, defs)
     return _readers(lines, last[0])
@@ -352,9 +356,7 @@ def _padded_pool_input_read_in_backward(solver, dims):
     hlo = compiled_step(solver).as_text()
     assert "is_scheduled=true" in hlo.split("\n", 1)[0]
     lines = _entry(hlo)
-    shapes = {m.group(1): sorted(map(int, m.group(2).split(","))) for m in
-              (re.match(r"\s*(?:ROOT )?%(\S+) = f32\[([\d,]+)\]", line) for line in lines) if m}
-    padded = [name for name, shape in shapes.items() if shape == sorted(dims)]
+    padded = _arrays_of_dims(lines, dims)
     assert len(padded) == 1, padded
     names = [m and m.group(1) for m in (re.match(r"\s*(?:ROOT )?%(\S+) =", l) for l in lines)]
     backward = next(i for i, line in enumerate(lines) if ".backward" in line)

@@ -876,10 +876,10 @@ class Pooling(JaxLayer):
     # step's XLA temporaries 376 -> 211 MB, peak RSS 3450 -> 3264 MB, the step level
     # (ab_step.py --interleave, 2 rounds of 6 pairs: 0.997x, pairs' interval 0.981-1.006);
     # ResNet-50's memory the same, its step 1.002x (0.995-1.030); FCN-32s's temporaries
-    # +24 MB, its step 0.994x (0.980-1.008). Only where the forward pads (Caffe's pad, or the last windows' overhang):
-    # otherwise its input is a blob the step keeps anyway, and storing only cost
-    # (CaffeNet, whose windows fit: temporaries +9 MB, the step 1.020x, pairs' interval
-    # 1.005-1.027). False: left to XLA (kept to compare the two).
+    # +24 MB, its step 0.994x (0.980-1.008). Only where the forward pads (Caffe's pad,
+    # or the last windows' overhang): otherwise its input is a blob the step keeps
+    # anyway, and storing only cost (CaffeNet, whose windows fit: temporaries +9 MB, the
+    # step 1.020x, pairs' interval 1.005-1.027). False: left to XLA (to compare the two).
     STORE_MAX_RESULTS = True
 
     def __new__(cls, layer_param=None, *args, **kwargs):
