@@ -1,4 +1,6 @@
 """Blob: pycaffe's surface and the host/device sync rules."""
+import tracemalloc
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -56,6 +58,24 @@ def test_reshape_keeps_content_when_count_unchanged_else_zeros():
     assert b.shape == (4, 4) and not b.data.any()
     with pytest.raises(ValueError):
         b.reshape(-1, 2)
+
+
+def test_a_blobs_memory_is_allocated_when_first_used():
+    """Caffe's SyncedMemory allocates on first use, and so does a Blob: a net's setup
+    makes every blob's data and diff, and most of them are only ever computed on the
+    device. Made eagerly, their host zeros cost GoogLeNet's training step 150 MB of
+    peak RSS (benchmarks/NOTES.md, forty-third session)."""
+    tracemalloc.start()
+    try:
+        b = Blob((64, 1000, 1000))              # 256 MB of data and as much diff
+        b.reshape(64, 1001, 1000)               # a new count: zeros again
+        held, _ = tracemalloc.get_traced_memory()
+        assert held < 1e6, held
+        assert not b.diff.any() and b.diff.shape == (64, 1001, 1000)
+        assert tracemalloc.get_traced_memory()[0] >= 64 * 1001 * 1000 * 4
+    finally:
+        tracemalloc.stop()
+    assert not np.asarray(b.device_data()).any()
 
 
 def test_shared_data_is_one_storage():
