@@ -22,6 +22,7 @@ pending blobs at once, and the next forward returns that blob directly.
 import contextlib
 import contextvars
 import functools
+import typing
 import weakref
 
 import jax
@@ -85,15 +86,31 @@ def materialize(x):
     return x / one.astype(x.dtype)
 
 
+class ReadAfter(typing.NamedTuple):
+    """A top as :func:`materialize_read_after` gives it to the engine: the blob keeps
+    ``value`` (the array the call returns, which the backward reads), and the forward's
+    later layers read ``value`` after the array ``before`` is computed."""
+    value: jax.Array
+    before: jax.Array
+
+    def read(self):
+        """``value`` times a one made from ``before``'s first element (:func:`_waiting`),
+        named ``read_after`` in HLO dumps."""
+        with jax.named_scope("read_after"):
+            return _waiting(self.value, jnp.ravel(self.before)[0])
+
+
 def materialize_read_after(x, before):
-    """:func:`materialize` of ``x``, whose readers each read it after the array ``before``
-    is computed (times a one made from its first element, :func:`_waiting`); ``x``
-    unchanged outside a compiled call that set :func:`runtime_one`. (The wait on the
-    readers, not on ``x``: ``materialize(_waiting(x, ...))`` XLA rewrote into one product
-    by a scalar, which it copied into each reader: Pooling.STORE_MAX_RESULTS.)"""
+    """:func:`materialize` of ``x`` as a :class:`ReadAfter` top: its readers in the
+    forward each read it after the array ``before`` is computed; ``x`` unchanged outside
+    a compiled call that set :func:`runtime_one`. (The wait on the readers, not on ``x``:
+    ``materialize(_waiting(x, ...))`` XLA rewrote into one product by a scalar, which it
+    copied into each reader. And not on the blob the call returns: read through the
+    wait, it was a copy XLA made at the step's end, the stored value a temporary kept
+    until then: Pooling.STORE_MAX_RESULTS.)"""
     if _ONE.get() is None or not jnp.issubdtype(x.dtype, jnp.floating):
         return x
-    return _waiting(materialize(x), jnp.ravel(before)[0])
+    return ReadAfter(materialize(x), before)
 
 
 class LayerSlot:
@@ -530,6 +547,7 @@ class Segment:
         plan = self.layout_plan()
         last = set()                    # blobs whose value in env is channels-last
         writer = {}                     # blob: the layer that last wrote it in this call
+        kept = {}                       # blob: its value where env's is read through a wait
         for s in self.slots:
             layer = s.layer
             if not layer.forward_writes_tops:
@@ -538,10 +556,15 @@ class Segment:
             _, run, top_last = plan[s.index]
             key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
             lp = _layer_params(s, {**params, **new_params})
+            shared = None
             if layer.shares_bottom and s.bottoms[0] in written_here:
                 # (its tops are its bottom, read by several layers: stored once, and the
-                # blob keeps that same value, so it is returned once)
-                env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
+                # blob keeps that same value, so it is returned once; where it is stored
+                # already, its readers waiting (ReadAfter), the tops' blobs keep it too)
+                if s.bottoms[0] in kept:
+                    shared = _as(kept[s.bottoms[0]], s.bottoms[0] in last, run)
+                else:
+                    env[s.bottoms[0]] = materialize(env[s.bottoms[0]])
             with jax.named_scope(_scope(layer, "forward")), _user_layer(layer, "forward"):
                 fn = (layer.forward_channels_last if run
                       else layer.forward_top_last if top_last else layer.forward)
@@ -565,6 +588,12 @@ class Segment:
                 # (its tops' reorders and loss_weight named by it too: XLA folds a reorder
                 # into the convolution before it, which takes the reorder's name)
                 with jax.named_scope(_scope(layer, "forward")):
+                    kept.pop(name, None)
+                    if isinstance(value, ReadAfter):    # (the blob keeps value.value)
+                        kept[name] = _as(value.value, run, top_last)
+                        value = value.read()
+                    elif shared is not None:
+                        kept[name] = _as(shared, run, top_last)
                     env[name] = _as(value, run, top_last)
                     (last.add if top_last else last.discard)(name)
                     written_here.add(name)
@@ -574,7 +603,8 @@ class Segment:
                         loss = term if loss is None else loss + term
         # (a backward in the same trace transposes these back where it runs channels-last:
         # XLA cancels the two transposes)
-        written = _returned({name: env[name] for name in self.writes}, last, held)
+        written = _returned({name: kept.get(name, env[name]) for name in self.writes}, last,
+                            held)
         return written, saved, new_params, loss
 
     def _forward_fn(self, returned):
