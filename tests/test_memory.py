@@ -259,6 +259,32 @@ def test_a_max_pools_routed_diff_is_stored_once_for_its_readers(monkeypatch):
     np.testing.assert_allclose(diffs[True], diffs[False], rtol=1e-6, atol=1e-7)
 
 
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's fusion of the cut")
+def test_an_ave_pools_cut_diff_is_stored_once_for_its_readers(monkeypatch):
+    """AVE's dE/dx is its windows' shares scattered into an array longer than the image
+    (5x5 stride 3 over 29 columns: 10 phases of 3), then cut. Left to XLA, the cut was
+    fused into each reader and into the copy to the step's returned diff, run late
+    (GoogLeNet's aux classifiers: 14 MB each at the step's peak). Stored once, one
+    instruction cuts it. The diffs are the same either way."""
+    from jcaffe.layers.vision import Pooling
+    net = BRANCHES.replace("pool: MAX kernel_size: 3 stride: 2", "pool: AVE kernel_size: 5 stride: 3")
+    readers, diffs = {}, {}
+    for store in (True, False):
+        monkeypatch.setattr(Pooling, "STORE_ROUTED_DIFF", store)
+        solver = _solver(net=net)
+        lines = _entry(compiled_step(solver).as_text())
+        # (the scattered rows and columns: stacked phases, padded; what reads them else
+        # cuts them)
+        uncut = {re.match(r"\s*%(\S+) =", line).group(1) for line in lines
+                 if re.search(r'pool\.backward/(stack|pad)"', line)}
+        assert uncut
+        readers[store] = set().union(*(_readers(lines, n) for n in uncut)) - uncut
+        diffs[store] = solver.net.blobs["conv"].diff.copy()
+    assert len(readers[True]) == 1, readers[True]
+    assert len(readers[False]) > 1, readers[False]      # (the test can see the difference)
+    np.testing.assert_allclose(diffs[True], diffs[False], rtol=1e-6, atol=1e-7)
+
 RELUS = """
 name: "relus"
 layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 8 dim: 8 dim: 32 dim: 32 } } }
