@@ -259,7 +259,6 @@ def test_a_max_pools_routed_diff_is_stored_once_for_its_readers(monkeypatch):
     np.testing.assert_allclose(diffs[True], diffs[False], rtol=1e-6, atol=1e-7)
 
 
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA CPU's fusion of the cut")
 def test_an_ave_pools_cut_diff_is_stored_once_for_its_readers(monkeypatch):
     """AVE's dE/dx is its windows' shares scattered into an array longer than the image
@@ -268,7 +267,8 @@ def test_an_ave_pools_cut_diff_is_stored_once_for_its_readers(monkeypatch):
     (GoogLeNet's aux classifiers: 14 MB each at the step's peak). Stored once, one
     instruction cuts it. The diffs are the same either way."""
     from jcaffe.layers.vision import Pooling
-    net = BRANCHES.replace("pool: MAX kernel_size: 3 stride: 2", "pool: AVE kernel_size: 5 stride: 3")
+    net = BRANCHES.replace("pool: MAX kernel_size: 3 stride: 2",
+                           "pool: AVE kernel_size: 5 stride: 3")
     readers, diffs = {}, {}
     for store in (True, False):
         monkeypatch.setattr(Pooling, "STORE_ROUTED_DIFF", store)
@@ -284,6 +284,7 @@ def test_an_ave_pools_cut_diff_is_stored_once_for_its_readers(monkeypatch):
     assert len(readers[True]) == 1, readers[True]
     assert len(readers[False]) > 1, readers[False]      # (the test can see the difference)
     np.testing.assert_allclose(diffs[True], diffs[False], rtol=1e-6, atol=1e-7)
+
 
 RELUS = """
 name: "relus"
@@ -413,6 +414,11 @@ def test_a_max_pools_padded_input_is_read_only_in_the_forward(monkeypatch):
         np.testing.assert_array_equal(stored, kept)
 
 
+def _read(top):
+    """A top as its readers in the forward read it (engine.ReadAfter.read)."""
+    return top.read() if isinstance(top, engine.ReadAfter) else top
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU's rule")
 def test_a_stored_max_pool_top_is_the_blob_the_step_returns(monkeypatch):
     """The stored top's readers in the forward wait for the offsets, but the blob the
@@ -460,10 +466,6 @@ def test_the_split_tops_of_a_stored_max_pool_top_are_its_array():
                                    rtol=1e-5, atol=1e-6, err_msg=name)
         np.testing.assert_allclose(fused.net.blobs[name].diff, plain.net.blobs[name].diff,
                                    rtol=1e-5, atol=1e-6, err_msg=name + " diff")
-
-
-def _read(top):
-    return top.read() if isinstance(top, engine.ReadAfter) else top
 
 
 def test_a_max_pool_that_pads_nothing_leaves_its_results_to_xla():
