@@ -444,6 +444,15 @@ def test_a_stored_max_pool_top_is_the_blob_the_step_returns(monkeypatch):
         np.testing.assert_array_equal(kept, read)
 
 
+def _fused_and_plain(net, bottom):
+    """A fused and an unfused solver of ``net``, and the names of the two Split tops of
+    blob ``bottom``."""
+    fused, plain = _solver(net=net), _solver(False, net)
+    splits = [n for n in fused.net.blobs if n.startswith(bottom + "_") and "split" in n]
+    assert len(splits) == 2
+    return fused, plain, splits
+
+
 def test_the_split_tops_of_a_stored_max_pool_top_are_its_array():
     """A stored top read by two layers: the Split's tops keep the stored array too, one
     array for the three blobs, as for any split value (else the step returned two
@@ -453,9 +462,7 @@ def test_the_split_tops_of_a_stored_max_pool_top_are_its_array():
         'layer { name: "norm2" type: "LRN" bottom: "pool" top: "norm2" lrn_param { local_size: 5 } }\n'
         'layer { name: "sum" type: "Eltwise" bottom: "norm" bottom: "norm2" top: "sum" }\n'
         'layer { name: "ip"')
-    fused, plain = _solver(net=two), _solver(False, two)
-    splits = [n for n in fused.net.blobs if n.startswith("pool_") and "split" in n]
-    assert len(splits) == 2
+    fused, plain, splits = _fused_and_plain(two, "pool")
     for step in range(2):
         fused.step(1)
         plain.step(1)
@@ -615,9 +622,7 @@ def test_a_fused_step_returns_each_value_once():
     BatchNorm's saved output: one array each, not copies (XLA writes every output of a
     program to its own buffer; ResNet-50 returned 1.3 GB of such copies per step). What
     users read is the unfused path's, and the step after still donates every buffer."""
-    fused, plain = _solver(net=RESIDUAL_NET), _solver(False, RESIDUAL_NET)
-    splits = [n for n in fused.net.blobs if n.startswith("conv_") and "split" in n]
-    assert len(splits) == 2
+    fused, plain, splits = _fused_and_plain(RESIDUAL_NET, "conv")
     for step in range(3):
         fused.step(1)
         plain.step(1)
