@@ -178,8 +178,9 @@ class JaxLayer(_LayerCommon):
 
     def stored_for_backward(self, tops, saved):
         """The tops and residuals of a forward whose backward will run, as the engine
-        keeps them: a layer may store some once (engine.materialize) in a compiled call.
-        MAX pooling's rule; unchanged here."""
+        keeps them: a layer may store some once (engine.materialize) in a compiled call,
+        and give a top as an engine.ReadAfter (the blob keeps it, the forward's later
+        layers read it after another array). MAX pooling's rule; unchanged here."""
         return tops, saved
 
     def channels_last_ok(self):
