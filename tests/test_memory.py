@@ -483,7 +483,7 @@ def test_a_max_pool_that_pads_nothing_leaves_its_results_to_xla():
     pool = solver.net.layer_dict["pool"]
     tops, saved = [jnp.zeros((8, 16, 8, 8))], jnp.zeros((8, 16, 8, 8))
     with engine.runtime_one(saved):
-        assert pool._max_pads() == ((0, 0), (0, 0))
+        assert pool._pads() == ((0, 0), (0, 0))
         kept = pool.stored_for_backward(tops, saved)
     assert kept[0] is tops and kept[1] is saved
 

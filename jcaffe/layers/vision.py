@@ -1025,7 +1025,7 @@ class Pooling(JaxLayer):
 
     def stored_for_backward(self, tops, saved):
         if (self.p.pool != _POOL.MAX or not self.STORE_MAX_RESULTS
-                or not any(itertools.chain(*self._max_pads()))):
+                or not any(itertools.chain(*self._pads()))):
             return tops, saved
         saved = engine.materialize(saved)
         return [engine.materialize_read_after(tops[0], saved)] + list(tops[1:]), saved
@@ -1050,7 +1050,7 @@ class Pooling(JaxLayer):
         The input is padded with -inf, and NaN never wins a '>' comparison, as in Caffe.
         """
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
-        pad_h, pad_w = self._max_pads()
+        pad_h, pad_w = self._pads()
         xp = jnp.pad(x, self._spatial(pad_h, pad_w, (0, 0)), constant_values=-np.inf)
         kind = _offset_dtype(x.dtype, max(kh, kw) + 1)
         m, col = _first_max(xp, self._hw[1], kw, sw, PW, kind)
@@ -1060,9 +1060,9 @@ class Pooling(JaxLayer):
         top = jnp.where(found, best, jnp.asarray(floor, x.dtype))
         return top, self._window_offset(jnp.where(found, row, -1), col)
 
-    def _max_pads(self):
-        """The -inf rows and columns _max_forward adds (before, after) along H and W:
-        Caffe's pad, and the last windows' overhang."""
+    def _pads(self):
+        """The rows and columns the forward pads (before, after) along H and W, with -inf
+        (MAX) or zeros (AVE): Caffe's pad, and the last windows' overhang."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         return ((ph, max(0, (PH - 1) * sh + kh - ph - H)),
                 (pw, max(0, (PW - 1) * sw + kw - pw - W)))
@@ -1200,8 +1200,8 @@ class Pooling(JaxLayer):
         ``reduce_window``), divided by Caffe's pool size."""
         (H, PH, kh, sh, ph), (W, PW, kw, sw, pw) = self._axes()
         h, w = self._hw
-        xp = jnp.pad(x, self._spatial((ph, max(0, (PH - 1) * sh + kh - ph - H)),
-                                      (pw, max(0, (PW - 1) * sw + kw - pw - W)), (0, 0)))
+        pad_h, pad_w = self._pads()
+        xp = jnp.pad(x, self._spatial(pad_h, pad_w, (0, 0)))
         sums = _window_views_sum(_window_views_sum(xp, w, kw, sw, PW), h, kh, sh, PH)
         return sums / self._pool_size(x.dtype)
 
@@ -1222,8 +1222,8 @@ class Pooling(JaxLayer):
         # returned diff, run late, the uncut array a temporary until then (GoogLeNet's
         # aux classifiers' 5x5 stride 3 pools: 14 MB each, at the step's peak; its
         # temporaries 166 -> 138 MB, the step 0.992x stored, interval 0.976-1.008).
-        cut = any((-(-span // s) * s if s > 1 else span) + max(0, p + size - span) != size
-                  for size, span, s, p in ((H, hp, sh, ph), (W, wp, sw, pw)))
+        # (cut where the forward pads, or where the stride's phases overshoot the windows)
+        cut = any(itertools.chain(*self._pads())) or hp % sh or wp % sw
         return engine.materialize(dx) if cut and self.STORE_ROUTED_DIFF else dx
 
 
