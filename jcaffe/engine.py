@@ -66,7 +66,7 @@ def runtime_one(inputs):
         return
     if jnp.issubdtype(first.dtype, jax.dtypes.prng_key):
         first = jax.random.key_data(first)
-    word = jnp.ravel(first)[0]
+    word = _first(first)
     word = (lax.bitcast_convert_type(word, jnp.uint32) if word.dtype.itemsize == 4
             else lax.convert_element_type(word, jnp.uint32))
     bits = jnp.uint32(0x3F800000)                   # 1.0 in float32
@@ -97,7 +97,7 @@ class ReadAfter(typing.NamedTuple):
         """``value`` times a one made from ``before``'s first element (:func:`_waiting`),
         named ``read_after`` in HLO dumps."""
         with jax.named_scope("read_after"):
-            return _waiting(self.value, jnp.ravel(self.before)[0])
+            return _waiting(self.value, _first(self.before))
 
 
 def materialize_read_after(x, before):
@@ -288,8 +288,21 @@ def _waiting(x, after):
     """``x`` times a one computed from the scalar ``after``: the same values (a product
     by one is exact; XLA on CPU flushes subnormals to zero in every op, this one as the
     layer's own), made to depend on ``after`` in a way XLA cannot fold away."""
-    one = jnp.maximum((after != after).astype(x.dtype), jnp.ones((), x.dtype))
-    return x * one
+    return x * _one_after(after, x.dtype)
+
+
+def _one_after(after, dtype):
+    """:func:`_waiting`'s one (1 if ``after`` is NaN too), in lax's few operations: a
+    step traces one per layer that waits, and each operation costs the step's first
+    call its tracing and lowering."""
+    return lax.max(lax.convert_element_type(lax.ne(after, after), dtype),
+                   lax.full((), 1, dtype))
+
+
+def _first(x):
+    """``x``'s first element, a scalar, in one slice (``jnp.ravel(x)[0]`` traced four
+    operations; a step takes one from each layer's diffs: _one_after)."""
+    return lax.reshape(lax.slice(x, (0,) * x.ndim, (1,) * x.ndim), ())
 
 
 @contextlib.contextmanager
@@ -727,7 +740,11 @@ class Segment:
             lp = _layer_params(s, params)
             after = _total(waits[t] for t in dict.fromkeys(s.tops) if t in waits)
             ordered = [after is not None and self._orders(p) for p in lp]
-            lp = [_waiting(p, after) if o else p for p, o in zip(lp, ordered)]
+            ones = {}       # (one per dtype: a layer's params wait for the same diffs)
+            for p, o in zip(lp, ordered):
+                if o and p.dtype not in ones:
+                    ones[p.dtype] = _one_after(after, p.dtype)
+            lp = [p * ones[p.dtype] if o else p for p, o in zip(lp, ordered)]
             run, top_last = plan[s.index][1:] if s.index in plan else (False, False)
             bottoms = [value(b, run) for b in s.bottoms]
             tops = [value(t, run) for t in s.tops]
@@ -740,7 +757,7 @@ class Segment:
             if probes is not None and s.param_ids:
                 # (the barrier keeps XLA from computing the one element from a part of
                 # the gradient only, e.g. the first group's share of a concatenation)
-                firsts = [jnp.ravel(jax.lax.optimization_barrier(d))[0]
+                firsts = [_first(jax.lax.optimization_barrier(d))
                           for d, need in zip(bottom_diffs, s.bottom_need_backward)
                           if need and d is not None and d.size]
                 for pid, p, o in zip(s.param_ids, lp, ordered):
@@ -748,7 +765,7 @@ class Segment:
                     # the end of the step waits for that copy, not for the data
                     # gradient, which then need not stay live until then
                     probes.setdefault(pid, []).extend(
-                        [jnp.ravel(p)[0]] if o and p.size and not (
+                        [_first(p)] if o and p.size and not (
                             pid in in_order and p.size * p.dtype.itemsize >= self.update_min_bytes)
                         else firsts)
             for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
@@ -769,11 +786,11 @@ class Segment:
                     if in_order.get(pid) == s.index:    # its last diff: update it now
                         new = update(pid, acc[pid], probes.get(pid, ()) if probes is not None
                                      else ())
-                        computed.append(jnp.ravel(jax.lax.optimization_barrier(new))[0])
+                        computed.append(_first(jax.lax.optimization_barrier(new)))
                     elif diff.size and self._orders(diff):
                         # (the barrier: the whole diff, as for the probes; a big diff
                         # left alone keeps its product fused with the param's update)
-                        computed.append(jnp.ravel(jax.lax.optimization_barrier(diff))[0])
+                        computed.append(_first(jax.lax.optimization_barrier(diff)))
             after = _total(computed) if computed else after
             for name, need in zip(s.bottoms, s.bottom_need_backward):
                 if need and after is not None:

@@ -108,6 +108,12 @@ def compiled_step(solver):
 def lowered_step(solver):
     """``solver``'s fused step lowered (jax's ``Lowered``, before XLA's passes), as
     :func:`compiled_step` finds it."""
+    return traced_step(solver).lower()
+
+
+def traced_step(solver):
+    """``solver``'s fused step traced (jax's ``Traced``: its ``jaxpr``, before lowering),
+    as :func:`compiled_step` finds it."""
     jitted = solver._jit_fused
     seen = []
 
@@ -124,7 +130,7 @@ def lowered_step(solver):
         return call
     solver._jit_fused = spy
     solver.step(1)
-    return seen[0].lower(*seen[1])
+    return seen[0].trace(*seen[1])
 
 
 def calls_of(monkeypatch, owner, name, what=lambda *args: args):

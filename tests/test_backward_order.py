@@ -21,7 +21,7 @@ import jax
 import jcaffe
 from jcaffe import engine, solver as solver_module
 from jcaffe.proto import caffe_pb2
-from netutil import compiled_step
+from netutil import compiled_step, traced_step
 
 # MobileNet's separable blocks: a depthwise 3x3 convolution and a 1x1 one, each with
 # BatchNorm, Scale and ReLU in place (the pattern where XLA's order was furthest off).
@@ -169,6 +169,49 @@ def test_which_params_are_updated_in_the_backward(monkeypatch):
         for pid in s.param_ids}
     monkeypatch.setattr(engine.Segment, "ordered_backward", False)
     assert seg.updated_in_order(params) == {}
+
+
+def _rate_choices(solver):
+    """The choices of a param's rate by its probes (jcaffe.solver._RatesAfter, named
+    "rate_after") in ``solver``'s traced fused step."""
+    def walk(jaxpr):
+        for e in jaxpr.eqns:
+            if (e.primitive.name == "dynamic_slice"
+                    and "rate_after" in str(e.source_info.name_stack)):
+                yield e
+            for v in e.params.values():
+                inner = getattr(v, "jaxpr", v)
+                if hasattr(inner, "eqns"):
+                    yield from walk(inner)
+    return list(walk(traced_step(solver).jaxpr.jaxpr))
+
+
+THREE = """
+name: "three"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 2 dim: 6 dim: 6 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 4 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "xavier" } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "ip1" type: "InnerProduct" bottom: "conv" top: "ip1"
+        inner_product_param { num_output: 8 weight_filler { type: "xavier" } } }
+layer { name: "tanh" type: "TanH" bottom: "ip1" top: "ip1" }
+layer { name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param { num_output: 10 weight_filler { type: "xavier" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }
+"""
+
+
+def test_a_layers_params_share_one_rate_choice(any_size):
+    """Each param's rate is chosen by its layers' data gradients (jcaffe.solver.
+    _rate_after): once per layer, whose weight and bias wait for the same gradients,
+    and not again after the backward for the params updated in it. Here ip1 and ip2
+    (conv's bottom, the data, has no gradient to wait for). Each operation a step traces
+    costs its first call tracing and lowering (all of that call's work with a warm
+    compilation cache): chosen per param, and once more after the backward, the rates
+    were a fifth of GoogLeNet's traced operations. The numbers are the same either way
+    (test_updates_in_the_backward_change_no_number)."""
+    assert len(_rate_choices(_solver(THREE))) == 2
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu",
