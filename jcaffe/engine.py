@@ -301,7 +301,8 @@ def _one_after(after, dtype):
 
 def _first(x):
     """``x``'s first element, a scalar, in one slice (``jnp.ravel(x)[0]`` traced four
-    operations; a step takes one from each layer's diffs: _one_after)."""
+    operations; a fused step takes one from each layer's diffs and new params to order
+    its backward)."""
     return lax.reshape(lax.slice(x, (0,) * x.ndim, (1,) * x.ndim), ())
 
 

@@ -209,8 +209,7 @@ def test_a_layers_params_share_one_rate_choice(any_size):
     (conv's bottom, the data, has no gradient to wait for). Each operation a step traces
     costs its first call tracing and lowering (all of that call's work with a warm
     compilation cache): chosen per param, and once more after the backward, the rates
-    were a fifth of GoogLeNet's traced operations. The numbers are the same either way
-    (test_updates_in_the_backward_change_no_number)."""
+    were a fifth of GoogLeNet's traced operations."""
     assert len(_rate_choices(_solver(THREE))) == 2
 
 
