@@ -729,10 +729,13 @@ class Segment:
         plan = self.layout_plan()
         held_data = self.last_writes() if held else frozenset()
 
+        read = {}       # (blob, layout): its value, reshaped or transposed once
+
         def value(name, run):
-            if name in held_data:
-                return _as(_unheld(data[name]), True, run)
-            return _as(data[name], False, run)
+            if (name, run) not in read:
+                read[name, run] = (_as(_unheld(data[name]), True, run) if name in held_data
+                                   else _as(data[name], False, run))
+            return read[name, run]
         acc = dict(param_diffs)
         waits = {}          # blob: the param diffs its diff comes after (ordered_backward)
         in_order = self.updated_in_order(params, deferred) if update is not None else {}
