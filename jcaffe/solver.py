@@ -98,8 +98,9 @@ class _RatesAfter:
         self.pair, self._known = pair, {}
 
     def __call__(self, probes):
+        probes = tuple(probes)
         key = tuple(map(id, probes))
-        if key not in self._known:      # (the probes stay alive with the trace's dict)
+        if key not in self._known:      # (kept with its probes: their ids stay theirs)
             with jax.named_scope("rate_after"):
                 self._known[key] = (_rate_after(self.pair, probes), probes)
         return self._known[key][0]
