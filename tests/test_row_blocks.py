@@ -159,3 +159,84 @@ def test_the_whole_weight_diff_is_never_in_memory(monkeypatch):
     copies = [line for line in blocked.as_text().splitlines()
               if "f32[1024,2048]" in line and " copy(" in line]
     assert copies == []
+
+
+# One image through convolutions whose weight diffs are one GEMM each (jcaffe.layers.
+# vision.Convolution.row_blocked_params): FCN's form (fc6: 7x7 from 512 to 4096
+# channels at batch 1, 411 MB of weight), in small. GEMM_MIN_MACS is lowered for these
+# few multiply-adds to take the GEMM.
+CONV = """
+name: "convs"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 6 dim: 9 dim: 9 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 1 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        param { lr_mult: 2 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+        convolution_param { num_output: 8 kernel_size: 3 pad: 1
+                            weight_filler { type: "gaussian" std: 0.1 }
+                            bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 stride: 2
+                            weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "conv2" top: "ip"
+        inner_product_param { num_output: 5 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.fixture
+def convs_on_gemm(monkeypatch):
+    from jcaffe.layers.vision import Convolution
+    monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_convolution_weights_by_rows_give_the_whole_array_update(monkeypatch, convs_on_gemm,
+                                                                 kind):
+    # blocks of two output channels: conv1's 8 rows of 6 * 9 floats as 2, 2, 2, 2
+    monkeypatch.setattr(update_rules, "ROW_BLOCK_BYTES", 2 * 54 * 4)
+    blocked, whole = _solver(kind, net=CONV), _solver(kind, net=CONV, min_bytes=None)
+    learnable = blocked.net._learnable
+    weights = {learnable.index(blocked.net.params[n][0]) for n in ("conv1", "conv2", "ip")}
+    assert set(_deferred(blocked)) == weights and not _deferred(whole)
+    close = dict(rtol=2e-6, atol=1e-7)
+    for step in range(3):       # each step (one image: the loss soon nears 0, the diffs too)
+        blocked.step(1)
+        whole.step(1)
+        for name in ("conv1", "conv2", "ip"):
+            for i, (b, w) in enumerate(zip(blocked.net.params[name], whole.net.params[name])):
+                where = "step %d, %s[%d]" % (step, name, i)
+                np.testing.assert_allclose(b.data, w.data, err_msg=where + " data", **close)
+                np.testing.assert_allclose(b.diff, w.diff, err_msg=where + " diff", **close)
+        np.testing.assert_allclose(blocked.net.blobs["loss"].data,
+                                   whole.net.blobs["loss"].data, **close)
+
+
+@pytest.mark.parametrize("changes", [
+    [("dim: 1 dim: 6", "dim: 64 dim: 6"), ("shape { dim: 1 }", "shape { dim: 64 }")],
+    [("kernel_size: 3 pad: 1", "kernel_size: 3 pad: 1 group: 2")],
+    [("kernel_size: 3 pad: 1", "kernel_size: 1")],
+    [('name: "conv1" type: "Convolution"', 'name: "conv1" type: "Deconvolution"')]],
+    ids=["columns in chunks", "grouped", "1x1", "deconvolution"])
+def test_convolution_weights_by_rows_only_from_one_column_array(convs_on_gemm, monkeypatch,
+                                                                 changes):
+    """conv1 changed so that its weight diff is not one GEMM of one column array (or is
+    a Deconvolution's): its weight stays whole; conv2's is still offered by rows where
+    it is still one."""
+    from jcaffe import xla_options
+    from jcaffe.layers import conv_gemm
+    # GEMM weight gradients for a batch too (as where XLA's convolutions are YNNPACK's),
+    # the columns 8 images a chunk
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: False)
+    monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", 6 * 9 * 81 * 4 * 8)
+    net_text = CONV
+    for old, new in changes:
+        assert old in net_text
+        net_text = net_text.replace(old, new)
+    solver = _solver(net=net_text)
+    net, deferred = solver.net, _deferred(solver)
+    conv1, conv2 = (net._learnable.index(net.params[n][0]) for n in ("conv1", "conv2"))
+    assert conv1 not in deferred
+    assert (conv2 in deferred) == (changes[0][0] != "dim: 1 dim: 6"), deferred
+    unchanged = _deferred(_solver(net=CONV))
+    assert conv1 in unchanged and conv2 in unchanged

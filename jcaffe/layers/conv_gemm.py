@@ -62,6 +62,11 @@ def _per_chunk(batch, channels, geo, itemsize):
     return max(1, min(CHUNK_BYTES // max(per_image, 1), batch))
 
 
+def single_chunk(batch, channels, geo, itemsize):
+    """Whether the column array of ``batch`` images is built in one chunk (no loop)."""
+    return _per_chunk(batch, channels, geo, itemsize) >= batch
+
+
 def _chunks(batch, channels, geo, itemsize):
     """[(start, stop)] over the batch, in the order the maps visit them."""
     per = _per_chunk(batch, channels, geo, itemsize)

@@ -687,6 +687,44 @@ class Convolution(JaxLayer):
         return lax.slice(full, start, tuple(full.shape[:2]) + tuple(
             p + size for p, size in zip(self.pad, self.in_spatial)))
 
+    # The weight diff by rows (jcaffe.engine.RowBlocks): a fused solver step updates a
+    # big weight a block of output channels at a time and never holds its whole diff,
+    # as InnerProduct's. Offered where the whole diff is one GEMM of one column array
+    # (conv_gemm.weight_diff in a single chunk: ungrouped maps of one image, FCN's fc6,
+    # 7x7 from 512 to 4096 channels, 411 MB of weight), whose columns XLA builds once
+    # for all the blocks; a batch in chunks would build them again for each block.
+    # FCN-32s's step (2026-12-06, AMD EPYC VM): XLA's temporaries 502 -> 258 MB, peak
+    # RSS 3506 -> 3283-3326 MB, time level (benchmarks/ab_step.py, 2 rounds of 4 pairs,
+    # rows / whole 1.007, interval 0.992-1.021).
+    @property
+    def row_blocked_params(self):
+        return (0,) if self._weight_diff_on_columns() else ()
+
+    def _weight_diff_on_columns(self):
+        """Whether _weight_diff of this map takes conv_gemm.weight_diff in one chunk:
+        ungrouped, not 1x1 (those may run channels-last), on GEMM by _gemm's rule (not
+        by rows), its columns one chunk. (Where the engine holds the top channels-last,
+        the rows are still computed in Caffe's order: the same numbers.)"""
+        if type(self) is not Convolution or self.group != 1 or not self.bottom_shapes:
+            return False
+        geo, batch, weight = self.geometry(), self._batch(), self._weight_shape()
+        macs = _macs(batch, weight, self.out_spatial)
+        return (not conv_gemm.pointwise(geo)
+                and not self._weight_by_rows(batch, self.channels, macs)
+                and not self._gemm_top_last(batch, weight)
+                and self._gemm("weight", self.channels, macs, batch=batch)
+                and conv_gemm.single_chunk(batch, self.channels, geo, self.dtype.itemsize))
+
+    def param_diff_rows(self, params, bottoms, top_diffs, index, start, size):
+        """Rows [start, start + size) of the weight diff (output channels): each
+        bottom's columns against those channels of its top diff."""
+        rows = None
+        for x, dy in zip(bottoms, top_diffs):
+            d = conv_gemm.weight_diff(x, lax.dynamic_slice_in_dim(dy, start, size, axis=1),
+                                      1, self.geometry())
+            rows = d if rows is None else rows + d
+        return rows
+
     def _weight_diff(self, x, dy):
         """dE/dW[o, c, j] = sum over n and out of dy[n, o, out] * x[n, c, out*stride + j*dilation].
 
