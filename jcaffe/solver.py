@@ -196,9 +196,10 @@ class Solver:
     update_in_backward = True
     CPU_COMPILER_OPTIONS = {"xla_cpu_scheduler_type": "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"}
     # Params of at least this size whose layer can give their diff by rows (InnerProduct
-    # weights) are updated a block of rows at a time in a fused step, without their
-    # whole diff (jcaffe.engine.RowBlocks); None: never. On the CPU backend only: on an
-    # H200 CaffeNet's step took 5.4 ms without them against 6.5 with them, and XLA's
+    # weights; Convolution weights whose gradient is one GEMM: Convolution.
+    # row_blocked_params) are updated a block of rows at a time in a fused step, without
+    # their whole diff (jcaffe.engine.RowBlocks); None: never. On the CPU backend only: on
+    # an H200 CaffeNet's step took 5.4 ms without them against 6.5 with them, and XLA's
     # temporaries were no smaller (benchmarks/NOTES.md, thirty-first session).
     row_blocks_min_bytes = 32 << 20
     # Donate the last step's blob, diff and residual arrays as the buffers of this step's
