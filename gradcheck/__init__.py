@@ -1,7 +1,8 @@
 """gradcheck: prove a layer's (or a net's) explicit backward right.
 
 ``check_layer`` (built-in and JAX-written layers: backward vs jax.vjp vs
-finite differences), ``check_python_layer`` (numpy pycaffe layers: backward
+finite differences; a param offered by rows, as a fused solver step updates big
+weights, vs the backward's diff), ``check_python_layer`` (numpy pycaffe layers: backward
 vs finite differences plus the layer contract), ``check_net`` (a whole net's
 backward vs jax.grad of the composed loss and finite differences). Each
 returns a :class:`Report`. Checks run in float64 inside

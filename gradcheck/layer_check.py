@@ -190,7 +190,34 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
                                            scale, np.float64)
         if ref is not None:
             compare.check_vjp(check, analytic, ref, tol, skip=kinks)
+    _check_rows(report, layer, params, xs, vs, param_diffs)
     return report
+
+
+def _check_rows(report, layer, params, xs, vs, param_diffs):
+    """A param a layer offers by rows (``row_blocked_params`` and ``param_diff_rows``,
+    jcaffe.engine.RowBlocks, which a fused solver step updates a block at a time): its
+    blocks of rows, the last shorter, stacked, against the diff its backward gives."""
+    for j in getattr(layer, "row_blocked_params", ()):
+        if not layer.param_propagate_down[j] or _at(param_diffs, j) is None:
+            continue
+        whole = np.asarray(param_diffs[j], np.float64)
+        check = report.add(BlobCheck("param %d by rows" % j, whole.shape, mode="contract"))
+        rows = whole.shape[0]
+        size = max(1, -(-rows // 3)) if rows > 2 else 1
+        blocks = [np.asarray(jax.jit(lambda p, b, v, start, j=j, n=n: layer.param_diff_rows(
+            p, b, v, j, start, n))(params, xs, vs, start)) for start, n in
+            ((start, min(size, rows - start)) for start in range(0, rows, size))]
+        got = np.concatenate(blocks).reshape(whole.shape)
+        bad = ~np.isclose(got, whole, rtol=1e-9, atol=1e-12 * max(1.0, np.abs(whole).max()))
+        error = np.abs(got - whole)
+        check.checked, check.max_abs = got.size, float(error.max(initial=0.0))
+        check.max_rel = float((error / np.maximum(np.abs(whole), 1e-300)).max(initial=0.0))
+        if bad.any():
+            at = tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), whole.shape))
+            check.add_error("param_diff_rows gives %r at %s where the backward's diff is %r "
+                            "(%d of %d elements differ)" % (float(got[at]), at, float(whole[at]),
+                                                            int(bad.sum()), got.size))
 
 
 def _check_tops(report, layer, tops):

@@ -97,6 +97,30 @@ def test_one_wrong_element_is_named():
     assert [e.index for e in bad["bottom 0"].failures] == [(0, 1, 1, 0)]
 
 
+@pytest.mark.parametrize("type_name, snippet, shapes", [
+    ("InnerProduct", IP, [(4, 5)]),
+    ("Convolution", 'type: "Convolution" convolution_param { num_output: 5 kernel_size: 3 '
+     'pad: 1 weight_filler { type: "gaussian" } }', [(1, 3, 6, 6)])])
+def test_a_param_offered_by_rows_is_checked_against_the_backward(monkeypatch, type_name,
+                                                                 snippet, shapes):
+    """A param a layer offers by rows (row_blocked_params: a fused solver step updates it
+    a block at a time from param_diff_rows) has those blocks checked against its
+    backward's diff, and a wrong row is reported."""
+    from jcaffe.layers.vision import Convolution
+    monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 0)   # one image's weight diff by GEMM
+    good = gradcheck.check_layer(snippet, shapes)
+    assert good.ok, str(good)
+    assert good["param 0 by rows"].checked == good["param 0"].shape[0] * int(
+        np.prod(good["param 0"].shape[1:]))
+    base = layer_class(type_name)
+    rows = base.param_diff_rows
+    monkeypatch.setattr(base, "param_diff_rows",
+                        lambda self, *args: rows(self, *args).at[0].multiply(1 + 1e-6))
+    bad = gradcheck.check_layer(snippet, shapes)
+    assert not bad.ok and not bad["param 0 by rows"].ok and bad["param 0"].ok
+    assert "param_diff_rows gives" in bad["param 0 by rows"].errors[0]
+
+
 def test_projection_mode_narrows_to_the_wrong_element():
     fix = lambda bd, pd, b: (bd, [pd[0].at[7, 123].multiply(1.001), pd[1]])
     snippet = IP.replace("num_output: 3", "num_output: 40")
