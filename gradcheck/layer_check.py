@@ -201,7 +201,9 @@ def _check_rows(report, layer, params, xs, vs, param_diffs):
     for j in getattr(layer, "row_blocked_params", ()):
         if not layer.param_propagate_down[j] or _at(param_diffs, j) is None:
             continue
-        whole = np.asarray(param_diffs[j], np.float64)
+        whole = np.asarray(param_diffs[j], np.float64).reshape(np.shape(params[j]))
+        if not whole.size:
+            continue
         check = report.add(BlobCheck("param %d by rows" % j, whole.shape, mode="contract"))
         rows = whole.shape[0]
         size = max(1, -(-rows // 3)) if rows > 2 else 1
