@@ -183,6 +183,21 @@ class SyncedArray:
         self.head = HOST
         return value
 
+    def set_zeros(self):
+        """Zeros as the content, made when first read (see __init__)."""
+        self._host = None
+        self._dev = None
+        self._reorder = None
+        self.head = HOST
+        self.pending = None
+        self.watch = None
+
+    def is_zeros(self):
+        """Whether the content is zeros not made yet (set_zeros, a new array, one taken
+        by take_device): a reader that knows may use zeros of its own."""
+        return (self.head == HOST and self._host is None and self._dev is None
+                and self.pending is None)
+
     def _settle(self):
         """Put a device copy held in another order (set_device's ``reorder``) in this one."""
         if self._reorder is not None:
@@ -379,6 +394,14 @@ class Blob:
 
     def drop_host_data(self):
         self._data.drop_host()
+
+    def clear_diff(self):
+        """The diff becomes zeros, made when first read (SyncedArray.set_zeros)."""
+        self._diff.set_zeros()
+
+    def diff_is_zeros(self):
+        """Whether the diff is zeros not made yet (SyncedArray.is_zeros)."""
+        return self._diff.shape == self._shape and self._diff.is_zeros()
 
     def take_device_data(self, keep=frozenset()):
         """SyncedArray.take_device of the data (None for a view of another shape)."""

@@ -832,12 +832,18 @@ class Segment:
         return frozenset(last & set(written))
 
     def run_backward(self, params, data, top_diffs, saved, param_diffs):
+        """``param_diffs``: {pid: the diff to add to, or None for zeros (a cleared diff:
+        Net.clear_param_diffs), which the call makes itself, reading nothing}."""
         fn = self._backward_jit.get("fn")
         if fn is None:
             # (a diff passed through unchanged is the caller's array: a param's diff no
             # layer here adds to, a top diff an identity backward gives its bottom)
             def backward(params, data, top_diffs, saved, param_diffs):
-                out = self.trace_backward(params, data, top_diffs, saved, param_diffs)
-                return Distinct.of(out, (top_diffs, param_diffs))
+                given = {pid: d for pid, d in param_diffs.items() if d is not None}
+                start = {pid: jnp.zeros_like(params[pid]) if d is None else d
+                         for pid, d in param_diffs.items()}
+                out = self.trace_backward(params, data, top_diffs, saved, start)
+                return Distinct.of(out, (top_diffs, given))
             fn = self._backward_jit["fn"] = xla_options.jit(backward)
-        return fn(params, data, top_diffs, saved, param_diffs).restore((top_diffs, param_diffs))
+        return fn(params, data, top_diffs, saved, param_diffs).restore(
+            (top_diffs, {pid: d for pid, d in param_diffs.items() if d is not None}))

@@ -7,7 +7,6 @@ force_backward, collect outputs. Forward and backward over a layer range run
 each contiguous run of JaxLayers as one compiled call; host layers (user
 Python layers) run between them on real Blob objects.
 """
-import functools
 import logging
 import os
 from collections import OrderedDict
@@ -44,12 +43,6 @@ def _norms(data, diff):
     """(asum data, asum diff, sumsq data, sumsq diff) of one param."""
     return jnp.stack([jnp.sum(jnp.abs(data)), jnp.sum(jnp.abs(diff)),
                       jnp.sum(data * data), jnp.sum(diff * diff)])
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _zeros(shapes, dtype):
-    """Zero arrays of ``shapes`` (a tuple of tuples) and ``dtype``, made by one call."""
-    return tuple(jnp.zeros(shape, dtype) for shape in shapes)
 
 
 def _load_net_param(source):
@@ -522,15 +515,15 @@ class Net:
             self._reshape_slot(slot)
 
     def clear_param_diffs(self):
-        """Zero every learnable param's diff (Caffe's ClearParamDiffs), in one compiled
-        call: a solver that cannot fuse its step (a net with a numpy Python layer)
-        clears them every iteration, and one eager jnp.zeros per param cost LeNet's
-        eight 1.9 ms of host work a step."""
-        learnable = self._learnable
-        if learnable:
-            zeros = _zeros(tuple(b.shape for b in learnable), np.dtype(self.dtype))
-            for blob, zero in zip(learnable, zeros):
-                blob.set_device_diff(zero)
+        """Zero every learnable param's diff (Caffe's ClearParamDiffs). Nothing is
+        computed: each diff is zeros made when read (Blob.clear_diff), and a solver's
+        backward after it adds its first diffs to zeros of its own, without reading any
+        (_backward_compiled's ``cleared``). A solver that cannot fuse its step (a net
+        with a numpy Python layer in the middle) clears them every iteration: written as
+        zero arrays, that took a CaffeNet step 75-87 ms (244 MB of fresh pages), and the
+        backward read them all again."""
+        for blob in self._learnable:
+            blob.clear_diff()
 
     def share_with(self, other):
         """Use ``other``'s param data for layers of the same name (ShareTrainedLayersWith)."""
@@ -742,7 +735,10 @@ class Net:
             self._learnable[pid].set_device_data(value)
         return 0.0 if loss is None else float(loss)
 
-    def _backward(self, start, end):
+    def _backward(self, start, end, cleared=False):
+        """Layers ``start`` down to ``end``. ``cleared``: the caller (a solver's iteration)
+        has just cleared the param diffs, and every backward program adds its first
+        diffs to zeros of its own (_backward_compiled)."""
         if not 0 <= end <= start < len(self._slots):
             raise NetGraphError("backward range %d..%d outside the net's %d layers"
                                 % (start, end, len(self._slots)))
@@ -753,7 +749,7 @@ class Net:
                 if run[0].need_backward:
                     self._backward_host(run[0])
             else:
-                self._backward_compiled(run)
+                self._backward_compiled(run, cleared)
             if self.debug_info and run[0].need_backward:
                 self._backward_debug_info(run[0])
             if len(run) == 1:
@@ -798,7 +794,12 @@ class Net:
         self._call_python(layer, "backward", [self.blobs[t] for t in slot.tops],
                           list(slot.bottom_need_backward), [self.blobs[b] for b in slot.bottoms])
 
-    def _backward_compiled(self, run):
+    def _backward_compiled(self, run, cleared=False):
+        """``cleared`` (Net._backward): param diffs still zeros (Blob.diff_is_zeros) are
+        not passed; the program makes its zeros, reading nothing. Elsewhere (a user's
+        net.backward()) every diff is passed, zeros as arrays read through the zero page
+        (device_zeros), so that a pycaffe loop, whose first backward finds the diffs
+        zero and the next ones not, compiles one program (tests/test_no_recompile.py)."""
         seg = self._segment(run)
         active, data_names, diff_names, _, pids = seg.backward_plan()
         if not active:
@@ -811,7 +812,8 @@ class Net:
         data = {name: self.blobs[name].device_data() for name in data_names}
         top_diffs = {name: self.blobs[name].device_diff() for name in diff_names}
         saved = {s.index: self._saved.get(s.index) for s in active}
-        param_diffs = {pid: self._learnable[pid].device_diff() for pid in pids}
+        param_diffs = {pid: None if cleared and self._learnable[pid].diff_is_zeros()
+                       else self._learnable[pid].device_diff() for pid in pids}
         written, acc = seg.run_backward(params, data, top_diffs, saved, param_diffs)
         for name, value in written.items():
             self.blobs[name].set_device_diff(value)

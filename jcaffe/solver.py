@@ -106,6 +106,13 @@ class _RatesAfter:
         return self._known[key][0]
 
 
+def _history_slots(history, values):
+    """For each param, the history slot whose new array is its update value itself (the
+    same traced value: SGD's momentum), else None."""
+    return [next((k for k, slot in enumerate(history) if slot[i] is v), None)
+            for i, v in enumerate(values)]
+
+
 def _forward_only(slot):
     """No params, no loss weight and no backward: a host layer whose forward can run
     outside a fused step's call (Caffe never calls its backward)."""
@@ -257,8 +264,9 @@ class Solver:
                                       self.net.params_weight_decay, self._layout.packed_ids,
                                       owners)
         self._hist_state, self._hist_full = self._layout.zeros(), None
-        self._update_jit = jax.jit(self._packed_update, donate_argnums=(1,))   # history, in place
-        self._diff_places = None        # (self._fused[3], where each param's diff comes from)
+        self._update_jit = None         # apply_update's program (_jit_update)
+        self._update_diff_is_history = None     # (_packed_update's share_history)
+        self._diff_places = None        # (a diff_is_history list, where each diff comes from)
 
     # ------------------------------------------------------------------
     # setup
@@ -424,9 +432,17 @@ class Solver:
     def _set_history_state(self, state):
         self._hist_state, self._hist_full = state, None     # (the donated arrays are gone)
 
-    def _packed_update(self, grads, state, params, rate, t):
+    def _packed_update(self, grads, state, params, rate, t, share_history=False):
+        """``share_history``: a value that is one of its param's new history arrays (SGD's
+        momentum) comes back as None, as a fused step returns it (_trace_fused), its slot
+        in ``self._update_diff_is_history`` (set while tracing): XLA would otherwise
+        write a second copy of every momentum."""
         new_params, history, values, norm = self._update(
             grads, self._layout.unpack(state), params, rate, t)
+        if share_history:
+            self._update_diff_is_history = _history_slots(history, values)
+            values = [None if k is not None else v
+                      for k, v in zip(self._update_diff_is_history, values)]
         return new_params, self._layout.pack(history), values, norm
 
     def add_callback(self, on_start, on_gradients_ready):
@@ -580,19 +596,16 @@ class Solver:
         active, data_names, diff_names, _, _ = seg.backward_plan()
         if self._backward_update is None or self._backward_update[0] is not seg:
             self._backward_update = (seg, self._jit_backward_update(seg))
-        learnable = net._learnable
         rate = self._next_rate()
         out = self._backward_update[1](
-            [b.device_data() for b in learnable], self._history_state(),
+            self._params_to_donate(), self._history_state(),
             {name: net.blobs[name].device_data() for name in data_names},
             {name: net.blobs[name].device_diff() for name in diff_names},
             {s.index: net._saved.get(s.index) for s in active},
             np.asarray(rate, net.dtype), np.int32(self._iter))
         new_params, state, values, norm, diffs = out
         self._set_history_state(state)
-        for blob, value, diff in zip(learnable, new_params, values):
-            blob.set_device_data(value)
-            blob.set_device_diff(diff)
+        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history)
         for name, value in diffs.items():
             net.blobs[name].set_device_diff(value)
         return loss, self._after_fused(rate, display, norm)
@@ -608,8 +621,8 @@ class Solver:
                 {pid: params[pid] for pid in seg.param_ids}, data, top_diffs, saved,
                 {pid: jnp.zeros_like(params[pid]) for pid in pids})
             grads = [acc[pid] if pid in acc else jnp.zeros_like(params[pid]) for pid in range(n)]
-            return self._packed_update(grads, state, params, rate, t) + (diffs,)
-        return xla_options.jit(backward_update, donate_argnums=(1,))
+            return self._packed_update(grads, state, params, rate, t, share_history=True) + (diffs,)
+        return xla_options.jit(backward_update, donate_argnums=(0, 1))    # (apply_update's)
 
     def _forward_backward(self):
         """pycaffe-style: clear diffs, then iter_size forward/backward passes; mean loss."""
@@ -619,7 +632,7 @@ class Solver:
         for k in range(self.param.iter_size):
             net._forward_count = self._iter * self.param.iter_size + k
             loss += net._forward(0, n - 1)
-            net._backward(n - 1, 0)
+            net._backward(n - 1, 0, cleared=k == 0)
             if net.debug_info:      # (Caffe's Net::Backward)
                 net._params_debug_info()
         return loss / self.param.iter_size
@@ -647,22 +660,54 @@ class Solver:
         rate = self._next_rate()
         self._log_rate(rate, display)
         learnable = self.net._learnable
-        params = [b.device_data() for b in learnable]
+        params = self._params_to_donate()
         grads = [b.device_diff() for b in learnable]
-        # After a fused step a param diff may be its history array (see _trace_fused),
-        # which this call donates: pass such a diff as a copy. (A packed one is a view,
+        # After a step a param diff may be its history array (see _trace_fused), which
+        # this call donates: pass such a diff as a copy. (A packed one is a view,
         # sliced out by device_diff.)
         state = self._history_state()
         held = {id(h) for slot in state[1] for h in slot}
         grads = [jnp.array(g, copy=True) if id(g) in held else g for g in grads]
+        if self._update_jit is None:
+            self._update_jit = self._jit_update()
         new_params, state, values, norm = self._update_jit(
-            grads, state, params, np.asarray(rate, self.net.dtype), np.int32(self._iter))
+            params, state, grads, np.asarray(rate, self.net.dtype), np.int32(self._iter))
         self._set_history_state(state)
-        for blob, value, diff in zip(learnable, new_params, values):
-            blob.set_device_data(value)
-            blob.set_device_diff(diff)
+        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history)
         self._log_clip(norm)
         self._iter += 1
+
+    # apply_update, and the layer-by-layer path's backward with the update, donate the
+    # params and history, written in place as a fused step writes them, and return SGD's
+    # momentum once, as history, the param diff sharing its array. Where the update value
+    # is an array of its own (the other rules), the diffs are donated too, as the
+    # values' buffers. Fresh arrays for all of them, a CaffeNet step (a numpy ReLU in the
+    # middle of the net, so layer by layer) spent 240-430 ms in apply_update, the
+    # pages of about 700 MB touched for the first time.
+    def _params_to_donate(self):
+        """The params' device arrays, which the update's call donates: any slim forward
+        still pending on them (a test net's) is computed first, and their host copies
+        are dropped (the update replaces them)."""
+        learnable = self.net._learnable
+        params = [b.device_data() for b in learnable]
+        engine.resolve_pending(params)
+        for b in learnable:
+            b.drop_host_data()
+        return params
+
+    def _donated_diffs(self):
+        """Whether the update's call donates the param diffs: where the update values
+        are arrays of their own (not SGD's momentum), to be written into the diffs'."""
+        return not getattr(self._rule, "value_is_history", False)
+
+    def _jit_update(self):
+        """apply_update's program, (params, state, grads, rate, t) -> (new params, new
+        state, values, norm). (Donated arguments in the results' order: JAX gives each
+        result the first donated buffer of its shape left, and with the history first,
+        every param was written into its history's buffer and copied first.)"""
+        def update(params, state, grads, rate, t):
+            return self._packed_update(grads, state, params, rate, t, share_history=True)
+        return jax.jit(update, donate_argnums=(0, 1) + ((2,) if self._donated_diffs() else ()))
 
     # ------------------------------------------------------------------
     # fused iteration: forward + backward (+ iter_size) + update in one jit
@@ -706,7 +751,7 @@ class Solver:
         has it. -> (loss, after)."""
         net = self.net
         host, run, tail = plan if plan is not None else self._fused_plan()
-        blobs, learnable = net.blobs, net._learnable
+        blobs = net.blobs
         # Data layers: the next batch of each pass, fetched on the host (prefetched, or by
         # a Python data layer's forward) and passed in; with iter_size > 1 the passes'
         # batches are stacked on a leading axis.
@@ -731,10 +776,7 @@ class Solver:
                  if name not in data_in and name not in seg.writes}
         loss_w = {name: blobs[name].device_diff() for name in seg.loss_tops}
         top_diffs = {name: blobs[name].device_diff() for name in diff_names}
-        params = [b.device_data() for b in learnable]
-        engine.resolve_pending(params)   # a test net's pending blobs need these params
-        for b in learnable:     # the step replaces them: their host copies are stale soon
-            b.drop_host_data()
+        params = self._params_to_donate()
         rate = self._next_rate()
         count0 = self._iter * self.param.iter_size
         rest = (data_in, extra, loss_w, top_diffs, net._base_key, np.int32(count0),
@@ -748,15 +790,7 @@ class Solver:
         new_params, state, values, norm, outputs, loss = out
         self._set_history_state(state)
         written, saved, diffs = outputs.restore(rest[:4])
-        packed, loose = state
-        for blob, value, diff, place in zip(learnable, new_params, values, self._diff_sources()):
-            blob.set_device_data(value)
-            if diff is not None:
-                blob.set_device_diff(diff)
-            elif isinstance(place, View):       # its new history, inside the packed array
-                blob.set_device_diff_view(packed, place)
-            else:
-                blob.set_device_diff(loose[place[0]][place[1]])
+        self._set_params_and_diffs(new_params, values, state, self._diff_is_history)
         # (blobs computed channels-last come back held so, and are reordered when read)
         once = {}           # id(value): its ReorderOnce (values under several names)
         for name, value in written.items():
@@ -872,26 +906,40 @@ class Solver:
         return [value if value is not None else device_zeros(like.shape, like.dtype)
                 for value, like in zip(given, avals)]
 
-    def _diff_sources(self):
-        """For each param, where a fused step's result holds its new diff when that is
-        one of its new history arrays (``_diff_is_history``): the loose history's (slot,
-        index), or the packed array's View; None where the diff is returned apart.
-        Found once per compiled step."""
-        compiled = self._fused[3]
-        if self._diff_places is not None and self._diff_places[0] is compiled:
+    def _diff_sources(self, diff_is_history):
+        """For each param, where a step's result holds its new diff when that is one of
+        its new history arrays (``diff_is_history``, a compiled program's: the fused
+        step's ``_diff_is_history``, the update's ``_update_diff_is_history``): the
+        loose history's (slot, index), or the packed array's View; None where the diff
+        is returned apart. Found once per such list."""
+        if self._diff_places is not None and self._diff_places[0] is diff_is_history:
             return self._diff_places[1]
         layout = self._layout
         loose_index = {i: j for j, i in enumerate(layout.loose_ids)}
         places = []
-        for i, k in enumerate(self._diff_is_history):
+        for i, k in enumerate(diff_is_history):
             if k is None:
                 places.append(None)
             elif layout.is_packed(i):
                 places.append(layout.view(k, i))
             else:
                 places.append((k, loose_index[i]))
-        self._diff_places = (compiled, places)
+        self._diff_places = (diff_is_history, places)
         return places
+
+    def _set_params_and_diffs(self, new_params, values, state, diff_is_history):
+        """Each param's new data, and its new diff: the update value, or where
+        ``diff_is_history`` names a slot, its new history array in ``state``."""
+        packed, loose = state
+        for blob, value, diff, place in zip(self.net._learnable, new_params, values,
+                                            self._diff_sources(diff_is_history)):
+            blob.set_device_data(value)
+            if diff is not None:
+                blob.set_device_diff(diff)
+            elif isinstance(place, View):       # its new history, inside the packed array
+                blob.set_device_diff_view(packed, place)
+            else:
+                blob.set_device_diff(loose[place[0]][place[1]])
 
     def _recycle_places(self):
         """What _recycled reads at every step, found once per compiled step: the blobs'
@@ -1063,9 +1111,7 @@ class Solver:
             new_params, new_hist, values, norm = update(
                 grads, history, [params[pid] for pid in range(n)], rate, t, done)
             if share_history:   # decided while tracing: the same traced value, or not
-                self._diff_is_history = [
-                    next((k for k, slot in enumerate(new_hist) if slot[i] is v), None)
-                    for i, v in enumerate(values)]
+                self._diff_is_history = _history_slots(new_hist, values)
                 values = [None if k is not None else v
                           for k, v in zip(self._diff_is_history, values)]
             return new_params, new_hist, values, norm, written, saved, diffs, loss

@@ -33,6 +33,7 @@ class SGD:
     """h = momentum * h + local_rate * g;  value = h."""
     type_name = "SGD"
     num_history = 1
+    value_is_history = True     # the value is the new momentum itself (one array)
 
     def __init__(self, param):
         self.momentum = _f32(param.momentum)
@@ -51,6 +52,7 @@ class Nesterov(SGD):
     """h' = momentum * h + local_rate * g;  value = (1 + momentum) * h' - momentum * h."""
     type_name = "Nesterov"
     value_from_history = None   # the value needs the old history too
+    value_is_history = False
 
     def compute(self, g, hist, local_rate, t):
         m = self.momentum

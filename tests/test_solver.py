@@ -2,15 +2,18 @@
 Caffe's formulas; iter_size; the fused single-jit step against the pycaffe-style path."""
 import math
 import os
+import re
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from google.protobuf import text_format
 
 import jcaffe
+from jcaffe import engine
 from jcaffe.errors import SolverError
 from jcaffe.proto import caffe_pb2
-from netutil import LogLines
+from netutil import LogLines, calls_of
 
 # InnerProduct (3 -> 2, bias lr_mult 2, decay_mult 0) + EuclideanLoss on Python-filled inputs.
 NET = """
@@ -824,3 +827,76 @@ def test_host_layers_after_compiled_ones_say_why_they_are_not_fused():
         "segments (compiled layers come before it and read its tops: only host layers at the "
         "start of the net (data) or at its end (reading the step's blobs) run outside the one "
         "call)"), reason
+
+
+@pytest.mark.parametrize("kind", ["SGD", "Adam"])
+def test_apply_update_writes_params_history_and_values_in_place(kind):
+    """apply_update() donates the params and the history, in the order of its results
+    (so that each is written into its own buffer), and where the update value is an
+    array of its own (Adam) the diffs too, as the values' buffers: its program copies
+    no array (SGD's has no temporaries at all). SGD's value is its momentum, returned once: the
+    diff after it shares the history's array. Every number is Caffe's ApplyUpdate."""
+    solver = make_solver(p_text(SOLVERS[kind], kind))
+    net = solver.net
+    for _ in range(2):
+        net.clear_param_diffs()
+        net.forward()
+        net.backward()
+        before = [p.data.copy() for p in net.learnable_params]
+        grads = [b.device_diff() for b in net._learnable]
+        solver.apply_update()
+        assert all(g.is_deleted() for g in grads) == (kind != "SGD")
+        diffs, history = [b.device_diff() for b in net._learnable], solver._history_state()
+        assert all(d is h for d, h in zip(diffs, history[1][0])) == (kind == "SGD")
+        for p, b in zip(net.learnable_params, before):     # diff = update value
+            np.testing.assert_allclose(b - p.data, p.diff, rtol=1e-5, atol=1e-7)
+    args = ([b.device_data() for b in net._learnable], solver._history_state(),
+            [jnp.array(b.device_diff(), copy=True) for b in net._learnable],
+            np.float32(0.1), np.int32(2))
+    compiled = solver._update_jit.lower(*args).compile()
+    assert re.findall(r"= f32\[\d[^\]]*\]\S* copy\(", compiled.as_text()) == []
+    if kind == "SGD":       # (Adam's m / (sqrt(v) + delta) is a temporary of its own)
+        assert compiled.memory_analysis().temp_size_in_bytes == 0
+
+
+def test_cleared_param_diffs_are_zeros_that_no_call_computes(monkeypatch):
+    """clear_param_diffs() (Caffe's ClearParamDiffs) leaves each diff as zeros made when
+    read. A user's net.backward() after it gives the same numbers as from zero arrays,
+    and a second backward still adds to the first's. A solver's layer-by-layer
+    iteration, which clears them itself, passes none to its backward programs: they
+    start from zeros of their own; its trajectory is the fused step's."""
+    def grads(solver, clear):
+        net = solver.net
+        net.forward()
+        if clear:
+            net.clear_param_diffs()
+            assert all(b.diff_is_zeros() for b in net._learnable)
+        else:
+            for p in net.learnable_params:
+                p.diff[...] = 0
+            assert not any(b.diff_is_zeros() for b in net._learnable)
+        net.backward()
+        first = [p.diff.copy() for p in net.learnable_params]
+        net.backward()
+        return first, [p.diff.copy() for p in net.learnable_params]
+    (a1, a2), (b1, b2) = (grads(make_solver("base_lr: 0.1"), clear) for clear in (True, False))
+    for x1, x2, y1, y2 in zip(a1, a2, b1, b2):
+        assert np.abs(x1).sum() > 0
+        np.testing.assert_array_equal(x1, y1)
+        np.testing.assert_allclose(x2, 2 * x1, rtol=1e-6)
+        np.testing.assert_array_equal(x2, y2)
+    blob = make_solver("base_lr: 0.1").net.learnable_params[0]
+    blob.clear_diff()
+    np.testing.assert_array_equal(blob.diff, np.zeros(blob.shape))
+
+    text = p_text(SOLVERS["SGD"], "SGD")
+    plain, fused = make_solver(text, fuse=False), make_solver(text)
+    plain.update_with_last_backward = False     # (as where two runs hold params)
+    passed = calls_of(monkeypatch, engine.Segment, "run_backward",
+                      lambda seg, params, data, top_diffs, saved, param_diffs: param_diffs)
+    plain.step(3)
+    fused.step(3)
+    assert len(passed) == 3 and all(d is None for diffs in passed for d in diffs.values())
+    for pa, pb in zip(plain.net.learnable_params, fused.net.learnable_params):
+        np.testing.assert_allclose(pa.data, pb.data, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(pa.diff, pb.diff, rtol=1e-5, atol=1e-7)
