@@ -403,6 +403,16 @@ class Blob:
         """Whether the diff is zeros not made yet (SyncedArray.is_zeros)."""
         return self._diff.shape == self._shape and self._diff.is_zeros()
 
+    def held_device_data(self):
+        """The data's device array where it is still held in another order (a blob a
+        forward returned channels-last: engine._held), as it is; else None."""
+        d = self._data
+        if (d.pending is None and d.watch is None and d._dev is not None
+                and d._reorder is not None and not isinstance(d._reorder, View)
+                and d.shape == self._shape):
+            return d._dev
+        return None
+
     def take_device_data(self, keep=frozenset()):
         """SyncedArray.take_device of the data (None for a view of another shape)."""
         return self._data.take_device(keep) if self._data.shape == self._shape else None

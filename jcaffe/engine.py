@@ -382,6 +382,13 @@ def reorder_held(x):
     return _to_first(_unheld(x))
 
 
+@jax.jit
+def hold_blob(x):
+    """A blob array in Caffe's order as :func:`_held` holds it (a held blob that was read
+    or written since: one transpose)."""
+    return _held(_to_last(x))
+
+
 class ReorderOnce:
     """reorder_held for one value that a call returned under several names (a Split's
     tops, held channels-last): the first blob read reorders it, and the others share
@@ -460,7 +467,13 @@ class Segment:
         # Outputs as Distinct: a value written under several names (a Split's tops) once;
         # a blob read back unchanged is the input array (never params: a fused step
         # donates them).
-        self._forward_jit = xla_options.jit(self._forward_fn(self.writes))
+        # A forward whose backward follows (pycaffe's net.forward() then net.backward())
+        # returns the blobs it computed channels-last as they are held (_held: the
+        # bytes as computed, reordered when first read), and the backward takes them
+        # so, as a fused step's two halves do: in Caffe's order the forward transposed
+        # each such blob at its end and the backward transposed it back.
+        self.holds = any(s.need_backward for s in slots)
+        self._forward_jit = xla_options.jit(self._forward_fn(self.writes, self.holds))
         self._backward_jit = {}
         self._layouts = (None, {})      # (the layers' shapes, {what: layout result})
 
@@ -621,15 +634,16 @@ class Segment:
                             held)
         return written, saved, new_params, loss
 
-    def _forward_fn(self, returned):
+    def _forward_fn(self, returned, held=False):
         """The function a forward jits: the blobs ``returned`` (all it writes, or a slim
-        forward's), residuals, params and loss as a Distinct (a value written under
-        several names, a Split's tops, once; a blob read back unchanged is the input
-        array, never params: a fused step donates them)."""
+        forward's; ``held``: those computed channels-last as trace_forward's ``held``),
+        residuals, params and loss as a Distinct (a value written under several names, a
+        Split's tops, once; a blob read back unchanged is the input array, never params:
+        a fused step donates them)."""
         def forward(params, data, loss_weights, base_key, count):
             with runtime_one(base_key):
                 written, saved, new_params, loss = self.trace_forward(
-                    params, data, loss_weights, jax.random.fold_in(base_key, count))
+                    params, data, loss_weights, jax.random.fold_in(base_key, count), held)
             return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss),
                                data)
         return forward
@@ -831,9 +845,20 @@ class Segment:
                     (last.add if run else last.discard)(name)
         return frozenset(last & set(written))
 
+    def held_blobs(self):
+        """The blobs this segment's forward returns held channels-last, and its backward
+        takes so (``holds``); their diffs it computes channels-last come back held too
+        (held_diffs)."""
+        return self.last_writes() if self.holds else frozenset()
+
+    def held_diffs(self):
+        return self.last_diffs() if self.holds else frozenset()
+
     def run_backward(self, params, data, top_diffs, saved, param_diffs):
         """``param_diffs``: {pid: the diff to add to, or None for zeros (a cleared diff:
-        Net.clear_param_diffs), which the call makes itself, reading nothing}."""
+        Net.clear_param_diffs), which the call makes itself, reading nothing}. ``data``
+        holds the blobs of held_blobs() held (hold_blob), and the diffs of held_diffs()
+        come back so."""
         fn = self._backward_jit.get("fn")
         if fn is None:
             # (a diff passed through unchanged is the caller's array: a param's diff no
@@ -842,7 +867,8 @@ class Segment:
                 given = {pid: d for pid, d in param_diffs.items() if d is not None}
                 start = {pid: jnp.zeros_like(params[pid]) if d is None else d
                          for pid, d in param_diffs.items()}
-                out = self.trace_backward(params, data, top_diffs, saved, start)
+                out = self.trace_backward(params, data, top_diffs, saved, start,
+                                          held=self.holds)
                 return Distinct.of(out, (top_diffs, given))
             fn = self._backward_jit["fn"] = xla_options.jit(backward)
         return fn(params, data, top_diffs, saved, param_diffs).restore(

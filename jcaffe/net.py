@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import common, hdf5, netgraph, protoio
+from . import common, engine, hdf5, netgraph, protoio
 from .blob import Blob, shape_epoch, shape_string
 from .engine import LayerSlot, Segment
 from .errors import BackwardError, JcaffeError, NetGraphError, PythonLayerError, ShapeMismatchError
@@ -722,9 +722,13 @@ class Net:
         loss_w = {name: self.blobs[name].device_diff() for name in seg.loss_tops}
         written, saved, new_params, loss, pending = seg.run_forward(params, data, loss_w, *key,
                                                                    wanted=wanted)
+        held, once = seg.held_blobs(), {}     # (once: a value under several names)
         for name in seg.writes:
             if name in written:
-                self.blobs[name].set_device_data(written[name])
+                value = written[name]
+                self.blobs[name].set_device_data(
+                    value, once.setdefault(id(value), engine.ReorderOnce()) if name in held
+                    else None)
             else:       # computed when first read (see jcaffe.engine)
                 self.blobs[name].set_pending_data(pending, name)
         if pending is None:
@@ -809,16 +813,29 @@ class Net:
                 raise BackwardError("layer '%s' has not run forward yet: call net.forward() before "
                                     "net.backward()" % slot.layer.name)
         params = {pid: self._learnable[pid].device_data() for pid in seg.param_ids}
-        data = {name: self.blobs[name].device_data() for name in data_names}
+        held = seg.held_blobs()
+        data = {name: self._held_data(name) if name in held else self.blobs[name].device_data()
+                for name in data_names}
         top_diffs = {name: self.blobs[name].device_diff() for name in diff_names}
         saved = {s.index: self._saved.get(s.index) for s in active}
         param_diffs = {pid: None if cleared and self._learnable[pid].diff_is_zeros()
                        else self._learnable[pid].device_diff() for pid in pids}
         written, acc = seg.run_backward(params, data, top_diffs, saved, param_diffs)
+        held_diffs, once = seg.held_diffs(), {}
         for name, value in written.items():
-            self.blobs[name].set_device_diff(value)
+            self.blobs[name].set_device_diff(
+                value, once.setdefault(id(value), engine.ReorderOnce()) if name in held_diffs
+                else None)
         for pid, value in acc.items():
             self._learnable[pid].set_device_diff(value)
+
+    def _held_data(self, name):
+        """Blob ``name``'s data as a segment's backward takes a held blob: the array its
+        forward returned, or, read or written since (or set by another call), its
+        Caffe-order array held again (one transpose)."""
+        blob = self.blobs[name]
+        value = blob.held_device_data()
+        return engine.hold_blob(blob.device_data()) if value is None else value
 
     def _call_python(self, layer, method, *args):
         """Call a user Python layer method; its exceptions keep their type and traceback

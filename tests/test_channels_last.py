@@ -13,7 +13,7 @@ from jcaffe import engine
 from jcaffe.proto import caffe_pb2
 
 from layer_testing import make_layer, params_of
-from netutil import make_net
+from netutil import calls_of, make_net
 
 POOLS = [
     "pool: MAX kernel_size: 3 stride: 2",                  # overlapping, rows route
@@ -307,6 +307,41 @@ def test_fused_step_blobs_held_channels_last_read_in_caffes_order(monkeypatch, i
     assert a.net.blobs["conv1"]._data._reorder is not None
     a.net.backward()        # the pycaffe path reads the held blobs in Caffe's order
     assert np.all(np.isfinite(a.net.blobs["data"].diff))
+
+
+def test_pycaffe_forward_hands_its_held_blobs_to_backward(monkeypatch):
+    """net.forward() of a net whose backward follows returns its channels-last blobs
+    held (reordered when first read), and net.backward() takes them as they are, as a
+    fused step's two halves do: no transpose to Caffe's order at the forward's end and
+    back at the backward's start. A blob read in between is held again (one
+    engine.hold_blob). Blobs, diffs and param diffs are those computed in Caffe's order."""
+    a = _solver(True, monkeypatch)
+    weights = {n: [p.data.copy() for p in ps] for n, ps in a.net.params.items()}
+    b = _solver(False, monkeypatch, weights=weights)
+    holds = calls_of(monkeypatch, engine, "hold_blob")
+    for read in (False, True):
+        monkeypatch.setattr(engine.Segment, "channels_last", True)
+        a.net.forward()
+        seg, = a.net._segments.values()
+        assert seg.holds and {"conv1", "pool1"} <= seg.held_blobs()
+        assert a.net.blobs["conv1"]._data._reorder is not None      # not transposed
+        if read:
+            a.net.blobs["pool1"].data.copy()
+        a.net.backward()
+        assert len(holds) == read
+        assert a.net.blobs["conv1"]._diff._reorder is not None      # its diff held too
+        monkeypatch.setattr(engine.Segment, "channels_last", False)
+        b.net.forward()
+        b.net.backward()
+        for name, blob in b.net.blobs.items():
+            np.testing.assert_allclose(a.net.blobs[name].data, blob.data, rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(a.net.blobs[name].diff, blob.diff, rtol=1e-5,
+                                       atol=1e-6, err_msg=name)
+        for name, ps in b.net.params.items():
+            for pa, pb in zip(a.net.params[name], ps):
+                np.testing.assert_allclose(pa.diff, pb.diff, rtol=1e-5, atol=1e-6,
+                                           err_msg=name)
 
 
 # -- layers that compute channels-last between the convolutions of ResNet's and
