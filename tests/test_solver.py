@@ -834,8 +834,9 @@ def test_apply_update_writes_params_history_and_values_in_place(kind):
     """apply_update() donates the params and the history, in the order of its results
     (so that each is written into its own buffer), and where the update value is an
     array of its own (Adam) the diffs too, as the values' buffers: its program copies
-    no array (SGD's has no temporaries at all). SGD's value is its momentum, returned once: the
-    diff after it shares the history's array. Every number is Caffe's ApplyUpdate."""
+    no array (SGD's has no temporaries at all). SGD's value is its momentum, returned
+    once: the diff after it shares the history's array. Every number is Caffe's
+    ApplyUpdate."""
     solver = make_solver(p_text(SOLVERS[kind], kind))
     net = solver.net
     for _ in range(2):
