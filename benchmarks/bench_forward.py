@@ -19,7 +19,8 @@ def jcaffe_forward(name, batch):
         param = nets.net_param(name, batch, deploy=True)
         net = jcaffe.Net(param, jcaffe.TEST)
         nets.load_reference_params(net, param)
-        net.blobs["data"].data[...] = nets.inputs(param)[0]
+        for top, value in nets.feeds(param).items():
+            net.blobs[top].data[...] = value
         final = nets.NETS[name][3]
 
         def run():
@@ -37,10 +38,10 @@ def jax_forward(name, batch):
         f = nets.jax_deploy_forward(param, nets.NETS[name][3])
         params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
         stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
-        data = jnp.asarray(nets.inputs(param)[0])
+        inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
 
         def run():
-            return np.asarray(f(params, stats, data))
+            return np.asarray(f(params, stats, inputs))
         return run
     return setup
 
@@ -52,15 +53,15 @@ def torch_forward(name, batch):
         f = nets.torch_forward_fn(param, train=False)
         dev = nets.TORCH_DEVICE
         params = {k: [torch.from_numpy(a).to(dev) for a in v]
-                  for k, v in nets.init_params(param).items()}
+                  for k, v in nets.torch_params(param).items()}
         stats = {k: [torch.from_numpy(a).to(dev) for a in v]
                  for k, v in nets.init_stats(param).items()}
-        data = torch.from_numpy(nets.inputs(param)[0]).to(dev)
+        inputs = {k: torch.from_numpy(v).to(dev) for k, v in nets.feeds(param).items()}
         final = nets.NETS[name][3]
 
         def run():
             with torch.inference_mode():
-                return f(params, data, None, stats)[1][final].cpu().numpy()
+                return f(params, inputs, stats)[1][final].cpu().numpy()
         return run
     return setup
 

@@ -90,9 +90,8 @@ def _sgd_solver(param, name, batch):
     solver = jcaffe.get_solver(sp)
     original = nets.net_param(name, batch)      # (the same learned layers)
     nets.load_reference_params(solver.net, original)
-    data, labels = nets.inputs(original)
-    solver.net.blobs["data"].data[...] = data
-    solver.net.blobs["label"].data[...] = labels
+    for top, value in nets.feeds(original).items():
+        solver.net.blobs[top].data[...] = value
     return solver
 
 

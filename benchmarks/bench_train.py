@@ -42,14 +42,14 @@ def jax_step(name, batch, steps=1):
         params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
         state = {"p": params, "m": jax.tree_util.tree_map(jnp.zeros_like, params), "i": 0,
                  "s": jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))}
-        data, label = (jnp.asarray(a) for a in nets.inputs(param))
+        inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
         key = jax.random.PRNGKey(0)
 
         def run():
             for _ in range(steps):
                 state["i"] += 1
                 state["p"], state["m"], state["s"], loss = step(
-                    state["p"], state["m"], state["s"], data, label,
+                    state["p"], state["m"], state["s"], inputs,
                     jax.random.fold_in(key, state["i"]))
             loss.block_until_ready()
         return run
@@ -64,17 +64,17 @@ def torch_step(name, batch, steps=1):
         frozen = nets.frozen_layers(param)      # lr_mult 0: neither updated nor differentiated
         dev = nets.TORCH_DEVICE
         params = {k: [torch.tensor(a, requires_grad=k not in frozen, device=dev) for a in v]
-                  for k, v in nets.init_params(param).items()}
+                  for k, v in nets.torch_params(param).items()}
         opt = torch.optim.SGD([t for k, v in params.items() if k not in frozen for t in v],
                               lr=nets.LR, momentum=nets.MOMENTUM, weight_decay=nets.WEIGHT_DECAY)
-        data, label = (torch.from_numpy(a).to(dev) for a in nets.inputs(param))
+        inputs = {k: torch.from_numpy(v).to(dev) for k, v in nets.feeds(param).items()}
         stats = {k: [torch.from_numpy(a).to(dev) for a in v]
                  for k, v in nets.init_stats(param).items()}
 
         def run():
             for _ in range(steps):
                 opt.zero_grad(set_to_none=True)
-                loss, _ = f(params, data, label, stats)
+                loss, _ = f(params, inputs, stats)
                 loss.backward()
                 opt.step()
             nets.torch_sync()

@@ -22,7 +22,9 @@ ZOO = os.path.join(ROOT, "tests", "data", "zoo")
 if ROOT not in sys.path:        # this checkout's jcaffe, not an installed one
     sys.path.insert(0, ROOT)
 
-# name -> (prototxt, batch, input C, H, W, final classifier top)
+# name -> (prototxt, batch, input (C, H, W), final classifier top). A sequence net (input
+# None) takes its inputs as its DummyData declares them, (T, N, ...) and (N, ...), with
+# its N streams standing for the batch (SEQUENCE_STREAMS: the N written there).
 NETS = {
     "lenet": ("lenet.prototxt", 64, (1, 28, 28), "ip2"),
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
@@ -32,7 +34,9 @@ NETS = {
     "resnext50": ("resnext50.prototxt", 16, (3, 224, 224), "fc1000"),
     "fcn32s": ("fcn32s.prototxt", 1, (3, 500, 500), "score"),
     "fcn8s": ("fcn8s.prototxt", 1, (3, 500, 500), "score"),
+    "lrcn": ("lrcn.prototxt", 100, None, "predict"),
 }
+SEQUENCE_STREAMS = {"lrcn": 100}
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 
@@ -78,10 +82,17 @@ def net_param(name, batch=None, deploy=False):
         src = text_format.Parse(f.read(), pb.NetParameter())
     out = pb.NetParameter(name=src.name)
     inp = out.layer.add(name="data", type="Input")
-    inp.top.append("data")
-    inp.input_param.shape.add(dim=[batch] + list(chw))
-    if not deploy:      # labels shaped as the zoo's DummyData has them (FCN: per pixel)
-        label = [s for l in src.layer if l.type == "DummyData"
+    if chw is None:     # a sequence net: its DummyData's tops, the streams set to batch
+        dummy = next(l for l in src.layer if l.type == "DummyData")
+        streams = SEQUENCE_STREAMS[name]
+        for top, shape in zip(dummy.top, dummy.dummy_data_param.shape):
+            inp.top.append(top)
+            inp.input_param.shape.add(dim=[batch if d == streams else d for d in shape.dim])
+    else:
+        inp.top.append("data")
+        inp.input_param.shape.add(dim=[batch] + list(chw))
+    if not deploy and chw is not None:   # labels shaped as the zoo's DummyData has them
+        label = [s for l in src.layer if l.type == "DummyData"     # (FCN: per pixel)
                  for s in l.dummy_data_param.shape[1:2]]
         inp.top.append("label")
         inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
@@ -101,6 +112,13 @@ def net_param(name, batch=None, deploy=False):
                 chosen.append(layer)
                 needed |= set(layer.bottom)
         keep = list(reversed(chosen))
+        if chw is None:     # only the inputs the classifier reads
+            shapes = [(t, s) for t, s in zip(inp.top, inp.input_param.shape) if t in needed]
+            del inp.top[:]
+            del inp.input_param.shape[:]
+            for top, shape in shapes:
+                inp.top.append(top)
+                inp.input_param.shape.add().CopyFrom(shape)
     for layer in keep:
         out.layer.add().CopyFrom(layer)
     return out
@@ -156,8 +174,11 @@ def conv_params(l):
 
 
 def param_shapes(param):
-    """{layer name: [weight shape, bias shape]} for the nets' conv and fc layers."""
-    shapes, blob_shape = {}, {"data": tuple(param.layer[0].input_param.shape[0].dim)}
+    """({layer name: its params' shapes, in Caffe's order}, {blob: shape}) for the nets'
+    learned layers (convolutions, inner products, Scale, Embed, LSTM)."""
+    inp = param.layer[0]
+    shapes = {}
+    blob_shape = {t: tuple(s.dim) for t, s in zip(inp.top, inp.input_param.shape)}
     for typ, name, bottoms, tops, l in layer_list(param):
         x = blob_shape[bottoms[0]]
         if typ == "Convolution":
@@ -175,10 +196,20 @@ def param_shapes(param):
             k, s, pad = pool_params(l, x[2:])
             y = x[:2] + tuple(n for n, _ in _pool_geometry(zip(k, s, pad), x[2:]))
         elif typ == "InnerProduct":
-            o = l.inner_product_param.num_output
-            shapes[name] = [(o, math.prod(x[1:]))] + ([(o,)] if l.inner_product_param.bias_term
-                                                       else [])
-            y = (x[0], o)
+            p = l.inner_product_param
+            axis, o = p.axis % len(x), p.num_output
+            shapes[name] = [(o, math.prod(x[axis:]))] + ([(o,)] if p.bias_term else [])
+            y = x[:axis] + (o,)
+        elif typ == "Embed":
+            p = l.embed_param
+            shapes[name] = [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term
+                                                            else [])
+            y = x + (p.num_output,)
+        elif typ == "LSTM":   # W_xc, b_c, [W_xc_static], W_hc; gates i, f, o, g
+            h = l.recurrent_param.num_output
+            static = [(4 * h, math.prod(blob_shape[bottoms[2]][1:]))] if len(bottoms) > 2 else []
+            shapes[name] = [(4 * h, math.prod(x[2:])), (4 * h,)] + static + [(4 * h, h)]
+            y = x[:2] + (h,)
         elif typ == "Scale":     # per channel (axis 1, one axis), the ResNet form
             shapes[name] = [(x[1],)] + ([(x[1],)] if l.scale_param.bias_term else [])
             y = x
@@ -214,14 +245,33 @@ def reference_params(param, seed=0):
     for name, s in shapes.items():
         layer = layers[name]
         if layer.type == "Scale":
-            first = np.ones(s[0], np.float32)
-        else:
-            filler = (layer.convolution_param if "onvolution" in layer.type
-                      else layer.inner_product_param).weight_filler.type
-            std = math.sqrt(2 / math.prod(s[0][1:])) if filler == "msra" else 0.01
-            first = rng.standard_normal(s[0], dtype=np.float32)
-            first *= np.float32(std)
-        yield name, [first] + [np.zeros(b, np.float32) for b in s[1:]]
+            yield name, [np.ones(s[0], np.float32)] + [np.zeros(b, np.float32) for b in s[1:]]
+            continue
+        filler = _layer_param(layer).weight_filler
+        arrays = []
+        for i, shape in enumerate(s):
+            if _is_bias(layer, i):
+                arrays.append(np.zeros(shape, np.float32))
+            elif filler.type == "uniform":
+                arrays.append(rng.uniform(filler.min, filler.max, shape).astype(np.float32))
+            else:
+                std = math.sqrt(2 / math.prod(shape[1:])) if filler.type == "msra" else 0.01
+                arrays.append(rng.standard_normal(shape, dtype=np.float32))
+                arrays[-1] *= np.float32(std)
+        yield name, arrays
+
+
+def _layer_param(layer):
+    """The message of ``layer``'s own parameters (its fillers)."""
+    return {"Convolution": layer.convolution_param, "Deconvolution": layer.convolution_param,
+            "InnerProduct": layer.inner_product_param, "Embed": layer.embed_param,
+            "LSTM": layer.recurrent_param}[layer.type]
+
+
+def _is_bias(layer, i):
+    """Whether param ``i`` of ``layer`` is a bias (LSTM's b_c is its second; the others'
+    bias follows their one weight)."""
+    return i == 1 if layer.type == "LSTM" else i > 0
 
 
 def frozen_layers(param):
@@ -258,14 +308,39 @@ def init_stats(param):
             for typ, name, bottoms, tops, l in layer_list(param) if typ == "BatchNorm"}
 
 
-def inputs(param, seed=1):
-    """Data (gaussian) and labels (ints below the classifier width) as numpy arrays."""
+def feeds(param, seed=1):
+    """{input blob: numpy array}, float32, each as the layers that read it take it:
+    Gaussian data; labels, ints below 10 (every classifier is wider); an Embed's
+    indices, ints below its input_dim; a recurrent layer's cont, 0 at t = 0 and 1 after
+    (each stream one sequence, as the references' zero initial state has it). Labels
+    shaped as a cont (T, N) are sequences: where the loss has an ignore_label, every
+    other stream ends 5 timesteps early, its last labels the ignored one (padding)."""
     rng = np.random.RandomState(seed)
-    shapes = [tuple(s.dim) for s in param.layer[0].input_param.shape]
-    data = rng.randn(*shapes[0]).astype(np.float32)
-    if len(shapes) == 1:
-        return data, None
-    return data, rng.randint(0, 10, size=shapes[1]).astype(np.float32)
+    inp = param.layer[0]
+    shapes = {t: tuple(s.dim) for t, s in zip(inp.top, inp.input_param.shape)}
+    role = {}
+    for typ, name, bottoms, tops, l in layer_list(param):
+        for i, b in enumerate(bottoms):
+            if b in shapes:
+                role.setdefault(b, (typ, i, l))
+    out = {}
+    for top, shape in shapes.items():
+        typ, i, l = role.get(top, (None, 0, None))
+        if typ == "Embed":
+            out[top] = rng.randint(0, l.embed_param.input_dim, size=shape).astype(np.float32)
+        elif typ in ("LSTM", "RNN") and i == 1:
+            out[top] = np.ones(shape, np.float32)
+            out[top][0] = 0
+        elif typ is not None and "Loss" in typ and i == 1:
+            label = rng.randint(0, 10, size=shape).astype(np.float32)
+            if l.loss_param.HasField("ignore_label") and any(
+                    shape == s and r[0] in ("LSTM", "RNN") and r[1] == 1
+                    for t, s in shapes.items() for r in [role.get(t, (None, 0))]):
+                label[-5:, ::2] = l.loss_param.ignore_label
+            out[top] = label
+        else:
+            out[top] = rng.randn(*shape).astype(np.float32)
+    return out
 
 
 def eltwise_sum(l, xs):
@@ -282,8 +357,9 @@ def eltwise_sum(l, xs):
 # pure JAX, written the direct way
 # ---------------------------------------------------------------------------
 def jax_forward_fn(param, train):
-    """f(params, data, label, key, stats) -> (loss, outputs, new stats) with lax
-    convolutions (``stats``: BatchNorm's running averages, :func:`init_stats`)."""
+    """f(params, feeds, key, stats) -> (loss, outputs, new stats) with lax convolutions
+    and a ``lax.scan`` per LSTM (``feeds``: {input blob: array}, :func:`feeds`;
+    ``stats``: BatchNorm's running averages, :func:`init_stats`)."""
     import jax
     import jax.numpy as jnp
     from jax import lax
@@ -293,8 +369,8 @@ def jax_forward_fn(param, train):
     def per_channel(v):
         return v[None, :, None, None]
 
-    def f(params, data, label, key, stats=None):
-        env = {"data": data, "label": label}
+    def f(params, feeds, key, stats=None):
+        env = dict(feeds)
         new_stats = {}
         loss = 0.0
         for i, (typ, name, bottoms, tops, l) in enumerate(layers):
@@ -320,9 +396,16 @@ def jax_forward_fn(param, train):
             elif typ == "Crop":
                 y = crop(l, x, xs[1])
             elif typ == "InnerProduct":
-                y = x.reshape(x.shape[0], -1) @ params[name][0].T
+                axis = l.inner_product_param.axis % x.ndim
+                y = x.reshape(x.shape[:axis] + (-1,)) @ params[name][0].T
                 if len(params[name]) > 1:
                     y = y + params[name][1]
+            elif typ == "Embed":
+                y = params[name][0][x.astype(jnp.int32)]
+                if len(params[name]) > 1:
+                    y = y + params[name][1]
+            elif typ == "LSTM":
+                y = jax_lstm(params[name], x, xs[1], xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = jnp.maximum(x, 0)
             elif typ == "Pooling":
@@ -365,14 +448,16 @@ def jax_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
-            elif typ == "SoftmaxWithLoss":      # per image, or per pixel (FCN)
-                logp = jax.nn.log_softmax(x, axis=1)
-                lab = xs[1].astype(jnp.int32).reshape((x.shape[0], 1) + x.shape[2:])
+            elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)
+                axis = l.softmax_param.axis % x.ndim
+                logp = jax.nn.log_softmax(x, axis=axis)
+                lab = xs[1].astype(jnp.int32).reshape(x.shape[:axis] + (1,) + x.shape[axis + 1:])
                 valid = (lab != l.loss_param.ignore_label if l.loss_param.HasField(
                     "ignore_label") else jnp.ones(lab.shape, bool))
-                picked = jnp.take_along_axis(logp, jnp.where(valid, lab, 0), axis=1)
+                picked = jnp.take_along_axis(logp, jnp.where(valid, lab, 0), axis=axis)
                 term = -jnp.sum(jnp.where(valid, picked, 0)) / loss_divisor(
-                    l, jnp.maximum(jnp.sum(valid, dtype=x.dtype), 1), x.shape[0], lab.size)
+                    l, jnp.maximum(jnp.sum(valid, dtype=x.dtype), 1), math.prod(x.shape[:axis]),
+                    lab.size)
                 weight = l.loss_weight[0] if l.loss_weight else 1.0
                 loss = loss + weight * term
                 y = term
@@ -387,6 +472,33 @@ def jax_forward_fn(param, train):
     return f
 
 
+def jax_lstm(params, x, cont, static):
+    """Caffe's LSTM over (T, N, D): gates (i, f, o, g) = W_xc x_t + b_c [+ W_xc_static
+    x_static] + W_hc (cont_t h_{t-1}); c_t = cont_t f c_{t-1} + i g; h_t = o tanh(c_t);
+    from zero state, one ``lax.scan`` step per timestep."""
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    w_x, b, w_h = params[0], params[1], params[-1]
+    h = w_h.shape[1]
+    pre = x.reshape(x.shape[:2] + (-1,)) @ w_x.T + b
+    if static is not None:
+        pre = pre + (static.reshape(static.shape[0], -1) @ params[2].T)[None]
+
+    def step(state, inputs):
+        h_prev, c_prev = state
+        pre_t, cont_t = inputs
+        cont_t = cont_t[:, None]
+        g = pre_t + (cont_t * h_prev) @ w_h.T
+        i, f, o = (jax.nn.sigmoid(g[:, k * h:(k + 1) * h]) for k in range(3))
+        c = cont_t * f * c_prev + i * jnp.tanh(g[:, 3 * h:])
+        h_t = o * jnp.tanh(c)
+        return (h_t, c), h_t
+
+    zero = jnp.zeros((x.shape[1], h), x.dtype)
+    return lax.scan(step, (zero, zero), (pre, cont))[1]
+
+
 def jcaffe_solver(name, batch):
     """jcaffe's SGD solver for net ``name`` (the same update as the references), its
     input blobs filled once."""
@@ -399,9 +511,8 @@ def jcaffe_solver(name, batch):
     sp.net_param.CopyFrom(param)
     solver = jcaffe.get_solver(sp)
     load_reference_params(solver.net, param)
-    data, label = inputs(param)
-    solver.net.blobs["data"].data[...] = data
-    solver.net.blobs["label"].data[...] = label
+    for top, value in feeds(param).items():
+        solver.net.blobs[top].data[...] = value
     return solver
 
 
@@ -419,21 +530,22 @@ def load_reference_params(net, param):
 
 def jax_train_step(param):
     """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order:
-    step(params, mom, stats, data, label, key) -> (params, mom, stats, loss)."""
+    step(params, mom, stats, inputs, key) -> (params, mom, stats, loss), ``inputs`` as
+    :func:`feeds` gives them (jax arrays)."""
     import jax
     f = jax_forward_fn(param, train=True)
     frozen = frozen_layers(param)
 
-    def loss_fn(trained, fixed, data, label, key, stats):
-        loss, _, new_stats = f({**trained, **fixed}, data, label, key, stats)
+    def loss_fn(trained, fixed, inputs, key, stats):
+        loss, _, new_stats = f({**trained, **fixed}, inputs, key, stats)
         return loss, new_stats
 
     @jax.jit
-    def step(params, mom, stats, data, label, key):
+    def step(params, mom, stats, inputs, key):
         fixed = {k: v for k, v in params.items() if k in frozen}
         params = {k: v for k, v in params.items() if k not in frozen}
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(
-            params, fixed, data, label, key, stats)
+            params, fixed, inputs, key, stats)
         held = {k: v for k, v in mom.items() if k in frozen}
         mom = jax.tree_util.tree_map(lambda m, gi, p: MOMENTUM * m + LR * (gi + WEIGHT_DECAY * p),
                                      {k: mom[k] for k in params}, g, params)
@@ -444,24 +556,61 @@ def jax_train_step(param):
 
 
 def jax_deploy_forward(param, final):
-    """jit(f(params, stats, data) -> the ``final`` blob)."""
+    """jit(f(params, stats, inputs) -> the ``final`` blob), ``inputs`` as :func:`feeds`
+    gives them (jax arrays)."""
     import jax
     f = jax_forward_fn(param, train=False)
-    return jax.jit(lambda params, stats, data: f(params, data, None, None, stats)[1][final])
+    return jax.jit(lambda params, stats, inputs: f(params, inputs, None, stats)[1][final])
 
 
 # ---------------------------------------------------------------------------
 # PyTorch eager
 # ---------------------------------------------------------------------------
+def torch_params(param):
+    """:func:`init_params` laid out for PyTorch: each LSTM as ``torch.nn.LSTM`` keeps
+    it, [W_ih, W_hh, b_ih] with the gates' rows in torch's order (i, f, g, o; Caffe's is
+    i, f, o, g) and a static input's weight joined to W_ih's columns (the forward feeds
+    it beside x_t). The same values, so the same arithmetic."""
+    layers = {l.name: l for l in param.layer}
+    out = {}
+    for name, arrays in init_params(param).items():
+        if layers[name].type == "LSTM":
+            h = arrays[-1].shape[1]
+            order = np.concatenate([np.arange(k * h, (k + 1) * h) for k in (0, 1, 3, 2)])
+            w_ih = np.concatenate([arrays[0]] + arrays[2:-1], axis=1)
+            arrays = [w_ih[order], arrays[-1][order], arrays[1][order]]
+        out[name] = arrays
+    return out
+
+
 def torch_forward_fn(param, train):
+    """f(params, inputs, stats) -> (loss, outputs), ``params`` as :func:`torch_params`
+    lays them out, ``inputs`` as :func:`feeds` gives them (tensors). An LSTM runs as
+    ``torch.nn.LSTM`` from zero state: its cont is not read, which is Caffe's arithmetic
+    for the cont :func:`feeds` makes (0 at t = 0 only)."""
     import torch
     import torch.nn.functional as F
     layers = layer_list(param)
+    lstms = {}
 
-    def f(params, data, label, stats=None):
+    def lstm(name, ps, x, static):
+        w_ih, w_hh, b_ih = ps
+        if name not in lstms:       # (its own weights unused: functional_call's are)
+            lstms[name] = (torch.nn.LSTM(w_ih.shape[1], w_hh.shape[1]).to(w_ih.device),
+                           torch.zeros_like(b_ih))
+        module, b_hh = lstms[name]
+        x = x.reshape(x.shape[:2] + (-1,))
+        if static is not None:
+            static = static.reshape(static.shape[0], -1)
+            x = torch.cat([x, static[None].expand(x.shape[0], -1, -1)], dim=2)
+        return torch.func.functional_call(module, {
+            "weight_ih_l0": w_ih, "weight_hh_l0": w_hh, "bias_ih_l0": b_ih,
+            "bias_hh_l0": b_hh}, (x,))[0]
+
+    def f(params, inputs, stats=None):
         """-> (loss, outputs); ``stats``: {BatchNorm layer: (mean, var) tensors},
         updated in place in training."""
-        env = {"data": data, "label": label}
+        env = dict(inputs)
         loss = 0.0
         for typ, name, bottoms, tops, l in layers:
             xs = [env[b] for b in bottoms]
@@ -478,7 +627,16 @@ def torch_forward_fn(param, train):
                 y = crop(l, x, xs[1])
             elif typ == "InnerProduct":
                 ps = params[name]
-                y = F.linear(x.reshape(x.shape[0], -1), ps[0], ps[1] if len(ps) > 1 else None)
+                axis = l.inner_product_param.axis % x.dim()
+                y = F.linear(x.reshape(x.shape[:axis] + (-1,)), ps[0],
+                             ps[1] if len(ps) > 1 else None)
+            elif typ == "Embed":
+                ps = params[name]
+                y = F.embedding(x.long(), ps[0])
+                if len(ps) > 1:
+                    y = y + ps[1]
+            elif typ == "LSTM":
+                y = lstm(name, params[name], x, xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = F.relu(x)
             elif typ == "Pooling":
@@ -505,13 +663,15 @@ def torch_forward_fn(param, train):
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
-            elif typ == "SoftmaxWithLoss":      # per image, or per pixel (FCN)
+            elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)
+                axis = l.softmax_param.axis % x.dim()
+                x = x.movedim(axis, 1)      # (cross_entropy's classes: axis 1)
                 lab = xs[1].long().reshape((x.shape[0],) + tuple(x.shape[2:]))
                 ignore = (l.loss_param.ignore_label if l.loss_param.HasField("ignore_label")
                           else -100)
                 valid = int((lab != ignore).sum()) if ignore != -100 else lab.numel()
                 term = F.cross_entropy(x, lab, ignore_index=ignore, reduction="sum") / \
-                    loss_divisor(l, max(valid, 1), x.shape[0], lab.numel())
+                    loss_divisor(l, max(valid, 1), math.prod(xs[0].shape[:axis]), lab.numel())
                 loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
                 y = term
             elif typ == "Softmax":

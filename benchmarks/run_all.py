@@ -87,22 +87,29 @@ def matmul_peak(repeats=20):
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
 
 
+def products(key):
+    """What forward_gflop counts for benchmark ``key``, in words."""
+    net = key.split("_", 1)[1]
+    return ("inner products and LSTMs" if net in nets.SEQUENCE_STREAMS
+            else "convolutions and inner products")
+
+
 def forward_gflop(name, deploy, batch=None):
-    """Multiply-adds x2 of the convolutions and inner products of one forward."""
+    """Multiply-adds x2 of the products of one forward: convolutions and inner products
+    (each output times its weight's fan-in) and LSTMs (each timestep's W_xc x_t and
+    W_hc h_{t-1}, and the static input's W_xc_static x_static once)."""
     param = nets.net_param(name, batch, deploy=deploy)
     shapes, blob_shape = nets.param_shapes(param)
     total = 0
     for typ, lname, bottoms, tops, l in nets.layer_list(param):
         if typ in ("Convolution", "InnerProduct"):
-            w = shapes[lname][0]
-            out = blob_shape[tops[0]]
-            spatial = 1
-            for d in out[2:]:
-                spatial *= d
-            k = 1
-            for d in w[1:]:
-                k *= d
-            total += 2 * out[0] * out[1] * spatial * k
+            total += 2 * math.prod(blob_shape[tops[0]]) * math.prod(shapes[lname][0][1:])
+        elif typ == "LSTM":
+            steps, streams = blob_shape[bottoms[0]][:2]
+            w = shapes[lname]
+            total += 2 * steps * streams * (math.prod(w[0]) + math.prod(w[-1]))
+            if len(bottoms) > 2:
+                total += 2 * streams * math.prod(w[2])
     return total / 1e9
 
 
@@ -110,12 +117,13 @@ def caffe_memory_mb(name):
     """BVLC Caffe's own arrays for one SGD-momentum training step of net ``name``, by
     count (float32): every param's data, diff and momentum; every blob's data and diff
     (in-place tops counted once); the data layer's 4 prefetched batches
-    (DataParameter.prefetch). Not counted: the process and its libraries, im2col
-    buffers, pooling masks, LRN scales, dropout masks, so Caffe's RSS is above this."""
+    (DataParameter.prefetch; a sequence net's inputs come from HDF5Data, which keeps
+    one). Not counted: the process and its libraries, im2col buffers, pooling masks, LRN
+    scales, dropout masks, an LSTM's unrolled net, so Caffe's RSS is above this."""
     shapes, blob_shape = nets.param_shapes(nets.net_param(name))
     params = sum(math.prod(s) for ps in shapes.values() for s in ps)
     blobs = sum(math.prod(s) for s in blob_shape.values())
-    prefetch = 4 * math.prod(blob_shape["data"])
+    prefetch = 4 * math.prod(blob_shape["data"]) if "data" in blob_shape else 0
     return 4 * (3 * params + 2 * blobs + prefetch) / 2 ** 20
 
 
@@ -125,8 +133,9 @@ def caffe_layer_buffers_mb(name):
     Convolution's col_buffer_ (one image's columns; none for 1x1 kernels at stride 1
     without padding), MAX pooling's max_idx_ (top sized), LRN's scale_, Dropout's
     rand_vec_, BatchNorm's x_norm_ and temp_, an in-place Scale's temp_, SoftmaxWithLoss's
-    prob_ (each bottom sized), and the diffs of the split tops Caffe inserts where a blob
-    feeds several layers (their data is the bottom's)."""
+    prob_ (each bottom sized), the diffs of the split tops Caffe inserts where a blob
+    feeds several layers (their data is the bottom's), and each LSTM's unrolled net
+    (:func:`caffe_lstm_blobs`)."""
     param = nets.net_param(name)
     _, blob_shape = nets.param_shapes(param)
     total, version, readers = 0, {}, {}
@@ -149,10 +158,31 @@ def caffe_layer_buffers_mb(name):
             total += x
         elif typ == "BatchNorm":
             total += 2 * x
+        elif typ == "LSTM":
+            total += caffe_lstm_blobs(blob_shape[bottoms[0]][:2], l.recurrent_param.num_output,
+                                      len(bottoms) > 2)
     for (b, _), n in readers.items():
         if n > 1 and b in blob_shape:       # (not the labels: a few floats)
             total += n * math.prod(blob_shape[b])
     return 4 * total / 2 ** 20
+
+
+def caffe_lstm_blobs(steps_streams, hidden, static):
+    """Floats in BVLC Caffe's unrolled net of one LSTM layer (lstm_layer.cpp builds it;
+    recurrent_layer.cpp shares x, x_static and the top h with the outer net's blobs, so
+    those are not counted here): data and diff of W_xc_x (T, N, 4H), of its Slice's T
+    tops, and per timestep of h_conted_{t-1} (N, H), W_hc_h_{t-1} (N, 4H), gate_input_t
+    (N, 4H), c_t and h_t (N, H each); c_0 and h_0; each LSTMUnit's X_acts_ (data only);
+    the diffs of h_t's two split tops (t < T: the next step's and the concat's); with a
+    static input its transform (N, 4H, data and diff) and the diffs of its T split tops
+    (one per gate_input_t)."""
+    steps, streams = steps_streams
+    g = 4 * hidden
+    per_step = 2 * (g + g + hidden + g + g + 2 * hidden) + g + (g if static else 0)
+    total = steps * per_step + 2 * 2 * hidden + (steps - 1) * 2 * hidden
+    if static:
+        total += 2 * g
+    return streams * total
 
 
 def run(script, args, out_json):
@@ -248,6 +278,8 @@ def main():
               "--only", "jcaffe Solver.step,PyTorch eager"]),
             ("train_fcn32s", "bench_train.py",
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1"]),
+            ("train_lrcn", "bench_train.py",
+             ["--net", "lrcn", "--repeats", "3", "--warmup", "1"]),
             # (peak memory: every training step, one fresh process per contender, about
             # 10 minutes of the run; of the forwards, LeNet's only)
             ("data_caffenet", "bench_data.py",
@@ -367,6 +399,10 @@ def render(state, opts):
         ("Training step, FCN-32s (batch 1, 3x500x500; VGG-16 padded by 100, a 64x64 stride-32 "
          "Deconvolution with lr_mult 0, Crop, per-pixel SoftmaxWithLoss)", "train_fcn32s",
          forward_gflop("fcn32s", False) * 3, None),
+        ("Training step, LRCN captioning (20 timesteps x 100 streams; Embed, two LSTMs of "
+         "1000 units, the second with 1000 image features as its static input, a classifier "
+         "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
+         forward_gflop("lrcn", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
@@ -401,8 +437,8 @@ def render(state, opts):
                        else fmt_table(results[key], gflop, refs))
             if gflop:
                 out.append("")
-                out.append("GFLOP/s: %.2f GFLOP per call (convolutions and inner products%s) "
-                           "/ median time." % (gflop, "; training step = 3x forward"
+                out.append("GFLOP/s: %.2f GFLOP per call (%s%s) "
+                           "/ median time." % (gflop, products(key), "; training step = 3x forward"
                                                if key.startswith("train") else ""))
             rss = results[key].get("rss_mb", {})
             mine = next((v for n, v in rss.items() if n.startswith("jcaffe")), None)
@@ -410,13 +446,18 @@ def render(state, opts):
             if key.startswith("train_") and net in targets.MEMORY_NETS and mine:
                 count, buffers = caffe_memory_mb(net), caffe_layer_buffers_mb(net)
                 out.append("")
+                sequence = net in nets.SEQUENCE_STREAMS
                 out.append("Memory: BVLC Caffe's arrays for this step, by count, %.0f MB (params "
-                           "x3: data, diff, momentum; every blob's data and diff; 4 prefetched "
-                           "batches), and %.0f MB with its layers' own buffers (im2col columns, "
-                           "pooling indices, LRN scales, dropout masks, BatchNorm's and an "
-                           "in-place Scale's copies, split tops' diffs); not its process or "
+                           "x3: data, diff, momentum; every blob's data and diff; %s), and %.0f "
+                           "MB with its layers' own buffers (%s); not its process or "
                            "libraries. jcaffe's peak RSS / those: %.2fx and %.2fx."
-                           % (count, count + buffers, mine / count, mine / (count + buffers)))
+                           % (count, "one batch, HDF5Data's" if sequence else
+                              "4 prefetched batches", count + buffers,
+                              "each LSTM's unrolled net, the softmax's probabilities, split "
+                              "tops' diffs" if sequence else
+                              "im2col columns, pooling indices, LRN scales, dropout masks, "
+                              "BatchNorm's and an in-place Scale's copies, split tops' diffs",
+                              mine / count, mine / (count + buffers)))
         if key.startswith("data_") and results[key] is not None:
             out.append("")
             out.append("Solver.step(1) waits for each step's loss, so the host's work for the "

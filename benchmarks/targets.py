@@ -8,13 +8,14 @@ what is left is benchmarks/NOTES.md's prose, written by hand.
 """
 import re
 
-TRAIN_NETS = ("lenet", "caffenet", "googlenet", "resnet50", "mobilenet", "resnext50", "fcn32s")
+TRAIN_NETS = ("lenet", "caffenet", "googlenet", "resnet50", "mobilenet", "resnext50", "fcn32s",
+              "lrcn")
 # The training steps whose peak memory is held against Caffe's count (not LeNet: its
 # arrays are 15 MB, a tenth of the jax runtime alone).
 MEMORY_NETS = TRAIN_NETS[1:]
 NAMES = {"lenet": "LeNet", "caffenet": "CaffeNet", "googlenet": "GoogLeNet",
          "resnet50": "ResNet-50", "mobilenet": "MobileNet", "resnext50": "ResNeXt-50",
-         "fcn32s": "FCN-32s"}
+         "fcn32s": "FCN-32s", "lrcn": "LRCN"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"

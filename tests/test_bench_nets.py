@@ -35,9 +35,9 @@ def _check(name, batch):
     param = nets.net_param(name, batch)
     params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
     stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
-    data, label = (jnp.asarray(a) for a in nets.inputs(param))
+    inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
     loss = nets.jax_train_step(param)(params, jax.tree_util.tree_map(jnp.zeros_like, params),
-                                      stats, data, label, jax.random.PRNGKey(0))[3]
+                                      stats, inputs, jax.random.PRNGKey(0))[3]
     np.testing.assert_allclose(float(solver._losses[-1]), float(loss), rtol=1e-4)
 
 
@@ -74,6 +74,28 @@ def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""
     _check("resnet50", 2)
+
+
+def test_lrcn_contenders_agree():
+    """The sequence net: Embed, two LSTMs (Caffe's gates i, f, o, g, and cont; the second
+    with a static input), an InnerProduct and SoftmaxWithLoss along axis 2 that ignores
+    the padding. jcaffe's scans against the pure JAX scan and torch.nn.LSTM (its gates
+    reordered, the static input's weight joined to W_ih); the feeds' labels hold padding."""
+    param = nets.net_param("lrcn", 2)
+    label = nets.feeds(param)["target_sentence"]
+    assert (label == -1).any() and (label >= 0).any()
+    _check("lrcn", 2)
+
+
+def test_lrcn_gflop_counts_every_product():
+    """run_all's GFLOP of LRCN's forward: per timestep and stream each LSTM's W_xc x_t and
+    W_hc h_{t-1} (4000 x 1000 each), the classifier (8801 x 1000); the static input's
+    W_xc_static x_static (4000 x 1000) once per stream; Embed none."""
+    import run_all
+    T, N = 20, 100
+    lstm = 2 * T * N * (4000 * 1000 + 4000 * 1000)
+    expected = 2 * lstm + 2 * N * 4000 * 1000 + 2 * T * N * 8801 * 1000
+    assert run_all.forward_gflop("lrcn", False) == pytest.approx(expected / 1e9, rel=1e-12)
 
 
 def test_only_naming_no_contender_lists_the_names():

@@ -32,8 +32,12 @@ NETS = {
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
+    "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
 }
-NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s"}     # (as their published prototxts)
+NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn"}     # (as their published prototxts)
+# Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
+# batch (every dim equal to the number of streams written is set to the batch).
+STREAMS = {"lrcn": 100}
 
 
 def _load(name, batch):
@@ -41,16 +45,19 @@ def _load(name, batch):
     for layer in param.layer:
         if layer.type == "DummyData":
             for shape in layer.dummy_data_param.shape:
-                shape.dim[0] = batch
+                if name in STREAMS:
+                    shape.dim[:] = [batch if d == STREAMS[name] else d for d in shape.dim]
+                else:
+                    shape.dim[0] = batch
     return param
 
 
-def _run(name, batch=1):
+def _run(name):
     first, classifier, shape, _ = NETS[name]
     jcaffe.set_random_seed(0)
-    net = jcaffe.Net(_load(name, batch), jcaffe.TRAIN)
+    net = jcaffe.Net(_load(name, 1), jcaffe.TRAIN)
     out = net.forward()
-    assert net.blobs[classifier].data.shape == (batch,) + shape[1:]
+    assert net.blobs[classifier].data.shape == shape
     losses = [float(np.ravel(v)[0]) for k, v in out.items() if "loss" in k]
     assert losses and all(np.isfinite(losses)), out
     net.backward()

@@ -418,6 +418,38 @@ def mobilenet():
     heads(n, n.fc7)
     return n
 
+def lrcn():
+    """An LRCN-style captioning net (Donahue et al. 2015, the "factored" form): words
+    through an Embed and a first LSTM; a second LSTM takes that and, as its static input,
+    the image's features (a CNN's 1000 outputs, given here, not computed); a classifier
+    over the vocabulary at each timestep (InnerProduct, axis 2); SoftmaxWithLoss along
+    axis 2 that ignores label -1 (the padding after a sentence's end). 20 timesteps of
+    100 streams, a vocabulary of 8801 words, 1000 units throughout. DummyData stands
+    for the sequence data, constant where it holds word indices (Embed takes integers
+    only): input words 1, target words 2, cont 1 (no stream restarts), features
+    Gaussian."""
+    T, N, V, H = 20, 100, 8801, 1000
+    uniform = dict(type="uniform", min=-0.08, max=0.08)
+    n = NetSpec()
+    n.input_sentence, n.cont_sentence, n.target_sentence, n.image_features = L.DummyData(
+        shape=[dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[N, 1000])],
+        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
+                     dict(type="constant", value=2),
+                     dict(type="gaussian", std=1)],
+        ntop=4)
+    n.embedded_input_sentence = L.Embed(n.input_sentence, input_dim=V, num_output=H,
+                                        bias_term=False, weight_filler=uniform,
+                                        param=[dict(lr_mult=1)])
+    recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=ZERO)
+    n.lstm1 = L.LSTM(n.embedded_input_sentence, n.cont_sentence, recurrent_param=recurrent)
+    n.lstm2 = L.LSTM(n.lstm1, n.cont_sentence, n.image_features, recurrent_param=recurrent)
+    n.predict = L.InnerProduct(n.lstm2, num_output=V, axis=2, param=LEARN,
+                               weight_filler=uniform, bias_filler=ZERO)
+    n.cross_entropy_loss = L.SoftmaxWithLoss(n.predict, n.target_sentence, loss_weight=20,
+                                             loss_param=dict(ignore_label=-1),
+                                             softmax_param=dict(axis=2))
+    return n
+
 
 NETS = {
     "lenet": (lenet, "LeNet"),
@@ -432,6 +464,7 @@ NETS = {
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
+    "lrcn": (lrcn, "LRCN"),
 }
 
 
