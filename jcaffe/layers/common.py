@@ -68,9 +68,29 @@ def _not_in_place(layer):
 # One row takes that form from a smaller weight: inside a net XLA still copied a 1000 x
 # 1024 classifier transposed (MobileNet's, GoogLeNet's: about 1.2 ms a forward), and
 # deploy forwards at one image, ab_step.py, 1 MB / 4 MB: MobileNet 0.882, GoogLeNet 0.849.
+# Without AVX-512 the form pays off at fewer rows (AMD EPYC Zen 1, AVX2, 2 vCPUs,
+# 2026-12-06, ms, x W^T / (W x^T)^T, median of 15): 4096 x 9216 at 64/72/80/96/100/
+# 112/120/128 rows 32.2/28.6, 34.2/35.6, 39.9/36.5, 43.1/42.3, 45.6/57.9, 50.3/56.7,
+# 52.8/62.1, 57.4/57.8; 4000 x 1000 (an LSTM's W_hc) at 8/32/64 rows 0.86/0.54,
+# 2.32/1.64, 3.52/3.20 and at 100/112 5.18/6.05, 6.79/7.67; 4096 x 4096, 2048 x 2048
+# and 8801 x 1000 alike (won to 64 rows, lost at 100). There the rows stop at 64:
+# LRCN's step (two LSTMs of 1000 over 100 streams; ab_step.py --interleave, 2 rounds
+# of 6 pairs) took 0.974x the time (interval 0.956-0.994).
 WEIGHT_FIRST_MIN_BYTES = 4 << 20    # weight bytes from which ...
-WEIGHT_FIRST_MAX_ROWS = 128         # ... at most this many rows take (W x^T)^T
 WEIGHT_FIRST_ONE_ROW_MIN_BYTES = 1 << 20    # and one row from this many bytes
+
+
+def _has_avx512():
+    """Whether this CPU has AVX-512 (Linux's /proc/cpuinfo; elsewhere assumed, as the
+    rows' bound was first measured with it)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return any(line.startswith("flags") and " avx512f" in line for line in f)
+    except OSError:
+        return True
+
+
+WEIGHT_FIRST_MAX_ROWS = 128 if _has_avx512() else 64    # at most this many rows take it
 
 
 def weight_first(rows, w):
