@@ -106,11 +106,37 @@ class _RatesAfter:
         return self._known[key][0]
 
 
-def _history_slots(history, values):
+# A param whose update value a compiled update does not return: its diff is computed
+# from its new history when read (UpdateValue; rules with value_is_derived: Adam).
+DERIVED = "derived"
+
+
+def _history_slots(history, values, derived=False):
     """For each param, the history slot whose new array is its update value itself (the
-    same traced value: SGD's momentum), else None."""
-    return [next((k for k, slot in enumerate(history) if slot[i] is v), None)
+    same traced value: SGD's momentum), else DERIVED where the rule's values follow from
+    the history (``derived``), else None."""
+    return [next((k for k, slot in enumerate(history) if slot[i] is v),
+                 DERIVED if derived else None)
             for i, v in enumerate(values)]
+
+
+class UpdateValue(View):
+    """A param diff that is its last update value, computed from the new history when
+    read (Caffe leaves the value in the diff; a rule with ``value_is_derived`` has the
+    compiled update skip writing it). The source is the solver's history state
+    (packed, loose) as the update returned it; ``places``: where param's history
+    arrays are in it (Solver._diff_sources); ``local_rate``: the update's rate times
+    the param's lr_mult, multiplied in the param's dtype as the compiled update does;
+    ``t``: the iteration."""
+
+    def __init__(self, value_fn, places, local_rate, t):
+        self.value_fn, self.places, self.local_rate, self.t = value_fn, places, local_rate, t
+
+    def __call__(self, state):
+        packed, loose = state
+        hist = tuple(p(packed) if isinstance(p, View) else loose[p[0]][p[1]]
+                     for p in self.places)
+        return self.value_fn(hist, self.local_rate, self.t)
 
 
 def _forward_only(slot):
@@ -264,6 +290,12 @@ class Solver:
                                       self.net.params_weight_decay, self._layout.packed_ids,
                                       owners)
         self._hist_state, self._hist_full = self._layout.zeros(), None
+        # Adam's update values, computed from its history when a diff is read: the
+        # compiled updates do not write them (CaffeNet's Adam step took 1.12x the time
+        # when they did, its fc6 update alone 113 against 55 ms; benchmarks/NOTES.md).
+        self._derived = getattr(self._rule, "value_is_derived", False)
+        self._value_from_history = jax.jit(self._rule.value_from_history) if self._derived \
+            else None
         self._update_jit = None         # apply_update's program (_jit_update)
         self._update_diff_is_history = None     # (_packed_update's share_history)
         self._diff_places = None        # (a diff_is_history list, where each diff comes from)
@@ -440,7 +472,7 @@ class Solver:
         new_params, history, values, norm = self._update(
             grads, self._layout.unpack(state), params, rate, t)
         if share_history:
-            self._update_diff_is_history = _history_slots(history, values)
+            self._update_diff_is_history = _history_slots(history, values, self._derived)
             values = [None if k is not None else v
                       for k, v in zip(self._update_diff_is_history, values)]
         return new_params, self._layout.pack(history), values, norm
@@ -605,7 +637,8 @@ class Solver:
             np.asarray(rate, net.dtype), np.int32(self._iter))
         new_params, state, values, norm, diffs = out
         self._set_history_state(state)
-        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history)
+        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history,
+                                   rate, self._iter)
         for name, value in diffs.items():
             net.blobs[name].set_device_diff(value)
         return loss, self._after_fused(rate, display, norm)
@@ -673,7 +706,8 @@ class Solver:
         new_params, state, values, norm = self._update_jit(
             params, state, grads, np.asarray(rate, self.net.dtype), np.int32(self._iter))
         self._set_history_state(state)
-        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history)
+        self._set_params_and_diffs(new_params, values, state, self._update_diff_is_history,
+                                   rate, self._iter)
         self._log_clip(norm)
         self._iter += 1
 
@@ -697,8 +731,9 @@ class Solver:
 
     def _donated_diffs(self):
         """Whether the update's call donates the param diffs: where the update values
-        are arrays of their own (not SGD's momentum), to be written into the diffs'."""
-        return not getattr(self._rule, "value_is_history", False)
+        are arrays of their own (not SGD's momentum, nor Adam's, computed when read), to
+        be written into the diffs'."""
+        return not (getattr(self._rule, "value_is_history", False) or self._derived)
 
     def _jit_update(self):
         """apply_update's program, (params, state, grads, rate, t) -> (new params, new
@@ -790,7 +825,8 @@ class Solver:
         new_params, state, values, norm, outputs, loss = out
         self._set_history_state(state)
         written, saved, diffs = outputs.restore(rest[:4])
-        self._set_params_and_diffs(new_params, values, state, self._diff_is_history)
+        self._set_params_and_diffs(new_params, values, state, self._diff_is_history, rate,
+                                   self._iter)
         # (blobs computed channels-last come back held so, and are reordered when read)
         once = {}           # id(value): its ReorderOnce (values under several names)
         for name, value in written.items():
@@ -916,26 +952,37 @@ class Solver:
             return self._diff_places[1]
         layout = self._layout
         loose_index = {i: j for j, i in enumerate(layout.loose_ids)}
+
+        def place(k, i):
+            return layout.view(k, i) if layout.is_packed(i) else (k, loose_index[i])
         places = []
         for i, k in enumerate(diff_is_history):
             if k is None:
                 places.append(None)
-            elif layout.is_packed(i):
-                places.append(layout.view(k, i))
+            elif k == DERIVED:      # every history array of the param
+                places.append([place(j, i) for j in range(self._rule.num_history)])
             else:
-                places.append((k, loose_index[i]))
+                places.append(place(k, i))
         self._diff_places = (diff_is_history, places)
         return places
 
-    def _set_params_and_diffs(self, new_params, values, state, diff_is_history):
+    def _set_params_and_diffs(self, new_params, values, state, diff_is_history, rate, t):
         """Each param's new data, and its new diff: the update value, or where
-        ``diff_is_history`` names a slot, its new history array in ``state``."""
+        ``diff_is_history`` names a slot, its new history array in ``state``, or where it
+        says DERIVED, the value computed from the history when read (UpdateValue; ``rate``
+        and ``t``, the update's learning rate and iteration)."""
         packed, loose = state
-        for blob, value, diff, place in zip(self.net._learnable, new_params, values,
-                                            self._diff_sources(diff_is_history)):
+        lr_mults = self._update.lr_mults
+        for i, (blob, value, diff, place) in enumerate(zip(
+                self.net._learnable, new_params, values, self._diff_sources(diff_is_history))):
             blob.set_device_data(value)
             if diff is not None:
                 blob.set_device_diff(diff)
+            elif isinstance(place, list):       # DERIVED
+                dtype = blob.dtype
+                local_rate = np.asarray(rate, dtype) * np.asarray(lr_mults[i], dtype)
+                blob.set_device_diff_view(state, UpdateValue(
+                    self._value_from_history, place, local_rate, np.int32(t)))
             elif isinstance(place, View):       # its new history, inside the packed array
                 blob.set_device_diff_view(packed, place)
             else:
@@ -1111,7 +1158,7 @@ class Solver:
             new_params, new_hist, values, norm = update(
                 grads, history, [params[pid] for pid in range(n)], rate, t, done)
             if share_history:   # decided while tracing: the same traced value, or not
-                self._diff_is_history = _history_slots(new_hist, values)
+                self._diff_is_history = _history_slots(new_hist, values, self._derived)
                 values = [None if k is not None else v
                           for k, v in zip(self._diff_is_history, values)]
             return new_params, new_hist, values, norm, written, saved, diffs, loss

@@ -34,6 +34,7 @@ class SGD:
     type_name = "SGD"
     num_history = 1
     value_is_history = True     # the value is the new momentum itself (one array)
+    value_is_derived = False    # (see Adam)
 
     def __init__(self, param):
         self.momentum = _f32(param.momentum)
@@ -118,6 +119,10 @@ class Adam:
     value = local_rate * sqrt(1 - b2^(t+1)) / (1 - b1^(t+1)) * m / (sqrt(v) + delta)."""
     type_name = "Adam"
     num_history = 2
+    # The value follows from the new history (m, v) alone: a solver's compiled update
+    # need not write it, and a param diff (Caffe leaves the update value there) is
+    # computed from the history when read (jcaffe.solver.UpdateValue).
+    value_is_derived = True
 
     def __init__(self, param):
         self.beta1 = _f32(param.momentum)
@@ -270,4 +275,5 @@ def make_update(param, rule, lr_mults, decay_mults, packed=(), names=None):
         return new_params, tuple(tuple(h) for h in new_hist), values, norm
 
     update.one = update_one
+    update.lr_mults = lr_mults      # (float32 values: a param's local rate is rate * its own)
     return init, update

@@ -832,11 +832,12 @@ def test_host_layers_after_compiled_ones_say_why_they_are_not_fused():
 @pytest.mark.parametrize("kind", ["SGD", "Adam"])
 def test_apply_update_writes_params_history_and_values_in_place(kind):
     """apply_update() donates the params and the history, in the order of its results
-    (so that each is written into its own buffer), and where the update value is an
-    array of its own (Adam) the diffs too, as the values' buffers: its program copies
-    no array (SGD's has no temporaries at all). SGD's value is its momentum, returned
-    once: the diff after it shares the history's array. Every number is Caffe's
-    ApplyUpdate."""
+    (so that each is written into its own buffer): its program copies no array and keeps
+    no array as a temporary. Neither rule writes an update value of its own, so the
+    diffs are not donated: SGD's value is its momentum, returned once (the diff after it
+    shares the history's array); Adam's is computed from the new (m, v) when the diff is
+    read. Every number is Caffe's ApplyUpdate."""
+    from jcaffe.solver import UpdateValue
     solver = make_solver(p_text(SOLVERS[kind], kind))
     net = solver.net
     for _ in range(2):
@@ -846,9 +847,12 @@ def test_apply_update_writes_params_history_and_values_in_place(kind):
         before = [p.data.copy() for p in net.learnable_params]
         grads = [b.device_diff() for b in net._learnable]
         solver.apply_update()
-        assert all(g.is_deleted() for g in grads) == (kind != "SGD")
-        diffs, history = [b.device_diff() for b in net._learnable], solver._history_state()
-        assert all(d is h for d, h in zip(diffs, history[1][0])) == (kind == "SGD")
+        assert not any(g.is_deleted() for g in grads)
+        if kind == "SGD":
+            diffs, history = [b.device_diff() for b in net._learnable], solver._history_state()
+            assert all(d is h for d, h in zip(diffs, history[1][0]))
+        else:
+            assert all(isinstance(b._diff._reorder, UpdateValue) for b in net._learnable)
         for p, b in zip(net.learnable_params, before):     # diff = update value
             np.testing.assert_allclose(b - p.data, p.diff, rtol=1e-5, atol=1e-7)
     args = ([b.device_data() for b in net._learnable], solver._history_state(),
@@ -856,8 +860,51 @@ def test_apply_update_writes_params_history_and_values_in_place(kind):
             np.float32(0.1), np.int32(2))
     compiled = solver._update_jit.lower(*args).compile()
     assert re.findall(r"= f32\[\d[^\]]*\]\S* copy\(", compiled.as_text()) == []
-    if kind == "SGD":       # (Adam's m / (sqrt(v) + delta) is a temporary of its own)
-        assert compiled.memory_analysis().temp_size_in_bytes == 0
+    assert compiled.memory_analysis().temp_size_in_bytes < 16     # (Adam: one scalar)
+
+
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "pycaffe"])
+def test_adam_diffs_are_the_update_values_bit_for_bit(fuse):
+    """An Adam update leaves each param diff as its value computed from the new (m, v)
+    when read (jcaffe.solver.UpdateValue). It is the value the whole update computes
+    from the same diffs, history and params, bit for bit (lr_mult 2 on the biases: the
+    local rate is multiplied as the update multiplies it), at two iterations (the bias
+    correction's t), and a step whose diffs nobody read leaves no stale value behind.
+    ``fused``: the diffs come from a fused step; else from apply_update()."""
+    import jax
+    solver = make_solver(p_text(SOLVERS["Adam"], "Adam"), fuse=fuse)
+    net = solver.net
+    rng = np.random.RandomState(3)
+    whole = jax.jit(lambda g, h, p, rate, t: solver._update(g, h, p, rate, t)[2])
+    for it in range(3):
+        if fuse:
+            if it == 1:
+                solver.step(1)      # diffs never read: the next step must not need them
+                continue
+            grads_net = make_solver(p_text(SOLVERS["Adam"], "Adam"), fuse=False)
+        params = [jnp.array(b.device_data(), copy=True) for b in net._learnable]
+        history = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True),
+                                         solver._layout.unpack(solver._history_state()))
+        if fuse:        # the fused step's diffs: a pycaffe backward at the same params
+            for b, p in zip(grads_net.net._learnable, params):
+                b.data[...] = np.asarray(p)
+            grads_net.net.forward()
+            grads_net.net.backward()
+            grads = [jnp.asarray(b.diff.copy()) for b in grads_net.net._learnable]
+            solver.step(1)
+        else:
+            grads = [jnp.asarray(rng.randn(*b.shape).astype(np.float32)) for b in net._learnable]
+            for b, g in zip(net._learnable, grads):
+                b.diff[...] = np.asarray(g)
+            solver.apply_update()
+        rate = np.float32(SOLVERS["Adam"]["base_lr"])
+        expected = whole(grads, history, params, rate, np.int32(solver.iter - 1))
+        for b, value in zip(net._learnable, expected):
+            if fuse:    # (the fused step's own diffs differ from the pycaffe ones in ulps)
+                np.testing.assert_allclose(b.diff, np.asarray(value), rtol=1e-5, atol=1e-9)
+            else:
+                np.testing.assert_array_equal(b.diff, np.asarray(value))
+    assert [float(m) for m in solver._update.lr_mults] == [1.0, 2.0] * (len(net._learnable) // 2)
 
 
 def test_cleared_param_diffs_are_zeros_that_no_call_computes(monkeypatch):
