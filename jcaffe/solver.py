@@ -654,7 +654,9 @@ class Solver:
                 {pid: params[pid] for pid in seg.param_ids}, data, top_diffs, saved,
                 {pid: jnp.zeros_like(params[pid]) for pid in pids})
             grads = [acc[pid] if pid in acc else jnp.zeros_like(params[pid]) for pid in range(n)]
-            return self._packed_update(grads, state, params, rate, t, share_history=True) + (diffs,)
+            with engine.runtime_one(params):    # (values stored once: update_rules._stored)
+                return self._packed_update(grads, state, params, rate, t,
+                                           share_history=True) + (diffs,)
         return xla_options.jit(backward_update, donate_argnums=(0, 1))    # (apply_update's)
 
     def _forward_backward(self):
@@ -741,7 +743,8 @@ class Solver:
         result the first donated buffer of its shape left, and with the history first,
         every param was written into its history's buffer and copied first.)"""
         def update(params, state, grads, rate, t):
-            return self._packed_update(grads, state, params, rate, t, share_history=True)
+            with engine.runtime_one(params):    # (values stored once: update_rules._stored)
+                return self._packed_update(grads, state, params, rate, t, share_history=True)
         return jax.jit(update, donate_argnums=(0, 1) + ((2,) if self._donated_diffs() else ()))
 
     # ------------------------------------------------------------------

@@ -863,6 +863,55 @@ def test_apply_update_writes_params_history_and_values_in_place(kind):
     assert compiled.memory_analysis().temp_size_in_bytes < 16     # (Adam: one scalar)
 
 
+@pytest.mark.parametrize("kind,arrays", [("AdaGrad", 0), ("RMSProp", 0), ("AdaDelta", 1)])
+def test_update_stores_new_history_and_value_once(kind, arrays, monkeypatch):
+    """The rules whose update value is an array of its own and follows from the new
+    history store both once (update_rules._stored): the param's own loop then reads the
+    value. Compiled over one param of 2^18 floats, params, history and diff donated (a
+    fused step's update, under engine.runtime_one), the update keeps ``arrays`` whole
+    arrays as temporaries (AdaDelta's u, which its second history and its value both
+    read), one fewer than XLA left to itself, and the new param is exactly the old one
+    minus the value (Caffe's Update, data -= diff: left to itself, XLA recomputed the
+    value inside the param's loop, a multiply-add rounded once, and 2% of AdaGrad's
+    params differed by an ulp; AdaDelta's second history, from u computed once, is
+    nearer Caffe's order too: 8.7 k against 63 k of 262 k elements off a float32 numpy
+    reference)."""
+    import jax
+    from jcaffe import engine, update_rules, xla_options
+    n = 1 << 18
+    param = solver_param(p_text(SOLVERS[kind], kind), 4)
+
+    def compiled():
+        rule = update_rules.rule_for(param)
+        _, update = update_rules.make_update(param, rule, [1.0], [1.0])
+
+        def f(p, hist, g):
+            with engine.runtime_one(p):
+                return update.one(0, g, hist, p, jnp.float32(0.01), jnp.int32(3))
+        fn = xla_options.jit(f, donate_argnums=(0, 1, 2))
+        x = jax.ShapeDtypeStruct((n,), jnp.float32)
+        return fn, fn.lower(x, [x] * rule.num_history, x).compile(), rule.num_history
+
+    rng = np.random.RandomState(0)
+    inputs = [rng.rand(n).astype(np.float32) for _ in range(4)]
+
+    def run(fn, k):
+        p, g, *hist = inputs[:2 + k]
+        return [np.asarray(a) for a in jax.tree_util.tree_leaves(
+            fn(jnp.array(p), [jnp.array(h) for h in hist], jnp.array(g)))]
+    fn, stored, k = compiled()
+    new_p, *new_hist, value = run(fn, k)
+    assert stored.memory_analysis().temp_size_in_bytes < (arrays + 1) * 4 * n
+    assert stored.memory_analysis().temp_size_in_bytes >= arrays * 4 * n
+    np.testing.assert_array_equal(new_p, inputs[0] - value)     # Caffe's data -= diff
+    monkeypatch.setattr(update_rules, "_stored", lambda x: x)
+    fn, plain, _ = compiled()
+    assert plain.memory_analysis().temp_size_in_bytes >= (arrays + 1) * 4 * n
+    _, *plain_hist, plain_value = run(fn, k)
+    for a, b in zip(new_hist + [value], plain_hist + [plain_value]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "pycaffe"])
 def test_adam_diffs_are_the_update_values_bit_for_bit(fuse):
     """An Adam update leaves each param diff as its value computed from the new (m, v)
