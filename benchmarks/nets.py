@@ -39,6 +39,10 @@ NETS = {
 SEQUENCE_STREAMS = {"lrcn": 100}
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
+# The benchmarks' Adam (bench_train.py --solver Adam): Kingma & Ba's rates, Caffe's
+# default delta, the same weight decay (added to the gradient, as Caffe's Regularize).
+ADAM = {"base_lr": 0.001, "momentum": 0.9, "momentum2": 0.999, "delta": 1e-8}
+SOLVERS = ("SGD", "Adam")
 
 _pb2 = None
 # Set by the harness in a memory-measuring subprocess of a non-jcaffe contender:
@@ -499,15 +503,15 @@ def jax_lstm(params, x, cont, static):
     return lax.scan(step, (zero, zero), (pre, cont))[1]
 
 
-def jcaffe_solver(name, batch):
-    """jcaffe's SGD solver for net ``name`` (the same update as the references), its
-    input blobs filled once."""
+def jcaffe_solver(name, batch, solver="SGD"):
+    """jcaffe's ``solver`` (SGD or Adam) for net ``name`` (the same update as the
+    references), its input blobs filled once."""
     import jcaffe
     from jcaffe.proto import caffe_pb2 as pb2
     param = net_param(name, batch)
-    sp = pb2.SolverParameter(base_lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-                             lr_policy="fixed", max_iter=10 ** 9, display=0, random_seed=1,
-                             type="SGD")
+    rates = ADAM if solver == "Adam" else {"base_lr": LR, "momentum": MOMENTUM}
+    sp = pb2.SolverParameter(weight_decay=WEIGHT_DECAY, lr_policy="fixed", max_iter=10 ** 9,
+                             display=0, random_seed=1, type=solver, **rates)
     sp.net_param.CopyFrom(param)
     solver = jcaffe.get_solver(sp)
     load_reference_params(solver.net, param)
@@ -528,29 +532,76 @@ def load_reference_params(net, param):
         blobs[0].data[...], blobs[1].data[...], blobs[2].data[...] = mean, var, 1.0
 
 
-def jax_train_step(param):
-    """jit(value_and_grad + SGD momentum with weight decay), Caffe's update order:
-    step(params, mom, stats, inputs, key) -> (params, mom, stats, loss), ``inputs`` as
-    :func:`feeds` gives them (jax arrays)."""
+def param_mults(param):
+    """{layer: [(lr_mult, decay_mult) of each of its params]}, Caffe's defaults (1, 1)
+    where the prototxt names none."""
+    shapes, _ = param_shapes(param)
+    layers = {l.name: l for l in param.layer}
+    return {name: [((layers[name].param[i].lr_mult, layers[name].param[i].decay_mult)
+                    if i < len(layers[name].param) else (1.0, 1.0)) for i in range(len(s))]
+            for name, s in shapes.items()}
+
+
+def jax_history(params, solver="SGD"):
+    """The pure JAX step's history for ``solver``: (momentum,) or Adam's (m, v), zeros
+    shaped as ``params``."""
     import jax
+    import jax.numpy as jnp
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    return (zeros, jax.tree_util.tree_map(jnp.zeros_like, params)) if solver == "Adam" \
+        else (zeros,)
+
+
+def jax_train_step(param, solver="SGD"):
+    """jit(value_and_grad + the update, SGD momentum or Adam, with weight decay; each
+    param's lr_mult and decay_mult), Caffe's update order: step(params, history, stats,
+    inputs, key, t) -> (params, history,
+    stats, loss), ``history`` as :func:`jax_history` makes it, ``inputs`` as
+    :func:`feeds` gives them (jax arrays), ``t`` the iteration (Adam's bias correction)."""
+    import jax
+    import jax.numpy as jnp
     f = jax_forward_fn(param, train=True)
     frozen = frozen_layers(param)
+    mults = param_mults(param)
+    lr_mult = {k: [m[0] for m in v] for k, v in mults.items()}
 
     def loss_fn(trained, fixed, inputs, key, stats):
         loss, _, new_stats = f({**trained, **fixed}, inputs, key, stats)
         return loss, new_stats
 
+    def regularized(g, params):     # (Caffe's Regularize: decay_mult per param)
+        return {k: [gi + WEIGHT_DECAY * m[1] * p for gi, p, m in zip(g[k], params[k], mults[k])]
+                for k in params}
+
+    def sgd(params, g, history, t):
+        g = regularized(g, params)
+        mom = {k: [MOMENTUM * m + LR * r * gi for m, gi, r in zip(history[0][k], g[k], lr_mult[k])]
+               for k in params}
+        return jax.tree_util.tree_map(lambda p, m: p - m, params, mom), (mom,)
+
+    def adam(params, g, history, t):
+        b1, b2, delta = ADAM["momentum"], ADAM["momentum2"], ADAM["delta"]
+        g = regularized(g, params)
+        m = jax.tree_util.tree_map(lambda m, gi: b1 * m + (1 - b1) * gi, history[0], g)
+        v = jax.tree_util.tree_map(lambda v, gi: b2 * v + (1 - b2) * gi * gi, history[1], g)
+        step = (t + 1).astype(jnp.float32)
+        rate = ADAM["base_lr"] * jnp.sqrt(1 - b2 ** step) / (1 - b1 ** step)
+        params = {k: [p - rate * r * (mi / (jnp.sqrt(vi) + delta))
+                      for p, mi, vi, r in zip(params[k], m[k], v[k], lr_mult[k])]
+                  for k in params}
+        return params, (m, v)
+    update = adam if solver == "Adam" else sgd
+
     @jax.jit
-    def step(params, mom, stats, inputs, key):
+    def step(params, history, stats, inputs, key, t):
         fixed = {k: v for k, v in params.items() if k in frozen}
         params = {k: v for k, v in params.items() if k not in frozen}
         (loss, stats), g = jax.value_and_grad(loss_fn, has_aux=True)(
             params, fixed, inputs, key, stats)
-        held = {k: v for k, v in mom.items() if k in frozen}
-        mom = jax.tree_util.tree_map(lambda m, gi, p: MOMENTUM * m + LR * (gi + WEIGHT_DECAY * p),
-                                     {k: mom[k] for k in params}, g, params)
-        params = jax.tree_util.tree_map(lambda p, m: p - m, params, mom)
-        return {**params, **fixed}, {**mom, **held}, stats, loss
+        held = [{k: v for k, v in h.items() if k in frozen} for h in history]
+        params, history = update(params, g, tuple({k: h[k] for k in params} for h in history), t)
+        return ({**params, **fixed}, tuple({**h, **kept} for h, kept in zip(history, held)),
+                stats, loss)
 
     return step
 

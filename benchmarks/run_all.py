@@ -280,6 +280,9 @@ def main():
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1"]),
             ("train_lrcn", "bench_train.py",
              ["--net", "lrcn", "--repeats", "3", "--warmup", "1"]),
+            ("train_caffenet_adam", "bench_train.py",
+             ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
+              "--no-memory"]),
             # (peak memory: every training step, one fresh process per contender, about
             # 10 minutes of the run; of the forwards, LeNet's only)
             ("data_caffenet", "bench_data.py",
@@ -403,6 +406,9 @@ def render(state, opts):
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
          forward_gflop("lrcn", False) * 3, None),
+        ("Training step with Adam, CaffeNet (batch 32; jcaffe's AdamSolver, the same update "
+         "in pure JAX, torch.optim.Adam; not an issue target)", "train_caffenet_adam",
+         forward_gflop("caffenet", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),

@@ -17,7 +17,7 @@ def test_the_step_is_the_fused_call_with_its_params_and_history():
     assert learnable == 8
     # params and their history in, both back, and the blobs the step rewrites
     assert jc["arrays_in"] > 2 * learnable and jc["arrays_out"] > 2 * learnable
-    assert pure["arrays_in"] == 2 * learnable + 3        # params, momentum, data, label, key
+    assert pure["arrays_in"] == 2 * learnable + 4    # params, momentum, data, label, key, t
     assert jc["arrays_in"] < 3 * learnable + 30     # (not the static spec's names and shapes)
     assert 0 < jc["call_ms"] <= jc["ms"] and pure["ms"] > 0
     assert len(jc["rounds_ms"]) == 1

@@ -36,8 +36,8 @@ def _check(name, batch):
     params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
     stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
     inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
-    loss = nets.jax_train_step(param)(params, jax.tree_util.tree_map(jnp.zeros_like, params),
-                                      stats, inputs, jax.random.PRNGKey(0))[3]
+    loss = nets.jax_train_step(param)(params, nets.jax_history(params), stats, inputs,
+                                      jax.random.PRNGKey(0), jnp.int32(0))[3]
     np.testing.assert_allclose(float(solver._losses[-1]), float(loss), rtol=1e-4)
 
 
@@ -118,3 +118,28 @@ def test_caffenet_contenders_agree():
     (The deploy outputs only: the training nets' Dropout draws its masks from each
     contender's own random stream, so their first losses differ, by 2e-4 here.)"""
     _check_deploy("caffenet", 2)
+
+
+def test_adam_contenders_agree():
+    """bench_train.py --solver Adam: jcaffe's AdamSolver and the pure JAX reference's
+    Adam (Caffe's update order, bias correction by the iteration, each param's lr_mult
+    and decay_mult: LeNet's biases have 2 and 0) move LeNet's params alike: the losses
+    of the first three steps agree (the first is the params' own; the next two follow
+    the updates)."""
+    import bench_train
+    jc = nets.jcaffe_solver("lenet", 4, "Adam")
+    param = nets.net_param("lenet", 4)
+    step = nets.jax_train_step(param, "Adam")
+    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+    history, stats = nets.jax_history(params, "Adam"), {}
+    inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
+    losses = []
+    for t in range(3):
+        jc.step(1)
+        params, history, stats, loss = step(params, history, stats, inputs,
+                                            jax.random.PRNGKey(0), jnp.int32(t))
+        losses.append(float(jc._losses[-1]))
+        np.testing.assert_allclose(losses[-1], float(loss), rtol=1e-4)
+    assert abs(losses[-1] - losses[0]) > 1e-3      # (the params moved)
+    assert set(bench_train.contenders("lenet", 4, solver_type="Adam")) >= {
+        "jcaffe Solver.step", "pure JAX (jit value_and_grad)"}
