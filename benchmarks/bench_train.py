@@ -69,6 +69,8 @@ def torch_step(name, batch, steps=1, solver_type="SGD"):
         dev = nets.TORCH_DEVICE
         params = {k: [torch.tensor(a, requires_grad=k not in frozen, device=dev) for a in v]
                   for k, v in nets.torch_params(param).items()}
+        # (one rate and weight decay for every param, as a PyTorch user's optimizer has
+        # them: the biases' lr_mult 2 and decay_mult 0 would need groups; the same work)
         trained = [t for k, v in params.items() if k not in frozen for t in v]
         if solver_type == "Adam":   # (torch adds its eps to sqrt(v) / sqrt(1 - b2^t), Caffe
             a = nets.ADAM           # its delta to sqrt(v): the same work)

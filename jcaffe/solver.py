@@ -124,7 +124,7 @@ class UpdateValue(View):
     """A param diff that is its last update value, computed from the new history when
     read (Caffe leaves the value in the diff; a rule with ``value_is_derived`` has the
     compiled update skip writing it). The source is the solver's history state
-    (packed, loose) as the update returned it; ``places``: where param's history
+    (packed, loose) as the update returned it; ``places``: where the param's history
     arrays are in it (Solver._diff_sources); ``local_rate``: the update's rate times
     the param's lr_mult, multiplied in the param's dtype as the compiled update does;
     ``t``: the iteration."""

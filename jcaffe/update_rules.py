@@ -31,7 +31,7 @@ from .errors import SolverError
 
 def _stored(x):
     """``x`` computed once and stored (jcaffe.engine.materialize), for the rules whose
-    update value is an array of its own and follows from the new history (AdaGrad,
+    update value is an array of its own, computed from the new history (AdaGrad,
     RMSProp, AdaDelta). XLA CPU has no multi-output loop fusion: each of the update's
     outputs (param, history, value) is a loop of its own over the param, and left to
     itself XLA stored the shared middle of the value (AdaGrad's g / (sqrt(h) + delta))
