@@ -66,3 +66,20 @@ def test_pycaffe_loop_compiles_once():
             solver.apply_update()
         net.blobs["loss"].data.copy()
     assert later == [], "recompiled in steady state: %s" % later
+
+
+def test_reading_adam_diffs_compiles_once():
+    """Adam's param diffs are its update values computed when read (jcaffe.solver.
+    UpdateValue): after the first read of each shape, reading every diff after every
+    step (the lr changes with the step policy, the bias correction with the iteration)
+    compiles nothing."""
+    solver = _solver("Adam")
+    solver.step(1)
+    first = [p.diff.copy() for p in solver.net.learnable_params]
+    assert all(np.any(d != 0) for d in first)
+    with count_compilations() as later:
+        for _ in range(40):
+            solver.step(1)
+            diffs = [p.diff.copy() for p in solver.net.learnable_params]
+    assert later == [], "recompiled in steady state: %s" % later
+    assert all(np.all(np.isfinite(d)) for d in diffs)
