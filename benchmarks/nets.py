@@ -322,24 +322,26 @@ def feeds(param, seed=1):
     rng = np.random.RandomState(seed)
     inp = param.layer[0]
     shapes = {t: tuple(s.dim) for t, s in zip(inp.top, inp.input_param.shape)}
-    role = {}
+    role = {}       # input blob: (type, bottom index, layer) of its first reader
     for typ, name, bottoms, tops, l in layer_list(param):
         for i, b in enumerate(bottoms):
             if b in shapes:
                 role.setdefault(b, (typ, i, l))
+
+    def is_cont(top):
+        return role.get(top, (None,))[0] in ("LSTM", "RNN") and role[top][1] == 1
+    cont_shapes = {shapes[top] for top in shapes if is_cont(top)}
     out = {}
     for top, shape in shapes.items():
         typ, i, l = role.get(top, (None, 0, None))
         if typ == "Embed":
             out[top] = rng.randint(0, l.embed_param.input_dim, size=shape).astype(np.float32)
-        elif typ in ("LSTM", "RNN") and i == 1:
+        elif is_cont(top):
             out[top] = np.ones(shape, np.float32)
             out[top][0] = 0
         elif typ is not None and "Loss" in typ and i == 1:
             label = rng.randint(0, 10, size=shape).astype(np.float32)
-            if l.loss_param.HasField("ignore_label") and any(
-                    shape == s and r[0] in ("LSTM", "RNN") and r[1] == 1
-                    for t, s in shapes.items() for r in [role.get(t, (None, 0))]):
+            if l.loss_param.HasField("ignore_label") and shape in cont_shapes:
                 label[-5:, ::2] = l.loss_param.ignore_label
             out[top] = label
         else:

@@ -976,16 +976,18 @@ class Solver:
         and ``t``, the update's learning rate and iteration)."""
         packed, loose = state
         lr_mults = self._update.lr_mults
+        local_rates = {}    # (lr_mult, dtype): rate x lr_mult, once per step (not per param)
         for i, (blob, value, diff, place) in enumerate(zip(
                 self.net._learnable, new_params, values, self._diff_sources(diff_is_history))):
             blob.set_device_data(value)
             if diff is not None:
                 blob.set_device_diff(diff)
             elif isinstance(place, list):       # DERIVED
-                dtype = blob.dtype
-                local_rate = np.asarray(rate, dtype) * np.asarray(lr_mults[i], dtype)
+                key = (lr_mults[i], blob.dtype)
+                if key not in local_rates:
+                    local_rates[key] = np.asarray(rate, key[1]) * np.asarray(key[0], key[1])
                 blob.set_device_diff_view(state, UpdateValue(
-                    self._value_from_history, place, local_rate, np.int32(t)))
+                    self._value_from_history, place, local_rates[key], np.int32(t)))
             elif isinstance(place, View):       # its new history, inside the packed array
                 blob.set_device_diff_view(packed, place)
             else:
