@@ -35,6 +35,8 @@ NETS = {
     "fcn32s": ("fcn32s.prototxt", 1, (3, 500, 500), "score"),
     "fcn8s": ("fcn8s.prototxt", 1, (3, 500, 500), "score"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
+    "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
+    "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -426,9 +428,14 @@ def jax_forward_fn(param, train):
             elif typ == "LRN":
                 p = l.lrn_param
                 half = (p.local_size - 1) // 2
-                sq = lax.reduce_window(x * x, 0.0, lax.add, (1, p.local_size, 1, 1), (1,) * 4,
-                                       ((0, 0), (half, half), (0, 0), (0, 0)))
-                y = x * (p.k + p.alpha / p.local_size * sq) ** -p.beta
+                if p.norm_region == p.WITHIN_CHANNEL:   # 1 + alpha * the window's mean
+                    sq = lax.reduce_window(x * x, 0.0, lax.add, (1, 1) + (p.local_size,) * 2,
+                                           (1,) * 4, ((0, 0), (0, 0)) + ((half, half),) * 2)
+                    y = x * (1 + p.alpha / p.local_size ** 2 * sq) ** -p.beta
+                else:
+                    sq = lax.reduce_window(x * x, 0.0, lax.add, (1, p.local_size, 1, 1),
+                                           (1,) * 4, ((0, 0), (half, half), (0, 0), (0, 0)))
+                    y = x * (p.k + p.alpha / p.local_size * sq) ** -p.beta
             elif typ == "Dropout":
                 if train:
                     ratio = l.dropout_param.dropout_ratio
@@ -700,7 +707,12 @@ def torch_forward_fn(param, train):
                     y = F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=True)
             elif typ == "LRN":
                 p = l.lrn_param
-                y = F.local_response_norm(x, p.local_size, p.alpha, p.beta, p.k)
+                if p.norm_region == p.WITHIN_CHANNEL:   # the mean counts the padding
+                    mean = F.avg_pool2d(x * x, p.local_size, 1, (p.local_size - 1) // 2,
+                                        count_include_pad=True)
+                    y = x * (1 + p.alpha * mean) ** -p.beta
+                else:
+                    y = F.local_response_norm(x, p.local_size, p.alpha, p.beta, p.k)
             elif typ == "Dropout":
                 y = F.dropout(x, l.dropout_param.dropout_ratio, training=train)
             elif typ == "BatchNorm":

@@ -41,8 +41,46 @@ def _check(name, batch):
     np.testing.assert_allclose(float(solver._losses[-1]), float(loss), rtol=1e-4)
 
 
+def _steps_agree(name, batch, solver="SGD", steps=3):
+    """jcaffe's solver and the pure JAX reference's step, from the same params: the
+    losses of the first ``steps`` steps agree (the first is the params' own; the next
+    follow the updates), the params moved, and their moves agree."""
+    jc = nets.jcaffe_solver(name, batch, solver)
+    param = nets.net_param(name, batch)
+    step = nets.jax_train_step(param, solver)
+    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+    history = nets.jax_history(params, solver)
+    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
+    inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
+    losses = []
+    for t in range(steps):
+        jc.step(1)
+        params, history, stats, loss = step(params, history, stats, inputs,
+                                            jax.random.PRNGKey(0), jnp.int32(t))
+        losses.append(float(jc._losses[-1]))
+        np.testing.assert_allclose(losses[-1], float(loss), rtol=1e-4)
+    assert abs(losses[-1] - losses[0]) > 1e-3      # (the params moved)
+    start = nets.init_params(param)
+    for layer, values in params.items():     # each param's change, within 0.1% of the largest
+        for i, value in enumerate(values):
+            moved = np.asarray(value) - start[layer][i]
+            np.testing.assert_allclose(jc.net.params[layer][i].data - start[layer][i], moved,
+                                       rtol=0, atol=1e-3 * np.abs(moved).max() + 1e-12,
+                                       err_msg="%s param %d" % (layer, i))
+
+
 def test_lenet_contenders_agree():
     _check("lenet", 4)
+
+
+@pytest.mark.parametrize("name", ["cifar10_quick", "cifar10_full"])
+def test_cifar10_contenders_agree(name):
+    """Caffe's CIFAR-10 tutorial nets: 5x5 convolutions on 32x32 maps, AVE pooling whose
+    last window overhangs (Caffe's ceil), cifar10_full's LRN within a channel (the
+    references' own: a 3x3 mean of the squares counting the zero border) and its ip1
+    weight's decay_mult 250 (the losses of three steps: the updates too)."""
+    _check_deploy(name, 4)
+    _steps_agree(name, 4)
 
 
 @pytest.mark.slow
@@ -127,19 +165,6 @@ def test_adam_contenders_agree():
     of the first three steps agree (the first is the params' own; the next two follow
     the updates)."""
     import bench_train
-    jc = nets.jcaffe_solver("lenet", 4, "Adam")
-    param = nets.net_param("lenet", 4)
-    step = nets.jax_train_step(param, "Adam")
-    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
-    history, stats = nets.jax_history(params, "Adam"), {}
-    inputs = {k: jnp.asarray(v) for k, v in nets.feeds(param).items()}
-    losses = []
-    for t in range(3):
-        jc.step(1)
-        params, history, stats, loss = step(params, history, stats, inputs,
-                                            jax.random.PRNGKey(0), jnp.int32(t))
-        losses.append(float(jc._losses[-1]))
-        np.testing.assert_allclose(losses[-1], float(loss), rtol=1e-4)
-    assert abs(losses[-1] - losses[0]) > 1e-3      # (the params moved)
+    _steps_agree("lenet", 4, "Adam")
     assert set(bench_train.contenders("lenet", 4, solver_type="Adam")) >= {
         "jcaffe Solver.step", "pure JAX (jit value_and_grad)"}

@@ -477,7 +477,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
     convolution. At batch 1: every map up to 28x28 outputs, and the weight gradient of
-    short columns.
+    short columns. A batch's short-column forward at stride 1 from XLA_MIN_STRIDE1_MACS
+    on only where convolutions run on YNNPACK.
     """
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
@@ -507,6 +508,17 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert layer._gemm("data", cg, big, by_rows=True) == cpu
         assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
+    # A batch's short-column forward at stride 1 goes to XLA's own convolution from
+    # XLA_MIN_STRIDE1_MACS (CIFAR-10's conv1 at batch 100); strided ones (GoogLeNet's and
+    # ResNet's conv1) and one image (FCN's conv1_1) keep GEMM there.
+    many = Convolution.XLA_MIN_STRIDE1_MACS
+    assert Convolution.GEMM_MIN_MACS < many
+    for layer, batch, fwd in ((lenet2, 100, not own_convolutions),
+                              (lenet2, None, not own_convolutions), (lenet2, 1, True),
+                              (strided, 100, True)):
+        cg = layer.channels // layer.group
+        assert layer._gemm("forward", cg, many, batch=batch) == (cpu and fwd), (layer, batch)
+        assert layer._gemm("forward", cg, many - 1, batch=batch) == cpu
     # One image: every map of at most 28x28 outputs (FCN's fc6), and on larger maps the
     # weight gradient of short columns (FCN's conv1_1: 3 * 9); not conv1_2's 64 * 9.
     fc6 = _layer("num_output: 8 kernel_size: 7", (1, 16, 22, 22))                  # 16x16 out

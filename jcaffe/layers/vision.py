@@ -266,6 +266,18 @@ class Convolution(JaxLayer):
     # 4 rounds).
     GEMM_MAX_COLUMN = 512
     XLA_MIN_STRIDED_COLUMN = 256
+    # A batch's short-column forward at stride 1 keeps GEMM only below
+    # XLA_MIN_STRIDE1_MACS multiply-adds; from there XLA's own convolution won inside
+    # whole nets (benchmarks/ab_step.py --interleave, 2 rounds of 20-30 steps,
+    # 2026-12-06, AMD EPYC Zen 1 VM, XLA / GEMM): CIFAR-10's conv1 (3 -> 32 channels,
+    # 5x5 pad 2 on 32x32, batch 100, 246M multiply-adds) step 0.856 (interval
+    # 0.831-0.882), deploy forward 0.648; LeNet's conv2 (102M at batch 64) step 1.10
+    # (1.07-1.13), at batch 256 (410M) 0.961 (0.925-0.998); LeNet's conv1 (18M at
+    # batch 64) 1.10, at batch 256 (74M) 1.004. On CIFAR's conv1 the GEMM product
+    # written channels-last (TOP_LAST_MAX_COLUMN) took 23 ms alone against 10.5 for
+    # XLA's convolution, and in Caffe's order the step still took 1.15x XLA's. One
+    # image (the batch-1 rule above: FCN's conv1_1) keeps GEMM.
+    XLA_MIN_STRIDE1_MACS = 1 << 27
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
 
@@ -322,6 +334,8 @@ class Convolution(JaxLayer):
         if own and self.group > 1:
             return False
         if strided and own and column >= self.XLA_MIN_STRIDED_COLUMN:
+            return False
+        if own and not strided and batch != 1 and macs >= self.XLA_MIN_STRIDE1_MACS:
             return False
         return column <= self.GEMM_MAX_COLUMN
 
