@@ -263,6 +263,10 @@ def main():
     ]
     if not opts.quick:
         plan += [
+            ("train_cifar10_quick", "bench_train.py",
+             ["--net", "cifar10_quick", "--repeats", "15", "--warmup", "2", "--no-memory"]),
+            ("train_cifar10_full", "bench_train.py",
+             ["--net", "cifar10_full", "--repeats", "15", "--warmup", "2", "--no-memory"]),
             ("train_caffenet", "bench_train.py",
              ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
             ("train_googlenet", "bench_train.py",
@@ -289,6 +293,10 @@ def main():
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
               "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
+            ("forward_cifar10_quick", "bench_forward.py",
+             ["--net", "cifar10_quick", "--repeats", "15", "--warmup", "2", "--no-memory"]),
+            ("forward_cifar10_full", "bench_forward.py",
+             ["--net", "cifar10_full", "--repeats", "15", "--warmup", "2", "--no-memory"]),
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
@@ -388,6 +396,10 @@ def render(state, opts):
     sections = [
         ("Training step, LeNet (batch 64, 1x28x28)", "train_lenet",
          forward_gflop("lenet", False) * 3, REFERENCE["lenet"]),
+        ("Training step, CIFAR-10 quick (batch 100, 3x32x32; Caffe's examples/cifar10)",
+         "train_cifar10_quick", forward_gflop("cifar10_quick", False) * 3, None),
+        ("Training step, CIFAR-10 full (batch 100, 3x32x32; LRN within a channel)",
+         "train_cifar10_full", forward_gflop("cifar10_full", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
@@ -410,6 +422,10 @@ def render(state, opts):
          "in pure JAX, torch.optim.Adam; not an issue target)", "train_caffenet_adam",
          forward_gflop("caffenet", False) * 3, None),
         ("Forward (deploy, TEST), LeNet", "forward_lenet", forward_gflop("lenet", True), None),
+        ("Forward (deploy, TEST), CIFAR-10 quick (batch 100)", "forward_cifar10_quick",
+         forward_gflop("cifar10_quick", True), None),
+        ("Forward (deploy, TEST), CIFAR-10 full (batch 100)", "forward_cifar10_full",
+         forward_gflop("cifar10_full", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",
