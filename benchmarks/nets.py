@@ -37,6 +37,7 @@ NETS = {
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
+    "mnist_autoencoder": ("mnist_autoencoder.prototxt", 100, (1, 28, 28), "decode1"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -97,9 +98,10 @@ def net_param(name, batch=None, deploy=False):
     else:
         inp.top.append("data")
         inp.input_param.shape.add(dim=[batch] + list(chw))
-    if not deploy and chw is not None:   # labels shaped as the zoo's DummyData has them
+    dummy_tops = [t for l in src.layer if l.type == "DummyData" for t in l.top]
+    if not deploy and chw is not None and "label" in dummy_tops:
         label = [s for l in src.layer if l.type == "DummyData"     # (FCN: per pixel)
-                 for s in l.dummy_data_param.shape[1:2]]
+                 for s in l.dummy_data_param.shape[1:2]]        # (shaped as the zoo's)
         inp.top.append("label")
         inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
     keep = []
@@ -222,6 +224,8 @@ def param_shapes(param):
         elif typ == "Concat":
             parts = [blob_shape[b] for b in bottoms]
             y = (x[0], sum(p[1] for p in parts)) + x[2:]
+        elif typ == "Flatten":
+            y = (x[0], math.prod(x[1:]))
         else:
             y = x
         for t in tops:
@@ -416,6 +420,19 @@ def jax_forward_fn(param, train):
                 y = jax_lstm(params[name], x, xs[1], xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = jnp.maximum(x, 0)
+            elif typ == "Sigmoid":
+                y = jax.nn.sigmoid(x)
+            elif typ == "Flatten":
+                y = x.reshape(x.shape[0], -1)
+            elif typ in ("SigmoidCrossEntropyLoss", "EuclideanLoss"):   # per image (BATCH_SIZE)
+                t = xs[1].reshape(x.shape)
+                if typ == "EuclideanLoss":
+                    term = jnp.sum((x - t) ** 2) / 2 / x.shape[0]
+                else:
+                    term = jnp.sum(jnp.maximum(x, 0) - x * t + jnp.log1p(jnp.exp(-jnp.abs(x))))
+                    term = term / x.shape[0]
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
                 geo = _pool_geometry(zip(k, s, pad), x.shape[2:])
@@ -699,6 +716,18 @@ def torch_forward_fn(param, train):
                 y = lstm(name, params[name], x, xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = F.relu(x)
+            elif typ == "Sigmoid":
+                y = torch.sigmoid(x)
+            elif typ == "Flatten":
+                y = x.reshape(x.shape[0], -1)
+            elif typ in ("SigmoidCrossEntropyLoss", "EuclideanLoss"):   # per image (BATCH_SIZE)
+                t = xs[1].reshape(x.shape)
+                if typ == "EuclideanLoss":
+                    term = ((x - t) ** 2).sum() / 2 / x.shape[0]
+                else:
+                    term = F.binary_cross_entropy_with_logits(x, t, reduction="sum") / x.shape[0]
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
                 if l.pooling_param.pool == 0:

@@ -83,6 +83,18 @@ def test_cifar10_contenders_agree(name):
     _steps_agree(name, 4)
 
 
+def test_mnist_autoencoder_contenders_agree():
+    """Caffe's MNIST autoencoder: InnerProducts through Sigmoids, Flatten, the
+    SigmoidCrossEntropyLoss of the output against the input (per image: Caffe's
+    BATCH_SIZE normalization when the prototxt names none) and an EuclideanLoss with
+    loss_weight 0 (computed, no gradient); no label input. Biases with lr_mult 1 and
+    decay_mult 0 (the losses of three steps, and the params' moves)."""
+    param = nets.net_param("mnist_autoencoder", 4)
+    assert list(param.layer[0].top) == ["data"]
+    _check_deploy("mnist_autoencoder", 4)
+    _steps_agree("mnist_autoencoder", 4)
+
+
 @pytest.mark.slow
 def test_mobilenet_contenders_agree():
     """Depthwise convolutions (group = channels): jcaffe's shifted slices against the

@@ -122,6 +122,31 @@ def cifar10_full():
     return n
 
 
+def mnist_autoencoder():
+    """Caffe's examples/mnist autoencoder (Hinton & Salakhutdinov 2006): 784-1000-500-250-30
+    and back through sigmoids, SigmoidCrossEntropyLoss against the input itself, and the
+    Euclidean error reported with loss_weight 0. Sparse Gaussian fillers (15 inputs per
+    unit), biases learned at the weights' rate without decay."""
+    n = NetSpec()
+    n.data = L.DummyData(shape=dict(dim=[100, 1, 28, 28]),
+                         data_filler=dict(type="uniform", min=0, max=1))
+    n.flatdata = L.Flatten(n.data)
+    learn = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=1, decay_mult=0)]
+    sparse = dict(type="gaussian", std=1, sparse=15)
+    top = n.data
+    for name, num in (("encode1", 1000), ("encode2", 500), ("encode3", 250), ("encode4", 30),
+                      ("decode4", 250), ("decode3", 500), ("decode2", 1000), ("decode1", 784)):
+        top = L.InnerProduct(top, num_output=num, param=learn, weight_filler=sparse,
+                             bias_filler=ZERO)
+        setattr(n, name, top)
+        if name not in ("encode4", "decode1"):       # (the code and the output: linear)
+            top = L.Sigmoid(top)
+            setattr(n, name + "neuron", top)
+    n.loss = L.SigmoidCrossEntropyLoss(n.decode1, n.flatdata)
+    n.decode1neuron = L.Sigmoid(n.decode1)
+    n.l2_error = L.EuclideanLoss(n.decode1neuron, n.flatdata, loss_weight=0)
+    return n
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -465,6 +490,7 @@ NETS = {
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
     "lrcn": (lrcn, "LRCN"),
+    "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
 }
 
 
