@@ -9,6 +9,7 @@ the forward / data gradient of short-column shapes) as im2col + GEMM in batch ch
 every machine by forcing the choice.
 """
 import re
+import sys
 
 import jax
 import jax.extend.core
@@ -106,18 +107,25 @@ BLOCKS = [
 # name -> (one convolution per piece, im2col + GEMM, depthwise slices, channels a block)
 FORMULATIONS = {"per-group": (True, False, False, 1), "blocks": (True, False, False, 4),
                 "grouped": (False, False, False, 1), "gemm": (False, True, False, 1),
-                "depthwise": (False, False, True, 1)}
+                "depthwise": (False, False, True, 1), "rows-as-channels": (False, False, False, 1)}
 
 
 def _grouped(param):
     return int(re.search(r"group: (\d+)", param).group(1)) > 1 if "group:" in param else False
 
 
+def _rows_fold(param, shape):
+    """Whether the rows-as-channels forward applies: ungrouped 2-d, kernel height > 1."""
+    layer = _layer(param, shape)
+    return layer.group == 1 and layer.num_spatial == 2 and layer.kernel[0] > 1
+
+
 # per-group and blocks split only grouped convolutions: on the others they are "grouped"
 @pytest.mark.parametrize("formulation,param,shape", [
     (f, p, s) for f in FORMULATIONS
     for p, s in {"depthwise": DEPTHWISE, "blocks": CASES + BLOCKS}.get(f, CASES)
-    if f not in ("per-group", "blocks") or _grouped(p)])
+    if (f not in ("per-group", "blocks") or _grouped(p))
+    and (f != "rows-as-channels" or _rows_fold(p, s))])
 def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch, param, shape,
                                                            formulation):
     layer = _layer(param, shape)
@@ -127,6 +135,8 @@ def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch
     monkeypatch.setattr(Convolution, "SPLIT_BLOCK_CHANNELS", block_channels)
     monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: gemm)
     monkeypatch.setattr(Convolution, "_depthwise", lambda self, cg: depthwise)
+    rows = formulation == "rows-as-channels"      # (the forward; any channel count here)
+    monkeypatch.setattr(Convolution, "_rows_as_channels", lambda self, cg: rows)
     x = jnp.asarray(rng.standard_normal(shape))
     w, b = params_of(layer)
     # jitted: the GEMM path is dozens of small ops, slow to dispatch one by one
@@ -148,6 +158,32 @@ def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch
     for got, want, what in zip((dx, dw, db), own, ("dx", "dw", "db")):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-8,
                                    err_msg=what + " vs vjp of the formulation's forward")
+
+
+def test_rows_as_channels_choice(monkeypatch):
+    """On CPU the XLA forward folds the kernel rows into the channels for ungrouped 2-d
+    maps at stride 1 of at most ROWS_AS_CHANNELS_MAX input channels (CIFAR-10's conv1:
+    3) with a kernel taller than one row (not CaffeNet's conv1, stride 4); and the
+    layer's XLA forward takes it."""
+    cifar = _layer("num_output: 8 kernel_size: 5 pad: 2", (2, 3, 8, 8))
+    cpu = jax.default_backend() == "cpu"
+    limit = Convolution.ROWS_AS_CHANNELS_MAX
+    assert cifar._rows_as_channels(3) == cpu and cifar._rows_as_channels(limit) == cpu
+    assert not cifar._rows_as_channels(limit + 1)
+    assert not _layer("num_output: 4 kernel_size: 3 group: 2", (1, 4, 5, 5))._rows_as_channels(2)
+    assert not _layer("num_output: 4 kernel_h: 1 kernel_w: 3", (1, 3, 5, 5))._rows_as_channels(3)
+    assert not _layer("num_output: 4 kernel_size: 3 pad: 1", (2, 3, 9))._rows_as_channels(3)
+    caffenet_conv1 = _layer("num_output: 4 kernel_size: 11 stride: 4", (1, 3, 15, 15))
+    assert not caffenet_conv1._rows_as_channels(3)
+    vision = sys.modules[Convolution.__module__]
+    calls = []
+    monkeypatch.setattr(vision, "_forward_rows_as_channels",
+                        lambda *a: calls.append(a[2]) or vision.lax.conv_general_dilated(
+                            a[0], a[1], (1, 1), [(2, 2)] * 2))
+    monkeypatch.setattr(Convolution, "_gemm", lambda self, which, cg, macs, **_: False)
+    w, b = params_of(cifar)
+    cifar.forward([w, b], [jnp.zeros((2, 3, 8, 8), jnp.float32)], None)
+    assert calls == ([cifar.geometry()] if cpu else [])
 
 
 def test_cpu_splits_groups_and_keeps_single_group_convolutions(x64):

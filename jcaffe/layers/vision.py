@@ -578,6 +578,28 @@ class Convolution(JaxLayer):
         return (self.gemm_top_last and self.num_spatial == 2 and self.axis == 1
                 and self._one_large_image(batch) and self._forward_on_gemm(batch, weight_shape))
 
+    # XLA's convolution (Eigen's) of an input of 1-4 channels runs faster with the
+    # kernel's rows folded into the channels: kh row-shifted copies of the input (C * kh
+    # channels) under a 1 x kw kernel, the same products. Forwards alone (batch 32-100,
+    # ms, plain / folded, 2026-12-06, AMD EPYC Zen 1 VM): CIFAR-10's conv1 (3 channels,
+    # 5x5 pad 2, 32x32) 9.1 / 6.3, 2 channels 7.6 / 4.5, 4 channels 11.2 / 8.7, 3x3 on 3
+    # channels 5.0 / 3.7, LeNet's conv1 shape (1 channel) 2.4 / 1.3, 3 channels at
+    # 224x224 254 / 216; 8 channels 10.0 / 10.9 and 16 or more lost. The weight
+    # gradient folded so lost (CIFAR's 6.5 / 8.1 ms): it stays on the plain convolution.
+    # Whole nets (benchmarks/ab_step.py --interleave, 2 rounds, folded / plain):
+    # CIFAR-10 quick's step 0.929 (interval 0.899-0.959), its deploy forward 0.881
+    # (0.846-0.918); CaffeNet's conv1 (11x11 at stride 4) step 1.013 (0.994-1.031) and
+    # deploy forward 1.052 (1.034-1.070), so strided maps keep the plain convolution.
+    ROWS_AS_CHANNELS_MAX = 4
+
+    def _rows_as_channels(self, channels_per_group):
+        """Whether the XLA forward folds the kernel rows into the channels (above): on
+        CPU, 2-d, ungrouped, at stride 1, at most ROWS_AS_CHANNELS_MAX input channels,
+        kh > 1."""
+        return (jax.default_backend() == "cpu" and self.num_spatial == 2 and self.group == 1
+                and all(s == 1 for s in self.stride)
+                and channels_per_group <= self.ROWS_AS_CHANNELS_MAX and self.kernel[0] > 1)
+
     def _forward_on_gemm(self, batch, weight_shape):
         """Whether _conv_forward of ``batch`` images with a weight of ``weight_shape``
         (O, C/group, k...) runs as im2col + GEMM (_gemm)."""
@@ -592,6 +614,8 @@ class Convolution(JaxLayer):
         if self._forward_on_gemm(x.shape[0], w.shape):
             return conv_gemm.forward(x, w, self.group, self.geometry(),
                                      self._gemm_top_last(x.shape[0], w.shape), bias)
+        if self._rows_as_channels(w.shape[1]):
+            return conv_gemm.add_bias(_forward_rows_as_channels(x, w, self.geometry()), bias)
         conv = functools.partial(lax.conv_general_dilated, window_strides=self.stride,
                                  padding=[(p, p) for p in self.pad], rhs_dilation=self.dilation)
         if self._split_groups():
@@ -800,6 +824,21 @@ def _offset_dtype(dtype, count):
 # of 8, interval 0.940-0.962), ResNeXt-50 0.910 (4 rounds of 4, 0.867-0.955); CaffeNet's
 # deploy forward 0.952 (0.895-1.013).
 JOIN_GROUPS_LAST = True
+
+
+def _forward_rows_as_channels(x, w, geo):
+    """The 2-d convolution of x (B, C, H, W) by w (O, C, kh, kw) as one of kh row-shifted
+    copies of x, stacked along the channels (row i's copy starts at padded row i *
+    dilation, every stride-th row), by the (O, kh * C, 1, kw) kernel: the same sums."""
+    (kh, _), (sh, sw), (ph, pw), (dh, dw) = geo.kernel, geo.stride, geo.pad, geo.dilation
+    out_h = geo.out_spatial[0]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (0, 0, 0), (ph, ph, 0), (0, 0, 0)])
+    rows = [lax.slice_in_dim(xp, i * dh, i * dh + (out_h - 1) * sh + 1, sh, axis=2)
+            for i in range(kh)]
+    o, c = w.shape[:2]
+    wr = jnp.transpose(w, (0, 2, 1, 3)).reshape(o, kh * c, 1, w.shape[3])
+    return lax.conv_general_dilated(jnp.concatenate(rows, axis=1), wr, (1, sw),
+                                    [(0, 0), (pw, pw)], rhs_dilation=(1, dw))
 
 
 def _join_channels(maps):
