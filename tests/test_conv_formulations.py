@@ -161,11 +161,15 @@ def test_formulation_matches_lax_conv_forward_and_backward(x64, rng, monkeypatch
 
 
 def test_rows_as_channels_choice(monkeypatch):
-    """On CPU the XLA forward folds the kernel rows into the channels for ungrouped 2-d
-    maps at stride 1 of at most ROWS_AS_CHANNELS_MAX input channels (CIFAR-10's conv1:
-    3) with a kernel taller than one row (not CaffeNet's conv1, stride 4); and the
-    layer's XLA forward takes it."""
+    """On CPU, where convolutions run on XLA's own kernels, the XLA forward folds the
+    kernel rows into the channels for ungrouped 2-d maps at stride 1 of at most
+    ROWS_AS_CHANNELS_MAX input channels (CIFAR-10's conv1: 3) with a kernel taller than
+    one row (not CaffeNet's conv1, stride 4); and the layer's XLA forward takes it."""
+    from jcaffe import xla_options
     cifar = _layer("num_output: 8 kernel_size: 5 pad: 2", (2, 3, 8, 8))
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: False)
+    assert not cifar._rows_as_channels(3)
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: True)
     cpu = jax.default_backend() == "cpu"
     limit = Convolution.ROWS_AS_CHANNELS_MAX
     assert cifar._rows_as_channels(3) == cpu and cifar._rows_as_channels(limit) == cpu

@@ -594,9 +594,10 @@ class Convolution(JaxLayer):
 
     def _rows_as_channels(self, channels_per_group):
         """Whether the XLA forward folds the kernel rows into the channels (above): on
-        CPU, 2-d, ungrouped, at stride 1, at most ROWS_AS_CHANNELS_MAX input channels,
-        kh > 1."""
-        return (jax.default_backend() == "cpu" and self.num_spatial == 2 and self.group == 1
+        CPU with XLA's own convolutions (xla_options), 2-d, ungrouped, at stride 1, at
+        most ROWS_AS_CHANNELS_MAX input channels, kh > 1."""
+        return (jax.default_backend() == "cpu" and xla_options.own_convolutions()
+                and self.num_spatial == 2 and self.group == 1
                 and all(s == 1 for s in self.stride)
                 and channels_per_group <= self.ROWS_AS_CHANNELS_MAX and self.kernel[0] > 1)
 
