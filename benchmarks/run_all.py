@@ -85,6 +85,10 @@ def matmul_peak(repeats=20):
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
+# Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
+# (their memory is the jax runtime's: not measured)
+SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
+              ("mnist_autoencoder", "30", "3"))
 
 
 def products(key):
@@ -261,14 +265,14 @@ def main():
          ["--nets", "lenet" if opts.quick else "lenet,caffenet,googlenet"]),
         ("host", "bench_host.py", ["--nets", "lenet" if opts.quick else "lenet,googlenet,resnet50"]),
     ]
+
+    def small(kind, script):
+        """The SMALL_NETS' entries of one benchmark."""
+        return [("%s_%s" % (kind, net), script, ["--net", net, "--repeats", repeats,
+                                                 "--warmup", warmup, "--no-memory"])
+                for net, repeats, warmup in SMALL_NETS]
     if not opts.quick:
-        plan += [
-            ("train_cifar10_quick", "bench_train.py",
-             ["--net", "cifar10_quick", "--repeats", "15", "--warmup", "2", "--no-memory"]),
-            ("train_cifar10_full", "bench_train.py",
-             ["--net", "cifar10_full", "--repeats", "15", "--warmup", "2", "--no-memory"]),
-            ("train_mnist_autoencoder", "bench_train.py",
-             ["--net", "mnist_autoencoder", "--repeats", "30", "--warmup", "3", "--no-memory"]),
+        plan += small("train", "bench_train.py") + [
             ("train_caffenet", "bench_train.py",
              ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
             ("train_googlenet", "bench_train.py",
@@ -295,12 +299,7 @@ def main():
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
               "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
-            ("forward_cifar10_quick", "bench_forward.py",
-             ["--net", "cifar10_quick", "--repeats", "15", "--warmup", "2", "--no-memory"]),
-            ("forward_cifar10_full", "bench_forward.py",
-             ["--net", "cifar10_full", "--repeats", "15", "--warmup", "2", "--no-memory"]),
-            ("forward_mnist_autoencoder", "bench_forward.py",
-             ["--net", "mnist_autoencoder", "--repeats", "30", "--warmup", "3", "--no-memory"]),
+        ] + small("forward", "bench_forward.py") + [
             ("forward_caffenet", "bench_forward.py",
              ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
             ("forward_googlenet", "bench_forward.py",
