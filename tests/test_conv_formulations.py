@@ -468,8 +468,10 @@ def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeyp
     WEIGHT_GEMM_MIN_DIFF_BYTES or more in Caffe's order (MobileNet's and CaffeNet's
     conv1) has its weight gradient from GEMM, not from XLA's convolution, which would
     transpose the whole diff; not a smaller diff, a grouped map, columns longer than
-    GEMM_MAX_COLUMN, fewer than GEMM_MIN_MACS multiply-adds, or a diff the engine holds
-    channels-last (backward_top_last). Both backwards are the vjp of the convolution."""
+    GEMM_MAX_COLUMN, fewer than GEMM_MIN_MACS multiply-adds, a batch's stride-1 map from
+    XLA_MIN_STRIDE1_MACS (CIFAR-10's conv1, whose forward is XLA's too), or a diff the
+    engine holds channels-last (backward_top_last). Both backwards are the vjp of the
+    convolution."""
     from jcaffe import xla_options
     from jcaffe.layers import conv_gemm
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: True)
@@ -490,6 +492,14 @@ def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeyp
     long = _layer("num_output: 4 kernel_size: 3 stride: 2", (2, 57, 15, 15))       # 513
     assert not grouped._weight_gemm_in_caffe_order(dy, 1, big)
     assert not long._weight_gemm_in_caffe_order(dy, 57, big)
+    cifar = _layer("num_output: 4 kernel_size: 5 pad: 2", (2, 3, 15, 15))             # 75
+    many = Convolution.XLA_MIN_STRIDE1_MACS
+    assert cifar._weight_gemm_in_caffe_order(dy, 3, many - 1) == cpu
+    assert not cifar._weight_gemm_in_caffe_order(dy, 3, many)
+    assert conv1._weight_gemm_in_caffe_order(dy, 3, many) == cpu           # (strided)
+    monkeypatch.setattr(Convolution, "WEIGHT_GEMM_MIN_DIFF_BYTES", dy[:1].size * 8)
+    assert cifar._weight_gemm_in_caffe_order(dy[:1], 3, many) == cpu       # (one image)
+    monkeypatch.setattr(Convolution, "WEIGHT_GEMM_MIN_DIFF_BYTES", dy.size * 8)
     if not cpu:
         return
     monkeypatch.setattr(Convolution, "GEMM_MIN_MACS", 1)
