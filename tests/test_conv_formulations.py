@@ -527,8 +527,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
     the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
     convolution. At batch 1: every map up to 28x28 outputs, and the weight gradient of
-    short columns. A batch's short-column forward at stride 1 from XLA_MIN_STRIDE1_MACS
-    on only where convolutions run on YNNPACK.
+    short columns. From XLA_MIN_STRIDE1_MACS on, a batch's short-column forward at
+    stride 1 takes GEMM only where convolutions run on YNNPACK.
     """
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
