@@ -38,6 +38,7 @@ NETS = {
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
     "mnist_autoencoder": ("mnist_autoencoder.prototxt", 100, (1, 28, 28), "decode1"),
+    "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 

@@ -290,6 +290,8 @@ def main():
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1"]),
             ("train_lrcn", "bench_train.py",
              ["--net", "lrcn", "--repeats", "3", "--warmup", "1"]),
+            ("train_vgg16", "bench_train.py",
+             ["--net", "vgg16", "--repeats", "3", "--warmup", "1", "--no-memory"]),
             ("train_caffenet_adam", "bench_train.py",
              ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
               "--no-memory"]),
@@ -310,6 +312,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_resnext50", "bench_forward.py",
              ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_vgg16", "bench_forward.py",
+             ["--net", "vgg16", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_fcn32s", "bench_forward.py",
              ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
         ]
@@ -424,6 +428,8 @@ def render(state, opts):
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
          forward_gflop("lrcn", False) * 3, None),
+        ("Training step, VGG-16 (batch 16, 3x224x224; thirteen 3x3 convolutions)",
+         "train_vgg16", forward_gflop("vgg16", False) * 3, None),
         ("Training step with Adam, CaffeNet (batch 32; jcaffe's AdamSolver, the same update "
          "in pure JAX, torch.optim.Adam; not an issue target)", "train_caffenet_adam",
          forward_gflop("caffenet", False) * 3, None),
@@ -446,6 +452,8 @@ def render(state, opts):
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),
+        ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
+         forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,
           forward_gflop(name, True, 1), None) for name in SINGLE_IMAGE_NETS] + [
         ("pycaffe loop vs Solver.step, LeNet", "pyloop_lenet", None, None),

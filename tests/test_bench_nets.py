@@ -96,6 +96,15 @@ def test_mnist_autoencoder_contenders_agree():
 
 
 @pytest.mark.slow
+def test_vgg16_contenders_agree():
+    """VGG-16 (Caffe's VGG_ILSVRC_16_layers): thirteen 3x3 convolutions, conv1_1 on the
+    image's 3 channels (at batch 1 on GEMM; batched, the rows-as-channels form), five
+    MAX pools, three InnerProducts. The deploy outputs only: Dropout draws its masks
+    from each contender's own random stream. Slow: 15 GFLOP an image, three compiles."""
+    _check_deploy("vgg16", 1)
+
+
+@pytest.mark.slow
 def test_mobilenet_contenders_agree():
     """Depthwise convolutions (group = channels): jcaffe's shifted slices against the
     references' grouped convolutions. Slow (the suite's slowest test, 40 s on 2 cores):
