@@ -281,6 +281,11 @@ class Convolution(JaxLayer):
     GEMM_MIN_MACS = 1 << 24
     GEMM_MIN_MACS_DATA = 1 << 28
 
+    def _large_stride1_batch(self, batch, macs):
+        """A map of more than one image at stride 1 from XLA_MIN_STRIDE1_MACS (above)."""
+        return (all(s == 1 for s in self.stride) and batch != 1
+                and macs >= self.XLA_MIN_STRIDE1_MACS)
+
     def geometry(self):
         return conv_gemm.Geometry(*(tuple(int(v) for v in a) for a in (
             self.kernel, self.stride, self.pad, self.dilation, self.in_spatial,
@@ -335,7 +340,7 @@ class Convolution(JaxLayer):
             return False
         if strided and own and column >= self.XLA_MIN_STRIDED_COLUMN:
             return False
-        if own and not strided and batch != 1 and macs >= self.XLA_MIN_STRIDE1_MACS:
+        if own and self._large_stride1_batch(batch, macs):
             return False
         return column <= self.GEMM_MAX_COLUMN
 
@@ -366,11 +371,9 @@ class Convolution(JaxLayer):
         (above): on CPU, ungrouped, from GEMM_MIN_MACS, not a batch's stride-1 map from
         XLA_MIN_STRIDE1_MACS."""
         column = channels_per_group * int(np.prod(self.kernel))
-        large_stride1 = (all(s == 1 for s in self.stride) and dy.shape[0] != 1
-                         and macs >= self.XLA_MIN_STRIDE1_MACS)
         return (jax.default_backend() == "cpu" and not self._top_diff_last and self.group == 1
                 and macs >= self.GEMM_MIN_MACS and column <= self.GEMM_MAX_COLUMN
-                and not large_stride1
+                and not self._large_stride1_batch(dy.shape[0], macs)
                 and dy.size * dy.dtype.itemsize >= self.WEIGHT_GEMM_MIN_DIFF_BYTES)
 
     # One image's weight gradient on a map above BATCH1_GEMM_MAX_POSITIONS with longer
