@@ -39,6 +39,7 @@ NETS = {
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
     "mnist_autoencoder": ("mnist_autoencoder.prototxt", 100, (1, 28, 28), "decode1"),
     "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
+    "mnist_siamese": ("mnist_siamese.prototxt", 64, (2, 28, 28), "feat"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -96,15 +97,14 @@ def net_param(name, batch=None, deploy=False):
         for top, shape in zip(dummy.top, dummy.dummy_data_param.shape):
             inp.top.append(top)
             inp.input_param.shape.add(dim=[batch if d == streams else d for d in shape.dim])
-    else:
-        inp.top.append("data")
+    else:   # the image and, in training, the label (if any): the zoo's names and shapes
+        dummy = next(l for l in src.layer if l.type == "DummyData")
+        inp.top.append(dummy.top[0])
         inp.input_param.shape.add(dim=[batch] + list(chw))
-    dummy_tops = [t for l in src.layer if l.type == "DummyData" for t in l.top]
-    if not deploy and chw is not None and "label" in dummy_tops:
-        label = [s for l in src.layer if l.type == "DummyData"     # (FCN: per pixel)
-                 for s in l.dummy_data_param.shape[1:2]]        # (shaped as the zoo's)
-        inp.top.append("label")
-        inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
+        if not deploy and len(dummy.top) > 1:   # (FCN's label: per pixel)
+            label = dummy.dummy_data_param.shape[1:2]
+            inp.top.append(dummy.top[1])
+            inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
     keep = []
     for layer in src.layer:
         if layer.type in ("DummyData", "Data"):
@@ -182,9 +182,27 @@ def conv_params(l):
     return tuple(k), tuple(s), tuple(pad), p.group, p.num_output, p.bias_term
 
 
+def shared_layers(param):
+    """{layer: the earlier layer whose params it shares} (Caffe's sharing by ``param
+    { name }``, the siamese towers'): the references keep one copy, under the owner's
+    name, and read it at both layers, so its gradient is the sum of the two uses'."""
+    owner_of, out = {}, {}
+    for l in param.layer:
+        names = [p.name for p in l.param]
+        owners = {owner_of.get((i, n)) for i, n in enumerate(names) if n}
+        if owners - {None}:
+            if len(owners) != 1 or not all(names):
+                raise NotImplementedError("layer %s shares only some of its params" % l.name)
+            out[l.name] = owners.pop()
+        else:
+            owner_of.update({(i, n): l.name for i, n in enumerate(names) if n})
+    return out
+
+
 def param_shapes(param):
     """({layer name: its params' shapes, in Caffe's order}, {blob: shape}) for the nets'
-    learned layers (convolutions, inner products, Scale, Embed, LSTM)."""
+    learned layers (convolutions, inner products, Scale, Embed, LSTM); a layer that shares
+    another's params (:func:`shared_layers`) has none of its own."""
     inp = param.layer[0]
     shapes = {}
     blob_shape = {t: tuple(s.dim) for t, s in zip(inp.top, inp.input_param.shape)}
@@ -227,11 +245,25 @@ def param_shapes(param):
             y = (x[0], sum(p[1] for p in parts)) + x[2:]
         elif typ == "Flatten":
             y = (x[0], math.prod(x[1:]))
+        elif typ == "Slice":
+            y = [x[:1] + (hi - lo,) + x[2:] for lo, hi in slice_bounds(l, x[1])]
         else:
             y = x
-        for t in tops:
-            blob_shape[t] = y
+        for t, yt in zip(tops, y if typ == "Slice" else [y] * len(tops)):
+            blob_shape[t] = yt
+    for name in shared_layers(param):
+        shapes.pop(name, None)
     return shapes, blob_shape
+
+
+def slice_bounds(l, size):
+    """[(start, stop)] of each top of Slice ``l`` along axis 1 (the nets' only one)."""
+    p = l.slice_param
+    if (p.axis if p.HasField("axis") else p.slice_dim if p.HasField("slice_dim") else 1) != 1:
+        raise NotImplementedError("Slice along an axis other than 1")
+    points = list(p.slice_point) or [size // len(l.top) * (i + 1)
+                                     for i in range(len(l.top) - 1)]
+    return list(zip([0] + points, points + [size]))
 
 
 def init_params(param, seed=0):
@@ -245,11 +277,17 @@ def reference_params(param, seed=0):
     (no float64 draw beside it: CaffeNet's fc6 would be a 302 MB transient, which was
     the peak of a contender's process).
 
-    Weights are Gaussian with std 0.01, or sqrt(2 / fan_in) where the prototxt asks for
-    the "msra" filler (MobileNet): at 0.01 its 27 convolutions without a skip connection
-    shrink the deploy forward's activations 0.03-0.3x each (BatchNorm's running averages
-    do not rescale them), to 4e-36 at the classifier, and the benchmark would time
-    float32's denormal arithmetic."""
+    Weights are Gaussian with std 0.01, or as the prototxt's filler draws them where
+    0.01 would make the nets' values degenerate:
+    * "msra", Gaussian with std sqrt(2 / fan_in) (MobileNet): at 0.01 its 27
+      convolutions without a skip connection shrink the deploy forward's activations
+      0.03-0.3x each (BatchNorm's running averages do not rescale them), to 4e-36 at the
+      classifier, and the benchmark would time float32's denormal arithmetic;
+    * "xavier", Caffe's uniform in +-sqrt(3 / fan_in) (LeNet, VGG-16, GoogLeNet,
+      ResNet-50, the FCNs, the MNIST siamese net): at 0.01 the siamese towers' 2-d
+      features came out near 1e-4 long, under the 1e-4 that Caffe's ContrastiveLoss
+      backward adds to the distance, and three steps left the loss where it was;
+    * "uniform", in its [min, max] (LRCN)."""
     rng = np.random.default_rng(seed)
     shapes, _ = param_shapes(param)
     layers = {l.name: l for l in param.layer}
@@ -263,8 +301,15 @@ def reference_params(param, seed=0):
         for i, shape in enumerate(s):
             if _is_bias(layer, i):
                 arrays.append(np.zeros(shape, np.float32))
-            elif filler.type == "uniform":
-                arrays.append(rng.uniform(filler.min, filler.max, shape).astype(np.float32))
+            elif filler.type in ("uniform", "xavier"):     # (drawn in float32: see above)
+                if filler.type == "xavier":     # (Caffe's default variance_norm, FAN_IN)
+                    hi = math.sqrt(3 / math.prod(shape[1:]))
+                    lo = -hi
+                else:
+                    lo, hi = filler.min, filler.max
+                arrays.append(rng.random(shape, dtype=np.float32))
+                arrays[-1] *= np.float32(hi - lo)
+                arrays[-1] += np.float32(lo)
             else:
                 std = math.sqrt(2 / math.prod(shape[1:])) if filler.type == "msra" else 0.01
                 arrays.append(rng.standard_normal(shape, dtype=np.float32))
@@ -346,6 +391,8 @@ def feeds(param, seed=1):
         elif is_cont(top):
             out[top] = np.ones(shape, np.float32)
             out[top][0] = 0
+        elif typ == "ContrastiveLoss" and i == 2:      # similar (1) or not (0)
+            out[top] = rng.randint(0, 2, size=shape).astype(np.float32)
         elif typ is not None and "Loss" in typ and i == 1:
             label = rng.randint(0, 10, size=shape).astype(np.float32)
             if l.loss_param.HasField("ignore_label") and shape in cont_shapes:
@@ -354,6 +401,24 @@ def feeds(param, seed=1):
         else:
             out[top] = rng.randn(*shape).astype(np.float32)
     return out
+
+
+def contrastive_margin(l):
+    """ContrastiveLoss's margin (the current form only: Caffe's legacy_version squares
+    nothing and is not written here)."""
+    if l.contrastive_loss_param.legacy_version:
+        raise NotImplementedError("ContrastiveLoss legacy_version")
+    return l.contrastive_loss_param.margin
+
+
+def contrastive_distance(d_sq, sqrt, stop_gradient):
+    """sqrt(d_sq) whose derivative is Caffe's, 1 / (2 (sqrt(d_sq) + 1e-4)): Caffe's
+    ContrastiveLoss backward puts 1e-4 beside the distance it divides by, so a
+    dissimilar pair's diff is the formula's times dist / (dist + 1e-4). The references
+    differentiate this (the value is the distance; the rest has value 0) and compute
+    Caffe's diffs, in any framework (``sqrt`` and ``stop_gradient`` its own)."""
+    dist = stop_gradient(sqrt(d_sq))
+    return dist + (d_sq - stop_gradient(d_sq)) / (2 * (dist + 1e-4))
 
 
 def eltwise_sum(l, xs):
@@ -377,12 +442,13 @@ def jax_forward_fn(param, train):
     import jax.numpy as jnp
     from jax import lax
     layers = layer_list(param)
-    _, blob_shape = param_shapes(param)
+    shared = shared_layers(param)
 
     def per_channel(v):
         return v[None, :, None, None]
 
     def f(params, feeds, key, stats=None):
+        params = {**params, **{n: params[o] for n, o in shared.items()}}
         env = dict(feeds)
         new_stats = {}
         loss = 0.0
@@ -434,6 +500,15 @@ def jax_forward_fn(param, train):
                     term = term / x.shape[0]
                 loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
                 y = term
+            elif typ == "ContrastiveLoss":
+                d_sq = jnp.sum((x - xs[1]).reshape(x.shape[0], -1) ** 2, axis=1)
+                dist = contrastive_distance(d_sq, jnp.sqrt, lax.stop_gradient)
+                term = jnp.sum(jnp.where(xs[2].astype(jnp.int32) != 0, d_sq, jnp.maximum(
+                    contrastive_margin(l) - dist, 0) ** 2)) / x.shape[0] / 2
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
+            elif typ == "Slice":
+                y = [x[:, lo:hi] for lo, hi in slice_bounds(l, x.shape[1])]
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
                 geo = _pool_geometry(zip(k, s, pad), x.shape[2:])
@@ -496,8 +571,8 @@ def jax_forward_fn(param, train):
                 y = jax.nn.softmax(x, axis=1)
             else:
                 raise NotImplementedError(typ)
-            for t in tops:
-                env[t] = y
+            for t, yt in zip(tops, y if typ == "Slice" else [y] * len(tops)):
+                env[t] = yt
         return loss, env, new_stats
 
     return f
@@ -669,6 +744,7 @@ def torch_forward_fn(param, train):
     import torch
     import torch.nn.functional as F
     layers = layer_list(param)
+    shared = shared_layers(param)
     lstms = {}
 
     def lstm(name, ps, x, static):
@@ -688,6 +764,7 @@ def torch_forward_fn(param, train):
     def f(params, inputs, stats=None):
         """-> (loss, outputs); ``stats``: {BatchNorm layer: (mean, var) tensors},
         updated in place in training."""
+        params = {**params, **{n: params[o] for n, o in shared.items()}}
         env = dict(inputs)
         loss = 0.0
         for typ, name, bottoms, tops, l in layers:
@@ -729,6 +806,15 @@ def torch_forward_fn(param, train):
                     term = F.binary_cross_entropy_with_logits(x, t, reduction="sum") / x.shape[0]
                 loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
                 y = term
+            elif typ == "ContrastiveLoss":
+                d_sq = ((x - xs[1]).reshape(x.shape[0], -1) ** 2).sum(1)
+                dist = contrastive_distance(d_sq, torch.sqrt, torch.Tensor.detach)
+                term = torch.where(xs[2].int() != 0, d_sq, torch.clamp(
+                    contrastive_margin(l) - dist, min=0) ** 2).sum() / x.shape[0] / 2
+                loss = loss + (l.loss_weight[0] if l.loss_weight else 1.0) * term
+                y = term
+            elif typ == "Slice":
+                y = [x[:, lo:hi] for lo, hi in slice_bounds(l, x.shape[1])]
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
                 if l.pooling_param.pool == 0:
@@ -773,8 +859,8 @@ def torch_forward_fn(param, train):
                 y = F.softmax(x, dim=1)
             else:
                 raise NotImplementedError(typ)
-            for t in tops:
-                env[t] = y
+            for t, yt in zip(tops, y if typ == "Slice" else [y] * len(tops)):
+                env[t] = yt
         return loss, env
 
     return f

@@ -88,7 +88,7 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
-              ("mnist_autoencoder", "30", "3"))
+              ("mnist_autoencoder", "30", "3"), ("mnist_siamese", "30", "3"))
 
 
 def products(key):
@@ -104,10 +104,12 @@ def forward_gflop(name, deploy, batch=None):
     W_hc h_{t-1}, and the static input's W_xc_static x_static once)."""
     param = nets.net_param(name, batch, deploy=deploy)
     shapes, blob_shape = nets.param_shapes(param)
+    owner = nets.shared_layers(param)        # (the siamese towers' second: the first's)
     total = 0
     for typ, lname, bottoms, tops, l in nets.layer_list(param):
         if typ in ("Convolution", "InnerProduct"):
-            total += 2 * math.prod(blob_shape[tops[0]]) * math.prod(shapes[lname][0][1:])
+            weight = shapes[owner.get(lname, lname)][0]
+            total += 2 * math.prod(blob_shape[tops[0]]) * math.prod(weight[1:])
         elif typ == "LSTM":
             steps, streams = blob_shape[bottoms[0]][:2]
             w = shapes[lname]
@@ -410,6 +412,9 @@ def render(state, opts):
         ("Training step, MNIST autoencoder (batch 100, 784-1000-500-250-30 and back; "
          "Sigmoid, SigmoidCrossEntropyLoss; Caffe's examples/mnist)", "train_mnist_autoencoder",
          forward_gflop("mnist_autoencoder", False) * 3, None),
+        ("Training step, MNIST siamese (batch 64 pairs, 2x28x28 cut by a Slice; two LeNet-style "
+         "towers sharing their params by name, ContrastiveLoss; Caffe's examples/siamese)",
+         "train_mnist_siamese", forward_gflop("mnist_siamese", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
@@ -440,6 +445,8 @@ def render(state, opts):
          forward_gflop("cifar10_full", True), None),
         ("Forward (deploy, TEST), MNIST autoencoder (batch 100)", "forward_mnist_autoencoder",
          forward_gflop("mnist_autoencoder", True), None),
+        ("Forward (deploy, TEST), MNIST siamese (batch 64 pairs; one tower, to the 2-d "
+         "feature)", "forward_mnist_siamese", forward_gflop("mnist_siamese", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",

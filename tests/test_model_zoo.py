@@ -34,9 +34,10 @@ NETS = {
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
+    "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
-               "mnist_autoencoder"}
+               "mnist_autoencoder", "mnist_siamese"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}

@@ -147,6 +147,44 @@ def mnist_autoencoder():
     n.l2_error = L.EuclideanLoss(n.decode1neuron, n.flatdata, loss_weight=0)
     return n
 
+def mnist_siamese():
+    """Caffe's examples/siamese (Hadsell, Chopra & LeCun 2006): a pair of MNIST digits
+    stacked as 2 channels, cut apart by a Slice; each goes through the same LeNet-style
+    tower (conv 20 and 50, 5x5, MAX pools, ip 500 with ReLU, ip 10, feat 2), the second
+    tower's layers sharing the first's params by name (conv1_w, conv1_b, ...);
+    ContrastiveLoss (margin 1) of the two 2-d features against sim, 1 for a pair of the
+    same digit. Biases at twice the weights' rate, no decay_mult (Caffe's prototxt)."""
+    n = NetSpec()
+    n.pair_data, n.sim = L.DummyData(
+        shape=[dict(dim=[64, 2, 28, 28]), dict(dim=[64])],
+        data_filler=[dict(type="uniform", min=0, max=1), dict(type="constant", value=1)],
+        ntop=2)
+    n.data, n.data_p = L.Slice(n.pair_data, ntop=2, slice_param=dict(slice_dim=1,
+                                                                      slice_point=1))
+
+    def shared(name):
+        return [dict(name=name + "_w", lr_mult=1), dict(name=name + "_b", lr_mult=2)]
+
+    def tower(x, s):
+        kw = dict(weight_filler=XAVIER, bias_filler=dict(type="constant"))
+        setattr(n, "conv1" + s, L.Convolution(x, param=shared("conv1"), num_output=20,
+                                              kernel_size=5, stride=1, **kw))
+        setattr(n, "pool1" + s, max_pool(getattr(n, "conv1" + s), 2, 2))
+        setattr(n, "conv2" + s, L.Convolution(getattr(n, "pool1" + s), param=shared("conv2"),
+                                              num_output=50, kernel_size=5, stride=1, **kw))
+        setattr(n, "pool2" + s, max_pool(getattr(n, "conv2" + s), 2, 2))
+        top = getattr(n, "pool2" + s)
+        for name, num in (("ip1", 500), ("ip2", 10), ("feat", 2)):
+            top = L.InnerProduct(top, param=shared(name), num_output=num, **kw)
+            setattr(n, name + s, top)
+            if name == "ip1":
+                setattr(n, "relu1" + s, relu(top))
+        return top
+    feat, feat_p = tower(n.data, ""), tower(n.data_p, "_p")
+    n.loss = L.ContrastiveLoss(feat, feat_p, n.sim, contrastive_loss_param=dict(margin=1))
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -491,6 +529,7 @@ NETS = {
     "fcn8s": (fcn8s, "FCN-8s"),
     "lrcn": (lrcn, "LRCN"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
+    "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
 }
 
 
