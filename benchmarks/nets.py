@@ -40,6 +40,7 @@ NETS = {
     "mnist_autoencoder": ("mnist_autoencoder.prototxt", 100, (1, 28, 28), "decode1"),
     "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
     "mnist_siamese": ("mnist_siamese.prototxt", 64, (2, 28, 28), "feat"),
+    "squeezenet": ("squeezenet.prototxt", 32, (3, 227, 227), "pool10"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 

@@ -84,7 +84,7 @@ def matmul_peak(repeats=20):
 
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
-SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet")
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -283,6 +283,8 @@ def main():
              ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
             ("train_mobilenet", "bench_train.py",
              ["--net", "mobilenet", "--repeats", "3", "--warmup", "1"]),
+            ("train_squeezenet", "bench_train.py",
+             ["--net", "squeezenet", "--repeats", "5", "--warmup", "1"]),
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
             ("train_resnext50", "bench_train.py",
@@ -312,6 +314,8 @@ def main():
              ["--net", "resnet50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_mobilenet", "bench_forward.py",
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
+            ("forward_squeezenet", "bench_forward.py",
+             ["--net", "squeezenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
             ("forward_resnext50", "bench_forward.py",
              ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_vgg16", "bench_forward.py",
@@ -423,6 +427,9 @@ def render(state, opts):
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
         ("Training step, MobileNet (batch 32, 3x224x224; 13 depthwise convolutions, "
          "group = channels)", "train_mobilenet", forward_gflop("mobilenet", False) * 3, None),
+        ("Training step, SqueezeNet v1.1 (batch 32, 3x227x227; eight Fire modules, a 1x1 "
+         "squeeze expanded by a 1x1 and a 3x3 side by side and joined by Concat)",
+         "train_squeezenet", forward_gflop("squeezenet", False) * 3, None),
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
@@ -455,6 +462,8 @@ def render(state, opts):
          forward_gflop("resnet50", True), None),
         ("Forward (deploy, TEST), MobileNet (batch 32, 3x224x224)", "forward_mobilenet",
          forward_gflop("mobilenet", True), None),
+        ("Forward (deploy, TEST), SqueezeNet v1.1 (batch 32, 3x227x227)", "forward_squeezenet",
+         forward_gflop("squeezenet", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",

@@ -131,6 +131,14 @@ def test_contrastive_distance_has_caffes_derivative():
                                                                rel=1e-5)
 
 
+def test_squeezenet_contenders_agree():
+    """SqueezeNet v1.1: Fire modules (a 1x1 squeeze read by a 1x1 and a padded 3x3
+    expand, a Concat of the two), MAX pools whose last window overhangs (Caffe's ceil),
+    global AVE pooling. The deploy outputs only: Dropout draws its masks from each
+    contender's own random stream."""
+    _check_deploy("squeezenet", 2)
+
+
 @pytest.mark.slow
 def test_vgg16_contenders_agree():
     """VGG-16 (Caffe's VGG_ILSVRC_16_layers): thirteen 3x3 convolutions, conv1_1 on the

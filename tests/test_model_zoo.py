@@ -29,6 +29,7 @@ NETS = {
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
+    "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),

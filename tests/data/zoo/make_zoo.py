@@ -185,6 +185,49 @@ def mnist_siamese():
     return n
 
 
+def squeezenet():
+    """SqueezeNet v1.1 (Iandola et al. 2016; DeepScale's Caffe train_val.prototxt): a 3x3
+    stride-2 conv1, then eight Fire modules (a 1x1 squeeze to 16-64 channels, expanded
+    by a 1x1 and a padded 3x3 convolution side by side, their ReLUs, a Concat), MAX
+    pools 3/2 after conv1, fire3 and fire5, Dropout, a 1x1 conv10 to the 1000 classes
+    and global AVE pooling into SoftmaxWithLoss. Xavier weights (conv10: Gaussian
+    0.01), default biases and multipliers (no param specs), as published."""
+    n = NetSpec()
+    data(n, 32, (3, 227, 227))
+
+    def conv_relu(name, bottom, num, k, stride=1, pad=0, filler=XAVIER):
+        kw = dict(num_output=num, kernel_size=k, weight_filler=filler)
+        if stride != 1:
+            kw["stride"] = stride
+        if pad:
+            kw["pad"] = pad
+        top = L.Convolution(bottom, **kw)
+        setattr(n, name, top)
+        relu_name = name.replace("/", "/relu_") if "/" in name else "relu_" + name
+        setattr(n, relu_name, relu(top))
+        return top
+
+    top = conv_relu("conv1", n.data, 64, 3, stride=2)
+    n.pool1 = top = max_pool(top, 3, 2)
+    for i, squeeze in zip(range(2, 10), (16, 16, 32, 32, 48, 48, 64, 64)):
+        name = "fire%d/" % i
+        s = conv_relu(name + "squeeze1x1", top, squeeze, 1)
+        e1 = conv_relu(name + "expand1x1", s, 4 * squeeze, 1)
+        e3 = conv_relu(name + "expand3x3", s, 4 * squeeze, 3, pad=1)
+        top = L.Concat(e1, e3)
+        setattr(n, name + "concat", top)
+        if i in (3, 5):
+            top = max_pool(top, 3, 2)
+            setattr(n, "pool%d" % i, top)
+    n.drop9 = L.Dropout(top, dropout_ratio=0.5, in_place=True)
+    top = conv_relu("conv10", top, 1000, 1, filler=GAUSS)
+    n.pool10 = L.Pooling(top, pool=P.Pooling.AVE, global_pooling=True)
+    n.loss = L.SoftmaxWithLoss(n.pool10, n.label)
+    n.accuracy = L.Accuracy(n.pool10, n.label)
+    n.accuracy_top5 = L.Accuracy(n.pool10, n.label, top_k=5)
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -524,6 +567,7 @@ NETS = {
     "googlenet": (googlenet, "GoogleNet"),
     "resnet50": (resnet50, "ResNet-50"),
     "mobilenet": (mobilenet, "MobileNet"),
+    "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
