@@ -41,6 +41,7 @@ NETS = {
     "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
     "mnist_siamese": ("mnist_siamese.prototxt", 64, (2, 28, 28), "feat"),
     "squeezenet": ("squeezenet.prototxt", 32, (3, 227, 227), "pool10"),
+    "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -140,11 +141,12 @@ def layer_list(param):
             if l.type != "Input"]
 
 
-def _pool_geometry(p, size):
-    """Caffe's pooled sizes and (lo, hi) padding that gives them with floor windows."""
+def _pool_geometry(p, size, ceil=True):
+    """Caffe's pooled sizes and (lo, hi) padding that gives them with floor windows
+    (``ceil``: Caffe's default round_mode, CEIL; else FLOOR, DenseNet's pool1)."""
     out = []
     for h, (k, s, pad) in zip(size, p):
-        n = -(-(h + 2 * pad - k) // s) + 1
+        n = (-(-(h + 2 * pad - k) // s) if ceil else (h + 2 * pad - k) // s) + 1
         if pad and (n - 1) * s >= h + pad:
             n -= 1
         hi = max(0, (n - 1) * s + k - h - pad)
@@ -159,6 +161,11 @@ def ave_divisor(geo, k, s, pad, size):
         start = np.arange(n) * ss - p
         sizes.append(np.minimum(start + kk, h + p) - start)
     return np.outer(*sizes).astype(np.float32)
+
+
+def pool_ceil(l):
+    """Whether Pooling layer ``l`` rounds its output size up (round_mode CEIL)."""
+    return l.pooling_param.round_mode == l.pooling_param.CEIL
 
 
 def pool_params(l, in_hw):
@@ -222,7 +229,8 @@ def param_shapes(param):
             y = x[:2] + blob_shape[bottoms[1]][2:]
         elif typ == "Pooling":
             k, s, pad = pool_params(l, x[2:])
-            y = x[:2] + tuple(n for n, _ in _pool_geometry(zip(k, s, pad), x[2:]))
+            y = x[:2] + tuple(n for n, _ in _pool_geometry(zip(k, s, pad), x[2:],
+                                                           pool_ceil(l)))
         elif typ == "InnerProduct":
             p = l.inner_product_param
             axis, o = p.axis % len(x), p.num_output
@@ -512,7 +520,7 @@ def jax_forward_fn(param, train):
                 y = [x[:, lo:hi] for lo, hi in slice_bounds(l, x.shape[1])]
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
-                geo = _pool_geometry(zip(k, s, pad), x.shape[2:])
+                geo = _pool_geometry(zip(k, s, pad), x.shape[2:], pool_ceil(l))
                 padding = ((0, 0), (0, 0)) + tuple(p for _, p in geo)
                 if l.pooling_param.pool == 0:   # MAX
                     y = lax.reduce_window(x, -jnp.inf, lax.max, (1, 1) + k, (1, 1) + s, padding)
@@ -819,9 +827,10 @@ def torch_forward_fn(param, train):
             elif typ == "Pooling":
                 k, s, pad = pool_params(l, x.shape[2:])
                 if l.pooling_param.pool == 0:
-                    y = F.max_pool2d(x, k, s, pad, ceil_mode=True)
+                    y = F.max_pool2d(x, k, s, pad, ceil_mode=pool_ceil(l))
                 else:
-                    y = F.avg_pool2d(x, k, s, pad, ceil_mode=True, count_include_pad=True)
+                    y = F.avg_pool2d(x, k, s, pad, ceil_mode=pool_ceil(l),
+                                     count_include_pad=True)
             elif typ == "LRN":
                 p = l.lrn_param
                 if p.norm_region == p.WITHIN_CHANNEL:   # the mean counts the padding

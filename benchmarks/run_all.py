@@ -285,6 +285,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "3", "--warmup", "1"]),
             ("train_squeezenet", "bench_train.py",
              ["--net", "squeezenet", "--repeats", "5", "--warmup", "1"]),
+            ("train_densenet121", "bench_train.py",
+             ["--net", "densenet121", "--repeats", "3", "--warmup", "1"]),
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
             ("train_resnext50", "bench_train.py",
@@ -316,6 +318,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_squeezenet", "bench_forward.py",
              ["--net", "squeezenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
+            ("forward_densenet121", "bench_forward.py",
+             ["--net", "densenet121", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_resnext50", "bench_forward.py",
              ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_vgg16", "bench_forward.py",
@@ -430,6 +434,9 @@ def render(state, opts):
         ("Training step, SqueezeNet v1.1 (batch 32, 3x227x227; eight Fire modules, a 1x1 "
          "squeeze expanded by a 1x1 and a 3x3 side by side and joined by Concat)",
          "train_squeezenet", forward_gflop("squeezenet", False) * 3, None),
+        ("Training step, DenseNet-121 (batch 16, 3x224x224; four dense blocks of 6-24 "
+         "BN-Scale-ReLU-conv pairs, each joined to a running Concat)", "train_densenet121",
+         forward_gflop("densenet121", False) * 3, None),
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
@@ -464,6 +471,8 @@ def render(state, opts):
          forward_gflop("mobilenet", True), None),
         ("Forward (deploy, TEST), SqueezeNet v1.1 (batch 32, 3x227x227)", "forward_squeezenet",
          forward_gflop("squeezenet", True), None),
+        ("Forward (deploy, TEST), DenseNet-121 (batch 16, 3x224x224)", "forward_densenet121",
+         forward_gflop("densenet121", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",

@@ -140,6 +140,15 @@ def test_squeezenet_contenders_agree():
 
 
 @pytest.mark.slow
+def test_densenet121_contenders_agree():
+    """DenseNet-121: 58 Concats, each joining a layer's 32 new channels to its block's
+    running map, BatchNorm (batch statistics) and Scale before every convolution, MAX
+    pooling with round_mode FLOOR (the references' too), global AVE pooling into a
+    1x1-convolution classifier. Slow: three compiles of a 550-layer step."""
+    _check("densenet121", 1)
+
+
+@pytest.mark.slow
 def test_vgg16_contenders_agree():
     """VGG-16 (Caffe's VGG_ILSVRC_16_layers): thirteen 3x3 convolutions, conv1_1 on the
     image's 3 channels (at batch 1 on GEMM; batched, the rows-as-channels form), five

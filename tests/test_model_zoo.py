@@ -16,8 +16,8 @@ from jcaffe import protoio
 ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
 
 # name -> (first learnable layer, classifier top, its shape at batch 1, default-suite run?)
-# VGG-16, GoogLeNet, ResNet-50, ResNeXt-50 and the FCNs (500x500) take 15 s and more
-# each on 2 cores: -m slow.
+# VGG-16, GoogLeNet, ResNet-50, ResNeXt-50, DenseNet-121 and the FCNs (500x500) take 15 s
+# and more each on 2 cores: -m slow.
 # Every net is still built (shapes, params) in the default suite.
 NETS = {
     "lenet": ("conv1", "ip2", (1, 10), True),
@@ -30,6 +30,7 @@ NETS = {
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
+    "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),

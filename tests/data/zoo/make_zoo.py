@@ -228,6 +228,61 @@ def squeezenet():
     return n
 
 
+def densenet121():
+    """DenseNet-121 (Huang et al. 2017) as its Caffe port (shicai/DenseNet-Caffe) writes
+    it: a 7x7 stride-2 conv1 without bias, BatchNorm + Scale + ReLU, a 3x3 stride-2 MAX
+    pool with pad 1 and round_mode FLOOR; four dense blocks of 6, 12, 24 and 16 layers,
+    each layer BN-Scale-ReLU-conv 1x1 (128) then BN-Scale-ReLU-conv 3x3 (32), its output
+    joined to the block's running Concat; between blocks a BN-Scale-ReLU-conv 1x1 that
+    halves the channels and a 2x2 AVE pool; global AVE pooling and fc6, a 1x1
+    convolution to the 1000 classes, into SoftmaxWithLoss. The port is a deploy file
+    with no fillers: the weights here are msra (He et al.'s, the paper's), fc6's bias
+    zero; the DummyData, loss and accuracy are added as for the other nets."""
+    n = NetSpec()
+    data(n, 16, (3, 224, 224))
+    msra = dict(type="msra")
+
+    def bn_relu(name, relu_name, bottom):
+        n[name + "/bn"] = top = L.BatchNorm(bottom, batch_norm_param=dict(eps=1e-5))
+        n[name + "/scale"] = L.Scale(top, bias_term=True, in_place=True)
+        n[relu_name] = relu(top)
+        return top
+
+    def plain_conv(name, bottom, num, k, pad=0):
+        kw = dict(num_output=num, bias_term=False, kernel_size=k, weight_filler=msra)
+        if pad:
+            kw["pad"] = pad
+        n[name] = top = L.Convolution(bottom, **kw)
+        return top
+
+    n.conv1 = L.Convolution(n.data, num_output=64, bias_term=False, pad=3, kernel_size=7,
+                            stride=2, weight_filler=msra)
+    top = bn_relu("conv1", "relu1", n.conv1)
+    n.pool1 = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1,
+                              round_mode=P.Pooling.FLOOR)
+    channels = 64
+    for block, layers in zip(range(2, 6), (6, 12, 24, 16)):
+        for i in range(1, layers + 1):
+            name = "conv%d_%d" % (block, i)
+            x = bn_relu(name + "/x1", "relu%d_%d/x1" % (block, i), top)
+            x = plain_conv(name + "/x1", x, 128, 1)
+            x = bn_relu(name + "/x2", "relu%d_%d/x2" % (block, i), x)
+            x = plain_conv(name + "/x2", x, 32, 3, pad=1)
+            n["concat_%d_%d" % (block, i)] = top = L.Concat(top, x)
+            channels += 32
+        x = bn_relu("conv%d_blk" % block, "relu%d_blk" % block, top)
+        if block == 5:
+            break
+        channels //= 2
+        x = plain_conv("conv%d_blk" % block, x, channels, 1)
+        n["pool%d" % block] = top = ave_pool(x, 2, 2)
+    n.pool5 = L.Pooling(x, pool=P.Pooling.AVE, global_pooling=True)
+    n.fc6 = L.Convolution(n.pool5, num_output=1000, kernel_size=1, weight_filler=msra,
+                          bias_filler=ZERO)
+    heads(n, n.fc6)
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -568,6 +623,7 @@ NETS = {
     "resnet50": (resnet50, "ResNet-50"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
+    "densenet121": (densenet121, "DENSENET_121"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
