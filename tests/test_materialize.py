@@ -144,3 +144,43 @@ def test_lrns_bottom_diff_is_computed_once_in_caffenets_step():
     final = [f.split(" ", 1)[0] for f in fusions if 'norm1.backward/sub"' in f]
     assert len(final) == 1, final                   # (its last op: dx = a - b)
     assert not [f for f in fusions if 'norm1.backward/sub"' in f and "pool1.backward/" in f]
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="engine.materialize is the CPU's rule")
+def test_a_dense_blocks_split_sums_are_computed_once():
+    """DenseNet's dense block: each concat_k = Concat(concat_{k-1}, the layer's 3x3 output)
+    feeds the next layer's BatchNorm and the next Concat (a Split), so each split's
+    summed diff adds a slice of the next one's. Without the Split storing its sum XLA
+    copied the chain of sums below it into every consumer's fusion (here, the zoo's
+    DenseNet-121 cut after its third layer, batch 2 at 64x64: 9 and 14 fusions;
+    DenseNet-121's concat_4_7 in the whole step: 39, the step 2.3x as long). Stored,
+    each sum is in one fusion. (Smaller maps, or batch 1, were not fused so.)"""
+    import os
+    from jcaffe import protoio
+    from netutil import compiled_step
+    net = protoio.read_prototxt(os.path.join(os.path.dirname(__file__), "data", "zoo",
+                                             "densenet121.prototxt"))
+    names = [l.name for l in net.layer]
+    kept = net.layer[:names.index("concat_2_3") + 1]
+    del net.layer[:]
+    net.layer.extend(kept)
+    net.layer[0].dummy_data_param.shape[0].dim[:] = [2, 3, 64, 64]
+    net.layer[0].dummy_data_param.shape[1].dim[:] = [2]
+    text_format.Parse('layer { name: "gp" type: "Pooling" bottom: "concat_2_3" top: "gp" '
+                      'pooling_param { pool: AVE global_pooling: true } } '
+                      'layer { name: "ip" type: "InnerProduct" bottom: "gp" top: "ip" '
+                      'inner_product_param { num_output: 10 weight_filler { type: "xavier" } } } '
+                      'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
+                      'top: "loss" }', net)
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9)
+    param.net_param.CopyFrom(net)
+    solver = jcaffe.get_solver(param)
+    splits = [l.name for l in solver.net.layers if l.type == "Split" and "concat" in l.name]
+    assert len(splits) == 2         # (concat_2_1's and concat_2_2's)
+    fusions = [f for f in re.split(r"\n(?=%fused|ENTRY)", compiled_step(solver).as_text())
+               if f.startswith("%fused")]
+    for name in splits:
+        holding = [f.split(" ", 1)[0] for f in fusions if name + '.backward/add"' in f]
+        assert len(holding) == 1, (name, holding)
+    diff = solver.net.params["conv2_1/x2"][0].diff      # (compiled_step ran the first step)
+    assert np.all(np.isfinite(diff)) and np.any(diff != 0)
