@@ -288,12 +288,13 @@ def reference_params(param, seed=0):
 
     Weights are Gaussian with std 0.01, or as the prototxt's filler draws them where
     0.01 would make the nets' values degenerate:
-    * "msra", Gaussian with std sqrt(2 / fan_in) (MobileNet): at 0.01 its 27
-      convolutions without a skip connection shrink the deploy forward's activations
-      0.03-0.3x each (BatchNorm's running averages do not rescale them), to 4e-36 at the
-      classifier, and the benchmark would time float32's denormal arithmetic;
+    * "msra", Gaussian with std sqrt(2 / fan_in) (MobileNet, ResNeXt-50, DenseNet-121):
+      at 0.01 MobileNet's 27 convolutions without a skip connection shrink the deploy
+      forward's activations 0.03-0.3x each (BatchNorm's running averages do not rescale
+      them), to 4e-36 at the classifier, and the benchmark would time float32's
+      denormal arithmetic;
     * "xavier", Caffe's uniform in +-sqrt(3 / fan_in) (LeNet, VGG-16, GoogLeNet,
-      ResNet-50, the FCNs, the MNIST siamese net): at 0.01 the siamese towers' 2-d
+      ResNet-50, SqueezeNet, the FCNs, the MNIST siamese net): at 0.01 the siamese 2-d
       features came out near 1e-4 long, under the 1e-4 that Caffe's ContrastiveLoss
       backward adds to the distance, and three steps left the loss where it was;
     * "uniform", in its [min, max] (LRCN)."""
