@@ -262,7 +262,7 @@ class Split(JaxLayer):
     chain of Concats that each feed the next and a layer of their own (DenseNet's dense
     blocks) each split's sum adds a slice of the next one's, and XLA's CPU fusion copied
     the whole chain of sums below it into every consumer (concat_4_7's split sum into
-    39 fusions; DenseNet-121's step, batch 16, 8.5 s with it, 3.7 s stored).
+    39 fusions; DenseNet-121's step, batch 16: 8.5 s copied so, 3.7 s stored).
     ``benchmarks/ab_step.py`` stored / not: DenseNet-121 0.438, GoogLeNet 0.964,
     ResNet-50 0.982, SqueezeNet 0.974 (the last three's intervals hold 1).
     """
