@@ -236,6 +236,13 @@ def by_layer(trace_dir, hlo_dir, calls):
     return out
 
 
+def hlo_dir(trace_dir):
+    """device_profile's HLO dump beside ``trace_dir``: trace_<net>_<mode>_<contender> ->
+    hlo_<net>_<mode> (the net's name may hold "_": cifar10_full_sigmoid_bn)."""
+    parent, name = os.path.split(os.path.normpath(trace_dir))
+    return os.path.join(parent, "hlo_" + name[len("trace_"):].rsplit("_", 1)[0])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dir")
@@ -255,8 +262,7 @@ def main():
         for k, us in by_kind.most_common():
             print("    %-34s %8.2f ms  %5.0f kernels" % (k, us / 1000, count[k]))
         if opts.layers:
-            tag = "_".join(os.path.basename(trace_dir).split("_")[1:3])
-            layers = by_layer(trace_dir, os.path.join(opts.dir, "hlo_" + tag), opts.calls)
+            layers = by_layer(trace_dir, hlo_dir(trace_dir), opts.calls)
             print("  by layer (busy ms per call):")
             for scope, us in layers.most_common(opts.layers):
                 print("    %-34s %8.2f ms" % (scope, us / 1000))

@@ -75,6 +75,18 @@ ENTRY %main.9 (Arg_0.1: f32[8], Arg_1.2: f32[8,8]) -> f32[8] {
 """
 
 
+def test_device_kernels_finds_the_dump_beside_each_trace():
+    """Each trace folder's HLO dump, also for a net whose name holds '_' (taken as the
+    trace name's second and third words, cifar10_full_sigmoid_bn's kernels all landed in
+    '(other)')."""
+    for net in ("lenet", "cifar10_full_sigmoid_bn"):
+        for contender in ("jcaffe", "purejax"):
+            trace = os.path.join("out", "trace_%s_train_%s" % (net, contender))
+            assert device_kernels.hlo_dir(trace) == os.path.join("out", "hlo_%s_train" % net)
+    assert device_kernels.hlo_dir("out/trace_densenet121_forward_jcaffe/") == \
+        os.path.join("out", "hlo_densenet121_forward")
+
+
 def test_device_kernels_names_each_kernels_layer_on_the_cpu(tmp_path):
     """A CPU trace (no GPU process): XLA's thunks are the kernels, named by their HLO
     instruction, each until its "end:" mark, overlapping ones sharing the time; by
