@@ -37,6 +37,7 @@ NETS = {
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
+    "cifar10_full_sigmoid_bn": ("cifar10_full_sigmoid_bn.prototxt", 100, (3, 32, 32), "ip1"),
     "mnist_autoencoder": ("mnist_autoencoder.prototxt", 100, (1, 28, 28), "decode1"),
     "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
     "mnist_siamese": ("mnist_siamese.prototxt", 64, (2, 28, 28), "feat"),

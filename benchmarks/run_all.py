@@ -88,7 +88,8 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezen
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
-              ("mnist_autoencoder", "30", "3"), ("mnist_siamese", "30", "3"))
+              ("cifar10_full_sigmoid_bn", "15", "2"), ("mnist_autoencoder", "30", "3"),
+              ("mnist_siamese", "30", "3"))
 
 
 def products(key):
@@ -417,6 +418,10 @@ def render(state, opts):
          "train_cifar10_quick", forward_gflop("cifar10_quick", False) * 3, None),
         ("Training step, CIFAR-10 full (batch 100, 3x32x32; LRN within a channel)",
          "train_cifar10_full", forward_gflop("cifar10_full", False) * 3, None),
+        ("Training step, CIFAR-10 full with BatchNorm and Sigmoid (batch 100, 3x32x32; "
+         "Caffe's cifar10_full_sigmoid_train_test_bn, batch statistics)",
+         "train_cifar10_full_sigmoid_bn", forward_gflop("cifar10_full_sigmoid_bn", False) * 3,
+         None),
         ("Training step, MNIST autoencoder (batch 100, 784-1000-500-250-30 and back; "
          "Sigmoid, SigmoidCrossEntropyLoss; Caffe's examples/mnist)", "train_mnist_autoencoder",
          forward_gflop("mnist_autoencoder", False) * 3, None),
@@ -457,6 +462,8 @@ def render(state, opts):
          forward_gflop("cifar10_quick", True), None),
         ("Forward (deploy, TEST), CIFAR-10 full (batch 100)", "forward_cifar10_full",
          forward_gflop("cifar10_full", True), None),
+        ("Forward (deploy, TEST), CIFAR-10 full with BatchNorm and Sigmoid (batch 100)",
+         "forward_cifar10_full_sigmoid_bn", forward_gflop("cifar10_full_sigmoid_bn", True), None),
         ("Forward (deploy, TEST), MNIST autoencoder (batch 100)", "forward_mnist_autoencoder",
          forward_gflop("mnist_autoencoder", True), None),
         ("Forward (deploy, TEST), MNIST siamese (batch 64 pairs; one tower, to the 2-d "

@@ -91,6 +91,14 @@ def test_cifar10_contenders_agree(name):
     _steps_agree(name, 4)
 
 
+def test_cifar10_sigmoid_bn_contenders_agree():
+    """Caffe's CIFAR-10 full with BatchNorm and Sigmoid (cifar10_full_sigmoid_train_test_bn):
+    the deploy outputs (BatchNorm from its running averages) and three steps (from the
+    batch's statistics, the averages' blobs at lr_mult 0 left out of the moves)."""
+    _check_deploy("cifar10_full_sigmoid_bn", 4)
+    _steps_agree("cifar10_full_sigmoid_bn", 4)
+
+
 def test_mnist_autoencoder_contenders_agree():
     """Caffe's MNIST autoencoder: InnerProducts through Sigmoids, Flatten, the
     SigmoidCrossEntropyLoss of the output against the input (per image: Caffe's

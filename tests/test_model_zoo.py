@@ -23,6 +23,7 @@ NETS = {
     "lenet": ("conv1", "ip2", (1, 10), True),
     "cifar10_quick": ("conv1", "ip2", (1, 10), True),
     "cifar10_full": ("conv1", "ip1", (1, 10), True),
+    "cifar10_full_sigmoid_bn": ("conv1", "ip1", (1, 10), True),
     "caffenet": ("conv1", "fc8", (1, 1000), True),
     "alexnet": ("conv1", "fc8", (1, 1000), True),
     "vgg16": ("conv1_1", "fc8", (1, 1000), False),

@@ -122,6 +122,33 @@ def cifar10_full():
     return n
 
 
+def cifar10_full_sigmoid_bn():
+    """Caffe's examples/cifar10/cifar10_full_sigmoid_train_test_bn.prototxt: CIFAR-10
+    full's three 5x5 convolutions (no biases) each followed by BatchNorm (batch
+    statistics in TRAIN, the running averages in TEST; its three blobs at lr_mult 0)
+    and a Sigmoid, no LRN, the classifier's bias at lr_mult 1."""
+    n = NetSpec()
+    data(n, 100, (3, 32, 32), classes=10)
+    stats = [dict(lr_mult=0)] * 3
+    n.conv1 = conv(n.data, 32, 5, pad=2, filler=dict(type="gaussian", std=1e-4), bias=False)
+    n.pool1 = max_pool(n.conv1, 3, 2)
+    n.bn1 = L.BatchNorm(n.pool1, param=stats)
+    n.Sigmoid1 = L.Sigmoid(n.bn1)
+    n.conv2 = conv(n.Sigmoid1, 32, 5, pad=2, filler=GAUSS, bias=False)
+    n.bn2 = L.BatchNorm(n.conv2, param=stats)
+    n.Sigmoid2 = L.Sigmoid(n.bn2)
+    n.pool2 = ave_pool(n.Sigmoid2, 3, 2)
+    n.conv3 = conv(n.pool2, 64, 5, pad=2, filler=GAUSS, bias=False)
+    n.bn3 = L.BatchNorm(n.conv3, param=stats)
+    n.Sigmoid3 = L.Sigmoid(n.bn3)
+    n.pool3 = ave_pool(n.Sigmoid3, 3, 2)
+    n.ip1 = L.InnerProduct(n.pool3, num_output=10,
+                           param=[dict(lr_mult=1, decay_mult=1), dict(lr_mult=1, decay_mult=0)],
+                           weight_filler=GAUSS, bias_filler=ZERO)
+    heads(n, n.ip1)
+    return n
+
+
 def mnist_autoencoder():
     """Caffe's examples/mnist autoencoder (Hinton & Salakhutdinov 2006): 784-1000-500-250-30
     and back through sigmoids, SigmoidCrossEntropyLoss against the input itself, and the
@@ -630,6 +657,7 @@ NETS = {
     "lrcn": (lrcn, "LRCN"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
+    "cifar10_full_sigmoid_bn": (cifar10_full_sigmoid_bn, "CIFAR10_full"),
 }
 
 
