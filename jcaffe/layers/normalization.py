@@ -4,6 +4,7 @@ import contextlib
 
 import jax.numpy as jnp
 
+from .. import engine
 from ..layer import JaxLayer, register
 
 
@@ -43,6 +44,18 @@ class BatchNorm(JaxLayer):
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
     updates_params_in_forward = True
+    # With the batch's statistics, the bottom diff is stored once (engine.materialize),
+    # as Caffe stores every diff. It is an elementwise expression of dE/dy and two of its
+    # reductions, and XLA CPU fused it into each reader that reads an element more than
+    # once: in Caffe's CIFAR-10 BatchNorm example, into each of pool1's backward fusions
+    # (per kernel offset: 11.4 ms of the step, 5.2 ms behind a ReLU in cifar10_full).
+    # Steps, stored against fused (benchmarks/ab_step.py --interleave, 2026-12-06, AMD
+    # EPYC Zen 1 VM; pairs' geometric mean and interval): that net 0.92x (3 rounds of
+    # 20, 0.90-0.95), ResNet-50 0.94x (3 rounds of 4, 0.90-0.97), MobileNet 0.88x (2
+    # rounds of 3, 0.82-0.94), DenseNet-121 0.87x (2 rounds of 3, 0.69-1.10: not
+    # resolved). Peak RSS: ResNet-50 4043 MB against 4006, MobileNet 2770 both ways.
+    # False: left to XLA (to compare).
+    STORE_BOTTOM_DIFF = True
 
     def setup(self, bottom_shapes):
         from ..proto import caffe_pb2
@@ -132,7 +145,8 @@ class BatchNorm(JaxLayer):
         axes = self._axes(dy)
         mean_dy = jnp.mean(dy, axis=axes, keepdims=True)
         mean_dyy = jnp.mean(dy * y, axis=axes, keepdims=True)
-        return [(dy - mean_dy - mean_dyy * y) / std], [None, None, None]
+        dx = (dy - mean_dy - mean_dyy * y) / std
+        return [engine.materialize(dx) if self.STORE_BOTTOM_DIFF else dx], [None, None, None]
 
 
 @register("MVN")
