@@ -42,6 +42,7 @@ NETS = {
     "vgg16": ("vgg16.prototxt", 16, (3, 224, 224), "fc8"),
     "mnist_siamese": ("mnist_siamese.prototxt", 64, (2, 28, 28), "feat"),
     "squeezenet": ("squeezenet.prototxt", 32, (3, 227, 227), "pool10"),
+    "nin": ("nin.prototxt", 32, (3, 224, 224), "pool4"),
     "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}

@@ -84,7 +84,7 @@ def matmul_peak(repeats=20):
 
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
-SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet")
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet", "nin")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -286,6 +286,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "3", "--warmup", "1"]),
             ("train_squeezenet", "bench_train.py",
              ["--net", "squeezenet", "--repeats", "5", "--warmup", "1"]),
+            ("train_nin", "bench_train.py",
+             ["--net", "nin", "--repeats", "5", "--warmup", "1"]),
             ("train_densenet121", "bench_train.py",
              ["--net", "densenet121", "--repeats", "3", "--warmup", "1"]),
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
@@ -319,6 +321,8 @@ def main():
              ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_squeezenet", "bench_forward.py",
              ["--net", "squeezenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
+            ("forward_nin", "bench_forward.py",
+             ["--net", "nin", "--repeats", "7", "--warmup", "1", "--no-memory"]),
             ("forward_densenet121", "bench_forward.py",
              ["--net", "densenet121", "--repeats", "5", "--warmup", "1", "--no-memory"]),
             ("forward_resnext50", "bench_forward.py",
@@ -439,6 +443,9 @@ def render(state, opts):
         ("Training step, SqueezeNet v1.1 (batch 32, 3x227x227; eight Fire modules, a 1x1 "
          "squeeze expanded by a 1x1 and a 3x3 side by side and joined by Concat)",
          "train_squeezenet", forward_gflop("squeezenet", False) * 3, None),
+        ("Training step, Network in Network (batch 32, 3x224x224; four blocks of a "
+         "convolution and two 1x1 ones, a 6x6 AVE pool over the class maps)", "train_nin",
+         forward_gflop("nin", False) * 3, None),
         ("Training step, DenseNet-121 (batch 16, 3x224x224; four dense blocks of 6-24 "
          "BN-Scale-ReLU-conv pairs, each joined to a running Concat)", "train_densenet121",
          forward_gflop("densenet121", False) * 3, None),
@@ -478,6 +485,8 @@ def render(state, opts):
          forward_gflop("mobilenet", True), None),
         ("Forward (deploy, TEST), SqueezeNet v1.1 (batch 32, 3x227x227)", "forward_squeezenet",
          forward_gflop("squeezenet", True), None),
+        ("Forward (deploy, TEST), Network in Network (batch 32, 3x224x224)", "forward_nin",
+         forward_gflop("nin", True), None),
         ("Forward (deploy, TEST), DenseNet-121 (batch 16, 3x224x224)", "forward_densenet121",
          forward_gflop("densenet121", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",

@@ -156,6 +156,13 @@ def test_densenet121_contenders_agree():
     _check("densenet121", 1)
 
 
+def test_nin_contenders_agree():
+    """Network in Network: 11x11 stride 4, 5x5 and 3x3 convolutions each followed by two
+    1x1 ones on the same map, MAX pools whose last window overhangs, a ReLU on the class
+    scores before the 6x6 AVE pool. The deploy outputs only (Dropout)."""
+    _check_deploy("nin", 2)
+
+
 @pytest.mark.slow
 def test_vgg16_contenders_agree():
     """VGG-16 (Caffe's VGG_ILSVRC_16_layers): thirteen 3x3 convolutions, conv1_1 on the

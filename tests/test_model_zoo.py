@@ -31,6 +31,7 @@ NETS = {
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
+    "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),

@@ -212,6 +212,49 @@ def mnist_siamese():
     return n
 
 
+def nin():
+    """Network in Network (Lin, Chen & Yan 2014) for ImageNet, as its authors' Caffe
+    prototxt (the model zoo's nin_imagenet) has it: four mlpconv blocks, each a
+    convolution (11x11 stride 4, 5x5, 3x3, 3x3) and two 1x1 "cccp" convolutions, every
+    one followed by an in-place ReLU; MAX pools 3/2 between the blocks and Dropout on
+    the third pool; the last 1x1 gives the 1000 classes, through its ReLU, to a 6x6 AVE
+    pool. Gaussian weights (std 0.01 or 0.05), zero biases; the Accuracy layer in TEST,
+    the loss in TRAIN only. Layer names as published (relu4 is missing there too; the
+    last block's layers are named "conv4-1024" and so on, their tops "conv4")."""
+    n = NetSpec()
+    data(n, 64, (3, 224, 224))
+    wide = dict(type="gaussian", std=0.05)
+    blocks = [("conv1", "cccp1", "cccp2", "pool0", 96, 11, 4, 0, GAUSS),
+              ("conv2", "cccp3", "cccp4", "pool2", 256, 5, 1, 2, wide),
+              ("conv3", "cccp5", "cccp6", "pool3", 384, 3, 1, 1, GAUSS),
+              ("conv4", "cccp7", "cccp8", None, 1024, 3, 1, 1, wide)]
+    relus = iter(["relu0", "relu1", "relu2", "relu3", "relu5", "relu6", "relu7", "relu8",
+                  "relu9", "relu10", "relu11", "relu12"])
+    top = n.data
+    for first, second, third, pool, num, k, stride, pad, filler in blocks:
+        suffix = "-1024" if first == "conv4" else ""
+        for name, width, size, s, p, f in (
+                (first, num, k, stride, pad, filler), (second, num, 1, 1, 0, wide),
+                (third, 1000 if first == "conv4" else num, 1, 1, 0,
+                 GAUSS if first == "conv4" else wide)):
+            kw = dict(num_output=width, kernel_size=size, stride=s, weight_filler=f,
+                      bias_filler=ZERO, param=LEARN)
+            if p:
+                kw["pad"] = p
+            if suffix:
+                kw["name"] = name + suffix
+            n[name] = top = L.Convolution(top, **kw)
+            n[next(relus)] = relu(top)
+        if pool:
+            n[pool] = top = max_pool(top, 3, 2)
+        if pool == "pool3":
+            n.drop = top = L.Dropout(top, in_place=True, dropout_ratio=0.5)
+    n.pool4 = L.Pooling(n.cccp8, pool=P.Pooling.AVE, kernel_size=6, stride=1)
+    n.accuracy = L.Accuracy(n.pool4, n.label, include=dict(phase=1))
+    n.loss = L.SoftmaxWithLoss(n.pool4, n.label, include=dict(phase=0))
+    return n
+
+
 def squeezenet():
     """SqueezeNet v1.1 (Iandola et al. 2016; DeepScale's Caffe train_val.prototxt): a 3x3
     stride-2 conv1, then eight Fire modules (a 1x1 squeeze to 16-64 channels, expanded
@@ -650,6 +693,7 @@ NETS = {
     "resnet50": (resnet50, "ResNet-50"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
+    "nin": (nin, "nin_imagenet"),
     "densenet121": (densenet121, "DENSENET_121"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
