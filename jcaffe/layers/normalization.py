@@ -52,9 +52,10 @@ class BatchNorm(JaxLayer):
     # Steps, stored against fused (benchmarks/ab_step.py --interleave, 2026-12-06, AMD
     # EPYC Zen 1 VM; pairs' geometric mean and interval): that net 0.92x (3 rounds of
     # 20, 0.90-0.95), ResNet-50 0.94x (3 rounds of 4, 0.90-0.97), MobileNet 0.88x (2
-    # rounds of 3, 0.82-0.94), DenseNet-121 0.87x (2 rounds of 3, 0.69-1.10: not
-    # resolved). Peak RSS: ResNet-50 4043 MB against 4006, MobileNet 2770 both ways.
-    # False: left to XLA (to compare).
+    # rounds of 3, 0.82-0.94), DenseNet-121 0.96x (2 rounds of 4, 0.94-0.99). Peak
+    # RSS: ResNet-50 4043 MB against 4006, MobileNet 2770 both ways, DenseNet-121 8200
+    # against 7803 (each BatchNorm's bottom there is a block's running Concat; still
+    # 0.98x Caffe's count). False: left to XLA (to compare).
     STORE_BOTTOM_DIFF = True
 
     def setup(self, bottom_shapes):
