@@ -314,17 +314,19 @@ def test_many_offsets_data_gradient_compiles_by_taps(x64):
 
 @pytest.mark.parametrize("param,shape", CASES[:4])
 def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, shape):
-    """Columns split into chunks of 2 images (the last one shorter) give the same maps."""
+    """Columns split into chunks of 2 images (the last one shorter) give the same maps
+    (the forward with its bias, which each chunk adds)."""
     from jcaffe.layers import conv_gemm
     shape = (5,) + shape[1:]
     layer = _layer(param, shape)
     x = jnp.asarray(rng.standard_normal(shape))
-    w, _ = params_of(layer)
+    w, b = params_of(layer)
+    b = jnp.asarray(rng.standard_normal(b.shape))
     dy = jnp.asarray(rng.standard_normal((5, layer.num_output) + layer.out_spatial))
     geo = layer.geometry()
 
     def maps(x, w, dy):
-        return [conv_gemm.forward(x, w, layer.group, geo),
+        return [conv_gemm.forward(x, w, layer.group, geo, bias=b),
                 conv_gemm.data_diff(dy, w, layer.group, geo),
                 conv_gemm.weight_diff(x, dy, layer.group, geo)]
     whole = jax.jit(maps)(x, w, dy)
@@ -340,12 +342,14 @@ def test_gemm_batch_chunks_agree_with_one_chunk(x64, rng, monkeypatch, param, sh
 @pytest.mark.parametrize("param,shape", [CASES[i] for i in (2, 6, 7, 10)])   # ungrouped
 def test_gemm_channels_last_products_match_caffes_order(x64, rng, monkeypatch, param, shape):
     """conv_gemm's forward written channels-last and its weight gradient reading dy so
-    (``last``) give the maps of Caffe's order, in batch chunks of 2 images too."""
+    (``last``) give the maps of Caffe's order, in batch chunks of 2 images too (the
+    forward with its bias)."""
     from jcaffe.layers import conv_gemm
     shape = (5,) + shape[1:]
     layer = _layer(param, shape)
     x = jnp.asarray(rng.standard_normal(shape))
-    w, _ = params_of(layer)
+    w, bias = params_of(layer)
+    bias = jnp.asarray(rng.standard_normal(bias.shape))
     dy = jnp.asarray(rng.standard_normal((5, layer.num_output) + layer.out_spatial))
     geo = layer.geometry()
     for chunk in (None, 2 * int(np.prod(layer.kernel)) * int(np.prod(layer.out_spatial)) * 8
@@ -353,7 +357,7 @@ def test_gemm_channels_last_products_match_caffes_order(x64, rng, monkeypatch, p
         if chunk:
             monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", chunk)
         jax.clear_caches()
-        got = [jax.jit(lambda x, w, dy: [conv_gemm.forward(x, w, 1, geo, last),
+        got = [jax.jit(lambda x, w, dy: [conv_gemm.forward(x, w, 1, geo, last, bias),
                                          conv_gemm.weight_diff(x, dy, 1, geo, last)])(x, w, dy)
                for last in (False, True)]
         for a, b, what in zip(*got, ("y", "dw")):
