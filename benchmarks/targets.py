@@ -21,7 +21,8 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "mnist_autoencoder": "MNIST autoencoder", "mnist_siamese": "MNIST siamese",
          "caffenet": "CaffeNet", "googlenet": "GoogLeNet", "resnet50": "ResNet-50",
          "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
-         "densenet121": "DenseNet-121", "resnext50": "ResNeXt-50", "fcn32s": "FCN-32s", "lrcn": "LRCN", "vgg16": "VGG-16"}
+         "densenet121": "DenseNet-121", "resnext50": "ResNeXt-50", "fcn32s": "FCN-32s",
+         "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"

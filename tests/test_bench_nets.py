@@ -158,8 +158,9 @@ def test_densenet121_contenders_agree():
 
 def test_nin_contenders_agree():
     """Network in Network: 11x11 stride 4, 5x5 and 3x3 convolutions each followed by two
-    1x1 ones on the same map, MAX pools whose last window overhangs, a ReLU on the class
-    scores before the 6x6 AVE pool. The deploy outputs only (Dropout)."""
+    1x1 ones on the same map, MAX pools (pool0's last window overhanging: Caffe's ceil),
+    a ReLU on the class scores before the 6x6 AVE pool. The deploy outputs only
+    (Dropout)."""
     _check_deploy("nin", 2)
 
 

@@ -219,8 +219,9 @@ def nin():
     one followed by an in-place ReLU; MAX pools 3/2 between the blocks and Dropout on
     the third pool; the last 1x1 gives the 1000 classes, through its ReLU, to a 6x6 AVE
     pool. Gaussian weights (std 0.01 or 0.05), zero biases; the Accuracy layer in TEST,
-    the loss in TRAIN only. Layer names as published (relu4 is missing there too; the
-    last block's layers are named "conv4-1024" and so on, their tops "conv4")."""
+    the loss in TRAIN only. Layer names as published: no relu4 (relu3 is followed by
+    relu5), and the last block's layers named "conv4-1024" and so on, their tops
+    "conv4"."""
     n = NetSpec()
     data(n, 64, (3, 224, 224))
     wide = dict(type="gaussian", std=0.05)
