@@ -53,9 +53,10 @@ class BatchNorm(JaxLayer):
     # EPYC Zen 1 VM; pairs' geometric mean and interval): that net 0.92x (3 rounds of
     # 20, 0.90-0.95), ResNet-50 0.94x (3 rounds of 4, 0.90-0.97), MobileNet 0.88x (2
     # rounds of 3, 0.82-0.94), DenseNet-121 0.96x (2 rounds of 4, 0.94-0.99). Peak
-    # RSS: ResNet-50 4043 MB against 4006, MobileNet 2770 both ways, DenseNet-121 8200
-    # against 7803 (each BatchNorm's bottom there is a block's running Concat; still
-    # 0.98x Caffe's count). False: left to XLA (to compare).
+    # RSS: ResNet-50 4043 MB against 4006, MobileNet 2770 both ways, DenseNet-121
+    # 7942-8200 against 7658-7803 (two runs each; each BatchNorm's bottom there is a
+    # block's running Concat; still under Caffe's count, 8336). False: left to XLA (to
+    # compare).
     STORE_BOTTOM_DIFF = True
 
     def setup(self, bottom_shapes):
