@@ -269,69 +269,39 @@ def main():
         ("host", "bench_host.py", ["--nets", "lenet" if opts.quick else "lenet,googlenet,resnet50"]),
     ]
 
-    def small(kind, script):
-        """The SMALL_NETS' entries of one benchmark."""
-        return [("%s_%s" % (kind, net), script, ["--net", net, "--repeats", repeats,
-                                                 "--warmup", warmup, "--no-memory"])
-                for net, repeats, warmup in SMALL_NETS]
+    def runs(kind, script, rows, *extra):
+        """One entry per (net, repeats, warm-up calls) of ``rows``, keyed kind_net."""
+        return [("%s_%s" % (kind, net), script,
+                 ["--net", net, "--repeats", repeats, "--warmup", warmup] + list(extra))
+                for net, repeats, warmup in rows]
     if not opts.quick:
-        plan += small("train", "bench_train.py") + [
-            ("train_caffenet", "bench_train.py",
-             ["--net", "caffenet", "--repeats", "7", "--warmup", "1"]),
-            ("train_googlenet", "bench_train.py",
-             ["--net", "googlenet", "--repeats", "3", "--warmup", "1"]),
-            ("train_resnet50", "bench_train.py",
-             ["--net", "resnet50", "--repeats", "3", "--warmup", "1"]),
-            ("train_mobilenet", "bench_train.py",
-             ["--net", "mobilenet", "--repeats", "3", "--warmup", "1"]),
-            ("train_squeezenet", "bench_train.py",
-             ["--net", "squeezenet", "--repeats", "5", "--warmup", "1"]),
-            ("train_nin", "bench_train.py",
-             ["--net", "nin", "--repeats", "5", "--warmup", "1"]),
-            ("train_densenet121", "bench_train.py",
-             ["--net", "densenet121", "--repeats", "3", "--warmup", "1"]),
+        # (peak memory: every training step but the small nets', VGG-16's and Adam's, one
+        # fresh process per contender, about 10 minutes of the run; of the forwards,
+        # LeNet's only)
+        plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
+            "train", "bench_train.py",
+            [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
+             ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
+             ("densenet121", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
-            ("train_resnext50", "bench_train.py",
-             ["--net", "resnext50", "--repeats", "3", "--warmup", "1",
-              "--only", "jcaffe Solver.step,PyTorch eager"]),
-            ("train_fcn32s", "bench_train.py",
-             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1"]),
-            ("train_lrcn", "bench_train.py",
-             ["--net", "lrcn", "--repeats", "3", "--warmup", "1"]),
-            ("train_vgg16", "bench_train.py",
-             ["--net", "vgg16", "--repeats", "3", "--warmup", "1", "--no-memory"]),
+            "train", "bench_train.py", [("resnext50", "3", "1")],
+            "--only", "jcaffe Solver.step,PyTorch eager") + runs(
+            "train", "bench_train.py", [("fcn32s", "3", "1"), ("lrcn", "3", "1")]) + runs(
+            "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
             ("train_caffenet_adam", "bench_train.py",
              ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
               "--no-memory"]),
-            # (peak memory: every training step, one fresh process per contender, about
-            # 10 minutes of the run; of the forwards, LeNet's only)
             ("data_caffenet", "bench_data.py",
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
               "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
-        ] + small("forward", "bench_forward.py") + [
-            ("forward_caffenet", "bench_forward.py",
-             ["--net", "caffenet", "--repeats", "9", "--warmup", "1", "--no-memory"]),
-            ("forward_googlenet", "bench_forward.py",
-             ["--net", "googlenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
-            ("forward_resnet50", "bench_forward.py",
-             ["--net", "resnet50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
-            ("forward_mobilenet", "bench_forward.py",
-             ["--net", "mobilenet", "--repeats", "5", "--warmup", "1", "--no-memory"]),
-            ("forward_squeezenet", "bench_forward.py",
-             ["--net", "squeezenet", "--repeats", "7", "--warmup", "1", "--no-memory"]),
-            ("forward_nin", "bench_forward.py",
-             ["--net", "nin", "--repeats", "7", "--warmup", "1", "--no-memory"]),
-            ("forward_densenet121", "bench_forward.py",
-             ["--net", "densenet121", "--repeats", "5", "--warmup", "1", "--no-memory"]),
-            ("forward_resnext50", "bench_forward.py",
-             ["--net", "resnext50", "--repeats", "5", "--warmup", "1", "--no-memory"]),
-            ("forward_vgg16", "bench_forward.py",
-             ["--net", "vgg16", "--repeats", "5", "--warmup", "1", "--no-memory"]),
-            ("forward_fcn32s", "bench_forward.py",
-             ["--net", "fcn32s", "--repeats", "3", "--warmup", "1", "--no-memory"]),
-        ]
+        ] + runs("forward", "bench_forward.py", SMALL_NETS, "--no-memory") + runs(
+            "forward", "bench_forward.py",
+            [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
+             ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
+             ("densenet121", "5", "1"), ("resnext50", "5", "1"), ("vgg16", "5", "1"),
+             ("fcn32s", "3", "1")], "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
                   ["--net", name, "--batch", "1", "--repeats", "15", "--warmup", "2",

@@ -117,6 +117,32 @@ def test_a_residual_chain_is_not_recomputed_in_each_block():
     assert np.all(data >= 0) and np.any(data > 0)
 
 
+def _zoo_net(name, batch):
+    """The model zoo's prototxt ``name`` with its DummyData batch set to ``batch``."""
+    import os
+    from jcaffe import protoio
+    net = protoio.read_prototxt(os.path.join(os.path.dirname(__file__), "data", "zoo",
+                                             name + ".prototxt"))
+    for layer in net.layer:
+        if layer.type == "DummyData":
+            for shape in layer.dummy_data_param.shape:
+                shape.dim[0] = batch
+    return net
+
+
+def _solver_of(net):
+    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9)
+    param.net_param.CopyFrom(net)
+    return jcaffe.get_solver(param)
+
+
+def _fusions(solver):
+    """The fused computations of the solver's compiled step (which runs its first step)."""
+    from netutil import compiled_step
+    return [f for f in re.split(r"\n(?=%fused|ENTRY)", compiled_step(solver).as_text())
+            if f.startswith("%fused")]
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="engine.materialize is the CPU's rule")
 def test_lrns_bottom_diff_is_computed_once_in_caffenets_step():
     """LRN's bottom diff (a window sum over the channels, powers) is stored once. In
@@ -126,21 +152,9 @@ def test_lrns_bottom_diff_is_computed_once_in_caffenets_step():
     16 stored. (The model zoo's CaffeNet at batch 2: nets cut after conv2 or pool2 fused
     the expression into the pool's updates either way, so the check needs the whole
     net.)"""
-    import os
-    from jcaffe import protoio
-    from netutil import compiled_step
-    param = caffe_pb2.SolverParameter()
-    text_format.Parse('base_lr: 0.01 lr_policy: "fixed" momentum: 0.9', param)
-    param.net_param.CopyFrom(protoio.read_prototxt(
-        os.path.join(os.path.dirname(__file__), "data", "zoo", "caffenet.prototxt")))
-    for layer in param.net_param.layer:
-        if layer.type == "DummyData":
-            for shape in layer.dummy_data_param.shape:
-                shape.dim[0] = 2
-    solver = jcaffe.get_solver(param)
+    solver = _solver_of(_zoo_net("caffenet", 2))
     assert solver.net.layer_dict["conv2"]._groups_on_xla()
-    fusions = [f for f in re.split(r"\n(?=%fused|ENTRY)", compiled_step(solver).as_text())
-               if f.startswith("%fused")]
+    fusions = _fusions(solver)
     final = [f.split(" ", 1)[0] for f in fusions if 'norm1.backward/sub"' in f]
     assert len(final) == 1, final                   # (its last op: dx = a - b)
     assert not [f for f in fusions if 'norm1.backward/sub"' in f and "pool1.backward/" in f]
@@ -155,30 +169,22 @@ def test_a_dense_blocks_split_sums_are_computed_once():
     DenseNet-121 cut after its third layer, batch 2 at 64x64: 9 and 14 fusions;
     DenseNet-121's concat_4_7 in the whole step: 39, the step 2.3x as long). Stored,
     each sum is in one fusion. (Smaller maps, or batch 1, were not fused so.)"""
-    import os
-    from jcaffe import protoio
-    from netutil import compiled_step
-    net = protoio.read_prototxt(os.path.join(os.path.dirname(__file__), "data", "zoo",
-                                             "densenet121.prototxt"))
+    net = _zoo_net("densenet121", 2)
     names = [l.name for l in net.layer]
     kept = net.layer[:names.index("concat_2_3") + 1]
     del net.layer[:]
     net.layer.extend(kept)
-    net.layer[0].dummy_data_param.shape[0].dim[:] = [2, 3, 64, 64]
-    net.layer[0].dummy_data_param.shape[1].dim[:] = [2]
+    net.layer[0].dummy_data_param.shape[0].dim[2:] = [64, 64]
     text_format.Parse('layer { name: "gp" type: "Pooling" bottom: "concat_2_3" top: "gp" '
                       'pooling_param { pool: AVE global_pooling: true } } '
                       'layer { name: "ip" type: "InnerProduct" bottom: "gp" top: "ip" '
                       'inner_product_param { num_output: 10 weight_filler { type: "xavier" } } } '
                       'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "label" '
                       'top: "loss" }', net)
-    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9)
-    param.net_param.CopyFrom(net)
-    solver = jcaffe.get_solver(param)
+    solver = _solver_of(net)
     splits = [l.name for l in solver.net.layers if l.type == "Split" and "concat" in l.name]
     assert len(splits) == 2         # (concat_2_1's and concat_2_2's)
-    fusions = [f for f in re.split(r"\n(?=%fused|ENTRY)", compiled_step(solver).as_text())
-               if f.startswith("%fused")]
+    fusions = _fusions(solver)
     for name in splits:
         holding = [f.split(" ", 1)[0] for f in fusions if name + '.backward/add"' in f]
         assert len(holding) == 1, (name, holding)
@@ -194,19 +200,10 @@ def test_batchnorms_bottom_diff_is_computed_once(monkeypatch, stored):
     BatchNorm stores it (BatchNorm.STORE_BOTTOM_DIFF); left to XLA, it was fused into
     each of pool1's backward fusions and recomputed per kernel offset (11.4 ms of a
     94 ms step at batch 100, against 5.2 ms behind a ReLU). Batch 4 fuses the same way."""
-    import os
-    from jcaffe import protoio
     from jcaffe.layers import normalization
-    from netutil import compiled_step
     monkeypatch.setattr(normalization.BatchNorm, "STORE_BOTTOM_DIFF", stored)
-    param = caffe_pb2.SolverParameter(base_lr=0.01, lr_policy="fixed", momentum=0.9)
-    param.net_param.CopyFrom(protoio.read_prototxt(os.path.join(
-        os.path.dirname(__file__), "data", "zoo", "cifar10_full_sigmoid_bn.prototxt")))
-    for shape in param.net_param.layer[0].dummy_data_param.shape:
-        shape.dim[0] = 4
-    solver = jcaffe.get_solver(param)
-    fusions = [f for f in re.split(r"\n(?=%fused|ENTRY)", compiled_step(solver).as_text())
-               if f.startswith("%fused")]
+    solver = _solver_of(_zoo_net("cifar10_full_sigmoid_bn", 4))
+    fusions = _fusions(solver)
     assert [f for f in fusions if "pool1.backward/" in f]
     both = [f.split(" ", 1)[0] for f in fusions
             if "pool1.backward/" in f and "bn1.backward/" in f]
