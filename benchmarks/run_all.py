@@ -337,7 +337,9 @@ def main():
 
 def remeasure(plan, keys, raw, opts):
     """Measure the plan's entries ``keys`` again into results.json (each with the time
-    it was measured: ``results[key + "_measured"]``) and render."""
+    it was measured: ``results[key + "_measured"]``; on another machine than the
+    header's run, with that machine and its matmul peak: ``results[key + "_machine"]``)
+    and render."""
     by_key = {key: (script, args) for key, script, args in plan}
     unknown = [k for k in keys if k not in by_key]
     if unknown:
@@ -346,6 +348,8 @@ def remeasure(plan, keys, raw, opts):
     with open(raw) as f:
         state = json.load(f)
     results = state["results"]
+    here = machine()
+    elsewhere = {"machine": here, "peak": matmul_peak()} if here != state["machine"] else None
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
             script, args = by_key[key]
@@ -355,15 +359,23 @@ def remeasure(plan, keys, raw, opts):
             results[key + "_measured"] = "%s to %s UTC, load before: `%s`" % (
                 started.strftime("%Y-%m-%d %H:%M"),
                 datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"), before)
-    with open(raw, "w") as f:
-        json.dump(state, f, indent=1)
+            results.pop(key + "_machine", None)
+            if elsewhere:
+                results[key + "_machine"] = elsewhere
+            with open(raw, "w") as f:         # (after each: a long re-measure keeps its part)
+                json.dump(state, f, indent=1)
     render(state, opts)
 
 
 def measured_apart(results, key):
     """The line saying when ``key`` was measured, where it was not in the header's run."""
     when = results.get(key + "_measured")
-    return ["Measured apart from the run in the header: %s." % when, ""] if when else []
+    if not when:
+        return []
+    elsewhere = results.get(key + "_machine")
+    where = (", on another machine: %s (float32 matmul peak %.1f GFLOP/s)"
+             % (elsewhere["machine"], elsewhere["peak"]) if elsewhere else "")
+    return ["Measured apart from the run in the header: %s%s." % (when, where), ""]
 
 
 def render(state, opts):
@@ -376,6 +388,11 @@ def render(state, opts):
            "* Load (`uptime`) before: `%s`" % state["load_before"],
            "* Load (`uptime`) after: `%s`" % state["load_after"],
            "* Measured float32 matmul peak (XLA, 2048x2048): **%.1f GFLOP/s**" % peak,
+           ] + ([
+           "* Some tables were measured apart from this run on another machine (`run_all.py "
+           "--only`): the line under each such title names it; the contenders in a table "
+           "ran side by side there, and the targets table names the machine beside those "
+           "nets."] if any(k.endswith("_machine") for k in results) else []) + [
            "",
            "Ratios are *jcaffe's median / the contender's median* measured side by side in one "
            "process (so < 1 means jcaffe is faster). BVLC Caffe and the issue's figures are "

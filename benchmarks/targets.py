@@ -45,36 +45,44 @@ def _other(medians, prefix):
     return next((ms for name, ms in medians.items() if name.startswith(prefix)), None)
 
 
+def _label(results, net, key):
+    """The net's name, with the machine it ran on where ``run_all.py --only`` measured it
+    apart from the header's run on another one (``results[key + "_machine"]``)."""
+    elsewhere = results.get(key + "_machine")
+    return NAMES[net] + (" on " + elsewhere["machine"].split(",")[0] if elsewhere else "")
+
+
 def _ratios(results, prefix, keys):
-    """[(net, jcaffe ms, other ms)] over the benchmarks ``keys`` ({net: key}) that timed
-    a contender named ``prefix...``."""
+    """[(net, label, jcaffe ms, other ms)] over the benchmarks ``keys`` ({net: key}) that
+    timed a contender named ``prefix...``."""
     rows = []
     for net, key in keys.items():
         medians = _medians(results, key)
         other = medians and _other(medians, prefix)
         if other:
-            rows.append((net, _jcaffe(medians), other))
+            rows.append((net, _label(results, net, key), _jcaffe(medians), other))
     return rows
 
 
 def _verdict(ratios, bound):
     if not ratios:
         return NOT_RUN[1]
-    return "yes" if all(mine / other <= bound for _, mine, other in ratios) else "**no**"
+    return "yes" if all(mine / other <= bound for _, _, mine, other in ratios) else "**no**"
 
 
 def _listing(ratios, with_ms):
-    return "; ".join("%s %.2fx%s" % (NAMES[net], mine / other,
+    return "; ".join("%s %.2fx%s" % (label, mine / other,
                                      " (%.1f vs %.1f ms)" % (mine, other) if with_ms else "")
-                     for net, mine, other in ratios) or "-"
+                     for _, label, mine, other in ratios) or "-"
 
 
 def _ratio_rows(results, what, keys, bound):
     rows = []
     for prefix, with_ms in ((PURE_JAX, False), (PYTORCH, True)):
         ratios = _ratios(results, prefix, keys)
-        timed = {net for net, _, _ in ratios}
-        missing = [NAMES[net] for net, key in keys.items() if results.get(key) and net not in timed]
+        timed = {net for net, _, _, _ in ratios}
+        missing = [_label(results, net, key) for net, key in keys.items()
+                   if results.get(key) and net not in timed]
         listing = _listing(ratios, with_ms)
         if missing:
             listing += "; not timed against it: " + ", ".join(missing)
@@ -97,7 +105,8 @@ def _caffe_bridge(results, reference):
             if other:
                 bridged = _jcaffe(medians) / other * ref[quoted] / ref["BVLC Caffe"]
                 worst = max(worst, bridged)
-                parts.append("%s via %s %.2fx" % (NAMES[net], prefix, bridged))
+                parts.append("%s via %s %.2fx" % (_label(results, net, "train_" + net), prefix,
+                                                  bridged))
     if not parts:
         return None
     return ("train step <= 0.8x BVLC Caffe (bridged through the issue's quoted figures, "
@@ -118,7 +127,7 @@ def _memory_row(results, caffe_mb):
         count, with_buffers = caffe_mb(net)
         worst = max(worst, mine / with_buffers)
         parts.append("%s %.0f MB: %.2fx Caffe's arrays with its layers' buffers (%.0f MB), "
-                     "%.2fx the bare count (%.0f MB)" % (NAMES[net], mine, mine / with_buffers,
+                     "%.2fx the bare count (%.0f MB)" % (_label(results, net, "train_" + net), mine, mine / with_buffers,
                                                           with_buffers, mine / count, count))
     if not parts:
         return (target,) + NOT_RUN
@@ -169,10 +178,15 @@ def _compile_row(results):
 def _gflops_row(results, peak, gflop):
     parts = []
     for net in TRAIN_NETS:
-        medians = _medians(results, "train_" + net)
+        key = "train_" + net
+        medians = _medians(results, key)
         if medians:
             rate = gflop(net) / _jcaffe(medians) * 1000
-            parts.append((rate, "%s %.1f (%.0f%%)" % (NAMES[net], rate, 100 * rate / peak)))
+            elsewhere = results.get(key + "_machine")
+            own = elsewhere["peak"] if elsewhere else peak
+            parts.append((rate / own, "%s %.1f (%.0f%%%s)" % (
+                _label(results, net, key), rate, 100 * rate / own,
+                " of its %.1f" % own if elsewhere else "")))
     if not parts:
         return None
     return ("training steps' GFLOP/s vs the matmul peak (%.1f GFLOP/s)" % peak,
@@ -203,7 +217,8 @@ def _data_row(results):
             for source, label in (("Data over LMDB", ""), ("a Python data layer", " Python layer")):
                 fed = medians.get("jcaffe %s from %s" % (steps, source))
                 if fed and once:
-                    parts.append("%s %s%s %.2fx" % (NAMES[net], steps, label, fed / once))
+                    parts.append("%s %s%s %.2fx" % (_label(results, net, "data_" + net), steps,
+                                                    label, fed / once))
     if not parts:
         return None
     return ("training from LMDB or a Python data layer (not an issue target): the step fed so / "

@@ -49,6 +49,33 @@ def test_run_all_only_names_plan_entries_and_dates_them(tmp_path):
     assert run_all.measured_apart({"host": {}}, "host") == []
     assert run_all.measured_apart({"host_measured": "then"}, "host") == [
         "Measured apart from the run in the header: then.", ""]
+    elsewhere = {"host_measured": "then", "host_machine": {"machine": "AMD EPYC, 2 cores",
+                                                           "peak": 71.25}}
+    assert run_all.measured_apart(elsewhere, "host") == [
+        "Measured apart from the run in the header: then, on another machine: AMD EPYC, 2 "
+        "cores (float32 matmul peak 71.2 GFLOP/s).", ""]
+
+
+def test_run_all_only_on_another_machine_stamps_it(tmp_path, monkeypatch):
+    """A re-measure on another machine than the header's run stamps each entry with that
+    machine and its matmul peak; one back on the header's machine drops the stamp."""
+    import json
+    import run_all
+    raw = tmp_path / "results.json"
+    raw.write_text(json.dumps({"machine": "Intel Xeon, 2 cores", "results": {}}))
+    monkeypatch.setattr(run_all, "run", lambda script, args, out: {"results": {}})
+    monkeypatch.setattr(run_all, "render", lambda state, opts: None)
+    monkeypatch.setattr(run_all, "matmul_peak", lambda: 70.0)
+    plan = [("host", "bench_host.py", []), ("train_nin", "bench_train.py", [])]
+    monkeypatch.setattr(run_all, "machine", lambda: "AMD EPYC, 2 cores")
+    run_all.remeasure(plan, ["host", "train_nin"], str(raw), None)
+    results = json.loads(raw.read_text())["results"]
+    assert results["train_nin_machine"] == {"machine": "AMD EPYC, 2 cores", "peak": 70.0}
+    assert results["host_machine"] == results["train_nin_machine"]
+    monkeypatch.setattr(run_all, "machine", lambda: "Intel Xeon, 2 cores")
+    run_all.remeasure(plan, ["host"], str(raw), None)
+    results = json.loads(raw.read_text())["results"]
+    assert "host_machine" not in results and "train_nin_machine" in results
 
 
 def test_bench_train_steps_runs_that_many_steps_per_call(monkeypatch):

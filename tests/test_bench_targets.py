@@ -138,3 +138,27 @@ def test_python_layers_row_puts_both_kinds_over_the_step():
     numbers, met = next(v for k, v in rows.items() if k.startswith("LeNet's step with its loss"))
     assert numbers == ("numpy 1.30x (13.0 ms); JAX 1.05x (10.5 ms); numpy accuracy at the end "
                        "(the step's own loss) 1.02x (10.2 ms)") and met == "reported"
+
+
+def test_a_benchmark_measured_on_another_machine_is_named_with_it():
+    """run_all.py --only on another machine than the header's run stamps the benchmark
+    with that machine and its matmul peak: each row naming the net says where it ran, and
+    its GFLOP/s are held to its own machine's peak."""
+    state = _state(train_lenet=_bench(jcaffe=10.0, jax=20.0, torch=12.5),
+                   train_nin=_bench(jcaffe=1000.0, jax=3000.0, torch=1250.0,
+                                    rss={"jcaffe": 1450.0}),
+                   forward1_nin=_bench(jcaffe=16.0, torch=20.0))
+    state["results"]["train_nin_machine"] = {"machine": "AMD EPYC, 2 cores", "peak": 50.0}
+    state["results"]["forward1_nin_machine"] = {"machine": "AMD EPYC, 2 cores", "peak": 50.0}
+    rows = _table(state)
+    numbers, met = rows["train step <= 1.0x PyTorch eager"]
+    assert "LeNet 0.80x (10.0 vs 12.5 ms)" in numbers
+    assert "NIN on AMD EPYC 0.80x (1000.0 vs 1250.0 ms)" in numbers and met == "yes"
+    assert "NIN on AMD EPYC 0.33x" in rows["train step <= 1.0x naive pure JAX"][0]
+    memory = next(v for k, v in rows.items() if k.startswith("peak memory"))
+    assert memory[0].startswith("NIN on AMD EPYC 1450 MB: 1.32x") and memory[1] == "**no**"
+    gflops = next(v for k, v in rows.items() if k.startswith("training steps' GFLOP/s"))
+    # LeNet 2 GFLOP in 10 ms: 200 GFLOP/s of the header's 200; NIN 2 in 1000 ms of 50
+    assert gflops[0] == "LeNet 200.0 (100%); NIN on AMD EPYC 2.0 (4% of its 50.0)"
+    one = next(v for k, v in rows.items() if k.startswith("deploy forward at one image"))
+    assert one[0] == "NIN on AMD EPYC 0.80x (16.0 vs 20.0 ms)"
