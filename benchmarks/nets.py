@@ -44,6 +44,7 @@ NETS = {
     "squeezenet": ("squeezenet.prototxt", 32, (3, 227, 227), "pool10"),
     "nin": ("nin.prototxt", 32, (3, 224, 224), "pool4"),
     "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
+    "se_bn_inception": ("se_bn_inception.prototxt", 32, (3, 224, 224), "classifier"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -248,9 +249,12 @@ def param_shapes(param):
             static = [(4 * h, math.prod(blob_shape[bottoms[2]][1:]))] if len(bottoms) > 2 else []
             shapes[name] = [(4 * h, math.prod(x[2:])), (4 * h,)] + static + [(4 * h, h)]
             y = x[:2] + (h,)
-        elif typ == "Scale":     # per channel (axis 1, one axis), the ResNet form
-            shapes[name] = [(x[1],)] + ([(x[1],)] if l.scale_param.bias_term else [])
+        elif typ == "Scale":
+            if len(bottoms) == 1:   # learned, per channel (axis 1, one axis): ResNet's
+                shapes[name] = [(x[1],)] + ([(x[1],)] if l.scale_param.bias_term else [])
             y = x
+        elif typ == "Reshape":
+            y = reshaped(l, x)
         elif typ == "Concat":
             parts = [blob_shape[b] for b in bottoms]
             y = (x[0], sum(p[1] for p in parts)) + x[2:]
@@ -265,6 +269,26 @@ def param_shapes(param):
     for name in shared_layers(param):
         shapes.pop(name, None)
     return shapes, blob_shape
+
+
+def reshaped(l, shape):
+    """The shape Reshape ``l`` gives a bottom of ``shape``: its whole shape (axis 0,
+    num_axes -1, the nets' only form), 0 copying the bottom's axis, -1 inferred."""
+    p = l.reshape_param
+    if p.axis != 0 or p.num_axes != -1:
+        raise NotImplementedError("Reshape of part of the axes")
+    dims = [shape[i] if d == 0 else d for i, d in enumerate(p.shape.dim)]
+    if -1 in dims:
+        dims[dims.index(-1)] = math.prod(shape) // -math.prod(dims)
+    return tuple(dims)
+
+
+def channel_weights(l, x, w):
+    """Scale ``l`` with a second bottom ``w``: x times w, whose (N, C) shape SE blocks'
+    axis 0 gives, broadcast over the rest of x's axes."""
+    if l.scale_param.axis != 0 or l.scale_param.bias_term:
+        raise NotImplementedError("Scale with two bottoms other than axis 0 without bias")
+    return x * w.reshape(tuple(w.shape) + (1,) * (x.ndim - w.ndim))
 
 
 def slice_bounds(l, size):
@@ -558,10 +582,14 @@ def jax_forward_fn(param, train):
                     new_stats[name] = (maf * stats[name][0] + (1 - maf) * mean,
                                        maf * stats[name][1] + (1 - maf) * var * m / (m - 1))
                 y = (x - per_channel(mean)) * per_channel(lax.rsqrt(var + p.eps))
+            elif typ == "Scale" and len(xs) == 2:
+                y = channel_weights(l, x, xs[1])
             elif typ == "Scale":
                 y = x * per_channel(params[name][0])
                 if len(params[name]) > 1:
                     y = y + per_channel(params[name][1])
+            elif typ == "Reshape":
+                y = x.reshape(reshaped(l, x.shape))
             elif typ == "Eltwise":
                 y = eltwise_sum(l, xs)
             elif typ == "Concat":
@@ -848,6 +876,10 @@ def torch_forward_fn(param, train):
                 p = l.batch_norm_param
                 y = F.batch_norm(x, *stats[name], training=train,
                                  momentum=1 - p.moving_average_fraction, eps=p.eps)
+            elif typ == "Scale" and len(xs) == 2:
+                y = channel_weights(l, x, xs[1])
+            elif typ == "Reshape":
+                y = x.reshape(reshaped(l, tuple(x.shape)))
             elif typ == "Scale":
                 ps = params[name]
                 y = x * ps[0].view(1, -1, 1, 1)

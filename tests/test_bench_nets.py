@@ -156,6 +156,19 @@ def test_densenet121_contenders_agree():
     _check("densenet121", 1)
 
 
+@pytest.mark.slow
+def test_se_bn_inception_contenders_agree():
+    """SE-BN-Inception: BatchNorm (batch statistics) and Scale after every convolution,
+    AVE and MAX pool branches, and the squeeze-and-excitation blocks' Scale with two
+    bottoms (axis 0: each image's channels times their Sigmoid weights, reshaped to
+    (N, C)). The deploy outputs and the first training loss. Not the steps after it:
+    with BatchNorm over two images, float32 gradients of this net are ill-conditioned
+    (pure JAX's own float32 gradients differ from its float64 ones by up to 16% of a
+    layer's largest element, jcaffe's by up to 9%); test_model_zoo checks an SE block's
+    backward in float64."""
+    _check("se_bn_inception", 2)
+
+
 def test_nin_contenders_agree():
     """Network in Network: 11x11 stride 4, 5x5 and 3x3 convolutions each followed by two
     1x1 ones on the same map, MAX pools (pool0's last window overhanging: Caffe's ceil),

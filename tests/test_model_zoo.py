@@ -33,6 +33,7 @@ NETS = {
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
+    "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
@@ -124,6 +125,79 @@ def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     net = jcaffe.Net(param, jcaffe.TEST)
     assert [b.shape for b in net.params["bn_conv1"]] == [(64,), (64,), (1,)]
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+
+
+def test_se_bn_inception_excites_each_modules_channels():
+    """SE-BN-Inception: after each Inception module's Concat, a squeeze (global AVE
+    pooling, 1x1 convolutions down to a sixteenth and back) gives one Sigmoid weight per
+    image and channel, reshaped to (N, C), and a Scale with two bottoms and axis 0
+    multiplies the module's channels by them: no params of its own. The stride-2
+    modules (3c, 4e) halve the map with their 3x3s and a MAX pool that Caffe's ceil
+    rounding keeps the same size."""
+    net = jcaffe.Net(_load("se_bn_inception", 1), jcaffe.TEST)
+    assert net.blobs["inception_3a_prob_reshape"].shape == (1, 256)
+    assert net.blobs["inception_3a/output"].shape == (1, 256, 28, 28)
+    assert net.blobs["inception_3c/pool/3x3_s2"].shape == (1, 320, 14, 14)
+    assert net.blobs["inception_3c/output"].shape == (1, 576, 14, 14)
+    assert net.blobs["inception_4e/output"].shape == (1, 1056, 7, 7)
+    assert net.blobs["inception_5b/output"].shape == (1, 1024, 7, 7)
+    assert "inception_3a_scale" not in net.params
+    assert [b.shape for b in net.params["inception_4e_1x1_up"]] == [(1056, 66, 1, 1), (1056,)]
+    assert [b.shape for b in net.params["conv1/7x7_s2"]] == [(64, 3, 7, 7)]   # no bias
+    assert [b.shape for b in net.params["conv1/7x7_s2/bn"]] == [(64,), (64,), (1,)]
+
+
+SE_BLOCK = """
+name: "se_block"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 3 dim: 3 dim: 6 dim: 6 } shape { dim: 3 } } }
+layer { name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "conv/bn" type: "BatchNorm" bottom: "conv" top: "conv" }
+layer { name: "conv/bn/scale" type: "Scale" bottom: "conv" top: "conv"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "relu" type: "ReLU" bottom: "conv" top: "conv" }
+layer { name: "pool" type: "Pooling" bottom: "conv" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "proj" type: "Convolution" bottom: "pool" top: "proj"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "concat" type: "Concat" bottom: "conv" bottom: "proj" top: "concat" }
+layer { name: "se_global_pool" type: "Pooling" bottom: "concat" top: "se_global_pool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "se_1x1_down" type: "Convolution" bottom: "se_global_pool" top: "se_1x1_down"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "se_1x1_down/relu" type: "ReLU" bottom: "se_1x1_down" top: "se_1x1_down" }
+layer { name: "se_1x1_up" type: "Convolution" bottom: "se_1x1_down" top: "se_1x1_up"
+        convolution_param { num_output: 6 kernel_size: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "se_prob" type: "Sigmoid" bottom: "se_1x1_up" top: "se_1x1_up" }
+layer { name: "se_prob_reshape" type: "Reshape" bottom: "se_1x1_up" top: "se_prob_reshape"
+        reshape_param { shape { dim: 0 dim: 0 } } }
+layer { name: "se_scale" type: "Scale" bottom: "concat" bottom: "se_prob_reshape"
+        top: "output" scale_param { axis: 0 bias_term: false } }
+layer { name: "next" type: "Convolution" bottom: "output" top: "next"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "msra" } } }
+layer { name: "fc" type: "InnerProduct" bottom: "next" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_se_block_backward_is_jax_grads_in_float64(tmp_path):
+    """SE-BN-Inception's pattern, small: a convolution with BatchNorm (batch statistics),
+    Scale and ReLU, an AVE pool branch, their Concat weighted per image and channel by
+    a squeeze-and-excitation block (the Scale with two bottoms at axis 0), and a
+    convolution after it. The whole net's backward, in float64, against jax.grad of its
+    composed forward and finite differences (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "se_block.prototxt"
+    path.write_text(SE_BLOCK)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param se_1x1_down[0]", "param conv[0]", "param conv/bn/scale[0]"} <= names
 
 
 def test_resnext50_grouped_layers_have_caffes_shapes():

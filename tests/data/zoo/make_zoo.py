@@ -354,6 +354,94 @@ def densenet121():
     return n
 
 
+def se_bn_inception():
+    """SE-BN-Inception (Hu, Shen & Sun 2018, the ILSVRC 2017 winners' Caffe release,
+    hujie-frank/SENet's SE-BN-Inception.prototxt): BN-Inception (Ioffe & Szegedy 2015;
+    every convolution without bias, then BatchNorm, Scale with bias and ReLU, all in
+    place), its ten Inception modules each a 1x1, a 3x3 after a 1x1 reduce, two 3x3s
+    after a 1x1 reduce, and a pool with a 1x1 projection (3c and 4e: stride-2 3x3s and a
+    MAX pool instead, no 1x1), joined by Concat; after each module a squeeze-and-
+    excitation block: global AVE pooling, a 1x1 convolution to a sixteenth of the
+    channels, ReLU, a 1x1 back to all of them, Sigmoid, Reshape to (N, C), and a Scale
+    with two bottoms and axis 0 that multiplies each image's channels by their weight.
+    A 7x7 AVE pool and the classifier end it. Layer names as published. The release is
+    a deploy file (Input, BatchNorm with use_global_stats) with no fillers: here
+    BatchNorm takes Caffe's default by phase (batch statistics in TRAIN), the weights
+    are msra and the biases zero; the DummyData, loss and accuracy are added as for the
+    other nets."""
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    msra = dict(type="msra")
+
+    def conv_bn(name, relu_name, bottom, num, k, stride=1, pad=0):
+        kw = dict(num_output=num, bias_term=False, kernel_size=k, weight_filler=msra)
+        if stride != 1:
+            kw["stride"] = stride
+        if pad:
+            kw["pad"] = pad
+        n[name] = top = L.Convolution(bottom, **kw)
+        n[name + "/bn"] = L.BatchNorm(top, in_place=True)
+        n[name + "/bn/scale"] = L.Scale(top, bias_term=True, in_place=True)
+        n[relu_name] = relu(top)
+        return top
+
+    def module(name, bottom, c1, c3r, c3, d3r, d3, pool, proj, squeeze):
+        """One Inception module and its SE block; c1 None: a stride-2 reduction."""
+        stride = 2 if c1 is None else 1
+        pad = dict(pad=1) if stride == 1 else {}
+        branches = [] if c1 is None else [
+            conv_bn(name + "/1x1", name + "/relu_1x1", bottom, c1, 1)]
+        x = conv_bn(name + "/3x3_reduce", name + "/relu_3x3_reduce", bottom, c3r, 1)
+        branches.append(conv_bn(name + "/3x3", name + "/relu_3x3", x, c3, 3, stride, 1))
+        x = conv_bn(name + "/double3x3_reduce", name + "/relu_double3x3_reduce", bottom,
+                    d3r, 1)
+        x = conv_bn(name + "/double3x3a", name + "/relu_double3x3a", x, d3, 3, pad=1)
+        branches.append(conv_bn(name + "/double3x3b", name + "/relu_double3x3b", x, d3, 3,
+                                stride, 1))
+        if c1 is None:
+            n[name + "/pool/3x3_s2"] = x = max_pool(bottom, 3, 2)
+            branches.append(x)
+        else:
+            n[name + "/pool"] = x = L.Pooling(bottom, pool=pool, kernel_size=3, stride=1,
+                                              **pad)
+            branches.append(conv_bn(name + "/pool_proj", name + "/relu_pool_proj", x, proj, 1))
+        n[name + "/concat"] = cat = L.Concat(*branches)
+        se = name.replace("/", "_")
+        n[se + "_global_pool"] = x = L.Pooling(cat, pool=P.Pooling.AVE,
+                                               engine=P.Pooling.CAFFE, global_pooling=True)
+        n[se + "_1x1_down"] = x = conv(x, squeeze[0], 1, filler=msra)
+        n[se + "_1x1_down/relu"] = relu(x)
+        n[se + "_1x1_up"] = x = conv(x, squeeze[1], 1, filler=msra)
+        n[se + "_prob"] = L.Sigmoid(x, in_place=True)
+        n[se + "_prob_reshape"] = x = L.Reshape(x, reshape_param=dict(shape=dict(dim=[0, 0])))
+        n[name + "/output"] = top = L.Scale(cat, x, axis=0, bias_term=False,
+                                             name=se + "_scale")
+        return top
+
+    top = conv_bn("conv1/7x7_s2", "conv1/relu_7x7", n.data, 64, 7, 2, 3)
+    n["pool1/3x3_s2"] = top = max_pool(top, 3, 2)
+    top = conv_bn("conv2/3x3_reduce", "conv2/relu_3x3_reduce", top, 64, 1)
+    top = conv_bn("conv2/3x3", "conv2/relu_3x3", top, 192, 3, pad=1)
+    n["pool2/3x3_s2"] = top = max_pool(top, 3, 2)
+    ave, mx = P.Pooling.AVE, P.Pooling.MAX
+    for name, *widths in (
+            ("3a", 64, 64, 64, 64, 96, ave, 32, (16, 256)),
+            ("3b", 64, 64, 96, 64, 96, ave, 64, (20, 320)),
+            ("3c", None, 128, 160, 64, 96, None, None, (36, 576)),
+            ("4a", 224, 64, 96, 96, 128, ave, 128, (36, 576)),
+            ("4b", 192, 96, 128, 96, 128, ave, 128, (36, 576)),
+            ("4c", 160, 128, 160, 128, 160, ave, 128, (38, 608)),
+            ("4d", 96, 128, 192, 160, 192, ave, 128, (38, 608)),
+            ("4e", None, 128, 192, 192, 256, None, None, (66, 1056)),
+            ("5a", 352, 192, 320, 160, 224, ave, 128, (64, 1024)),
+            ("5b", 352, 192, 320, 192, 224, mx, 128, (64, 1024))):
+        top = module("inception_" + name, top, *widths)
+    n["pool5/7x7_s1"] = top = ave_pool(top, 7, 1)
+    n.classifier = top = fc(top, 1000, filler=GAUSS)
+    heads(n, top)
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -696,6 +784,7 @@ NETS = {
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
     "densenet121": (densenet121, "DENSENET_121"),
+    "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
