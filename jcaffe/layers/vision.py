@@ -895,9 +895,21 @@ def _first_max(a, axis, k, stride, count, kind):
     return best, offset
 
 
+def _tiles(a, axis, k, count):
+    """``a``'s first count * k positions along ``axis`` as (count, k) there: the windows
+    of a tiling (stride k, or a single window), each on its own axis after ``axis``."""
+    a = _axis_slice(a, axis, 0, count * k, 1)
+    return a.reshape(a.shape[:axis] + (count, k) + a.shape[axis + 1:])
+
+
 def _window_views_sum(a, axis, k, stride, count):
     """Along ``axis``, the sum of each window o * stride + [0, k), o < count: k strided
-    views added (XLA fuses them into one loop)."""
+    views added (XLA fuses them into one loop). Windows that tile the axis (stride k, or
+    one window: global pooling) are one reduction over the tiles' axis: a global AVE
+    pool of a 28x28 map was 28 + 28 views, and its backward 28 x 28 padded pieces
+    (SE-BN-Inception's squeeze blocks, benchmarks/NOTES.md, fifty-first session)."""
+    if k > 1 and (count == 1 or stride == k):
+        return jnp.sum(_tiles(a, axis, k, count), axis=axis + 1)
     total = _axis_slice(a, axis, 0, count, stride)
     for i in range(1, k):
         total = total + _axis_slice(a, axis, i, count, stride)
@@ -908,8 +920,18 @@ def _scatter_windows(pieces, axis, stride, length):
     """The adjoint of taking k strided views along ``axis``: out[o * stride + i] +=
     pieces[i][o], out ``length`` long. Positions split by their residue r modulo the
     stride; view i lands on phase i % stride shifted by i // stride (a pad), and the
-    phases are interleaved by one stack and reshape."""
+    phases are interleaved by one stack and reshape. The same piece k times over windows
+    that tile the axis (stride k, or one window) is that piece broadcast over each tile:
+    one pass, not k pads and adds (:func:`_window_views_sum`)."""
     count = pieces[0].shape[axis]
+    k = len(pieces)
+    if k > 1 and (count == 1 or stride == k) and all(p is pieces[0] for p in pieces):
+        piece = jnp.expand_dims(pieces[0], axis + 1)
+        tiled = jnp.broadcast_to(piece, piece.shape[:axis + 1] + (k,) + piece.shape[axis + 2:])
+        tiled = tiled.reshape(piece.shape[:axis] + (count * k,) + piece.shape[axis + 2:])
+        config = [(0, 0, 0)] * tiled.ndim
+        config[axis] = (0, length - count * k, 0)
+        return lax.pad(tiled, jnp.zeros((), tiled.dtype), config)
     span = -(-length // stride)
     zero = jnp.zeros((), pieces[0].dtype)
     phases = []
