@@ -363,6 +363,13 @@ def _as(x, last, want):
     return _to_last(x) if want else _to_first(x)
 
 
+def _carried(s):
+    """Per bottom of slot ``s``: whether it is 4-d, the layout a channels-last run moves.
+    A layer's other bottoms (the (N, C) weights of an SE block's Scale) are handed to it
+    as they are, and their diffs come back so."""
+    return tuple(len(shape) == 4 for shape in s.layer.bottom_shapes)
+
+
 def _held(x):
     """A channels-last (N, H, W, C) value as it is held in a blob of Caffe's shape
     (N, C, H, W) by a fused solver step: the same bytes, reshaped, not transposed."""
@@ -524,9 +531,10 @@ class Segment:
             return {s.index: ((False,) * len(s.bottoms), False, False) for s in self.slots
                     if s.layer.forward_writes_tops}, frozenset()
         slots = [s for s in self.slots if s.layer.forward_writes_tops]
-        four = {s.index: bool(s.bottoms) and all(
-            len(shape) == 4 for shape in tuple(s.layer.bottom_shapes) + tuple(s.layer.top_shapes))
-            for s in slots}
+        # (4-d tops, and 4-d bottoms but for those a channels-last run hands over as they
+        # are: _carried)
+        four = {s.index: any(_carried(s)) and all(len(shape) == 4 for shape in s.layer.top_shapes)
+                for s in slots}
         sink = {s.index: four[s.index] and s.layer.channels_last_top() for s in slots}
         # (a layer whose backward runs here computes channels-last only where its
         # backward is as good so: channels_last_backward_ok)
@@ -553,7 +561,8 @@ class Segment:
                 last.difference_update(s.tops)
                 continue
             given = tuple(b in last for b in s.bottoms)
-            run = can[s.index] and 2 * sum(given) > len(given) and (useful[s.index] or reads[s.index])
+            moved = [g for g, c in zip(given, _carried(s)) if c]
+            run = can[s.index] and 2 * sum(moved) > len(moved) and (useful[s.index] or reads[s.index])
             top = run or (sink[s.index] and useful[s.index])
             plan[s.index] = (given, run, top)
             (last.update if top else last.difference_update)(s.tops)
@@ -595,7 +604,8 @@ class Segment:
             with jax.named_scope(_scope(layer, "forward")), _user_layer(layer, "forward"):
                 fn = (layer.forward_channels_last if run
                       else layer.forward_top_last if top_last else layer.forward)
-                out = fn(lp, [_as(env[b], b in last, run) for b in s.bottoms], key)
+                out = fn(lp, [_as(env[b], b in last, run and c)
+                              for b, c in zip(s.bottoms, _carried(s))], key)
             tops = out[0]
             if layer.stores_tops_after([writer.get(b) for b in s.bottoms]):
                 tops = [materialize(t) for t in tops]
@@ -764,7 +774,8 @@ class Segment:
                     ones[p.dtype] = _one_after(after, p.dtype)
             lp = [p * ones[p.dtype] if o else p for p, o in zip(lp, ordered)]
             run, top_last = plan[s.index][1:] if s.index in plan else (False, False)
-            bottoms = [value(b, run) for b in s.bottoms]
+            carried = _carried(s)
+            bottoms = [value(b, run and c) for b, c in zip(s.bottoms, carried)]
             tops = [value(t, run) for t in s.tops]
             dys = [_as(env[t], t in last, run) for t in s.tops]
             with jax.named_scope(_scope(layer, "backward")), _user_layer(layer, "backward"):
@@ -786,13 +797,14 @@ class Segment:
                         [_first(p)] if o and p.size and not (
                             pid in in_order and p.size * p.dtype.itemsize >= self.update_min_bytes)
                         else firsts)
-            for name, need, diff in zip(s.bottoms, s.bottom_need_backward, bottom_diffs):
+            for name, need, diff, c in zip(s.bottoms, s.bottom_need_backward, bottom_diffs,
+                                           carried):
                 if need:
                     if diff is None:
                         raise ValueError("%s layer '%s' returned no diff for bottom '%s' although "
                                          "propagate_down is true" % (layer.type, layer.name, name))
                     env[name] = diff
-                    (last.add if run else last.discard)(name)
+                    (last.add if run and c else last.discard)(name)
             computed = []
             for k, (pid, pd, diff) in enumerate(zip(s.param_ids, layer.param_propagate_down,
                                                     p_diffs)):
@@ -840,9 +852,9 @@ class Segment:
         plan, last = self.layout_plan(), set()
         for s in reversed(active):
             run = plan[s.index][1] if s.index in plan else False
-            for name, need in zip(s.bottoms, s.bottom_need_backward):
+            for name, need, c in zip(s.bottoms, s.bottom_need_backward, _carried(s)):
                 if need:
-                    (last.add if run else last.discard)(name)
+                    (last.add if run and c else last.discard)(name)
         return frozenset(last & set(written))
 
     def held_blobs(self):

@@ -761,3 +761,47 @@ def test_split_groups_are_joined_channels_last(tmp_path, monkeypatch, x64):
                        r"conv2\.(?:forward|backward)/concatenate\"", hlo)
     maps = [j for j in joins if j != "f32[40,20,3,3]"]
     assert sorted(maps) == ["f32[2,8,8,40]", "f32[2,8,8,40]"], joins
+
+
+SE_NET = """
+name: "se"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param {
+  num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "gp" type: "Pooling" bottom: "c1" top: "gp" pooling_param { pool: AVE global_pooling: true } }
+layer { name: "down" type: "Convolution" bottom: "gp" top: "down" convolution_param {
+  num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 }
+  bias_filler { type: "constant" value: 1 } } }
+layer { name: "rd" type: "ReLU" bottom: "down" top: "down" }
+layer { name: "up" type: "Convolution" bottom: "down" top: "up" convolution_param {
+  num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "prob" type: "Sigmoid" bottom: "up" top: "up" }
+layer { name: "w" type: "Reshape" bottom: "up" top: "w" reshape_param { shape { dim: 0 dim: 0 } } }
+layer { name: "se" type: "Scale" bottom: "c1" bottom: "w" top: "se" scale_param { axis: 0 } }
+layer { name: "c2" type: "Convolution" bottom: "se" top: "c2" convolution_param {
+  num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "Reduction" bottom: "c2" top: "loss" loss_weight: 1
+  reduction_param { operation: SUMSQ } }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_an_se_blocks_scale_runs_channels_last_with_its_weights_as_they_are(
+        tmp_path, monkeypatch, x64):
+    """A Scale with two bottoms at axis 0 (an SE block: each image's channels times their
+    (N, C) weights) between two convolutions runs channels-last: its 4-d bottom comes
+    so, its 2-d weights and their diff as they are. Every blob, diff and param diff is
+    what the net computes in Caffe's order, float64."""
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal(
+            net.blobs["data"].shape)
+    results, net = _in_both_orders(tmp_path, monkeypatch, SE_NET, feed)
+    (plan, blobs, _, diffs), (plan0, _, _, _) = results
+    assert not any(p[1] or p[2] for p in plan0.values())
+    assert plan["se"] == ((True, False), True, True)
+    assert blobs["w"][0].shape == blobs["w"][1].shape == (2, 4)
+    _assert_same(results, 1e-11, 1e-10)
+    assert all(np.any(d) for d in diffs["down"] + diffs["up"] + diffs["c1"])

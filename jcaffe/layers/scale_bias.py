@@ -62,28 +62,49 @@ class _Broadcast(JaxLayer):
         self.s_ndim = len(s_shape)
         return [shape]
 
-    # One bottom and a per-channel blob (axis 1, one axis): the engine may hand a 4-d
-    # bottom held channels-last (jcaffe.engine, "channels-last runs"; ResNet's and
-    # MobileNet's Scale after each BatchNorm), and the blob then sits on axis 3.
+    # The engine may hand a 4-d bottom 0 held channels-last, (N, H, W, C) (jcaffe.engine,
+    # "channels-last runs"), where the blob is per channel (one bottom, axis 1, one axis:
+    # ResNet's and MobileNet's Scale after each BatchNorm) and then sits on axis 3, or per
+    # image and channel ((N, C) as bottom 1, axis 0: an SE block's excitation) and then
+    # sits on axes 0 and 3; bottom 1 comes as it is. In Caffe's order an SE block's Scale
+    # read its Concat transposed and the next module's convolutions transposed its top
+    # back (SE-BN-Inception, benchmarks/NOTES.md, fifty-first session).
+    _s_axes = None          # (set for a channels-last call)
+
+    def _channels_last_axes(self):
+        if len(self.bottom_shapes[0]) != 4:
+            return None
+        if len(self.bottom_shapes) == 1 and self.axis == 1 and self.s_ndim == 1:
+            return (3,)
+        if len(self.bottom_shapes) == 2 and self.axis == 0 and self.s_ndim == 2:
+            return (0, 3)
+        return None
+
     def channels_last_ok(self):
-        return len(self.bottom_shapes) == 1 and self.axis == 1 and self.s_ndim == 1
+        return self._channels_last_axes() is not None
 
     @contextlib.contextmanager
     def channels_last_context(self):
-        self.axis = 3
+        self._s_axes = self._channels_last_axes()
         try:
             yield
         finally:
-            self.axis = 1
+            del self._s_axes
+
+    def s_axes(self):
+        """The axes of bottom 0 that the scale/bias spans, in its order."""
+        return self._s_axes or tuple(range(self.axis, self.axis + self.s_ndim))
 
     def expand(self, s, ndim):
         """The scale/bias reshaped to broadcast against a bottom of ``ndim`` axes."""
-        shape = (1,) * self.axis + tuple(s.shape) + (1,) * (ndim - self.axis - s.ndim)
+        shape = [1] * ndim
+        for axis, d in zip(self.s_axes(), s.shape):
+            shape[axis] = d
         return jnp.reshape(s, shape)
 
     def reduce(self, g):
         """Sum ``g`` (bottom 0 shaped) over every axis the scale/bias is broadcast along."""
-        keep = range(self.axis, self.axis + self.s_ndim)
+        keep = self.s_axes()
         return jnp.sum(g, axis=tuple(i for i in range(g.ndim) if i not in keep))
 
 
