@@ -128,8 +128,9 @@ def _memory_row(results, caffe_mb):
         count, with_buffers = caffe_mb(net)
         worst = max(worst, mine / with_buffers)
         parts.append("%s %.0f MB: %.2fx Caffe's arrays with its layers' buffers (%.0f MB), "
-                     "%.2fx the bare count (%.0f MB)" % (_label(results, net, "train_" + net), mine, mine / with_buffers,
-                                                          with_buffers, mine / count, count))
+                     "%.2fx the bare count (%.0f MB)"
+                     % (_label(results, net, "train_" + net), mine, mine / with_buffers,
+                        with_buffers, mine / count, count))
     if not parts:
         return (target,) + NOT_RUN
     return (target, "; ".join(parts), "yes" if worst <= 1.3 else "**no**")

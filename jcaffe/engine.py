@@ -516,9 +516,11 @@ class Segment:
         A layer whose computation writes its tops channels-last (``channels_last_top``:
         a convolution on XLA's kernel, or a GEMM one writing its product so) keeps them
         so, and a layer that can compute so (``channels_last_ok``) runs channels-last
-        where more than half of its bottoms come so (the others are transposed in: one
-        branch of a GoogLeNet inception's Concat that is a GEMM convolution; with half,
-        as at a ResNeXt block's Eltwise, it computes in Caffe's order); but only where
+        where more than half of its 4-d bottoms come so (the rest of those are
+        transposed in: one branch of a GoogLeNet inception's Concat that is a GEMM
+        convolution; with half, as at a ResNeXt block's Eltwise, it computes in Caffe's
+        order; its other bottoms, an SE block's (N, C) weights, pass as they are:
+        ``_carried``); but only where
         the values flow on, through such layers, into a layer that reads them
         channels-last (``channels_last_reader``: a convolution on XLA's kernel, a
         depthwise or 1x1 map, a grouped map split into XLA's convolutions). Such a
