@@ -45,6 +45,7 @@ NETS = {
     "nin": ("nin.prototxt", 32, (3, 224, 224), "pool4"),
     "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
     "se_bn_inception": ("se_bn_inception.prototxt", 32, (3, 224, 224), "classifier"),
+    "inception_v3": ("inception_v3.prototxt", 16, (3, 299, 299), "classifier"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -183,14 +184,17 @@ def pool_params(l, in_hw):
 
 
 def conv_params(l):
+    """(kernel, stride, pad) as (h, w) pairs, whether written once, per axis, or as
+    kernel_h/kernel_w, stride_h/stride_w, pad_h/pad_w (Inception-v3's 1x7 and 7x1)."""
     p = l.convolution_param
-    k = list(p.kernel_size) or [p.kernel_h, p.kernel_w]
-    k = k * 2 if len(k) == 1 else k
-    s = list(p.stride) or [1]
-    s = s * 2 if len(s) == 1 else s
-    pad = list(p.pad) or [0]
-    pad = pad * 2 if len(pad) == 1 else pad
-    return tuple(k), tuple(s), tuple(pad), p.group, p.num_output, p.bias_term
+
+    def pair(values, h, w, has_h, default):
+        values = list(values) or ([h, w] if has_h else [default])
+        return tuple(values * 2 if len(values) == 1 else values)
+    k = pair(p.kernel_size, p.kernel_h, p.kernel_w, p.HasField("kernel_h"), None)
+    s = pair(p.stride, p.stride_h, p.stride_w, p.HasField("stride_h"), 1)
+    pad = pair(p.pad, p.pad_h, p.pad_w, p.HasField("pad_h"), 0)
+    return k, s, pad, p.group, p.num_output, p.bias_term
 
 
 def shared_layers(param):

@@ -85,7 +85,7 @@ def matmul_peak(repeats=20):
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet", "nin",
-                     "se_bn_inception")
+                     "se_bn_inception", "inception_v3")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -283,7 +283,8 @@ def main():
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
              ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
-             ("densenet121", "3", "1"), ("se_bn_inception", "3", "1")]) + runs(
+             ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
+             ("inception_v3", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
             "train", "bench_train.py", [("resnext50", "3", "1")],
@@ -301,8 +302,8 @@ def main():
             "forward", "bench_forward.py",
             [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
              ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
-             ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"), ("resnext50", "5", "1"),
-             ("vgg16", "5", "1"),
+             ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
+             ("inception_v3", "5", "1"), ("resnext50", "5", "1"), ("vgg16", "5", "1"),
              ("fcn32s", "3", "1")], "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -442,6 +443,9 @@ def render(state, opts):
          "BatchNorm and Scale after every convolution, each module's channels weighted per "
          "image by a squeeze-and-excitation block: a Scale with two bottoms)",
          "train_se_bn_inception", forward_gflop("se_bn_inception", False) * 3, None),
+        ("Training step, Inception-v3 (batch 16, 3x299x299; BatchNorm and Scale after every "
+         "convolution, 7x7s factored into 1x7 and 7x1, and 1x3 and 3x1 side by side)",
+         "train_inception_v3", forward_gflop("inception_v3", False) * 3, None),
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
@@ -484,6 +488,8 @@ def render(state, opts):
          forward_gflop("densenet121", True), None),
         ("Forward (deploy, TEST), SE-BN-Inception (batch 32, 3x224x224)",
          "forward_se_bn_inception", forward_gflop("se_bn_inception", True), None),
+        ("Forward (deploy, TEST), Inception-v3 (batch 16, 3x299x299)",
+         "forward_inception_v3", forward_gflop("inception_v3", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",

@@ -169,6 +169,26 @@ def test_se_bn_inception_contenders_agree():
     _check("se_bn_inception", 2)
 
 
+@pytest.mark.slow
+def test_inception_v3_contenders_agree(monkeypatch):
+    """Inception-v3: its 7x7s factored into 1x7 and 7x1 convolutions (kernel_h/kernel_w,
+    pad_h/pad_w, which the references read as Caffe does), 1x3 and 3x1 side by side on
+    one bottom, BatchNorm (batch statistics) and Scale after every convolution, AVE
+    pools with pad 1 (Caffe's divisor counts the padding), MAX pools. The deploy outputs
+    and the first training loss with its Dropout's ratio set to 0 (each contender draws
+    its masks from its own random stream). Slow: 90 s, three compiles at 299x299."""
+    net_param = nets.net_param
+
+    def without_dropout(*args, **kwargs):
+        param = net_param(*args, **kwargs)
+        for layer in param.layer:
+            if layer.type == "Dropout":
+                layer.dropout_param.dropout_ratio = 0
+        return param
+    monkeypatch.setattr(nets, "net_param", without_dropout)
+    _check("inception_v3", 2)
+
+
 def test_nin_contenders_agree():
     """Network in Network: 11x11 stride 4, 5x5 and 3x3 convolutions each followed by two
     1x1 ones on the same map, MAX pools (pool0's last window overhanging: Caffe's ceil),

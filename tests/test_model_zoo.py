@@ -34,6 +34,7 @@ NETS = {
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
     "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
+    "inception_v3": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
@@ -198,6 +199,94 @@ def test_se_block_backward_is_jax_grads_in_float64(tmp_path):
     report = gradcheck.check_net(str(path), samples=6).assert_ok()
     names = {c.name for c in report.checks}
     assert {"param se_1x1_down[0]", "param conv[0]", "param conv/bn/scale[0]"} <= names
+
+
+def test_inception_v3_factors_its_kernels():
+    """Inception-v3 (the Caffe port's 403 layers): 299x299 down to 35x35 by valid
+    convolutions and MAX pools (Caffe's ceil keeps 147 -> 73 and 71 -> 35), the 17x17
+    modules' 7x7s as a 1x7 then a 7x1 (weights (O, I, 1, 7) and (O, I, 7, 1), padded
+    only along the kernel's long axis so the map keeps its size), the 8x8 modules' 1x3
+    and 3x1 reading one bottom side by side into a 2048-channel Concat."""
+    param = _load("inception_v3", 1)
+    eps = [l.batch_norm_param.eps for l in param.layer if l.type == "BatchNorm"]
+    assert len(eps) == 94 and eps == pytest.approx([1e-3] * 94)
+    net = jcaffe.Net(param, jcaffe.TEST)
+    assert net.blobs["pool1_3x3_s2"].shape == (1, 64, 73, 73)
+    assert net.blobs["pool2_3x3_s2"].shape == (1, 192, 35, 35)
+    assert net.blobs["inception_a3_output"].shape == (1, 288, 35, 35)
+    assert net.blobs["reduction_a_concat"].shape == (1, 768, 17, 17)
+    assert net.blobs["inception_b1_1x7"].shape == (1, 128, 17, 17)
+    assert net.blobs["reduction_b_concat"].shape == (1, 1280, 8, 8)
+    assert net.blobs["inception_c2_concat"].shape == (1, 2048, 8, 8)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["inception_b1_1x7"] == [(128, 128, 1, 7)]
+    assert shapes["inception_b1_7x1"] == [(192, 128, 7, 1)]
+    assert shapes["inception_c1_1x3"] == [(384, 384, 1, 3)]
+    assert shapes["inception_c1_3x1"] == [(384, 384, 3, 1)]
+    assert shapes["conv1_3x3_s2_bn"] == [(32,), (32,), (1,)]
+    c1 = net.bottom_names["inception_c1_concat"]
+    assert c1[1:3] == ["inception_c1_1x3", "inception_c1_3x1"]
+    # (one bottom read twice: Caffe's Split between them, named as Caffe names it)
+    split = "inception_c1_1x3_reduce_inception_c1_1x3_reduce_relu_0_split_"
+    assert net.bottom_names["inception_c1_1x3"] == [split + "0"]
+    assert net.bottom_names["inception_c1_3x1"] == [split + "1"]
+
+
+FACTORED = """
+name: "factored"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 3 dim: 3 dim: 9 dim: 8 } shape { dim: 3 } } }
+layer { name: "1x7" type: "Convolution" bottom: "data" top: "1x7"
+        convolution_param { num_output: 4 kernel_h: 1 kernel_w: 5 pad_h: 0 pad_w: 2
+                            bias_term: false weight_filler { type: "msra" } } }
+layer { name: "1x7_bn" type: "BatchNorm" bottom: "1x7" top: "1x7"
+        batch_norm_param { eps: 0.001 } }
+layer { name: "1x7_scale" type: "Scale" bottom: "1x7" top: "1x7"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "1x7_relu" type: "ReLU" bottom: "1x7" top: "1x7" }
+layer { name: "7x1" type: "Convolution" bottom: "1x7" top: "7x1"
+        convolution_param { num_output: 5 kernel_h: 5 kernel_w: 1 pad_h: 2 pad_w: 0
+                            bias_term: false weight_filler { type: "msra" } } }
+layer { name: "1x3" type: "Convolution" bottom: "7x1" top: "1x3"
+        convolution_param { num_output: 3 kernel_h: 1 kernel_w: 3 pad_h: 0 pad_w: 1
+                            weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "3x1" type: "Convolution" bottom: "7x1" top: "3x1"
+        convolution_param { num_output: 3 kernel_h: 3 kernel_w: 1 pad_h: 1 pad_w: 0
+                            weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "s2" type: "Convolution" bottom: "7x1" top: "s2"
+        convolution_param { num_output: 2 kernel_h: 3 kernel_w: 2 stride_h: 2 stride_w: 1
+                            weight_filler { type: "msra" } } }
+layer { name: "pool" type: "Pooling" bottom: "7x1" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "concat" type: "Concat" bottom: "1x3" bottom: "3x1" bottom: "pool"
+        top: "concat" }
+layer { name: "gpool" type: "Pooling" bottom: "concat" top: "gpool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "gpool2" type: "Pooling" bottom: "s2" top: "gpool2"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "pooled" type: "Concat" bottom: "gpool" bottom: "gpool2" top: "pooled" }
+layer { name: "fc" type: "InnerProduct" bottom: "pooled" top: "fc"
+        inner_product_param { num_output: 4 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_factored_kernels_backward_is_jax_grads_in_float64(tmp_path):
+    """Inception-v3's patterns, small: a 1xk then a kx1 convolution (pad_h/pad_w along
+    the long axis only) with BatchNorm (batch statistics), Scale and ReLU, a 1x3 and a
+    3x1 side by side on one bottom, a 3x2 kernel with stride 2 along H only, and an AVE
+    pool with pad 1, joined by Concat. The whole net's backward, in float64, against
+    jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "factored.prototxt"
+    path.write_text(FACTORED)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param 1x7[0]", "param 1x7_scale[0]", "param 7x1[0]", "param 1x3[0]",
+            "param 3x1[1]", "param s2[0]"} <= names, names
 
 
 def test_resnext50_grouped_layers_have_caffes_shapes():

@@ -442,6 +442,101 @@ def se_bn_inception():
     return n
 
 
+def inception_v3():
+    """Inception-v3 (Szegedy et al. 2016) as its Caffe port writes it (soeaver/caffe-model,
+    cls/inception/deploy_inception-v3.prototxt, converted from TensorFlow's release): a
+    stem of five convolutions and two stride-2 MAX pools from 299x299 to 35x35; three
+    35x35 modules (a 1x1, a 5x5 after a 1x1, two 3x3s after a 1x1, an AVE pool with a
+    1x1 projection); a reduction to 17x17 (a stride-2 3x3, two 3x3s ending at stride 2,
+    a MAX pool); four 17x17 modules whose 7x7s are factored into 1x7 and 7x1
+    convolutions (kernel_h/kernel_w with pad_h/pad_w: one pair, and two pairs one after
+    the other); a reduction to 8x8 through a 1x7, 7x1 and stride-2 3x3; two 8x8 modules
+    whose 1x3 and 3x1 convolutions read the same bottom side by side (the last one's
+    pool MAX); global AVE pooling, Dropout 0.2 and the classifier. Every convolution is
+    without bias and followed by BatchNorm (eps 0.001), Scale with bias and ReLU, all in
+    place. Layer names as published. The port is a deploy file (BatchNorm with
+    use_global_stats): here BatchNorm takes Caffe's default by phase, the weights keep
+    its xavier filler; the DummyData, loss and accuracy are added as for the other
+    nets."""
+    n = NetSpec()
+    data(n, 16, (3, 299, 299))
+
+    def conv_bn(name, bottom, num, k, stride=1, pad=0, relu_name=None):
+        """``k`` and ``pad``: one number, or (h, w) for the factored kernels."""
+        kw = dict(num_output=num, bias_term=False, weight_filler=XAVIER,
+                  param=[dict(lr_mult=1, decay_mult=1)])
+        if isinstance(k, tuple):
+            kw.update(kernel_h=k[0], kernel_w=k[1], pad_h=pad[0], pad_w=pad[1])
+        else:
+            kw.update(kernel_size=k, pad=pad)
+        n[name] = top = L.Convolution(bottom, stride=stride, **kw)
+        n[name + "_bn"] = L.BatchNorm(top, batch_norm_param=dict(eps=0.001), in_place=True)
+        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+        n[relu_name or name + "_relu"] = relu(top)
+        return top
+
+    def pool(name, bottom, kind, stride, pad=0):
+        kw = dict(pad=pad) if pad else {}
+        n[name] = top = L.Pooling(bottom, pool=kind, kernel_size=3, stride=stride, **kw)
+        return top
+
+    ave, mx = P.Pooling.AVE, P.Pooling.MAX
+    r17, r71 = (1, 7), (7, 1)
+    p17, p71 = (0, 3), (3, 0)
+    top = conv_bn("conv1_3x3_s2", n.data, 32, 3, 2, relu_name="conv1_3x3_relu")
+    top = conv_bn("conv2_3x3_s1", top, 32, 3, relu_name="conv2_3x3_relu")
+    top = conv_bn("conv3_3x3_s1", top, 64, 3, pad=1, relu_name="conv3_3x3_relu")
+    top = pool("pool1_3x3_s2", top, mx, 2)
+    top = conv_bn("conv4_3x3_reduce", top, 80, 1, relu_name="conv4_relu_3x3_reduce")
+    top = conv_bn("conv4_3x3", top, 192, 3, relu_name="conv4_relu_3x3")
+    top = pool("pool2_3x3_s2", top, mx, 2)
+    for i, proj in zip((1, 2, 3), (32, 64, 64)):
+        m = "inception_a%d_" % i
+        a = conv_bn(m + "1x1", top, 64, 1)
+        b = conv_bn(m + "5x5", conv_bn(m + "5x5_reduce", top, 48, 1), 64, 5, pad=2)
+        c = conv_bn(m + "3x3_reduce", top, 64, 1)
+        c = conv_bn(m + "3x3_2", conv_bn(m + "3x3_1", c, 96, 3, pad=1), 96, 3, pad=1)
+        d = conv_bn(m + "pool_proj", pool(m + "pool", top, ave, 1, 1), proj, 1)
+        n[m + "output"] = top = L.Concat(a, b, c, d)
+    m = "reduction_a_"
+    a = conv_bn(m + "3x3", top, 384, 3, 2)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 64, 1), 96, 3, pad=1)
+    b = conv_bn(m + "3x3_3", b, 96, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, pool(m + "pool", top, mx, 2))
+    for i, c7 in zip((1, 2, 3, 4), (128, 160, 160, 192)):
+        m = "inception_b%d_" % i
+        a = conv_bn(m + "1x1_2", top, 192, 1)
+        b = conv_bn(m + "1x7", conv_bn(m + "1x7_reduce", top, c7, 1), c7, r17, pad=p17)
+        b = conv_bn(m + "7x1", b, 192, r71, pad=p71)
+        c = conv_bn(m + "7x1_2", conv_bn(m + "7x1_reduce", top, c7, 1), c7, r71, pad=p71)
+        c = conv_bn(m + "1x7_2", c, c7, r17, pad=p17)
+        c = conv_bn(m + "7x1_3", c, c7, r71, pad=p71)
+        c = conv_bn(m + "1x7_3", c, 192, r17, pad=p17)
+        d = conv_bn(m + "1x1", pool(m + "pool_ave", top, ave, 1, 1), 192, 1)
+        n[m + "concat"] = top = L.Concat(a, b, c, d)
+    m = "reduction_b_"
+    a = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 192, 1), 320, 3, 2)
+    b = conv_bn(m + "1x7", conv_bn(m + "1x7_reduce", top, 192, 1), 192, r17, pad=p17)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "7x1", b, 192, r71, pad=p71), 192, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, pool(m + "pool", top, mx, 2))
+    for i, kind in zip((1, 2), (ave, mx)):
+        m = "inception_c%d_" % i
+        a = conv_bn(m + "1x1_2", top, 320, 1)
+        x = conv_bn(m + "1x3_reduce", top, 384, 1)
+        b = [conv_bn(m + "1x3", x, 384, (1, 3), pad=(0, 1)),
+             conv_bn(m + "3x1", x, 384, (3, 1), pad=(1, 0))]
+        x = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 448, 1), 384, 3, pad=1)
+        c = [conv_bn(m + "1x3_2", x, 384, (1, 3), pad=(0, 1)),
+             conv_bn(m + "3x1_2", x, 384, (3, 1), pad=(1, 0))]
+        d = conv_bn(m + "1x1", pool(m + "pool", top, kind, 1, 1), 192, 1)
+        n[m + "concat"] = top = L.Concat(a, *b, *c, d)
+    n.pool_8x8_s1 = L.Pooling(top, pool=ave, global_pooling=True)
+    n.pool_8x8_s1_drop = L.Dropout(n.pool_8x8_s1, dropout_ratio=0.2)
+    n.classifier = top = fc(n.pool_8x8_s1_drop, 1000)
+    heads(n, top)
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -785,6 +880,7 @@ NETS = {
     "nin": (nin, "nin_imagenet"),
     "densenet121": (densenet121, "DENSENET_121"),
     "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
+    "inception_v3": (inception_v3, "Inception-v3"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
