@@ -46,6 +46,7 @@ NETS = {
     "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
     "se_bn_inception": ("se_bn_inception.prototxt", 32, (3, 224, 224), "classifier"),
     "inception_v3": ("inception_v3.prototxt", 16, (3, 299, 299), "classifier"),
+    "dpn92": ("dpn92.prototxt", 16, (3, 224, 224), "classifier"),
 }
 SEQUENCE_STREAMS = {"lrcn": 100}
 
@@ -296,7 +297,8 @@ def channel_weights(l, x, w):
 
 
 def slice_bounds(l, size):
-    """[(start, stop)] of each top of Slice ``l`` along axis 1 (the nets' only one)."""
+    """[(start, stop)] of each top of Slice ``l`` along axis 1 (the only axis the nets
+    cut)."""
     p = l.slice_param
     if (p.axis if p.HasField("axis") else p.slice_dim if p.HasField("slice_dim") else 1) != 1:
         raise NotImplementedError("Slice along an axis other than 1")

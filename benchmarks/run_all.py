@@ -287,7 +287,7 @@ def main():
              ("inception_v3", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
-            "train", "bench_train.py", [("resnext50", "3", "1")],
+            "train", "bench_train.py", [("resnext50", "3", "1"), ("dpn92", "3", "1")],
             "--only", "jcaffe Solver.step,PyTorch eager") + runs(
             "train", "bench_train.py", [("fcn32s", "3", "1"), ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
@@ -303,7 +303,8 @@ def main():
             [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
              ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
              ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
-             ("inception_v3", "5", "1"), ("resnext50", "5", "1"), ("vgg16", "5", "1"),
+             ("inception_v3", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
+             ("vgg16", "5", "1"),
              ("fcn32s", "3", "1")], "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -449,6 +450,10 @@ def render(state, opts):
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
+        ("Training step, DPN-92 (batch 16, 3x224x224; pre-activation blocks with 3x3 "
+         "convolutions in 32 groups, each block's last 1x1 cut by a Slice into a residual "
+         "Eltwise path and a dense Concat path; pure JAX not timed, as ResNeXt-50's)",
+         "train_dpn92", forward_gflop("dpn92", False) * 3, None),
         ("Training step, FCN-32s (batch 1, 3x500x500; VGG-16 padded by 100, a 64x64 stride-32 "
          "Deconvolution with lr_mult 0, Crop, per-pixel SoftmaxWithLoss)", "train_fcn32s",
          forward_gflop("fcn32s", False) * 3, None),
@@ -492,6 +497,8 @@ def render(state, opts):
          "forward_inception_v3", forward_gflop("inception_v3", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
+        ("Forward (deploy, TEST), DPN-92 (batch 16, 3x224x224)", "forward_dpn92",
+         forward_gflop("dpn92", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",

@@ -223,6 +223,15 @@ def test_resnext50_contenders_agree():
 
 
 @pytest.mark.slow
+def test_dpn92_contenders_agree():
+    """DPN-92: Slices cutting each block's last 1x1 between an Eltwise residual path and
+    a Concat dense path, 3x3 convolutions in 32 groups, BatchNorm (batch statistics)
+    and Scale before every convolution, a MAX pool rounded down (FLOOR). The deploy
+    outputs and the first training loss."""
+    _check("dpn92", 2)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["fcn32s", "fcn8s"])
 def test_fcn_contenders_agree(name):
     """Deconvolution (FCN's fixed upsampling, lr_mult 0: no reference differentiates or

@@ -439,6 +439,31 @@ def test_concat_channels_last_joins_along_the_moved_axis(axis, x64):
     assert layer.axis == grow
 
 
+@pytest.mark.parametrize("axis", [1, 2, 0, -1])
+def test_slice_channels_last_cuts_along_the_moved_axis(axis, x64):
+    """Slice of a 4-d bottom held channels-last: the tops and the bottom diff are the
+    layer's own transposed, for a cut along the channels (DPN's blocks) and along the
+    other axes."""
+    shape = (4, 6, 5, 7)
+    grow = axis % 4
+    layer = make_layer('type: "Slice" top: "a" top: "b" top: "c" '
+                       'slice_param { axis: %d slice_point: 1 slice_point: 3 }' % axis,
+                       [shape], dtype=np.float64)
+    assert layer.channels_last_ok()
+    r = np.random.default_rng(7)
+    x = jnp.asarray(r.standard_normal(shape))
+    tops, _ = layer.forward([], [x], None)
+    tops_l, _ = layer.forward_channels_last([], [_last(x)], None)
+    for t, t_l in zip(tops, tops_l):
+        np.testing.assert_array_equal(np.asarray(_last(t)), np.asarray(t_l))
+    dys = [jnp.asarray(r.standard_normal(t.shape)) for t in tops]
+    (dx,), _ = layer.backward([], [x], tops, None, dys, (True,))
+    (dx_l,), _ = layer.backward_channels_last([], [_last(x)], tops_l, None,
+                                              [_last(d) for d in dys], (True,))
+    np.testing.assert_array_equal(np.asarray(_last(dx)), np.asarray(dx_l))
+    assert layer.axis == grow
+
+
 def test_layers_that_stay_in_caffes_order():
     """A Scale with its scale from a second bottom or over two axes, and a grouped
     convolution that is not depthwise, do not compute channels-last. (The grouped map,
@@ -805,3 +830,56 @@ def test_an_se_blocks_scale_runs_channels_last_with_its_weights_as_they_are(
     assert blobs["w"][0].shape == blobs["w"][1].shape == (2, 4)
     _assert_same(results, 1e-11, 1e-10)
     assert all(np.any(d) for d in diffs["down"] + diffs["up"] + diffs["c1"])
+
+
+DPN_NET = """
+name: "dpn"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 dim: 7 dim: 7 } } }
+layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param {
+  num_output: 6 kernel_size: 3 pad: 1 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
+layer { name: "match" type: "Convolution" bottom: "c1" top: "match" convolution_param {
+  num_output: 5 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "match_slice" type: "Slice" bottom: "match" top: "res0" top: "dense0"
+  slice_param { axis: 1 slice_point: 4 } }
+layer { name: "c2" type: "Convolution" bottom: "c1" top: "c2" convolution_param {
+  num_output: 4 kernel_size: 3 pad: 1 group: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "c3" type: "Convolution" bottom: "c2" top: "c3" convolution_param {
+  num_output: 6 kernel_size: 1 weight_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "c3_slice" type: "Slice" bottom: "c3" top: "res1" top: "dense1"
+  slice_param { axis: 1 slice_point: 4 } }
+layer { name: "sum" type: "Eltwise" bottom: "res0" bottom: "res1" top: "sum" }
+layer { name: "dense" type: "Concat" bottom: "dense0" bottom: "dense1" top: "dense" }
+layer { name: "join" type: "Concat" bottom: "sum" bottom: "dense" top: "join" }
+layer { name: "c4" type: "Convolution" bottom: "join" top: "c4" convolution_param {
+  num_output: 3 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "Reduction" bottom: "c4" top: "loss" loss_weight: 1
+  reduction_param { operation: SUMSQ } }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+@pytest.mark.parametrize("deploy", [True, False])
+def test_dpn_blocks_slices_run_channels_last_in_a_forward_only_net(tmp_path, monkeypatch,
+                                                                    x64, deploy):
+    """A dual path block (DPN's): a block's last 1x1 and its "match" 1x1 are each cut by
+    a Slice between a residual path (Eltwise SUM) and a dense one (Concat), joined for
+    the next convolution. Where no backward runs (the net without its loss), the Slices
+    run channels-last, and the paths with them. Where one does, they stay in Caffe's
+    order (Slice.channels_last_backward_ok: DPN-92's step took 1.049x with them
+    channels-last). Every blob, diff and param diff is what the net computes in Caffe's
+    order, float64."""
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(0).standard_normal(
+            net.blobs["data"].shape)
+    text = DPN_NET[:DPN_NET.index('layer { name: "loss"')] if deploy else DPN_NET
+    results, net = _in_both_orders(tmp_path, monkeypatch, text, feed)
+    (plan, _, _, diffs), (plan0, _, _, _) = results
+    assert not any(p[1] or p[2] for p in plan0.values())
+    for name in ("match_slice", "c3_slice"):
+        assert plan[name] == ((True,), deploy, deploy), (name, plan[name])
+    for name in ("sum", "dense", "join"):
+        assert plan[name][1:] == (deploy, deploy), (name, plan[name])
+    _assert_same(results, 1e-11, 1e-10)
+    if not deploy:
+        assert all(np.any(d) for d in diffs["match"] + diffs["c3"] + diffs["c1"])

@@ -36,6 +36,7 @@ NETS = {
     "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
     "inception_v3": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
+    "dpn92": ("conv1", "classifier", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
@@ -287,6 +288,29 @@ def test_factored_kernels_backward_is_jax_grads_in_float64(tmp_path):
     names = {c.name for c in report.checks}
     assert {"param 1x7[0]", "param 1x7_scale[0]", "param 7x1[0]", "param 1x3[0]",
             "param 3x1[1]", "param s2[0]"} <= names, names
+
+
+def test_dpn92_blocks_feed_a_residual_and_a_dense_path():
+    """DPN-92 (the Caffe port's 511 layers): each block's last 1x1 is cut by a Slice,
+    its first channels added to the residual path and the rest joined to the dense
+    path, which grows by the stage's increment per block (16, 32, 24, 128); the first
+    block of each stage makes both paths from its input with a "match" 1x1 (stride 2
+    from the second stage on). The 3x3s have 32 groups; pool1 rounds down (FLOOR)."""
+    net = jcaffe.Net(_load("dpn92", 1), jcaffe.TEST)
+    assert net.blobs["pool1"].shape == (1, 64, 56, 56)
+    assert net.blobs["dpn1_match_conv_split1"].shape == (1, 256, 56, 56)
+    assert net.blobs["dpn1_match_conv_split2"].shape == (1, 32, 56, 56)
+    assert net.blobs["dpn1_conv3_split2"].shape == (1, 16, 56, 56)
+    assert net.blobs["dpn3_concat"].shape == (1, 32 + 3 * 16, 56, 56)
+    assert net.blobs["dpn4_concat_input"].shape == (1, 256 + 80, 56, 56)
+    assert net.blobs["dpn4_match_conv"].shape == (1, 576, 28, 28)
+    assert net.blobs["dpn7_elewise"].shape == (1, 512, 28, 28)
+    assert net.blobs["dpn27_concat"].shape == (1, 48 + 20 * 24, 14, 14)
+    assert net.blobs["pool_ave_concat_input"].shape == (1, 2048 + 256 + 3 * 128, 7, 7)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["dpn1_conv2"] == [(96, 3, 3, 3)]            # 96 channels in 32 groups
+    assert shapes["dpn28_conv2"] == [(768, 24, 3, 3)]
+    assert shapes["classifier"] == [(1000, 2688), (1000,)]
 
 
 def test_resnext50_grouped_layers_have_caffes_shapes():

@@ -14,7 +14,7 @@ from jax import lax
 from ..blob import shape_count, shape_string
 from ..errors import BackwardError, LayerSetupError
 from ..layer import JaxLayer, Layer, register
-from .common import _slice, axis_or_legacy, canonical_axis
+from .common import Concat, _slice, axis_or_legacy, canonical_axis
 
 
 def refuse_index_diff(layer, propagate_down, index, what):
@@ -92,6 +92,25 @@ class Slice(JaxLayer):
         if len(top_diffs) == 1:
             return [top_diffs[0]], []
         return [jnp.concatenate(top_diffs, axis=self.axis)], []
+
+    # 4-d bottoms held channels-last (jcaffe.engine, "channels-last runs"), as Concat's:
+    # DPN's blocks cut each last 1x1 convolution's channels between their residual
+    # (Eltwise) and dense (Concat) paths. In a deploy forward that keeps the blocks
+    # channels-last from one grouped 3x3 (XLA's kernel) to the next: DPN-92's forward
+    # took 0.927x the time (benchmarks/ab_step.py --forward --interleave, 10 pairs,
+    # 0.908-0.945). In a training step it took 1.049x (1.013-1.086, 8 pairs): not this
+    # layer's backward, but the 1x1 convolutions the run then takes channels-last, whose
+    # weight gradients contract the positions, both operands' major axis (the blocks'
+    # first 1x1 in the third stage, 850 against 575 ms a step). So where a backward runs,
+    # a Slice computes in Caffe's order (benchmarks/NOTES.md, fifty-second session).
+    _AXIS_LAST = Concat._AXIS_LAST
+    channels_last_context = Concat.channels_last_context
+
+    def channels_last_ok(self):
+        return len(self.bottom_shapes[0]) == 4
+
+    def channels_last_backward_ok(self):
+        return False
 
 
 @register("Reshape")

@@ -537,6 +537,86 @@ def inception_v3():
     return n
 
 
+def dpn92():
+    """DPN-92 (Dual Path Networks, Chen et al. 2017) as its Caffe port writes it
+    (soeaver/caffe-model, cls/dpn/deploy_dpn92.prototxt): a 7x7 stride-2 conv1 and a 3x3
+    stride-2 MAX pool (pad 1, rounded down: the port's ``ceil_mode: false``, BVLC's
+    round_mode FLOOR), then 3, 4, 20 and 3 pre-activation blocks (BatchNorm, Scale and
+    ReLU on the block's input, a 1x1, a 3x3 with 32 groups, a 1x1), every convolution
+    without bias. Each block's last 1x1 is cut by a Slice: its first channels are added
+    to the residual path (Eltwise SUM), the rest joined to the densely connected path
+    (Concat), and the two paths are concatenated as the next block's input. The first
+    block of each stage makes both paths from its input with a "match" 1x1 (stride 2 from
+    the second stage on, as is the stage's grouped 3x3), sliced the same way. A last
+    BatchNorm, Scale, ReLU, global AVE pool, Flatten and the classifier. Layer names as
+    published. The port is a deploy file with no fillers: BatchNorm (eps 0.001) takes
+    Caffe's default by phase here, the convolutions' weights are msra; the DummyData,
+    loss and accuracy are added as for the other nets."""
+    n = NetSpec()
+    data(n, 16, (3, 224, 224))
+    msra = dict(type="msra")
+
+    def bn_relu(name, bottom, bn_name=None):
+        """BatchNorm (in place where ``bn_name`` is None), Scale with bias, ReLU."""
+        if bn_name:
+            n[bn_name] = top = L.BatchNorm(bottom, batch_norm_param=dict(eps=0.001))
+        else:
+            n[name + "_bn"] = top = L.BatchNorm(bottom, batch_norm_param=dict(eps=0.001),
+                                                in_place=True)
+        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+        n[name + "_relu"] = relu(top)
+        return top
+
+    def plain_conv(name, bottom, num, k, stride=1, pad=0, group=1):
+        kw = dict(num_output=num, kernel_size=k, stride=stride, pad=pad, bias_term=False,
+                  weight_filler=msra)
+        if group != 1:
+            kw["group"] = group
+        n[name] = top = L.Convolution(bottom, **kw)
+        return top
+
+    def sliced(name, bottom, point):
+        n[name + "_split1"], n[name + "_split2"] = tops = L.Slice(
+            bottom, slice_param=dict(axis=1, slice_point=[point]), ntop=2,
+            name=name + "_Slice")
+        return tops
+
+    plain_conv("conv1", n.data, 64, 7, 2, 3)
+    top = bn_relu("conv1", n.conv1)
+    n.pool1 = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3, stride=2, pad=1,
+                              round_mode=P.Pooling.FLOOR)
+    block = 0
+    residual = dense = None
+    for stage, (blocks, inner, width, inc) in enumerate(
+            ((3, 96, 256, 16), (4, 192, 512, 32), (20, 384, 1024, 24),
+             (3, 768, 2048, 128))):
+        stride = 1 if stage == 0 else 2
+        for i in range(blocks):
+            block += 1
+            name = "dpn%d" % block
+            if residual is not None:
+                n[name + "_concat_input"] = top = L.Concat(residual, dense)
+            if i == 0:
+                x = bn_relu(name + "_match", top, bn_name=name + "_match_bn")
+                x = plain_conv(name + "_match_conv", x, width + 2 * inc, 1, stride)
+                residual, dense = sliced(name + "_match_conv", x, width)
+            x = bn_relu(name, top, bn_name=name + "_bn")
+            x = bn_relu(name + "_conv1", plain_conv(name + "_conv1", x, inner, 1))
+            x = plain_conv(name + "_conv2", x, inner, 3, stride if i == 0 else 1, 1, 32)
+            x = bn_relu(name + "_conv2", x)
+            x = plain_conv(name + "_conv3", x, width + inc, 1)
+            new_residual, new_dense = sliced(name + "_conv3", x, width)
+            n[name + "_elewise"] = residual = L.Eltwise(residual, new_residual)
+            n[name + "_concat"] = dense = L.Concat(dense, new_dense)
+    n.pool_ave_concat_input = top = L.Concat(residual, dense)
+    top = bn_relu("pool_ave_concat", top, bn_name="pool_ave_concat_bn")
+    n.pool_ave = L.Pooling(top, pool=P.Pooling.AVE, global_pooling=True)
+    n.pool_ave_flat = L.Flatten(n.pool_ave)
+    n.classifier = top = fc(n.pool_ave_flat, 1000)
+    heads(n, top)
+    return n
+
+
 def _alex_body(n, caffenet):
     """CaffeNet pools before normalizing; AlexNet (as published) normalizes first."""
     n.conv1 = conv(n.data, 96, 11, stride=4, filler=GAUSS)
@@ -881,6 +961,7 @@ NETS = {
     "densenet121": (densenet121, "DENSENET_121"),
     "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
     "inception_v3": (inception_v3, "Inception-v3"),
+    "dpn92": (dpn92, "DPN-92"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
