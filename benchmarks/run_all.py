@@ -450,7 +450,7 @@ def render(state, opts):
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
-        ("Training step, DPN-92 (batch 16, 3x224x224; pre-activation blocks with 3x3 "
+        ("Training step, DPN-92 (batch 8, 3x224x224; pre-activation blocks with 3x3 "
          "convolutions in 32 groups, each block's last 1x1 cut by a Slice into a residual "
          "Eltwise path and a dense Concat path; pure JAX not timed, as ResNeXt-50's)",
          "train_dpn92", forward_gflop("dpn92", False) * 3, None),
@@ -497,7 +497,7 @@ def render(state, opts):
          "forward_inception_v3", forward_gflop("inception_v3", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
-        ("Forward (deploy, TEST), DPN-92 (batch 16, 3x224x224)", "forward_dpn92",
+        ("Forward (deploy, TEST), DPN-92 (batch 8, 3x224x224)", "forward_dpn92",
          forward_gflop("dpn92", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),

@@ -23,8 +23,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
          "densenet121": "DenseNet-121", "se_bn_inception": "SE-BN-Inception",
          "inception_v3": "Inception-v3", "resnext50": "ResNeXt-50", "dpn92": "DPN-92",
-         "fcn32s": "FCN-32s",
-         "lrcn": "LRCN", "vgg16": "VGG-16"}
+         "fcn32s": "FCN-32s", "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"
