@@ -198,17 +198,22 @@ def test_cpu_splits_groups_and_keeps_single_group_convolutions(x64):
 
 
 def test_groups_per_block():
-    """Blocks of consecutive groups at most SPLIT_BLOCK_CHANNELS (16) channels wide, in or
+    """Blocks of consecutive groups at most SPLIT_BLOCK_CHANNELS (24) channels wide, in or
     out, whole divisors of the groups; groups that wide or wider stay one a piece."""
     from jcaffe.layers import conv_blocks
     for param, shape, blocks in [
             ("num_output: 128 kernel_size: 3 pad: 1 group: 32", (1, 128, 5, 5), 4),  # ResNeXt
             ("num_output: 256 kernel_size: 3 pad: 1 group: 32", (1, 256, 5, 5), 2),
             ("num_output: 512 kernel_size: 3 pad: 1 group: 32", (1, 512, 5, 5), 1),
+            ("num_output: 96 kernel_size: 3 pad: 1 group: 32", (1, 96, 5, 5), 8),    # DPN-92
+            ("num_output: 192 kernel_size: 3 pad: 1 group: 32", (1, 192, 5, 5), 4),
+            ("num_output: 384 kernel_size: 3 pad: 1 group: 32", (1, 384, 5, 5), 2),
+            ("num_output: 768 kernel_size: 3 pad: 1 group: 32", (1, 768, 5, 5), 1),
             ("num_output: 63 kernel_size: 3 group: 3", (1, 6, 5, 5), 1),             # 21 out
             ("num_output: 6 kernel_size: 3 group: 3", (1, 30, 5, 5), 1),             # 10 in
             ("num_output: 12 kernel_size: 3 group: 6", (1, 12, 5, 5), 6),
-            ("num_output: 20 kernel_size: 3 group: 5", (1, 10, 5, 5), 1),            # 5 prime
+            ("num_output: 20 kernel_size: 3 group: 5", (1, 10, 5, 5), 5),            # 20 wide
+            ("num_output: 35 kernel_size: 3 group: 5", (1, 10, 5, 5), 1),            # 5 prime
             ("num_output: 256 kernel_size: 5 pad: 2 group: 2", (1, 96, 5, 5), 1)]:   # CaffeNet
         assert _layer(param, shape)._groups_per_block() == blocks, param
     assert conv_blocks.groups_per_block(12, 2, 3, 9) == 3

@@ -192,14 +192,20 @@ class Convolution(JaxLayer):
     def _split_groups(self):
         return self.group > 1 and jax.default_backend() == "cpu"
 
-    # Narrow groups (ResNeXt's 4 or 8 channels) are split into blocks of groups, each
-    # one dense convolution with zeros between its groups (conv_blocks), at most
-    # SPLIT_BLOCK_CHANNELS channels wide. Forward, 3x3, 32 groups, batch 16 (ms,
+    # Narrow groups (ResNeXt's 4 or 8 channels, DPN's 3 to 12) are split into blocks of
+    # groups, each one dense convolution with zeros between its groups (conv_blocks), at
+    # most SPLIT_BLOCK_CHANNELS channels wide. Forward, 3x3, 32 groups, batch 16 (ms,
     # 2026-12-02, by groups per block 1/2/4/8): 4 channels at 56x56 75/35/28/33,
     # 8 at 28x28 17/11/13/20, 16 at 14x14 7.8/8.1/12/19; data gradients alike (4 at
     # 56x56: 62 -> 21); weight gradients tie up to 16 channels (34 and 13 ms) and
-    # lose beyond.
-    SPLIT_BLOCK_CHANNELS = 16
+    # lose beyond. In whole nets (benchmarks/ab_step.py --interleave, 2026-12-06, 24
+    # wide / 16): DPN-92's blocks of 3, 6 and 12 channels as 24-wide blocks, not 12, step
+    # 0.980 (0.949-1.011), deploy forward 0.942 (0.921-0.964), and a quarter fewer
+    # convolutions to compile (first step 57 against 75 s). With a limit of 32, ResNeXt-50's
+    # 4- and 8-channel groups went in 32-wide blocks: its forward took 1.035
+    # (1.016-1.053), its step 1.007 (0.986-1.029). So 24, which leaves ResNeXt's blocks as
+    # they were.
+    SPLIT_BLOCK_CHANNELS = 24
 
     def _groups_per_block(self):
         return conv_blocks.groups_per_block(self.group, self.channels // self.group,
