@@ -145,6 +145,27 @@ class Net:
         self._set_loss_diffs()
         log.info("Network initialization done.")
 
+    def _multiple_sources(self, lp, j, name):
+        """Caffe's error for a top that an earlier layer already wrote, and why, where the
+        layer was written in place: its bottom read by an earlier layer too, Caffe's
+        InsertSplits gave it a Split's copy, so it is no longer in place."""
+        text = ("Top blob '%s' produced by multiple sources (layer '%s' and layer '%s')"
+                % (name, self._blob_producer[name], lp.name))
+        split = next((s for s in self._slots if j < len(lp.bottom) and s.layer.type == "Split"
+                      and s.bottoms == [name] and lp.bottom[j] in s.tops), None)
+        if split is None:
+            return text
+        readers = ["'%s'" % s.layer.name for s in self._slots if s is not split
+                   and any(b in split.tops for b in s.bottoms)] or ["another layer"]
+        who = " and ".join([", ".join(readers[:-1])] * (len(readers) > 1) + readers[-1:])
+        return text + (
+            ": layer '%s' is written in place on '%s', but %s read%s '%s' before it, so (as "
+            "in Caffe) a Split was inserted after '%s', '%s' reads its copy '%s' and its top "
+            "would be a second '%s'. Give '%s' a top of its own, or put it before %s."
+            % (lp.name, name, who, "s" if len(readers) == 1 else "", name,
+               self._blob_producer[name], lp.name, lp.bottom[j], name, lp.name,
+               "those readers" if len(readers) > 1 else "that one"))
+
     def _connect_and_setup(self, i, lp, layer, available, memory):
         bottoms, tops = [], []
         need_backward, why = False, []
@@ -163,8 +184,7 @@ class Net:
             if j < len(lp.bottom) and name == lp.bottom[j]:
                 log.info("%s -> %s (in-place)", lp.name, name)
             elif name in self.blobs:
-                raise NetGraphError("Top blob '%s' produced by multiple sources (layer '%s' and "
-                                    "layer '%s')" % (name, self._blob_producer[name], lp.name))
+                raise NetGraphError(self._multiple_sources(lp, j, name))
             else:
                 log.info("%s -> %s", lp.name, name)
                 self.blobs[name] = Blob((), self.dtype)

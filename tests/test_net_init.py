@@ -247,3 +247,33 @@ def test_duplicate_top_and_unknown_bottom_errors(tmp_path):
             layer { name: "r" type: "ReLU" bottom: "x" top: "y" }
             layer { name: "t" type: "TanH" bottom: "x" top: "y" }
         """)
+
+
+def test_in_place_after_another_reader_says_why_it_is_not_in_place(tmp_path):
+    """Caffe's trap: a layer written in place on a blob that an earlier layer also reads.
+    InsertSplits gives each reader a Split's copy, so the in-place layer reads its copy
+    and its top would be a second producer of the blob: Caffe's "multiple sources"
+    error, here with the reason and what to write instead."""
+    with pytest.raises(NetGraphError) as e:
+        make_net(tmp_path, """
+            layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+            layer { name: "fc" type: "InnerProduct" bottom: "x" top: "h"
+                    inner_product_param { num_output: 4 } }
+            layer { name: "side" type: "TanH" bottom: "h" top: "side" }
+            layer { name: "relu" type: "ReLU" bottom: "h" top: "h" }
+        """)
+    text = str(e.value)
+    assert text.startswith("Top blob 'h' produced by multiple sources (layer 'fc' and layer "
+                           "'relu'): layer 'relu' is written in place on 'h', but 'side' "
+                           "reads 'h' before it"), text
+    assert "reads its copy 'h_fc_0_split_1'" in text
+    assert "Give 'relu' a top of its own, or put it before that one." in text
+    with pytest.raises(NetGraphError, match=r"but 'a', 'b' and 'c' read 'x' before it.* "
+                                            r"or put it before those readers\."):
+        make_net(tmp_path, """
+            layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+            layer { name: "a" type: "TanH" bottom: "x" top: "a" }
+            layer { name: "b" type: "TanH" bottom: "x" top: "b" }
+            layer { name: "c" type: "TanH" bottom: "x" top: "c" }
+            layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }
+        """)
