@@ -157,7 +157,7 @@ class Net:
             return text
         readers = ["'%s'" % s.layer.name for s in self._slots if s is not split
                    and any(b in split.tops for b in s.bottoms)] or ["another layer"]
-        who = " and ".join([", ".join(readers[:-1])] * (len(readers) > 1) + readers[-1:])
+        who = readers[0] if len(readers) == 1 else ", ".join(readers[:-1]) + " and " + readers[-1]
         return text + (
             ": layer '%s' is written in place on '%s', but %s read%s '%s' before it, so (as "
             "in Caffe) a Split was inserted after '%s', '%s' reads its copy '%s' and its top "

@@ -182,9 +182,9 @@ def test_a_reader_collected_while_another_opens_does_not_deadlock(tmp_path, monk
     monkeypatch.setattr(lmdb, "open", real_open)
     # (CPython's gc.collect() returns at once while another thread's collection runs: a
     # daemon thread left by an earlier test in this worker can make the thread's collect
-    # miss the reader, which the collector then frees at any later moment, the last
-    # count below included; fresh-clone CI, 2026-12-06. Collected here if it is not yet,
-    # its release is still deferred to the next open.)
+    # miss the reader, which the collector then frees at any later moment, even after
+    # the open below (fresh-clone CI, 2026-12-06). Collected here if it is not yet, its
+    # release is still deferred to that open.)
     gc.collect()
     with open_db(first) as again:       # the collected reader was released: counts right
         assert len(again) == 2
