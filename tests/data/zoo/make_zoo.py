@@ -568,11 +568,7 @@ def dpn92():
         return top
 
     def plain_conv(name, bottom, num, k, stride=1, pad=0, group=1):
-        kw = dict(num_output=num, kernel_size=k, stride=stride, pad=pad, bias_term=False,
-                  weight_filler=msra)
-        if group != 1:
-            kw["group"] = group
-        n[name] = top = L.Convolution(bottom, **kw)
+        n[name] = top = conv(bottom, num, k, stride, pad, group, filler=msra, bias=False)
         return top
 
     def sliced(name, bottom, point):
