@@ -177,6 +177,13 @@ def test_inception_v3_contenders_agree(monkeypatch):
     pools with pad 1 (Caffe's divisor counts the padding), MAX pools. The deploy outputs
     and the first training loss with its Dropout's ratio set to 0 (each contender draws
     its masks from its own random stream). Slow: 90 s, three compiles at 299x299."""
+    _without_dropout(monkeypatch)
+    _check("inception_v3", 2)
+
+
+def _without_dropout(monkeypatch):
+    """The benchmark nets with every Dropout's ratio set to 0, so the contenders, each
+    drawing masks from its own random stream, compute the same losses."""
     net_param = nets.net_param
 
     def without_dropout(*args, **kwargs):
@@ -186,7 +193,17 @@ def test_inception_v3_contenders_agree(monkeypatch):
                 layer.dropout_param.dropout_ratio = 0
         return param
     monkeypatch.setattr(nets, "net_param", without_dropout)
-    _check("inception_v3", 2)
+
+
+@pytest.mark.slow
+def test_inception_resnet_v2_contenders_agree(monkeypatch):
+    """Inception-ResNet-v2: 40 residual blocks whose branches, joined and taken back by
+    a 1x1 with bias, are added to the trunk by an Eltwise SUM with coeff (0.17, 0.1,
+    0.2; the references scale the branch as Caffe does), BatchNorm (batch statistics)
+    and Scale after every other convolution. The deploy outputs and the first training
+    loss, Dropout's ratio set to 0. Slow: three compiles of a 989-layer net."""
+    _without_dropout(monkeypatch)
+    _check("inception_resnet_v2", 2)
 
 
 def test_nin_contenders_agree():

@@ -35,6 +35,7 @@ NETS = {
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
     "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
     "inception_v3": ("conv1_3x3_s2", "classifier", (1, 1000), False),
+    "inception_resnet_v2": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "dpn92": ("conv1", "classifier", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
@@ -288,6 +289,101 @@ def test_factored_kernels_backward_is_jax_grads_in_float64(tmp_path):
     names = {c.name for c in report.checks}
     assert {"param 1x7[0]", "param 1x7_scale[0]", "param 7x1[0]", "param 1x3[0]",
             "param 3x1[1]", "param s2[0]"} <= names, names
+
+
+def test_inception_resnet_v2_scales_its_residual_branches():
+    """Inception-ResNet-v2 (the Caffe port's 986 layers): a stem to 320 channels at 35x35,
+    then 10, 20 and 10 residual blocks at 35x35, 17x17 and 8x8 between two reductions.
+    Each block's branches are joined by a Concat, taken back to the trunk's width by a
+    1x1 with bias (filled 0.2) and added to the trunk by an Eltwise whose coeff scales
+    the branch: 0.17, 0.1, 0.2, and 1 with no ReLU after it in the last block."""
+    param = _load("inception_resnet_v2", 1)
+    coeffs = [tuple(np.float32(l.eltwise_param.coeff)) for l in param.layer
+              if l.type == "Eltwise"]
+    assert coeffs == [tuple(np.float32([1, c])) for c in [0.17] * 10 + [0.1] * 20 + [0.2] * 9
+                      ] + [()], coeffs
+    net = jcaffe.Net(param, jcaffe.TEST)
+    assert net.blobs["pool2_3x3_s2"].shape == (1, 192, 35, 35)
+    assert net.blobs["stem_concat"].shape == (1, 320, 35, 35)
+    assert net.blobs["reduction_a_concat"].shape == (1, 1088, 17, 17)
+    assert net.blobs["inception_resnet_v2_b20_residual_eltwise"].shape == (1, 1088, 17, 17)
+    assert net.blobs["reduction_b_concat"].shape == (1, 2080, 8, 8)
+    assert net.blobs["conv6_1x1"].shape == (1, 1536, 8, 8)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    m = "inception_resnet_v2_%s_up"
+    assert shapes[m % "a1"] == [(320, 32 + 32 + 64, 1, 1), (320,)]
+    assert shapes[m % "b7"] == [(1088, 192 + 192, 1, 1), (1088,)]
+    assert shapes[m % "c10"] == [(2080, 192 + 256, 1, 1), (2080,)]
+    assert shapes["inception_resnet_v2_b1_1x7"] == [(160, 128, 1, 7)]
+    assert np.all(net.params[m % "b7"][1].data == np.float32(0.2))
+    assert sum(p.count for ps in net.params.values() for p in ps) == 55904212
+    # the trunk is read by three branches and the sum: Caffe's Split, its last top the
+    # Eltwise's first bottom; every block's sum is ReLU'd in place but the last
+    split = ("inception_resnet_v2_a1_residual_eltwise_"
+             "inception_resnet_v2_a1_residual_eltwise_relu_0_split_")
+    assert net.bottom_names["inception_resnet_v2_a2_residual_eltwise"] == [
+        split + "3", "inception_resnet_v2_a2_up"]
+    names = [l.name for l in param.layer]
+    c9 = names.index("inception_resnet_v2_c9_residual_eltwise")
+    assert names[c9 + 1] == "inception_resnet_v2_c9_residual_eltwise_relu"
+    assert names[names.index("inception_resnet_v2_c10_residual_eltwise") + 1] == "conv6_1x1"
+
+
+RESIDUAL_SCALED = """
+name: "residual_scaled"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 3 dim: 4 dim: 6 dim: 5 } shape { dim: 3 } } }
+layer { name: "stem" type: "Convolution" bottom: "data" top: "stem"
+        convolution_param { num_output: 6 kernel_size: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "stem_bn" type: "BatchNorm" bottom: "stem" top: "stem"
+        batch_norm_param { eps: 0.001 } }
+layer { name: "stem_scale" type: "Scale" bottom: "stem" top: "stem"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "stem_relu" type: "ReLU" bottom: "stem" top: "stem" }
+layer { name: "b_1x1" type: "Convolution" bottom: "stem" top: "b_1x1"
+        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "b_1x1_relu" type: "ReLU" bottom: "b_1x1" top: "b_1x1" }
+layer { name: "b_1x3" type: "Convolution" bottom: "stem" top: "b_1x3"
+        convolution_param { num_output: 2 kernel_h: 1 kernel_w: 3 pad_h: 0 pad_w: 1
+                            weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "b_concat" type: "Concat" bottom: "b_1x1" bottom: "b_1x3" top: "b_concat" }
+layer { name: "b_up" type: "Convolution" bottom: "b_concat" top: "b_up"
+        convolution_param { num_output: 6 kernel_size: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "constant" value: 0.2 } } }
+layer { name: "b_sum" type: "Eltwise" bottom: "stem" bottom: "b_up" top: "b_sum"
+        eltwise_param { operation: SUM coeff: 1 coeff: 0.17 } }
+layer { name: "b_sum_relu" type: "ReLU" bottom: "b_sum" top: "b_sum" }
+layer { name: "c_3x3" type: "Convolution" bottom: "b_sum" top: "c_3x3"
+        convolution_param { num_output: 6 kernel_size: 3 pad: 1
+                            weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "c_sum" type: "Eltwise" bottom: "b_sum" bottom: "c_3x3" top: "c_sum"
+        eltwise_param { operation: SUM coeff: 1 coeff: 0.1 } }
+layer { name: "pool" type: "Pooling" bottom: "c_sum" top: "pool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "pool" top: "fc"
+        inner_product_param { num_output: 4 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_scaled_residual_blocks_backward_is_jax_grads_in_float64(tmp_path):
+    """Inception-ResNet-v2's pattern, small: a trunk (BatchNorm with batch statistics,
+    Scale, ReLU) read by two branches and by the sum, the branches joined and taken back
+    by a 1x1 with bias, added with coeff 0.17 and ReLU'd in place; a second block added
+    with coeff 0.1 and no ReLU after it. The whole net's backward, in float64, against
+    jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "residual_scaled.prototxt"
+    path.write_text(RESIDUAL_SCALED)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param stem[0]", "param stem_scale[1]", "param b_1x3[0]", "param b_up[1]",
+            "param c_3x3[0]"} <= names, names
 
 
 def test_dpn92_blocks_feed_a_residual_and_a_dense_path():

@@ -442,6 +442,23 @@ def se_bn_inception():
     return n
 
 
+def _inception_conv(n, name, bottom, num, k, stride=1, pad=0, relu_name=None):
+    """The TensorFlow-converted Inception ports' unit: a convolution without bias, then
+    BatchNorm (eps 0.001), Scale with bias and ReLU, all in place. ``k`` and ``pad``: one
+    number, or (h, w) for the factored kernels (kernel_h/kernel_w, pad_h/pad_w)."""
+    kw = dict(num_output=num, bias_term=False, weight_filler=XAVIER,
+              param=[dict(lr_mult=1, decay_mult=1)])
+    if isinstance(k, tuple):
+        kw.update(kernel_h=k[0], kernel_w=k[1], pad_h=pad[0], pad_w=pad[1])
+    else:
+        kw.update(kernel_size=k, pad=pad)
+    n[name] = top = L.Convolution(bottom, stride=stride, **kw)
+    n[name + "_bn"] = L.BatchNorm(top, batch_norm_param=dict(eps=0.001), in_place=True)
+    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+    n[relu_name or name + "_relu"] = relu(top)
+    return top
+
+
 def inception_v3():
     """Inception-v3 (Szegedy et al. 2016) as its Caffe port writes it (soeaver/caffe-model,
     cls/inception/deploy_inception-v3.prototxt, converted from TensorFlow's release): a
@@ -461,19 +478,8 @@ def inception_v3():
     n = NetSpec()
     data(n, 16, (3, 299, 299))
 
-    def conv_bn(name, bottom, num, k, stride=1, pad=0, relu_name=None):
-        """``k`` and ``pad``: one number, or (h, w) for the factored kernels."""
-        kw = dict(num_output=num, bias_term=False, weight_filler=XAVIER,
-                  param=[dict(lr_mult=1, decay_mult=1)])
-        if isinstance(k, tuple):
-            kw.update(kernel_h=k[0], kernel_w=k[1], pad_h=pad[0], pad_w=pad[1])
-        else:
-            kw.update(kernel_size=k, pad=pad)
-        n[name] = top = L.Convolution(bottom, stride=stride, **kw)
-        n[name + "_bn"] = L.BatchNorm(top, batch_norm_param=dict(eps=0.001), in_place=True)
-        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
-        n[relu_name or name + "_relu"] = relu(top)
-        return top
+    def conv_bn(*args, **kw):
+        return _inception_conv(n, *args, **kw)
 
     def pool(name, bottom, kind, stride, pad=0):
         kw = dict(pad=pad) if pad else {}
@@ -531,6 +537,93 @@ def inception_v3():
         d = conv_bn(m + "1x1", pool(m + "pool", top, kind, 1, 1), 192, 1)
         n[m + "concat"] = top = L.Concat(a, *b, *c, d)
     n.pool_8x8_s1 = L.Pooling(top, pool=ave, global_pooling=True)
+    n.pool_8x8_s1_drop = L.Dropout(n.pool_8x8_s1, dropout_ratio=0.2)
+    n.classifier = top = fc(n.pool_8x8_s1_drop, 1000)
+    heads(n, top)
+    return n
+
+
+def inception_resnet_v2():
+    """Inception-ResNet-v2 (Szegedy et al. 2016) as its Caffe port writes it
+    (soeaver/caffe-model, cls/inception/deploy_inception-resnet-v2.prototxt, converted
+    from TensorFlow's release): a stem from 299x299 to 35x35 (three 3x3s, a MAX pool, a
+    1x1 and a 3x3, a MAX pool) and a first module of four branches (a 1x1, a 5x5, two
+    3x3s, an AVE pool with a 1x1) joined to 320 channels; then residual blocks: 10 at
+    35x35, 20 at 17x17 (a 1x7 and a 7x1, kernel_h/kernel_w), 10 at 8x8 (a 1x3 and a
+    3x1), each branch set joined by a Concat and taken back to the trunk's width by a
+    1x1 with bias (filled 0.2), added to the trunk by an Eltwise SUM whose coeff scales
+    the branch (0.17, 0.1, 0.2; the last block 1 and no ReLU after it); two reductions
+    (stride-2 3x3s beside a MAX pool); a 1x1 to 1536 channels, global AVE pooling,
+    Dropout 0.2 and the classifier. Every other convolution is without bias and followed
+    by BatchNorm (eps 0.001), Scale with bias and ReLU, all in place. Layer names as
+    published. The port is a deploy file (BatchNorm with use_global_stats): here
+    BatchNorm takes Caffe's default by phase, the weights keep its xavier filler; the
+    DummyData, loss and accuracy are added as for the other nets."""
+    n = NetSpec()
+    data(n, 8, (3, 299, 299))
+
+    def conv_bn(*args, **kw):
+        return _inception_conv(n, *args, **kw)
+
+    def residual(m, trunk, branches, width, scale, last=False):
+        n[m + "concat"] = joined = L.Concat(*branches)
+        n[m + "up"] = up = conv(joined, width, 1, bias_value=0.2)
+        sum_ = dict(operation=P.Eltwise.SUM, **(dict(coeff=[1, scale]) if scale != 1 else {}))
+        n[m + "residual_eltwise"] = top = L.Eltwise(trunk, up, eltwise_param=sum_)
+        if not last:
+            n[m + "residual_eltwise_relu"] = relu(top)
+        return top
+
+    top = conv_bn("conv1_3x3_s2", n.data, 32, 3, 2, relu_name="conv1_3x3_relu")
+    top = conv_bn("conv2_3x3_s1", top, 32, 3, relu_name="conv2_3x3_relu")
+    top = conv_bn("conv3_3x3_s1", top, 64, 3, pad=1, relu_name="conv3_3x3_relu")
+    n.pool1_3x3_s2 = top = max_pool(top, 3, 2)
+    top = conv_bn("conv4_3x3_reduce", top, 80, 1)
+    top = conv_bn("conv4_3x3", top, 192, 3, relu_name="conv4_relu_3x3")
+    n.pool2_3x3_s2 = top = max_pool(top, 3, 2)
+    a = conv_bn("conv5_1x1", top, 96, 1)
+    b = conv_bn("conv5_5x5", conv_bn("conv5_5x5_reduce", top, 48, 1), 64, 5, pad=2)
+    c = conv_bn("conv5_3x3", conv_bn("conv5_3x3_reduce", top, 64, 1), 96, 3, pad=1)
+    c = conv_bn("conv5_3x3_2", c, 96, 3, pad=1)
+    n.ave_pool = L.Pooling(top, pool=P.Pooling.AVE, kernel_size=3, stride=1, pad=1)
+    d = conv_bn("conv5_1x1_ave", n.ave_pool, 64, 1)
+    n.stem_concat = top = L.Concat(a, b, c, d)
+    for i in range(1, 11):
+        m = "inception_resnet_v2_a%d_" % i
+        a = conv_bn(m + "1x1", top, 32, 1)
+        b = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 32, 1), 32, 3, pad=1)
+        c = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 32, 1), 48, 3, pad=1)
+        c = conv_bn(m + "3x3_3", c, 64, 3, pad=1)
+        top = residual(m, top, (a, b, c), 320, 0.17)
+    m = "reduction_a_"
+    a = conv_bn(m + "3x3", top, 384, 3, 2)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 256, 1), 256, 3, pad=1)
+    b = conv_bn(m + "3x3_3", b, 384, 3, 2)
+    n[m + "pool"] = pool = max_pool(top, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, pool)
+    for i in range(1, 21):
+        m = "inception_resnet_v2_b%d_" % i
+        a = conv_bn(m + "1x1", top, 192, 1)
+        b = conv_bn(m + "1x7", conv_bn(m + "1x7_reduce", top, 128, 1), 160, (1, 7),
+                    pad=(0, 3))
+        b = conv_bn(m + "7x1", b, 192, (7, 1), pad=(3, 0))
+        top = residual(m, top, (a, b), 1088, 0.1)
+    m = "reduction_b_"
+    a = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 256, 1), 384, 3, 2)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 256, 1), 288, 3, 2)
+    c = conv_bn(m + "3x3_3", conv_bn(m + "3x3_3_reduce", top, 256, 1), 288, 3, pad=1)
+    c = conv_bn(m + "3x3_4", c, 320, 3, 2)
+    n[m + "pool"] = pool = max_pool(top, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, c, pool)
+    for i in range(1, 11):
+        m = "inception_resnet_v2_c%d_" % i
+        a = conv_bn(m + "1x1", top, 192, 1)
+        b = conv_bn(m + "1x3", conv_bn(m + "1x3_reduce", top, 192, 1), 224, (1, 3),
+                    pad=(0, 1))
+        b = conv_bn(m + "3x1", b, 256, (3, 1), pad=(1, 0))
+        top = residual(m, top, (a, b), 2080, 1 if i == 10 else 0.2, last=i == 10)
+    top = conv_bn("conv6_1x1", top, 1536, 1)
+    n.pool_8x8_s1 = L.Pooling(top, pool=P.Pooling.AVE, global_pooling=True)
     n.pool_8x8_s1_drop = L.Dropout(n.pool_8x8_s1, dropout_ratio=0.2)
     n.classifier = top = fc(n.pool_8x8_s1_drop, 1000)
     heads(n, top)
@@ -957,6 +1050,7 @@ NETS = {
     "densenet121": (densenet121, "DENSENET_121"),
     "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
     "inception_v3": (inception_v3, "Inception-v3"),
+    "inception_resnet_v2": (inception_resnet_v2, "Inception-ResNet-v2"),
     "dpn92": (dpn92, "DPN-92"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
