@@ -85,7 +85,7 @@ def matmul_peak(repeats=20):
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet", "nin",
-                     "se_bn_inception", "inception_v3", "inception_resnet_v2")
+                     "se_bn_inception", "inception_v3", "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -284,7 +284,8 @@ def main():
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
              ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
              ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
-             ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
+             ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1"),
+             ("xception", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run)
             "train", "bench_train.py", [("resnext50", "3", "1"), ("dpn92", "3", "1")],
@@ -304,7 +305,7 @@ def main():
              ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
              ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_resnet_v2", "5", "1"),
-             ("resnext50", "5", "1"), ("dpn92", "5", "1"),
+             ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1")], "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
@@ -458,6 +459,10 @@ def render(state, opts):
          "Inception branches, each joined, taken back by a 1x1 and added to the trunk by an "
          "Eltwise SUM with coeff 0.1-0.2)", "train_inception_resnet_v2",
          forward_gflop("inception_resnet_v2", False) * 3, None),
+        ("Training step, Xception (batch 16, 3x299x299; 34 separable convolutions, each a "
+         "depthwise 3x3 with group = channels, 64 to 1536 of them, then a 1x1; residual "
+         "blocks whose stride-2 MAX pools rely on Caffe's ceil)", "train_xception",
+         forward_gflop("xception", False) * 3, None),
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
          "NOTES.md)", "train_resnext50", forward_gflop("resnext50", False) * 3, None),
@@ -508,6 +513,8 @@ def render(state, opts):
          "forward_inception_v3", forward_gflop("inception_v3", True), None),
         ("Forward (deploy, TEST), Inception-ResNet-v2 (batch 8, 3x299x299)",
          "forward_inception_resnet_v2", forward_gflop("inception_resnet_v2", True), None),
+        ("Forward (deploy, TEST), Xception (batch 16, 3x299x299)", "forward_xception",
+         forward_gflop("xception", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
         ("Forward (deploy, TEST), DPN-92 (batch 8, 3x224x224)", "forward_dpn92",

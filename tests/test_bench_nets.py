@@ -206,6 +206,16 @@ def test_inception_resnet_v2_contenders_agree(monkeypatch):
     _check("inception_resnet_v2", 2)
 
 
+@pytest.mark.slow
+def test_xception_contenders_agree():
+    """Xception: 34 depthwise 3x3s (group = channels, up to 1536: jcaffe's shifted
+    slices against the references' grouped convolutions), stride-2 MAX pools whose last
+    windows overhang (Caffe's ceil, which the references reproduce), ReLUs writing new
+    tops before each block so its sum reads the input as it was. Slow: three compiles
+    at 299x299."""
+    _check("xception", 2)
+
+
 def test_nin_contenders_agree():
     """Network in Network: 11x11 stride 4, 5x5 and 3x3 convolutions each followed by two
     1x1 ones on the same map, MAX pools (pool0's last window overhanging: Caffe's ceil),

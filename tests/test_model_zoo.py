@@ -36,6 +36,7 @@ NETS = {
     "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
     "inception_v3": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "inception_resnet_v2": ("conv1_3x3_s2", "classifier", (1, 1000), False),
+    "xception": ("conv1", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
     "dpn92": ("conv1", "classifier", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
@@ -384,6 +385,92 @@ def test_scaled_residual_blocks_backward_is_jax_grads_in_float64(tmp_path):
     names = {c.name for c in report.checks}
     assert {"param stem[0]", "param stem_scale[1]", "param b_1x3[0]", "param b_up[1]",
             "param c_3x3[0]"} <= names, names
+
+
+def test_xception_separable_blocks_and_ceil_pools():
+    """Xception (the Caffe port's 207 layers): 34 separable convolutions, each a
+    depthwise 3x3 (group = channels: weights (C, 1, 3, 3)) then a 1x1; the entry blocks'
+    stride-2 MAX pools match their 1x1 stride-2 shortcuts only through Caffe's ceil (the
+    second pool, pad 0: 74 -> 37, its last window overhanging); each block's ReLU on its
+    input writes a new top, so the block's sum reads the input before it."""
+    net = jcaffe.Net(_load("xception", 1), jcaffe.TEST)
+    assert net.blobs["conv2"].shape == (1, 64, 147, 147)
+    assert net.blobs["xception1_elewise"].shape == (1, 128, 74, 74)
+    assert net.blobs["xception2_pool"].shape == (1, 256, 37, 37)
+    assert net.blobs["xception2_match_conv"].shape == (1, 256, 37, 37)
+    assert net.blobs["xception11_elewise"].shape == (1, 728, 19, 19)
+    assert net.blobs["xception12_elewise"].shape == (1, 1024, 10, 10)
+    assert net.blobs["conv4_2"].shape == (1, 2048, 10, 10)
+    depthwise = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
+    assert len(depthwise) == 34
+    assert all(net.params[l.name][0].shape[1:] == (1, 3, 3) for l in depthwise)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["xception1_conv1_1"] == [(64, 1, 3, 3)]
+    assert shapes["conv4_1"] == [(1536, 1, 3, 3)]
+    assert shapes["xception12_conv2_2"] == [(1024, 728, 1, 1)]
+    assert net.top_names["xception4_relu"] == ["xception4_relu"]
+    split = "xception3_elewise_xception3_elewise_0_split_"
+    assert net.bottom_names["xception4_relu"] == [split + "0"]
+    assert net.bottom_names["xception4_elewise"] == [split + "1", "xception4_conv3_2"]
+
+
+SEPARABLE = """
+name: "separable"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 8 dim: 8 } shape { dim: 2 } } }
+layer { name: "match" type: "Convolution" bottom: "data" top: "match"
+        convolution_param { num_output: 4 kernel_size: 1 stride: 2 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "match_bn" type: "BatchNorm" bottom: "match" top: "match"
+        batch_norm_param { eps: 0.001 } }
+layer { name: "match_scale" type: "Scale" bottom: "match" top: "match"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "pre_relu" type: "ReLU" bottom: "data" top: "pre_relu" }
+layer { name: "sep_1" type: "Convolution" bottom: "pre_relu" top: "sep_1"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1 group: 3 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "sep_2" type: "Convolution" bottom: "sep_1" top: "sep_2"
+        convolution_param { num_output: 4 kernel_size: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "sep_bn" type: "BatchNorm" bottom: "sep_2" top: "sep_2"
+        batch_norm_param { eps: 0.001 } }
+layer { name: "sep_scale" type: "Scale" bottom: "sep_2" top: "sep_2"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "pool" type: "Pooling" bottom: "sep_2" top: "pool"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "sum" type: "Eltwise" bottom: "match" bottom: "pool" top: "sum" }
+layer { name: "mid_relu" type: "ReLU" bottom: "sum" top: "mid_relu" }
+layer { name: "mid_1" type: "Convolution" bottom: "mid_relu" top: "mid_1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 group: 4 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "mid_2" type: "Convolution" bottom: "mid_1" top: "mid_2"
+        convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "mid_sum" type: "Eltwise" bottom: "sum" bottom: "mid_2" top: "mid_sum" }
+layer { name: "gpool" type: "Pooling" bottom: "mid_sum" top: "gpool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "InnerProduct" bottom: "gpool" top: "fc"
+        inner_product_param { num_output: 3 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_separable_blocks_backward_is_jax_grads_in_float64(tmp_path):
+    """Xception's pattern, small: a ReLU writing a new top before a depthwise 3x3 (group
+    = channels) and a 1x1 with BatchNorm (batch statistics) and Scale, a 3x3 stride-2
+    MAX pool whose last window overhangs the 8x8 map (Caffe's ceil: 4x4, as the stride-2
+    1x1 shortcut's), the sum, and a middle block added to the un-ReLU'd sum. The whole
+    net's backward, in float64, against jax.grad of its composed forward and finite
+    differences (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "separable.prototxt"
+    path.write_text(SEPARABLE)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param match[0]", "param sep_1[0]", "param sep_scale[1]", "param mid_1[0]",
+            "param mid_2[1]"} <= names, names
 
 
 def test_dpn92_blocks_feed_a_residual_and_a_dense_path():

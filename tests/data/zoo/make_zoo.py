@@ -630,6 +630,74 @@ def inception_resnet_v2():
     return n
 
 
+def xception():
+    """Xception (Chollet 2017) as its Caffe port writes it (soeaver/caffe-model,
+    cls/inception/deploy_xception.prototxt): every separable convolution a depthwise 3x3
+    (a Convolution with group = channels, 64 to 1536 of them) then a 1x1, each pair
+    followed by BatchNorm (eps 0.001) and Scale with bias, all convolutions without bias.
+    Two 3x3s from 299x299 to 147x147; three entry blocks (two separable convolutions, a
+    3x3 stride-2 MAX pool, added to a stride-2 1x1 "match" convolution of the block's
+    input), whose pools rely on Caffe's ceil (74x74 -> 37x37 with pad 0, as the match's
+    stride 2); eight middle blocks of three separable convolutions at 19x19 added to
+    their input; an exit block like the entry ones to 1024 channels at 10x10; two more
+    separable convolutions to 2048, global AVE pooling and the classifier. A block's
+    ReLU on its input writes a new top (not in place), so the sum reads the input as it
+    was. Layer names as published. The port is a deploy file with no fillers:
+    BatchNorm takes Caffe's default by phase here, the convolutions' weights are msra;
+    the DummyData, loss and accuracy are added as for the other nets."""
+    n = NetSpec()
+    data(n, 16, (3, 299, 299))
+    msra = dict(type="msra")
+
+    def bn_scale(name, top, relu_after=True):
+        n[name + "_bn"] = L.BatchNorm(top, batch_norm_param=dict(eps=0.001), in_place=True)
+        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+        if relu_after:
+            n[name + "_relu"] = relu(top)
+        return top
+
+    def separable(name, bottom, channels, num, relu_after=True):
+        n[name + "_1"] = top = conv(bottom, channels, 3, pad=1, group=channels, filler=msra,
+                                    bias=False)
+        n[name + "_2"] = top = conv(top, num, 1, filler=msra, bias=False)
+        return bn_scale(name, top, relu_after)
+
+    def match(name, bottom, num):
+        n[name + "_match_conv"] = top = conv(bottom, num, 1, 2, filler=msra, bias=False)
+        return bn_scale(name + "_match_conv", top, relu_after=False)
+
+    n.conv1 = top = conv(n.data, 32, 3, 2, filler=msra, bias=False)
+    n.conv2 = top = conv(bn_scale("conv1", top), 64, 3, filler=msra, bias=False)
+    top = bn_scale("conv2", top)
+    channels = 64
+    for block, (num, pad) in enumerate(((128, 1), (256, 0), (728, 1), (1024, 1)), 1):
+        block = 12 if block == 4 else block
+        name = "xception%d" % block
+        shortcut = match(name, top, num)
+        if block > 1:
+            n[name + "_relu"] = top = L.ReLU(top)
+        inner = 728 if block == 12 else num
+        top = separable(name + "_conv1", top, channels, inner)
+        top = separable(name + "_conv2", top, inner, num, relu_after=False)
+        n[name + "_pool"] = top = L.Pooling(top, pool=P.Pooling.MAX, kernel_size=3,
+                                            stride=2, pad=pad)
+        n[name + "_elewise"] = top = L.Eltwise(shortcut, top)
+        channels = num
+        if block == 3:
+            for middle in range(4, 12):
+                name = "xception%d" % middle
+                n[name + "_relu"] = x = L.ReLU(top)
+                for i in (1, 2, 3):
+                    x = separable(name + "_conv%d" % i, x, 728, 728, relu_after=i < 3)
+                n[name + "_elewise"] = top = L.Eltwise(top, x)
+    top = separable("conv3", top, 1024, 1536)
+    top = separable("conv4", top, 1536, 2048)
+    n.pool_ave = L.Pooling(top, pool=P.Pooling.AVE, global_pooling=True)
+    n.classifier = top = fc(n.pool_ave, 1000)
+    heads(n, top)
+    return n
+
+
 def dpn92():
     """DPN-92 (Dual Path Networks, Chen et al. 2017) as its Caffe port writes it
     (soeaver/caffe-model, cls/dpn/deploy_dpn92.prototxt): a 7x7 stride-2 conv1 and a 3x3
@@ -1051,6 +1119,7 @@ NETS = {
     "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
     "inception_v3": (inception_v3, "Inception-v3"),
     "inception_resnet_v2": (inception_resnet_v2, "Inception-ResNet-v2"),
+    "xception": (xception, "Xception"),
     "dpn92": (dpn92, "DPN-92"),
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
