@@ -284,11 +284,11 @@ def main():
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
              ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
              ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
-             ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1"),
-             ("xception", "3", "1")]) + runs(
+             ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
-            # once, benchmarks/NOTES.md, not in every run)
-            "train", "bench_train.py", [("resnext50", "3", "1"), ("dpn92", "3", "1")],
+            # once, benchmarks/NOTES.md, not in every run; Xception's depthwise ones too)
+            "train", "bench_train.py",
+            [("resnext50", "3", "1"), ("dpn92", "3", "1"), ("xception", "3", "1")],
             "--only", "jcaffe Solver.step,PyTorch eager") + runs(
             "train", "bench_train.py", [("fcn32s", "3", "1"), ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
@@ -459,9 +459,10 @@ def render(state, opts):
          "Inception branches, each joined, taken back by a 1x1 and added to the trunk by an "
          "Eltwise SUM with coeff 0.1-0.2)", "train_inception_resnet_v2",
          forward_gflop("inception_resnet_v2", False) * 3, None),
-        ("Training step, Xception (batch 16, 3x299x299; 34 separable convolutions, each a "
+        ("Training step, Xception (batch 8, 3x299x299; 34 separable convolutions, each a "
          "depthwise 3x3 with group = channels, 64 to 1536 of them, then a 1x1; residual "
-         "blocks whose stride-2 MAX pools rely on Caffe's ceil)", "train_xception",
+         "blocks whose stride-2 MAX pools rely on Caffe's ceil; pure JAX not timed, as "
+         "ResNeXt-50's)", "train_xception",
          forward_gflop("xception", False) * 3, None),
         ("Training step, ResNeXt-50 32x4d (batch 16, 3x224x224; 16 grouped 3x3 convolutions, "
          "32 groups of 4-32 channels; pure JAX not timed in every run: 103 s a step, see "
@@ -513,7 +514,7 @@ def render(state, opts):
          "forward_inception_v3", forward_gflop("inception_v3", True), None),
         ("Forward (deploy, TEST), Inception-ResNet-v2 (batch 8, 3x299x299)",
          "forward_inception_resnet_v2", forward_gflop("inception_resnet_v2", True), None),
-        ("Forward (deploy, TEST), Xception (batch 16, 3x299x299)", "forward_xception",
+        ("Forward (deploy, TEST), Xception (batch 8, 3x299x299)", "forward_xception",
          forward_gflop("xception", True), None),
         ("Forward (deploy, TEST), ResNeXt-50 (batch 16, 3x224x224)", "forward_resnext50",
          forward_gflop("resnext50", True), None),
