@@ -568,8 +568,9 @@ def inception_resnet_v2():
     def residual(m, trunk, branches, width, scale, last=False):
         n[m + "concat"] = joined = L.Concat(*branches)
         n[m + "up"] = up = conv(joined, width, 1, bias_value=0.2)
-        sum_ = dict(operation=P.Eltwise.SUM, **(dict(coeff=[1, scale]) if scale != 1 else {}))
-        n[m + "residual_eltwise"] = top = L.Eltwise(trunk, up, eltwise_param=sum_)
+        coeff = dict(coeff=[1, scale]) if scale != 1 else {}
+        n[m + "residual_eltwise"] = top = L.Eltwise(
+            trunk, up, eltwise_param=dict(operation=P.Eltwise.SUM, **coeff))
         if not last:
             n[m + "residual_eltwise_relu"] = relu(top)
         return top
