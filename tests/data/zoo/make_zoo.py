@@ -4,7 +4,8 @@ Run ``python tests/data/zoo/make_zoo.py`` after editing; the .prototxt files are
 committed so tests and users read them directly. Data layers are DummyData
 (Gaussian images, constant labels) with each net's published input size and
 batch; the tests shrink batch and, where the architecture allows, image size.
-Built with jcaffe's NetSpec, as pycaffe users write nets.
+Built with jcaffe's NetSpec, as pycaffe users write nets. The nets written from a
+published Caffe port are checked against it layer for layer by compare_port.py.
 """
 import os
 

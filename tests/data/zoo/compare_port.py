@@ -1,0 +1,100 @@
+"""Compare a zoo net written by make_zoo.py with the published Caffe port it follows,
+layer for layer: names, types, bottoms, tops and what each layer computes (convolution
+geometry and bias filler, pooling, Eltwise's operation and coeff, BatchNorm's eps,
+Scale's bias, Dropout's ratio, InnerProduct's outputs).
+
+    python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
+
+The ports are not in this repository. The four taken from soeaver/caffe-model (commit
+49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
+comparison skips the layers that only one side has: the port's Softmax (a deploy
+file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
+BVLC's caffe.proto (that fork's ``ceil_mode: false``) is read as BVLC's round_mode
+FLOOR. Fillers are not compared: a deploy file's are placeholders, and make_zoo's
+docstrings say which each net uses.
+"""
+import os
+import re
+import sys
+
+from google.protobuf import text_format
+from jcaffe.proto import caffe_pb2
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+PORTS = {
+    "inception_v3": "cls/inception/deploy_inception-v3.prototxt",
+    "inception_resnet_v2": "cls/inception/deploy_inception-resnet-v2.prototxt",
+    "xception": "cls/inception/deploy_xception.prototxt",
+    "dpn92": "cls/dpn/deploy_dpn92.prototxt",
+}
+ONLY_PORT = {"Softmax"}
+ONLY_OURS = {"DummyData", "Accuracy", "SoftmaxWithLoss"}
+
+
+def read(path):
+    with open(path) as f:
+        text = re.sub(r"ceil_mode:\s*false", "round_mode: FLOOR", f.read())
+    return text_format.Merge(text, caffe_pb2.NetParameter())
+
+
+def _first(values, default):
+    return values[0] if len(values) else default
+
+
+def signature(layer):
+    """What the layer is and computes, as a comparable tuple."""
+    out = [layer.name, layer.type, tuple(layer.bottom), tuple(layer.top)]
+    if layer.type == "Convolution":
+        c = layer.convolution_param
+        out += [c.num_output,
+                (c.kernel_h, c.kernel_w) if c.kernel_h else (_first(c.kernel_size, 0),) * 2,
+                (c.stride_h, c.stride_w) if c.stride_h else (_first(c.stride, 1),) * 2,
+                (c.pad_h, c.pad_w) if c.pad_h or c.pad_w else (_first(c.pad, 0),) * 2,
+                c.group, c.bias_term, round(c.bias_filler.value, 6) if c.bias_term else None]
+    elif layer.type == "Pooling":
+        p = layer.pooling_param
+        out += [p.pool, p.global_pooling, p.kernel_size, p.stride, p.pad, p.round_mode]
+    elif layer.type == "Eltwise":
+        p = layer.eltwise_param
+        out += [p.operation, tuple(round(c, 6) for c in p.coeff)]
+    elif layer.type == "BatchNorm":
+        out.append(round(layer.batch_norm_param.eps, 9))
+    elif layer.type == "Scale":
+        out.append(layer.scale_param.bias_term)
+    elif layer.type == "Dropout":
+        out.append(round(layer.dropout_param.dropout_ratio, 6))
+    elif layer.type == "InnerProduct":
+        out.append(layer.inner_product_param.num_output)
+    elif layer.type == "Slice":
+        out += [layer.slice_param.axis, tuple(layer.slice_param.slice_point)]
+    elif layer.type == "Concat":
+        out.append(layer.concat_param.axis)
+    return tuple(out)
+
+
+def compare(ours, port):
+    """-> (number of layers compared, [(port's, ours) signatures that differ])."""
+    a = [signature(l) for l in port.layer if l.type not in ONLY_PORT]
+    b = [signature(l) for l in ours.layer if l.type not in ONLY_OURS]
+    diffs = [(x, y) for x, y in zip(a, b) if x != y]
+    if len(a) != len(b):
+        diffs.append(("%d layers" % len(a), "%d layers" % len(b)))
+    return len(a), diffs
+
+
+def main():
+    if len(sys.argv) != 3 or sys.argv[1] not in PORTS:
+        raise SystemExit("usage: compare_port.py {%s} PORT.prototxt (soeaver/caffe-model's "
+                         "file for that net: %s)" % ("|".join(PORTS), PORTS))
+    name, path = sys.argv[1:]
+    count, diffs = compare(read(os.path.join(HERE, name + ".prototxt")), read(path))
+    for x, y in diffs[:10]:
+        print("port:", x)
+        print("ours:", y)
+    print("%s: %d layers compared, %d differ" % (name, count, len(diffs)))
+    sys.exit(1 if diffs else 0)
+
+
+if __name__ == "__main__":
+    main()
