@@ -17,7 +17,9 @@ import os
 import re
 import sys
 
+import numpy as np
 from google.protobuf import text_format
+from jcaffe.coord_map import _spatial
 from jcaffe.proto import caffe_pb2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,8 +40,10 @@ def read(path):
     return text_format.Merge(text, caffe_pb2.NetParameter())
 
 
-def _first(values, default):
-    return values[0] if len(values) else default
+def _pair(param, field, prefix, default):
+    """A 2-d convolution's or pooling's spatial field as (h, w), however it is written
+    (once, per axis, or as <prefix>_h and <prefix>_w): coord_map's reading of it."""
+    return tuple(int(v) for v in np.broadcast_to(_spatial(param, field, prefix, default), 2))
 
 
 def signature(layer):
@@ -47,14 +51,14 @@ def signature(layer):
     out = [layer.name, layer.type, tuple(layer.bottom), tuple(layer.top)]
     if layer.type == "Convolution":
         c = layer.convolution_param
-        out += [c.num_output,
-                (c.kernel_h, c.kernel_w) if c.kernel_h else (_first(c.kernel_size, 0),) * 2,
-                (c.stride_h, c.stride_w) if c.stride_h else (_first(c.stride, 1),) * 2,
-                (c.pad_h, c.pad_w) if c.pad_h or c.pad_w else (_first(c.pad, 0),) * 2,
-                c.group, c.bias_term, round(c.bias_filler.value, 6) if c.bias_term else None]
+        out += [c.num_output, _pair(c, "kernel_size", "kernel", 0),
+                _pair(c, "stride", "stride", 1), _pair(c, "pad", "pad", 0),
+                _pair(c, "dilation", None, 1), c.group, c.bias_term,
+                round(c.bias_filler.value, 6) if c.bias_term else None]
     elif layer.type == "Pooling":
         p = layer.pooling_param
-        out += [p.pool, p.global_pooling, p.kernel_size, p.stride, p.pad, p.round_mode]
+        out += [p.pool, p.global_pooling, _pair(p, "kernel_size", "kernel", 0),
+                _pair(p, "stride", "stride", 1), _pair(p, "pad", "pad", 0), p.round_mode]
     elif layer.type == "Eltwise":
         p = layer.eltwise_param
         out += [p.operation, tuple(round(c, 6) for c in p.coeff)]
