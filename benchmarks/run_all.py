@@ -84,8 +84,9 @@ def matmul_peak(repeats=20):
 
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
-SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "mobilenet", "squeezenet", "nin",
-                     "se_bn_inception", "inception_v3", "inception_resnet_v2", "xception")
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "resnet152", "mobilenet",
+                     "squeezenet", "nin", "se_bn_inception", "inception_v3",
+                     "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -282,7 +283,7 @@ def main():
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
-             ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
+             ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
              ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
              ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
@@ -302,7 +303,7 @@ def main():
         ] + runs("forward", "bench_forward.py", SMALL_NETS, "--no-memory") + runs(
             "forward", "bench_forward.py",
             [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
-             ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
+             ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
              ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_resnet_v2", "5", "1"),
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
@@ -437,6 +438,9 @@ def render(state, opts):
          "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
         ("Training step, ResNet-50 (batch 16, 3x224x224; BatchNorm with batch statistics, "
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
+        ("Training step, ResNet-152 (batch 8, 3x224x224; ResNet-50's bottlenecks 3, 8, 36 and "
+         "3 to a stage, as its Caffe release)", "train_resnet152",
+         forward_gflop("resnet152", False) * 3, None),
         ("Training step, MobileNet (batch 32, 3x224x224; 13 depthwise convolutions, "
          "group = channels)", "train_mobilenet", forward_gflop("mobilenet", False) * 3, None),
         ("Training step, SqueezeNet v1.1 (batch 32, 3x227x227; eight Fire modules, a 1x1 "
@@ -500,6 +504,8 @@ def render(state, opts):
          forward_gflop("googlenet", True), None),
         ("Forward (deploy, TEST), ResNet-50 (batch 16, 3x224x224)", "forward_resnet50",
          forward_gflop("resnet50", True), None),
+        ("Forward (deploy, TEST), ResNet-152 (batch 8, 3x224x224)", "forward_resnet152",
+         forward_gflop("resnet152", True), None),
         ("Forward (deploy, TEST), MobileNet (batch 32, 3x224x224)", "forward_mobilenet",
          forward_gflop("mobilenet", True), None),
         ("Forward (deploy, TEST), SqueezeNet v1.1 (batch 32, 3x227x227)", "forward_squeezenet",

@@ -10,9 +10,9 @@ import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
               "mnist_autoencoder", "mnist_siamese", "caffenet", "googlenet", "resnet50",
-              "mobilenet", "squeezenet", "nin", "densenet121", "se_bn_inception", "inception_v3",
-              "inception_resnet_v2", "xception", "resnext50", "dpn92", "fcn32s", "lrcn",
-              "vgg16")
+              "resnet152", "mobilenet", "squeezenet", "nin", "densenet121", "se_bn_inception",
+              "inception_v3", "inception_resnet_v2", "xception", "resnext50", "dpn92", "fcn32s",
+              "lrcn", "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
@@ -21,6 +21,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "cifar10_full_sigmoid_bn": "CIFAR-10 full BN",
          "mnist_autoencoder": "MNIST autoencoder", "mnist_siamese": "MNIST siamese",
          "caffenet": "CaffeNet", "googlenet": "GoogLeNet", "resnet50": "ResNet-50",
+         "resnet152": "ResNet-152",
          "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
          "densenet121": "DenseNet-121", "se_bn_inception": "SE-BN-Inception",
          "inception_v3": "Inception-v3", "inception_resnet_v2": "Inception-ResNet-v2",

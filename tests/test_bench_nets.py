@@ -273,6 +273,14 @@ def test_resnet50_contenders_agree():
     _check("resnet50", 2)
 
 
+@pytest.mark.slow
+def test_resnet152_contenders_agree():
+    """ResNet-152: ResNet-50's bottleneck fifty times over (stages of 3, 8, 36 and 3),
+    conv1 without a bias. The deploy outputs and the first training loss after 155
+    BatchNorms. Slow: three compiles of a 672-layer net."""
+    _check("resnet152", 2)
+
+
 def test_lrcn_contenders_agree():
     """The sequence net: Embed, two LSTMs (Caffe's gates i, f, o, g, and cont; the second
     with a static input), an InnerProduct and SoftmaxWithLoss along axis 2 that ignores

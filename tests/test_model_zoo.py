@@ -6,6 +6,7 @@ about 10 s each on 2 cores); nets too slow for it are marked slow. Each check: C
 and a nonzero diff reaching the first convolution's weights.
 """
 import os
+import re
 
 import numpy as np
 import pytest
@@ -29,6 +30,7 @@ NETS = {
     "vgg16": ("conv1_1", "fc8", (1, 1000), False),
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
+    "resnet152": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
@@ -129,6 +131,30 @@ def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     net = jcaffe.Net(param, jcaffe.TEST)
     assert [b.shape for b in net.params["bn_conv1"]] == [(64,), (64,), (1,)]
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+    # the Caffe release's names (KaimingHe/deep-residual-networks), ReLUs included
+    names = list(net._layer_names)
+    assert names[names.index("scale2a_branch2a") + 1] == "res2a_branch2a_relu"
+    assert names[names.index("res2a") + 1] == "res2a_relu"
+
+
+def test_resnet152_stages_as_its_caffe_release():
+    """ResNet-152: 3, 8, 36 and 3 bottlenecks, stages 3 and 4 numbered as the Caffe
+    release names them (res3b1-res3b7, res4b1-res4b35), each stage's first 1x1 carrying
+    its stride, conv1 without a bias."""
+    net = jcaffe.Net(_load("resnet152", 1), jcaffe.TEST)
+    names = list(net._layer_names)
+    blocks = [n for n in names if re.fullmatch(r"res\d[a-z]\d*", n)]
+    assert len(blocks) == 3 + 8 + 36 + 3
+    assert blocks[3:12] == ["res3a"] + ["res3b%d" % i for i in range(1, 8)] + ["res4a"]
+    assert blocks[-4:] == ["res4b35", "res5a", "res5b", "res5c"]
+    assert [b.shape for b in net.params["conv1"]] == [(64, 3, 7, 7)]
+    assert [b.shape for b in net.params["res4a_branch2a"]] == [(256, 512, 1, 1)]
+    assert net.blobs["res4a_branch2a"].shape == (1, 256, 14, 14)
+    assert net.blobs["res3b7"].shape == (1, 512, 28, 28)
+    assert net.blobs["res4b35"].shape == (1, 1024, 14, 14)
+    assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
+    assert names[names.index("res4b35") + 1] == "res4b35_relu"
+    assert len([n for n in names if n.startswith("bn")]) == 155     # conv1 and 154 in blocks
 
 
 def test_se_bn_inception_excites_each_modules_channels():

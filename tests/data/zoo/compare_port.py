@@ -5,7 +5,7 @@ Scale's bias, Dropout's ratio, InnerProduct's outputs).
 
     python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
 
-The ports are not in this repository. The four taken from soeaver/caffe-model (commit
+The ports are not in this repository. The six taken from soeaver/caffe-model (commit
 49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
 comparison skips the layers that only one side has: the port's Softmax (a deploy
 file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
@@ -29,7 +29,15 @@ PORTS = {
     "inception_resnet_v2": "cls/inception/deploy_inception-resnet-v2.prototxt",
     "xception": "cls/inception/deploy_xception.prototxt",
     "dpn92": "cls/dpn/deploy_dpn92.prototxt",
+    "resnet50": "cls/resnet/deploy_resnet50.prototxt",
+    "resnet152": "cls/resnet/deploy_resnet152.prototxt",
 }
+# Layers written another way in the port for the same computation, not compared past their
+# names, bottoms and tops (each printed when the script runs).
+_GLOBAL_POOL5 = ("the port pools globally; the Caffe release (KaimingHe/deep-residual-"
+                 "networks), which make_zoo follows, writes AVE 7x7 stride 1: the same at "
+                 "224x224")
+EQUIVALENT = {"resnet50": {"pool5": _GLOBAL_POOL5}, "resnet152": {"pool5": _GLOBAL_POOL5}}
 ONLY_PORT = {"Softmax"}
 ONLY_OURS = {"DummyData", "Accuracy", "SoftmaxWithLoss"}
 
@@ -77,10 +85,12 @@ def signature(layer):
     return tuple(out)
 
 
-def compare(ours, port):
-    """-> (number of layers compared, [(port's, ours) signatures that differ])."""
+def compare(ours, port, equivalent=()):
+    """-> (number of layers compared, [(port's, ours) signatures that differ]); the layers
+    named in ``equivalent`` compared by their names, bottoms and tops only."""
     a = [signature(l) for l in port.layer if l.type not in ONLY_PORT]
     b = [signature(l) for l in ours.layer if l.type not in ONLY_OURS]
+    a, b = ([x[:4] if x[0] in equivalent else x for x in side] for side in (a, b))
     diffs = [(x, y) for x, y in zip(a, b) if x != y]
     if len(a) != len(b):
         diffs.append(("%d layers" % len(a), "%d layers" % len(b)))
@@ -92,7 +102,11 @@ def main():
         raise SystemExit("usage: compare_port.py {%s} PORT.prototxt (soeaver/caffe-model's "
                          "file for that net: %s)" % ("|".join(PORTS), PORTS))
     name, path = sys.argv[1:]
-    count, diffs = compare(read(os.path.join(HERE, name + ".prototxt")), read(path))
+    ours = read(os.path.join(HERE, name + ".prototxt"))
+    equivalent = EQUIVALENT.get(name, {})
+    count, diffs = compare(ours, read(path), equivalent)
+    for layer, why in equivalent.items():
+        print("%s: %s" % (layer, why))
     for x, y in diffs[:10]:
         print("port:", x)
         print("ours:", y)

@@ -916,7 +916,7 @@ def _bn_scale(n, name, bottom, relu_after):
     n["bn" + name] = L.BatchNorm(bottom, in_place=True)
     n["scale" + name] = L.Scale(bottom, bias_term=True, in_place=True)
     if relu_after:
-        n[name + "_relu"] = relu(bottom)
+        n["res%s_relu" % name] = relu(bottom)
 
 
 def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=XAVIER):
@@ -943,8 +943,12 @@ def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=
     return out
 
 
-def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True):
-    """ResNet-50's layout (3, 4, 6, 3 bottlenecks), the first stage ``inner`` wide."""
+def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True, blocks=(3, 4, 6, 3),
+            numbered=""):
+    """ResNet's layout in its Caffe release (He et al. 2016, KaimingHe/deep-residual-networks):
+    ``blocks`` bottlenecks in stages 2-5, the first stage ``inner`` wide. A stage named in
+    ``numbered`` calls its blocks a, b1, b2, ... (ResNet-101's and -152's stages 3 and 4),
+    the others a, b, c, ..."""
     n = NetSpec()
     data(n, 32, (3, 224, 224))
     n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, filler=filler, bias=conv1_bias)
@@ -952,10 +956,13 @@ def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True):
     n.conv1_relu = relu(n.conv1)
     n.pool1 = max_pool(n.conv1, 3, 2)
     x = n.pool1
-    for i, (stage, blocks) in enumerate(zip("2345", (3, 4, 6, 3))):
+    for i, (stage, count) in enumerate(zip("2345", blocks)):
         width = inner << i
-        for b in range(blocks):
-            name = stage + "abcdef"[b]
+        for b in range(count):
+            if stage in numbered:
+                name = stage + ("a" if b == 0 else "b%d" % b)
+            else:
+                name = stage + "abcdefghijklmnopqrstuvwxyz"[b]
             stride = 2 if b == 0 and stage != "2" else 1
             x = _bottleneck(n, name, x, width, width * expansion, stride, project=(b == 0),
                             group=group, filler=filler)
@@ -967,6 +974,14 @@ def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True):
 
 def resnet50():
     return _resnet(64, 4)
+
+
+def resnet152():
+    """ResNet-152 as its Caffe release writes it (KaimingHe/deep-residual-networks; the
+    same layer for layer as soeaver/caffe-model's cls/resnet/deploy_resnet152.prototxt):
+    3, 8, 36 and 3 bottlenecks, stages 3 and 4 numbered (res3b1-res3b7, res4b1-res4b35),
+    conv1 without a bias (ResNet-50's has one)."""
+    return _resnet(64, 4, conv1_bias=False, blocks=(3, 8, 36, 3), numbered="34")
 
 
 def resnext50():
@@ -1114,6 +1129,7 @@ NETS = {
     "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
     "googlenet": (googlenet, "GoogleNet"),
     "resnet50": (resnet50, "ResNet-50"),
+    "resnet152": (resnet152, "ResNet-152"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
