@@ -21,7 +21,7 @@ import sys
 
 import numpy as np
 
-from . import fillers
+from . import fillers, forks
 from .blob import Blob, shape_string
 from .errors import LayerSetupError, PythonLayerError, ShapeMismatchError, UnknownLayerTypeError
 from .proto import caffe_pb2
@@ -52,9 +52,11 @@ def layer_class(type_name, layer_name="?"):
     try:
         return _REGISTRY[type_name]
     except KeyError:
+        hint = forks.layer_hint(type_name)   # a fork's layer: what BVLC writes instead
         raise UnknownLayerTypeError(
-            "Unknown layer type: '%s' (layer '%s'). Known types: %s"
-            % (type_name, layer_name, ", ".join(sorted(_REGISTRY)))) from None
+            "Unknown layer type: '%s' (layer '%s')%s. Known types: %s"
+            % (type_name, layer_name, ". " + hint if hint else "",
+               ", ".join(sorted(_REGISTRY)))) from None
 
 
 def _load_builtin_layers():

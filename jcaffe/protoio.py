@@ -13,7 +13,7 @@ import numpy as np
 from google.protobuf import message as _message
 from google.protobuf import text_format
 
-from . import upgrade
+from . import forks, upgrade
 from .errors import ProtoFileError, PrototxtError, ShapeMismatchError
 from .proto import caffe_pb2 as pb
 
@@ -33,6 +33,9 @@ def parse_prototxt(text, message_cls=pb.NetParameter, path=None):
         text_format.Parse(text, msg)
     except text_format.ParseError as e:
         detail = _LOCATION_PREFIX.sub("", str(e), count=1)
+        hint = forks.field_hint(detail)     # a fork's field: what BVLC writes instead
+        if hint:
+            detail = "%s. %s" % (detail.rstrip("."), hint)
         raise PrototxtError(detail, path, e.GetLine(), e.GetColumn()) from None
     return msg
 
