@@ -283,8 +283,8 @@ def main():
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
-             ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"), ("nin", "5", "1"),
-             ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
+             ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"),
+             ("nin", "5", "1"), ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
              ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run; Xception's depthwise ones too)
@@ -303,8 +303,8 @@ def main():
         ] + runs("forward", "bench_forward.py", SMALL_NETS, "--no-memory") + runs(
             "forward", "bench_forward.py",
             [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
-             ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"), ("nin", "7", "1"),
-             ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
+             ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"),
+             ("nin", "7", "1"), ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_resnet_v2", "5", "1"),
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),

@@ -14,7 +14,7 @@ INPUT = ('layer { name: "in" type: "Input" top: "x" '
 
 
 def test_ceil_mode_names_its_line_and_round_mode(tmp_path):
-    """soeaver/caffe-model's ports write ``ceil_mode: false`` (36 of its 59 classification
+    """soeaver/caffe-model's ports write ``ceil_mode: false`` (36 of its 58 classification
     prototxts): the error keeps protobuf's location and says round_mode: FLOOR."""
     path = write_prototxt(tmp_path, INPUT + (
         'layer { name: "pool" type: "Pooling" bottom: "x" top: "y"\n'
