@@ -52,10 +52,13 @@ def check_net(net, phase=jcaffe.TRAIN, *, weights=None, seed=0, samples=12, eps=
         if _partial(net):
             report.notes.append("some bottom needing a diff has propagate_down false: the net's "
                                 "gradient is partial by design; compared with jax.grad only")
+        zero = []
         for name, kind, key, x in runner.targets():
             check = report.add(BlobCheck(name, x.shape, mode="sample"))
             a = analytic[(kind, key)]
             r = None if ref is None else np.asarray(ref[(kind, key)])
+            if not np.any(a) and (r is None or not np.any(r)):
+                zero.append(name)
             idx = _sample(a, r, samples, rng)
             kinks = []
             if not _partial(net):
@@ -63,6 +66,11 @@ def check_net(net, phase=jcaffe.TRAIN, *, weights=None, seed=0, samples=12, eps=
                 kinks = compare.check_elements(check, obj, idx, a, r, tol, abs(loss), dtype)
             if r is not None:
                 compare.check_vjp(check, a, r, tol, skip=kinks)
+        if zero:    # e.g. every unit of a ReLU dead, or dropped, for this draw
+            report.warnings.append(
+                "the gradient of %s is zero everywhere for these weights and inputs: a "
+                "wrong backward there would pass too (build the net after another "
+                "jcaffe.set_random_seed, or pass other inputs)" % ", ".join(zero))
         return report
 
 

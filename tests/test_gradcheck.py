@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import gradcheck
+import jcaffe
 from gradcheck.cli import main as cli_main
 from jcaffe.errors import BackwardError, LayerSetupError, UnknownLayerTypeError
 from jcaffe.layer import layer_class, layer_type_list
@@ -335,9 +336,27 @@ def test_net_with_python_layer(tmp_path):
     path = tmp_path / "net.prototxt"
     path.write_text(NET.replace('type: "EuclideanLoss"', 'type: "Python" python_param { module: '
                                 '"pylayers" layer: "EuclideanLossLayer" }'))
+    # (seeded: in about 1 draw of 50, relu1 and the dropout zero all of ip1, ip2 and ip3
+    # are then their zero biases and the Euclidean loss has no gradient to get wrong;
+    # check_net warns of that, test_net_warns_when_a_gradient_is_zero_everywhere)
+    jcaffe.set_random_seed(0)
     r = gradcheck.check_net(str(path))
     assert "Python layers" in " ".join(r.notes)
     assert not r.ok   # pylayers' EuclideanLossLayer ignores its loss_weight of 0.5
+    assert not r.warnings
+
+
+def test_net_warns_when_a_gradient_is_zero_everywhere(tmp_path):
+    """A check of an all-zero gradient passes whatever the backward: the report says so."""
+    path = tmp_path / "net.prototxt"
+    path.write_text(NET.replace('bias_filler { type: "gaussian" }',
+                                'bias_filler { type: "constant" value: -100 }'))
+    r = gradcheck.check_net(str(path))
+    assert r.ok
+    assert len(r.warnings) == 1
+    assert "gradient of param ip1[0], param ip1[1], param ip2[0], input data is zero" \
+        in r.warnings[0]
+    assert "warning: the gradient of param ip1[0]" in str(r)
 
 
 def test_net_catches_a_broken_layer(tmp_path, monkeypatch):
