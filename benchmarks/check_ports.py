@@ -1,0 +1,121 @@
+"""jcaffe's deploy forward against the benchmarks' pure-JAX reference, on published
+deploy prototxts: every blob both compute, one image, the same weights.
+
+    python benchmarks/check_ports.py 'PORTS/cls/*/deploy_*.prototxt'
+
+Each file's input (``input:``/``input_shape``, or an Input layer) is fed one Gaussian
+image; its last Softmax is dropped (the reference stops at the scores). Both sides get
+nets.py's reference weights and BatchNorm statistics. A line per file: OK or DIFF (the
+largest difference of any blob, relative to that blob's largest magnitude, against
+1e-3), or FAIL with the error (a layer the reference does not write, a fork's layer
+type). A fork's ``ceil_mode`` is read as BVLC's round_mode (jcaffe/forks.py), and the
+line says so. Exit status 1 if any file is not OK.
+
+The fifty-fourth session ran it on soeaver/caffe-model (commit 49dc8e0), 58
+classification prototxts: 57 OK (largest difference 4.8e-6, VGG-19's fc6), one FAIL
+(xception-dw's fork layer, ConvolutionDepthwise). 18 minutes on 2 cores.
+"""
+import glob
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nets  # noqa: E402
+
+TOLERANCE = 1e-3
+
+
+def deploy_param(text):
+    """(NetParameter with an Input layer of batch 1 and no final Softmax, its last top,
+    whether a fork's ceil_mode was read as round_mode)."""
+    from google.protobuf import text_format
+    from jcaffe.proto import caffe_pb2 as pb
+    forked = bool(re.search(r"ceil_mode:", text))
+    text = re.sub(r"ceil_mode:\s*false", "round_mode: FLOOR", text)
+    text = re.sub(r"ceil_mode:\s*true", "round_mode: CEIL", text)
+    src = text_format.Parse(text, pb.NetParameter())
+    out = pb.NetParameter(name=src.name)
+    inp = out.layer.add(name="data", type="Input")
+    if src.input:
+        inp.top.append(src.input[0])
+        dims = list(src.input_shape[0].dim) if src.input_shape else list(src.input_dim[:4])
+    else:
+        first = next(l for l in src.layer if l.type == "Input")
+        inp.top.append(first.top[0])
+        dims = list(first.input_param.shape[0].dim)
+    inp.input_param.shape.add(dim=[1] + dims[1:])
+    layers = [l for l in src.layer if l.type != "Input"]
+    if layers and layers[-1].type == "Softmax":
+        layers.pop()
+    for layer in layers:
+        out.layer.add().CopyFrom(layer)
+    return out, layers[-1].top[0], forked
+
+
+def compare(param):
+    """(the largest relative difference of any blob, its name, blobs compared)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import jcaffe
+    net = jcaffe.Net(param, jcaffe.TEST)
+    nets.load_reference_params(net, param)
+    inputs = nets.feeds(param)
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    net.forward()
+    forward = nets.jax_forward_fn(param, train=False)
+    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
+    blobs = jax.jit(lambda p, s, i: forward(p, i, None, s)[1])(
+        params, stats, {k: jnp.asarray(v) for k, v in inputs.items()})
+    worst, where, count = 0.0, None, 0
+    for name, ref in blobs.items():
+        if name not in net.blobs:
+            continue
+        ref, ours = np.asarray(ref), net.blobs[name].data
+        if ref.shape != ours.shape:
+            return np.inf, "%s (shape %s, reference %s)" % (name, ours.shape, ref.shape), count
+        scale = np.abs(ref).max()
+        if scale == 0:
+            continue
+        count += 1
+        err = float(np.abs(ours - ref).max() / scale)
+        if err > worst:
+            worst, where = err, name
+    return worst, where, count
+
+
+def main(pattern):
+    import jax
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise SystemExit("no file matches %r" % pattern)
+    bad = 0
+    for path in paths:
+        start = time.time()
+        try:
+            with open(path) as f:
+                param, final, forked = deploy_param(f.read())
+            worst, where, count = compare(param)
+            ok = worst < TOLERANCE
+            print("%s %s: %d blobs, largest difference %.2e (%s)%s, %.0f s" % (
+                "OK  " if ok else "DIFF", path, count, worst, where,
+                "; ceil_mode read as round_mode" if forked else "", time.time() - start),
+                flush=True)
+        except Exception as e:      # (one line per file; the run goes on)
+            ok = False
+            print("FAIL %s: %s: %s" % (path, type(e).__name__, str(e).splitlines()[0][:300]),
+                  flush=True)
+        bad += not ok
+        jax.clear_caches()
+    print("%d of %d OK" % (len(paths) - bad, len(paths)))
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit(__doc__)
+    sys.exit(main(sys.argv[1]))
