@@ -1,7 +1,7 @@
 """jcaffe's deploy forward against the benchmarks' pure-JAX reference, on published
 deploy prototxts: every blob both compute, one image, the same weights.
 
-    python benchmarks/check_ports.py 'PORTS/cls/*/deploy_*.prototxt'
+    python benchmarks/check_ports.py 'PORTS/cls/*/deploy_*.prototxt' [--train]
 
 Each file's input (``input:``/``input_shape``, or an Input layer) is fed one Gaussian
 image; its last Softmax is dropped (the reference stops at the scores). Both sides get
@@ -10,6 +10,17 @@ largest difference of any blob, relative to that blob's largest magnitude, again
 1e-3), or FAIL with the error (a layer the reference does not write, a fork's layer
 type). A fork's ``ceil_mode`` is read as BVLC's round_mode (jcaffe/forks.py), and the
 line says so. Exit status 1 if any file is not OK.
+
+``--train`` checks the backward instead: two images and labels, a SoftmaxWithLoss on the
+last top, BatchNorm on batch statistics (``use_global_stats`` cleared, as Caffe's TRAIN
+default), Dropout's ratio 0; jcaffe's ``forward()`` + ``backward()`` against
+``jax.grad`` of the reference's loss, every param's diff relative to its own largest
+magnitude, and the loss. The reference's gradient is compiled without YNNPACK's
+reductions (REFERENCE_GRAD_OPTIONS): with them (jaxlib 0.10.2), this reference's
+gradient of soeaver/caffe-model's ResNet-18-1x16d at batch 2 was off by up to 9% against
+float64 (res6_conv2's weights; from the Eltwise after its BatchNorm on), where jcaffe's
+and the reference's without them were within 5e-6 (benchmarks/NOTES.md, fifty-fourth
+session).
 
 The fifty-fourth session ran it on soeaver/caffe-model (commit 49dc8e0), 58
 classification prototxts: 57 OK (largest difference 4.8e-6, VGG-19's fc6), one FAIL
@@ -25,6 +36,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import nets  # noqa: E402
 
 TOLERANCE = 1e-3
+REFERENCE_GRAD_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type":
+                          "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 def deploy_param(text):
@@ -52,6 +65,62 @@ def deploy_param(text):
     for layer in layers:
         out.layer.add().CopyFrom(layer)
     return out, layers[-1].top[0], forked
+
+
+def train_param(param, final, batch=2):
+    """The deploy ``param`` made a training net: ``batch`` images and labels, a
+    SoftmaxWithLoss on ``final``, BatchNorm on batch statistics, Dropout's ratio 0."""
+    from jcaffe.proto import caffe_pb2 as pb
+    out = pb.NetParameter()
+    out.CopyFrom(param)
+    inp = out.layer[0]
+    inp.input_param.shape[0].dim[0] = batch
+    inp.top.append("label")
+    inp.input_param.shape.add(dim=[batch])
+    for layer in out.layer:
+        if layer.type == "BatchNorm":
+            layer.batch_norm_param.ClearField("use_global_stats")
+        elif layer.type == "Dropout":
+            layer.dropout_param.dropout_ratio = 0
+    out.layer.add(name="loss", type="SoftmaxWithLoss", bottom=[final, "label"], top=["loss"])
+    return out
+
+
+def compare_train(param):
+    """(the largest relative difference of any param's diff, its name, diffs compared),
+    the losses' relative difference counted as one of them."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import jcaffe
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    nets.load_reference_params(net, param)
+    inputs = nets.feeds(param)
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+    loss = float(net.forward()["loss"])
+    net.backward()
+    forward = nets.jax_forward_fn(param, train=True)
+    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
+    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
+    feeds = {k: jnp.asarray(v) for k, v in inputs.items()}
+    grad = jax.jit(jax.value_and_grad(
+        lambda p: forward(p, feeds, jax.random.PRNGKey(0), stats)[0])).lower(params)
+    options = REFERENCE_GRAD_OPTIONS if jax.default_backend() == "cpu" else None
+    ref_loss, grads = grad.compile(compiler_options=options)(params)
+    worst, where = abs(loss - float(ref_loss)) / abs(float(ref_loss)), "loss"
+    count = 1
+    for name, diffs in grads.items():
+        for i, ref in enumerate(diffs):
+            ref, ours = np.asarray(ref), net.params[name][i].diff
+            scale = np.abs(ref).max()
+            if scale == 0:
+                continue
+            count += 1
+            err = float(np.abs(ours - ref).max() / scale)
+            if err > worst:
+                worst, where = err, "%s[%d]" % (name, i)
+    return worst, where, count
 
 
 def compare(param):
@@ -88,7 +157,7 @@ def compare(param):
     return worst, where, count
 
 
-def main(pattern):
+def main(pattern, train=False):
     import jax
     paths = sorted(glob.glob(pattern))
     if not paths:
@@ -99,10 +168,14 @@ def main(pattern):
         try:
             with open(path) as f:
                 param, final, forked = deploy_param(f.read())
-            worst, where, count = compare(param)
+            if train:
+                worst, where, count = compare_train(train_param(param, final))
+            else:
+                worst, where, count = compare(param)
             ok = worst < TOLERANCE
-            print("%s %s: %d blobs, largest difference %.2e (%s)%s, %.0f s" % (
-                "OK  " if ok else "DIFF", path, count, worst, where,
+            print("%s %s: %d %s, largest difference %.2e (%s)%s, %.0f s" % (
+                "OK  " if ok else "DIFF", path, count, "diffs" if train else "blobs", worst,
+                where,
                 "; ceil_mode read as round_mode" if forked else "", time.time() - start),
                 flush=True)
         except Exception as e:      # (one line per file; the run goes on)
@@ -116,6 +189,7 @@ def main(pattern):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = [a for a in sys.argv[1:] if a != "--train"]
+    if len(args) != 1:
         raise SystemExit(__doc__)
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(args[0], train="--train" in sys.argv))

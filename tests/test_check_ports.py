@@ -9,7 +9,7 @@ import check_ports  # noqa: E402
 import nets  # noqa: E402
 
 # a deploy file as the ports write them: net inputs by input/input_shape, a fork's
-# ceil_mode, a final Softmax
+# ceil_mode, a final Softmax (10 classes: nets.feeds draws labels below 10)
 PORT = """
 name: "port"
 input: "data"
@@ -23,7 +23,7 @@ layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
 layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
         pooling_param { pool: MAX kernel_size: 3 stride: 2 ceil_mode: false } }
 layer { name: "fc" type: "InnerProduct" bottom: "pool1" top: "fc"
-        inner_product_param { num_output: 5 } }
+        inner_product_param { num_output: 10 } }
 layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
 """
 
@@ -50,3 +50,19 @@ def test_a_difference_and_a_failure_are_reported(tmp_path, capsys, monkeypatch):
     assert lines[0].startswith("DIFF ") and "deploy_a" in lines[0]
     assert lines[1].startswith("FAIL ") and "ReLU6" in lines[1] and "Clip" in lines[1]
     assert lines[2] == "0 of 2 OK"
+
+
+def test_train_compares_every_params_diff_with_jax_grad(tmp_path, capsys, monkeypatch):
+    """--train: two images and labels, a SoftmaxWithLoss on the last top, BatchNorm on
+    batch statistics; jcaffe's diffs against jax.grad of the reference."""
+    (tmp_path / "deploy_a.prototxt").write_text(PORT)
+    assert check_ports.main(str(tmp_path / "*.prototxt"), train=True) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("OK   ") and " 6 diffs," in out   # loss, conv1, scale1 x2, fc x2
+    param, final, _ = check_ports.deploy_param(PORT)
+    train = check_ports.train_param(param, final)
+    assert [l.type for l in train.layer][-1] == "SoftmaxWithLoss"
+    assert not any(l.batch_norm_param.HasField("use_global_stats") for l in train.layer)
+    monkeypatch.setattr(nets, "load_reference_params", lambda net, param: None)
+    assert check_ports.main(str(tmp_path / "*.prototxt"), train=True) == 1
+    assert capsys.readouterr().out.startswith("DIFF ")
