@@ -28,7 +28,9 @@ zero, which both sides compute as rounding noise (ResNet-50's conv1, VGG-16-BN's
 
 The fifty-fourth session ran it on soeaver/caffe-model (commit 49dc8e0), 58
 classification prototxts: 57 OK (largest difference 4.8e-6, VGG-19's fc6), one FAIL
-(xception-dw's fork layer, ConvolutionDepthwise). 18 minutes on 2 cores.
+(xception-dw's fork layer, ConvolutionDepthwise). 18 minutes on 2 cores. ``--train`` on
+11 of them (ResNet-18/50, AIR-50, DenseNet-121, DPN-68, Inception-v1/v2/v3, Xception,
+VGG-16-BN): OK, largest difference 3.3e-9, 30 s to 5 minutes each.
 """
 import glob
 import os
