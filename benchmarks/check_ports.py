@@ -92,28 +92,37 @@ def train_param(param, final, batch=2):
     return out
 
 
-def compare_train(param):
-    """(the largest relative difference of any learned param's diff, its name, diffs
-    compared), the losses' relative difference counted as one of them; float64."""
+def _both(param, phase, dtype):
+    """(jcaffe's net in ``phase`` and ``dtype`` with the reference's weights and inputs,
+    the reference's params, BatchNorm statistics and inputs as jax arrays in ``dtype``)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import jcaffe
+    net = jcaffe.Net(param, phase, dtype=dtype)
+    nets.load_reference_params(net, param)
+    inputs = nets.feeds(param)
+    for name, value in inputs.items():
+        net.blobs[name].data[...] = value
+
+    def cast(a):        # (integer inputs, labels and indices, keep their type)
+        return jnp.asarray(a, dtype if a.dtype == np.float32 else a.dtype)
+    params = jax.tree_util.tree_map(cast, nets.init_params(param))
+    stats = jax.tree_util.tree_map(cast, nets.init_stats(param))
+    return net, params, stats, {k: cast(v) for k, v in inputs.items()}
+
+
+def compare_train(param):
+    """(the largest relative difference of any learned param's diff, its name, diffs
+    compared), the losses' relative difference counted as one of them; float64."""
+    import jax
+    import numpy as np
+    import jcaffe
     with jax.enable_x64(True):
-        net = jcaffe.Net(param, jcaffe.TRAIN, dtype=np.float64)
-        nets.load_reference_params(net, param)
-        inputs = nets.feeds(param)
-        for name, value in inputs.items():
-            net.blobs[name].data[...] = value
+        net, params, stats, feeds = _both(param, jcaffe.TRAIN, np.float64)
         loss = float(net.forward()["loss"])
         net.backward()
         forward = nets.jax_forward_fn(param, train=True)
-
-        def wide(a):
-            return jnp.asarray(a, jnp.float64 if a.dtype == np.float32 else a.dtype)
-        params = jax.tree_util.tree_map(wide, nets.init_params(param))
-        stats = jax.tree_util.tree_map(wide, nets.init_stats(param))
-        feeds = {k: wide(v) for k, v in inputs.items()}
         ref_loss, grads = jax.jit(jax.value_and_grad(
             lambda p: forward(p, feeds, jax.random.PRNGKey(0), stats)[0]))(params)
     worst, where = abs(loss - float(ref_loss)) / abs(float(ref_loss)), "loss"
@@ -134,20 +143,12 @@ def compare_train(param):
 def compare(param):
     """(the largest relative difference of any blob, its name, blobs compared)."""
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import jcaffe
-    net = jcaffe.Net(param, jcaffe.TEST)
-    nets.load_reference_params(net, param)
-    inputs = nets.feeds(param)
-    for name, value in inputs.items():
-        net.blobs[name].data[...] = value
+    net, params, stats, feeds = _both(param, jcaffe.TEST, np.float32)
     net.forward()
     forward = nets.jax_forward_fn(param, train=False)
-    params = jax.tree_util.tree_map(jnp.asarray, nets.init_params(param))
-    stats = jax.tree_util.tree_map(jnp.asarray, nets.init_stats(param))
-    blobs = jax.jit(lambda p, s, i: forward(p, i, None, s)[1])(
-        params, stats, {k: jnp.asarray(v) for k, v in inputs.items()})
+    blobs = jax.jit(lambda p, s, i: forward(p, i, None, s)[1])(params, stats, feeds)
     worst, where, count = 0.0, None, 0
     for name, ref in blobs.items():
         if name not in net.blobs:
