@@ -48,6 +48,7 @@ NETS = {
     "densenet121": ("densenet121.prototxt", 16, (3, 224, 224), "fc6"),
     "se_bn_inception": ("se_bn_inception.prototxt", 32, (3, 224, 224), "classifier"),
     "inception_v3": ("inception_v3.prototxt", 16, (3, 299, 299), "classifier"),
+    "inception_v4": ("inception_v4.prototxt", 8, (3, 299, 299), "classifier"),
     "inception_resnet_v2": ("inception_resnet_v2.prototxt", 8, (3, 299, 299), "classifier"),
     # (batch 8: at 16 the three contenders' steps peaked at 10.4, 9.0 and 7.7 GB alone)
     "xception": ("xception.prototxt", 8, (3, 299, 299), "classifier"),

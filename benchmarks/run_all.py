@@ -85,7 +85,7 @@ def matmul_peak(repeats=20):
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "resnet152", "mobilenet",
-                     "squeezenet", "nin", "se_bn_inception", "inception_v3",
+                     "squeezenet", "nin", "se_bn_inception", "inception_v3", "inception_v4",
                      "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
@@ -285,7 +285,8 @@ def main():
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
              ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"),
              ("nin", "5", "1"), ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
-             ("inception_v3", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
+             ("inception_v3", "3", "1"), ("inception_v4", "3", "1"),
+             ("inception_resnet_v2", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run; Xception's depthwise ones too)
             "train", "bench_train.py",
@@ -305,7 +306,8 @@ def main():
             [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
              ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"),
              ("nin", "7", "1"), ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
-             ("inception_v3", "5", "1"), ("inception_resnet_v2", "5", "1"),
+             ("inception_v3", "5", "1"), ("inception_v4", "5", "1"),
+             ("inception_resnet_v2", "5", "1"),
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1")], "--no-memory")
@@ -459,6 +461,10 @@ def render(state, opts):
         ("Training step, Inception-v3 (batch 16, 3x299x299; BatchNorm and Scale after every "
          "convolution, 7x7s factored into 1x7 and 7x1, and 1x3 and 3x1 side by side)",
          "train_inception_v3", forward_gflop("inception_v3", False) * 3, None),
+        ("Training step, Inception-v4 (batch 8, 3x299x299; a stem of three joins, 14 "
+         "Inception modules and two reductions, BatchNorm and Scale after each of its 149 "
+         "convolutions, 7x7s factored into 1x7 and 7x1)", "train_inception_v4",
+         forward_gflop("inception_v4", False) * 3, None),
         ("Training step, Inception-ResNet-v2 (batch 8, 3x299x299; 40 residual blocks of "
          "Inception branches, each joined, taken back by a 1x1 and added to the trunk by an "
          "Eltwise SUM with coeff 0.1-0.2)", "train_inception_resnet_v2",
@@ -518,6 +524,8 @@ def render(state, opts):
          "forward_se_bn_inception", forward_gflop("se_bn_inception", True), None),
         ("Forward (deploy, TEST), Inception-v3 (batch 16, 3x299x299)",
          "forward_inception_v3", forward_gflop("inception_v3", True), None),
+        ("Forward (deploy, TEST), Inception-v4 (batch 8, 3x299x299)",
+         "forward_inception_v4", forward_gflop("inception_v4", True), None),
         ("Forward (deploy, TEST), Inception-ResNet-v2 (batch 8, 3x299x299)",
          "forward_inception_resnet_v2", forward_gflop("inception_resnet_v2", True), None),
         ("Forward (deploy, TEST), Xception (batch 8, 3x299x299)", "forward_xception",

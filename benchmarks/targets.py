@@ -11,8 +11,8 @@ import re
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
               "mnist_autoencoder", "mnist_siamese", "caffenet", "googlenet", "resnet50",
               "resnet152", "mobilenet", "squeezenet", "nin", "densenet121", "se_bn_inception",
-              "inception_v3", "inception_resnet_v2", "xception", "resnext50", "dpn92", "fcn32s",
-              "lrcn", "vgg16")
+              "inception_v3", "inception_v4", "inception_resnet_v2", "xception", "resnext50",
+              "dpn92", "fcn32s", "lrcn", "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
@@ -24,7 +24,8 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "resnet152": "ResNet-152",
          "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
          "densenet121": "DenseNet-121", "se_bn_inception": "SE-BN-Inception",
-         "inception_v3": "Inception-v3", "inception_resnet_v2": "Inception-ResNet-v2",
+         "inception_v3": "Inception-v3", "inception_v4": "Inception-v4",
+         "inception_resnet_v2": "Inception-ResNet-v2",
          "xception": "Xception", "resnext50": "ResNeXt-50", "dpn92": "DPN-92",
          "fcn32s": "FCN-32s", "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"

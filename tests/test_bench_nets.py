@@ -207,6 +207,17 @@ def test_inception_resnet_v2_contenders_agree(monkeypatch):
 
 
 @pytest.mark.slow
+def test_inception_v4_contenders_agree(monkeypatch):
+    """Inception-v4: its stem's joins of a MAX pool and a stride-2 convolution (the pool
+    first in one Concat, last in the other), 1x7 and 7x1 convolutions, 1x3 and 3x1 side
+    by side, BatchNorm (batch statistics) and Scale after each of its 149 convolutions.
+    The deploy outputs and the first training loss, Dropout's ratio set to 0. Slow:
+    three compiles at 299x299."""
+    _without_dropout(monkeypatch)
+    _check("inception_v4", 2)
+
+
+@pytest.mark.slow
 def test_xception_contenders_agree():
     """Xception: 34 depthwise 3x3s (group = channels, up to 1536: jcaffe's shifted
     slices against the references' grouped convolutions), stride-2 MAX pools whose last

@@ -37,6 +37,7 @@ NETS = {
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
     "se_bn_inception": ("conv1/7x7_s2", "classifier", (1, 1000), False),
     "inception_v3": ("conv1_3x3_s2", "classifier", (1, 1000), False),
+    "inception_v4": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "inception_resnet_v2": ("conv1_3x3_s2", "classifier", (1, 1000), False),
     "xception": ("conv1", "classifier", (1, 1000), False),
     "resnext50": ("conv1", "fc1000", (1, 1000), False),
@@ -316,6 +317,44 @@ def test_factored_kernels_backward_is_jax_grads_in_float64(tmp_path):
     names = {c.name for c in report.checks}
     assert {"param 1x7[0]", "param 1x7_scale[0]", "param 7x1[0]", "param 1x3[0]",
             "param 3x1[1]", "param s2[0]"} <= names, names
+
+
+def test_inception_v4_joins_its_stem_and_counts_its_params():
+    """Inception-v4 (the Caffe port's 639 layers): a stem of three joins, 147x147 down to
+    35x35 (a MAX pool beside a stride-2 3x3, the pool first in the Concat; a 3x3 beside a
+    1x7, 7x1 and 3x3, both valid; a stride-2 3x3 beside a MAX pool, the convolution
+    first), then 4, 7 and 3 modules at 35x35, 17x17 and 8x8 between two reductions. Its
+    learnable params (convolutions, Scales and the classifier, not BatchNorm's
+    statistics) number 42,679,816, the count Keras's and TF-slim's Inception-v4 give."""
+    param = _load("inception_v4", 1)
+    eps = [l.batch_norm_param.eps for l in param.layer if l.type == "BatchNorm"]
+    assert len(eps) == 149 and eps == pytest.approx([1e-3] * 149)
+    net = jcaffe.Net(param, jcaffe.TEST)
+    assert net.blobs["conv3_3x3_s1"].shape == (1, 64, 147, 147)
+    assert net.blobs["inception_stem1"].shape == (1, 64 + 96, 73, 73)
+    assert net.blobs["inception_stem2"].shape == (1, 96 + 96, 71, 71)
+    assert net.blobs["inception_stem3"].shape == (1, 192 + 192, 35, 35)
+    assert net.blobs["inception_a4_concat"].shape == (1, 384, 35, 35)
+    assert net.blobs["reduction_a_concat"].shape == (1, 384 + 256 + 384, 17, 17)
+    assert net.blobs["inception_b7_concat"].shape == (1, 1024, 17, 17)
+    assert net.blobs["reduction_b_concat"].shape == (1, 192 + 320 + 1024, 8, 8)
+    assert net.blobs["inception_c3_concat"].shape == (1, 1536, 8, 8)
+    assert net.bottom_names["inception_stem1"] == ["inception_stem1_pool",
+                                                   "inception_stem1_3x3_s2"]
+    assert net.bottom_names["inception_stem3"] == ["inception_stem3_3x3_s2",
+                                                   "inception_stem3_pool"]
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["inception_stem2_1x7"] == [(64, 64, 1, 7)]
+    assert shapes["inception_b7_7x1_2"] == [(192, 192, 7, 1)]
+    assert shapes["inception_c3_1x3_2"] == [(512, 448, 1, 3)]
+    assert shapes["classifier"] == [(1000, 1536), (1000,)]
+    learnable = sum(b.count for k, v in net.params.items() if not k.endswith("_bn")
+                    for b in v)
+    assert learnable == 42679816
+    # the 8x8 modules' 1x3 and 3x1 read one bottom through Caffe's Split
+    split = "inception_c1_1x1_3_inception_c1_1x1_3_relu_0_split_"
+    assert net.bottom_names["inception_c1_1x3"] == [split + "0"]
+    assert net.bottom_names["inception_c1_3x1"] == [split + "1"]
 
 
 def test_inception_resnet_v2_scales_its_residual_branches():

@@ -5,7 +5,7 @@ Scale's bias, Dropout's ratio, InnerProduct's outputs).
 
     python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
 
-The ports are not in this repository. The six taken from soeaver/caffe-model (commit
+The ports are not in this repository. The seven taken from soeaver/caffe-model (commit
 49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
 comparison skips the layers that only one side has: the port's Softmax (a deploy
 file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 PORTS = {
     "inception_v3": "cls/inception/deploy_inception-v3.prototxt",
+    "inception_v4": "cls/inception/deploy_inception-v4.prototxt",
     "inception_resnet_v2": "cls/inception/deploy_inception-resnet-v2.prototxt",
     "xception": "cls/inception/deploy_xception.prototxt",
     "dpn92": "cls/dpn/deploy_dpn92.prototxt",

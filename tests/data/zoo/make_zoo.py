@@ -544,6 +544,102 @@ def inception_v3():
     return n
 
 
+def inception_v4():
+    """Inception-v4 (Szegedy et al. 2016) as its Caffe port writes it (soeaver/caffe-model,
+    cls/inception/deploy_inception-v4.prototxt, converted from TensorFlow's release): a
+    stem of three 3x3s from 299x299 to 147x147, then three joins, each of a stride-2 or
+    side-by-side pair (a MAX pool beside a stride-2 3x3 to 73x73; a 1x1 and 3x3 beside a
+    1x1, 1x7, 7x1 and 3x3 to 71x71; a stride-2 3x3 beside a MAX pool to 35x35; the first
+    join puts the pool first, the last one after the convolution); four 35x35 modules (a
+    1x1, a 3x3 after a 1x1, two 3x3s after a 1x1, an AVE pool with a 1x1); a reduction
+    to 17x17 (a stride-2 3x3, a 1x1, 3x3 and stride-2 3x3, a MAX pool); seven 17x17
+    modules whose 7x7s are factored into 1x7 and 7x1 convolutions (kernel_h/kernel_w
+    with pad_h/pad_w: one pair, and two pairs one after the other); a reduction to 8x8
+    (a 1x1 and stride-2 3x3; a 1x1, 1x7, 7x1 and stride-2 3x3; a MAX pool); three 8x8
+    modules whose 1x3 and 3x1 convolutions read the same bottom side by side, six
+    branches joined; global AVE pooling, Dropout 0.2 and the classifier. Every
+    convolution is without bias and followed by BatchNorm (eps 0.001), Scale with bias
+    and ReLU, all in place. Layer names as published. The port is a deploy file
+    (BatchNorm with use_global_stats): here BatchNorm takes Caffe's default by phase, the
+    weights keep its xavier filler; the DummyData, loss and accuracy are added as for
+    the other nets."""
+    n = NetSpec()
+    data(n, 8, (3, 299, 299))
+
+    def conv_bn(*args, **kw):
+        return _inception_conv(n, *args, **kw)
+
+    def pool(name, bottom, kind, stride, pad=0):
+        kw = dict(pad=pad) if pad else {}
+        n[name] = top = L.Pooling(bottom, pool=kind, kernel_size=3, stride=stride, **kw)
+        return top
+
+    ave, mx = P.Pooling.AVE, P.Pooling.MAX
+    r13, r31, r17, r71 = (1, 3), (3, 1), (1, 7), (7, 1)
+    p13, p31, p17, p71 = (0, 1), (1, 0), (0, 3), (3, 0)
+    top = conv_bn("conv1_3x3_s2", n.data, 32, 3, 2)
+    top = conv_bn("conv2_3x3_s1", top, 32, 3)
+    top = conv_bn("conv3_3x3_s1", top, 64, 3, pad=1)
+    m = "inception_stem1"
+    b = conv_bn(m + "_3x3_s2", top, 96, 3, 2)
+    n[m] = top = L.Concat(pool(m + "_pool", top, mx, 2), b)
+    m = "inception_stem2"
+    a = conv_bn(m + "_3x3", conv_bn(m + "_3x3_reduce", top, 64, 1), 96, 3)
+    b = conv_bn(m + "_1x7", conv_bn(m + "_1x7_reduce", top, 64, 1), 64, r17, pad=p17)
+    b = conv_bn(m + "_3x3_2", conv_bn(m + "_7x1", b, 64, r71, pad=p71), 96, 3)
+    n[m] = top = L.Concat(a, b)
+    m = "inception_stem3"
+    a = conv_bn(m + "_3x3_s2", top, 192, 3, 2)
+    n[m] = top = L.Concat(a, pool(m + "_pool", top, mx, 2))
+    for i in range(1, 5):
+        m = "inception_a%d_" % i
+        a = conv_bn(m + "1x1_2", top, 96, 1)
+        b = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 64, 1), 96, 3, pad=1)
+        c = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 64, 1), 96, 3, pad=1)
+        c = conv_bn(m + "3x3_3", c, 96, 3, pad=1)
+        d = conv_bn(m + "1x1", pool(m + "pool_ave", top, ave, 1, 1), 96, 1)
+        n[m + "concat"] = top = L.Concat(a, b, c, d)
+    m = "reduction_a_"
+    a = conv_bn(m + "3x3", top, 384, 3, 2)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "3x3_2_reduce", top, 192, 1), 224, 3, pad=1)
+    b = conv_bn(m + "3x3_3", b, 256, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, pool(m + "pool", top, mx, 2))
+    for i in range(1, 8):
+        m = "inception_b%d_" % i
+        a = conv_bn(m + "1x1_2", top, 384, 1)
+        b = conv_bn(m + "1x7", conv_bn(m + "1x7_reduce", top, 192, 1), 224, r17, pad=p17)
+        b = conv_bn(m + "7x1", b, 256, r71, pad=p71)
+        c = conv_bn(m + "7x1_2", conv_bn(m + "7x1_2_reduce", top, 192, 1), 192, r71,
+                    pad=p71)
+        c = conv_bn(m + "1x7_2", c, 224, r17, pad=p17)
+        c = conv_bn(m + "7x1_3", c, 224, r71, pad=p71)
+        c = conv_bn(m + "1x7_3", c, 256, r17, pad=p17)
+        d = conv_bn(m + "1x1", pool(m + "pool_ave", top, ave, 1, 1), 128, 1)
+        n[m + "concat"] = top = L.Concat(a, b, c, d)
+    m = "reduction_b_"
+    a = conv_bn(m + "3x3", conv_bn(m + "3x3_reduce", top, 192, 1), 192, 3, 2)
+    b = conv_bn(m + "1x7", conv_bn(m + "1x7_reduce", top, 256, 1), 256, r17, pad=p17)
+    b = conv_bn(m + "3x3_2", conv_bn(m + "7x1", b, 320, r71, pad=p71), 320, 3, 2)
+    n[m + "concat"] = top = L.Concat(a, b, pool(m + "pool", top, mx, 2))
+    for i in range(1, 4):
+        m = "inception_c%d_" % i
+        a = conv_bn(m + "1x1_2", top, 256, 1)
+        x = conv_bn(m + "1x1_3", top, 384, 1)
+        b = [conv_bn(m + "1x3", x, 256, r13, pad=p13),
+             conv_bn(m + "3x1", x, 256, r31, pad=p31)]
+        x = conv_bn(m + "3x1_2", conv_bn(m + "1x1_4", top, 384, 1), 448, r31, pad=p31)
+        x = conv_bn(m + "1x3_2", x, 512, r13, pad=p13)
+        c = [conv_bn(m + "1x3_3", x, 256, r13, pad=p13),
+             conv_bn(m + "3x1_3", x, 256, r31, pad=p31)]
+        d = conv_bn(m + "1x1", pool(m + "pool_ave", top, ave, 1, 1), 256, 1)
+        n[m + "concat"] = top = L.Concat(a, *b, *c, d)
+    n.pool_8x8_s1 = L.Pooling(top, pool=ave, global_pooling=True)
+    n.pool_8x8_s1_drop = L.Dropout(n.pool_8x8_s1, dropout_ratio=0.2)
+    n.classifier = top = fc(n.pool_8x8_s1_drop, 1000)
+    heads(n, top)
+    return n
+
+
 def inception_resnet_v2():
     """Inception-ResNet-v2 (Szegedy et al. 2016) as its Caffe port writes it
     (soeaver/caffe-model, cls/inception/deploy_inception-resnet-v2.prototxt, converted
@@ -1136,6 +1232,7 @@ NETS = {
     "densenet121": (densenet121, "DENSENET_121"),
     "se_bn_inception": (se_bn_inception, "SE-BN-Inception"),
     "inception_v3": (inception_v3, "Inception-v3"),
+    "inception_v4": (inception_v4, "Inception-v4"),
     "inception_resnet_v2": (inception_resnet_v2, "Inception-ResNet-v2"),
     "xception": (xception, "Xception"),
     "dpn92": (dpn92, "DPN-92"),
