@@ -171,6 +171,7 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
             report.notes.append("param %d is not learned (lr_mult 0): no diff, not checked" % j)
             continue
         targets.append(("param %d" % j, "p", j, params[j], _at(param_diffs, j), _at(ref_params, j)))
+    zero = []
     for name, kind, i, x, analytic, ref in targets:
         check = report.add(BlobCheck(name, tuple(x.shape)))
         problem = compare.structural_problem(name, analytic, x.shape)
@@ -178,6 +179,8 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
             check.add_error(problem)
             continue
         analytic = np.asarray(analytic, np.float64).reshape(x.shape)
+        if not np.any(analytic) and (ref is None or not np.any(ref)):
+            zero.append(name)
         obj = numeric.JaxObjective(_objective(tops_of, params, xs, vs, kind, i), jnp.ravel(x))
         use_proj = mode == "projection" or (mode == "auto" and x.size > max_exhaustive)
         if use_proj:
@@ -190,6 +193,7 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
                                            scale, np.float64)
         if ref is not None:
             compare.check_vjp(check, analytic, ref, tol, skip=kinks)
+    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms, or another seed"))
     _check_rows(report, layer, params, xs, vs, param_diffs)
     return report
 

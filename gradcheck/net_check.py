@@ -66,11 +66,9 @@ def check_net(net, phase=jcaffe.TRAIN, *, weights=None, seed=0, samples=12, eps=
                 kinks = compare.check_elements(check, obj, idx, a, r, tol, abs(loss), dtype)
             if r is not None:
                 compare.check_vjp(check, a, r, tol, skip=kinks)
-        if zero:    # e.g. every unit of a ReLU dead, or dropped, for this draw
-            report.warnings.append(
-                "the gradient of %s is zero everywhere for these weights and inputs: a "
-                "wrong backward there would pass too (build the net after another "
-                "jcaffe.set_random_seed, or pass other inputs)" % ", ".join(zero))
+        report.warn_zero_gradients(zero, (
+            "weights and inputs", "build the net after another jcaffe.set_random_seed, or "
+            "pass other inputs"))
         return report
 
 

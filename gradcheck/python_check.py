@@ -219,16 +219,20 @@ def _check_gradients(report, runner, vs, pd, tol, dtype, vjps=None):
     scale = runner.scale(vs)
     targets = [("bottom %d" % i, "b", i) for i in range(len(bottoms)) if pd[i]]
     targets += [("param %d" % j, "p", j) for j in range(len(layer.blobs))]
+    zero = []
     for name, kind, i in targets:
         x = bottoms[i] if kind == "b" else layer.blobs[i].data.copy()
         analytic = bottom_diffs[i] if kind == "b" else param_diffs[i]
         check = report.add(BlobCheck(name, x.shape))
         ref = None if vjps is None else (vjps[1][i] if kind == "b" else vjps[0][i])
+        if not np.any(analytic) and (ref is None or not np.any(ref)):
+            zero.append(name)
         obj = numeric.LoopObjective(runner.objective(vs, kind, i), x.ravel())
         kinks = compare.check_elements(check, obj, np.arange(x.size), analytic, ref, tol, scale,
                                        dtype)
         if ref is not None:
             compare.check_vjp(check, analytic, ref, tol, skip=kinks)
+    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms, or another seed"))
 
 
 class _Runner:

@@ -116,6 +116,16 @@ class Report:
                 return c
         raise KeyError("no check named %r; checks: %s" % (name, [c.name for c in self.checks]))
 
+    def warn_zero_gradients(self, names, remedy):
+        """Warn that the gradients named are zero everywhere (a ReLU's inputs all negative,
+        every unit dropped): their checks show only that backward gives zeros there, as
+        many a wrong backward would. ``remedy``: (what the values were drawn for, what
+        to change)."""
+        if names:
+            self.warnings.append(
+                "the gradient of %s is zero everywhere for these %s: a wrong backward there "
+                "would pass too (%s)" % (", ".join(names), remedy[0], remedy[1]))
+
     @property
     def num_kinks(self):
         return sum(len(c.kinks) for c in self.checks)

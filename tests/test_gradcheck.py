@@ -359,6 +359,35 @@ def test_net_warns_when_a_gradient_is_zero_everywhere(tmp_path):
     assert "warning: the gradient of param ip1[0]" in str(r)
 
 
+class _NumpyReLU(jcaffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = np.maximum(bottom[0].data, 0)
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff * (bottom[0].data > 0)
+
+
+def test_layer_checks_warn_when_a_gradient_is_zero_everywhere():
+    """A ReLU fed only negative bottoms has a zero gradient: its check passes (so would a
+    backward that scaled the right answer), and the report says so, built-in or Python."""
+    x = -1 - np.random.default_rng(0).random((3, 4))
+    warning = "the gradient of bottom 0 is zero everywhere for these bottoms"
+    r = gradcheck.check_layer('type: "ReLU"', bottoms=[x]).assert_ok()
+    assert len(r.warnings) == 1 and warning in r.warnings[0], r.warnings
+    assert "warning: " + warning in str(r)
+    assert not gradcheck.check_layer('type: "ReLU"', bottoms=[x + 1.5]).warnings
+    r = gradcheck.check_python_layer(_NumpyReLU, bottoms=[x]).assert_ok()
+    assert len(r.warnings) == 1 and warning in r.warnings[0], r.warnings
+    assert not gradcheck.check_python_layer(_NumpyReLU, bottoms=[x + 1.5]).assert_ok().warnings
+
+
 def test_net_catches_a_broken_layer(tmp_path, monkeypatch):
     import jcaffe.layer as registry
     monkeypatch.setitem(registry._REGISTRY, "TanH", mutant("TanH", flip_bottom))
