@@ -30,6 +30,8 @@ NETS = {
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
     "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
     "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
+    # (not in run_all's plan: between ResNet-50 and -152, which are; its slow test uses it)
+    "resnet101": ("resnet101.prototxt", 16, (3, 224, 224), "fc1000"),
     # (batch 8: its three contenders at 16 would need about 2.6x ResNet-50's 12 GB there)
     "resnet152": ("resnet152.prototxt", 8, (3, 224, 224), "fc1000"),
     "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),

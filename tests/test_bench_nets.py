@@ -285,6 +285,13 @@ def test_resnet50_contenders_agree():
 
 
 @pytest.mark.slow
+def test_resnet101_contenders_agree():
+    """ResNet-101: stages of 3, 4, 23 and 3 bottlenecks, conv1 without a bias. The
+    deploy outputs and the first training loss after 104 BatchNorms."""
+    _check("resnet101", 2)
+
+
+@pytest.mark.slow
 def test_resnet152_contenders_agree():
     """ResNet-152: ResNet-50's bottleneck fifty times over (stages of 3, 8, 36 and 3),
     conv1 without a bias. The deploy outputs and the first training loss after 155

@@ -30,6 +30,7 @@ NETS = {
     "vgg16": ("conv1_1", "fc8", (1, 1000), False),
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
+    "resnet101": ("conv1", "fc1000", (1, 1000), False),
     "resnet152": ("conv1", "fc1000", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
@@ -138,24 +139,33 @@ def test_resnet50_blocks_use_batchnorm_scale_eltwise():
     assert names[names.index("res2a") + 1] == "res2a_relu"
 
 
-def test_resnet152_stages_as_its_caffe_release():
-    """ResNet-152: 3, 8, 36 and 3 bottlenecks, stages 3 and 4 numbered as the Caffe
-    release names them (res3b1-res3b7, res4b1-res4b35), each stage's first 1x1 carrying
-    its stride, conv1 without a bias."""
-    net = jcaffe.Net(_load("resnet152", 1), jcaffe.TEST)
+@pytest.mark.parametrize("name, stage3, stage4, learnable", [
+    ("resnet101", 4, 23, 44549160), ("resnet152", 8, 36, 60192808)])
+def test_deep_resnets_stage_as_their_caffe_release(name, stage3, stage4, learnable):
+    """ResNet-101 and -152: 3, stage3, stage4 and 3 bottlenecks, stages 3 and 4 numbered
+    as the Caffe release names them (res3b1.., res4b1..), each stage's first 1x1 carrying
+    its stride, conv1 without a bias. Their learnable params (convolutions, Scales, the
+    classifier; not BatchNorm's statistics) number what torchvision's ResNets count, the
+    same architecture written apart."""
+    net = jcaffe.Net(_load(name, 1), jcaffe.TEST)
     names = list(net._layer_names)
     blocks = [n for n in names if re.fullmatch(r"res\d[a-z]\d*", n)]
-    assert len(blocks) == 3 + 8 + 36 + 3
-    assert blocks[3:12] == ["res3a"] + ["res3b%d" % i for i in range(1, 8)] + ["res4a"]
-    assert blocks[-4:] == ["res4b35", "res5a", "res5b", "res5c"]
+    assert len(blocks) == 3 + stage3 + stage4 + 3
+    assert blocks[3:3 + stage3 + 1] == (["res3a"] + ["res3b%d" % i for i in range(1, stage3)]
+                                        + ["res4a"])
+    last = "res4b%d" % (stage4 - 1)
+    assert blocks[-4:] == [last, "res5a", "res5b", "res5c"]
     assert [b.shape for b in net.params["conv1"]] == [(64, 3, 7, 7)]
     assert [b.shape for b in net.params["res4a_branch2a"]] == [(256, 512, 1, 1)]
     assert net.blobs["res4a_branch2a"].shape == (1, 256, 14, 14)
-    assert net.blobs["res3b7"].shape == (1, 512, 28, 28)
-    assert net.blobs["res4b35"].shape == (1, 1024, 14, 14)
+    assert net.blobs["res3b%d" % (stage3 - 1)].shape == (1, 512, 28, 28)
+    assert net.blobs[last].shape == (1, 1024, 14, 14)
     assert net.blobs["res5c"].shape == (1, 2048, 7, 7)
-    assert names[names.index("res4b35") + 1] == "res4b35_relu"
-    assert len([n for n in names if n.startswith("bn")]) == 155     # conv1 and 154 in blocks
+    assert names[names.index(last) + 1] == last + "_relu"
+    # conv1's and three or four in each block
+    assert len([n for n in names if n.startswith("bn")]) == 1 + 3 * len(blocks) + 4
+    assert sum(b.count for k, v in net.params.items() if not k.startswith("bn")
+               for b in v) == learnable
 
 
 def test_se_bn_inception_excites_each_modules_channels():

@@ -5,7 +5,7 @@ Scale's bias, Dropout's ratio, InnerProduct's outputs).
 
     python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
 
-The ports are not in this repository. The seven taken from soeaver/caffe-model (commit
+The ports are not in this repository. The eight taken from soeaver/caffe-model (commit
 49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
 comparison skips the layers that only one side has: the port's Softmax (a deploy
 file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
@@ -31,6 +31,7 @@ PORTS = {
     "xception": "cls/inception/deploy_xception.prototxt",
     "dpn92": "cls/dpn/deploy_dpn92.prototxt",
     "resnet50": "cls/resnet/deploy_resnet50.prototxt",
+    "resnet101": "cls/resnet/deploy_resnet101.prototxt",
     "resnet152": "cls/resnet/deploy_resnet152.prototxt",
 }
 # Layers written another way in the port for the same computation, not compared past their
@@ -38,7 +39,8 @@ PORTS = {
 _GLOBAL_POOL5 = ("the port pools globally; the Caffe release (KaimingHe/deep-residual-"
                  "networks), which make_zoo follows, writes AVE 7x7 stride 1: the same at "
                  "224x224")
-EQUIVALENT = {"resnet50": {"pool5": _GLOBAL_POOL5}, "resnet152": {"pool5": _GLOBAL_POOL5}}
+EQUIVALENT = {"resnet50": {"pool5": _GLOBAL_POOL5}, "resnet101": {"pool5": _GLOBAL_POOL5},
+              "resnet152": {"pool5": _GLOBAL_POOL5}}
 ONLY_PORT = {"Softmax"}
 ONLY_OURS = {"DummyData", "Accuracy", "SoftmaxWithLoss"}
 

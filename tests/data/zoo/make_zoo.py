@@ -1072,6 +1072,14 @@ def resnet50():
     return _resnet(64, 4)
 
 
+def resnet101():
+    """ResNet-101 as its Caffe release writes it (KaimingHe/deep-residual-networks; the
+    same layer for layer as soeaver/caffe-model's cls/resnet/deploy_resnet101.prototxt):
+    3, 4, 23 and 3 bottlenecks, stages 3 and 4 numbered (res3b1-res3b3, res4b1-res4b22),
+    conv1 without a bias."""
+    return _resnet(64, 4, conv1_bias=False, blocks=(3, 4, 23, 3), numbered="34")
+
+
 def resnet152():
     """ResNet-152 as its Caffe release writes it (KaimingHe/deep-residual-networks; the
     same layer for layer as soeaver/caffe-model's cls/resnet/deploy_resnet152.prototxt):
@@ -1225,6 +1233,7 @@ NETS = {
     "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
     "googlenet": (googlenet, "GoogleNet"),
     "resnet50": (resnet50, "ResNet-50"),
+    "resnet101": (resnet101, "ResNet-101"),
     "resnet152": (resnet152, "ResNet-152"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
