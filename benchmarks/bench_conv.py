@@ -41,6 +41,13 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "resnet50 res3a_branch2b": ((128, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
     "resnet50 res4a_branch2b": ((256, 14, 14), "num_output: 256 kernel_size: 3 pad: 1"),
     "resnet50 res5a_branch2b": ((512, 7, 7), "num_output: 512 kernel_size: 3 pad: 1"),
+    "inception_v4 conv1_3x3_s2": ((3, 299, 299), "num_output: 32 kernel_size: 3 stride: 2"),
+    "inception_v4 inception_stem1_3x3_s2": ((64, 147, 147),
+                                            "num_output: 96 kernel_size: 3 stride: 2"),
+    "inception_v4 inception_stem3_3x3_s2": ((192, 71, 71),
+                                            "num_output: 192 kernel_size: 3 stride: 2"),
+    "inception_v4 reduction_a_3x3": ((384, 35, 35), "num_output: 384 kernel_size: 3 stride: 2"),
+    "inception_v4 reduction_b_3x3": ((192, 17, 17), "num_output: 192 kernel_size: 3 stride: 2"),
     "fcn conv1_1": ((3, 500, 500), "num_output: 64 kernel_size: 3 pad: 100"),
     "fcn conv1_2": ((64, 698, 698), "num_output: 64 kernel_size: 3 pad: 1"),
     "fcn conv2_1": ((64, 349, 349), "num_output: 128 kernel_size: 3 pad: 1"),
@@ -50,7 +57,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn conv5_2": ((512, 44, 44), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
-BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "fcn": 1}     # caffenet: 32
+BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "inception_v4": 8, "fcn": 1}  # caffenet: 32
 
 
 def timed(f, args, repeats):

@@ -30,7 +30,8 @@ The fifty-fourth session ran it on soeaver/caffe-model (commit 49dc8e0), 58
 classification prototxts: 57 OK (largest difference 4.8e-6, VGG-19's fc6), one FAIL
 (xception-dw's fork layer, ConvolutionDepthwise). 18 minutes on 2 cores. ``--train`` on
 11 of them (ResNet-18/50, AIR-50, DenseNet-121, DPN-68, Inception-v1/v2/v3, Xception,
-VGG-16-BN): OK, largest difference 3.3e-9, 30 s to 5 minutes each.
+VGG-16-BN): OK, largest difference 3.3e-9, 30 s to 5 minutes each; the fifty-fifth
+added Inception-v4 (9.8e-12, 90 s).
 """
 import glob
 import os
