@@ -7,6 +7,7 @@ batch; the tests shrink batch and, where the architecture allows, image size.
 Built with jcaffe's NetSpec, as pycaffe users write nets. The nets written from a
 published Caffe port are checked against it layer for layer by compare_port.py.
 """
+import functools
 import os
 
 from jcaffe import NetSpec, layers as L, params as P
@@ -460,6 +461,13 @@ def _inception_conv(n, name, bottom, num, k, stride=1, pad=0, relu_name=None):
     return top
 
 
+def _inception_pool(n, name, bottom, kind, stride, pad=0):
+    """The Inception ports' 3x3 pooling (``kind``: MAX or AVE), named ``name``."""
+    kw = dict(pad=pad) if pad else {}
+    n[name] = top = L.Pooling(bottom, pool=kind, kernel_size=3, stride=stride, **kw)
+    return top
+
+
 def inception_v3():
     """Inception-v3 (Szegedy et al. 2016) as its Caffe port writes it (soeaver/caffe-model,
     cls/inception/deploy_inception-v3.prototxt, converted from TensorFlow's release): a
@@ -479,13 +487,7 @@ def inception_v3():
     n = NetSpec()
     data(n, 16, (3, 299, 299))
 
-    def conv_bn(*args, **kw):
-        return _inception_conv(n, *args, **kw)
-
-    def pool(name, bottom, kind, stride, pad=0):
-        kw = dict(pad=pad) if pad else {}
-        n[name] = top = L.Pooling(bottom, pool=kind, kernel_size=3, stride=stride, **kw)
-        return top
+    conv_bn, pool = functools.partial(_inception_conv, n), functools.partial(_inception_pool, n)
 
     ave, mx = P.Pooling.AVE, P.Pooling.MAX
     r17, r71 = (1, 7), (7, 1)
@@ -566,13 +568,7 @@ def inception_v4():
     n = NetSpec()
     data(n, 8, (3, 299, 299))
 
-    def conv_bn(*args, **kw):
-        return _inception_conv(n, *args, **kw)
-
-    def pool(name, bottom, kind, stride, pad=0):
-        kw = dict(pad=pad) if pad else {}
-        n[name] = top = L.Pooling(bottom, pool=kind, kernel_size=3, stride=stride, **kw)
-        return top
+    conv_bn, pool = functools.partial(_inception_conv, n), functools.partial(_inception_pool, n)
 
     ave, mx = P.Pooling.AVE, P.Pooling.MAX
     r13, r31, r17, r71 = (1, 3), (3, 1), (1, 7), (7, 1)
@@ -659,8 +655,7 @@ def inception_resnet_v2():
     n = NetSpec()
     data(n, 8, (3, 299, 299))
 
-    def conv_bn(*args, **kw):
-        return _inception_conv(n, *args, **kw)
+    conv_bn = functools.partial(_inception_conv, n)
 
     def residual(m, trunk, branches, width, scale, last=False):
         n[m + "concat"] = joined = L.Concat(*branches)
