@@ -193,7 +193,7 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
                                            scale, np.float64)
         if ref is not None:
             compare.check_vjp(check, analytic, ref, tol, skip=kinks)
-    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms, or another seed"))
+    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms or another seed"))
     _check_rows(report, layer, params, xs, vs, param_diffs)
     return report
 

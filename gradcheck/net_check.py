@@ -67,7 +67,7 @@ def check_net(net, phase=jcaffe.TRAIN, *, weights=None, seed=0, samples=12, eps=
             if r is not None:
                 compare.check_vjp(check, a, r, tol, skip=kinks)
         report.warn_zero_gradients(zero, (
-            "weights and inputs", "build the net after another jcaffe.set_random_seed, or "
+            "weights and inputs", "build the net after another jcaffe.set_random_seed or "
             "pass other inputs"))
         return report
 

@@ -232,7 +232,7 @@ def _check_gradients(report, runner, vs, pd, tol, dtype, vjps=None):
                                        dtype)
         if ref is not None:
             compare.check_vjp(check, analytic, ref, tol, skip=kinks)
-    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms, or another seed"))
+    report.warn_zero_gradients(zero, ("bottoms", "pass other bottoms or another seed"))
 
 
 class _Runner:

@@ -118,13 +118,15 @@ class Report:
 
     def warn_zero_gradients(self, names, remedy):
         """Warn that the gradients named are zero everywhere (a ReLU's inputs all negative,
-        every unit dropped): their checks show only that backward gives zeros there, as
-        many a wrong backward would. ``remedy``: (what the values were drawn for, what
-        to change)."""
+        every unit dropped, a Softmax over one element; or by design: Silence, Crop's
+        reference bottom, a recurrent weight at one timestep): their checks show only
+        that backward gives zeros there. ``remedy``: (what the values were drawn for,
+        what to change)."""
         if names:
             self.warnings.append(
-                "the gradient of %s is zero everywhere for these %s: a wrong backward there "
-                "would pass too (%s)" % (", ".join(names), remedy[0], remedy[1]))
+                "the gradient of %s is zero everywhere for these %s: the check shows only "
+                "that backward gives zeros there, as many a wrong backward would; unless "
+                "that is by design, %s" % (", ".join(names), remedy[0], remedy[1]))
 
     @property
     def num_kinks(self):
