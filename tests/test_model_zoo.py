@@ -335,7 +335,8 @@ def test_inception_v4_joins_its_stem_and_counts_its_params():
     1x7, 7x1 and 3x3, both valid; a stride-2 3x3 beside a MAX pool, the convolution
     first), then 4, 7 and 3 modules at 35x35, 17x17 and 8x8 between two reductions. Its
     learnable params (convolutions, Scales and the classifier, not BatchNorm's
-    statistics) number 42,679,816, the count Keras's and TF-slim's Inception-v4 give."""
+    statistics) number 42,679,816, the count PyTorch's Inception-v4 ports (Cadene's
+    pretrainedmodels, timm) give."""
     param = _load("inception_v4", 1)
     eps = [l.batch_norm_param.eps for l in param.layer if l.type == "BatchNorm"]
     assert len(eps) == 149 and eps == pytest.approx([1e-3] * 149)
