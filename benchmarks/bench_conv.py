@@ -8,7 +8,8 @@ convolutions on XLA's kernels, not YNNPACK's); ``--xla-defaults`` compiles with 
     python benchmarks/bench_conv.py [--batch 32] [--repeats 3] [--only googlenet] [--torch]
 
 Shapes: CaffeNet's five convolutions (batch 32), LeNet's two (batch 64), and the
-kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size, and
+kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size,
+Inception-v4's stride-2 3x3s (batch 8), and
 FCN-32s's VGG convolutions at batch 1 (500x500 padded by 100); ``--batch`` sets one
 batch for all. Each timing: min over repeats.
 """
@@ -57,7 +58,8 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn conv5_2": ((512, 44, 44), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
-BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "inception_v4": 8, "fcn": 1}  # caffenet: 32
+# (CaffeNet's: 32)
+BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "inception_v4": 8, "fcn": 1}
 
 
 def timed(f, args, repeats):
