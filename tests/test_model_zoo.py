@@ -29,6 +29,8 @@ NETS = {
     "alexnet": ("conv1", "fc8", (1, 1000), True),
     "vgg16": ("conv1_1", "fc8", (1, 1000), False),
     "googlenet": ("conv1/7x7_s2", "loss3/classifier", (1, 1000), False),
+    "resnet18": ("conv1", "fc1000", (1, 1000), True),
+    "resnet34": ("conv1", "fc1000", (1, 1000), False),
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "resnet101": ("conv1", "fc1000", (1, 1000), False),
     "resnet152": ("conv1", "fc1000", (1, 1000), False),
@@ -164,6 +166,34 @@ def test_deep_resnets_stage_as_their_caffe_release(name, stage3, stage4, learnab
     assert names[names.index(last) + 1] == last + "_relu"
     # conv1's and three or four in each block
     assert len([n for n in names if n.startswith("bn")]) == 1 + 3 * len(blocks) + 4
+    assert sum(b.count for k, v in net.params.items() if not k.startswith("bn")
+               for b in v) == learnable
+
+
+@pytest.mark.parametrize("name, blocks, learnable", [
+    ("resnet18", (2, 2, 2, 2), 11689512), ("resnet34", (3, 4, 6, 3), 21797672)])
+def test_basic_block_resnets(name, blocks, learnable):
+    """ResNet-18 and -34: basic blocks (two 3x3s, the first carrying a stage's stride),
+    a 1x1 projection only where a stage halves the map (stage 2 keeps conv1's 64
+    channels: identity), the Caffe release's names. Their learnable params number
+    torchvision's resnet18's and resnet34's."""
+    net = jcaffe.Net(_load(name, 1), jcaffe.TEST)
+    names = list(net._layer_names)
+    found = [n for n in names if re.fullmatch(r"res\d[a-z]", n)]
+    assert found == ["res%d%s" % (stage, "abcdef"[b])
+                     for stage, count in zip(range(2, 6), blocks) for b in range(count)]
+    assert [n for n in names if n.endswith("_branch1") and n.startswith("res")] == [
+        "res3a_branch1", "res4a_branch1", "res5a_branch1"]
+    assert not any("branch2c" in n for n in names)
+    assert [b.shape for b in net.params["res2a_branch2a"]] == [(64, 64, 3, 3)]
+    assert [b.shape for b in net.params["res3a_branch2a"]] == [(128, 64, 3, 3)]
+    assert [b.shape for b in net.params["res3a_branch1"]] == [(128, 64, 1, 1)]
+    assert net.blobs["res2a"].shape == (1, 64, 56, 56)
+    assert net.blobs["res3a_branch2a"].shape == (1, 128, 28, 28)
+    assert net.blobs["res5a"].shape == (1, 512, 7, 7)
+    # the second branch ends without a ReLU: the sum takes it, then its own ReLU
+    assert names[names.index("scale2a_branch2b") + 1] == "res2a"
+    assert names[names.index("res2a") + 1] == "res2a_relu"
     assert sum(b.count for k, v in net.params.items() if not k.startswith("bn")
                for b in v) == learnable
 

@@ -1034,12 +1034,31 @@ def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=
     return out
 
 
+def _basic_block(n, name, bottom, width, stride, project):
+    """ResNet's basic block (He et al. 2016, for ResNet-18 and -34): two 3x3s, the first
+    carrying the stride, named as the Caffe release names a bottleneck's branches."""
+    if project:
+        n["res%s_branch1" % name] = conv(bottom, width, 1, stride=stride, bias=False)
+        _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
+        shortcut = n["res%s_branch1" % name]
+    else:
+        shortcut = bottom
+    a = n["res%s_branch2a" % name] = conv(bottom, width, 3, stride=stride, pad=1, bias=False)
+    _bn_scale(n, "%s_branch2a" % name, a, True)
+    b = n["res%s_branch2b" % name] = conv(a, width, 3, pad=1, bias=False)
+    _bn_scale(n, "%s_branch2b" % name, b, False)
+    out = n["res" + name] = L.Eltwise(shortcut, b)
+    n["res%s_relu" % name] = relu(out)
+    return out
+
+
 def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True, blocks=(3, 4, 6, 3),
-            numbered=""):
+            numbered="", basic=False):
     """ResNet's layout in its Caffe release (He et al. 2016, KaimingHe/deep-residual-networks):
     ``blocks`` bottlenecks in stages 2-5, the first stage ``inner`` wide. A stage named in
     ``numbered`` calls its blocks a, b1, b2, ... (ResNet-101's and -152's stages 3 and 4),
-    the others a, b, c, ..."""
+    the others a, b, c, ... With ``basic``, basic blocks in place of bottlenecks (then
+    stage 2's first block keeps the identity shortcut: its width is conv1's)."""
     n = NetSpec()
     data(n, 32, (3, 224, 224))
     n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, filler=filler, bias=conv1_bias)
@@ -1055,12 +1074,27 @@ def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True, blocks=(3
             else:
                 name = stage + "abcdefghijklmnopqrstuvwxyz"[b]
             stride = 2 if b == 0 and stage != "2" else 1
+            if basic:
+                x = _basic_block(n, name, x, width, stride, project=(stride == 2))
+                continue
             x = _bottleneck(n, name, x, width, width * expansion, stride, project=(b == 0),
                             group=group, filler=filler)
     n.pool5 = ave_pool(x, 7, 1)
     n.fc1000 = fc(n.pool5, 1000, filler=filler)
     heads(n, n.fc1000)
     return n
+
+
+def resnet18():
+    """ResNet-18 (He et al. 2016, Table 1): basic blocks, two to a stage. Its authors
+    released no Caffe model of it; written in their ResNet-50 release's layout and names,
+    conv1 without a bias, with torchvision's resnet18's learnable params."""
+    return _resnet(64, 1, conv1_bias=False, blocks=(2, 2, 2, 2), basic=True)
+
+
+def resnet34():
+    """ResNet-34: basic blocks, 3, 4, 6 and 3 to a stage, otherwise as ResNet-18."""
+    return _resnet(64, 1, conv1_bias=False, blocks=(3, 4, 6, 3), basic=True)
 
 
 def resnet50():
@@ -1227,6 +1261,8 @@ NETS = {
     "alexnet": (alexnet, "AlexNet"),
     "vgg16": (vgg16, "VGG_ILSVRC_16_layers"),
     "googlenet": (googlenet, "GoogleNet"),
+    "resnet18": (resnet18, "ResNet-18"),
+    "resnet34": (resnet34, "ResNet-34"),
     "resnet50": (resnet50, "ResNet-50"),
     "resnet101": (resnet101, "ResNet-101"),
     "resnet152": (resnet152, "ResNet-152"),
