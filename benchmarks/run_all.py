@@ -84,7 +84,7 @@ def matmul_peak(repeats=20):
 
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
-SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet50", "resnet152", "mobilenet",
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152", "mobilenet",
                      "squeezenet", "nin", "se_bn_inception", "inception_v3", "inception_v4",
                      "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
@@ -282,8 +282,8 @@ def main():
         # LeNet's only)
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
-            [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet50", "3", "1"),
-             ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"),
+            [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet18", "5", "1"),
+             ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"),
              ("nin", "5", "1"), ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
              ("inception_v3", "3", "1"), ("inception_v4", "3", "1"),
              ("inception_resnet_v2", "3", "1")]) + runs(
@@ -303,7 +303,8 @@ def main():
               "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
         ] + runs("forward", "bench_forward.py", SMALL_NETS, "--no-memory") + runs(
             "forward", "bench_forward.py",
-            [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet50", "5", "1"),
+            [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet18", "7", "1"),
+             ("resnet50", "5", "1"),
              ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"),
              ("nin", "7", "1"), ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_v4", "5", "1"),
@@ -438,6 +439,8 @@ def render(state, opts):
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
          "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
+        ("Training step, ResNet-18 (batch 32, 3x224x224; basic blocks, two 3x3s each, two to "
+         "a stage)", "train_resnet18", forward_gflop("resnet18", False) * 3, None),
         ("Training step, ResNet-50 (batch 16, 3x224x224; BatchNorm with batch statistics, "
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
         ("Training step, ResNet-152 (batch 8, 3x224x224; ResNet-50's bottlenecks 3, 8, 36 and "
@@ -508,6 +511,8 @@ def render(state, opts):
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",
          forward_gflop("googlenet", True), None),
+        ("Forward (deploy, TEST), ResNet-18 (batch 32, 3x224x224)", "forward_resnet18",
+         forward_gflop("resnet18", True), None),
         ("Forward (deploy, TEST), ResNet-50 (batch 16, 3x224x224)", "forward_resnet50",
          forward_gflop("resnet50", True), None),
         ("Forward (deploy, TEST), ResNet-152 (batch 8, 3x224x224)", "forward_resnet152",

@@ -286,6 +286,13 @@ def test_fcn_contenders_agree(name):
 
 
 @pytest.mark.slow
+def test_resnet18_contenders_agree():
+    """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where
+    a stage halves the map."""
+    _check("resnet18", 2)
+
+
+@pytest.mark.slow
 def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""
