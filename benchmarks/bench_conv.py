@@ -7,11 +7,11 @@ convolutions on XLA's kernels, not YNNPACK's); ``--xla-defaults`` compiles with 
 
     python benchmarks/bench_conv.py [--batch 32] [--repeats 3] [--only googlenet] [--torch]
 
-Shapes: CaffeNet's five convolutions (batch 32), LeNet's two (batch 64), and the
-kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50 (batch 16), by size,
-Inception-v4's stride-2 3x3s (batch 8), and
-FCN-32s's VGG convolutions at batch 1 (500x500 padded by 100); ``--batch`` sets one
-batch for all. Each timing: min over repeats.
+Shapes: CaffeNet's five convolutions (batch 32), LeNet's two (batch 64), CIFAR-10's
+three (batch 100), the kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50
+(batch 16), by size, two of DenseNet-121's 3x3s (batch 16), Inception-v4's stride-2
+3x3s (batch 8), and FCN-32s's VGG convolutions at batch 1 (500x500 padded by 100);
+``--batch`` sets one batch for all. Each timing: min over repeats.
 """
 import argparse
 import functools
@@ -30,13 +30,20 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "caffenet conv5": ((384, 13, 13), "num_output: 256 kernel_size: 3 pad: 1 group: 2"),
     "lenet conv1": ((1, 28, 28), "num_output: 20 kernel_size: 5"),
     "lenet conv2": ((20, 12, 12), "num_output: 50 kernel_size: 5"),
+    "cifar10 conv1": ((3, 32, 32), "num_output: 32 kernel_size: 5 pad: 2"),
+    "cifar10 conv2": ((32, 16, 16), "num_output: 32 kernel_size: 5 pad: 2"),
+    "cifar10 conv3": ((32, 8, 8), "num_output: 64 kernel_size: 5 pad: 2"),
     "googlenet conv1/7x7_s2": ((3, 224, 224), "num_output: 64 kernel_size: 7 stride: 2 pad: 3"),
     "googlenet conv2/3x3": ((64, 56, 56), "num_output: 192 kernel_size: 3 pad: 1"),
     "googlenet inception_3a/3x3": ((96, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
     "googlenet inception_3a/5x5": ((16, 28, 28), "num_output: 32 kernel_size: 5 pad: 2"),
     "googlenet inception_4a/3x3": ((96, 14, 14), "num_output: 208 kernel_size: 3 pad: 1"),
+    "googlenet inception_4b/5x5": ((24, 14, 14), "num_output: 64 kernel_size: 5 pad: 2"),
     "googlenet inception_4e/5x5": ((32, 14, 14), "num_output: 128 kernel_size: 5 pad: 2"),
+    "googlenet inception_5a/3x3": ((160, 7, 7), "num_output: 320 kernel_size: 3 pad: 1"),
     "googlenet inception_5b/3x3": ((192, 7, 7), "num_output: 384 kernel_size: 3 pad: 1"),
+    "densenet121 conv4_1/x2": ((128, 14, 14), "num_output: 32 kernel_size: 3 pad: 1"),
+    "densenet121 conv5_1/x2": ((128, 7, 7), "num_output: 32 kernel_size: 3 pad: 1"),
     "resnet50 conv1": ((3, 224, 224), "num_output: 64 kernel_size: 7 stride: 2 pad: 3"),
     "resnet50 res2a_branch2b": ((64, 56, 56), "num_output: 64 kernel_size: 3 pad: 1"),
     "resnet50 res3a_branch2b": ((128, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
@@ -59,7 +66,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
 # (CaffeNet's: 32)
-BATCH = {"lenet": 64, "googlenet": 32, "resnet50": 16, "inception_v4": 8, "fcn": 1}
+BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16, "inception_v4": 8, "fcn": 1}
 
 
 def timed(f, args, repeats):

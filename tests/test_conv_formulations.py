@@ -525,6 +525,33 @@ def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeyp
                                        atol=1e-10, err_msg=what)
 
 
+@pytest.mark.parametrize("spec, channels, rows", [
+    ("num_output: 64 kernel_size: 5 pad: 2", 32, False),     # CIFAR-10's conv3
+    ("num_output: 64 kernel_size: 5", 32, True),             # pad 0: a full-padded gradient
+    ("num_output: 64 kernel_size: 5 pad: 2", 16, True),      # too few channels
+    ("num_output: 64 kernel_size: 5 pad: 1", 32, True),      # not same-padded
+    ("num_output: 64 kernel_size: 3 pad: 2 dilation: 2", 32, False),
+    ("num_output: 64 kernel_size: 3 pad: 1 group: 2", 64, False),  # 32 a group
+    ("num_output: 64 kernel_size: 3 pad: 1 group: 4", 64, True),   # 16 a group
+])
+def test_kernel_rows_data_gradient_not_for_same_padded_wide_maps(monkeypatch, spec, channels,
+                                                                 rows):
+    """Where convolutions run on XLA's own kernels, a stride-1 data gradient that
+    conv_gemm's kernel-rows form would take goes to XLA's convolution instead when the
+    forward is same-padded (pad = dilation * (k - 1) / 2) with SAME_XLA_MIN_CHANNELS or
+    more input channels a group; the rows form keeps pad-0 maps (LeNet's conv2), narrow
+    ones and other paddings."""
+    from jcaffe import xla_options
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: True)
+    layer = _layer(spec, (1, channels, 8, 8))
+    cg = layer.channels // layer.group
+    big = Convolution.GEMM_MIN_MACS
+    assert layer._gemm("data", cg, big, by_rows=True) == (
+        jax.default_backend() == "cpu" and rows)
+    monkeypatch.setattr(xla_options, "own_convolutions", lambda: False)
+    assert layer._gemm("data", cg, big, by_rows=True) == (jax.default_backend() == "cpu")
+
+
 @pytest.mark.parametrize("own_convolutions", [True, False])
 def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     """On CPU, from GEMM_MIN_MACS multiply-adds on: every map of a 1x1 kernel without
@@ -534,7 +561,8 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     on YNNPACK (CaffeNet's conv1) and for grouped ones (ResNeXt's) not where convolutions run
     on XLA's own kernels; every strided data gradient; the data gradient at stride 1
     where it takes conv_gemm's kernel-rows form, or from GEMM_MIN_MACS_DATA on unless
-    the compiles run convolutions on XLA's own kernels. Smaller maps keep XLA's
+    the compiles run convolutions on XLA's own kernels (where those run it, not for a
+    same-padded map of 32 or more input channels a group). Smaller maps keep XLA's
     convolution. At batch 1: every map up to 28x28 outputs, and the weight gradient of
     short columns. From XLA_MIN_STRIDE1_MACS on, a batch's short-column forward at
     stride 1 takes GEMM only where convolutions run on YNNPACK.
@@ -564,7 +592,10 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert layer._gemm("data", cg, big_data - 1) == (cpu and strided_data)
         assert layer._gemm("data", cg, big_data) == (cpu and (
             strided_data or not own_convolutions))
-        assert layer._gemm("data", cg, big, by_rows=True) == cpu
+        # (the kernel-rows form but for same-padded maps of 32 channels or more a group,
+        # on XLA's own kernels: `long`)
+        assert layer._gemm("data", cg, big, by_rows=True) == (cpu and not (
+            own_convolutions and layer is long))
         assert not layer._gemm("data", cg, big - 1, by_rows=True)
         assert not any(layer._gemm(which, cg, big - 1) for which in ("forward", "data", "weight"))
     # A batch's short-column forward at stride 1 goes to XLA's own convolution from

@@ -317,6 +317,28 @@ class Convolution(JaxLayer):
     # and weight gradients of columns up to GEMM_MAX_COLUMN, take GEMM.
     BATCH1_GEMM_MAX_POSITIONS = 28 * 28
 
+    # The kernel-rows data gradient (conv_gemm.by_rows) was measured against XLA's own
+    # convolution on LeNet's conv2 and GoogLeNet's small maps. Where the forward is
+    # "same"-padded (pad = dilation * (k - 1) / 2) XLA's data gradient is a same-padded
+    # convolution too, not the full-padded one of a pad-0 forward, and from
+    # SAME_XLA_MIN_CHANNELS input channels it ties or wins. Alone (ms, rows / XLA, batch
+    # 64, 5x5 on 8x8 out, 2026-12-07, AMD EPYC VM with AVX-512): 32 -> 64 channels, pad 2
+    # 3.1-4.4 / 2.9, pad 0 3.3-3.6 / 5.3; 20 -> 50, pad 2 2.9 / 2.7, pad 0 1.8 / 5.2;
+    # 16 -> 64 pad 2 1.8-2.0 / 3.5. CIFAR-10's conv3 (32 -> 64 at 8x8, batch 100) 5.2-6.9
+    # / 4.2-4.4; GoogLeNet's inception_4e 5x5, 5a and 5b 3x3 8.8-12.8 / 7.6-10.8.
+    # Whole steps (benchmarks/ab_step.py --interleave, XLA / rows): CIFAR-10 quick 0.973
+    # (interval 0.961-0.986, 3 rounds of 30), CIFAR-10 full 0.964 (0.930-0.999);
+    # Inception-v3 1.004 (0.968-1.042), SqueezeNet 0.980 (0.919-1.045), DenseNet-121
+    # 1.058 (0.955-1.172; its 16 such maps take 0.5-0.7 ms each), GoogLeNet with every
+    # stride-1 data gradient on XLA 1.006 (0.958-1.056): no difference measured there.
+    SAME_XLA_MIN_CHANNELS = 32
+
+    def _same_wide(self, channels_per_group):
+        """Same-padded, at least SAME_XLA_MIN_CHANNELS input channels a group (above)."""
+        return (channels_per_group >= self.SAME_XLA_MIN_CHANNELS
+                and all(2 * p == d * (k - 1) for p, k, d in
+                        zip(self.pad, self.kernel, self.dilation)))
+
     def _gemm(self, which, channels_per_group, macs, by_rows=False, batch=None):
         """Whether ``which`` ("forward", "data", "weight") runs as im2col + GEMM;
         ``macs``: the map's multiply-adds (batch * outputs * C/group * prod(kernel));
@@ -339,7 +361,8 @@ class Convolution(JaxLayer):
         if which == "weight":
             return not own
         if which == "data":
-            return by_rows or strided or (macs >= self.GEMM_MIN_MACS_DATA and not own)
+            rows = by_rows and not (own and self._same_wide(channels_per_group))
+            return rows or strided or (macs >= self.GEMM_MIN_MACS_DATA and not own)
         if k == 1:
             return True
         if own and self.group > 1:
