@@ -1010,16 +1010,21 @@ def _bn_scale(n, name, bottom, relu_after):
         n["res%s_relu" % name] = relu(bottom)
 
 
+def _shortcut(n, name, bottom, outer, stride, project, filler):
+    """A residual block's shortcut: ``bottom`` itself, or with ``project`` the Caffe
+    release's branch1, a 1x1 convolution carrying the stride, with BatchNorm and Scale."""
+    if not project:
+        return bottom
+    n["res%s_branch1" % name] = conv(bottom, outer, 1, stride=stride, filler=filler,
+                                     bias=False)
+    _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
+    return n["res%s_branch1" % name]
+
+
 def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=XAVIER):
     """ResNet's bottleneck (stride on the first 1x1, as the Caffe release has it) or, with
     ``group`` > 1, ResNeXt's (grouped 3x3 carrying the stride, as in the paper)."""
-    if project:
-        n["res%s_branch1" % name] = conv(bottom, outer, 1, stride=stride, filler=filler,
-                                         bias=False)
-        _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
-        shortcut = n["res%s_branch1" % name]
-    else:
-        shortcut = bottom
+    shortcut = _shortcut(n, name, bottom, outer, stride, project, filler)
     stride_a, stride_b = (stride, 1) if group == 1 else (1, stride)
     a = n["res%s_branch2a" % name] = conv(bottom, inner, 1, stride=stride_a, filler=filler,
                                           bias=False)
@@ -1037,12 +1042,7 @@ def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=
 def _basic_block(n, name, bottom, width, stride, project):
     """ResNet's basic block (He et al. 2016, for ResNet-18 and -34): two 3x3s, the first
     carrying the stride, named as the Caffe release names a bottleneck's branches."""
-    if project:
-        n["res%s_branch1" % name] = conv(bottom, width, 1, stride=stride, bias=False)
-        _bn_scale(n, "%s_branch1" % name, n["res%s_branch1" % name], False)
-        shortcut = n["res%s_branch1" % name]
-    else:
-        shortcut = bottom
+    shortcut = _shortcut(n, name, bottom, width, stride, project, XAVIER)
     a = n["res%s_branch2a" % name] = conv(bottom, width, 3, stride=stride, pad=1, bias=False)
     _bn_scale(n, "%s_branch2a" % name, a, True)
     b = n["res%s_branch2b" % name] = conv(a, width, 3, pad=1, bias=False)
