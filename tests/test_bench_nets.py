@@ -307,6 +307,13 @@ def test_resnet101_contenders_agree():
 
 
 @pytest.mark.slow
+def test_resnet101_v2_contenders_agree():
+    """Pre-activation ResNet-101: BatchNorm out of place into each block's own top, the
+    block's input split between it and the sum."""
+    _check("resnet101_v2", 2)
+
+
+@pytest.mark.slow
 def test_resnet152_contenders_agree():
     """ResNet-152: ResNet-50's bottleneck fifty times over (stages of 3, 8, 36 and 3),
     conv1 without a bias. The deploy outputs and the first training loss after 155

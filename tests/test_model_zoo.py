@@ -34,6 +34,7 @@ NETS = {
     "resnet50": ("conv1", "fc1000", (1, 1000), False),
     "resnet101": ("conv1", "fc1000", (1, 1000), False),
     "resnet152": ("conv1", "fc1000", (1, 1000), False),
+    "resnet101_v2": ("conv1", "classifier", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
@@ -196,6 +197,39 @@ def test_basic_block_resnets(name, blocks, learnable):
     assert names[names.index("res2a") + 1] == "res2a_relu"
     assert sum(b.count for k, v in net.params.items() if not k.startswith("bn")
                for b in v) == learnable
+
+
+def test_resnet101_v2_normalizes_before_each_block():
+    """Pre-activation ResNet-101: each block after the first reads its input through
+    BatchNorm, Scale and ReLU into a top of their own (resN_bn), while the sum takes the
+    input itself, so that blob is split between the two; its convolutions are ResNet-101's
+    shape for shape (the projections named match_conv, carrying the stride with the
+    3x3s), with two BatchNorms in a block (none after the last 1x1) and one before it."""
+    param = _load("resnet101_v2", 1)
+    layers = {l.name: l for l in param.layer}
+    assert list(layers["res2_bn"].bottom) == ["res1_eletwise"]
+    assert list(layers["res2_bn"].top) == ["res2_bn"]
+    assert list(layers["res2_eletwise"].bottom) == ["res1_eletwise", "res2_conv3"]
+    assert list(layers["res4_match_conv"].bottom) == ["res4_bn"]
+    assert list(layers["res1_match_conv"].bottom) == ["pool1"]
+    net = jcaffe.Net(param, jcaffe.TEST)
+    names = list(net._layer_names)
+    # Caffe's split of the sum, between the next block's BatchNorm and its sum
+    split = "res1_eletwise_res1_eletwise_0_split"
+    assert names[names.index("res1_eletwise") + 1:names.index("res1_eletwise") + 3] == [
+        split, "res2_bn"]
+    assert net.top_names[split] == [split + "_0", split + "_1"]
+    assert net.blobs["res33_eletwise_bn"].shape == (1, 2048, 7, 7)
+    assert [b.shape for b in net.params["res8_conv2"]] == [(256, 256, 3, 3)]
+    assert net.blobs["res8_conv2"].shape == (1, 256, 14, 14)
+    v1 = jcaffe.Net(_load("resnet101", 1), jcaffe.TEST)
+
+    def conv_shapes(n):
+        return sorted(b.shape for k, v in n.params.items() for b in v if len(b.shape) == 4)
+    assert conv_shapes(net) == conv_shapes(v1)
+    scales = [k for k in net.params if k.endswith("_scale")]
+    assert len(scales) == 1 + 2 * 33 + 32 + 1
+    assert sum(1 for n in names if n.endswith("_match_conv")) == 4
 
 
 def test_se_bn_inception_excites_each_modules_channels():

@@ -5,7 +5,7 @@ Scale's bias, Dropout's ratio, InnerProduct's outputs).
 
     python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
 
-The ports are not in this repository. The eight taken from soeaver/caffe-model (commit
+The ports are not in this repository. The nine taken from soeaver/caffe-model (commit
 49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
 comparison skips the layers that only one side has: the port's Softmax (a deploy
 file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
@@ -33,6 +33,7 @@ PORTS = {
     "resnet50": "cls/resnet/deploy_resnet50.prototxt",
     "resnet101": "cls/resnet/deploy_resnet101.prototxt",
     "resnet152": "cls/resnet/deploy_resnet152.prototxt",
+    "resnet101_v2": "cls/resnet-v2/deploy_resnet101-v2.prototxt",
 }
 # Layers written another way in the port for the same computation, not compared past their
 # names, bottoms and tops (each printed when the script runs).

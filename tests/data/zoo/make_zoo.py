@@ -1117,6 +1117,62 @@ def resnet152():
     return _resnet(64, 4, conv1_bias=False, blocks=(3, 8, 36, 3), numbered="34")
 
 
+def _preact(n, name, bottom):
+    """BatchNorm, Scale and ReLU into a top of their own, ``name``: the pre-activation
+    of ResNet-v2, whose shortcut keeps ``bottom`` as it is."""
+    n[name] = L.BatchNorm(bottom)
+    n[name.replace("_bn", "_scale")] = L.Scale(n[name], bias_term=True, in_place=True)
+    n[name.replace("_bn", "_relu")] = relu(n[name])
+    return n[name]
+
+
+def resnet101_v2():
+    """Pre-activation ResNet-101 (He et al. 2016, "Identity Mappings in Deep Residual
+    Networks") as soeaver/caffe-model's cls/resnet-v2/deploy_resnet101-v2.prototxt writes
+    it, layer for layer: blocks res1-res33 (3, 4, 23 and 3 to a stage) numbered through;
+    each after the first normalizes its input into resN_bn (BatchNorm, Scale, ReLU, not
+    in place: the Eltwise sum takes the input itself), then 1x1, 3x3 (carrying a stage's
+    stride), 1x1 without a BatchNorm after the last; a stage's first block projects
+    (resN_match_conv) from the normalized input, the first block from pool1. The sum of
+    the last block is normalized before the global pooling."""
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, bias=False)
+    n.conv1_bn = L.BatchNorm(n.conv1, in_place=True)
+    n.conv1_scale = L.Scale(n.conv1, bias_term=True, in_place=True)
+    n.conv1_relu = relu(n.conv1)
+    x = n.pool1 = max_pool(n.conv1, 3, 2)
+    block = 0
+    for stage, count in enumerate((3, 4, 23, 3)):
+        width = 64 << stage
+        for b in range(count):
+            block += 1
+            name = "res%d" % block
+            inp = x if block == 1 else _preact(n, name + "_bn", x)
+            stride = 2 if b == 0 and stage > 0 else 1
+            top = inp
+            for i, (k, num, s) in enumerate(((1, width, 1), (3, width, stride),
+                                             (1, 4 * width, 1)), 1):
+                top = n["%s_conv%d" % (name, i)] = conv(top, num, k, stride=s, pad=k // 2,
+                                                        bias=False)
+                if i < 3:
+                    n["%s_conv%d_bn" % (name, i)] = L.BatchNorm(top, in_place=True)
+                    n["%s_conv%d_scale" % (name, i)] = L.Scale(top, bias_term=True,
+                                                               in_place=True)
+                    n["%s_conv%d_relu" % (name, i)] = relu(top)
+            if b == 0:
+                shortcut = n[name + "_match_conv"] = conv(inp, 4 * width, 1, stride=stride,
+                                                          bias=False)
+            else:
+                shortcut = x
+            x = n[name + "_eletwise"] = L.Eltwise(shortcut, top)
+    last = _preact(n, "res%d_eletwise_bn" % block, x)
+    n.pool5 = L.Pooling(last, pool=P.Pooling.AVE, global_pooling=True)
+    n.classifier = fc(n.pool5, 1000)
+    heads(n, n.classifier)
+    return n
+
+
 def resnext50():
     """ResNeXt-50 (32x4d; Xie et al. 2017) in ResNet-50's Caffe layout: each bottleneck's
     3x3 is a Convolution with 32 groups (4 channels each in the first stage), twice
@@ -1266,6 +1322,7 @@ NETS = {
     "resnet50": (resnet50, "ResNet-50"),
     "resnet101": (resnet101, "ResNet-101"),
     "resnet152": (resnet152, "ResNet-152"),
+    "resnet101_v2": (resnet101_v2, "ResNet-101-v2"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
