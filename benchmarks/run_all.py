@@ -84,9 +84,9 @@ def matmul_peak(repeats=20):
 
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
-SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152", "mobilenet",
-                     "squeezenet", "nin", "se_bn_inception", "inception_v3", "inception_v4",
-                     "inception_resnet_v2", "xception")
+SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152",
+                     "mobilenet", "squeezenet", "nin", "se_bn_inception", "inception_v3",
+                     "inception_v4", "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
@@ -283,10 +283,10 @@ def main():
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet18", "5", "1"),
-             ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("squeezenet", "5", "1"),
-             ("nin", "5", "1"), ("densenet121", "3", "1"), ("se_bn_inception", "3", "1"),
-             ("inception_v3", "3", "1"), ("inception_v4", "3", "1"),
-             ("inception_resnet_v2", "3", "1")]) + runs(
+             ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
+             ("squeezenet", "5", "1"), ("nin", "5", "1"), ("densenet121", "3", "1"),
+             ("se_bn_inception", "3", "1"), ("inception_v3", "3", "1"),
+             ("inception_v4", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
             # (pure JAX's ResNeXt step takes 103 s, XLA's grouped weight gradients; timed
             # once, benchmarks/NOTES.md, not in every run; Xception's depthwise ones too)
             "train", "bench_train.py",

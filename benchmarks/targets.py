@@ -10,9 +10,9 @@ import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
               "mnist_autoencoder", "mnist_siamese", "caffenet", "googlenet", "resnet18",
-              "resnet50", "resnet152", "mobilenet", "squeezenet", "nin", "densenet121", "se_bn_inception",
-              "inception_v3", "inception_v4", "inception_resnet_v2", "xception", "resnext50",
-              "dpn92", "fcn32s", "lrcn", "vgg16")
+              "resnet50", "resnet152", "mobilenet", "squeezenet", "nin", "densenet121",
+              "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
+              "xception", "resnext50", "dpn92", "fcn32s", "lrcn", "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
