@@ -1039,13 +1039,14 @@ def _bottleneck(n, name, bottom, inner, outer, stride, project, group=1, filler=
     return out
 
 
-def _basic_block(n, name, bottom, width, stride, project):
+def _basic_block(n, name, bottom, width, stride, project, filler=XAVIER):
     """ResNet's basic block (He et al. 2016, for ResNet-18 and -34): two 3x3s, the first
     carrying the stride, named as the Caffe release names a bottleneck's branches."""
-    shortcut = _shortcut(n, name, bottom, width, stride, project, XAVIER)
-    a = n["res%s_branch2a" % name] = conv(bottom, width, 3, stride=stride, pad=1, bias=False)
+    shortcut = _shortcut(n, name, bottom, width, stride, project, filler)
+    a = n["res%s_branch2a" % name] = conv(bottom, width, 3, stride=stride, pad=1,
+                                          filler=filler, bias=False)
     _bn_scale(n, "%s_branch2a" % name, a, True)
-    b = n["res%s_branch2b" % name] = conv(a, width, 3, pad=1, bias=False)
+    b = n["res%s_branch2b" % name] = conv(a, width, 3, pad=1, filler=filler, bias=False)
     _bn_scale(n, "%s_branch2b" % name, b, False)
     out = n["res" + name] = L.Eltwise(shortcut, b)
     n["res%s_relu" % name] = relu(out)
@@ -1075,7 +1076,7 @@ def _resnet(inner, expansion, group=1, filler=XAVIER, conv1_bias=True, blocks=(3
                 name = stage + "abcdefghijklmnopqrstuvwxyz"[b]
             stride = 2 if b == 0 and stage != "2" else 1
             if basic:
-                x = _basic_block(n, name, x, width, stride, project=(stride == 2))
+                x = _basic_block(n, name, x, width, stride, (stride == 2), filler)
                 continue
             x = _bottleneck(n, name, x, width, width * expansion, stride, project=(b == 0),
                             group=group, filler=filler)
