@@ -35,6 +35,8 @@ NETS = {
     "resnet101": ("resnet101.prototxt", 16, (3, 224, 224), "fc1000"),
     # (not in run_all's plan either: ResNet-101 pre-activated; its slow test uses it)
     "resnet101_v2": ("resnet101_v2.prototxt", 16, (3, 224, 224), "classifier"),
+    # (nor this one: ResNet-50 twice as wide inside, its pool1 rounding down)
+    "wrn50_2": ("wrn50_2.prototxt", 16, (3, 224, 224), "classifier"),
     # (batch 8: its three contenders at 16 would need about 2.6x ResNet-50's 12 GB there)
     "resnet152": ("resnet152.prototxt", 8, (3, 224, 224), "fc1000"),
     "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),

@@ -314,6 +314,13 @@ def test_resnet101_v2_contenders_agree():
 
 
 @pytest.mark.slow
+def test_wrn50_2_contenders_agree():
+    """WRN-50-2: pool1 padded by 1 with round_mode FLOOR (BVLC's field for the ports'
+    ``ceil_mode: false``), 3x3s of up to 1024 channels."""
+    _check("wrn50_2", 2)
+
+
+@pytest.mark.slow
 def test_resnet152_contenders_agree():
     """ResNet-152: ResNet-50's bottleneck fifty times over (stages of 3, 8, 36 and 3),
     conv1 without a bias. The deploy outputs and the first training loss after 155

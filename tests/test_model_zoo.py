@@ -35,6 +35,7 @@ NETS = {
     "resnet101": ("conv1", "fc1000", (1, 1000), False),
     "resnet152": ("conv1", "fc1000", (1, 1000), False),
     "resnet101_v2": ("conv1", "classifier", (1, 1000), False),
+    "wrn50_2": ("conv1", "classifier", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
@@ -230,6 +231,22 @@ def test_resnet101_v2_normalizes_before_each_block():
     scales = [k for k in net.params if k.endswith("_scale")]
     assert len(scales) == 1 + 2 * 33 + 32 + 1
     assert sum(1 for n in names if n.endswith("_match_conv")) == 4
+
+
+def test_wrn50_2_is_resnet50_twice_as_wide_inside():
+    """WRN-50-2: ResNet-50's stages, each bottleneck's 1x1 and 3x3 twice as wide (128 to
+    1024), the stride on the 3x3, pool1 padded by 1 and rounding down (BVLC's
+    round_mode: FLOOR). Its learnable params number torchvision's wide_resnet50_2's."""
+    net = jcaffe.Net(_load("wrn50_2", 1), jcaffe.TEST)
+    assert net.blobs["pool1"].shape == (1, 64, 56, 56)
+    assert [b.shape for b in net.params["res1_conv2"]] == [(128, 128, 3, 3)]
+    assert [b.shape for b in net.params["res14_conv2"]] == [(1024, 1024, 3, 3)]
+    assert [b.shape for b in net.params["res4_match_conv"]] == [(512, 256, 1, 1)]
+    assert net.blobs["res4_conv1"].shape == (1, 256, 56, 56)
+    assert net.blobs["res4_conv2"].shape == (1, 256, 28, 28)
+    assert net.blobs["res16_elewise"].shape == (1, 2048, 7, 7)
+    assert sum(b.count for k, v in net.params.items() if not k.endswith("_bn")
+               for b in v) == 68883240
 
 
 def test_se_bn_inception_excites_each_modules_channels():

@@ -5,7 +5,7 @@ Scale's bias, Dropout's ratio, InnerProduct's outputs).
 
     python tests/data/zoo/compare_port.py inception_v3 PORT.prototxt
 
-The ports are not in this repository. The nine taken from soeaver/caffe-model (commit
+The ports are not in this repository. The ten taken from soeaver/caffe-model (commit
 49dc8e06f8bc19d91ee7912a901132122b3b6e1c) are the files below, under cls/. The
 comparison skips the layers that only one side has: the port's Softmax (a deploy
 file's), and the DummyData, Accuracy and loss make_zoo adds. The one field from outside
@@ -34,6 +34,7 @@ PORTS = {
     "resnet101": "cls/resnet/deploy_resnet101.prototxt",
     "resnet152": "cls/resnet/deploy_resnet152.prototxt",
     "resnet101_v2": "cls/resnet-v2/deploy_resnet101-v2.prototxt",
+    "wrn50_2": "cls/wider-resnet/deploy_wrn50-2.prototxt",
 }
 # Layers written another way in the port for the same computation, not compared past their
 # names, bottoms and tops (each printed when the script runs).
@@ -41,7 +42,10 @@ _GLOBAL_POOL5 = ("the port pools globally; the Caffe release (KaimingHe/deep-res
                  "networks), which make_zoo follows, writes AVE 7x7 stride 1: the same at "
                  "224x224")
 EQUIVALENT = {"resnet50": {"pool5": _GLOBAL_POOL5}, "resnet101": {"pool5": _GLOBAL_POOL5},
-              "resnet152": {"pool5": _GLOBAL_POOL5}}
+              "resnet152": {"pool5": _GLOBAL_POOL5},
+              "wrn50_2": {"res8_elewise": "the port lists this sum's bottoms the other way "
+                          "round (conv3, match_conv; its other projecting blocks, and make_zoo, "
+                          "match_conv first): the same sum"}}
 ONLY_PORT = {"Softmax"}
 ONLY_OURS = {"DummyData", "Accuracy", "SoftmaxWithLoss"}
 
@@ -91,10 +95,12 @@ def signature(layer):
 
 def compare(ours, port, equivalent=()):
     """-> (number of layers compared, [(port's, ours) signatures that differ]); the layers
-    named in ``equivalent`` compared by their names, bottoms and tops only."""
+    named in ``equivalent`` compared by their names, bottoms (in any order) and tops
+    only."""
     a = [signature(l) for l in port.layer if l.type not in ONLY_PORT]
     b = [signature(l) for l in ours.layer if l.type not in ONLY_OURS]
-    a, b = ([x[:4] if x[0] in equivalent else x for x in side] for side in (a, b))
+    a, b = ([(x[0], x[1], tuple(sorted(x[2])), x[3]) if x[0] in equivalent else x
+             for x in side] for side in (a, b))
     diffs = [(x, y) for x, y in zip(a, b) if x != y]
     if len(a) != len(b):
         diffs.append(("%d layers" % len(a), "%d layers" % len(b)))

@@ -1127,49 +1127,83 @@ def _preact(n, name, bottom):
     return n[name]
 
 
-def resnet101_v2():
-    """Pre-activation ResNet-101 (He et al. 2016, "Identity Mappings in Deep Residual
-    Networks") as soeaver/caffe-model's cls/resnet-v2/deploy_resnet101-v2.prototxt writes
-    it, layer for layer: blocks res1-res33 (3, 4, 23 and 3 to a stage) numbered through;
-    each after the first normalizes its input into resN_bn (BatchNorm, Scale, ReLU, not
-    in place: the Eltwise sum takes the input itself), then 1x1, 3x3 (carrying a stage's
-    stride), 1x1 without a BatchNorm after the last; a stage's first block projects
-    (resN_match_conv) from the normalized input, the first block from pool1. The sum of
-    the last block is normalized before the global pooling."""
+def _bn_in_place(n, name, top, relu_after):
+    """``name``_bn, _scale (and _relu) in place on ``top``."""
+    n[name + "_bn"] = L.BatchNorm(top, in_place=True)
+    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+    if relu_after:
+        n[name + "_relu"] = relu(top)
+
+
+def _numbered_resnet(blocks, inner, preact, pool1, sum_name):
+    """soeaver/caffe-model's layout of a bottleneck ResNet: blocks res1, res2, ...
+    numbered through the stages (``blocks`` to a stage, ``inner << stage`` wide, 4x
+    ``inner`` out of the first stage), their convolutions resN_conv1-3 with the stride on
+    the 3x3, a stage's first block projecting through resN_match_conv, the sum
+    resN_``sum_name``. ``preact``: ResNet-v2's order (above the blocks after the first,
+    no BatchNorm after conv3 or the projection, no ReLU after the sum, the last sum
+    normalized before the pooling); else each convolution followed by its BatchNorm
+    and Scale, the sum by a ReLU. ``pool1``: the keywords of the stem's MAX pooling."""
     n = NetSpec()
     data(n, 32, (3, 224, 224))
     n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, bias=False)
-    n.conv1_bn = L.BatchNorm(n.conv1, in_place=True)
-    n.conv1_scale = L.Scale(n.conv1, bias_term=True, in_place=True)
-    n.conv1_relu = relu(n.conv1)
-    x = n.pool1 = max_pool(n.conv1, 3, 2)
+    _bn_in_place(n, "conv1", n.conv1, True)
+    x = n.pool1 = L.Pooling(n.conv1, pool=P.Pooling.MAX, kernel_size=3, stride=2, **pool1)
     block = 0
-    for stage, count in enumerate((3, 4, 23, 3)):
-        width = 64 << stage
+    for stage, count in enumerate(blocks):
+        width, outer = inner << stage, 256 << stage
         for b in range(count):
             block += 1
             name = "res%d" % block
-            inp = x if block == 1 else _preact(n, name + "_bn", x)
+            inp = _preact(n, name + "_bn", x) if preact and block > 1 else x
             stride = 2 if b == 0 and stage > 0 else 1
             top = inp
             for i, (k, num, s) in enumerate(((1, width, 1), (3, width, stride),
-                                             (1, 4 * width, 1)), 1):
+                                             (1, outer, 1)), 1):
                 top = n["%s_conv%d" % (name, i)] = conv(top, num, k, stride=s, pad=k // 2,
                                                         bias=False)
-                if i < 3:
-                    n["%s_conv%d_bn" % (name, i)] = L.BatchNorm(top, in_place=True)
-                    n["%s_conv%d_scale" % (name, i)] = L.Scale(top, bias_term=True,
-                                                               in_place=True)
-                    n["%s_conv%d_relu" % (name, i)] = relu(top)
+                if i < 3 or not preact:
+                    _bn_in_place(n, "%s_conv%d" % (name, i), top, i < 3)
+            shortcut = x
             if b == 0:
-                shortcut = n[name + "_match_conv"] = conv(inp, 4 * width, 1, stride=stride,
+                shortcut = n[name + "_match_conv"] = conv(inp, outer, 1, stride=stride,
                                                           bias=False)
-            else:
-                shortcut = x
-            x = n[name + "_eletwise"] = L.Eltwise(shortcut, top)
+                if not preact:
+                    _bn_in_place(n, name + "_match_conv", shortcut, False)
+            x = n["%s_%s" % (name, sum_name)] = L.Eltwise(shortcut, top)
+            if not preact:
+                n["%s_%s_relu" % (name, sum_name)] = relu(x)
+    return n, x, block
+
+
+def resnet101_v2():
+    """Pre-activation ResNet-101 (He et al. 2016, "Identity Mappings in Deep Residual
+    Networks") as soeaver/caffe-model's cls/resnet-v2/deploy_resnet101-v2.prototxt writes
+    it, layer for layer: blocks res1-res33 (3, 4, 23 and 3 to a stage); each after the
+    first normalizes its input into resN_bn (BatchNorm, Scale, ReLU, not in place: the
+    Eltwise sum takes the input itself), then 1x1, 3x3 (carrying a stage's stride), 1x1
+    without a BatchNorm after the last; a stage's first block projects (resN_match_conv)
+    from the normalized input, the first block from pool1. The sum of the last block is
+    normalized before the global pooling."""
+    n, x, block = _numbered_resnet((3, 4, 23, 3), 64, True, {}, "eletwise")
     last = _preact(n, "res%d_eletwise_bn" % block, x)
     n.pool5 = L.Pooling(last, pool=P.Pooling.AVE, global_pooling=True)
     n.classifier = fc(n.pool5, 1000)
+    heads(n, n.classifier)
+    return n
+
+
+def wrn50_2():
+    """Wide ResNet-50-2 (Zagoruyko & Komodakis 2016; torchvision's wide_resnet50_2) as
+    soeaver/caffe-model's cls/wider-resnet/deploy_wrn50-2.prototxt writes it, layer for
+    layer: ResNet-50's bottlenecks with their inner 1x1 and 3x3 twice as wide (128 to
+    1024 channels), the stride on the 3x3, blocks res1-res16 numbered through. Its
+    pool1 is padded by 1 and rounds down (the port's fork field ``ceil_mode: false``,
+    BVLC's ``round_mode: FLOOR``), as torchvision's does: 56x56 either way at 224."""
+    n, x, _ = _numbered_resnet((3, 4, 6, 3), 128, False,
+                               dict(pad=1, round_mode=P.Pooling.FLOOR), "elewise")
+    n.pool_ave = L.Pooling(x, pool=P.Pooling.AVE, global_pooling=True)
+    n.classifier = fc(n.pool_ave, 1000)
     heads(n, n.classifier)
     return n
 
@@ -1324,6 +1358,7 @@ NETS = {
     "resnet101": (resnet101, "ResNet-101"),
     "resnet152": (resnet152, "ResNet-152"),
     "resnet101_v2": (resnet101_v2, "ResNet-101-v2"),
+    "wrn50_2": (wrn50_2, "WRN-50-2"),
     "mobilenet": (mobilenet, "MobileNet"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
