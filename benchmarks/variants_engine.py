@@ -50,6 +50,11 @@ def _pack():
     Solver.history_pack_max_bytes = 1 << 20
 
 
+def _rows_same_padded():
+    from jcaffe.layers.vision import Convolution
+    Convolution.SAME_XLA_MIN_CHANNELS = 1 << 62
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -67,6 +72,9 @@ VARIANTS = {
                                           # no copies of the params under 1 MB
     "pack": _pack,                        # small params' history in one array
     "float32": _float32,                  # full float32 products (not TF32 on a GPU)
+    "rows_same_padded": _rows_same_padded,  # same-padded stride-1 data gradients by
+                                            # kernel rows again, as before the
+                                            # fifty-sixth session (CPU only anyway)
 }
 
 

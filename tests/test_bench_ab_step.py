@@ -159,13 +159,15 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
     import jax
     import pytest
     from jcaffe import engine
+    from jcaffe.layers.vision import Convolution
     from jcaffe.solver import Solver
     sys.path.insert(0, BENCH)
     import variants_engine
     for owner, attr in ((Solver, "update_in_backward"), (Solver, "row_blocks_min_bytes"),
                         (Solver, "recycle_buffers"), (Solver, "history_pack_max_bytes"),
                         (engine.Segment, "ordered_backward"), (engine.Segment, "update_min_bytes"),
-                        (engine.Segment, "channels_last"), (engine, "materialize")):
+                        (engine.Segment, "channels_last"), (engine, "materialize"),
+                        (Convolution, "SAME_XLA_MIN_CHANNELS")):
         monkeypatch.setattr(owner, attr, getattr(owner, attr))
     precision = jax.config.jax_default_matmul_precision
     try:
@@ -187,6 +189,9 @@ def test_the_engine_variants_each_switch_their_rule(monkeypatch):
         assert engine.materialize(x) is x
         variants_engine.apply("float32")
         assert jax.config.jax_default_matmul_precision == "highest"
+        assert Convolution.SAME_XLA_MIN_CHANNELS == 32
+        variants_engine.apply("rows_same_padded")
+        assert Convolution.SAME_XLA_MIN_CHANNELS > 1 << 40
     finally:
         jax.config.update("jax_default_matmul_precision", precision)
     with pytest.raises(SystemExit, match="update_at_end"):
