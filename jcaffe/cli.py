@@ -28,6 +28,7 @@ compilation cache (``-compilation_cache DIR|off``, ``$JCAFFE_COMPILATION_CACHE``
 default ``$XDG_CACHE_HOME/jcaffe/xla``), so the next run of the same net skips XLA's
 compile: see ``jcaffe.compile_cache``.
 """
+import ctypes
 import logging
 import signal
 import sys
@@ -307,6 +308,26 @@ def test(flags, given):
     return 0
 
 
+# `time` runs each layer as its own program: every call writes fresh tops and diffs of a
+# few to a hundred MB. glibc raises its mmap threshold (up to 32 MB) after the first
+# such buffers are freed, so the later ones come from its heap, where what is freed
+# stays with the process and fragments: ResNet-18 at batch 32 held 3.7 GB after three
+# iterations with 1.4 GB of arrays alive, and ResNet-101-v2 at batch 32 was killed for
+# memory at 24 GB (Caffe's own count for it: about 17 GB). Handing the freed pages back
+# after each layer, outside the timed call, kept ResNet-18 at 2.1 GB with the same
+# per-layer times (benchmarks/NOTES.md, fifty-sixth session). Not glibc: nothing to do.
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+except (AttributeError, OSError):
+    _malloc_trim = None
+
+
+def _release_freed():
+    """Return the heap's free pages to the system (glibc's malloc_trim), where it has one."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
 def _sync(net, names):
     for name in names:
         net.blobs[name].device_data().block_until_ready()
@@ -334,8 +355,10 @@ def time_net(flags, given):
     net._backward(n - 1, 0)
     for i in range(n):                   # compile every single-layer segment before timing
         net._forward(i, i)
+        _release_freed()
     for i in reversed(range(n)):
         net._backward(i, i)
+        _release_freed()
     # Wait for what the warm-up dispatched: else the first layer timed (the first whose
     # call is queued behind it: a DummyData) is charged with the whole warm-up backward
     # (LRCN's DummyData read 692 ms a forward over 2 iterations, 0.9 ms alone).
@@ -350,11 +373,13 @@ def time_net(flags, given):
             net._forward(i, i)
             _sync(net, slot.tops)
             fwd_layer[i] += time.perf_counter() - t0
+            _release_freed()
         for i in reversed(range(n)):
             t0 = time.perf_counter()
             net._backward(i, i)
             _sync_diffs(net, net._slots[i])
             bwd_layer[i] += time.perf_counter() - t0
+            _release_freed()
     total_start = time.perf_counter()
     fwd_total = bwd_total = 0.0
     for j in range(iterations):
