@@ -318,7 +318,7 @@ def test(flags, given):
 # per-layer times (benchmarks/NOTES.md, fifty-sixth session). Not glibc: nothing to do.
 try:
     _malloc_trim = ctypes.CDLL(None).malloc_trim
-except (AttributeError, OSError):
+except (AttributeError, OSError, TypeError):      # (no such libc, or Windows)
     _malloc_trim = None
 
 

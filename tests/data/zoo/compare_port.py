@@ -37,7 +37,7 @@ PORTS = {
     "wrn50_2": "cls/wider-resnet/deploy_wrn50-2.prototxt",
 }
 # Layers written another way in the port for the same computation, not compared past their
-# names, bottoms and tops (each printed when the script runs).
+# names, bottoms (in any order) and tops (each printed when the script runs).
 _GLOBAL_POOL5 = ("the port pools globally; the Caffe release (KaimingHe/deep-residual-"
                  "networks), which make_zoo follows, writes AVE 7x7 stride 1: the same at "
                  "224x224")
