@@ -70,6 +70,22 @@ def heads(n, top, with_accuracy=True):
     n.loss = L.SoftmaxWithLoss(top, n.label)
 
 
+def _bn_relu(n, name, bottom, relu_after=True, eps=None, top_name=None):
+    """A port's normalization, soeaver/caffe-model's names: BatchNorm in place as
+    ``name``_bn (or, with ``top_name``, out of place into a top and layer of that
+    name), Scale with bias ``name``_scale and (``relu_after``) ReLU ``name``_relu, both
+    in place. ``eps``: BatchNorm's, where the port writes one."""
+    kw = {} if eps is None else dict(batch_norm_param=dict(eps=eps))
+    if top_name:
+        n[top_name] = top = L.BatchNorm(bottom, **kw)
+    else:
+        n[name + "_bn"] = top = L.BatchNorm(bottom, in_place=True, **kw)
+    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+    if relu_after:
+        n[name + "_relu"] = relu(top)
+    return top
+
+
 def lenet():
     n = NetSpec()
     data(n, 64, (1, 28, 28), classes=10)
@@ -743,11 +759,7 @@ def xception():
     msra = dict(type="msra")
 
     def bn_scale(name, top, relu_after=True):
-        n[name + "_bn"] = L.BatchNorm(top, batch_norm_param=dict(eps=0.001), in_place=True)
-        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
-        if relu_after:
-            n[name + "_relu"] = relu(top)
-        return top
+        return _bn_relu(n, name, top, relu_after, eps=0.001)
 
     def separable(name, bottom, channels, num, relu_after=True):
         n[name + "_1"] = top = conv(bottom, channels, 3, pad=1, group=channels, filler=msra,
@@ -811,15 +823,7 @@ def dpn92():
     msra = dict(type="msra")
 
     def bn_relu(name, bottom, bn_name=None):
-        """BatchNorm (in place where ``bn_name`` is None), Scale with bias, ReLU."""
-        if bn_name:
-            n[bn_name] = top = L.BatchNorm(bottom, batch_norm_param=dict(eps=0.001))
-        else:
-            n[name + "_bn"] = top = L.BatchNorm(bottom, batch_norm_param=dict(eps=0.001),
-                                                in_place=True)
-        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
-        n[name + "_relu"] = relu(top)
-        return top
+        return _bn_relu(n, name, bottom, eps=0.001, top_name=bn_name)
 
     def plain_conv(name, bottom, num, k, stride=1, pad=0, group=1):
         n[name] = top = conv(bottom, num, k, stride, pad, group, filler=msra, bias=False)
@@ -1118,23 +1122,6 @@ def resnet152():
     return _resnet(64, 4, conv1_bias=False, blocks=(3, 8, 36, 3), numbered="34")
 
 
-def _preact(n, name, bottom):
-    """BatchNorm, Scale and ReLU into a top of their own, ``name``: the pre-activation
-    of ResNet-v2, whose shortcut keeps ``bottom`` as it is."""
-    n[name] = L.BatchNorm(bottom)
-    n[name.replace("_bn", "_scale")] = L.Scale(n[name], bias_term=True, in_place=True)
-    n[name.replace("_bn", "_relu")] = relu(n[name])
-    return n[name]
-
-
-def _bn_in_place(n, name, top, relu_after):
-    """``name``_bn, _scale (and _relu) in place on ``top``."""
-    n[name + "_bn"] = L.BatchNorm(top, in_place=True)
-    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
-    if relu_after:
-        n[name + "_relu"] = relu(top)
-
-
 def _numbered_resnet(blocks, inner, preact, pool1, sum_name):
     """soeaver/caffe-model's layout of a bottleneck ResNet: blocks res1, res2, ...
     numbered through the stages (``blocks`` to a stage, ``inner << stage`` wide, 4x
@@ -1147,7 +1134,7 @@ def _numbered_resnet(blocks, inner, preact, pool1, sum_name):
     n = NetSpec()
     data(n, 32, (3, 224, 224))
     n.conv1 = conv(n.data, 64, 7, stride=2, pad=3, bias=False)
-    _bn_in_place(n, "conv1", n.conv1, True)
+    _bn_relu(n, "conv1", n.conv1)
     x = n.pool1 = L.Pooling(n.conv1, pool=P.Pooling.MAX, kernel_size=3, stride=2, **pool1)
     block = 0
     for stage, count in enumerate(blocks):
@@ -1155,7 +1142,9 @@ def _numbered_resnet(blocks, inner, preact, pool1, sum_name):
         for b in range(count):
             block += 1
             name = "res%d" % block
-            inp = _preact(n, name + "_bn", x) if preact and block > 1 else x
+            # (ResNet-v2's pre-activation, out of place: the sum keeps x as it is)
+            inp = (_bn_relu(n, name, x, top_name=name + "_bn") if preact and block > 1
+                   else x)
             stride = 2 if b == 0 and stage > 0 else 1
             top = inp
             for i, (k, num, s) in enumerate(((1, width, 1), (3, width, stride),
@@ -1163,13 +1152,13 @@ def _numbered_resnet(blocks, inner, preact, pool1, sum_name):
                 top = n["%s_conv%d" % (name, i)] = conv(top, num, k, stride=s, pad=k // 2,
                                                         bias=False)
                 if i < 3 or not preact:
-                    _bn_in_place(n, "%s_conv%d" % (name, i), top, i < 3)
+                    _bn_relu(n, "%s_conv%d" % (name, i), top, i < 3)
             shortcut = x
             if b == 0:
                 shortcut = n[name + "_match_conv"] = conv(inp, outer, 1, stride=stride,
                                                           bias=False)
                 if not preact:
-                    _bn_in_place(n, name + "_match_conv", shortcut, False)
+                    _bn_relu(n, name + "_match_conv", shortcut, False)
             x = n["%s_%s" % (name, sum_name)] = L.Eltwise(shortcut, top)
             if not preact:
                 n["%s_%s_relu" % (name, sum_name)] = relu(x)
@@ -1186,7 +1175,7 @@ def resnet101_v2():
     from the normalized input, the first block from pool1. The sum of the last block is
     normalized before the global pooling."""
     n, x, block = _numbered_resnet((3, 4, 23, 3), 64, True, {}, "eletwise")
-    last = _preact(n, "res%d_eletwise_bn" % block, x)
+    last = _bn_relu(n, "res%d_eletwise" % block, x, top_name="res%d_eletwise_bn" % block)
     n.pool5 = L.Pooling(last, pool=P.Pooling.AVE, global_pooling=True)
     n.classifier = fc(n.pool5, 1000)
     heads(n, n.classifier)
