@@ -393,8 +393,9 @@ def time_net(flags, given):
             bwd_layer[i] += time.perf_counter() - t0
             _release_freed()
     # Caffe times right after its warm-up pass; here the one-layer programs ran since,
-    # so the whole net runs once more untimed (its first timed iteration read 14-24 ms
-    # against 10-12 after, LeNet at batch 64, benchmarks/NOTES.md fifty-eighth session).
+    # so the whole net runs once more untimed (LeNet at batch 64: the first timed
+    # iteration read 14.5-24.2 ms without it, 11.9-18.8 with, most later ones 10-12;
+    # benchmarks/NOTES.md, fifty-eighth session).
     _whole_pass(net, n)
     total_start = time.perf_counter()
     fwd_total = bwd_total = 0.0

@@ -137,7 +137,8 @@ def test_time_hands_freed_memory_back_between_layers(workdir, monkeypatch):
 def test_time_runs_the_whole_net_once_untimed_before_timing_it(workdir, monkeypatch):
     """Caffe's `time` times right after its warm-up pass; jcaffe's runs its one-layer
     programs in between, so it passes the whole net once more, untimed, just before the
-    timed iterations (LeNet's first timed one read 14-24 ms without it, 10-12 after)."""
+    timed iterations (LeNet's first timed one read 14.5-24.2 ms without it, 11.9-18.8
+    with it, most later ones 10-12)."""
     events = []
     whole_pass = cli._whole_pass
     monkeypatch.setattr(cli, "_release_freed", lambda: events.append("layer"))
