@@ -8,8 +8,9 @@ repeats, no CaffeNet/GoogLeNet (to check that everything runs).
 --notes FILE: a markdown file appended verbatim (the analysis of the numbers).
 The raw numbers go to benchmarks/results.json; --render rewrites RESULTS.md from
 it (and the notes) without measuring again; --only KEYS measures those entries of the
-plan again (e.g. ``--only host``), merges them into results.json and renders: their
-sections then say when they were measured, apart from the run in the header.
+plan again (e.g. ``--only host``; ``jtime``: `jcaffe time`'s paragraph), merges them
+into results.json and renders: their sections then say when they were measured, apart
+from the run in the header.
 """
 import argparse
 import datetime
@@ -18,6 +19,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -351,10 +353,10 @@ def remeasure(plan, keys, raw, opts):
     header's run, with that machine and its matmul peak: ``results[key + "_machine"]``)
     and render."""
     by_key = {key: (script, args) for key, script, args in plan}
-    unknown = [k for k in keys if k not in by_key]
+    unknown = [k for k in keys if k not in by_key and k != "jtime"]
     if unknown:
         raise SystemExit("--only: no plan entries %s (there are %s)"
-                         % (", ".join(unknown), ", ".join(by_key)))
+                         % (", ".join(unknown), ", ".join(list(by_key) + ["jtime"])))
     with open(raw) as f:
         state = json.load(f)
     results = state["results"]
@@ -362,10 +364,13 @@ def remeasure(plan, keys, raw, opts):
     elsewhere = {"machine": here, "peak": matmul_peak()} if here != state["machine"] else None
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
-            script, args = by_key[key]
             started, before = datetime.datetime.now(datetime.timezone.utc), load()
-            results[key] = run(script, args, os.path.join(tmp, key + ".json"))
-            results[key + "_cmd"] = "python benchmarks/%s %s" % (script, " ".join(args))
+            if key == "jtime":              # (`jcaffe time`'s paragraph, not a table)
+                state["jtime"] = jcaffe_time(tmp)
+            else:
+                script, args = by_key[key]
+                results[key] = run(script, args, os.path.join(tmp, key + ".json"))
+                results[key + "_cmd"] = "python benchmarks/%s %s" % (script, " ".join(args))
             results[key + "_measured"] = "%s to %s UTC, load before: `%s`" % (
                 started.strftime("%Y-%m-%d %H:%M"),
                 datetime.datetime.now(datetime.timezone.utc).strftime("%H:%M"), before)
@@ -637,7 +642,8 @@ def render(state, opts):
     out += ["## Convolution formulations (jcaffe's Convolution layer, float32)", "",
             conv.strip(), "", "`%s`" % results.get("conv_cmd", "python benchmarks/bench_conv.py"),
             ""]
-    out += ["## `jcaffe time` vs the benchmark (LeNet, batch 64)", "", jtime, ""]
+    out += (["## `jcaffe time` vs the benchmark (LeNet, batch 64)", ""]
+            + measured_apart(results, "jtime") + [jtime, ""])
     if not state["quick"]:
         out += ["## Targets, measured in this run", "",
                 "Issue 9's targets, computed from the tables above by `benchmarks/targets.py` "
@@ -656,21 +662,31 @@ def render(state, opts):
     print("wrote", opts.out)
 
 
+JTIME_ITERATIONS = 50
+
+
 def jcaffe_time(tmp):
-    """`jcaffe time` on the LeNet train net (Input layers), its forward-backward average."""
+    """`jcaffe time` on the LeNet train net (Input layers): the median of its timed
+    iterations' forward-backward (the benchmarks' statistic), and its average (Caffe's)."""
     path = os.path.join(tmp, "lenet_bench.prototxt")
     from google.protobuf import text_format
     with open(path, "w") as f:
         f.write(text_format.MessageToString(nets.net_param("lenet")))
-    cmd = [sys.executable, "-m", "jcaffe.cli", "time", "-model", path, "-iterations", "10"]
+    cmd = [sys.executable, "-m", "jcaffe.cli", "time", "-model", path,
+           "-iterations", str(JTIME_ITERATIONS)]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     text = res.stdout + res.stderr
     m = re.search(r"Average Forward-Backward: ([0-9.e+-]+) ms", text)
-    fb = float(m.group(1)) if m else float("nan")
-    return ("`jcaffe time -model <lenet train net> -iterations 10`: average Forward-Backward "
-            "**%.1f ms** (compare `forward()+backward()` in the pycaffe-loop table above; "
-            "`jcaffe time` syncs the outputs after forward and every param diff after backward, "
-            "as Caffe's timer does)." % fb)
+    mean = float(m.group(1)) if m else float("nan")
+    each = [float(t) for t in re.findall(r"forward-backward time: ([0-9.e+-]+) ms", text)]
+    median = statistics.median(each) if each else float("nan")
+    return ("`jcaffe time -model <lenet train net> -iterations %d`: forward-backward, median "
+            "of its iterations **%.1f ms** (min %.1f, max %.1f; its Average Forward-Backward, "
+            "Caffe's statistic, %.1f ms). Compare `forward()+backward()` in the pycaffe-loop "
+            "table above; `jcaffe time` syncs the outputs after forward and every param diff "
+            "after backward, as Caffe's timer does." % (
+                JTIME_ITERATIONS, median, min(each, default=float("nan")),
+                max(each, default=float("nan")), mean))
 
 
 if __name__ == "__main__":

@@ -208,7 +208,7 @@ def _jtime_row(results, jtime):
         return (target,) + NOT_RUN
     timed, looped = float(m.group(1)), medians["jcaffe forward()+backward()"]
     low, high = JTIME_AGREES
-    return (target, "forward-backward %.1f ms vs forward()+backward() %.1f ms: %.2fx"
+    return (target, "median forward-backward %.1f ms vs forward()+backward() %.1f ms: %.2fx"
             % (timed, looped, timed / looped),
             "yes" if low <= timed / looped <= high else "**no**")
 

@@ -78,6 +78,29 @@ def test_run_all_only_on_another_machine_stamps_it(tmp_path, monkeypatch):
     assert "host_machine" not in results and "train_nin_machine" in results
 
 
+def test_run_all_only_jtime_runs_jcaffe_time_and_reports_its_median(tmp_path, monkeypatch):
+    """``--only jtime`` runs `jcaffe time` again (LeNet, here 3 iterations) and dates its
+    paragraph, which leads with the median of its timed iterations (what the targets
+    table holds against the benchmark's median) and gives Caffe's average beside it."""
+    import json
+    import re
+    import run_all
+    raw = tmp_path / "results.json"
+    raw.write_text(json.dumps({"machine": run_all.machine(), "results": {}, "jtime": ""}))
+    monkeypatch.setattr(run_all, "render", lambda state, opts: None)
+    monkeypatch.setattr(run_all, "JTIME_ITERATIONS", 3)
+    run_all.remeasure([("host", "bench_host.py", [])], ["jtime"], str(raw), None)
+    state = json.loads(raw.read_text())
+    m = re.search(r"-iterations 3`: forward-backward, median of its iterations \*\*([0-9.]+) "
+                  r"ms\*\* \(min ([0-9.]+), max ([0-9.]+); its Average Forward-Backward, "
+                  r"Caffe's statistic, ([0-9.]+) ms\)", state["jtime"])
+    assert m, state["jtime"]
+    median, low, high, mean = map(float, m.groups())
+    assert 0 < low <= median <= high and low <= mean <= high + 0.5   # (+ its log lines)
+    assert "jtime_measured" in state["results"] and "host" not in state["results"]
+    assert run_all.measured_apart(state["results"], "jtime")
+
+
 def test_bench_train_steps_runs_that_many_steps_per_call(monkeypatch):
     """--steps N: each timed call of the jcaffe contender runs N solver iterations (and
     the others N steps), waiting for the last."""
