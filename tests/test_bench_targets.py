@@ -61,7 +61,8 @@ def test_each_rule_reads_its_own_ratios():
     gflops = next(v for k, v in rows.items() if k.startswith("training steps' GFLOP/s"))
     assert gflops[0].startswith("LeNet 200.0 (100%)") and gflops[1] == "reported"
     jtime = next(v for k, v in rows.items() if k.startswith("`jcaffe time` agrees"))
-    assert jtime == ("median forward-backward 11.0 ms vs forward()+backward() 12.0 ms: 0.92x", "yes")
+    assert jtime == ("median forward-backward 11.0 ms vs forward()+backward() 12.0 ms: 0.92x",
+                     "yes")
     assert not any(k.startswith("deploy forward at one image") for k in rows)   # not run
 
 
