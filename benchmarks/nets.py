@@ -28,8 +28,11 @@ if ROOT not in sys.path:        # this checkout's jcaffe, not an installed one
 NETS = {
     "lenet": ("lenet.prototxt", 64, (1, 28, 28), "ip2"),
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
+    # (CaffeNet's original: LRN before each of the first two pools, not after)
+    "alexnet": ("alexnet.prototxt", 32, (3, 227, 227), "fc8"),
     "googlenet": ("googlenet.prototxt", 32, (3, 224, 224), "loss3/classifier"),
     "resnet18": ("resnet18.prototxt", 32, (3, 224, 224), "fc1000"),
+    "resnet34": ("resnet34.prototxt", 32, (3, 224, 224), "fc1000"),
     "resnet50": ("resnet50.prototxt", 16, (3, 224, 224), "fc1000"),
     # (not in run_all's plan: between ResNet-50 and -152, which are; its slow test uses it)
     "resnet101": ("resnet101.prototxt", 16, (3, 224, 224), "fc1000"),

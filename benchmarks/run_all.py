@@ -284,8 +284,8 @@ def main():
         # LeNet's only)
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
-            [("caffenet", "7", "1"), ("googlenet", "3", "1"), ("resnet18", "5", "1"),
-             ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
+            [("caffenet", "7", "1"), ("alexnet", "7", "1"), ("googlenet", "3", "1"),
+             ("resnet18", "5", "1"), ("resnet34", "3", "1"), ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
              ("squeezenet", "5", "1"), ("nin", "5", "1"), ("densenet121", "3", "1"),
              ("se_bn_inception", "3", "1"), ("inception_v3", "3", "1"),
              ("inception_v4", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
@@ -305,8 +305,8 @@ def main():
               "jcaffe Solver.step(1) from a Python data layer,jcaffe Data.load_batch() alone"]),
         ] + runs("forward", "bench_forward.py", SMALL_NETS, "--no-memory") + runs(
             "forward", "bench_forward.py",
-            [("caffenet", "9", "1"), ("googlenet", "7", "1"), ("resnet18", "7", "1"),
-             ("resnet50", "5", "1"),
+            [("caffenet", "9", "1"), ("alexnet", "9", "1"), ("googlenet", "7", "1"),
+             ("resnet18", "7", "1"), ("resnet34", "5", "1"), ("resnet50", "5", "1"),
              ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"),
              ("nin", "7", "1"), ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_v4", "5", "1"),
@@ -442,10 +442,15 @@ def render(state, opts):
          "train_mnist_siamese", forward_gflop("mnist_siamese", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
+        ("Training step, AlexNet (batch 32, 3x227x227; CaffeNet's layers with each LRN "
+         "before its pool, as the original)", "train_alexnet",
+         forward_gflop("alexnet", False) * 3, None),
         ("Training step, GoogLeNet (batch 32, 3x224x224; three losses, two of them the "
          "auxiliary heads)", "train_googlenet", forward_gflop("googlenet", False) * 3, None),
         ("Training step, ResNet-18 (batch 32, 3x224x224; basic blocks, two 3x3s each, two to "
          "a stage)", "train_resnet18", forward_gflop("resnet18", False) * 3, None),
+        ("Training step, ResNet-34 (batch 32, 3x224x224; ResNet-18's basic blocks 3, 4, 6 "
+         "and 3 to a stage)", "train_resnet34", forward_gflop("resnet34", False) * 3, None),
         ("Training step, ResNet-50 (batch 16, 3x224x224; BatchNorm with batch statistics, "
          "Scale, Eltwise)", "train_resnet50", forward_gflop("resnet50", False) * 3, None),
         ("Training step, ResNet-152 (batch 8, 3x224x224; ResNet-50's bottlenecks 3, 8, 36 and "
@@ -514,10 +519,14 @@ def render(state, opts):
          "feature)", "forward_mnist_siamese", forward_gflop("mnist_siamese", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
+        ("Forward (deploy, TEST), AlexNet (batch 32, 3x227x227)", "forward_alexnet",
+         forward_gflop("alexnet", True), None),
         ("Forward (deploy, TEST), GoogLeNet (batch 32, 3x224x224)", "forward_googlenet",
          forward_gflop("googlenet", True), None),
         ("Forward (deploy, TEST), ResNet-18 (batch 32, 3x224x224)", "forward_resnet18",
          forward_gflop("resnet18", True), None),
+        ("Forward (deploy, TEST), ResNet-34 (batch 32, 3x224x224)", "forward_resnet34",
+         forward_gflop("resnet34", True), None),
         ("Forward (deploy, TEST), ResNet-50 (batch 16, 3x224x224)", "forward_resnet50",
          forward_gflop("resnet50", True), None),
         ("Forward (deploy, TEST), ResNet-152 (batch 8, 3x224x224)", "forward_resnet152",

@@ -9,8 +9,8 @@ what is left is benchmarks/NOTES.md's prose, written by hand.
 import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
-              "mnist_autoencoder", "mnist_siamese", "caffenet", "googlenet", "resnet18",
-              "resnet50", "resnet152", "mobilenet", "squeezenet", "nin", "densenet121",
+              "mnist_autoencoder", "mnist_siamese", "caffenet", "alexnet", "googlenet",
+              "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "lrcn", "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
@@ -20,8 +20,8 @@ MEMORY_NETS = TRAIN_NETS[TRAIN_NETS.index("caffenet"):-1]
 NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "CIFAR-10 full",
          "cifar10_full_sigmoid_bn": "CIFAR-10 full BN",
          "mnist_autoencoder": "MNIST autoencoder", "mnist_siamese": "MNIST siamese",
-         "caffenet": "CaffeNet", "googlenet": "GoogLeNet", "resnet18": "ResNet-18",
-         "resnet50": "ResNet-50",
+         "caffenet": "CaffeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet",
+         "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
          "resnet152": "ResNet-152",
          "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
          "densenet121": "DenseNet-121", "se_bn_inception": "SE-BN-Inception",

@@ -293,6 +293,12 @@ def test_resnet18_contenders_agree():
 
 
 @pytest.mark.slow
+def test_resnet34_contenders_agree():
+    """ResNet-34: ResNet-18's basic blocks 3, 4, 6 and 3 to a stage."""
+    _check("resnet34", 2)
+
+
+@pytest.mark.slow
 def test_resnet50_contenders_agree():
     """BatchNorm (batch statistics in training, the running averages in TEST), Scale,
     Eltwise: the layers the other nets do not have."""
@@ -370,6 +376,13 @@ def test_caffenet_contenders_agree():
     (The deploy outputs only: the training nets' Dropout draws its masks from each
     contender's own random stream, so their first losses differ, by 2e-4 here.)"""
     _check_deploy("caffenet", 2)
+
+
+@pytest.mark.slow
+def test_alexnet_contenders_agree():
+    """AlexNet: CaffeNet's layers with each LRN before its pool (the deploy outputs only,
+    as CaffeNet's: Dropout's masks differ between the contenders)."""
+    _check_deploy("alexnet", 2)
 
 
 def test_adam_contenders_agree():
