@@ -285,7 +285,8 @@ def main():
         plan += runs("train", "bench_train.py", SMALL_NETS, "--no-memory") + runs(
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("alexnet", "7", "1"), ("googlenet", "3", "1"),
-             ("resnet18", "5", "1"), ("resnet34", "3", "1"), ("resnet50", "3", "1"), ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
+             ("resnet18", "5", "1"), ("resnet34", "3", "1"), ("resnet50", "3", "1"),
+             ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
              ("squeezenet", "5", "1"), ("nin", "5", "1"), ("densenet121", "3", "1"),
              ("se_bn_inception", "3", "1"), ("inception_v3", "3", "1"),
              ("inception_v4", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
@@ -353,10 +354,10 @@ def remeasure(plan, keys, raw, opts):
     header's run, with that machine and its matmul peak: ``results[key + "_machine"]``)
     and render."""
     by_key = {key: (script, args) for key, script, args in plan}
-    unknown = [k for k in keys if k not in by_key and k != "jtime"]
+    unknown = [k for k in keys if k not in by_key and k != JTIME_KEY]
     if unknown:
         raise SystemExit("--only: no plan entries %s (there are %s)"
-                         % (", ".join(unknown), ", ".join(list(by_key) + ["jtime"])))
+                         % (", ".join(unknown), ", ".join(list(by_key) + [JTIME_KEY])))
     with open(raw) as f:
         state = json.load(f)
     results = state["results"]
@@ -365,8 +366,8 @@ def remeasure(plan, keys, raw, opts):
     with tempfile.TemporaryDirectory() as tmp:
         for key in keys:
             started, before = datetime.datetime.now(datetime.timezone.utc), load()
-            if key == "jtime":              # (`jcaffe time`'s paragraph, not a table)
-                state["jtime"] = jcaffe_time(tmp)
+            if key == JTIME_KEY:            # (`jcaffe time`'s paragraph, not a table)
+                state[JTIME_KEY] = jcaffe_time(tmp)
             else:
                 script, args = by_key[key]
                 results[key] = run(script, args, os.path.join(tmp, key + ".json"))
@@ -652,7 +653,7 @@ def render(state, opts):
             conv.strip(), "", "`%s`" % results.get("conv_cmd", "python benchmarks/bench_conv.py"),
             ""]
     out += (["## `jcaffe time` vs the benchmark (LeNet, batch 64)", ""]
-            + measured_apart(results, "jtime") + [jtime, ""])
+            + measured_apart(results, JTIME_KEY) + [jtime, ""])
     if not state["quick"]:
         out += ["## Targets, measured in this run", "",
                 "Issue 9's targets, computed from the tables above by `benchmarks/targets.py` "
@@ -672,6 +673,7 @@ def render(state, opts):
 
 
 JTIME_ITERATIONS = 50
+JTIME_KEY = "jtime"     # (--only's name for `jcaffe time`'s paragraph, and its state key)
 
 
 def jcaffe_time(tmp):
