@@ -37,6 +37,7 @@ NETS = {
     "resnet101_v2": ("conv1", "classifier", (1, 1000), False),
     "wrn50_2": ("conv1", "classifier", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
+    "mobilenet_v2": ("conv1", "fc7", (1, 1000, 1, 1), True),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
@@ -694,3 +695,85 @@ def test_mobilenet_depthwise_layers_have_caffes_shapes():
     assert net.blobs["pool6"].shape == (1, 1024, 1, 1)
     dw = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
     assert len(dw) == 13 and all(l.channels == l.group for l in dw)
+
+
+def test_mobilenet_v2_inverted_residuals_as_its_caffe_port():
+    """MobileNet v2 as shicai/MobileNet-Caffe writes it: 17 blocks of a 1x1 expansion, a
+    depthwise 3x3 carrying the stride and a linear 1x1 (no ReLU after it), summed with
+    the block's input where stride and channels allow (10 Eltwise), the first block
+    expanding 1x; torchvision's count of learnable values (3,504,872) plus that first
+    1x1 expansion (32 x 32 weights and its Scale's 32 + 32)."""
+    net = jcaffe.Net(_load("mobilenet_v2", 1), jcaffe.TEST)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert shapes["conv2_1/expand"] == [(32, 32, 1, 1)]
+    assert shapes["conv2_2/expand"] == [(96, 16, 1, 1)]
+    assert shapes["conv2_2/dwise"] == [(96, 1, 3, 3)]
+    assert shapes["conv6_3/linear"] == [(320, 960, 1, 1)]
+    assert shapes["fc7"] == [(1000, 1280, 1, 1), (1000,)]
+    learnable = sum(int(np.prod(s)) for k, v in shapes.items()
+                    if net.layer_dict[k].type != "BatchNorm" for s in v)
+    assert learnable == 3504872 + 32 * 32 + 64
+    assert net.blobs["conv2_2/dwise"].shape == (1, 96, 56, 56)      # stride 2
+    assert net.blobs["conv6_4"].shape == (1, 1280, 7, 7)
+    sums = [l for l in net.layers if l.type == "Eltwise"]
+    assert [l.name for l in sums] == ["block_" + b for b in (
+        "3_1", "4_1", "4_2", "4_4", "4_5", "4_6", "5_1", "5_2", "6_1", "6_2")]
+    dw = [l for l in net.layers if l.type == "Convolution" and l.group > 1]
+    assert len(dw) == 17 and all(l.channels == l.group for l in dw)
+    relus = {net.bottom_names[l.name][0] for l in net.layers if l.type == "ReLU"}
+    assert not any(b.endswith("/linear") for b in relus)
+    assert len(relus) == 1 + 2 * 17 + 1
+
+
+INVERTED_RESIDUAL = """
+name: "inverted_residual"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } shape { dim: 2 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "expand" type: "Convolution" bottom: "conv1" top: "expand"
+        convolution_param { num_output: 12 kernel_size: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "expand/bn" type: "BatchNorm" bottom: "expand" top: "expand" }
+layer { name: "expand/scale" type: "Scale" bottom: "expand" top: "expand"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "relu/expand" type: "ReLU" bottom: "expand" top: "expand" }
+layer { name: "dwise" type: "Convolution" bottom: "expand" top: "dwise"
+        convolution_param { num_output: 12 kernel_size: 3 pad: 1 group: 12
+                            bias_term: false weight_filler { type: "msra" } } }
+layer { name: "relu/dwise" type: "ReLU" bottom: "dwise" top: "dwise" }
+layer { name: "linear" type: "Convolution" bottom: "dwise" top: "linear"
+        convolution_param { num_output: 4 kernel_size: 1 bias_term: false
+                            weight_filler { type: "msra" } } }
+layer { name: "linear/bn" type: "BatchNorm" bottom: "linear" top: "linear" }
+layer { name: "linear/scale" type: "Scale" bottom: "linear" top: "linear"
+        scale_param { bias_term: true filler { type: "uniform" min: 0.5 max: 1.5 }
+                      bias_filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "block" type: "Eltwise" bottom: "conv1" bottom: "linear" top: "block" }
+layer { name: "down" type: "Convolution" bottom: "block" top: "down"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2 group: 4
+                            bias_term: false weight_filler { type: "msra" } } }
+layer { name: "pool" type: "Pooling" bottom: "down" top: "pool"
+        pooling_param { pool: AVE global_pooling: true } }
+layer { name: "fc" type: "Convolution" bottom: "pool" top: "fc"
+        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "loss" }
+"""
+
+
+def test_inverted_residual_backward_is_jax_grads_in_float64(tmp_path):
+    """MobileNet v2's pattern, small: a 1x1 expansion with BatchNorm (batch statistics),
+    Scale and ReLU, a depthwise 3x3, a linear 1x1 with BatchNorm and Scale and no ReLU,
+    summed with the block's input (a split blob), a stride-2 depthwise 3x3, a global
+    AVE pool and a 1x1 Convolution as the classifier. The whole net's backward, in
+    float64, against jax.grad of its composed forward and finite differences
+    (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "inverted_residual.prototxt"
+    path.write_text(INVERTED_RESIDUAL)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param conv1[0]", "param expand[0]", "param dwise[0]", "param linear/scale[1]",
+            "param down[0]", "param fc[1]"} <= names, names

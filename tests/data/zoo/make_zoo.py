@@ -1271,13 +1271,15 @@ def fcn8s():
     return n
 
 
-def _conv_bn(n, name, bottom, num, k, stride=1, group=1):
-    """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place)."""
+def _conv_bn(n, name, bottom, num, k, stride=1, group=1, relu_after=True):
+    """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place;
+    none after MobileNet v2's linear bottlenecks)."""
     top = n[name] = conv(bottom, num, k, stride=stride, pad=(k - 1) // 2, group=group,
                          filler=dict(type="msra"), bias=False)
     n[name + "/bn"] = L.BatchNorm(top, in_place=True)
     n[name + "/scale"] = L.Scale(top, bias_term=True, in_place=True)
-    n["relu" + name[4:]] = relu(top)
+    if relu_after:
+        n["relu" + name[4:]] = relu(top)
     return top
 
 
@@ -1299,6 +1301,40 @@ def mobilenet():
     n.fc7 = fc(n.pool6, 1000, filler=dict(type="msra"))
     heads(n, n.fc7)
     return n
+
+def mobilenet_v2():
+    """MobileNet v2 (Sandler et al. 2018) as its Caffe port (shicai/MobileNet-Caffe)
+    names it: 17 inverted residual blocks, each a 1x1 expansion (6x the channels; 1x in
+    the first), a depthwise 3x3 (group = channels) carrying the stride and a linear 1x1
+    projection without ReLU, joined to the block's input by an Eltwise SUM where the
+    stride is 1 and the channels agree (block_3_1 ...); then a 1x1 to 1280 channels, a
+    global AVE pool and the classifier as a 1x1 Convolution with bias."""
+    n = NetSpec()
+    data(n, 32, (3, 224, 224))
+    x = _conv_bn(n, "conv1", n.data, 32, 3, stride=2)
+    # (the paper's table: expansion t, channels c, repeats, first stride), with the
+    # port's block names: conv2_1 ... conv6_3, numbered on across the stages
+    stages = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+              (6, 160, 3, 2), (6, 320, 1, 1)]
+    names = ["2_1", "2_2", "3_1", "3_2", "4_1", "4_2", "4_3", "4_4", "4_5", "4_6", "4_7",
+             "5_1", "5_2", "5_3", "6_1", "6_2", "6_3"]
+    channels, blocks = 32, iter(names)
+    for t, c, repeats, first_stride in stages:
+        for i in range(repeats):
+            name, stride = next(blocks), first_stride if i == 0 else 1
+            e = _conv_bn(n, "conv%s/expand" % name, x, channels * t, 1)
+            d = _conv_bn(n, "conv%s/dwise" % name, e, channels * t, 3, stride=stride,
+                         group=channels * t)
+            y = _conv_bn(n, "conv%s/linear" % name, d, c, 1, relu_after=False)
+            if stride == 1 and c == channels:
+                y = n["block_" + name] = L.Eltwise(x, y)
+            x, channels = y, c
+    x = _conv_bn(n, "conv6_4", x, 1280, 1)
+    n.pool6 = L.Pooling(x, pool=P.Pooling.AVE, global_pooling=True)
+    n.fc7 = conv(n.pool6, 1000, 1, filler=dict(type="msra"))
+    heads(n, n.fc7)
+    return n
+
 
 def lrcn():
     """An LRCN-style captioning net (Donahue et al. 2015, the "factored" form): words
@@ -1349,6 +1385,7 @@ NETS = {
     "resnet101_v2": (resnet101_v2, "ResNet-101-v2"),
     "wrn50_2": (wrn50_2, "WRN-50-2"),
     "mobilenet": (mobilenet, "MobileNet"),
+    "mobilenet_v2": (mobilenet_v2, "MobileNet-v2"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
     "densenet121": (densenet121, "DENSENET_121"),
