@@ -43,6 +43,7 @@ NETS = {
     # (batch 8: its three contenders at 16 would need about 2.6x ResNet-50's 12 GB there)
     "resnet152": ("resnet152.prototxt", 8, (3, 224, 224), "fc1000"),
     "mobilenet": ("mobilenet.prototxt", 32, (3, 224, 224), "fc7"),
+    "mobilenet_v2": ("mobilenet_v2.prototxt", 32, (3, 224, 224), "fc7"),
     "resnext50": ("resnext50.prototxt", 16, (3, 224, 224), "fc1000"),
     "fcn32s": ("fcn32s.prototxt", 1, (3, 500, 500), "score"),
     "fcn8s": ("fcn8s.prototxt", 1, (3, 500, 500), "score"),

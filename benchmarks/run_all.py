@@ -87,7 +87,7 @@ def matmul_peak(repeats=20):
 
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152",
-                     "mobilenet", "squeezenet", "nin", "se_bn_inception", "inception_v3",
+                     "mobilenet", "mobilenet_v2", "squeezenet", "nin", "se_bn_inception", "inception_v3",
                      "inception_v4", "inception_resnet_v2", "xception")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
@@ -286,7 +286,7 @@ def main():
             "train", "bench_train.py",
             [("caffenet", "7", "1"), ("alexnet", "7", "1"), ("googlenet", "3", "1"),
              ("resnet18", "5", "1"), ("resnet34", "3", "1"), ("resnet50", "3", "1"),
-             ("resnet152", "3", "1"), ("mobilenet", "3", "1"),
+             ("resnet152", "3", "1"), ("mobilenet", "3", "1"), ("mobilenet_v2", "3", "1"),
              ("squeezenet", "5", "1"), ("nin", "5", "1"), ("densenet121", "3", "1"),
              ("se_bn_inception", "3", "1"), ("inception_v3", "3", "1"),
              ("inception_v4", "3", "1"), ("inception_resnet_v2", "3", "1")]) + runs(
@@ -308,7 +308,8 @@ def main():
             "forward", "bench_forward.py",
             [("caffenet", "9", "1"), ("alexnet", "9", "1"), ("googlenet", "7", "1"),
              ("resnet18", "7", "1"), ("resnet34", "5", "1"), ("resnet50", "5", "1"),
-             ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("squeezenet", "7", "1"),
+             ("resnet152", "5", "1"), ("mobilenet", "5", "1"), ("mobilenet_v2", "5", "1"),
+             ("squeezenet", "7", "1"),
              ("nin", "7", "1"), ("densenet121", "5", "1"), ("se_bn_inception", "5", "1"),
              ("inception_v3", "5", "1"), ("inception_v4", "5", "1"),
              ("inception_resnet_v2", "5", "1"),
@@ -459,6 +460,9 @@ def render(state, opts):
          forward_gflop("resnet152", False) * 3, None),
         ("Training step, MobileNet (batch 32, 3x224x224; 13 depthwise convolutions, "
          "group = channels)", "train_mobilenet", forward_gflop("mobilenet", False) * 3, None),
+        ("Training step, MobileNet v2 (batch 32, 3x224x224; 17 inverted residual blocks, a "
+         "1x1 expansion, a depthwise 3x3 and a linear 1x1 each, 10 of them summed with "
+         "their input)", "train_mobilenet_v2", forward_gflop("mobilenet_v2", False) * 3, None),
         ("Training step, SqueezeNet v1.1 (batch 32, 3x227x227; eight Fire modules, a 1x1 "
          "squeeze expanded by a 1x1 and a 3x3 side by side and joined by Concat)",
          "train_squeezenet", forward_gflop("squeezenet", False) * 3, None),
@@ -534,6 +538,8 @@ def render(state, opts):
          forward_gflop("resnet152", True), None),
         ("Forward (deploy, TEST), MobileNet (batch 32, 3x224x224)", "forward_mobilenet",
          forward_gflop("mobilenet", True), None),
+        ("Forward (deploy, TEST), MobileNet v2 (batch 32, 3x224x224)", "forward_mobilenet_v2",
+         forward_gflop("mobilenet_v2", True), None),
         ("Forward (deploy, TEST), SqueezeNet v1.1 (batch 32, 3x227x227)", "forward_squeezenet",
          forward_gflop("squeezenet", True), None),
         ("Forward (deploy, TEST), Network in Network (batch 32, 3x224x224)", "forward_nin",

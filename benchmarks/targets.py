@@ -10,7 +10,8 @@ import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
               "mnist_autoencoder", "mnist_siamese", "caffenet", "alexnet", "googlenet",
-              "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "squeezenet", "nin", "densenet121",
+              "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "mobilenet_v2",
+              "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "lrcn", "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
@@ -23,7 +24,8 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "caffenet": "CaffeNet", "alexnet": "AlexNet", "googlenet": "GoogLeNet",
          "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
          "resnet152": "ResNet-152",
-         "mobilenet": "MobileNet", "squeezenet": "SqueezeNet", "nin": "NIN",
+         "mobilenet": "MobileNet", "mobilenet_v2": "MobileNet v2",
+         "squeezenet": "SqueezeNet", "nin": "NIN",
          "densenet121": "DenseNet-121", "se_bn_inception": "SE-BN-Inception",
          "inception_v3": "Inception-v3", "inception_v4": "Inception-v4",
          "inception_resnet_v2": "Inception-ResNet-v2",

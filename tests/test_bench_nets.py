@@ -262,6 +262,14 @@ def test_mobilenet_contenders_agree():
 
 
 @pytest.mark.slow
+def test_mobilenet_v2_contenders_agree():
+    """MobileNet v2: depthwise 3x3s between 1x1s, the linear 1x1s without ReLU summed with
+    their blocks' inputs (BatchNorm with batch statistics in training, the running
+    averages in TEST)."""
+    _check("mobilenet_v2", 2)
+
+
+@pytest.mark.slow
 def test_resnext50_contenders_agree():
     """Grouped 3x3 convolutions, 32 groups of 4-32 channels: jcaffe's blocks of groups
     against the references' grouped convolutions."""
