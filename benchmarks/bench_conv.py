@@ -49,6 +49,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "resnet50 res3a_branch2b": ((128, 28, 28), "num_output: 128 kernel_size: 3 pad: 1"),
     "resnet50 res4a_branch2b": ((256, 14, 14), "num_output: 256 kernel_size: 3 pad: 1"),
     "resnet50 res5a_branch2b": ((512, 7, 7), "num_output: 512 kernel_size: 3 pad: 1"),
+    "mobilenet conv1": ((3, 224, 224), "num_output: 32 kernel_size: 3 stride: 2 pad: 1"),
     "inception_v4 conv1_3x3_s2": ((3, 299, 299), "num_output: 32 kernel_size: 3 stride: 2"),
     "inception_v4 inception_stem1_3x3_s2": ((64, 147, 147),
                                             "num_output: 96 kernel_size: 3 stride: 2"),
