@@ -38,6 +38,7 @@ NETS = {
     "wrn50_2": ("conv1", "classifier", (1, 1000), False),
     "mobilenet": ("conv1", "fc7", (1, 1000), True),
     "mobilenet_v2": ("conv1", "fc7", (1, 1000, 1, 1), True),
+    "openpose": ("conv1_1", "net_output", (1, 57, 46, 46), False),
     "squeezenet": ("conv1", "pool10", (1, 1000, 1, 1), True),
     "nin": ("conv1", "pool4", (1, 1000, 1, 1), True),
     "densenet121": ("conv1", "fc6", (1, 1000, 1, 1), False),
@@ -55,7 +56,7 @@ NETS = {
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
-               "mnist_autoencoder", "mnist_siamese"}
+               "mnist_autoencoder", "mnist_siamese", "openpose"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}
@@ -777,3 +778,75 @@ def test_inverted_residual_backward_is_jax_grads_in_float64(tmp_path):
     names = {c.name for c in report.checks}
     assert {"param conv1[0]", "param expand[0]", "param dwise[0]", "param linear/scale[1]",
             "param down[0]", "param fc[1]"} <= names, names
+
+
+def test_openpose_stages_as_cmus_prototxt():
+    """OpenPose's COCO model: VGG-19's first ten convolutions and conv4_3/4_CPM to a 46x46
+    map, then six stages of two branches (38 part affinity fields, 19 heatmaps), each
+    later stage reading the Concat of the last one's outputs and the trunk's features
+    (185 channels) through five 7x7s; twelve masked EuclideanLosses; CMU's count of
+    learnable values (its caffemodel's 52,311,446 floats, 209 MB)."""
+    param = _load("openpose", 1)
+    bottoms = {l.name: list(l.bottom) for l in param.layer}     # (as written: no splits)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 52311446
+    assert shapes["conv4_4_CPM"] == [(128, 256, 3, 3), (128,)]
+    assert shapes["conv5_5_CPM_L2"] == [(19, 512, 1, 1), (19,)]
+    assert shapes["Mconv1_stage2_L1"] == [(128, 185, 7, 7), (128,)]
+    assert shapes["Mconv7_stage6_L2"] == [(19, 128, 1, 1), (19,)]
+    sevens = [l for l in net.layers if l.type == "Convolution" and tuple(l.kernel) == (7, 7)]
+    assert len(sevens) == 5 * 2 * 5
+    assert bottoms["concat_stage3"] == ["Mconv7_stage2_L1", "Mconv7_stage2_L2", "conv4_4_CPM"]
+    assert net.blobs["concat_stage6"].shape == (1, 185, 46, 46)
+    losses = [l.name for l in net.layers if l.type == "EuclideanLoss"]
+    assert losses == ["loss_stage%d_%s" % (t, b) for t in range(1, 7) for b in ("L1", "L2")]
+    assert bottoms["weight_stage6_L2"] == ["Mconv7_stage6_L2", "heat_weight"]
+    assert bottoms["loss_stage6_L2"] == ["weight_stage6_L2", "heat_label"]
+    assert bottoms["concat_stage7"] == ["Mconv7_stage6_L2", "Mconv7_stage6_L1"]
+    assert net.blobs["vec_weight"].shape == net.blobs["vec_label"].shape == (1, 38, 46, 46)
+    relus = {bottoms[l.name][0] for l in net.layers if l.type == "ReLU"}
+    assert "conv5_4_CPM_L1" in relus and "Mconv6_stage4_L2" in relus
+    assert not relus & {"conv5_5_CPM_L1", "Mconv7_stage4_L2"}
+
+
+MASKED_STAGES = """
+name: "masked_stages"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } shape { dim: 2 dim: 6 dim: 3 dim: 3 } } }
+layer { name: "slice" type: "Slice" bottom: "label" top: "weight" top: "temp"
+        slice_param { axis: 1 slice_point: 3 } }
+layer { name: "target" type: "Eltwise" bottom: "weight" bottom: "temp" top: "target"
+        eltwise_param { operation: PROD } }
+layer { name: "trunk" type: "Convolution" bottom: "data" top: "trunk"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "relu" type: "ReLU" bottom: "trunk" top: "trunk" }
+layer { name: "pool" type: "Pooling" bottom: "trunk" top: "pool"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "stage1" type: "Convolution" bottom: "pool" top: "stage1"
+        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "concat" type: "Concat" bottom: "stage1" bottom: "pool" top: "concat" }
+layer { name: "stage2" type: "Convolution" bottom: "concat" top: "stage2"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "masked1" type: "Eltwise" bottom: "stage1" bottom: "weight" top: "masked1"
+        eltwise_param { operation: PROD } }
+layer { name: "loss1" type: "EuclideanLoss" bottom: "masked1" bottom: "target" top: "loss1" }
+layer { name: "masked2" type: "Eltwise" bottom: "stage2" bottom: "weight" top: "masked2"
+        eltwise_param { operation: PROD } }
+layer { name: "loss2" type: "EuclideanLoss" bottom: "masked2" bottom: "target" top: "loss2"
+        loss_weight: 0.5 }
+"""
+
+
+def test_masked_stages_backward_is_jax_grads_in_float64(tmp_path):
+    """OpenPose's pattern, small: a label cut by a Slice into a mask and a target (their
+    Eltwise PROD the masked target), a stage whose output feeds both its own masked
+    EuclideanLoss and, joined to the trunk's features by a Concat, the next stage
+    with its own loss (loss_weight 0.5). The whole net's backward, in float64, against
+    jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
+    import gradcheck
+    path = tmp_path / "masked_stages.prototxt"
+    path.write_text(MASKED_STAGES)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    names = {c.name for c in report.checks}
+    assert {"param trunk[0]", "param stage1[0]", "param stage2[1]"} <= names, names

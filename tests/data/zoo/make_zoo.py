@@ -1336,6 +1336,72 @@ def mobilenet_v2():
     return n
 
 
+def openpose():
+    """OpenPose's COCO body model (Cao et al. 2017, CMU's pose_train_test and
+    pose_deploy_linevec prototxts, their layer names): VGG-19's first ten convolutions
+    and two more (conv4_3_CPM, conv4_4_CPM) at a 46x46 map for a 368x368 image, then
+    six stages of two branches, part affinity fields (L1, 38 maps) and part heatmaps
+    (L2, 19 maps). Stage 1's branches are three 3x3s and two 1x1s; stages 2-6 read
+    the Concat of the last stage's two outputs and the trunk's features (185 channels)
+    through five 7x7s and two 1x1s. CMU trains from its own data layer (CPMData, not
+    BVLC's); here a DummyData gives the image and a label of 114 maps, cut by a Slice
+    into the two branches' masks and targets as CMU's prototxt cuts its label. Each
+    stage's outputs are masked (Eltwise PROD) and compared with the masked targets by
+    an EuclideanLoss, twelve losses. The deploy output is CMU's: concat_stage7 joins
+    the last stage's heatmaps and fields into net_output. The learning-rate
+    multipliers are this zoo's usual 1 and 2, not CMU's."""
+    n = NetSpec()
+    gauss = dict(type="gaussian", std=0.01)
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[1, 3, 368, 368]), dict(dim=[1, 114, 46, 46])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="uniform", min=0, max=1)],
+        ntop=2)
+    n.vec_weight, n.heat_weight, n.vec_temp, n.heat_temp = L.Slice(
+        n.label, slice_param=dict(axis=1, slice_point=[38, 57, 95]), ntop=4)
+    n.vec_label = L.Eltwise(n.vec_weight, n.vec_temp, operation=P.Eltwise.PROD)
+    n.heat_label = L.Eltwise(n.heat_weight, n.heat_temp, operation=P.Eltwise.PROD)
+
+    def unit(name, bottom, num, k, relu_after=True):
+        top = n[name] = conv(bottom, num, k, pad=(k - 1) // 2, filler=gauss)
+        if relu_after:
+            n[name.replace("conv", "relu", 1).replace("Mconv", "Mrelu", 1)] = relu(top)
+        return top
+
+    x = n.data
+    trunk = [("1_1", 64), ("1_2", 64), "pool1_stage1", ("2_1", 128), ("2_2", 128),
+             "pool2_stage1", ("3_1", 256), ("3_2", 256), ("3_3", 256), ("3_4", 256),
+             "pool3_stage1", ("4_1", 512), ("4_2", 512), ("4_3_CPM", 256), ("4_4_CPM", 128)]
+    for item in trunk:
+        if isinstance(item, str):
+            x = n[item] = max_pool(x, 2, 2)
+        else:
+            x = unit("conv" + item[0], x, item[1], 3)
+    features, outs = x, {}
+    for branch, maps in (("L1", 38), ("L2", 19)):
+        y = features
+        for i, (num, k) in enumerate([(128, 3), (128, 3), (128, 3), (512, 1), (maps, 1)], 1):
+            y = unit("conv5_%d_CPM_%s" % (i, branch), y, num, k, relu_after=i < 5)
+        outs[branch] = y
+    for stage in range(2, 8):
+        previous = [outs["L1"], outs["L2"]]
+        for branch, weight, target in (("L1", n.vec_weight, n.vec_label),
+                                       ("L2", n.heat_weight, n.heat_label)):
+            masked = n["weight_stage%d_%s" % (stage - 1, branch)] = L.Eltwise(
+                outs[branch], weight, operation=P.Eltwise.PROD)
+            n["loss_stage%d_%s" % (stage - 1, branch)] = L.EuclideanLoss(masked, target)
+        if stage == 7:
+            break
+        joined = n["concat_stage%d" % stage] = L.Concat(*(previous + [features]), axis=1)
+        for branch, maps in (("L1", 38), ("L2", 19)):
+            y = joined
+            for i, (num, k) in enumerate([(128, 7)] * 5 + [(128, 1), (maps, 1)], 1):
+                y = unit("Mconv%d_stage%d_%s" % (i, stage, branch), y, num, k,
+                         relu_after=i < 7)
+            outs[branch] = y
+    n.net_output = L.Concat(outs["L2"], outs["L1"], axis=1, name="concat_stage7")
+    return n
+
+
 def lrcn():
     """An LRCN-style captioning net (Donahue et al. 2015, the "factored" form): words
     through an Embed and a first LSTM; a second LSTM takes that and, as its static input,
@@ -1386,6 +1452,7 @@ NETS = {
     "wrn50_2": (wrn50_2, "WRN-50-2"),
     "mobilenet": (mobilenet, "MobileNet"),
     "mobilenet_v2": (mobilenet_v2, "MobileNet-v2"),
+    "openpose": (openpose, "OpenPose-COCO"),
     "squeezenet": (squeezenet, "SqueezeNet_v1.1"),
     "nin": (nin, "nin_imagenet"),
     "densenet121": (densenet121, "DENSENET_121"),
