@@ -47,6 +47,9 @@ NETS = {
     "resnext50": ("resnext50.prototxt", 16, (3, 224, 224), "fc1000"),
     "fcn32s": ("fcn32s.prototxt", 1, (3, 500, 500), "score"),
     "fcn8s": ("fcn8s.prototxt", 1, (3, 500, 500), "score"),
+    # (one image at 368x368, as OpenPose's demo feeds it; the deploy output joins both
+    # branches of the last stage)
+    "openpose": ("openpose.prototxt", 1, (3, 368, 368), "net_output"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
@@ -482,10 +485,15 @@ def contrastive_distance(d_sq, sqrt, stop_gradient):
     return dist + (d_sq - stop_gradient(d_sq)) / (2 * (dist + 1e-4))
 
 
-def eltwise_sum(l, xs):
-    """Eltwise SUM with its coefficients (the only operation the zoo nets use), in
-    whichever framework's arrays ``xs`` are."""
+def eltwise(l, xs):
+    """Eltwise SUM with its coefficients, or PROD (OpenPose's masks): the operations the
+    zoo nets use, in whichever framework's arrays ``xs`` are."""
     p = l.eltwise_param
+    if p.operation == p.PROD:
+        out = xs[0]
+        for v in xs[1:]:
+            out = out * v
+        return out
     if p.operation != p.SUM:
         raise NotImplementedError("Eltwise %s" % p.operation)
     coeffs = list(p.coeff) or [1.0] * len(xs)
@@ -616,7 +624,7 @@ def jax_forward_fn(param, train):
             elif typ == "Reshape":
                 y = x.reshape(reshaped(l, x.shape))
             elif typ == "Eltwise":
-                y = eltwise_sum(l, xs)
+                y = eltwise(l, xs)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
             elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)
@@ -911,7 +919,7 @@ def torch_forward_fn(param, train):
                 if len(ps) > 1:
                     y = y + ps[1].view(1, -1, 1, 1)
             elif typ == "Eltwise":
-                y = eltwise_sum(l, xs)
+                y = eltwise(l, xs)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
             elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)

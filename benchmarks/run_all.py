@@ -295,7 +295,8 @@ def main():
             "train", "bench_train.py",
             [("resnext50", "3", "1"), ("dpn92", "3", "1"), ("xception", "3", "1")],
             "--only", "jcaffe Solver.step,PyTorch eager") + runs(
-            "train", "bench_train.py", [("fcn32s", "3", "1"), ("lrcn", "3", "1")]) + runs(
+            "train", "bench_train.py", [("fcn32s", "3", "1"), ("openpose", "3", "1"),
+                                        ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
             ("train_caffenet_adam", "bench_train.py",
              ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
@@ -315,7 +316,7 @@ def main():
              ("inception_resnet_v2", "5", "1"),
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
-             ("fcn32s", "3", "1")], "--no-memory")
+             ("fcn32s", "3", "1"), ("openpose", "3", "1")], "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
                   ["--net", name, "--batch", "1", "--repeats", "15", "--warmup", "2",
@@ -502,6 +503,10 @@ def render(state, opts):
         ("Training step, FCN-32s (batch 1, 3x500x500; VGG-16 padded by 100, a 64x64 stride-32 "
          "Deconvolution with lr_mult 0, Crop, per-pixel SoftmaxWithLoss)", "train_fcn32s",
          forward_gflop("fcn32s", False) * 3, None),
+        ("Training step, OpenPose (batch 1, 3x368x368; CMU's COCO body model: VGG-19's "
+         "first ten convolutions, six stages of two branches with five 7x7s each past the "
+         "first, twelve masked EuclideanLosses)", "train_openpose",
+         forward_gflop("openpose", False) * 3, None),
         ("Training step, LRCN captioning (20 timesteps x 100 streams; Embed, two LSTMs of "
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
@@ -562,6 +567,9 @@ def render(state, opts):
          forward_gflop("dpn92", True), None),
         ("Forward (deploy, TEST), FCN-32s (batch 1, 3x500x500)", "forward_fcn32s",
          forward_gflop("fcn32s", True), None),
+        ("Forward (deploy, TEST), OpenPose (batch 1, 3x368x368; to net_output, both "
+         "branches of the last stage)", "forward_openpose", forward_gflop("openpose", True),
+         None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,

@@ -294,6 +294,14 @@ def test_fcn_contenders_agree(name):
 
 
 @pytest.mark.slow
+def test_openpose_contenders_agree():
+    """OpenPose: a label cut by a Slice into masks and targets, Eltwise PROD, six stages'
+    Concats of both branches and the trunk's features, 7x7 convolutions, twelve
+    EuclideanLosses."""
+    _check("openpose", 1)
+
+
+@pytest.mark.slow
 def test_resnet18_contenders_agree():
     """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where
     a stage halves the map."""
