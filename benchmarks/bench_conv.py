@@ -57,6 +57,12 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
                                             "num_output: 192 kernel_size: 3 stride: 2"),
     "inception_v4 reduction_a_3x3": ((384, 35, 35), "num_output: 384 kernel_size: 3 stride: 2"),
     "inception_v4 reduction_b_3x3": ((192, 17, 17), "num_output: 192 kernel_size: 3 stride: 2"),
+    "openpose conv1_2": ((64, 368, 368), "num_output: 64 kernel_size: 3 pad: 1"),
+    "openpose conv3_2": ((256, 92, 92), "num_output: 256 kernel_size: 3 pad: 1"),
+    "openpose conv4_2": ((512, 46, 46), "num_output: 512 kernel_size: 3 pad: 1"),
+    "openpose conv5_1_CPM": ((128, 46, 46), "num_output: 128 kernel_size: 3 pad: 1"),
+    "openpose Mconv1": ((185, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
+    "openpose Mconv2": ((128, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
     "fcn conv1_1": ((3, 500, 500), "num_output: 64 kernel_size: 3 pad: 100"),
     "fcn conv1_2": ((64, 698, 698), "num_output: 64 kernel_size: 3 pad: 1"),
     "fcn conv2_1": ((64, 349, 349), "num_output: 128 kernel_size: 3 pad: 1"),
@@ -67,7 +73,8 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
 # (CaffeNet's: 32)
-BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16, "inception_v4": 8, "fcn": 1}
+BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16, "inception_v4": 8, "fcn": 1,
+         "openpose": 1}
 
 
 def timed(f, args, repeats):

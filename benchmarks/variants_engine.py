@@ -55,6 +55,11 @@ def _rows_same_padded():
     Convolution.SAME_XLA_MIN_CHANNELS = 1 << 62
 
 
+def _no_shifted():
+    from jcaffe.layers.vision import Convolution
+    Convolution.SHIFTED_MIN_TAPS = 1 << 62
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -75,6 +80,8 @@ VARIANTS = {
     "rows_same_padded": _rows_same_padded,  # same-padded stride-1 data gradients by
                                             # kernel rows again, as before the
                                             # fifty-sixth session (CPU only anyway)
+    "no_shifted": _no_shifted,            # one image's 5x5/7x7 weight gradients by rows
+                                          # again, as before the fifty-ninth session
 }
 
 

@@ -472,6 +472,70 @@ def test_weight_gradient_by_rows_choice_and_layer(x64, rng, monkeypatch):
                                    err_msg=what)
 
 
+# conv_gemm.weight_diff_shifted: 2-d, ungrouped, stride 1 (CASES' and OpenPose's 7x7 at
+# 10x10, rectangular and dilated ones, two images)
+SHIFTED = [(p, s) for p, s in CASES if not _grouped(p) and len(s) == 4
+           and "stride" not in p] + [
+    ("num_output: 3 kernel_size: 7 pad: 3", (1, 4, 10, 10)),
+    ("num_output: 2 kernel_h: 5 kernel_w: 3 pad_h: 2 dilation: 2", (2, 3, 11, 8)),
+]
+
+
+@pytest.mark.parametrize("param,shape,rows_bytes", [
+    (p, s, rows_bytes) for p, s in SHIFTED for rows_bytes in (None, 1)])
+def test_weight_gradient_shifted_matches_lax(x64, rng, monkeypatch, param, shape, rows_bytes):
+    """conv_gemm.weight_diff_shifted (kh copies of x's padded rows against kw copies of dy
+    placed at each kernel column, over the padded width) is the weight gradient: in one
+    chunk, and one output row per chunk (CHUNK_BYTES 1: the scan, and a remainder
+    where the rows do not divide)."""
+    from jcaffe.layers import conv_gemm
+    if rows_bytes is not None:
+        monkeypatch.setattr(conv_gemm, "CHUNK_BYTES", rows_bytes)
+    layer = _layer(param, shape)
+    x = jnp.asarray(rng.standard_normal(shape))
+    w, b = params_of(layer)
+    y, vjp = jax.vjp(lambda w: _plain(layer, x, w, b), w)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    (want,) = vjp(dy)
+    jax.clear_caches()      # the chunk size is read at trace time
+    got = conv_gemm.weight_diff_shifted(x, dy, layer.geometry())
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
+
+
+def test_weight_gradient_shifted_choice_and_layer(x64, rng, monkeypatch):
+    """Of the one-image weight gradients taken by rows, those at stride 1 with 5x5 or
+    more kernel offsets (OpenPose's 7x7s) run from shifted copies; 3x3 (FCN's VGG maps)
+    and strided ones stay by rows. The layer's backward on that path is the vjp of
+    the convolution."""
+    from jcaffe.layers import conv_gemm
+    cpu = jax.default_backend() == "cpu"
+    big = Convolution.GEMM_MIN_MACS
+    mconv = _layer("num_output: 24 kernel_size: 7 pad: 3", (1, 16, 30, 30))     # (GEMM_MIN_MACS)
+    cases = ((mconv, True), (_layer("num_output: 8 kernel_size: 5 pad: 2", (1, 24, 30, 30)), True),
+             (_layer("num_output: 8 kernel_size: 3 pad: 1", (1, 64, 30, 30)), False),
+             (_layer("num_output: 8 kernel_size: 7 stride: 2 pad: 3", (1, 16, 60, 60)), False))
+    for layer, want in cases:
+        cg = layer.channels // layer.group
+        assert layer._weight_by_rows(1, cg, big) == cpu, layer.p
+        assert layer._weight_shifted() == want, layer.p
+    if not cpu:
+        return
+    calls = []
+    original = conv_gemm.weight_diff_shifted
+    monkeypatch.setattr(conv_gemm, "weight_diff_shifted",
+                        lambda *a: calls.append(a[2]) or original(*a))
+    x = jnp.asarray(rng.standard_normal((1, 16, 30, 30)))
+    w, b = params_of(mconv)
+    y, vjp = jax.vjp(lambda x, w, b: _plain(mconv, x, w, b), x, w, b)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    rx, rw, rb = vjp(dy)
+    (dx,), (dw, db) = mconv.backward([w, b], [x], [y], None, [dy], (True,))
+    assert calls == [mconv.geometry()]
+    for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
+
+
 def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeypatch):
     """On CPU, with convolutions on XLA's own kernels, a top diff of
     WEIGHT_GEMM_MIN_DIFF_BYTES or more in Caffe's order (MobileNet's and CaffeNet's

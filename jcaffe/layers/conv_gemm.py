@@ -654,3 +654,56 @@ def weight_diff_by_rows(x, dy, geo):
     if x.shape[0] > 1:
         total, _ = lax.scan(lambda acc, b: (acc + image(*b), None), total, (xl[1:], dl[1:]))
     return jnp.moveaxis(total.reshape((o,) + tuple(geo.kernel) + (c,)), -1, 1)
+
+
+# -- the weight gradient of one image from shifted copies, channels-last -------------
+# At stride 1, dW[o, c, i, j] = sum over positions (h, w) of dy[h, w, o] *
+# x_pad[h + i*d, w + j*d, c]. Read over the padded width Wp = out_w + (kw - 1) * d
+# rather than the output width, that sum splits into kernel rows and kernel columns:
+# kh copies of x's padded rows (row i's copy starts at row i*d; each is a slice of
+# whole rows, stacked along the channels) and kw copies of dy placed at column j*d of a
+# zero row of width Wp (stacked likewise). One product (kw*O, positions) x (positions,
+# kh*C) then holds every (j, o, i, c). Its columns are kh + kw copies of the map, not
+# the kh*kw of im2col's, for (Wp / out_w) times the products (1.13x for 7x7 at 46x46).
+# Built a few output rows at a time (about CHUNK_BYTES of x's copies), as
+# weight_diff_by_rows builds its columns.
+def _shifted_rows_per_chunk(batch, x_channels, geo, itemsize):
+    """Output rows per chunk of weight_diff_shifted: kh copies of about CHUNK_BYTES."""
+    wp = geo.out_spatial[1] + (geo.kernel[1] - 1) * geo.dilation[1]
+    row = batch * wp * geo.kernel[0] * x_channels * itemsize
+    return max(1, min(CHUNK_BYTES // max(row, 1), geo.out_spatial[0]))
+
+
+@functools.partial(jax.jit, inline=True, static_argnums=(2,))
+def weight_diff_shifted(x, dy, geo):
+    """dE/dW of an ungrouped 2-d convolution at stride 1, (O, C, kh, kw), from x (B, C,
+    H, W) and dy (B, O, out_h, out_w): the shifted copies above, summed over the batch
+    and over chunks of output rows in row order (lax.scan)."""
+    assert len(geo.kernel) == 2 and all(s == 1 for s in geo.stride), geo
+    o, c, b = dy.shape[1], x.shape[1], x.shape[0]
+    (kh, kw), (dh, dw), (oh, ow) = geo.kernel, geo.dilation, geo.out_spatial
+    wp = ow + (kw - 1) * dw
+    xl = jnp.moveaxis(x, 1, -1)             # (B, H, W, C)
+    config = [(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))] + [(0, 0, 0)]
+    xl = lax.slice_in_dim(lax.pad(xl, jnp.zeros((), x.dtype), config), 0, wp, axis=2)
+    dl = jnp.moveaxis(dy, 1, -1)            # (B, out_h, out_w, O)
+    rows = _shifted_rows_per_chunk(b, c, geo, x.dtype.itemsize)
+
+    def chunk(first, count):
+        xs = jnp.concatenate([lax.dynamic_slice_in_dim(xl, first + i * dh, count, 1)
+                              for i in range(kh)], axis=-1)                # (B, n, Wp, kh*C)
+        ds = lax.dynamic_slice_in_dim(dl, first, count, 1)
+        ds = jnp.concatenate([lax.pad(ds, jnp.zeros((), dy.dtype), [(0, 0, 0), (0, 0, 0),
+                                      (j * dw, (kw - 1 - j) * dw, 0), (0, 0, 0)])
+                              for j in range(kw)], axis=-1)                # (B, n, Wp, kw*O)
+        return lax.dot_general(ds.reshape(-1, kw * o), xs.reshape(-1, kh * c),
+                               (((0,), (0,)), ((), ())))                   # (kw*O, kh*C)
+
+    whole, rest = divmod(oh, rows)
+    total = chunk(0, rows)
+    if whole > 1:
+        total, _ = lax.scan(lambda acc, k: (acc + chunk(k * rows, rows), None), total,
+                            jnp.arange(1, whole))
+    if rest:
+        total = total + chunk(whole * rows, rest)
+    return total.reshape(kw, o, kh, c).transpose(1, 3, 2, 0)

@@ -429,6 +429,21 @@ class Convolution(JaxLayer):
         return (self._one_large_image(batch) and macs >= self.GEMM_MIN_MACS
                 and channels_per_group * int(np.prod(self.kernel)) >= self.WEIGHT_BY_ROWS_MIN_COLUMN)
 
+    # Of those one-image weight gradients, a 2-d one at stride 1 with at least
+    # SHIFTED_MIN_TAPS kernel offsets runs from shifted copies of x's rows and dy's
+    # columns (conv_gemm.weight_diff_shifted: kh + kw copies of the map, not kh * kw).
+    # Alone, channels-last inputs made in the same jit, batch 1, ms, by rows / shifted
+    # (2026-12-07, AMD EPYC VM): OpenPose's 7x7s at 46x46, 128 -> 128 25-26 / 22, 185 ->
+    # 128 41-56 / 32-37; 5x5 128 -> 128 at 46x46 15 / 11-13; 3x3 level or either way
+    # (0.92-1.09: 46x46 to 698x698, FCN's and OpenPose's VGG maps).
+    SHIFTED_MIN_TAPS = 25
+
+    def _weight_shifted(self):
+        """Whether a weight gradient _weight_by_rows takes runs as
+        conv_gemm.weight_diff_shifted (above)."""
+        return (self.num_spatial == 2 and all(s == 1 for s in self.stride)
+                and int(np.prod(self.kernel)) >= self.SHIFTED_MIN_TAPS)
+
     def channels_last_top(self):
         """On CPU a 2-d convolution that runs on XLA's own kernel writes its top as
         (N, H, W, C) in memory (XLA CPU computes convolutions channels-last and transposes
@@ -815,6 +830,8 @@ class Convolution(JaxLayer):
             return conv_depthwise.weight_diff(x, dy, self.geometry())
         macs = _macs(x.shape[0], (dy.shape[1], cg) + tuple(self.kernel), self.out_spatial)
         if self._weight_by_rows(x.shape[0], cg, macs):
+            if self._weight_shifted():
+                return conv_gemm.weight_diff_shifted(x, dy, self.geometry())
             return conv_gemm.weight_diff_by_rows(x, dy, self.geometry())
         if (self._gemm("weight", cg, macs, batch=x.shape[0])
                 or self._weight_gemm_in_caffe_order(dy, cg, macs)):
