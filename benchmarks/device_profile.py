@@ -27,11 +27,13 @@ def main():
     ap.add_argument("--net", default="googlenet")
     ap.add_argument("--forward", action="store_true", help="deploy forward, not a train step")
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=None, help="default: the net's benchmark batch")
     ap.add_argument("--jcaffe-only", action="store_true",
                     help="profile jcaffe alone (pure JAX's step takes 4-8x as long on a CPU)")
     ap.add_argument("--out", required=True)
     opts = ap.parse_args()
-    tag = "%s_%s" % (opts.net, "forward" if opts.forward else "train")
+    tag = "%s_%s%s" % (opts.net, "forward" if opts.forward else "train",
+                        "_batch%d" % opts.batch if opts.batch else "")
     dump = os.path.join(opts.out, "hlo_" + tag)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                " --xla_dump_to=%s --xla_dump_hlo_as_text" % dump)
@@ -47,7 +49,7 @@ def main():
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, secs, **kw: compiles.append((event, secs)) if "compil" in event
         or "lower" in event or "trace" in event else None)
-    batch = nets.NETS[opts.net][1]
+    batch = opts.batch or nets.NETS[opts.net][1]
     contenders = bench.contenders(opts.net, batch)
     contenders.pop("PyTorch eager", None)
     if opts.jcaffe_only:
