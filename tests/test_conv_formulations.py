@@ -536,6 +536,31 @@ def test_weight_gradient_shifted_choice_and_layer(x64, rng, monkeypatch):
                                    err_msg=what)
 
 
+def test_deconvolution_weight_gradient_shifted_matches_vjp(x64, rng, monkeypatch):
+    """A Deconvolution at one image, stride 1, 7x7, whose virtual convolution (top to
+    bottom) is a large map: its weight gradient takes the shifted copies too, with the
+    roles of x and dy swapped, and is the vjp of its forward."""
+    from jcaffe.layers import conv_gemm
+    if jax.default_backend() != "cpu":
+        pytest.skip("the shifted form is a CPU rule")
+    calls = []
+    original = conv_gemm.weight_diff_shifted
+    monkeypatch.setattr(conv_gemm, "weight_diff_shifted",
+                        lambda *a: calls.append(a[2]) or original(*a))
+    layer = make_layer('type: "Deconvolution" convolution_param { num_output: 16 kernel_size: 7 '
+                       'pad: 3 %s }' % FILLERS, [(1, 32, 40, 40)])
+    x = jnp.asarray(rng.standard_normal((1, 32, 40, 40)))
+    p = params_of(layer)
+    y, vjp = jax.vjp(lambda p, x: layer.forward(p, [x], None)[0][0], p, x)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    rp, rx = vjp(dy)
+    (dx,), (dw, db) = layer.backward(p, [x], [y], None, [dy], (True,))
+    assert len(calls) == 1
+    for got, want, what in ((dx, rx, "dx"), (dw, rp[0], "dw"), (db, rp[1], "db")):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
+
+
 def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeypatch):
     """On CPU, with convolutions on XLA's own kernels, a top diff of
     WEIGHT_GEMM_MIN_DIFF_BYTES or more in Caffe's order (MobileNet's and CaffeNet's
