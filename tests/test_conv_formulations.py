@@ -435,13 +435,31 @@ def test_weight_gradient_by_rows_matches_lax(x64, rng, monkeypatch, param, shape
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10)
 
 
+def _backward_through(layer, form, rng, monkeypatch):
+    """The layer's backward (one Gaussian bottom of its shape) against jax.vjp of its own
+    forward, dx, dW and db; returns the geometries conv_gemm.``form`` was called with."""
+    from jcaffe.layers import conv_gemm
+    calls = []
+    original = getattr(conv_gemm, form)
+    monkeypatch.setattr(conv_gemm, form, lambda *a: calls.append(a[2]) or original(*a))
+    x = jnp.asarray(rng.standard_normal(layer.bottom_shapes[0]))
+    p = params_of(layer)
+    y, vjp = jax.vjp(lambda p, x: layer.forward(p, [x], None)[0][0], p, x)
+    dy = jnp.asarray(rng.standard_normal(y.shape))
+    rp, rx = vjp(dy)
+    (dx,), (dw, db) = layer.backward(p, [x], [y], None, [dy], (True,))
+    for got, want, what in ((dx, rx, "dx"), (dw, rp[0], "dw"), (db, rp[1], "db")):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
+                                   err_msg=what)
+    return calls
+
+
 def test_weight_gradient_by_rows_choice_and_layer(x64, rng, monkeypatch):
     """One image, ungrouped, a map of more than 28x28 outputs with columns of 513 and
     more (FCN's conv1_2: 64 * 9) takes the weight gradient by rows; a second image,
     groups, short columns (conv1_1's 3 * 9), small maps (fc6's 16x16, on the batch-1
     GEMM), 1x1 kernels, or fewer than GEMM_MIN_MACS multiply-adds do not. The layer's
     backward on that path is the vjp of the convolution."""
-    from jcaffe.layers import conv_gemm
     cpu = jax.default_backend() == "cpu"
     big = Convolution.GEMM_MIN_MACS
     conv1_2 = _layer("num_output: 40 kernel_size: 3 pad: 1", (1, 64, 30, 30))
@@ -454,22 +472,9 @@ def test_weight_gradient_by_rows_choice_and_layer(x64, rng, monkeypatch):
     for layer, batch, macs, want in cases:
         cg = layer.channels // layer.group
         assert layer._weight_by_rows(batch, cg, macs) == (cpu and want), layer.p
-    if not cpu:
-        return
-    calls = []
-    original = conv_gemm.weight_diff_by_rows
-    monkeypatch.setattr(conv_gemm, "weight_diff_by_rows",
-                        lambda *a: calls.append(a[2]) or original(*a))
-    x = jnp.asarray(rng.standard_normal((1, 64, 30, 30)))
-    w, b = params_of(conv1_2)
-    y, vjp = jax.vjp(lambda x, w, b: _plain(conv1_2, x, w, b), x, w, b)
-    dy = jnp.asarray(rng.standard_normal(y.shape))
-    rx, rw, rb = vjp(dy)
-    (dx,), (dw, db) = conv1_2.backward([w, b], [x], [y], None, [dy], (True,))
-    assert calls == [conv1_2.geometry()]
-    for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
-                                   err_msg=what)
+    if cpu:
+        assert _backward_through(conv1_2, "weight_diff_by_rows", rng, monkeypatch) == [
+            conv1_2.geometry()]
 
 
 # conv_gemm.weight_diff_shifted: 2-d, ungrouped, stride 1 (CASES' and OpenPose's 7x7 at
@@ -507,7 +512,6 @@ def test_weight_gradient_shifted_choice_and_layer(x64, rng, monkeypatch):
     more kernel offsets (OpenPose's 7x7s) run from shifted copies; 3x3 (FCN's VGG maps)
     and strided ones stay by rows. The layer's backward on that path is the vjp of
     the convolution."""
-    from jcaffe.layers import conv_gemm
     cpu = jax.default_backend() == "cpu"
     big = Convolution.GEMM_MIN_MACS
     mconv = _layer("num_output: 24 kernel_size: 7 pad: 3", (1, 16, 30, 30))     # (GEMM_MIN_MACS)
@@ -518,47 +522,20 @@ def test_weight_gradient_shifted_choice_and_layer(x64, rng, monkeypatch):
         cg = layer.channels // layer.group
         assert layer._weight_by_rows(1, cg, big) == cpu, layer.p
         assert layer._weight_shifted() == want, layer.p
-    if not cpu:
-        return
-    calls = []
-    original = conv_gemm.weight_diff_shifted
-    monkeypatch.setattr(conv_gemm, "weight_diff_shifted",
-                        lambda *a: calls.append(a[2]) or original(*a))
-    x = jnp.asarray(rng.standard_normal((1, 16, 30, 30)))
-    w, b = params_of(mconv)
-    y, vjp = jax.vjp(lambda x, w, b: _plain(mconv, x, w, b), x, w, b)
-    dy = jnp.asarray(rng.standard_normal(y.shape))
-    rx, rw, rb = vjp(dy)
-    (dx,), (dw, db) = mconv.backward([w, b], [x], [y], None, [dy], (True,))
-    assert calls == [mconv.geometry()]
-    for got, want, what in ((dx, rx, "dx"), (dw, rw, "dw"), (db, rb, "db")):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
-                                   err_msg=what)
+    if cpu:
+        assert _backward_through(mconv, "weight_diff_shifted", rng, monkeypatch) == [
+            mconv.geometry()]
 
 
 def test_deconvolution_weight_gradient_shifted_matches_vjp(x64, rng, monkeypatch):
     """A Deconvolution at one image, stride 1, 7x7, whose virtual convolution (top to
     bottom) is a large map: its weight gradient takes the shifted copies too, with the
     roles of x and dy swapped, and is the vjp of its forward."""
-    from jcaffe.layers import conv_gemm
     if jax.default_backend() != "cpu":
         pytest.skip("the shifted form is a CPU rule")
-    calls = []
-    original = conv_gemm.weight_diff_shifted
-    monkeypatch.setattr(conv_gemm, "weight_diff_shifted",
-                        lambda *a: calls.append(a[2]) or original(*a))
     layer = make_layer('type: "Deconvolution" convolution_param { num_output: 16 kernel_size: 7 '
                        'pad: 3 %s }' % FILLERS, [(1, 32, 40, 40)])
-    x = jnp.asarray(rng.standard_normal((1, 32, 40, 40)))
-    p = params_of(layer)
-    y, vjp = jax.vjp(lambda p, x: layer.forward(p, [x], None)[0][0], p, x)
-    dy = jnp.asarray(rng.standard_normal(y.shape))
-    rp, rx = vjp(dy)
-    (dx,), (dw, db) = layer.backward(p, [x], [y], None, [dy], (True,))
-    assert len(calls) == 1
-    for got, want, what in ((dx, rx, "dx"), (dw, rp[0], "dw"), (db, rp[1], "db")):
-        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-10, atol=1e-10,
-                                   err_msg=what)
+    assert len(_backward_through(layer, "weight_diff_shifted", rng, monkeypatch)) == 1
 
 
 def test_weight_gradient_gemm_for_a_large_diff_in_caffes_order(x64, rng, monkeypatch):

@@ -88,6 +88,17 @@ def _run(name):
     return net
 
 
+def _checked_net(tmp_path, name, text):
+    """gradcheck.check_net of a small prototxt ``text`` (the whole net's backward, in
+    float64, against jax.grad of its composed forward and finite differences), passed:
+    the names of what it checked."""
+    import gradcheck
+    path = tmp_path / (name + ".prototxt")
+    path.write_text(text)
+    report = gradcheck.check_net(str(path), samples=6).assert_ok()
+    return {c.name for c in report.checks}
+
+
 @pytest.mark.parametrize("name", [n for n, v in NETS.items() if v[3]])
 def test_zoo_net_forward_backward(name):
     _run(name)
@@ -316,11 +327,7 @@ def test_se_block_backward_is_jax_grads_in_float64(tmp_path):
     a squeeze-and-excitation block (the Scale with two bottoms at axis 0), and a
     convolution after it. The whole net's backward, in float64, against jax.grad of its
     composed forward and finite differences (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "se_block.prototxt"
-    path.write_text(SE_BLOCK)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "se_block", SE_BLOCK)
     assert {"param se_1x1_down[0]", "param conv[0]", "param conv/bn/scale[0]"} <= names
 
 
@@ -403,11 +410,7 @@ def test_factored_kernels_backward_is_jax_grads_in_float64(tmp_path):
     3x1 side by side on one bottom, a 3x2 kernel with stride 2 along H only, and an AVE
     pool with pad 1, joined by Concat. The whole net's backward, in float64, against
     jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "factored.prototxt"
-    path.write_text(FACTORED)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "factored", FACTORED)
     assert {"param 1x7[0]", "param 1x7_scale[0]", "param 7x1[0]", "param 1x3[0]",
             "param 3x1[1]", "param s2[0]"} <= names, names
 
@@ -537,11 +540,7 @@ def test_scaled_residual_blocks_backward_is_jax_grads_in_float64(tmp_path):
     by a 1x1 with bias, added with coeff 0.17 and ReLU'd in place; a second block added
     with coeff 0.1 and no ReLU after it. The whole net's backward, in float64, against
     jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "residual_scaled.prototxt"
-    path.write_text(RESIDUAL_SCALED)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "residual_scaled", RESIDUAL_SCALED)
     assert {"param stem[0]", "param stem_scale[1]", "param b_1x3[0]", "param b_up[1]",
             "param c_3x3[0]"} <= names, names
 
@@ -623,11 +622,7 @@ def test_separable_blocks_backward_is_jax_grads_in_float64(tmp_path):
     1x1 shortcut's), the sum, and a middle block added to the un-ReLU'd sum. The whole
     net's backward, in float64, against jax.grad of its composed forward and finite
     differences (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "separable.prototxt"
-    path.write_text(SEPARABLE)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "separable", SEPARABLE)
     assert {"param match[0]", "param sep_1[0]", "param sep_scale[1]", "param mid_1[0]",
             "param mid_2[1]"} <= names, names
 
@@ -771,11 +766,7 @@ def test_inverted_residual_backward_is_jax_grads_in_float64(tmp_path):
     AVE pool and a 1x1 Convolution as the classifier. The whole net's backward, in
     float64, against jax.grad of its composed forward and finite differences
     (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "inverted_residual.prototxt"
-    path.write_text(INVERTED_RESIDUAL)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "inverted_residual", INVERTED_RESIDUAL)
     assert {"param conv1[0]", "param expand[0]", "param dwise[0]", "param linear/scale[1]",
             "param down[0]", "param fc[1]"} <= names, names
 
@@ -844,9 +835,5 @@ def test_masked_stages_backward_is_jax_grads_in_float64(tmp_path):
     EuclideanLoss and, joined to the trunk's features by a Concat, the next stage
     with its own loss (loss_weight 0.5). The whole net's backward, in float64, against
     jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
-    import gradcheck
-    path = tmp_path / "masked_stages.prototxt"
-    path.write_text(MASKED_STAGES)
-    report = gradcheck.check_net(str(path), samples=6).assert_ok()
-    names = {c.name for c in report.checks}
+    names = _checked_net(tmp_path, "masked_stages", MASKED_STAGES)
     assert {"param trunk[0]", "param stage1[0]", "param stage2[1]"} <= names, names
