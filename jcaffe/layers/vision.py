@@ -432,10 +432,12 @@ class Convolution(JaxLayer):
     # Of those one-image weight gradients, a 2-d one at stride 1 with at least
     # SHIFTED_MIN_TAPS kernel offsets runs from shifted copies of x's rows and dy's
     # columns (conv_gemm.weight_diff_shifted: kh + kw copies of the map, not kh * kw).
-    # Alone, channels-last inputs made in the same jit, batch 1, ms, by rows / shifted
-    # (2026-12-07, AMD EPYC VM): OpenPose's 7x7s at 46x46, 128 -> 128 25-26 / 22, 185 ->
-    # 128 41-56 / 32-37; 5x5 128 -> 128 at 46x46 15 / 11-13; 3x3 level or either way
-    # (0.92-1.09: 46x46 to 698x698, FCN's and OpenPose's VGG maps).
+    # Alone, inputs made in the same jit, batch 1, ms, by rows / shifted (2026-12-07,
+    # AMD EPYC VM): OpenPose's 7x7s at 46x46, 128 -> 128 25-30 / 21-24, 185 -> 128
+    # 41-56 / 29-37; 5x5 128 -> 128 at 46x46 15 / 11-13; 3x3 either way (shifted / by
+    # rows 0.86-1.16: 46x46 to 698x698, FCN's and OpenPose's VGG maps). OpenPose's step
+    # (benchmarks/ab_step.py --interleave, 2 rounds of 3): by rows 1.063x (interval
+    # 1.001-1.129), its first call 28.5 s against 18.4.
     SHIFTED_MIN_TAPS = 25
 
     def _weight_shifted(self):
