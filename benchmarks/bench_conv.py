@@ -73,8 +73,8 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
 }
 # (CaffeNet's: 32)
-BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16, "inception_v4": 8, "fcn": 1,
-         "openpose": 1}
+BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16,
+         "inception_v4": 8, "fcn": 1, "openpose": 1}
 
 
 def timed(f, args, repeats):

@@ -804,7 +804,8 @@ def test_openpose_stages_as_cmus_prototxt():
 MASKED_STAGES = """
 name: "masked_stages"
 layer { name: "data" type: "Input" top: "data" top: "label"
-        input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 } shape { dim: 2 dim: 6 dim: 3 dim: 3 } } }
+        input_param { shape { dim: 2 dim: 3 dim: 6 dim: 6 }
+                      shape { dim: 2 dim: 6 dim: 3 dim: 3 } } }
 layer { name: "slice" type: "Slice" bottom: "label" top: "weight" top: "temp"
         slice_param { axis: 1 slice_point: 3 } }
 layer { name: "target" type: "Eltwise" bottom: "weight" bottom: "temp" top: "target"
