@@ -125,12 +125,6 @@ def weight_diff(x, dy, geo):
 # MobileNet's forward in this order, written by hand under jcaffe's options, took 8.2-10
 # ms at one image against 15.5-16.6 in Caffe's (330 vs 480 ms at batch 32; 2026-12-04).
 # Output channel c*m + j reads input channel c (_repeated): the same numbering as Caffe's.
-def _padded_last(x, geo):
-    config = ([(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, conv_gemm._high_pads(geo))]
-              + [(0, 0, 0)])
-    return lax.pad(x, jnp.zeros((), x.dtype), config)
-
-
 def _tap_last(xp, offset, geo):
     """The padded channels-last input read by kernel ``offset``: (B, out..., C)."""
     start = (0,) + tuple(j * d for j, d in zip(offset, geo.dilation)) + (0,)
@@ -165,7 +159,7 @@ def forward_last(x, w, geo):
     """forward for x (B, in..., C) -> (B, out..., C*m)."""
     m = w.shape[0] // x.shape[-1]
     wk = _offset_major(w)                               # (K, C*m)
-    xp = _padded_last(x, geo)
+    xp = conv_gemm.padded_last(x, geo)
     y = None
     for i, offset in enumerate(conv_gemm._offsets(geo)):
         term = _repeated(_tap_last(xp, offset, geo), m) * wk[i]
@@ -213,7 +207,7 @@ def weight_diff_last(x, dy, geo):
     (Convolution.channels_last_backward_ok); here for the layer's own
     backward_channels_last, which computes every diff it is asked for."""
     m = dy.shape[-1] // x.shape[-1]
-    xp = _padded_last(x, geo)
+    xp = conv_gemm.padded_last(x, geo)
     products = [_repeated(_tap_last(xp, offset, geo), m) * dy
                 for offset in conv_gemm._offsets(geo)]
     zero = jnp.zeros((), x.dtype)

@@ -114,6 +114,23 @@ def padded(x, geo):
     return lax.pad(x, jnp.zeros((), x.dtype), config)
 
 
+def padded_last(x, geo):
+    """x (B, in..., C), channels-last, zero-padded as :func:`padded` pads (B, C, in...)."""
+    config = [(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))] + [(0, 0, 0)]
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _sum_row_chunks(chunk, out_rows, rows):
+    """sum of chunk(first, count) over output rows [0, out_rows) in chunks of ``rows``,
+    added in row order: the whole chunks in a lax.scan, then the shorter last one."""
+    whole, rest = divmod(out_rows, rows)
+    total = chunk(0, rows)
+    if whole > 1:
+        total, _ = lax.scan(lambda acc, i: (acc + chunk(i * rows, rows), None), total,
+                            jnp.arange(1, whole))
+    return total + chunk(whole * rows, rest) if rest else total
+
+
 def columns(xc, geo):
     """(C, B, in...) -> (C, K, B, out...): entry [c, k, b, o] = x[b, c, o*stride - pad +
     offset(k)*dilation], 0 in the padding.
@@ -622,10 +639,8 @@ def weight_diff_by_rows(x, dy, geo):
     """dE/dW of an ungrouped convolution, (O, C, k...), from x (B, C, in...) and
     dy (B, O, out...): per image, columns of a few output rows at a time."""
     o, c = dy.shape[1], x.shape[1]
-    xl = jnp.moveaxis(x, 1, -1)             # (B, in..., C)
-    dl = jnp.moveaxis(dy, 1, -1)            # (B, out..., O)
-    config = [(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))] + [(0, 0, 0)]
-    xl = lax.pad(xl, jnp.zeros((), x.dtype), config)
+    xl = padded_last(jnp.moveaxis(x, 1, -1), geo)       # (B, in..., C)
+    dl = jnp.moveaxis(dy, 1, -1)                        # (B, out..., O)
     rows = _rows_per_chunk(c, geo, x.dtype.itemsize)
     s0, d0, k0 = geo.stride[0], geo.dilation[0], geo.kernel[0]
 
@@ -643,12 +658,8 @@ def weight_diff_by_rows(x, dy, geo):
         return lax.dot_general(ds.reshape(-1, o), cols, (((0,), (0,)), ((), ())))
 
     def image(xb, db):
-        whole, rest = divmod(geo.out_spatial[0], rows)
-        total = chunk(xb, db, 0, rows)
-        if whole > 1:
-            total, _ = lax.scan(lambda acc, i: (acc + chunk(xb, db, i * rows, rows), None),
-                                total, jnp.arange(1, whole))
-        return total + chunk(xb, db, whole * rows, rest) if rest else total
+        return _sum_row_chunks(lambda first, count: chunk(xb, db, first, count),
+                               geo.out_spatial[0], rows)
 
     total = image(xl[0], dl[0])
     if x.shape[0] > 1:
@@ -683,9 +694,8 @@ def weight_diff_shifted(x, dy, geo):
     o, c, b = dy.shape[1], x.shape[1], x.shape[0]
     (kh, kw), (dh, dw), (oh, ow) = geo.kernel, geo.dilation, geo.out_spatial
     wp = ow + (kw - 1) * dw
-    xl = jnp.moveaxis(x, 1, -1)             # (B, H, W, C)
-    config = [(0, 0, 0)] + [(p, h, 0) for p, h in zip(geo.pad, _high_pads(geo))] + [(0, 0, 0)]
-    xl = lax.slice_in_dim(lax.pad(xl, jnp.zeros((), x.dtype), config), 0, wp, axis=2)
+    xl = padded_last(jnp.moveaxis(x, 1, -1), geo)       # (B, H, W, C), padded
+    xl = lax.slice_in_dim(xl, 0, wp, axis=2)
     dl = jnp.moveaxis(dy, 1, -1)            # (B, out_h, out_w, O)
     rows = _shifted_rows_per_chunk(b, c, geo, x.dtype.itemsize)
 
@@ -699,11 +709,5 @@ def weight_diff_shifted(x, dy, geo):
         return lax.dot_general(ds.reshape(-1, kw * o), xs.reshape(-1, kh * c),
                                (((0,), (0,)), ((), ())))                   # (kw*O, kh*C)
 
-    whole, rest = divmod(oh, rows)
-    total = chunk(0, rows)
-    if whole > 1:
-        total, _ = lax.scan(lambda acc, k: (acc + chunk(k * rows, rows), None), total,
-                            jnp.arange(1, whole))
-    if rest:
-        total = total + chunk(whole * rows, rest)
+    total = _sum_row_chunks(chunk, oh, rows)
     return total.reshape(kw, o, kh, c).transpose(1, 3, 2, 0)
