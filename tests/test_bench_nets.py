@@ -307,6 +307,16 @@ def test_openpose_contenders_agree():
 
 
 @pytest.mark.slow
+def test_deeplab_largefov_contenders_agree():
+    """DeepLab-LargeFOV: 3x3 convolutions dilated by 2 and by 12 (fc6: on a 41x41 map,
+    most of its outer taps read padding), 3x3 MAX pools of stride 2 and 1 padded by 1
+    (Caffe's ceil), an AVE pool of stride 1 whose divisor counts the padding. The
+    deploy outputs only: Dropout draws its masks from each contender's own random
+    stream."""
+    _check_deploy("deeplab_largefov", 1)
+
+
+@pytest.mark.slow
 def test_resnet18_contenders_agree():
     """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where
     a stage halves the map."""

@@ -51,6 +51,7 @@ NETS = {
     "dpn92": ("conv1", "classifier", (1, 1000), False),
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
+    "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
@@ -838,3 +839,71 @@ def test_masked_stages_backward_is_jax_grads_in_float64(tmp_path):
     jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
     names = _checked_net(tmp_path, "masked_stages", MASKED_STAGES)
     assert {"param trunk[0]", "param stage1[0]", "param stage2[1]"} <= names, names
+
+
+def test_deeplab_largefov_as_deeplabs_prototxt():
+    """DeepLab-LargeFOV: VGG-16's thirteen 3x3s, 3x3 pools padded by 1 (stride 2, then 1
+    from pool4 on: 321 -> 161 -> 81 -> 41, 41, 41), conv5's 3x3s dilated by 2, an AVE
+    pool5a, fc6 a 3x3 dilated by 12, fc7 and fc8_voc12 1x1s; its learnable values are
+    VGG-16's convolutions' (torchvision's vgg16.features, 14,714,688), fc6's 4,719,616,
+    fc7's 1,049,600 and fc8_voc12's 21,525."""
+    param = _load("deeplab_largefov", 1)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 20505429
+    assert shapes["fc6"] == [(1024, 512, 3, 3), (1024,)]
+    assert shapes["fc8_voc12"] == [(21, 1024, 1, 1), (21,)]
+    assert [net.blobs["pool%d" % i].shape[2:] for i in range(1, 6)] == \
+        [(161, 161), (81, 81), (41, 41), (41, 41), (41, 41)]
+    dilated = {l.name for l in param.layer if l.type == "Convolution"
+               and max(l.convolution_param.dilation or [1]) > 1}
+    assert dilated == {"conv5_1", "conv5_2", "conv5_3", "fc6"}
+    layers = {l.name: l for l in net.layers}
+    assert list(layers["fc6"].dilation) == list(layers["fc6"].pad) == [12, 12]
+    assert list(layers["conv5_2"].dilation) == [2, 2]
+    assert net.blobs["fc6"].shape == (1, 1024, 41, 41)
+    assert net.blobs["label"].shape == (1, 1, 41, 41)
+    fc8 = [l for l in param.layer if l.name == "fc8_voc12"][0]
+    assert [p.lr_mult for p in fc8.param] == [10, 20]
+
+
+DILATED = """
+name: "dilated"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 3 dim: 9 dim: 9 }
+                      shape { dim: 2 dim: 1 dim: 5 dim: 5 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2
+                            weight_filler { type: "msra" } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param { pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "pool2a" type: "Pooling" bottom: "pool2" top: "pool2a"
+        pooling_param { pool: AVE kernel_size: 3 stride: 1 pad: 1 } }
+layer { name: "fc6" type: "Convolution" bottom: "pool2a" top: "fc6"
+        convolution_param { num_output: 5 kernel_size: 3 pad: 4 dilation: 4
+                            weight_filler { type: "msra" } bias_filler { type: "gaussian" } } }
+layer { name: "relu6" type: "ReLU" bottom: "fc6" top: "fc6" }
+layer { name: "fc8" type: "Convolution" bottom: "fc6" top: "fc8"
+        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc8" bottom: "label" top: "loss"
+        loss_param { ignore_label: 2 } }
+"""
+
+
+def test_dilated_pattern_backward_is_jax_grads_in_float64(tmp_path):
+    """DeepLab-LargeFOV's pattern, small: a 3x3 pool of stride 2 padded by 1, a 3x3
+    dilated by 2 (padded by 2), MAX and AVE 3x3 pools of stride 1 padded by 1, a 3x3
+    dilated by 4 on a 5x5 map (its outer taps reach only padding for most outputs, as
+    fc6's dilation of 12 does on 41x41), a 1x1 classifier and a per-pixel
+    SoftmaxWithLoss that ignores one of its three labels. The whole net's backward, in
+    float64, against jax.grad of its composed forward and finite differences
+    (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "dilated", DILATED)
+    assert {"param conv1[0]", "param conv2[0]", "param fc6[0]", "param fc6[1]",
+            "param fc8[0]"} <= names, names

@@ -26,12 +26,15 @@ def data(n, batch, shape, classes=1000):
         ntop=2)
 
 
-def conv(bottom, num, k, stride=1, pad=0, group=1, filler=XAVIER, bias=True, bias_value=0):
+def conv(bottom, num, k, stride=1, pad=0, group=1, filler=XAVIER, bias=True, bias_value=0,
+         dilation=1):
     kw = dict(num_output=num, kernel_size=k, weight_filler=filler)
     if stride != 1:
         kw["stride"] = stride
     if pad:
         kw["pad"] = pad
+    if dilation != 1:
+        kw["dilation"] = dilation
     if group != 1:
         kw["group"] = group
     if bias:
@@ -1271,6 +1274,44 @@ def fcn8s():
     return n
 
 
+def deeplab_largefov():
+    """DeepLab-LargeFOV (Chen et al. 2015, as DeepLab's Caffe train.prototxt writes it):
+    VGG-16 with 3x3 pools (stride 2, padded by 1) and stride 1 from pool4 on, so the
+    321x321 crops come out at 41x41, 1/8 of the input; conv5's 3x3s dilated by 2; a 3x3
+    AVE pool5a; fc6 a 3x3 dilated by 12 with 1024 outputs, fc7 a 1x1, fc8_voc12 the 21
+    PASCAL VOC scores (learning rate x10). DeepLab's own data layer and its Interp
+    (shrink_factor 8) of the label are not BVLC Caffe's: DummyData gives the 41x41
+    label directly. SoftmaxWithLoss ignores label 255; BVLC's Accuracy (which also
+    ignores it) stands for DeepLab's SegAccuracy. A batch of 10, as DeepLab's scripts
+    write it."""
+    n = NetSpec()
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[10, 3, 321, 321]), dict(dim=[10, 1, 41, 41])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=7)], ntop=2)
+    x = n.data
+    stages = [(64, 2, 1, 2), (128, 2, 1, 2), (256, 3, 1, 2), (512, 3, 1, 1), (512, 3, 2, 1)]
+    for stage, (width, reps, dilation, pool_stride) in enumerate(stages, 1):
+        for r in range(1, reps + 1):
+            name = "conv%d_%d" % (stage, r)
+            x = n[name] = conv(x, width, 3, pad=dilation, dilation=dilation)
+            n["relu%d_%d" % (stage, r)] = relu(x)
+        x = n["pool%d" % stage] = max_pool(x, 3, pool_stride, pad=1)
+    n.pool5a = L.Pooling(x, pool=P.Pooling.AVE, kernel_size=3, stride=1, pad=1)
+    x = n.fc6 = conv(n.pool5a, 1024, 3, pad=12, dilation=12)
+    n.relu6 = relu(x)
+    n.drop6 = L.Dropout(x, dropout_ratio=0.5, in_place=True)
+    x = n.fc7 = conv(x, 1024, 1)
+    n.relu7 = relu(x)
+    n.drop7 = L.Dropout(x, dropout_ratio=0.5, in_place=True)
+    n.fc8_voc12 = L.Convolution(
+        x, num_output=21, kernel_size=1, weight_filler=GAUSS, bias_filler=ZERO,
+        param=[dict(lr_mult=10, decay_mult=1), dict(lr_mult=20, decay_mult=0)])
+    n.accuracy = L.Accuracy(n.fc8_voc12, n.label, accuracy_param=dict(ignore_label=255),
+                            include=dict(phase=1))
+    n.loss = L.SoftmaxWithLoss(n.fc8_voc12, n.label, loss_param=dict(ignore_label=255))
+    return n
+
+
 def _conv_bn(n, name, bottom, num, k, stride=1, group=1, relu_after=True):
     """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place;
     none after MobileNet v2's linear bottlenecks)."""
@@ -1465,6 +1506,7 @@ NETS = {
     "resnext50": (resnext50, "ResNeXt-50-32x4d"),
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
+    "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
     "lrcn": (lrcn, "LRCN"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
