@@ -10,7 +10,8 @@ convolutions on XLA's kernels, not YNNPACK's); ``--xla-defaults`` compiles with 
 Shapes: CaffeNet's five convolutions (batch 32), LeNet's two (batch 64), CIFAR-10's
 three (batch 100), the kernels larger than 1x1 of GoogLeNet (batch 32) and ResNet-50
 (batch 16), by size, two of DenseNet-121's 3x3s (batch 16), Inception-v4's stride-2
-3x3s (batch 8), and FCN-32s's VGG convolutions at batch 1 (500x500 padded by 100);
+3x3s (batch 8), DeepLab-LargeFOV's (batch 2, two of them dilated), OpenPose's and
+FCN-32s's VGG convolutions at batch 1 (FCN's: 500x500 padded by 100);
 ``--batch`` sets one batch for all. Each timing: min over repeats.
 """
 import argparse
@@ -63,6 +64,11 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "openpose conv5_1_CPM": ((128, 46, 46), "num_output: 128 kernel_size: 3 pad: 1"),
     "openpose Mconv1": ((185, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
     "openpose Mconv2": ((128, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
+    "deeplab conv1_2": ((64, 321, 321), "num_output: 64 kernel_size: 3 pad: 1"),
+    "deeplab conv3_2": ((256, 81, 81), "num_output: 256 kernel_size: 3 pad: 1"),
+    "deeplab conv4_2": ((512, 41, 41), "num_output: 512 kernel_size: 3 pad: 1"),
+    "deeplab conv5_2": ((512, 41, 41), "num_output: 512 kernel_size: 3 pad: 2 dilation: 2"),
+    "deeplab fc6": ((512, 41, 41), "num_output: 1024 kernel_size: 3 pad: 12 dilation: 12"),
     "fcn conv1_1": ((3, 500, 500), "num_output: 64 kernel_size: 3 pad: 100"),
     "fcn conv1_2": ((64, 698, 698), "num_output: 64 kernel_size: 3 pad: 1"),
     "fcn conv2_1": ((64, 349, 349), "num_output: 128 kernel_size: 3 pad: 1"),
@@ -74,7 +80,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
 }
 # (CaffeNet's: 32)
 BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16,
-         "inception_v4": 8, "fcn": 1, "openpose": 1}
+         "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2}
 
 
 def timed(f, args, repeats):

@@ -50,6 +50,9 @@ NETS = {
     # (one image at 368x368, as OpenPose's demo feeds it; the deploy output joins both
     # branches of the last stage)
     "openpose": ("openpose.prototxt", 1, (3, 368, 368), "net_output"),
+    # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe
+    # and PyTorch, 5.2 s for pure JAX)
+    "deeplab_largefov": ("deeplab_largefov.prototxt", 2, (3, 321, 321), "fc8_voc12"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
@@ -220,6 +223,12 @@ def conv_params(l):
     return k, s, pad, p.group, p.num_output, p.bias_term
 
 
+def conv_dilation(l):
+    """A Convolution's dilation as an (h, w) pair (DeepLab's dilated 3x3s)."""
+    d = tuple(l.convolution_param.dilation) or (1,)
+    return d * 2 if len(d) == 1 else d
+
+
 def shared_layers(param):
     """{layer: the earlier layer whose params it shares} (Caffe's sharing by ``param
     { name }``, the siamese towers'): the references keep one copy, under the owner's
@@ -248,8 +257,10 @@ def param_shapes(param):
         x = blob_shape[bottoms[0]]
         if typ == "Convolution":
             k, s, pad, g, o, bias = conv_params(l)
+            d = conv_dilation(l)
             shapes[name] = [(o, x[1] // g) + k] + ([(o,)] if bias else [])
-            hw = tuple((x[2 + i] + 2 * pad[i] - k[i]) // s[i] + 1 for i in range(2))
+            hw = tuple((x[2 + i] + 2 * pad[i] - d[i] * (k[i] - 1) - 1) // s[i] + 1
+                       for i in range(2))
             y = (x[0], o) + hw
         elif typ == "Deconvolution":    # weight (C_in, O / group, k...), Caffe's
             k, s, pad, g, o, bias = conv_params(l)
@@ -528,6 +539,7 @@ def jax_forward_fn(param, train):
                 k, s, pad, g, o, bias = conv_params(l)
                 w = params[name][0]
                 y = lax.conv_general_dilated(x, w, s, [(p, p) for p in pad],
+                                             rhs_dilation=conv_dilation(l),
                                              feature_group_count=g)
                 if bias:
                     y = y + params[name][1][None, :, None, None]
@@ -846,7 +858,8 @@ def torch_forward_fn(param, train):
             if typ == "Convolution":
                 k, s, pad, g, o, bias = conv_params(l)
                 ps = params[name]
-                y = F.conv2d(x, ps[0], ps[1] if bias else None, s, pad, groups=g)
+                y = F.conv2d(x, ps[0], ps[1] if bias else None, s, pad, conv_dilation(l),
+                             groups=g)
             elif typ == "Deconvolution":
                 k, s, pad, g, o, bias = conv_params(l)
                 ps = params[name]
