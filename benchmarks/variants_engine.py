@@ -60,6 +60,11 @@ def _no_shifted():
     Convolution.SHIFTED_MIN_TAPS = 1 << 62
 
 
+def _prelu_caffe_order():
+    from jcaffe.layers.neuron_extra import PReLU
+    PReLU.channels_last_ok = lambda self: False
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -82,6 +87,8 @@ VARIANTS = {
                                             # fifty-sixth session (CPU only anyway)
     "no_shifted": _no_shifted,            # one image's 5x5/7x7 weight gradients by rows
                                           # again, as before the fifty-ninth session
+    "prelu_caffe_order": _prelu_caffe_order,  # PReLU in Caffe's order only, as before
+                                              # the sixtieth session
 }
 
 

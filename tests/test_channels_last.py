@@ -150,7 +150,7 @@ def test_layout_plan_names_the_channels_last_layers(tmp_path, monkeypatch):
 
 
 def test_tops_flowing_only_into_caffe_order_layers_stay_in_caffes_order(tmp_path, monkeypatch):
-    # conv -> relu -> pool -> PReLU (a slope per channel) -> conv: the first chain never
+    # conv -> relu -> pool -> Softmax (over the channels) -> conv: the first chain never
     # reaches a convolution reading channels-last, so nothing in it is kept so; the second
     # convolution's ReLU and pool feed a third convolution, and are.
     net = make_net(tmp_path, """
@@ -158,7 +158,7 @@ layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim:
 layer { name: "c1" type: "Convolution" bottom: "data" top: "c1" convolution_param { num_output: 3 kernel_size: 3 } }
 layer { name: "r1" type: "ReLU" bottom: "c1" top: "c1" }
 layer { name: "p1" type: "Pooling" bottom: "c1" top: "p1" pooling_param { pool: MAX kernel_size: 2 stride: 1 } }
-layer { name: "n1" type: "PReLU" bottom: "p1" top: "n1" }
+layer { name: "n1" type: "Softmax" bottom: "p1" top: "n1" }
 layer { name: "c2" type: "Convolution" bottom: "n1" top: "c2" convolution_param { num_output: 3 kernel_size: 1 } }
 layer { name: "r2" type: "ReLU" bottom: "c2" top: "c2" }
 layer { name: "p2" type: "Pooling" bottom: "c2" top: "p2" pooling_param { pool: AVE kernel_size: 2 } }
@@ -363,6 +363,9 @@ LAST_LAYERS = [
     ('type: "Convolution" convolution_param { num_output: 5 kernel_size: 1 '
      'bias_filler { type: "gaussian" } }', None),
     ('type: "Convolution" convolution_param { num_output: 3 kernel_size: 1 stride: 2 }', None),
+    # PReLU (MTCNN's, after each convolution): a slope per channel, one shared
+    ('type: "PReLU" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } }', None),
+    ('type: "PReLU" prelu_param { channel_shared: true }', None),
     # LRN (GoogLeNet's, between its first convolutions): across channels, within a channel
     ('type: "LRN" lrn_param { local_size: 3 alpha: 0.3 beta: 0.75 k: 2 }', None),
     ('type: "LRN" lrn_param { local_size: 3 alpha: 0.3 beta: 0.5 norm_region: WITHIN_CHANNEL }',
@@ -580,11 +583,11 @@ layer { name: "b3_pool" type: "Pooling" bottom: "norm1" top: "b3_pool" pooling_p
   pool: MAX kernel_size: 3 stride: 1 pad: 1 } }
 layer { name: "b3" type: "Convolution" bottom: "b3_pool" top: "b3" convolution_param {
   num_output: 2 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "b4" type: "PReLU" bottom: "norm1" top: "b4" prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } } }
+layer { name: "b4" type: "Softmax" bottom: "norm1" top: "b4" }
 layer { name: "cat" type: "Concat" bottom: "b1" bottom: "b2" bottom: "b3" bottom: "b4" top: "cat" }
 layer { name: "c2" type: "Convolution" bottom: "cat" top: "c2" convolution_param {
   num_output: 4 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
-layer { name: "p2" type: "PReLU" bottom: "cat" top: "p2" }
+layer { name: "p2" type: "Softmax" bottom: "cat" top: "p2" }
 layer { name: "cat2" type: "Concat" bottom: "c2" bottom: "p2" top: "cat2" }
 layer { name: "c3" type: "Convolution" bottom: "cat2" top: "c3" convolution_param {
   num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 0.3 } } }
@@ -600,7 +603,8 @@ def test_inception_blocks_run_channels_last(tmp_path, monkeypatch, x64):
     """GoogLeNet's inception, small: the first convolution's top stays channels-last
     through ReLU, pooling and LRN into the branches (1x1, 1x1 then 3x3, pooling then
     1x1), and their Concat runs channels-last, as more than half of its bottoms come so
-    (the fourth branch, a PReLU, is transposed in). A Concat with half its bottoms
+    (the fourth branch, a Softmax over the channels, is transposed in). A Concat with
+    half its bottoms
     channels-last computes in Caffe's order, as every layer with bottoms in both orders
     did before. Every blob, diff and param diff is what the net computes in Caffe's
     order, float64."""
@@ -616,15 +620,63 @@ def test_inception_blocks_run_channels_last(tmp_path, monkeypatch, x64):
     for name in ("relu1", "pool1", "norm1", "b1", "b1_relu", "b2_reduce", "b2_relu_reduce",
                  "b2_relu", "b3_pool", "b3"):
         assert plan[name][1:] == (True, True), name
-    assert plan["b4"] == ((True,), False, False)            # (a slope per channel)
+    assert plan["b4"] == ((True,), False, False)            # (along axis 1)
     assert plan["cat"] == ((True, True, True, False), True, True)
     assert plan["c2"] == ((True,), True, True)
     assert plan["cat2"] == ((True, False), False, False)    # (half: Caffe's order)
     assert plan["c3"][1:] == (False, False)
     _assert_same(results, 1e-11, 1e-10)
     for name in diffs0:
-        if name != "b4":    # (its bottom, after ReLU and LRN, is never negative: no slope diff)
-            assert all(np.any(d) for d in diffs[name]), name
+        assert all(np.any(d) for d in diffs[name]), name
+
+
+ONET_NET = """
+name: "onet_small"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 3 dim: 3 dim: 12 dim: 12 } } }
+layer { name: "label" type: "Input" top: "label" input_param { shape { dim: 3 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1" convolution_param {
+  num_output: 4 kernel_size: 3 weight_filler { type: "gaussian" std: 0.3 }
+  bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1"
+  prelu_param { filler { type: "uniform" min: 0.1 max: 0.5 } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1" pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2" convolution_param {
+  num_output: 5 kernel_size: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prelu2" type: "PReLU" bottom: "conv2" top: "conv2" prelu_param { channel_shared: true } }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3" convolution_param {
+  num_output: 4 kernel_size: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prelu3c" type: "PReLU" bottom: "conv3" top: "conv3" }
+layer { name: "fc" type: "InnerProduct" bottom: "conv3" top: "fc"
+  inner_product_param { num_output: 6 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "prelu3" type: "PReLU" bottom: "fc" top: "fc" }
+layer { name: "cls" type: "InnerProduct" bottom: "fc" top: "cls"
+  inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.3 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "cls" bottom: "label" top: "loss" }
+"""
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="CPU formulation choice")
+def test_prelus_after_convolutions_run_channels_last(tmp_path, monkeypatch, x64):
+    """MTCNN's pattern: a PReLU in place after each convolution (slopes per channel, then
+    one shared) takes the convolution's top channels-last and hands it on so to the pool
+    and the next convolution. The last convolution's PReLU, read by an InnerProduct, and
+    the PReLU after the InnerProduct (2-d) stay in Caffe's order. Every blob, diff and
+    param diff, the slopes' diffs too, is what the net computes in Caffe's order,
+    float64."""
+    def feed(net):
+        net.blobs["data"].data[...] = np.random.default_rng(4).standard_normal(
+            net.blobs["data"].shape)
+        net.blobs["label"].data[...] = [0, 1, 1]
+    jcaffe.set_random_seed(5)
+    results, net = _in_both_orders(tmp_path, monkeypatch, ONET_NET, feed)
+    (plan, _, _, diffs), (plan0, _, _, _) = results
+    assert not any(p[1] or p[2] for p in plan0.values())
+    assert plan["prelu1"] == ((True,), True, True) and plan["pool1"][1:] == (True, True)
+    assert plan["prelu2"][1:] == (True, True)
+    assert plan["prelu3c"][1:] == plan["prelu3"][1:] == (False, False)
+    _assert_same(results, 1e-11, 1e-10)
+    for name in ("prelu1", "prelu2", "prelu3c", "prelu3", "conv1"):
+        assert all(np.any(d) for d in diffs[name]), name
 
 
 BIAS_NET = """

@@ -16,7 +16,7 @@ class NeuronLayer(JaxLayer):
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
-    layout_free = True      # (not PReLU, one slope per channel; not Dropout, its mask drawn)
+    layout_free = True      # (not PReLU, which reads its channel axis; not Dropout)
 
     def reshape(self, bottom_shapes):
         return [bottom_shapes[0]]

@@ -7,6 +7,7 @@ when it is not computed in place, and otherwise what forward ``saved`` (the
 bottom itself, as Caffe's PReLU keeps ``bottom_memory_``). Tops are never read
 back, which makes in-place chains (Scale after BatchNorm after ...) safe.
 """
+import contextlib
 import math
 
 import jax
@@ -56,6 +57,23 @@ class PReLU(_BottomNeuron):
 
     layout_free = False     # (a slope per channel: axis 1 is read)
 
+    # The channel axis: Caffe's 1, or 3 where the engine hands a 4-d bottom
+    # channels-last, as a convolution on XLA's kernel leaves its top (MTCNN's PReLUs after
+    # each convolution: in Caffe's order each read its bottom across the layout, and the
+    # next convolution transposed it back).
+    _channel = 1
+
+    def channels_last_ok(self):
+        return len(self.bottom_shapes[0]) == 4
+
+    @contextlib.contextmanager
+    def channels_last_context(self):
+        self._channel = 3
+        try:
+            yield
+        finally:
+            del self._channel
+
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]
         if len(shape) < 2:
@@ -83,7 +101,9 @@ class PReLU(_BottomNeuron):
     def _slope(self, a, ndim):
         if self.channel_shared:
             return jnp.reshape(a, ())
-        return jnp.reshape(a, (1, -1) + (1,) * (ndim - 2))
+        shape = [1] * ndim
+        shape[self._channel] = -1
+        return jnp.reshape(a, shape)
 
     def forward(self, params, bottoms, rng):
         x, = bottoms
@@ -99,7 +119,7 @@ class PReLU(_BottomNeuron):
             if self.channel_shared:
                 da = jnp.sum(g)
             else:
-                da = jnp.sum(g, axis=tuple(i for i in range(x.ndim) if i != 1))
+                da = jnp.sum(g, axis=tuple(i for i in range(x.ndim) if i != self._channel))
         dx = None
         if propagate_down[0]:
             a = self._slope(params[0], x.ndim)
