@@ -316,6 +316,13 @@ def test_deeplab_largefov_contenders_agree():
     _check_deploy("deeplab_largefov", 1)
 
 
+def test_mtcnn_onet_contenders_agree():
+    """MTCNN's O-Net: PReLUs with a slope per channel after convolutions and after an
+    InnerProduct, MAX pools rounding up. The deploy outputs only: Dropout draws its
+    masks from each contender's own random stream."""
+    _check_deploy("mtcnn_onet", 4)
+
+
 @pytest.mark.slow
 def test_resnet18_contenders_agree():
     """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where

@@ -52,6 +52,7 @@ NETS = {
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
+    "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
@@ -907,3 +908,68 @@ def test_dilated_pattern_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "dilated", DILATED)
     assert {"param conv1[0]", "param conv2[0]", "param fc6[0]", "param fc6[1]",
             "param fc8[0]"} <= names, names
+
+
+def test_mtcnn_onet_as_det3_prototxt():
+    """MTCNN's O-Net as det3.prototxt: PReLUs in place after conv1-4 and conv5 (the
+    InnerProduct, after its Dropout), MAX pools rounding up (46 -> 23), conv4 a 2x2 on a
+    4x4 map, three heads read from conv5; 389,040 learnable values (the slopes
+    included: 32 + 64 + 64 + 128 + 256); biases at twice the rate and decayed; the
+    paper's O-Net loss weights 1, 0.5, 1."""
+    param = _load("mtcnn_onet", 1)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 389040
+    assert shapes["conv4"] == [(128, 64, 2, 2), (128,)] and shapes["conv5"][0] == (256, 1152)
+    assert [shapes["prelu%d" % i] for i in range(1, 6)] == [[(c,)] for c in (32, 64, 64, 128, 256)]
+    np.testing.assert_array_equal(net.params["prelu1"][0].data, 0.25)   # Caffe's default
+    assert [net.blobs[b].shape[2:] for b in ("conv1", "pool1", "pool2", "pool3", "conv4")] == \
+        [(46, 46), (23, 23), (10, 10), (4, 4), (3, 3)]
+    layers = {l.name: l for l in param.layer}
+    assert list(layers["drop5"].bottom) == list(layers["prelu5"].bottom) == ["conv5"]
+    assert [l.name for l in param.layer].index("drop5") < \
+        [l.name for l in param.layer].index("prelu5")
+    assert {h: list(layers[h].bottom) for h in ("conv6-1", "conv6-2", "conv6-3")} == \
+        {h: ["conv5"] for h in ("conv6-1", "conv6-2", "conv6-3")}
+    assert [(p.lr_mult, p.decay_mult) for p in layers["conv2"].param] == [(1, 1), (2, 1)]
+    assert [list(layers[n].loss_weight) for n in ("roi_loss", "pts_loss")] == [[0.5], [1]]
+
+
+PRELU_HEADS = """
+name: "prelu_heads"
+layer { name: "data" type: "Input" top: "data" top: "label" top: "roi"
+        input_param { shape { dim: 3 dim: 2 dim: 8 dim: 8 } shape { dim: 3 }
+                      shape { dim: 3 dim: 4 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "prelu1" type: "PReLU" bottom: "conv1" top: "conv1"
+        prelu_param { filler { type: "uniform" min: -0.5 max: 0.5 } } }
+layer { name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 3 stride: 2 } }
+layer { name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 2 weight_filler { type: "msra" } } }
+layer { name: "prelu2" type: "PReLU" bottom: "conv2" top: "conv2"
+        prelu_param { channel_shared: true filler { type: "constant" value: 0.3 } } }
+layer { name: "fc" type: "InnerProduct" bottom: "conv2" top: "fc"
+        inner_product_param { num_output: 5 weight_filler { type: "msra" } } }
+layer { name: "prelu3" type: "PReLU" bottom: "fc" top: "fc" }
+layer { name: "cls" type: "InnerProduct" bottom: "fc" top: "cls"
+        inner_product_param { num_output: 2 weight_filler { type: "msra" } } }
+layer { name: "box" type: "InnerProduct" bottom: "fc" top: "box"
+        inner_product_param { num_output: 4 weight_filler { type: "msra" } } }
+layer { name: "cls_loss" type: "SoftmaxWithLoss" bottom: "cls" bottom: "label" top: "cls_loss" }
+layer { name: "roi_loss" type: "EuclideanLoss" bottom: "box" bottom: "roi" top: "roi_loss"
+        loss_weight: 0.5 }
+"""
+
+
+def test_prelu_heads_backward_is_jax_grads_in_float64(tmp_path):
+    """MTCNN's pattern, small: PReLUs in place after convolutions (slopes per channel,
+    then one shared) and after an InnerProduct (2-d), a MAX pool whose last window
+    overhangs (Caffe's ceil: 6 -> 3), and two heads from one blob, a SoftmaxWithLoss
+    and an EuclideanLoss weighted 0.5. The whole net's backward, in float64, against
+    jax.grad of its composed forward and finite differences (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "prelu_heads", PRELU_HEADS)
+    assert {"param prelu1[0]", "param prelu2[0]", "param prelu3[0]", "param conv1[0]",
+            "param box[0]", "param cls[1]"} <= names, names

@@ -1312,6 +1312,48 @@ def deeplab_largefov():
     return n
 
 
+def mtcnn_onet():
+    """MTCNN's O-Net (Zhang, Zhang, Li & Qiao 2016) as its released det3.prototxt writes
+    it: four convolutions (3x3, 3x3, 3x3, 2x2) each followed by a PReLU (learned slopes
+    per channel, in place), MAX pools rounding up (48x48 -> 46 -> 23 -> 21 -> 10 -> 8 ->
+    4 -> 3), an InnerProduct of 256 with Dropout 0.25 before its PReLU, and three heads:
+    conv6-1 face or not (2), conv6-2 the box's offsets (4), conv6-3 five landmarks (10).
+    Biases learn at twice the rate, with weight decay, as det3 sets. Training as the
+    paper weighs O-Net's three tasks: SoftmaxWithLoss 1, the box's EuclideanLoss 0.5,
+    the landmarks' 1. (MTCNN's own training feeds each crop with the tasks it has a
+    label for, from its data layer; DummyData here gives every crop all three.) A batch
+    of 256 crops."""
+    n = NetSpec()
+    n.data, n.label, n.roi, n.pts = L.DummyData(
+        shape=[dict(dim=[256, 3, 48, 48]), dict(dim=[256]), dict(dim=[256, 4]),
+               dict(dim=[256, 10])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=1),
+                     dict(type="gaussian", std=0.1), dict(type="gaussian", std=0.1)],
+        ntop=4)
+    decayed = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=1)]
+    x = n.data
+    for i, (num, k, pool) in enumerate([(32, 3, (3, 2)), (64, 3, (3, 2)), (64, 3, (2, 2)),
+                                        (128, 2, None)], 1):
+        x = n["conv%d" % i] = L.Convolution(x, param=decayed, num_output=num, kernel_size=k,
+                                            weight_filler=XAVIER, bias_filler=ZERO)
+        n["prelu%d" % i] = L.PReLU(x, in_place=True)
+        if pool:
+            x = n["pool%d" % i] = max_pool(x, *pool)
+    x = n.conv5 = L.InnerProduct(x, param=decayed, num_output=256, weight_filler=XAVIER,
+                                 bias_filler=ZERO)
+    n.drop5 = L.Dropout(x, dropout_ratio=0.25, in_place=True)
+    n.prelu5 = L.PReLU(x, in_place=True)
+    heads = {}
+    for head, num in (("conv6-1", 2), ("conv6-2", 4), ("conv6-3", 10)):
+        heads[head] = n[head] = L.InnerProduct(x, param=decayed, num_output=num,
+                                               weight_filler=XAVIER, bias_filler=ZERO)
+    n.cls_loss = L.SoftmaxWithLoss(heads["conv6-1"], n.label)
+    n.accuracy = L.Accuracy(heads["conv6-1"], n.label, include=dict(phase=1))
+    n.roi_loss = L.EuclideanLoss(heads["conv6-2"], n.roi, loss_weight=0.5)
+    n.pts_loss = L.EuclideanLoss(heads["conv6-3"], n.pts, loss_weight=1)
+    return n
+
+
 def _conv_bn(n, name, bottom, num, k, stride=1, group=1, relu_after=True):
     """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place;
     none after MobileNet v2's linear bottlenecks)."""
@@ -1507,6 +1549,7 @@ NETS = {
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
+    "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
