@@ -50,6 +50,8 @@ NETS = {
     # (one image at 368x368, as OpenPose's demo feeds it; the deploy output joins both
     # branches of the last stage)
     "openpose": ("openpose.prototxt", 1, (3, 368, 368), "net_output"),
+    # (256 face crops of 48x48, four heads' losses)
+    "mtcnn_onet": ("mtcnn_onet.prototxt", 256, (3, 48, 48), "conv6-1"),
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe
     # and PyTorch, 5.2 s for pure JAX)
     "deeplab_largefov": ("deeplab_largefov.prototxt", 2, (3, 321, 321), "fc8_voc12"),
@@ -133,10 +135,12 @@ def net_param(name, batch=None, deploy=False):
         dummy = next(l for l in src.layer if l.type == "DummyData")
         inp.top.append(dummy.top[0])
         inp.input_param.shape.add(dim=[batch] + list(chw))
-        if not deploy and len(dummy.top) > 1:   # (FCN's label: per pixel)
-            label = dummy.dummy_data_param.shape[1:2]
-            inp.top.append(dummy.top[1])
-            inp.input_param.shape.add(dim=[batch] + (list(label[0].dim[1:]) if label else []))
+        if not deploy:      # (FCN's label: per pixel; O-Net's box and landmark targets)
+            shapes = dummy.dummy_data_param.shape
+            for i, top in enumerate(dummy.top[1:], 1):
+                inp.top.append(top)
+                inp.input_param.shape.add(dim=[batch] + (list(shapes[i].dim[1:])
+                                                         if i < len(shapes) else []))
     keep = []
     for layer in src.layer:
         if layer.type in ("DummyData", "Data"):
@@ -287,6 +291,9 @@ def param_shapes(param):
             static = [(4 * h, math.prod(blob_shape[bottoms[2]][1:]))] if len(bottoms) > 2 else []
             shapes[name] = [(4 * h, math.prod(x[2:])), (4 * h,)] + static + [(4 * h, h)]
             y = x[:2] + (h,)
+        elif typ == "PReLU":     # its slopes: one per channel (axis 1) or one shared
+            shapes[name] = [(1,) if l.prelu_param.channel_shared else (x[1],)]
+            y = x
         elif typ == "Scale":
             if len(bottoms) == 1:   # learned, per channel (axis 1, one axis): ResNet's
                 shapes[name] = [(x[1],)] + ([(x[1],)] if l.scale_param.bias_term else [])
@@ -371,6 +378,11 @@ def reference_params(param, seed=0):
         if layer.type == "Scale":
             yield name, [np.ones(s[0], np.float32)] + [np.zeros(b, np.float32) for b in s[1:]]
             continue
+        if layer.type == "PReLU":       # (Caffe's default filler: constant 0.25)
+            filler = layer.prelu_param.filler
+            yield name, [np.full(s[0], filler.value if filler.HasField("value") else 0.25,
+                                 np.float32)]
+            continue
         filler = _layer_param(layer).weight_filler
         arrays = []
         for i, shape in enumerate(s):
@@ -449,6 +461,7 @@ def feeds(param, seed=1):
     rng = np.random.RandomState(seed)
     inp = param.layer[0]
     shapes = {t: tuple(s.dim) for t, s in zip(inp.top, inp.input_param.shape)}
+    _, blob_shape = param_shapes(param)
     role = {}       # input blob: (type, bottom index, layer) of its first reader
     for typ, name, bottoms, tops, l in layer_list(param):
         for i, b in enumerate(bottoms):
@@ -468,8 +481,9 @@ def feeds(param, seed=1):
             out[top][0] = 0
         elif typ == "ContrastiveLoss" and i == 2:      # similar (1) or not (0)
             out[top] = rng.randint(0, 2, size=shape).astype(np.float32)
-        elif typ is not None and "Loss" in typ and i == 1:
-            label = rng.randint(0, 10, size=shape).astype(np.float32)
+        elif typ == "SoftmaxWithLoss" and i == 1:
+            classes = blob_shape[l.bottom[0]][l.softmax_param.axis]
+            label = rng.randint(0, min(10, classes), size=shape).astype(np.float32)
             if l.loss_param.HasField("ignore_label") and shape in cont_shapes:
                 label[-5:, ::2] = l.loss_param.ignore_label
             out[top] = label
@@ -568,6 +582,9 @@ def jax_forward_fn(param, train):
                 y = jax_lstm(params[name], x, xs[1], xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = jnp.maximum(x, 0)
+            elif typ == "PReLU":     # max(x, 0) + slope * min(x, 0), a slope per channel
+                a = params[name][0].reshape((1, -1) + (1,) * (x.ndim - 2))
+                y = jnp.maximum(x, 0) + a * jnp.minimum(x, 0)
             elif typ == "Sigmoid":
                 y = jax.nn.sigmoid(x)
             elif typ == "Flatten":
@@ -880,6 +897,8 @@ def torch_forward_fn(param, train):
                 y = lstm(name, params[name], x, xs[2] if len(xs) > 2 else None)
             elif typ == "ReLU":
                 y = F.relu(x)
+            elif typ == "PReLU":
+                y = F.prelu(x, params[name][0])
             elif typ == "Sigmoid":
                 y = torch.sigmoid(x)
             elif typ == "Flatten":

@@ -297,6 +297,7 @@ def main():
             "--only", "jcaffe Solver.step,PyTorch eager") + runs(
             "train", "bench_train.py", [("fcn32s", "3", "1"), ("openpose", "3", "1"),
                                         ("deeplab_largefov", "3", "1"),
+                                        ("mtcnn_onet", "15", "2"),
                                         ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
             ("train_caffenet_adam", "bench_train.py",
@@ -317,7 +318,8 @@ def main():
              ("inception_resnet_v2", "5", "1"),
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
-             ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1")],
+             ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
+             ("mtcnn_onet", "15", "2")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -513,6 +515,10 @@ def render(state, opts):
          "pool4, conv5's 3x3s dilated by 2, fc6 a 3x3 dilated by 12 with 1024 outputs, "
          "per-pixel SoftmaxWithLoss at 41x41 ignoring label 255)", "train_deeplab_largefov",
          forward_gflop("deeplab_largefov", False) * 3, None),
+        ("Training step, MTCNN's O-Net (batch 256, 3x48x48; four convolutions and an "
+         "InnerProduct, each followed by a PReLU with a slope per channel, three heads: "
+         "SoftmaxWithLoss and two EuclideanLosses)", "train_mtcnn_onet",
+         forward_gflop("mtcnn_onet", False) * 3, None),
         ("Training step, LRCN captioning (20 timesteps x 100 streams; Embed, two LSTMs of "
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
@@ -578,6 +584,8 @@ def render(state, opts):
          None),
         ("Forward (deploy, TEST), DeepLab-LargeFOV (batch 2, 3x321x321)",
          "forward_deeplab_largefov", forward_gflop("deeplab_largefov", True), None),
+        ("Forward (deploy, TEST), MTCNN's O-Net (batch 256, 3x48x48; to conv6-1, the face "
+         "scores)", "forward_mtcnn_onet", forward_gflop("mtcnn_onet", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,

@@ -14,7 +14,7 @@ TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn
               "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "openpose", "deeplab_largefov",
-              "lrcn",
+              "mtcnn_onet", "lrcn",
               "vgg16")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
@@ -33,7 +33,8 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "inception_resnet_v2": "Inception-ResNet-v2",
          "xception": "Xception", "resnext50": "ResNeXt-50", "dpn92": "DPN-92",
          "fcn32s": "FCN-32s", "openpose": "OpenPose",
-         "deeplab_largefov": "DeepLab-LargeFOV", "lrcn": "LRCN", "vgg16": "VGG-16"}
+         "deeplab_largefov": "DeepLab-LargeFOV", "mtcnn_onet": "MTCNN O-Net",
+         "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"
