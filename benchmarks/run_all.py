@@ -144,9 +144,10 @@ def caffe_layer_buffers_mb(name):
     Convolution's col_buffer_ (one image's columns; none for 1x1 kernels at stride 1
     without padding), MAX pooling's max_idx_ (top sized), LRN's scale_, Dropout's
     rand_vec_, BatchNorm's x_norm_ and temp_, an in-place Scale's temp_, SoftmaxWithLoss's
-    prob_ (each bottom sized), the diffs of the split tops Caffe inserts where a blob
-    feeds several layers (their data is the bottom's), and each LSTM's unrolled net
-    (:func:`caffe_lstm_blobs`)."""
+    prob_ (each bottom sized), PReLU's multiplier_ and backward_buff_ (one image's
+    size) and, in place, its bottom_memory_ (a copy of the bottom's data), the diffs of
+    the split tops Caffe inserts where a blob feeds several layers (their data is the
+    bottom's), and each LSTM's unrolled net (:func:`caffe_lstm_blobs`)."""
     param = nets.net_param(name)
     _, blob_shape = nets.param_shapes(param)
     total, version, readers = 0, {}, {}
@@ -169,6 +170,8 @@ def caffe_layer_buffers_mb(name):
             total += x
         elif typ == "BatchNorm":
             total += 2 * x
+        elif typ == "PReLU":    # multiplier_, backward_buff_ (one image); in place, a copy
+            total += 2 * x // blob_shape[bottoms[0]][0] + (x if bottoms[0] == tops[0] else 0)
         elif typ == "LSTM":
             total += caffe_lstm_blobs(blob_shape[bottoms[0]][:2], l.recurrent_param.num_output,
                                       len(bottoms) > 2)
