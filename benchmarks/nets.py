@@ -50,7 +50,7 @@ NETS = {
     # (one image at 368x368, as OpenPose's demo feeds it; the deploy output joins both
     # branches of the last stage)
     "openpose": ("openpose.prototxt", 1, (3, 368, 368), "net_output"),
-    # (256 face crops of 48x48, four heads' losses)
+    # (256 face crops of 48x48, three heads' losses)
     "mtcnn_onet": ("mtcnn_onet.prototxt", 256, (3, 48, 48), "conv6-1"),
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe
     # and PyTorch, 5.2 s for pure JAX)
@@ -291,8 +291,8 @@ def param_shapes(param):
             static = [(4 * h, math.prod(blob_shape[bottoms[2]][1:]))] if len(bottoms) > 2 else []
             shapes[name] = [(4 * h, math.prod(x[2:])), (4 * h,)] + static + [(4 * h, h)]
             y = x[:2] + (h,)
-        elif typ == "PReLU":     # its slopes: one per channel (axis 1) or one shared
-            shapes[name] = [(1,) if l.prelu_param.channel_shared else (x[1],)]
+        elif typ == "PReLU":     # its slopes: one per channel (axis 1), or one shared (0-d)
+            shapes[name] = [() if l.prelu_param.channel_shared else (x[1],)]
             y = x
         elif typ == "Scale":
             if len(bottoms) == 1:   # learned, per channel (axis 1, one axis): ResNet's
@@ -898,7 +898,7 @@ def torch_forward_fn(param, train):
             elif typ == "ReLU":
                 y = F.relu(x)
             elif typ == "PReLU":
-                y = F.prelu(x, params[name][0])
+                y = F.prelu(x, params[name][0].reshape(-1))
             elif typ == "Sigmoid":
                 y = torch.sigmoid(x)
             elif typ == "Flatten":

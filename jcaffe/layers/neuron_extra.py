@@ -50,7 +50,8 @@ class _BottomNeuron(NeuronLayer):
 
 @register("PReLU")
 class PReLU(_BottomNeuron):
-    """y = max(x, 0) + a_c min(x, 0), one learned slope a_c per channel (axis 1), or one shared.
+    """y = max(x, 0) + a_c min(x, 0), one learned slope a_c per channel (axis 1; the last
+    axis where the engine holds a 4-d bottom channels-last), or one shared.
 
     dE/dx = dE/dy (1 if x > 0 else a_c);  dE/da_c = sum over all but channel of dE/dy x [x <= 0].
     """
