@@ -64,6 +64,9 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "openpose conv5_1_CPM": ((128, 46, 46), "num_output: 128 kernel_size: 3 pad: 1"),
     "openpose Mconv1": ((185, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
     "openpose Mconv2": ((128, 46, 46), "num_output: 128 kernel_size: 7 pad: 3"),
+    "pnet conv1": ((3, 384, 512), "num_output: 10 kernel_size: 3"),
+    "pnet conv2": ((10, 191, 255), "num_output: 16 kernel_size: 3"),
+    "pnet conv3": ((16, 189, 253), "num_output: 32 kernel_size: 3"),
     "deeplab conv1_2": ((64, 321, 321), "num_output: 64 kernel_size: 3 pad: 1"),
     "deeplab conv3_2": ((256, 81, 81), "num_output: 256 kernel_size: 3 pad: 1"),
     "deeplab conv4_2": ((512, 41, 41), "num_output: 512 kernel_size: 3 pad: 1"),
@@ -80,7 +83,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
 }
 # (CaffeNet's: 32)
 BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16,
-         "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2}
+         "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2, "pnet": 1}
 
 
 def timed(f, args, repeats):

@@ -65,6 +65,11 @@ def _prelu_caffe_order():
     PReLU.channels_last_ok = lambda self: False
 
 
+def _one_image_gemm():
+    from jcaffe.layers.vision import Convolution
+    Convolution.ONE_IMAGE_XLA_MIN_COLUMN = 1 << 62
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -89,6 +94,8 @@ VARIANTS = {
                                           # again, as before the fifty-ninth session
     "prelu_caffe_order": _prelu_caffe_order,  # PReLU in Caffe's order only, as before
                                               # the sixtieth session
+    "one_image_gemm": _one_image_gemm,    # one image's short-column stride-1 forwards
+                                          # on GEMM again, as before the sixtieth session
 }
 
 

@@ -630,8 +630,10 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
     the compiles run convolutions on XLA's own kernels (where those run it, not for a
     same-padded map of 32 or more input channels a group). Smaller maps keep XLA's
     convolution. At batch 1: every map up to 28x28 outputs, and the weight gradient of
-    short columns. From XLA_MIN_STRIDE1_MACS on, a batch's short-column forward at
-    stride 1 takes GEMM only where convolutions run on YNNPACK.
+    short columns; on larger maps at stride 1, a forward with columns of 64 or more
+    (MTCNN's P-Net on an image) only where convolutions run on YNNPACK. From
+    XLA_MIN_STRIDE1_MACS on, a batch's short-column forward at stride 1 takes GEMM only
+    where convolutions run on YNNPACK.
     """
     from jcaffe import xla_options
     monkeypatch.setattr(xla_options, "own_convolutions", lambda: own_convolutions)
@@ -691,6 +693,17 @@ def test_cpu_gemm_choice_per_map_and_shape(x64, monkeypatch, own_convolutions):
         assert not layer._gemm("data", cg, big, batch=2)    # stride 1, < GEMM_MIN_MACS_DATA
         assert not any(layer._gemm(which, cg, big - 1, batch=1)
                        for which in ("forward", "data", "weight"))
+    # One image on a large map at stride 1: a forward of columns from 64 (16 * 9) goes to
+    # XLA's own convolution; 3 * 9 (conv1_1 above) and strided maps keep GEMM, as does
+    # a batch of two below XLA_MIN_STRIDE1_MACS.
+    pnet3 = _layer("num_output: 4 kernel_size: 3", (1, 16, 40, 40))                # 38x38 out
+    pnet3_strided = _layer("num_output: 4 kernel_size: 3 stride: 2", (1, 16, 80, 80))
+    assert Convolution.ONE_IMAGE_XLA_MIN_COLUMN == 64
+    big = Convolution.GEMM_MIN_MACS
+    assert pnet3._gemm("forward", 16, big, batch=1) == (cpu and not own_convolutions)
+    assert pnet3._gemm("forward", 16, big, batch=2) == cpu
+    assert pnet3_strided._gemm("forward", 16, big, batch=1) == cpu
+    assert pnet3._gemm("weight", 16, big, batch=1) == cpu          # (short columns)
 
 
 @pytest.mark.parametrize("param,shape", [

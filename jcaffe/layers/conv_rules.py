@@ -213,7 +213,28 @@ class CpuRules:
             return False
         if own and self._large_stride1_batch(batch, macs):
             return False
+        if own and self._one_image_wide_column(batch, column):
+            return False
         return column <= self.GEMM_MAX_COLUMN
+
+    # One image's forward at stride 1 on a map of more than BATCH1_GEMM_MAX_POSITIONS
+    # outputs, columns of ONE_IMAGE_XLA_MIN_COLUMN or more (still short enough for
+    # GEMM_MAX_COLUMN), runs on XLA's convolution: GEMM's product is then a tall, thin
+    # matrix (positions x O), and these maps have few outputs. MTCNN's P-Net on a
+    # 384x512 image, alone, one jit each (ms, GEMM / XLA, 2026-12-07, AMD EPYC VM):
+    # conv2 (10 -> 16) 3.4 / 2.5, conv3 (16 -> 32) 8.4 / 3.5; at 189x253, 16 -> 16 6.1 /
+    # 2.5, 32 -> 32 34.6 / 6.2, 32 -> 64 42.2 / 13.0; at 95x127, 16 -> 32 2.2 / 1.5.
+    # Three channels tie (27 columns: P-Net's conv1 5.6 / 4.9, 3 -> 64 58 / 56, FCN's
+    # conv1_1 185 / 173), and there GEMM writes its top channels-last for the next map
+    # (_gemm_top_last), so they keep it.
+    ONE_IMAGE_XLA_MIN_COLUMN = 64
+
+    def _one_image_wide_column(self, batch, column):
+        """One image at stride 1, more than BATCH1_GEMM_MAX_POSITIONS outputs, columns
+        from ONE_IMAGE_XLA_MIN_COLUMN (above)."""
+        return (batch == 1 and all(s == 1 for s in self.stride)
+                and int(np.prod(self.out_spatial)) > self.BATCH1_GEMM_MAX_POSITIONS
+                and column >= self.ONE_IMAGE_XLA_MIN_COLUMN)
 
     # XLA's weight-gradient convolution reads the top diff as (out..., batch, O), the
     # batch as Eigen's input channels. From a diff in Caffe's order (where the engine does
