@@ -316,6 +316,14 @@ def test_deeplab_largefov_contenders_agree():
     _check_deploy("deeplab_largefov", 1)
 
 
+def test_mtcnn_pnet_contenders_agree():
+    """MTCNN's P-Net: PReLUs after 3x3 convolutions, two 1x1 heads on a 1x1 map, a
+    SoftmaxWithLoss and an EuclideanLoss weighted 0.5, trained on crops (three steps:
+    losses and every param's move); deployed on a 384x512 image (187x251 windows)."""
+    _steps_agree("mtcnn_pnet", 8)
+    _check_deploy("mtcnn_pnet_image", 1)
+
+
 def test_mtcnn_onet_contenders_agree():
     """MTCNN's O-Net: PReLUs with a slope per channel after convolutions and after an
     InnerProduct, MAX pools rounding up. The deploy outputs only: Dropout draws its

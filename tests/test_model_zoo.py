@@ -53,6 +53,7 @@ NETS = {
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
+    "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
@@ -973,3 +974,29 @@ def test_prelu_heads_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "prelu_heads", PRELU_HEADS)
     assert {"param prelu1[0]", "param prelu2[0]", "param prelu3[0]", "param conv1[0]",
             "param box[0]", "param cls[1]"} <= names, names
+
+
+def test_mtcnn_pnet_as_det1_prototxt_on_crops_and_on_an_image():
+    """MTCNN's P-Net as det1.prototxt: 3x3 convolutions of 10, 16 and 32 outputs, each
+    with a PReLU in place (PReLU1-3), a 2x2 MAX pool after the first, 1x1 heads conv4-1
+    (2) and conv4-2 (4): 6,632 learnable values; biases at twice the rate without
+    decay. A 12x12 crop comes out as one position; a 384x512 image (the same net with
+    its input reshaped) as 187x251 windows at stride 2."""
+    param = _load("mtcnn_pnet", 2)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 6632
+    assert [shapes["PReLU%d" % i] for i in (1, 2, 3)] == [[(10,)], [(16,)], [(32,)]]
+    assert net.blobs["conv4-1"].shape == (2, 2, 1, 1)
+    assert net.blobs["conv4-2"].shape == (2, 4, 1, 1)
+    layers = {l.name: l for l in param.layer}
+    assert [(p.lr_mult, p.decay_mult) for p in layers["conv3"].param] == [(1, 1), (2, 0)]
+    assert list(layers["roi_loss"].loss_weight) == [0.5]
+    deploy = _load("mtcnn_pnet", 1)     # (no loss, no accuracy: the image has no labels)
+    del deploy.layer[:]
+    deploy.layer.extend(l for l in param.layer
+                        if "Loss" not in l.type and l.type != "Accuracy")
+    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 3, 384, 512]
+    image = jcaffe.Net(deploy, jcaffe.TEST)
+    assert image.blobs["pool1"].shape == (1, 10, 191, 255)
+    assert image.blobs["conv4-1"].shape == (1, 2, 187, 251)

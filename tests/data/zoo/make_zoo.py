@@ -1312,6 +1312,38 @@ def deeplab_largefov():
     return n
 
 
+def mtcnn_pnet():
+    """MTCNN's P-Net as its released det1.prototxt writes it: three 3x3 convolutions
+    (10, 16, 32 outputs) each followed by a PReLU in place (named PReLU1-3), a 2x2 MAX
+    pool after the first, and two 1x1 heads, conv4-1 face or not (2) and conv4-2 the
+    box's offsets (4). Fully convolutional: it is trained on 12x12 crops (one output
+    each) and run on whole images, one output per 12x12 window at stride 2. Biases
+    learn at twice the rate, without weight decay, as det1 sets. Training as the paper
+    weighs P-Net's tasks here: SoftmaxWithLoss 1, the box's EuclideanLoss 0.5. A batch of
+    384 crops."""
+    n = NetSpec()
+    n.data, n.label, n.roi = L.DummyData(
+        shape=[dict(dim=[384, 3, 12, 12]), dict(dim=[384]), dict(dim=[384, 4])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=1),
+                     dict(type="gaussian", std=0.1)],
+        ntop=3)
+    x = n.data
+    for i, num in enumerate((10, 16, 32), 1):
+        x = n["conv%d" % i] = L.Convolution(x, param=LEARN, num_output=num, kernel_size=3,
+                                            weight_filler=XAVIER, bias_filler=ZERO)
+        n["PReLU%d" % i] = L.PReLU(x, in_place=True)
+        if i == 1:
+            x = n.pool1 = max_pool(x, 2, 2)
+    heads = {}
+    for head, num in (("conv4-1", 2), ("conv4-2", 4)):
+        heads[head] = n[head] = L.Convolution(x, param=LEARN, num_output=num, kernel_size=1,
+                                              weight_filler=XAVIER, bias_filler=ZERO)
+    n.cls_loss = L.SoftmaxWithLoss(heads["conv4-1"], n.label)
+    n.accuracy = L.Accuracy(heads["conv4-1"], n.label, include=dict(phase=1))
+    n.roi_loss = L.EuclideanLoss(heads["conv4-2"], n.roi, loss_weight=0.5)
+    return n
+
+
 def mtcnn_onet():
     """MTCNN's O-Net (Zhang, Zhang, Li & Qiao 2016) as its released det3.prototxt writes
     it: four convolutions (3x3, 3x3, 3x3, 2x2) each followed by a PReLU (learned slopes
@@ -1549,6 +1581,7 @@ NETS = {
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
+    "mtcnn_pnet": (mtcnn_pnet, "PNet"),
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
