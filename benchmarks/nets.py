@@ -50,6 +50,10 @@ NETS = {
     # (one image at 368x368, as OpenPose's demo feeds it; the deploy output joins both
     # branches of the last stage)
     "openpose": ("openpose.prototxt", 1, (3, 368, 368), "net_output"),
+    # (MTCNN's P-Net: trained on 384 crops of 12x12; deployed on whole images, one of
+    # 384x512 here, the first scale of its image pyramid for a 640x480 photo)
+    "mtcnn_pnet": ("mtcnn_pnet.prototxt", 384, (3, 12, 12), "conv4-1"),
+    "mtcnn_pnet_image": ("mtcnn_pnet.prototxt", 1, (3, 384, 512), "conv4-1"),
     # (256 face crops of 48x48, three heads' losses)
     "mtcnn_onet": ("mtcnn_onet.prototxt", 256, (3, 48, 48), "conv6-1"),
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe

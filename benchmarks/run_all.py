@@ -93,7 +93,7 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
               ("cifar10_full_sigmoid_bn", "15", "2"), ("mnist_autoencoder", "30", "3"),
-              ("mnist_siamese", "30", "3"))
+              ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"))
 
 
 def products(key):
@@ -322,7 +322,7 @@ def main():
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
-             ("mtcnn_onet", "15", "2")],
+             ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -450,6 +450,9 @@ def render(state, opts):
         ("Training step, MNIST siamese (batch 64 pairs, 2x28x28 cut by a Slice; two LeNet-style "
          "towers sharing their params by name, ContrastiveLoss; Caffe's examples/siamese)",
          "train_mnist_siamese", forward_gflop("mnist_siamese", False) * 3, None),
+        ("Training step, MTCNN's P-Net (batch 384 crops, 3x12x12; three 3x3 convolutions "
+         "with PReLUs, two 1x1 heads: SoftmaxWithLoss and EuclideanLoss)", "train_mtcnn_pnet",
+         forward_gflop("mtcnn_pnet", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, AlexNet (batch 32, 3x227x227; CaffeNet's layers with each LRN "
@@ -542,6 +545,8 @@ def render(state, opts):
          forward_gflop("mnist_autoencoder", True), None),
         ("Forward (deploy, TEST), MNIST siamese (batch 64 pairs; one tower, to the 2-d "
          "feature)", "forward_mnist_siamese", forward_gflop("mnist_siamese", True), None),
+        ("Forward (deploy, TEST), MTCNN's P-Net (batch 384 crops, 3x12x12)",
+         "forward_mtcnn_pnet", forward_gflop("mtcnn_pnet", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), AlexNet (batch 32, 3x227x227)", "forward_alexnet",
@@ -589,6 +594,9 @@ def render(state, opts):
          "forward_deeplab_largefov", forward_gflop("deeplab_largefov", True), None),
         ("Forward (deploy, TEST), MTCNN's O-Net (batch 256, 3x48x48; to conv6-1, the face "
          "scores)", "forward_mtcnn_onet", forward_gflop("mtcnn_onet", True), None),
+        ("Forward (deploy, TEST), MTCNN's P-Net on one image (3x384x512; to conv4-1, the "
+         "face scores of 187x251 windows)", "forward_mtcnn_pnet_image",
+         forward_gflop("mtcnn_pnet_image", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,

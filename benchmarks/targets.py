@@ -9,13 +9,15 @@ what is left is benchmarks/NOTES.md's prose, written by hand.
 import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
-              "mnist_autoencoder", "mnist_siamese", "caffenet", "alexnet", "googlenet",
+              "mnist_autoencoder", "mnist_siamese", "mtcnn_pnet", "caffenet", "alexnet", "googlenet",
               "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "mobilenet_v2",
               "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "openpose", "deeplab_largefov",
               "mtcnn_onet", "lrcn",
               "vgg16")
+# Nets timed in deploy forwards only (P-Net on a whole image: it trains on crops).
+DEPLOY_NETS = ("mtcnn_pnet_image",)
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
@@ -34,6 +36,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "xception": "Xception", "resnext50": "ResNeXt-50", "dpn92": "DPN-92",
          "fcn32s": "FCN-32s", "openpose": "OpenPose",
          "deeplab_largefov": "DeepLab-LargeFOV", "mtcnn_onet": "MTCNN O-Net",
+         "mtcnn_pnet": "MTCNN P-Net", "mtcnn_pnet_image": "MTCNN P-Net, one image",
          "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
@@ -244,7 +247,7 @@ def rows(state, reference, gflop, caffe_mb):
     (Caffe's arrays by count, with its layers' buffers) in MB."""
     results = state["results"]
     train = {net: "train_" + net for net in TRAIN_NETS}
-    forward = {net: "forward_" + net for net in TRAIN_NETS}
+    forward = {net: "forward_" + net for net in TRAIN_NETS + DEPLOY_NETS}
     one_image = {net: "forward1_" + net for net in TRAIN_NETS}
     out = _ratio_rows(results, "train step", train, 1.0)
     out.append(_caffe_bridge(results, reference))
