@@ -88,7 +88,8 @@ def matmul_peak(repeats=20):
 # Deploy nets also timed at batch 1 (their names in the tables: targets.NAMES).
 SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152",
                      "mobilenet", "mobilenet_v2", "squeezenet", "nin", "se_bn_inception",
-                     "inception_v3", "inception_v4", "inception_resnet_v2", "xception")
+                     "inception_v3", "inception_v4", "inception_resnet_v2", "xception",
+                     "deeplab_largefov")
 # Caffe's small examples, (net, repeats, warm-up calls) of their steps and forwards
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
