@@ -70,6 +70,11 @@ def _one_image_gemm():
     Convolution.ONE_IMAGE_XLA_MIN_COLUMN = 1 << 62
 
 
+def _no_kernel_layout():
+    from jcaffe.layers.vision import Convolution
+    Convolution.kernel_layout = lambda self: None
+
+
 def _float32():
     import jax
     jax.config.update("jax_default_matmul_precision", "highest")
@@ -96,6 +101,8 @@ VARIANTS = {
                                               # the sixtieth session
     "one_image_gemm": _one_image_gemm,    # one image's short-column stride-1 forwards
                                           # on GEMM again, as before the sixtieth session
+    "no_kernel_layout": _no_kernel_layout,  # deploy forwards lay each weight out for
+                                            # XLA's kernel in every call again
 }
 
 

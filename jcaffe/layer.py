@@ -185,6 +185,13 @@ class JaxLayer(_LayerCommon):
         layers read it after another array). MAX pooling's rule; unchanged here."""
         return tops, saved
 
+    def kernel_layout(self):
+        """A permutation of the axes of this layer's first blob, the layout its forward's
+        kernel reads it in, or None. A forward-only call of a TEST-phase net hands that
+        blob so, laid out once while it stays unchanged (jcaffe.engine.KernelLayout), and
+        the forward sees it in Caffe's order as ever."""
+        return None
+
     def channels_last_ok(self):
         """Whether ``forward_channels_last`` / ``backward_channels_last`` take 4-d bottoms
         (and give tops, diffs) held channels-last, (N, H, W, C)."""

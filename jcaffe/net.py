@@ -734,10 +734,28 @@ class Net:
                         blob.reshape(value.shape)
                     blob.set_device_data(jnp.asarray(value, self.dtype))
 
+    def _kernel_layouts(self, seg, params):
+        """{pid: engine.KernelLayout} of the params ``seg``'s layers read in another
+        layout (a convolution's weight on XLA's CPU kernel), each laid out once while
+        its value stays the same array (a TEST net's forwards: the deploy case; a
+        Solver's test net gets new ones after each training step). The cache holds a
+        second copy of those weights."""
+        cache = self.__dict__.setdefault("_kernel_cache", {})
+        out = {}
+        for pid, perm in seg.kernel_layouts().items():
+            value = params[pid]
+            held = cache.get(pid)
+            if held is None or held[0] is not value or held[1].perm != perm:
+                held = cache[pid] = (value, engine.kernel_layout_of(value, perm))
+            out[pid] = held[1]
+        return out
+
     def _forward_compiled(self, run, key, wanted=()):   # key: (base key, count), folded in the call
         self._reshape_run(run)
         seg = self._segment(run)
         params = {pid: self._learnable[pid].device_data() for pid in seg.param_ids}
+        if self.phase == TEST:
+            params.update(self._kernel_layouts(seg, params))
         data = {name: self.blobs[name].device_data() for name in seg.reads}
         loss_w = {name: self.blobs[name].device_diff() for name in seg.loss_tops}
         written, saved, new_params, loss, pending = seg.run_forward(params, data, loss_w, *key,
