@@ -187,9 +187,9 @@ class JaxLayer(_LayerCommon):
 
     def kernel_layout(self):
         """A permutation of the axes of this layer's first blob, the layout its forward's
-        kernel reads it in, or None. A forward-only call of a TEST-phase net hands that
-        blob so, laid out once while it stays unchanged (jcaffe.engine.KernelLayout), and
-        the forward sees it in Caffe's order as ever."""
+        kernel reads it in, or None. A TEST-phase net's forward hands that blob so, laid
+        out once while it stays unchanged (jcaffe.engine.KernelLayout), and the layer's
+        forward sees it in Caffe's order as ever. (A backward takes it as it is.)"""
         return None
 
     def channels_last_ok(self):
