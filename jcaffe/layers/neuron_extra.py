@@ -56,7 +56,7 @@ class PReLU(_BottomNeuron):
     dE/dx = dE/dy (1 if x > 0 else a_c);  dE/da_c = sum over all but channel of dE/dy x [x <= 0].
     """
 
-    layout_free = False     # (a slope per channel: axis 1 is read)
+    layout_free = False     # (a slope per channel: its axis moves with the layout, below)
 
     # The channel axis: Caffe's 1, or 3 where the engine hands a 4-d bottom
     # channels-last, as a convolution on XLA's kernel leaves its top (MTCNN's PReLUs after
