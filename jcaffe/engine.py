@@ -497,7 +497,6 @@ class Segment:
         self.loss_tops = loss_tops
         self.param_ids = sorted({p for s in slots for p in s.param_ids})
         self.needs_rng = any(s.layer.needs_rng for s in slots)
-        self._kernel_layouts = (None, {})   # (the layers' shapes, {pid: perm})
         # Blobs every forward returns (read outside the run), and those found read
         # after a slim forward; the rest may be left pending when no backward follows.
         self.keep = set(keep) | (set(reads) & written) | set(loss_tops)
@@ -720,23 +719,22 @@ class Segment:
 
     def kernel_layouts(self):
         """{param id: perm} of the params this segment's forward may take as
-        :class:`KernelLayout`: a layer's ``kernel_layout()`` of its first blob (now, for
-        the layers' current shapes), a param no other slot shares."""
-        shapes = tuple(tuple(map(tuple, getattr(s.layer, "bottom_shapes", ())))
-                       for s in self.slots)
-        if self._kernel_layouts[0] != shapes:
-            users = {}
-            for s in self.slots:
-                for pid in s.param_ids:
-                    users[pid] = users.get(pid, 0) + 1
-            perms = {}
-            for s in self.slots:
-                asks = getattr(s.layer, "kernel_layout", None)     # (a JaxLayer's)
-                perm = asks() if asks is not None and s.param_ids else None
-                if perm is not None and users[s.param_ids[0]] == 1:
-                    perms[s.param_ids[0]] = tuple(perm)
-            self._kernel_layouts = (shapes, perms)
-        return self._kernel_layouts[1]
+        :class:`KernelLayout`: a layer's ``kernel_layout()`` of its first blob, for the
+        layers' current shapes, a param no other slot shares."""
+        return self._layout_cached("kernel_layouts", self._kernel_layouts)
+
+    def _kernel_layouts(self):
+        users = {}
+        for s in self.slots:
+            for pid in s.param_ids:
+                users[pid] = users.get(pid, 0) + 1
+        perms = {}
+        for s in self.slots:
+            asks = getattr(s.layer, "kernel_layout", None)     # (a JaxLayer's)
+            perm = asks() if asks is not None and s.param_ids else None
+            if perm is not None and users[s.param_ids[0]] == 1:
+                perms[s.param_ids[0]] = tuple(perm)
+        return perms
 
     def read_pending(self, name):
         """A pending blob of this segment was read: later forwards return it."""

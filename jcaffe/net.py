@@ -117,6 +117,7 @@ class Net:
         self.inputs = []
         self._saved = {}
         self._segments = {}
+        self._kernel_cache = {}   # pid: (param array, engine.KernelLayout): _kernel_layouts
         self._reshaped = {}     # (first, last) layer of a compiled run: shape_epoch() after
         self._hooks = {"before_forward": [], "after_forward": [],
                        "before_backward": [], "after_backward": []}
@@ -740,13 +741,12 @@ class Net:
         its value stays the same array (a TEST net's forwards: the deploy case; a
         Solver's test net gets new ones after each training step). The cache holds a
         second copy of those weights."""
-        cache = self.__dict__.setdefault("_kernel_cache", {})
         out = {}
         for pid, perm in seg.kernel_layouts().items():
             value = params[pid]
-            held = cache.get(pid)
+            held = self._kernel_cache.get(pid)
             if held is None or held[0] is not value or held[1].perm != perm:
-                held = cache[pid] = (value, engine.kernel_layout_of(value, perm))
+                held = self._kernel_cache[pid] = (value, engine.kernel_layout_of(value, perm))
             out[pid] = held[1]
         return out
 
