@@ -332,6 +332,14 @@ def test_mtcnn_onet_contenders_agree():
 
 
 @pytest.mark.slow
+def test_unet_contenders_agree():
+    """U-Net: unpadded 3x3s, 2x2 Deconvolutions of stride 2 with biases and ReLUs, Crops
+    at the centre by offset, Concats of the up-convolution and the cropped skip. The
+    deploy outputs only (Dropout's masks are each contender's own)."""
+    _check_deploy("unet", 1)
+
+
+@pytest.mark.slow
 def test_resnet18_contenders_agree():
     """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where
     a stage halves the map."""

@@ -52,6 +52,7 @@ NETS = {
     "fcn32s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
+    "unet": ("conv_d0a-b", "conv_u0d-score", (1, 2, 388, 388), False),
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
@@ -59,7 +60,7 @@ NETS = {
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
-               "mnist_autoencoder", "mnist_siamese", "openpose"}
+               "mnist_autoencoder", "mnist_siamese", "openpose", "unet"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}
@@ -1000,3 +1001,68 @@ def test_mtcnn_pnet_as_det1_prototxt_on_crops_and_on_an_image():
     image = jcaffe.Net(deploy, jcaffe.TEST)
     assert image.blobs["pool1"].shape == (1, 10, 191, 255)
     assert image.blobs["conv4-1"].shape == (1, 2, 187, 251)
+
+
+def test_unet_as_its_release_writes_it():
+    """U-Net (phseg_v5): unpadded 3x3s (572 -> 570 -> 568, pooled to 284, ... 28x28 with
+    1024 channels), four 2x2 Deconvolutions of stride 2 with biases, each followed by a
+    ReLU and joined to the matching level's features cropped at the centre (offsets 4,
+    16, 40 and 88), the last up-convolution 128 wide (192 channels into conv_u0b-c), a
+    1x1 to two scores at 388x388. 31,100,354 learnable values: the paper's U-Net's
+    31,030,658 and the release's wider last up-convolution."""
+    param = _load("unet", 1)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 31100354
+    assert shapes["upconv_d4c_u3a"] == [(1024, 512, 2, 2), (512,)]
+    assert shapes["upconv_u1d_u0a"] == [(128, 128, 2, 2), (128,)]
+    assert shapes["conv_u0b-c"] == [(64, 192, 3, 3), (64,)]
+    assert net.blobs["conv_d4b-c"].shape == (1, 1024, 28, 28)
+    assert [net.blobs["concat_d%dcc_u%da-b" % (i, i)].shape for i in range(4)] == \
+        [(1, 192, 392, 392), (1, 256, 200, 200), (1, 512, 104, 104), (1, 1024, 56, 56)]
+    crops = {l.name: list(l.crop_param.offset) for l in param.layer if l.type == "Crop"}
+    assert crops == {"crop_d3c-d3cc": [4], "crop_d2c-d2cc": [16], "crop_d1c-d1cc": [40],
+                     "crop_d0c-d0cc": [88]}
+    assert net.blobs["label"].shape == (1, 1, 388, 388)
+
+
+UPCONV_CROP_CONCAT = """
+name: "upconv_crop_concat"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 1 dim: 16 dim: 16 }
+                      shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "conv_d0" type: "Convolution" bottom: "data" top: "d0"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "relu_d0" type: "ReLU" bottom: "d0" top: "d0" }
+layer { name: "pool_d0" type: "Pooling" bottom: "d0" top: "d1a"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "conv_d1" type: "Convolution" bottom: "d1a" top: "d1"
+        convolution_param { num_output: 5 kernel_size: 3 weight_filler { type: "msra" } } }
+layer { name: "relu_d1" type: "ReLU" bottom: "d1" top: "d1" }
+layer { name: "upconv" type: "Deconvolution" bottom: "d1" top: "u0a"
+        convolution_param { num_output: 4 kernel_size: 2 stride: 2 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "relu_u0a" type: "ReLU" bottom: "u0a" top: "u0a" }
+layer { name: "crop" type: "Crop" bottom: "d0" bottom: "u0a" top: "d0cc"
+        crop_param { axis: 2 offset: 2 } }
+layer { name: "concat" type: "Concat" bottom: "u0a" bottom: "d0cc" top: "u0b" }
+layer { name: "conv_u0" type: "Convolution" bottom: "u0b" top: "u0c"
+        convolution_param { num_output: 3 kernel_size: 3 weight_filler { type: "msra" } } }
+layer { name: "relu_u0c" type: "ReLU" bottom: "u0c" top: "u0c" }
+layer { name: "score" type: "Convolution" bottom: "u0c" top: "score"
+        convolution_param { num_output: 2 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss" }
+"""
+
+
+def test_upconv_crop_concat_backward_is_jax_grads_in_float64(tmp_path):
+    """U-Net's pattern, small: unpadded 3x3s, a 2x2 MAX pool, a 2x2 Deconvolution of
+    stride 2 with a bias and a ReLU, the earlier level's map cropped at the centre to
+    its size and joined after it by a Concat (the Deconvolution's top also feeds the
+    Crop, for its shape only), a 3x3 and a 1x1 to a per-pixel SoftmaxWithLoss. The whole
+    net's backward, in float64, against jax.grad of its composed forward and finite
+    differences (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "upconv_crop_concat", UPCONV_CROP_CONCAT)
+    assert {"param conv_d0[0]", "param upconv[0]", "param upconv[1]",
+            "param conv_u0[0]", "param score[0]"} <= names, names

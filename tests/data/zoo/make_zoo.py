@@ -1386,6 +1386,57 @@ def mtcnn_onet():
     return n
 
 
+def unet():
+    """U-Net (Ronneberger, Fischer & Brox 2015) as its authors' Caffe release writes it
+    (phseg_v5, their layer names): one grey channel in, unpadded 3x3s, four 2x2 MAX
+    pools down to 1024 channels at 28x28 for a 572x572 tile, Dropout on the two
+    deepest levels, then four 2x2 up-convolutions of stride 2 (Deconvolution, each
+    followed by a ReLU, the last one with 128 outputs), each joined by a Concat to the
+    matching level's features cropped to its size, and a 1x1 to two class scores at
+    388x388. MSRA fillers (the paper's Gaussians of std sqrt(2/N)). The release crops
+    at the centre in its own Crop layer; BVLC's Crop takes the offsets (4, 16, 40 and
+    88 at 572x572). Its SoftmaxWithLoss takes a third bottom, a per-pixel weight map,
+    which BVLC's has not: the loss here is unweighted. One tile a batch, as the
+    release trains."""
+    n = NetSpec()
+    msra = dict(type="msra")
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[1, 1, 572, 572]), dict(dim=[1, 1, 388, 388])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=1)], ntop=2)
+
+    def unit(name, bottom, num):
+        top = n["conv_" + name] = conv(bottom, num, 3, filler=msra)
+        n["relu_" + name[:2] + name[-1]] = relu(top)
+        return top
+
+    x, skips = n.data, []
+    for level, width in enumerate((64, 128, 256, 512, 1024)):
+        x = unit("d%da-b" % level, x, width)
+        x = unit("d%db-c" % level, x, width)
+        if level >= 3:
+            n["dropout_d%dc" % level] = L.Dropout(x, dropout_ratio=0.5, in_place=True)
+        if level < 4:
+            skips.append(x)
+            x = n["pool_d%dc-%da" % (level, level + 1)] = max_pool(x, 2, 2)
+    source = "d4c"
+    for level, width, offset in ((3, 512, 4), (2, 256, 16), (1, 128, 40), (0, 128, 88)):
+        up = n["upconv_%s_u%da" % (source, level)] = L.Deconvolution(
+            x, param=LEARN, convolution_param=dict(
+                num_output=width, kernel_size=2, stride=2, weight_filler=msra,
+                bias_filler=ZERO))
+        n["relu_u%da" % level] = relu(up)
+        crop = n["crop_d%dc-d%dcc" % (level, level)] = L.Crop(
+            skips[level], up, crop_param=dict(axis=2, offset=offset))
+        x = n["concat_d%dcc_u%da-b" % (level, level)] = L.Concat(up, crop)
+        width = min(width, 64 << level)
+        x = unit("u%db-c" % level, x, width)
+        x = unit("u%dc-d" % level, x, width)
+        source = "u%dd" % level
+    n["conv_u0d-score"] = conv(x, 2, 1, filler=msra)
+    n.loss = L.SoftmaxWithLoss(n["conv_u0d-score"], n.label)
+    return n
+
+
 def _conv_bn(n, name, bottom, num, k, stride=1, group=1, relu_after=True):
     """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place;
     none after MobileNet v2's linear bottlenecks)."""
@@ -1581,6 +1632,7 @@ NETS = {
     "fcn32s": (fcn32s, "FCN-32s"),
     "fcn8s": (fcn8s, "FCN-8s"),
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
+    "unet": (unet, "phseg_v5"),
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
