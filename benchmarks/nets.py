@@ -59,6 +59,8 @@ NETS = {
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe
     # and PyTorch, 5.2 s for pure JAX)
     "deeplab_largefov": ("deeplab_largefov.prototxt", 2, (3, 321, 321), "fc8_voc12"),
+    # (U-Net's release trains on one 572x572 tile at a time, and deploys on such tiles)
+    "unet": ("unet.prototxt", 1, (1, 572, 572), "conv_u0d-score"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),

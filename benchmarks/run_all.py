@@ -106,8 +106,10 @@ def products(key):
 
 def forward_gflop(name, deploy, batch=None):
     """Multiply-adds x2 of the products of one forward: convolutions and inner products
-    (each output times its weight's fan-in) and LSTMs (each timestep's W_xc x_t and
-    W_hc h_{t-1}, and the static input's W_xc_static x_static once)."""
+    (each output times its weight's fan-in), deconvolutions (each input times its
+    weight's fan-out: FCN's upsampling, U-Net's up-convolutions) and LSTMs (each
+    timestep's W_xc x_t and W_hc h_{t-1}, and the static input's W_xc_static x_static
+    once)."""
     param = nets.net_param(name, batch, deploy=deploy)
     shapes, blob_shape = nets.param_shapes(param)
     owner = nets.shared_layers(param)        # (the siamese towers' second: the first's)
@@ -116,6 +118,8 @@ def forward_gflop(name, deploy, batch=None):
         if typ in ("Convolution", "InnerProduct"):
             weight = shapes[owner.get(lname, lname)][0]
             total += 2 * math.prod(blob_shape[tops[0]]) * math.prod(weight[1:])
+        elif typ == "Deconvolution":     # weight (C_in, O / group, k...)
+            total += 2 * math.prod(blob_shape[bottoms[0]]) * math.prod(shapes[lname][0][1:])
         elif typ == "LSTM":
             steps, streams = blob_shape[bottoms[0]][:2]
             w = shapes[lname]
@@ -301,6 +305,7 @@ def main():
             "--only", "jcaffe Solver.step,PyTorch eager") + runs(
             "train", "bench_train.py", [("fcn32s", "3", "1"), ("openpose", "3", "1"),
                                         ("deeplab_largefov", "3", "1"),
+                                        ("unet", "3", "1"),
                                         ("mtcnn_onet", "15", "2"),
                                         ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
@@ -323,7 +328,7 @@ def main():
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
-             ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3")],
+             ("unet", "5", "1"), ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -526,6 +531,10 @@ def render(state, opts):
          "InnerProduct, each followed by a PReLU with a slope per channel, three heads: "
          "SoftmaxWithLoss and two EuclideanLosses)", "train_mtcnn_onet",
          forward_gflop("mtcnn_onet", False) * 3, None),
+        ("Training step, U-Net (batch 1, 1x572x572; its release's phseg_v5: unpadded 3x3s, "
+         "four 2x2 up-convolutions of stride 2 (Deconvolution), each joined to the level's "
+         "cropped features by a Concat, SoftmaxWithLoss at 388x388)", "train_unet",
+         forward_gflop("unet", False) * 3, None),
         ("Training step, LRCN captioning (20 timesteps x 100 streams; Embed, two LSTMs of "
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
@@ -598,6 +607,8 @@ def render(state, opts):
         ("Forward (deploy, TEST), MTCNN's P-Net on one image (3x384x512; to conv4-1, the "
          "face scores of 187x251 windows)", "forward_mtcnn_pnet_image",
          forward_gflop("mtcnn_pnet_image", True), None),
+        ("Forward (deploy, TEST), U-Net (batch 1, 1x572x572)", "forward_unet",
+         forward_gflop("unet", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,
