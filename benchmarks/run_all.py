@@ -100,7 +100,13 @@ SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
 def products(key):
     """What forward_gflop counts for benchmark ``key``, in words."""
     net = key.split("_", 1)[1]
-    return ("inner products and LSTMs" if net in nets.SEQUENCE_STREAMS
+    if net not in nets.NETS:        # (train_caffenet_adam: CaffeNet's)
+        net = net.rsplit("_", 1)[0]
+    if net in nets.SEQUENCE_STREAMS:
+        return "inner products and LSTMs"
+    layers = nets.net_param(net).layer
+    return ("convolutions, deconvolutions and inner products"
+            if any(l.type == "Deconvolution" for l in layers)
             else "convolutions and inner products")
 
 
