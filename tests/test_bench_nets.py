@@ -331,6 +331,14 @@ def test_mtcnn_onet_contenders_agree():
     _check_deploy("mtcnn_onet", 4)
 
 
+def test_srcnn_contenders_agree():
+    """SRCNN: unpadded 9x9, 1x1 and 5x5 convolutions to one output channel, biases and
+    conv3 at lr_mult 0.1, an EuclideanLoss; trained on sub-images (three steps: losses
+    and every param's move); deployed on a 512x512 image."""
+    _steps_agree("srcnn", 8)
+    _check_deploy("srcnn_image", 1)
+
+
 @pytest.mark.slow
 def test_unet_contenders_agree():
     """U-Net: unpadded 3x3s, 2x2 Deconvolutions of stride 2 with biases and ReLUs, Crops

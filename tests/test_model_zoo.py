@@ -55,12 +55,14 @@ NETS = {
     "unet": ("conv_d0a-b", "conv_u0d-score", (1, 2, 388, 388), False),
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
+    "srcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
-               "mnist_autoencoder", "mnist_siamese", "openpose", "unet"}
+               "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
+               "srcnn"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}
@@ -1066,3 +1068,56 @@ def test_upconv_crop_concat_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "upconv_crop_concat", UPCONV_CROP_CONCAT)
     assert {"param conv_d0[0]", "param upconv[0]", "param upconv[1]",
             "param conv_u0[0]", "param score[0]"} <= names, names
+
+
+def test_srcnn_as_its_release_writes_it_on_patches_and_on_an_image():
+    """SRCNN 9-1-5: unpadded convolutions, 9x9 (64), 1x1 (32) and 5x5 (1), 8,129 learnable
+    values; conv3's weight and every bias at lr_mult 0.1. A 33x33 sub-image comes out
+    21x21, the size of its label; a 512x512 image (the same net with its input
+    reshaped) 500x500."""
+    param = _load("srcnn", 2)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 8129
+    assert shapes["conv1"] == [(64, 1, 9, 9), (64,)]
+    assert shapes["conv3"] == [(1, 32, 5, 5), (1,)]
+    assert net.blobs["conv3"].shape == net.blobs["label"].shape == (2, 1, 21, 21)
+    layers = {l.name: l for l in param.layer}
+    assert [p.lr_mult for c in ("conv1", "conv2", "conv3") for p in layers[c].param] == \
+        pytest.approx([1, 0.1, 1, 0.1, 0.1, 0.1])
+    deploy = _load("srcnn", 1)
+    del deploy.layer[:]
+    deploy.layer.extend(l for l in param.layer if "Loss" not in l.type)
+    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 1, 512, 512]
+    deploy.layer[0].dummy_data_param.shape[1].dim[:] = [1]
+    image = jcaffe.Net(deploy, jcaffe.TEST)
+    assert image.blobs["conv3"].shape == (1, 1, 500, 500)
+
+
+SRCNN_SMALL = """
+name: "srcnn_small"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 1 dim: 11 dim: 11 }
+                      shape { dim: 2 dim: 1 dim: 5 dim: 5 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 6 kernel_size: 5 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "conv3" type: "Convolution" bottom: "conv2" top: "conv3"
+        convolution_param { num_output: 1 kernel_size: 3 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "conv3" bottom: "label" top: "loss" }
+"""
+
+
+def test_srcnn_pattern_backward_is_jax_grads_in_float64(tmp_path):
+    """SRCNN's pattern, small: one input channel through an unpadded 5x5 (SRCNN's 9x9),
+    a 1x1 and a 3x3 to a single output channel, an EuclideanLoss against a label map.
+    The whole net's backward, in float64, against jax.grad of its composed forward and
+    finite differences (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "srcnn_small", SRCNN_SMALL)
+    assert {"param conv1[0]", "param conv1[1]", "param conv2[0]", "param conv3[0]",
+            "param conv3[1]"} <= names, names

@@ -1312,6 +1312,31 @@ def deeplab_largefov():
     return n
 
 
+def srcnn():
+    """SRCNN (Dong, Loy, He & Tang 2014), its authors' 9-1-5 net as their Caffe release's
+    SRCNN_net.prototxt writes it: on the luminance of an image already upscaled by
+    bicubic interpolation, an unpadded 9x9 of 64 outputs, a 1x1 of 32, a 5x5 to the one
+    output channel, ReLUs after the first two, an EuclideanLoss against the sharp
+    image's centre. Gaussian fillers of std 0.001, conv3 and every bias learning at 0.1.
+    Trained on 33x33 sub-images, 128 a batch (the release reads them from HDF5Data;
+    DummyData here), whose 21x21 centres are the labels; deployed on whole images."""
+    n = NetSpec()
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[128, 1, 33, 33]), dict(dim=[128, 1, 21, 21])],
+        data_filler=[dict(type="uniform", min=0, max=1), dict(type="uniform", min=0, max=1)],
+        ntop=2)
+    std = dict(type="gaussian", std=0.001)
+    x = n.data
+    for i, (num, k, lr) in enumerate(((64, 9, 1), (32, 1, 1), (1, 5, 0.1)), 1):
+        x = n["conv%d" % i] = L.Convolution(
+            x, param=[dict(lr_mult=lr), dict(lr_mult=0.1)], num_output=num, kernel_size=k,
+            stride=1, pad=0, weight_filler=std, bias_filler=ZERO)
+        if i < 3:
+            n["relu%d" % i] = relu(x)
+    n.loss = L.EuclideanLoss(x, n.label)
+    return n
+
+
 def mtcnn_pnet():
     """MTCNN's P-Net as its released det1.prototxt writes it: three 3x3 convolutions
     (10, 16, 32 outputs) each followed by a PReLU in place (named PReLU1-3), a 2x2 MAX
@@ -1633,6 +1658,7 @@ NETS = {
     "fcn8s": (fcn8s, "FCN-8s"),
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
     "unet": (unet, "phseg_v5"),
+    "srcnn": (srcnn, "SRCNN"),
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
