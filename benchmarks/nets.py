@@ -54,6 +54,9 @@ NETS = {
     # 384x512 here, the first scale of its image pyramid for a 640x480 photo)
     "mtcnn_pnet": ("mtcnn_pnet.prototxt", 384, (3, 12, 12), "conv4-1"),
     "mtcnn_pnet_image": ("mtcnn_pnet.prototxt", 1, (3, 384, 512), "conv4-1"),
+    # (SRCNN: trained on 128 sub-images of 33x33, deployed on a whole 512x512 luminance)
+    "srcnn": ("srcnn.prototxt", 128, (1, 33, 33), "conv3"),
+    "srcnn_image": ("srcnn.prototxt", 1, (1, 512, 512), "conv3"),
     # (256 face crops of 48x48, three heads' losses)
     "mtcnn_onet": ("mtcnn_onet.prototxt", 256, (3, 48, 48), "conv6-1"),
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe

@@ -94,7 +94,7 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
               ("cifar10_full_sigmoid_bn", "15", "2"), ("mnist_autoencoder", "30", "3"),
-              ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"))
+              ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"), ("srcnn", "30", "3"))
 
 
 def products(key):
@@ -334,7 +334,8 @@ def main():
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
-             ("unet", "5", "1"), ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3")],
+             ("unet", "5", "1"), ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
+             ("srcnn_image", "30", "3")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -465,6 +466,9 @@ def render(state, opts):
         ("Training step, MTCNN's P-Net (batch 384 crops, 3x12x12; three 3x3 convolutions "
          "with PReLUs, two 1x1 heads: SoftmaxWithLoss and EuclideanLoss)", "train_mtcnn_pnet",
          forward_gflop("mtcnn_pnet", False) * 3, None),
+        ("Training step, SRCNN (batch 128 sub-images, 1x33x33; unpadded 9x9, 1x1 and 5x5 "
+         "convolutions to one channel, EuclideanLoss against the 21x21 centres)", "train_srcnn",
+         forward_gflop("srcnn", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, AlexNet (batch 32, 3x227x227; CaffeNet's layers with each LRN "
@@ -563,6 +567,8 @@ def render(state, opts):
          "feature)", "forward_mnist_siamese", forward_gflop("mnist_siamese", True), None),
         ("Forward (deploy, TEST), MTCNN's P-Net (batch 384 crops, 3x12x12)",
          "forward_mtcnn_pnet", forward_gflop("mtcnn_pnet", True), None),
+        ("Forward (deploy, TEST), SRCNN (batch 128 sub-images, 1x33x33)", "forward_srcnn",
+         forward_gflop("srcnn", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), AlexNet (batch 32, 3x227x227)", "forward_alexnet",
@@ -613,6 +619,9 @@ def render(state, opts):
         ("Forward (deploy, TEST), MTCNN's P-Net on one image (3x384x512; to conv4-1, the "
          "face scores of 187x251 windows)", "forward_mtcnn_pnet_image",
          forward_gflop("mtcnn_pnet_image", True), None),
+        ("Forward (deploy, TEST), SRCNN on one image (1x512x512; to conv3, the 500x500 "
+         "sharpened luminance)", "forward_srcnn_image", forward_gflop("srcnn_image", True),
+         None),
         ("Forward (deploy, TEST), U-Net (batch 1, 1x572x572)", "forward_unet",
          forward_gflop("unet", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
