@@ -339,6 +339,14 @@ def test_srcnn_contenders_agree():
     _check_deploy("srcnn_image", 1)
 
 
+def test_fsrcnn_contenders_agree():
+    """FSRCNN: PReLUs after thin convolutions (12 channels), a 9x9 Deconvolution of
+    stride 3 to one channel; trained on sub-images (three steps: losses and every
+    param's move); deployed on a 260x260 image (768x768 out)."""
+    _steps_agree("fsrcnn", 8)
+    _check_deploy("fsrcnn_image", 1)
+
+
 @pytest.mark.slow
 def test_unet_contenders_agree():
     """U-Net: unpadded 3x3s, 2x2 Deconvolutions of stride 2 with biases and ReLUs, Crops

@@ -56,13 +56,14 @@ NETS = {
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
     "srcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
+    "fsrcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
                "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
-               "srcnn"}
+               "srcnn", "fsrcnn"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}
@@ -1120,4 +1121,60 @@ def test_srcnn_pattern_backward_is_jax_grads_in_float64(tmp_path):
     finite differences (gradcheck.check_net)."""
     names = _checked_net(tmp_path, "srcnn_small", SRCNN_SMALL)
     assert {"param conv1[0]", "param conv1[1]", "param conv2[0]", "param conv3[0]",
+            "param conv3[1]"} <= names, names
+
+
+def test_fsrcnn_as_the_paper_describes_it_on_patches_and_on_an_image():
+    """FSRCNN(56, 12, 4) for 3x: conv1 5x5 (56), conv2 1x1 (12), four 3x3s (12), conv26
+    1x1 (56), each with a PReLU of a slope per channel, and conv3 a 9x9 Deconvolution of
+    stride 3 to one channel: 12,464 weights (the paper's count), 12,809 learnable values
+    with the biases and slopes. An 11x11 sub-image comes out 21x21; a 260x260 image (the
+    same net with its input reshaped) 768x768, 3x the 256x256 map conv1 gives."""
+    param = _load("fsrcnn", 2)
+    net = jcaffe.Net(param, jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    assert sum(int(np.prod(s)) for v in shapes.values() for s in v) == 12809
+    assert sum(int(np.prod(v[0])) for k, v in shapes.items() if k.startswith("conv")) == 12464
+    assert shapes["conv3"] == [(56, 1, 9, 9), (1,)]
+    assert shapes["relu23"] == [(12,)]
+    assert net.blobs["conv3"].shape == net.blobs["label"].shape == (2, 1, 21, 21)
+    deploy = _load("fsrcnn", 1)
+    del deploy.layer[:]
+    deploy.layer.extend(l for l in param.layer if "Loss" not in l.type)
+    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 1, 260, 260]
+    deploy.layer[0].dummy_data_param.shape[1].dim[:] = [1]
+    image = jcaffe.Net(deploy, jcaffe.TEST)
+    assert image.blobs["conv26"].shape == (1, 56, 256, 256)
+    assert image.blobs["conv3"].shape == (1, 1, 768, 768)
+
+
+PRELU_DECONV = """
+name: "prelu_deconv"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 1 dim: 7 dim: 7 }
+                      shape { dim: 2 dim: 1 dim: 15 dim: 15 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 5 kernel_size: 3 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "relu1" type: "PReLU" bottom: "conv1" top: "conv1"
+        prelu_param { filler { type: "uniform" min: 0.1 max: 0.4 } } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 3 kernel_size: 3 pad: 1 weight_filler { type: "msra" } } }
+layer { name: "relu2" type: "PReLU" bottom: "conv2" top: "conv2"
+        prelu_param { filler { type: "uniform" min: 0.1 max: 0.4 } } }
+layer { name: "conv3" type: "Deconvolution" bottom: "conv2" top: "conv3"
+        convolution_param { num_output: 1 kernel_size: 5 stride: 3 pad: 1
+                            weight_filler { type: "msra" } bias_filler { type: "gaussian" } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "conv3" bottom: "label" top: "loss" }
+"""
+
+
+def test_prelu_deconv_pattern_backward_is_jax_grads_in_float64(tmp_path):
+    """FSRCNN's pattern, small: unpadded and padded 3x3s with PReLUs (a slope per
+    channel, in place), then a Deconvolution of stride 3 whose 5x5 kernel overlaps its
+    neighbours' (FSRCNN's 9x9), to one output channel, an EuclideanLoss. The whole net's
+    backward, in float64, against jax.grad of its composed forward and finite
+    differences (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "prelu_deconv", PRELU_DECONV)
+    assert {"param conv1[0]", "param relu1[0]", "param relu2[0]", "param conv3[0]",
             "param conv3[1]"} <= names, names

@@ -1337,6 +1337,40 @@ def srcnn():
     return n
 
 
+def fsrcnn():
+    """FSRCNN(56, 12, 4) for 3x upscaling (Dong, Loy & Tang 2016), as the paper describes
+    it: on the low-resolution luminance itself (no bicubic upscaling first), a 5x5 of 56
+    outputs (unpadded, as the release's conv1), a 1x1 shrinking to 12, four 3x3s of 12
+    (padded by 1), a 1x1 expanding to 56, each followed by a PReLU with a slope per
+    channel, and a 9x9 Deconvolution of stride 3 to the one output channel, learning at
+    0.1. Its padding (3: the output is 3x the map it reads) and the 11x11 sub-images
+    (21x21 labels) are this zoo's choices; the release reads its sub-images from
+    HDF5Data, 128 a batch, DummyData here. MSRA fillers for the convolutions (the
+    paper's He et al. initialization), a Gaussian of std 0.001 for the deconvolution."""
+    n = NetSpec()
+    n.data, n.label = L.DummyData(
+        shape=[dict(dim=[128, 1, 11, 11]), dict(dim=[128, 1, 21, 21])],
+        data_filler=[dict(type="uniform", min=0, max=1), dict(type="uniform", min=0, max=1)],
+        ntop=2)
+    msra = dict(type="msra")
+    learn = [dict(lr_mult=1), dict(lr_mult=0.1)]
+    x = n.data
+    for name, num, k in (("conv1", 56, 5), ("conv2", 12, 1), ("conv22", 12, 3),
+                         ("conv23", 12, 3), ("conv24", 12, 3), ("conv25", 12, 3),
+                         ("conv26", 56, 1)):
+        x = n[name] = L.Convolution(x, param=learn, num_output=num, kernel_size=k,
+                                    pad=1 if k == 3 else 0, weight_filler=msra,
+                                    bias_filler=ZERO)
+        n["relu" + name[4:]] = L.PReLU(x, in_place=True)
+    n.conv3 = L.Deconvolution(x, param=[dict(lr_mult=0.1), dict(lr_mult=0.1)],
+                              convolution_param=dict(
+                                  num_output=1, kernel_size=9, stride=3, pad=3,
+                                  weight_filler=dict(type="gaussian", std=0.001),
+                                  bias_filler=ZERO))
+    n.loss = L.EuclideanLoss(n.conv3, n.label)
+    return n
+
+
 def mtcnn_pnet():
     """MTCNN's P-Net as its released det1.prototxt writes it: three 3x3 convolutions
     (10, 16, 32 outputs) each followed by a PReLU in place (named PReLU1-3), a 2x2 MAX
@@ -1659,6 +1693,7 @@ NETS = {
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
     "unet": (unet, "phseg_v5"),
     "srcnn": (srcnn, "SRCNN"),
+    "fsrcnn": (fsrcnn, "FSRCNN"),
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
