@@ -57,6 +57,9 @@ NETS = {
     # (SRCNN: trained on 128 sub-images of 33x33, deployed on a whole 512x512 luminance)
     "srcnn": ("srcnn.prototxt", 128, (1, 33, 33), "conv3"),
     "srcnn_image": ("srcnn.prototxt", 1, (1, 512, 512), "conv3"),
+    # (FSRCNN 3x: 128 sub-images of 11x11; deployed on a 260x260 image, 768x768 out)
+    "fsrcnn": ("fsrcnn.prototxt", 128, (1, 11, 11), "conv3"),
+    "fsrcnn_image": ("fsrcnn.prototxt", 1, (1, 260, 260), "conv3"),
     # (256 face crops of 48x48, three heads' losses)
     "mtcnn_onet": ("mtcnn_onet.prototxt", 256, (3, 48, 48), "conv6-1"),
     # (two 321x321 crops, not the 10 of DeepLab's scripts: 3.5 s a step here for jcaffe

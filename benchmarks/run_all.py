@@ -94,7 +94,8 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152
 # (their memory is the jax runtime's: not measured)
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
               ("cifar10_full_sigmoid_bn", "15", "2"), ("mnist_autoencoder", "30", "3"),
-              ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"), ("srcnn", "30", "3"))
+              ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"), ("srcnn", "30", "3"),
+              ("fsrcnn", "30", "3"))
 
 
 def products(key):
@@ -335,7 +336,7 @@ def main():
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
              ("unet", "5", "1"), ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
-             ("srcnn_image", "30", "3")],
+             ("srcnn_image", "30", "3"), ("fsrcnn_image", "30", "3")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -469,6 +470,10 @@ def render(state, opts):
         ("Training step, SRCNN (batch 128 sub-images, 1x33x33; unpadded 9x9, 1x1 and 5x5 "
          "convolutions to one channel, EuclideanLoss against the 21x21 centres)", "train_srcnn",
          forward_gflop("srcnn", False) * 3, None),
+        ("Training step, FSRCNN 3x (batch 128 sub-images, 1x11x11; a 5x5 of 56, a 1x1 to 12, "
+         "four 3x3s of 12, a 1x1 to 56, PReLUs, a 9x9 Deconvolution of stride 3 to one "
+         "channel, EuclideanLoss at 21x21)", "train_fsrcnn",
+         forward_gflop("fsrcnn", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, AlexNet (batch 32, 3x227x227; CaffeNet's layers with each LRN "
@@ -569,6 +574,8 @@ def render(state, opts):
          "forward_mtcnn_pnet", forward_gflop("mtcnn_pnet", True), None),
         ("Forward (deploy, TEST), SRCNN (batch 128 sub-images, 1x33x33)", "forward_srcnn",
          forward_gflop("srcnn", True), None),
+        ("Forward (deploy, TEST), FSRCNN (batch 128 sub-images, 1x11x11)", "forward_fsrcnn",
+         forward_gflop("fsrcnn", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), AlexNet (batch 32, 3x227x227)", "forward_alexnet",
@@ -621,6 +628,9 @@ def render(state, opts):
          forward_gflop("mtcnn_pnet_image", True), None),
         ("Forward (deploy, TEST), SRCNN on one image (1x512x512; to conv3, the 500x500 "
          "sharpened luminance)", "forward_srcnn_image", forward_gflop("srcnn_image", True),
+         None),
+        ("Forward (deploy, TEST), FSRCNN on one image (1x260x260; to conv3, the 768x768 "
+         "upscaled luminance)", "forward_fsrcnn_image", forward_gflop("fsrcnn_image", True),
          None),
         ("Forward (deploy, TEST), U-Net (batch 1, 1x572x572)", "forward_unet",
          forward_gflop("unet", True), None),

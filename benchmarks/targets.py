@@ -9,16 +9,17 @@ what is left is benchmarks/NOTES.md's prose, written by hand.
 import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
-              "mnist_autoencoder", "mnist_siamese", "mtcnn_pnet", "srcnn", "caffenet", "alexnet", "googlenet",
+              "mnist_autoencoder", "mnist_siamese", "mtcnn_pnet", "srcnn", "fsrcnn",
+              "caffenet", "alexnet", "googlenet",
               "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "mobilenet_v2",
               "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "openpose", "deeplab_largefov",
               "unet", "mtcnn_onet", "lrcn",
               "vgg16")
-# Nets timed in deploy forwards only (P-Net and SRCNN on a whole image: they train on
-# crops).
-DEPLOY_NETS = ("mtcnn_pnet_image", "srcnn_image")
+# Nets timed in deploy forwards only (P-Net, SRCNN and FSRCNN on a whole image: they
+# train on crops).
+DEPLOY_NETS = ("mtcnn_pnet_image", "srcnn_image", "fsrcnn_image")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
@@ -39,6 +40,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "deeplab_largefov": "DeepLab-LargeFOV", "unet": "U-Net", "mtcnn_onet": "MTCNN O-Net",
          "mtcnn_pnet": "MTCNN P-Net", "mtcnn_pnet_image": "MTCNN P-Net, one image",
          "srcnn": "SRCNN", "srcnn_image": "SRCNN, one image",
+         "fsrcnn": "FSRCNN", "fsrcnn_image": "FSRCNN, one image",
          "lrcn": "LRCN", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
