@@ -152,7 +152,10 @@ def _convolution(draw):
     k, s, pad, dil = (draw(st.integers(1, 3)), draw(st.integers(1, 2)), draw(st.integers(0, 1)),
                       draw(st.integers(1, 2)))
     extent = dil * (k - 1) + 1
-    hw = [draw(st.integers(max(1, extent - 2 * pad), extent - 2 * pad + 3)) for _ in range(2)]
+    # (2-d maps mostly; some 3-d ones, which jcaffe computes as 2-d maps on CPU:
+    # jcaffe.layers.conv_depth)
+    hw = [draw(st.integers(max(1, extent - 2 * pad), extent - 2 * pad + 3))
+          for _ in range(draw(st.sampled_from([2, 2, 3])))]
     p = ("num_output: %d kernel_size: %d stride: %d pad: %d dilation: %d group: %d bias_term: %s %s"
          % (cout, k, s, pad, dil, group, draw(st.sampled_from(["true", "false"])), _filler()))
     return Case('type: "Convolution" convolution_param { %s }' % p,

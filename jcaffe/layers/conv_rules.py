@@ -59,6 +59,23 @@ class CpuRules:
         blocks = self._groups_per_block()
         return self.group // blocks, conv_blocks.block_diagonal(w, self.group, blocks)
 
+    # A 3-d map on CPU runs as a 2-d one with its depth taps folded into the channels
+    # (conv_depth), through the 2-d rules here: XLA's CPU convolution of three spatial
+    # axes ran far below its 2-d speed. bench_conv3d.py's step (batch 2, a 32x64x64
+    # volume, 3x3x3 maps of 16-64 channels, 2x2x2 ones of stride 2 down and up; ms,
+    # 2026-12-07, AMD EPYC VM): folded 581, XLA's 3-d maps 2016, pure JAX 3278,
+    # PyTorch 286; peak RSS 775 MB folded against 575 (the fold copies each input kd
+    # times). One 3x3x3 map alone, 32 -> 32 channels on that volume, pure XLA, forward
+    # / with its gradients: 3-d 447 / 1483, folded 316 / 918.
+    FOLD_DEPTH = True
+
+    def _folds_depth(self, channels_per_group):
+        """Whether this map's three computations fold its depth into the channels
+        (conv_depth): on CPU, 3 spatial axes, FOLD_DEPTH, not depthwise (conv_depthwise
+        computes any number of spatial axes)."""
+        return (self.FOLD_DEPTH and self.num_spatial == 3 and jax.default_backend() == "cpu"
+                and not self._depthwise(channels_per_group))
+
     # A depthwise convolution (one input channel per group, MobileNet's) on CPU is
     # neither: one fused loop of shifted slices per map (conv_depthwise).
     def _depthwise(self, channels_per_group):

@@ -27,7 +27,7 @@ from .. import engine, xla_options
 from ..blob import shape_count, shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
-from . import conv_blocks, conv_depthwise, conv_gemm
+from . import conv_blocks, conv_depth, conv_depthwise, conv_gemm
 from .conv_rules import CpuRules, _macs
 from .common import canonical_axis
 
@@ -352,10 +352,34 @@ class Convolution(CpuRules, JaxLayer):
 
     _force_gemm_last = False
 
+    # -- a 3-d map as a 2-d one (on CPU: CpuRules._folds_depth) ----------------------
+    def _depth_twin(self, batch):
+        """The 2-d convolution this 3-d map folds into (conv_depth): on (batch * output
+        depth, C * kd, H, W), with this map's kernel, stride, pad and dilation along H
+        and W, its formulations chosen by the same rules; its results in Caffe's order."""
+        twin = object.__new__(Convolution)
+        twin.__dict__.update(self.__dict__)
+        twin.num_spatial = 2
+        for name in ("kernel", "stride", "pad", "dilation"):
+            setattr(twin, name, list(getattr(self, name))[1:])
+        twin.in_spatial, twin.out_spatial = tuple(self.in_spatial[1:]), tuple(self.out_spatial[1:])
+        twin.channels = self.channels * self.kernel[0]
+        twin.gemm_top_last = False
+        twin.bottom_shapes = [(batch * self.out_spatial[0], twin.channels) + twin.in_spatial]
+        return twin
+
+    def _fold(self, x):
+        """x (B, C, D, H, W) as the twin's input, its depth taps in the channels."""
+        return conv_depth.fold(x, self.kernel[0], self.stride[0], self.pad[0], self.dilation[0],
+                               self.out_spatial[0])
+
     # -- the computations (formulation chosen per backend and shape: CpuRules) ------
     def _conv_forward(self, x, w, bias=None):
         """y = W * x (+ bias) for x (batch, C, spatial...), w (O, C/group, kernel...),
         bias (O,) or None."""
+        if self._folds_depth(w.shape[1]):
+            y = self._depth_twin(x.shape[0])._conv_forward(self._fold(x), conv_depth.weight_2d(w))
+            return conv_gemm.add_bias(conv_depth.from_planes(y, x.shape[0]), bias)
         if self._depthwise(w.shape[1]):
             return conv_gemm.add_bias(conv_depthwise.forward(x, w, self.geometry()), bias)
         if self._forward_on_gemm(x.shape[0], w.shape):
@@ -377,6 +401,11 @@ class Convolution(CpuRules, JaxLayer):
         """dE/dx: dy convolved with the flipped, group-transposed kernel (full padding);
         strided: per stride phase (_phase_data_diff); or as GEMMs (conv_gemm.data_diff:
         by kernel rows, or the column array and col2im)."""
+        if self._folds_depth(w.shape[1]):
+            g = self._depth_twin(dy.shape[0])._data_diff(conv_depth.planes(dy),
+                                                         conv_depth.weight_2d(w))
+            return conv_depth.unfold(g, dy.shape[0], self.kernel[0], self.stride[0],
+                                     self.pad[0], self.dilation[0], self.in_spatial[0])
         if self._depthwise(w.shape[1]):
             return conv_depthwise.data_diff(dy, w, self.group, self.geometry())
         rows = conv_gemm.by_rows(dy.shape, w.shape, self.group, self.geometry(),
@@ -490,7 +519,8 @@ class Convolution(CpuRules, JaxLayer):
         ungrouped, not 1x1 (those may run channels-last), on GEMM by _gemm's rule (not
         by rows), its columns one chunk. (Where the engine holds the top channels-last,
         the rows are still computed in Caffe's order: the same numbers.)"""
-        if type(self) is not Convolution or self.group != 1 or not self.bottom_shapes:
+        if (type(self) is not Convolution or self.group != 1 or not self.bottom_shapes
+                or self._folds_depth(self.channels)):
             return False
         geo, batch, weight = self.geometry(), self._batch(), self._weight_shape()
         macs = _macs(batch, weight, self.out_spatial)
@@ -517,6 +547,9 @@ class Convolution(CpuRules, JaxLayer):
         play the batch (split into groups), dy is the kernel, the stride becomes
         its dilation and the dilation the window stride.
         """
+        if self._folds_depth(x.shape[1] // self.group):
+            dw = self._depth_twin(x.shape[0])._weight_diff(self._fold(x), conv_depth.planes(dy))
+            return conv_depth.weight_3d(dw, self.kernel[0])
         cg = x.shape[1] // self.group
         if self._depthwise(cg):
             return conv_depthwise.weight_diff(x, dy, self.geometry())
