@@ -28,6 +28,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+import bench_conv3d  # noqa: E402
 import harness  # noqa: E402
 import nets  # noqa: E402
 import targets  # noqa: E402
@@ -101,6 +102,8 @@ SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
 def products(key):
     """What forward_gflop counts for benchmark ``key``, in words."""
     net = key.split("_", 1)[1]
+    if net == "volume":             # (bench_conv3d.py's)
+        return "convolutions and deconvolutions"
     if net not in nets.NETS:        # (train_caffenet_adam: CaffeNet's)
         net = net.rsplit("_", 1)[0]
     if net in nets.SEQUENCE_STREAMS:
@@ -319,6 +322,8 @@ def main():
             ("train_caffenet_adam", "bench_train.py",
              ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
               "--no-memory"]),
+            # (a 3-d net: batch 2, a 32x64x64 volume; its 3-d maps also unfolded)
+            ("train_volume", "bench_conv3d.py", ["--repeats", "5", "--warmup", "1"]),
             ("data_caffenet", "bench_data.py",
              ["--net", "caffenet", "--repeats", "5", "--warmup", "1", "--only",
               "jcaffe Solver.step(1) from Input (fed once),jcaffe Solver.step(1) from Data over LMDB,"
@@ -452,6 +457,11 @@ def render(state, opts):
          forward_gflop("lenet", False) * 3, REFERENCE["lenet"]),
         ("Training step, CIFAR-10 quick (batch 100, 3x32x32; Caffe's examples/cifar10)",
          "train_cifar10_quick", forward_gflop("cifar10_quick", False) * 3, None),
+        ("Training step, a 3-d encoder-decoder (batch 2, 1x32x64x64; V-Net's kind, made for "
+         "bench_conv3d.py: 3x3x3 convolutions of 16-64 channels, 2x2x2 ones of stride 2 "
+         "down and Deconvolutions up, Eltwise sums, SoftmaxWithLoss per voxel; jcaffe also "
+         "with its 3-d maps unfolded, on XLA's 3-d convolution; not an issue target)",
+         "train_volume", bench_conv3d.gflop(2, (32, 64, 64)) * 3, None),
         ("Training step, CIFAR-10 full (batch 100, 3x32x32; LRN within a channel)",
          "train_cifar10_full", forward_gflop("cifar10_full", False) * 3, None),
         ("Training step, CIFAR-10 full with BatchNorm and Sigmoid (batch 100, 3x32x32; "

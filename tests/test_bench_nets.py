@@ -465,3 +465,21 @@ def test_adam_contenders_agree():
     _steps_agree("lenet", 4, "Adam")
     assert set(bench_train.contenders("lenet", 4, solver_type="Adam")) >= {
         "jcaffe Solver.step", "pure JAX (jit value_and_grad)"}
+
+
+def test_volume_contenders_agree():
+    """bench_conv3d's 3-d encoder-decoder at a small volume: the losses of three steps
+    (the first the initial params', the next two after each contender's updates) agree
+    between jcaffe (its 3-d maps folded and unfolded), pure JAX and PyTorch."""
+    import argparse
+    import bench_conv3d
+    setups = bench_conv3d.contenders(argparse.Namespace(batch=2, size="4,4,8"))
+    losses = {}
+    for label, setup in setups.items():
+        run = setup()
+        losses[label] = [float(run()) for _ in range(3)]
+    first, *others = losses
+    assert losses[first][0] > 0 and losses[first][2] != losses[first][0]
+    for label in others:
+        np.testing.assert_allclose(losses[label], losses[first], rtol=2e-4,
+                                   err_msg="%s vs %s" % (label, first))
