@@ -11,6 +11,7 @@ import pytest
 from jcaffe.layers import conv_depth
 from jcaffe.layers.vision import Convolution
 from layer_testing import check_backward, make_layer, params_of
+from test_conv_formulations import _same_maps
 
 FILLERS = 'weight_filler { type: "gaussian" std: 1 } bias_filler { type: "gaussian" std: 1 }'
 
@@ -55,19 +56,12 @@ def test_folded_maps_are_xlas_3d_convolution(x64, rng, monkeypatch, typ, param, 
     layer = make_layer('type: "%s" convolution_param { %s %s }' % (typ, param, FILLERS),
                        [shape])
     x = jnp.asarray(rng.standard_normal(shape))
-    w, b = params_of(layer)
-    results = []
-    for fold in (False, True):
-        monkeypatch.setattr(Convolution, "FOLD_DEPTH", fold)
-        assert layer._folds_depth(w.shape[1]) == (fold and jax.default_backend() == "cpu")
-        (y,), _ = jax.jit(lambda w, b, x: layer.forward([w, b], [x], None))(w, b, x)
-        dy = jnp.asarray(np.random.default_rng(3).standard_normal(y.shape))
-        (dx,), (dw, db) = jax.jit(lambda w, b, x, y, dy: layer.backward(
-            [w, b], [x], [y], None, [dy], (True,)))(w, b, x, y, dy)
-        results.append((y, dx, dw, db))
-    for off, on, what in zip(results[0], results[1], ("y", "dx", "dw", "db")):
-        np.testing.assert_allclose(np.asarray(on), np.asarray(off), rtol=1e-10, atol=1e-10,
-                                   err_msg=what)
+    channels_per_group = params_of(layer)[0].shape[1]
+
+    def fold(on):
+        monkeypatch.setattr(Convolution, "FOLD_DEPTH", on)
+        assert layer._folds_depth(channels_per_group) == (on and jax.default_backend() == "cpu")
+    _same_maps(layer, x, fold)
     check_backward(layer, [np.asarray(x)])
 
 

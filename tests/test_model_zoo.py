@@ -980,6 +980,17 @@ def test_prelu_heads_backward_is_jax_grads_in_float64(tmp_path):
             "param box[0]", "param cls[1]"} <= names, names
 
 
+def _on_image(name, param, dims):
+    """Zoo net ``name``'s layers in ``param`` without its losses and accuracy (a whole
+    image has no labels), as a TEST net whose data are ``dims``: a fully convolutional
+    net trained on crops, deployed on an image."""
+    deploy = _load(name, 1)
+    del deploy.layer[:]
+    deploy.layer.extend(l for l in param.layer if "Loss" not in l.type and l.type != "Accuracy")
+    deploy.layer[0].dummy_data_param.shape[0].dim[:] = dims
+    return jcaffe.Net(deploy, jcaffe.TEST)
+
+
 def test_mtcnn_pnet_as_det1_prototxt_on_crops_and_on_an_image():
     """MTCNN's P-Net as det1.prototxt: 3x3 convolutions of 10, 16 and 32 outputs, each
     with a PReLU in place (PReLU1-3), a 2x2 MAX pool after the first, 1x1 heads conv4-1
@@ -996,12 +1007,7 @@ def test_mtcnn_pnet_as_det1_prototxt_on_crops_and_on_an_image():
     layers = {l.name: l for l in param.layer}
     assert [(p.lr_mult, p.decay_mult) for p in layers["conv3"].param] == [(1, 1), (2, 0)]
     assert list(layers["roi_loss"].loss_weight) == [0.5]
-    deploy = _load("mtcnn_pnet", 1)     # (no loss, no accuracy: the image has no labels)
-    del deploy.layer[:]
-    deploy.layer.extend(l for l in param.layer
-                        if "Loss" not in l.type and l.type != "Accuracy")
-    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 3, 384, 512]
-    image = jcaffe.Net(deploy, jcaffe.TEST)
+    image = _on_image("mtcnn_pnet", param, [1, 3, 384, 512])
     assert image.blobs["pool1"].shape == (1, 10, 191, 255)
     assert image.blobs["conv4-1"].shape == (1, 2, 187, 251)
 
@@ -1086,12 +1092,7 @@ def test_srcnn_as_its_release_writes_it_on_patches_and_on_an_image():
     layers = {l.name: l for l in param.layer}
     assert [p.lr_mult for c in ("conv1", "conv2", "conv3") for p in layers[c].param] == \
         pytest.approx([1, 0.1, 1, 0.1, 0.1, 0.1])
-    deploy = _load("srcnn", 1)
-    del deploy.layer[:]
-    deploy.layer.extend(l for l in param.layer if "Loss" not in l.type)
-    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 1, 512, 512]
-    deploy.layer[0].dummy_data_param.shape[1].dim[:] = [1]
-    image = jcaffe.Net(deploy, jcaffe.TEST)
+    image = _on_image("srcnn", param, [1, 1, 512, 512])
     assert image.blobs["conv3"].shape == (1, 1, 500, 500)
 
 
@@ -1138,12 +1139,7 @@ def test_fsrcnn_as_the_paper_describes_it_on_patches_and_on_an_image():
     assert shapes["conv3"] == [(56, 1, 9, 9), (1,)]
     assert shapes["relu23"] == [(12,)]
     assert net.blobs["conv3"].shape == net.blobs["label"].shape == (2, 1, 21, 21)
-    deploy = _load("fsrcnn", 1)
-    del deploy.layer[:]
-    deploy.layer.extend(l for l in param.layer if "Loss" not in l.type)
-    deploy.layer[0].dummy_data_param.shape[0].dim[:] = [1, 1, 260, 260]
-    deploy.layer[0].dummy_data_param.shape[1].dim[:] = [1]
-    image = jcaffe.Net(deploy, jcaffe.TEST)
+    image = _on_image("fsrcnn", param, [1, 1, 260, 260])
     assert image.blobs["conv26"].shape == (1, 56, 256, 256)
     assert image.blobs["conv3"].shape == (1, 1, 768, 768)
 
