@@ -59,14 +59,20 @@ def _steps_agree(name, batch, solver="SGD", steps=3):
                                             jax.random.PRNGKey(0), jnp.int32(t))
         losses.append(float(jc._losses[-1]))
         np.testing.assert_allclose(losses[-1], float(loss), rtol=1e-4)
-    assert abs(losses[-1] - losses[0]) > 1e-3      # (the params moved)
+    assert steps == 1 or abs(losses[-1] - losses[0]) > 1e-3      # (the params moved)
     start = nets.init_params(param)
+    largest = max(float(np.abs(np.asarray(v) - start[layer][i]).max())
+                  for layer, values in params.items() for i, v in enumerate(values))
     for layer, values in params.items():
         for i, value in enumerate(values):
             moved = np.asarray(value) - start[layer][i]
             mine = jc.net.params[layer][i].data - start[layer][i]
             what = "%s param %d" % (layer, i)
-            if solver == "Adam":
+            if np.abs(moved).max() < 1e-5 * largest:
+                # a gradient that is zero but for rounding (a bias just before a
+                # BatchNorm, which takes its mean away): both moves are noise, both tiny
+                assert np.abs(mine).max() < 1e-5 * largest, what
+            elif solver == "Adam":
                 # Adam's step is m / (sqrt(v) + 1e-8), about sign(g) where |g| is well
                 # above 1e-8, but a ratio of roundings where |g| is near it: a different
                 # summation order moves such an element by a few percent (7 of LeNet's
@@ -360,6 +366,21 @@ def test_resnet18_contenders_agree():
     """ResNet-18: basic blocks, identity shortcuts in stage 2 and 1x1 projections where
     a stage halves the map."""
     _check("resnet18", 2)
+
+
+@pytest.mark.slow
+def test_resnet56_cifar_contenders_agree():
+    """ResNet-56 for CIFAR-10: 27 basic blocks, BatchNorm's batch statistics in training,
+    a ReLU after each sum, 1x1 projections of stride 2, global average pooling; its
+    Softmax and Accuracy beside the loss (the references leave the Accuracy out). The
+    deploy outputs, and one step's loss and moves against the pure JAX step's: not
+    three, as for the other nets. Its loss falls from 6.6 to 1.8 in three steps at the
+    benchmarks' rate, and the steps after the first are chaotic: params perturbed by
+    1e-7 of themselves (float32's rounding) change the pure JAX step's second moves by
+    up to 7% of a layer's largest (its first moves by 0.08%) and its third loss by 1.5%
+    (jcaffe's first moves are within 0.02% of the pure JAX step's)."""
+    _check_deploy("resnet56_cifar", 4)
+    _steps_agree("resnet56_cifar", 4, steps=1)
 
 
 @pytest.mark.slow

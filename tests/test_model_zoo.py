@@ -53,6 +53,7 @@ NETS = {
     "fcn8s": ("conv1_1", "score", (1, 21, 500, 500), False),
     "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
     "unet": ("conv_d0a-b", "conv_u0d-score", (1, 2, 388, 388), False),
+    "resnet56_cifar": ("first_conv", "fc", (1, 10), True),
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
     "srcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
@@ -134,7 +135,7 @@ def test_zoo_net_builds_with_caffe_shapes(name):
     net = jcaffe.Net(param, jcaffe.TEST)
     _, classifier, shape, _ = NETS[name]
     assert net.blobs[classifier].shape == shape
-    assert "accuracy" in net.blobs or name in NO_ACCURACY
+    assert "accuracy" in {b.lower() for b in net.blobs} or name in NO_ACCURACY
 
 
 def test_caffenet_param_shapes_are_caffes():
@@ -1174,3 +1175,30 @@ def test_prelu_deconv_pattern_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "prelu_deconv", PRELU_DECONV)
     assert {"param conv1[0]", "param relu1[0]", "param relu2[0]", "param conv3[0]",
             "param conv3[1]"} <= names, names
+
+
+def test_resnet56_cifar_as_its_release_writes_it():
+    """ResNet-56 for CIFAR-10 (ethanhe42/resnet-cifar10-caffe): 855,786 learnable values
+    (the paper's 0.85M) and 4,313 of BatchNorm's statistics; a 3x3 of 16 with a bias,
+    27 basic blocks of bias-free 3x3s (16, 32 and 64 wide at 32x32, 16x16 and 8x8), each
+    block's sum followed by a ReLU, 1x1 projections of stride 2 where the width doubles,
+    global average pooling to a 10-way InnerProduct. Its Accuracy has no phase: it runs
+    in training too, as a net output beside the loss."""
+    net = jcaffe.Net(_load("resnet56_cifar", 2), jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    count = {bn: sum(int(np.prod(s)) for k, v in shapes.items() if k.endswith("_bn") == bn
+                     for s in v) for bn in (False, True)}
+    assert count == {False: 855786, True: 4313}
+    assert shapes["first_conv"] == [(16, 3, 3, 3), (16,)]
+    assert shapes["group0_block0_conv0"] == [(16, 16, 3, 3)]
+    assert shapes["group1_block0_proj"] == [(32, 16, 1, 1)]
+    assert shapes["group2_block0_conv0"] == [(64, 32, 3, 3)]
+    assert shapes["fc"] == [(10, 64), (10,)]
+    assert [net.blobs["group%d_block8_sum" % g].shape for g in range(3)] == \
+        [(2, 16, 32, 32), (2, 32, 16, 16), (2, 64, 8, 8)]
+    assert sum(1 for name in net._layer_names if name.endswith("_sum")) == 27
+    assert sum(1 for name in net._layer_names if re.fullmatch(r"group\d_block\d_relu", name)) \
+        == 27
+    assert sorted(net.outputs) == ["Accuracy", "loss"]
+    out = net.forward()
+    assert out["Accuracy"].shape == () and np.isfinite(out["loss"])

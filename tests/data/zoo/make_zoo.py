@@ -1496,6 +1496,58 @@ def unet():
     return n
 
 
+def resnet56_cifar():
+    """ResNet-56 for CIFAR-10 (He et al. 2016, section 4.2) as a Caffe release writes it
+    (ethanhe42/resnet-cifar10-caffe at a0751f6, resnet-56/trainval.prototxt: its layer
+    names, and the name its generator gives every depth): a 3x3 of 16 with a bias, then
+    three groups of nine basic blocks, 16, 32 and 64 wide at 32x32, 16x16 and 8x8, their
+    3x3s without bias. Every convolution is followed by BatchNorm (moving average
+    fraction 0.9) and Scale with a bias in place, and a ReLU but on a block's second
+    3x3; a ReLU follows each block's Eltwise sum. The first block of groups 1 and 2
+    takes stride 2 on its first 3x3 and projects its shortcut with a 1x1 of stride 2
+    (with BatchNorm and Scale). MSRA weights. Global average pooling, a 10-way
+    InnerProduct, SoftmaxWithLoss; a Softmax feeds an Accuracy that runs in both phases.
+    Batch 128."""
+    n = NetSpec()
+    msra = dict(type="msra")
+    data(n, 128, (3, 32, 32), classes=10)
+
+    def unit(name, bottom, num, k, stride, pad, relu_after, bias=False):
+        rates = LEARN if bias else LEARN[:1]
+        extra = dict(bias_filler=ZERO) if bias else dict(bias_term=False)
+        top = n[name] = L.Convolution(bottom, param=rates, num_output=num, pad=pad,
+                                      kernel_size=k, stride=stride, weight_filler=msra,
+                                      **extra)
+        n[name + "_bn"] = L.BatchNorm(top, in_place=True,
+                                      param=[dict(lr_mult=0, decay_mult=0)] * 3,
+                                      moving_average_fraction=0.9)
+        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True, param=LEARN)
+        if relu_after:
+            n[name + "_relu"] = relu(top)
+        return top
+
+    x = unit("first_conv", n.data, 16, 3, 1, 1, True, bias=True)
+    for group, width in enumerate((16, 32, 64)):
+        for block in range(9):
+            name = "group%d_block%d" % (group, block)
+            stride = 2 if group and not block else 1
+            a = unit(name + "_conv0", x, width, 3, stride, 1, True)
+            b = unit(name + "_conv1", a, width, 3, 1, 1, False)
+            if stride == 2:
+                proj = unit(name + "_proj", x, width, 1, 2, 0, False)
+                x = n[name + "_sum"] = L.Eltwise(proj, b, operation=P.Eltwise.SUM)
+            else:
+                x = n[name + "_sum"] = L.Eltwise(b, x, operation=P.Eltwise.SUM)
+            n[name + "_relu"] = relu(x)
+    n.global_avg_pool = L.Pooling(x, pool=P.Pooling.AVE, global_pooling=True)
+    n.fc = L.InnerProduct(n.global_avg_pool, num_output=10, param=LEARN,
+                          weight_filler=msra, bias_filler=ZERO)
+    n.loss = L.SoftmaxWithLoss(n.fc, n.label)
+    n.softmax = L.Softmax(n.fc)
+    n.Accuracy = L.Accuracy(n.softmax, n.label)
+    return n
+
+
 def _conv_bn(n, name, bottom, num, k, stride=1, group=1, relu_after=True):
     """MobileNet's unit: convolution without bias, BatchNorm, Scale, ReLU (in place;
     none after MobileNet v2's linear bottlenecks)."""
@@ -1692,6 +1744,7 @@ NETS = {
     "fcn8s": (fcn8s, "FCN-8s"),
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
     "unet": (unet, "phseg_v5"),
+    "resnet56_cifar": (resnet56_cifar, "resnet9-cifar10"),
     "srcnn": (srcnn, "SRCNN"),
     "fsrcnn": (fsrcnn, "FSRCNN"),
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
