@@ -80,10 +80,19 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn conv4_2": ((512, 88, 88), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn conv5_2": ((512, 44, 44), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
+    "resnet56 first_conv": ((3, 32, 32), "num_output: 16 kernel_size: 3 pad: 1"),
+    "resnet56 group0 3x3": ((16, 32, 32), "num_output: 16 kernel_size: 3 pad: 1"),
+    "resnet56 group1_block0_conv0": ((16, 32, 32),
+                                     "num_output: 32 kernel_size: 3 stride: 2 pad: 1"),
+    "resnet56 group1 3x3": ((32, 16, 16), "num_output: 32 kernel_size: 3 pad: 1"),
+    "resnet56 group2_block0_conv0": ((32, 16, 16),
+                                     "num_output: 64 kernel_size: 3 stride: 2 pad: 1"),
+    "resnet56 group2 3x3": ((64, 8, 8), "num_output: 64 kernel_size: 3 pad: 1"),
 }
 # (CaffeNet's: 32)
 BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16,
-         "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2, "pnet": 1}
+         "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2, "pnet": 1,
+         "resnet56": 128}
 
 
 def timed(f, args, repeats):

@@ -67,6 +67,8 @@ NETS = {
     "deeplab_largefov": ("deeplab_largefov.prototxt", 2, (3, 321, 321), "fc8_voc12"),
     # (U-Net's release trains on one 572x572 tile at a time, and deploys on such tiles)
     "unet": ("unet.prototxt", 1, (1, 572, 572), "conv_u0d-score"),
+    # (CIFAR-10's ResNet-56 at its release's batch: 27 basic blocks of 16 to 64 channels)
+    "resnet56_cifar": ("resnet56_cifar.prototxt", 128, (3, 32, 32), "fc"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),

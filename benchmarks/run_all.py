@@ -316,6 +316,7 @@ def main():
             "train", "bench_train.py", [("fcn32s", "3", "1"), ("openpose", "3", "1"),
                                         ("deeplab_largefov", "3", "1"),
                                         ("unet", "3", "1"),
+                                        ("resnet56_cifar", "5", "1"),
                                         ("mtcnn_onet", "15", "2"),
                                         ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
@@ -340,7 +341,8 @@ def main():
              ("xception", "5", "1"), ("resnext50", "5", "1"), ("dpn92", "5", "1"),
              ("vgg16", "5", "1"),
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
-             ("unet", "5", "1"), ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
+             ("unet", "5", "1"), ("resnet56_cifar", "7", "1"),
+             ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
              ("srcnn_image", "30", "3"), ("fsrcnn_image", "30", "3")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
@@ -560,6 +562,10 @@ def render(state, opts):
          "four 2x2 up-convolutions of stride 2 (Deconvolution), each joined to the level's "
          "cropped features by a Concat, SoftmaxWithLoss at 388x388)", "train_unet",
          forward_gflop("unet", False) * 3, None),
+        ("Training step, ResNet-56 for CIFAR-10 (batch 128, 3x32x32; a Caffe release's: 27 "
+         "basic blocks 16, 32 and 64 wide at 32x32, 16x16 and 8x8, BatchNorm and Scale after "
+         "each convolution, 1x1 projections of stride 2)", "train_resnet56_cifar",
+         forward_gflop("resnet56_cifar", False) * 3, None),
         ("Training step, LRCN captioning (20 timesteps x 100 streams; Embed, two LSTMs of "
          "1000 units, the second with 1000 image features as its static input, a classifier "
          "over 8801 words at each timestep, SoftmaxWithLoss ignoring padding)", "train_lrcn",
@@ -644,6 +650,8 @@ def render(state, opts):
          None),
         ("Forward (deploy, TEST), U-Net (batch 1, 1x572x572)", "forward_unet",
          forward_gflop("unet", True), None),
+        ("Forward (deploy, TEST), ResNet-56 for CIFAR-10 (batch 128, 3x32x32)",
+         "forward_resnet56_cifar", forward_gflop("resnet56_cifar", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,
