@@ -67,6 +67,9 @@ NETS = {
     "deeplab_largefov": ("deeplab_largefov.prototxt", 2, (3, 321, 321), "fc8_voc12"),
     # (U-Net's release trains on one 572x572 tile at a time, and deploys on such tiles)
     "unet": ("unet.prototxt", 1, (1, 572, 572), "conv_u0d-score"),
+    # (four of the release's 40 crops of 176x176 a step; deployed on one 224x224 image)
+    "colorization": ("colorization.prototxt", 4, (1, 176, 176), "conv8_313"),
+    "colorization_image": ("colorization.prototxt", 1, (1, 224, 224), "conv8_313"),
     # (CIFAR-10's ResNet-56 at its release's batch: 27 basic blocks of 16 to 64 channels)
     "resnet56_cifar": ("resnet56_cifar.prototxt", 128, (3, 32, 32), "fc"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),

@@ -369,6 +369,20 @@ def test_resnet18_contenders_agree():
 
 
 @pytest.mark.slow
+def test_colorization_contenders_agree():
+    """Colorization: stride-2 3x3s, BatchNorm out of place with no Scale (batch
+    statistics in training), 3x3s dilated by 2 on 512 channels, a learned 4x4
+    Deconvolution of stride 2 and pad 1, SoftmaxWithLoss over 313 bins per pixel. The
+    deploy outputs on a 224x224 image and on a crop, and the first step's loss. Not the
+    moves: in float32 its gradients are mostly rounding in places, at the references'
+    Gaussian weights (nets.init_params): params perturbed by 1e-7 of themselves change the pure JAX step's
+    first move of conv6_2 by 29% of its largest (jcaffe's and pure JAX's differ alike).
+    The pattern's backward is checked in float64 (test_model_zoo's norm_upconv_bins)."""
+    _check_deploy("colorization_image", 1)
+    _check("colorization", 1)
+
+
+@pytest.mark.slow
 def test_resnet56_cifar_contenders_agree():
     """ResNet-56 for CIFAR-10: 27 basic blocks, BatchNorm's batch statistics in training,
     a ReLU after each sum, 1x1 projections of stride 2, global average pooling; its

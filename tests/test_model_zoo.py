@@ -54,6 +54,7 @@ NETS = {
     "deeplab_largefov": ("conv1_1", "fc8_voc12", (1, 21, 41, 41), False),
     "unet": ("conv_d0a-b", "conv_u0d-score", (1, 2, 388, 388), False),
     "resnet56_cifar": ("first_conv", "fc", (1, 10), True),
+    "colorization": ("bw_conv1_1", "conv8_313", (1, 313, 44, 44), False),
     "mtcnn_onet": ("conv1", "conv6-1", (1, 2), True),
     "mtcnn_pnet": ("conv1", "conv4-1", (1, 2, 1, 1), True),
     "srcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
@@ -64,7 +65,7 @@ NETS = {
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
                "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
-               "srcnn", "fsrcnn"}
+               "srcnn", "fsrcnn", "colorization"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
 STREAMS = {"lrcn": 100}
@@ -1202,3 +1203,70 @@ def test_resnet56_cifar_as_its_release_writes_it():
     assert sorted(net.outputs) == ["Accuracy", "loss"]
     out = net.forward()
     assert out["Accuracy"].shape == () and np.isfinite(out["loss"])
+
+
+def test_colorization_as_its_release_writes_it():
+    """Colorization (richzhang/colorization, colorization_train_val_v2): 32,230,393
+    learnable values and 4,999 of BatchNorm's statistics; 176x176 lightness crops
+    halved by three stride-2 3x3s to 22x22, blocks 5 and 6 dilated by 2 there, seven
+    BatchNorms out of place with no Scale, a learned 4x4 Deconvolution of stride 2 and
+    pad 1 to 44x44, 313 colour-bin scores per pixel. The deploy size, 224x224, comes out
+    at 56x56."""
+    net = jcaffe.Net(_load("colorization", 1), jcaffe.TRAIN)
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    count = {bn: sum(int(np.prod(s)) for k, v in shapes.items() if k.endswith("norm") == bn
+                     for s in v) for bn in (False, True)}
+    assert count == {False: 32230393, True: 4999}
+    assert shapes["bw_conv1_1"] == [(64, 1, 3, 3), (64,)]
+    assert shapes["conv8_1"] == [(512, 256, 4, 4), (256,)]
+    assert shapes["conv8_313"] == [(313, 256, 1, 1), (313,)]
+    assert [net.blobs[b].shape[2:] for b in ("conv1_2", "conv2_2", "conv3_3", "conv6_3",
+                                             "conv8_1")] == \
+        [(88, 88), (44, 44), (22, 22), (22, 22), (44, 44)]
+    norms = [l for l in net.layer_dict.values() if l.type == "BatchNorm"]
+    assert len(norms) == 7 and "Scale" not in {l.type for l in net.layers}
+    assert net.blobs["label"].shape == (1, 1, 44, 44)
+    param = _load("colorization", 1)
+    for layer in param.layer:
+        if layer.type == "DummyData":
+            layer.dummy_data_param.shape[0].dim[2:] = [224, 224]
+            layer.dummy_data_param.shape[1].dim[2:] = [56, 56]
+    assert jcaffe.Net(param, jcaffe.TEST).blobs["conv8_313"].shape == (1, 313, 56, 56)
+
+
+NORM_UPCONV_BINS = """
+name: "norm_upconv_bins"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 2 dim: 1 dim: 8 dim: 8 }
+                      shape { dim: 2 dim: 1 dim: 8 dim: 8 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 stride: 2
+                            weight_filler { type: "msra" } bias_filler { type: "gaussian" } } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "conv1norm" type: "BatchNorm" bottom: "conv1" top: "conv1norm"
+        param { lr_mult: 0 decay_mult: 0 } param { lr_mult: 0 decay_mult: 0 }
+        param { lr_mult: 0 decay_mult: 0 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1norm" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 2 dilation: 2
+                            weight_filler { type: "msra" } } }
+layer { name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" }
+layer { name: "up" type: "Deconvolution" bottom: "conv2" top: "up"
+        convolution_param { num_output: 3 kernel_size: 4 pad: 1 stride: 2
+                            weight_filler { type: "msra" } bias_filler { type: "gaussian" } } }
+layer { name: "relu_up" type: "ReLU" bottom: "up" top: "up" }
+layer { name: "bins" type: "Convolution" bottom: "up" top: "bins"
+        convolution_param { num_output: 7 kernel_size: 1 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "bins" bottom: "label" top: "loss" }
+"""
+
+
+def test_norm_upconv_bins_backward_is_jax_grads_in_float64(tmp_path):
+    """Colorization's pattern, small: a stride-2 3x3 and a ReLU into a BatchNorm out of
+    place (batch statistics, no Scale), a 3x3 dilated by 2, a learned 4x4 Deconvolution
+    of stride 2 and pad 1 whose windows overlap (back to the input's size) with a bias
+    and a ReLU, a 1x1 to per-pixel bins under SoftmaxWithLoss. The whole net's backward,
+    in float64, against jax.grad of its composed forward and finite differences
+    (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "norm_upconv_bins", NORM_UPCONV_BINS)
+    assert {"param conv1[0]", "param conv2[0]", "param up[0]", "param up[1]",
+            "param bins[0]"} <= names, names

@@ -1496,6 +1496,55 @@ def unet():
     return n
 
 
+def colorization():
+    """Colorful Image Colorization (Zhang, Isola & Efros 2016) as its authors' Caffe
+    release writes the net (richzhang/colorization at 4aa459f,
+    colorization_train_val_v2.prototxt, its layer names): the lightness channel in, eight
+    blocks of 3x3s with ReLUs, the first three ending in a stride-2 3x3, blocks 1-7 in a
+    BatchNorm (out of place, its three blobs at rate 0, no Scale after it), blocks 5 and
+    6 dilated by 2 on 512 channels at 1/8 of the input, block 8 opening with a learned
+    4x4 Deconvolution of stride 2 (1/4 of the input), and a 1x1 to 313 scores per pixel,
+    the quantized ab colour bins. The release names no fillers (it initialised its
+    weights apart): MSRA here. Its loss is its fork's SoftmaxCrossEntropyLoss on soft
+    encodings of the true colours, rebalanced by Python layers; BVLC's SoftmaxWithLoss on
+    one bin per pixel stands for it, and DummyData for the Python layers that make the
+    lightness and the bins from an image. The deploy net (colorization_deploy_v2) ends
+    in a Scale by 2.606, a Softmax and a 1x1 to the two ab channels, left out here.
+    Batch 40 of 176x176 crops, as the release trains."""
+    n = NetSpec()
+    msra = dict(type="msra")
+    n.data_l, n.label = L.DummyData(
+        shape=[dict(dim=[40, 1, 176, 176]), dict(dim=[40, 1, 44, 44])],
+        data_filler=[dict(type="gaussian", std=1), dict(type="constant", value=156)],
+        ntop=2)
+
+    def unit(name, bottom, num, stride=1, dilation=1, layer=None):
+        top = n[name] = L.Convolution(bottom, num_output=num, kernel_size=3, pad=dilation,
+                                      stride=stride, dilation=dilation, weight_filler=msra,
+                                      name=layer or name)
+        n["relu" + name[4:]] = relu(top)
+        return top
+
+    x = unit("conv1_1", n.data_l, 64, layer="bw_conv1_1")
+    blocks = [(1, 64, 2, 2, 1), (2, 128, 2, 2, 1), (3, 256, 3, 2, 1), (4, 512, 3, 1, 1),
+              (5, 512, 3, 1, 2), (6, 512, 3, 1, 2), (7, 512, 3, 1, 1)]
+    for block, width, count, last_stride, dilation in blocks:
+        for i in range(2 if block == 1 else 1, count + 1):
+            x = unit("conv%d_%d" % (block, i), x, width,
+                     stride=last_stride if i == count else 1, dilation=dilation)
+        x = n["conv%d_%dnorm" % (block, count)] = L.BatchNorm(
+            x, param=[dict(lr_mult=0, decay_mult=0)] * 3)
+    x = n.conv8_1 = L.Deconvolution(x, convolution_param=dict(
+        num_output=256, kernel_size=4, pad=1, dilation=1, stride=2, weight_filler=msra))
+    n.relu8_1 = relu(x)
+    x = unit("conv8_2", x, 256)
+    x = unit("conv8_3", x, 256)
+    n.conv8_313 = L.Convolution(x, num_output=313, kernel_size=1, stride=1, dilation=1,
+                                weight_filler=msra)
+    n.loss8_313 = L.SoftmaxWithLoss(n.conv8_313, n.label)
+    return n
+
+
 def resnet56_cifar():
     """ResNet-56 for CIFAR-10 (He et al. 2016, section 4.2) as a Caffe release writes it
     (ethanhe42/resnet-cifar10-caffe at a0751f6, resnet-56/trainval.prototxt: its layer
@@ -1745,6 +1794,7 @@ NETS = {
     "deeplab_largefov": (deeplab_largefov, "DeepLab-LargeFOV"),
     "unet": (unet, "phseg_v5"),
     "resnet56_cifar": (resnet56_cifar, "resnet9-cifar10"),
+    "colorization": (colorization, "LtoAB"),
     "srcnn": (srcnn, "SRCNN"),
     "fsrcnn": (fsrcnn, "FSRCNN"),
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
