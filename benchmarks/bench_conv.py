@@ -80,6 +80,11 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
     "fcn conv4_2": ((512, 88, 88), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn conv5_2": ((512, 44, 44), "num_output: 512 kernel_size: 3 pad: 1"),
     "fcn fc6": ((512, 22, 22), "num_output: 4096 kernel_size: 7"),
+    "colorization conv3_2": ((256, 56, 56), "num_output: 256 kernel_size: 3 pad: 1"),
+    "colorization conv4_2": ((512, 28, 28), "num_output: 512 kernel_size: 3 pad: 1"),
+    "colorization conv5_2": ((512, 28, 28),
+                             "num_output: 512 kernel_size: 3 pad: 2 dilation: 2"),
+    "colorization conv8_2": ((256, 56, 56), "num_output: 256 kernel_size: 3 pad: 1"),
     "resnet56 first_conv": ((3, 32, 32), "num_output: 16 kernel_size: 3 pad: 1"),
     "resnet56 group0 3x3": ((16, 32, 32), "num_output: 16 kernel_size: 3 pad: 1"),
     "resnet56 group1_block0_conv0": ((16, 32, 32),
@@ -92,7 +97,7 @@ SHAPES = {   # name: (bottom shape without batch, convolution_param)
 # (CaffeNet's: 32)
 BATCH = {"cifar10": 100, "lenet": 64, "googlenet": 32, "densenet121": 16, "resnet50": 16,
          "inception_v4": 8, "fcn": 1, "openpose": 1, "deeplab": 2, "pnet": 1,
-         "resnet56": 128}
+         "resnet56": 128, "colorization": 1}
 
 
 def timed(f, args, repeats):

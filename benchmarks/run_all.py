@@ -317,6 +317,7 @@ def main():
                                         ("deeplab_largefov", "3", "1"),
                                         ("unet", "3", "1"),
                                         ("resnet56_cifar", "5", "1"),
+                                        ("colorization", "3", "1"),
                                         ("mtcnn_onet", "15", "2"),
                                         ("lrcn", "3", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
@@ -343,7 +344,8 @@ def main():
              ("fcn32s", "3", "1"), ("openpose", "3", "1"), ("deeplab_largefov", "5", "1"),
              ("unet", "5", "1"), ("resnet56_cifar", "7", "1"),
              ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
-             ("srcnn_image", "30", "3"), ("fsrcnn_image", "30", "3")],
+             ("srcnn_image", "30", "3"), ("fsrcnn_image", "30", "3"),
+             ("colorization_image", "5", "1")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -562,6 +564,10 @@ def render(state, opts):
          "four 2x2 up-convolutions of stride 2 (Deconvolution), each joined to the level's "
          "cropped features by a Concat, SoftmaxWithLoss at 388x388)", "train_unet",
          forward_gflop("unet", False) * 3, None),
+        ("Training step, Colorization (batch 4, 1x176x176; its release's net: 3x3s halving to "
+         "22x22, two blocks dilated by 2 on 512 channels, BatchNorm without Scale, a learned "
+         "4x4 Deconvolution of stride 2, SoftmaxWithLoss over 313 colour bins at 44x44)",
+         "train_colorization", forward_gflop("colorization", False) * 3, None),
         ("Training step, ResNet-56 for CIFAR-10 (batch 128, 3x32x32; a Caffe release's: 27 "
          "basic blocks 16, 32 and 64 wide at 32x32, 16x16 and 8x8, BatchNorm and Scale after "
          "each convolution, 1x1 projections of stride 2)", "train_resnet56_cifar",
@@ -650,6 +656,9 @@ def render(state, opts):
          None),
         ("Forward (deploy, TEST), U-Net (batch 1, 1x572x572)", "forward_unet",
          forward_gflop("unet", True), None),
+        ("Forward (deploy, TEST), Colorization on one image (1x224x224; to conv8_313, the "
+         "313 colour-bin scores at 56x56)", "forward_colorization_image",
+         forward_gflop("colorization_image", True), None),
         ("Forward (deploy, TEST), ResNet-56 for CIFAR-10 (batch 128, 3x32x32)",
          "forward_resnet56_cifar", forward_gflop("resnet56_cifar", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",

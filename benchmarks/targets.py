@@ -15,11 +15,11 @@ TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn
               "squeezenet", "nin", "densenet121",
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "openpose", "deeplab_largefov",
-              "unet", "resnet56_cifar", "mtcnn_onet", "lrcn",
+              "unet", "resnet56_cifar", "colorization", "mtcnn_onet", "lrcn",
               "vgg16")
-# Nets timed in deploy forwards only (P-Net, SRCNN and FSRCNN on a whole image: they
-# train on crops).
-DEPLOY_NETS = ("mtcnn_pnet_image", "srcnn_image", "fsrcnn_image")
+# Nets timed in deploy forwards only (P-Net, SRCNN, FSRCNN and Colorization on a whole
+# image: they train on crops).
+DEPLOY_NETS = ("mtcnn_pnet_image", "srcnn_image", "fsrcnn_image", "colorization_image")
 # The training steps whose peak memory is held against Caffe's count (not the MNIST and
 # CIFAR-10 nets': their arrays are 15-60 MB, a tenth of the jax runtime alone; not
 # VGG-16's, whose step run_all times without the memory subprocesses).
@@ -38,7 +38,8 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "xception": "Xception", "resnext50": "ResNeXt-50", "dpn92": "DPN-92",
          "fcn32s": "FCN-32s", "openpose": "OpenPose",
          "deeplab_largefov": "DeepLab-LargeFOV", "unet": "U-Net",
-         "resnet56_cifar": "ResNet-56 (CIFAR-10)", "mtcnn_onet": "MTCNN O-Net",
+         "resnet56_cifar": "ResNet-56 (CIFAR-10)", "colorization": "Colorization",
+         "colorization_image": "Colorization, one image", "mtcnn_onet": "MTCNN O-Net",
          "mtcnn_pnet": "MTCNN P-Net", "mtcnn_pnet_image": "MTCNN P-Net, one image",
          "srcnn": "SRCNN", "srcnn_image": "SRCNN, one image",
          "fsrcnn": "FSRCNN", "fsrcnn_image": "FSRCNN, one image",
