@@ -237,10 +237,21 @@ class RNN(RecurrentLayer):
         return bottom_diffs, param_diffs
 
 
-def _lstm_gates(pre, H):
-    """Caffe's gate order i, f, o, g: sigmoid, sigmoid, sigmoid, tanh."""
-    return (jax.nn.sigmoid(pre[..., :H]), jax.nn.sigmoid(pre[..., H:2 * H]),
-            jax.nn.sigmoid(pre[..., 2 * H:3 * H]), jnp.tanh(pre[..., 3 * H:]))
+def _lstm_act(pre, H):
+    """The gates' activations in Caffe's order i, f, o, g, one array: sigmoid over the
+    first 3H columns, tanh over the last H, and the gates sliced from it. With a sigmoid
+    per gate XLA's CPU loop recomputed them where it fused them into their consumers:
+    a step of char-rnn's deploy LSTM (50 streams, 128 units; its product 65 us) took
+    154 us, 88 so; its deploy forward 0.687x the time (benchmarks/ab_step.py
+    --interleave, 3 rounds of 30), its training step level (1.000, 0.988-1.012: the
+    step keeps the activations for the backward, so XLA computed them once already)."""
+    return jnp.concatenate([jax.nn.sigmoid(pre[..., :3 * H]), jnp.tanh(pre[..., 3 * H:])],
+                           axis=-1)
+
+
+def _lstm_gates(act, H):
+    """(i, f, o, g) of :func:`_lstm_act`'s array."""
+    return tuple(act[..., j * H:(j + 1) * H] for j in range(4))
 
 
 def _lstm_cell(c_prev, gates, cont):
@@ -287,9 +298,9 @@ class LSTM(RecurrentLayer):
             h_prev, c_prev = state
             pre_t, cont_t = inputs
             cont_t = cont_t[:, None]
-            gates = _lstm_gates(pre_t + times_weight_t(cont_t * h_prev, w_hc), H)
-            c, h = _lstm_cell(c_prev, gates, cont_t)
-            return (h, c), (h, c, jnp.concatenate(gates, axis=-1))
+            act = _lstm_act(pre_t + times_weight_t(cont_t * h_prev, w_hc), H)
+            c, h = _lstm_cell(c_prev, _lstm_gates(act, H), cont_t)
+            return (h, c), (h, c, act)
 
         (h_T, c_T), (hs, cs, acts) = lax.scan(step, (h0, c0), (pre, cont))
         tops = [hs] + ([h_T[None], c_T[None]] if self._num_exposed else [])
@@ -310,8 +321,8 @@ class LSTM(RecurrentLayer):
         def step(d_next, inputs):
             dh_next, dc_next = d_next
             dh_t, c_t, c_prev, act_t, cont_t = inputs
-            gates = tuple(act_t[..., j * H:(j + 1) * H] for j in range(4))
-            dpre, dc_prev = _lstm_cell_backward(dc_next, dh_t + dh_next, c_t, c_prev, gates, cont_t)
+            dpre, dc_prev = _lstm_cell_backward(dc_next, dh_t + dh_next, c_t, c_prev,
+                                                _lstm_gates(act_t, H), cont_t)
             return (cont_t * (dpre @ w_hc), dc_prev), dpre
 
         (dh0, dc0), dpre = lax.scan(step, last, (top_diffs[0], cs, _previous(c0, cs), acts, cont),
@@ -358,7 +369,7 @@ class LSTMUnit(JaxLayer):
 
     def forward(self, params, bottoms, rng):
         c_prev, x, cont = bottoms
-        c, h = _lstm_cell(c_prev, _lstm_gates(x, self.H), cont[..., None])
+        c, h = _lstm_cell(c_prev, _lstm_gates(_lstm_act(x, self.H), self.H), cont[..., None])
         return [c, h], c
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
@@ -367,7 +378,8 @@ class LSTMUnit(JaxLayer):
             return [None, None, None], []
         c_prev, x, cont = bottoms
         dc, dh = top_diffs
-        dx, dc_prev = _lstm_cell_backward(dc, dh, saved, c_prev, _lstm_gates(x, self.H),
+        dx, dc_prev = _lstm_cell_backward(dc, dh, saved, c_prev,
+                                          _lstm_gates(_lstm_act(x, self.H), self.H),
                                           cont[..., None])
         return [dc_prev if propagate_down[0] else None, dx if propagate_down[1] else None,
                 None], []
