@@ -24,7 +24,8 @@ if ROOT not in sys.path:        # this checkout's jcaffe, not an installed one
 
 # name -> (prototxt, batch, input (C, H, W), final classifier top). A sequence net (input
 # None) takes its inputs as its DummyData declares them, (T, N, ...) and (N, ...), with
-# its N streams standing for the batch (SEQUENCE_STREAMS: the N written there).
+# its N streams standing for the batch (SEQUENCE_STREAMS: the N written there; the
+# streams axis is 1 of a shape that starts with the first top's T, else 0).
 NETS = {
     "lenet": ("lenet.prototxt", 64, (1, 28, 28), "ip2"),
     "caffenet": ("caffenet.prototxt", 32, (3, 227, 227), "fc8"),
@@ -73,6 +74,7 @@ NETS = {
     # (CIFAR-10's ResNet-56 at its release's batch: 27 basic blocks of 16 to 64 channels)
     "resnet56_cifar": ("resnet56_cifar.prototxt", 128, (3, 32, 32), "fc"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
+    "char_rnn": ("char_rnn.prototxt", 50, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
     "cifar10_full_sigmoid_bn": ("cifar10_full_sigmoid_bn.prototxt", 100, (3, 32, 32), "ip1"),
@@ -92,7 +94,7 @@ NETS = {
     # exceeded this 24 GB machine)
     "dpn92": ("dpn92.prototxt", 8, (3, 224, 224), "classifier"),
 }
-SEQUENCE_STREAMS = {"lrcn": 100}
+SEQUENCE_STREAMS = {"lrcn": 100, "char_rnn": 50}
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 # The benchmarks' Adam (bench_train.py --solver Adam): Kingma & Ba's rates, Caffe's
@@ -144,10 +146,11 @@ def net_param(name, batch=None, deploy=False):
     inp = out.layer.add(name="data", type="Input")
     if chw is None:     # a sequence net: its DummyData's tops, the streams set to batch
         dummy = next(l for l in src.layer if l.type == "DummyData")
-        streams = SEQUENCE_STREAMS[name]
-        for top, shape in zip(dummy.top, dummy.dummy_data_param.shape):
+        shapes = dummy.dummy_data_param.shape
+        for top, shape in zip(dummy.top, shapes):
             inp.top.append(top)
-            inp.input_param.shape.add(dim=[batch if d == streams else d for d in shape.dim])
+            inp.input_param.shape.add(dim=with_streams(shape.dim, shapes[0].dim[0],
+                                                       SEQUENCE_STREAMS[name], batch))
     else:   # the image and, in training, the label (if any): the zoo's names and shapes
         dummy = next(l for l in src.layer if l.type == "DummyData")
         inp.top.append(dummy.top[0])
@@ -184,6 +187,17 @@ def net_param(name, batch=None, deploy=False):
     for layer in keep:
         out.layer.add().CopyFrom(layer)
     return out
+
+
+def with_streams(dims, steps, streams, batch):
+    """A sequence net's input ``dims`` with its ``streams`` set to ``batch``: axis 1 of a
+    (T, N, ...) shape (its first dim the net's ``steps``), axis 0 of a static (N, ...) one
+    (char-rnn's T and N are both 50)."""
+    dims = list(dims)
+    axis = 1 if len(dims) > 1 and dims[0] == steps else 0
+    if dims[axis] == streams:
+        dims[axis] = batch
+    return dims
 
 
 def layer_list(param):

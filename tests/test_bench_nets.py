@@ -450,6 +450,18 @@ def test_lrcn_contenders_agree():
     _check("lrcn", 2)
 
 
+def test_char_rnn_contenders_agree():
+    """char-rnn's defaults: 50 timesteps of 50 streams (the streams are axis 1 of the
+    (T, N) inputs: at batch 4 the sequences keep their 50 steps), an Embed, two LSTMs
+    without a static input, a classifier at each timestep. The deploy outputs (jcaffe's
+    scans, the pure JAX scan, torch.nn.LSTM), and three steps' losses and moves against
+    the pure JAX step's."""
+    param = nets.net_param("char_rnn", 4)
+    assert [list(s.dim) for s in param.layer[0].input_param.shape] == [[50, 4]] * 3
+    _check_deploy("char_rnn", 4)
+    _steps_agree("char_rnn", 4)
+
+
 def test_lrcn_gflop_counts_every_product():
     """run_all's GFLOP of LRCN's forward: per timestep and stream each LSTM's W_xc x_t and
     W_hc h_{t-1} (4000 x 1000 each), the classifier (8801 x 1000); the static input's

@@ -7,6 +7,7 @@ and a nonzero diff reaching the first convolution's weights.
 """
 import os
 import re
+import sys
 
 import numpy as np
 import pytest
@@ -15,6 +16,10 @@ import jcaffe
 from jcaffe import protoio
 
 ZOO = os.path.join(os.path.dirname(__file__), "data", "zoo")
+# (benchmarks/nets.py's with_streams: where a sequence net's streams are)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "benchmarks"))
+import nets  # noqa: E402
 
 # name -> (first learnable layer, classifier top, its shape at batch 1, default-suite run?)
 # VGG-16, GoogLeNet, ResNet-50, ResNeXt-50, DenseNet-121 and the FCNs (500x500) take 15 s
@@ -60,24 +65,26 @@ NETS = {
     "srcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
     "fsrcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
+    "char_rnn": ("embedded_chars", "predict", (50, 1, 65), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
-NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
+NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn", "char_rnn",     # (as their published prototxts)
                "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
                "srcnn", "fsrcnn", "colorization"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (every dim equal to the number of streams written is set to the batch).
-STREAMS = {"lrcn": 100}
+STREAMS = {"lrcn": 100, "char_rnn": 50}
 
 
 def _load(name, batch):
     param = protoio.read_prototxt(os.path.join(ZOO, name + ".prototxt"))
     for layer in param.layer:
         if layer.type == "DummyData":
+            steps = layer.dummy_data_param.shape[0].dim[0]
             for shape in layer.dummy_data_param.shape:
                 if name in STREAMS:
-                    shape.dim[:] = [batch if d == STREAMS[name] else d for d in shape.dim]
+                    shape.dim[:] = nets.with_streams(shape.dim, steps, STREAMS[name], batch)
                 else:
                     shape.dim[0] = batch
     return param

@@ -1761,6 +1761,33 @@ def lrcn():
     return n
 
 
+
+def char_rnn():
+    """A character-level language model with char-rnn's defaults (Karpathy 2015: two
+    LSTMs of 128 units, sequences of 50 characters, 50 of them a batch, no dropout),
+    written with BVLC's layers: an Embed of the characters (char-rnn feeds them one-hot,
+    the same product as an Embed into the first LSTM's input weights; here an Embed of
+    128), two LSTMs, a classifier over the characters at each timestep (InnerProduct,
+    axis 2) and SoftmaxWithLoss along axis 2. 65 characters (tiny Shakespeare's).
+    DummyData stands for the sequences: input characters 1, targets 2, cont 1."""
+    T, N, V, H = 50, 50, 65, 128
+    uniform = dict(type="uniform", min=-0.08, max=0.08)
+    n = NetSpec()
+    n.input_chars, n.cont, n.target_chars = L.DummyData(
+        shape=[dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[T, N])],
+        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
+                     dict(type="constant", value=2)],
+        ntop=3)
+    n.embedded_chars = L.Embed(n.input_chars, input_dim=V, num_output=H, bias_term=False,
+                               weight_filler=uniform)
+    recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=ZERO)
+    n.lstm1 = L.LSTM(n.embedded_chars, n.cont, recurrent_param=recurrent)
+    n.lstm2 = L.LSTM(n.lstm1, n.cont, recurrent_param=recurrent)
+    n.predict = L.InnerProduct(n.lstm2, num_output=V, axis=2, weight_filler=uniform,
+                               bias_filler=ZERO)
+    n.loss = L.SoftmaxWithLoss(n.predict, n.target_chars, softmax_param=dict(axis=2))
+    return n
+
 NETS = {
     "lenet": (lenet, "LeNet"),
     "cifar10_quick": (cifar10_quick, "CIFAR10_quick"),
@@ -1800,6 +1827,7 @@ NETS = {
     "mtcnn_pnet": (mtcnn_pnet, "PNet"),
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
+    "char_rnn": (char_rnn, "char-rnn"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
     "cifar10_full_sigmoid_bn": (cifar10_full_sigmoid_bn, "CIFAR10_full"),
