@@ -96,7 +96,7 @@ SINGLE_IMAGE_NETS = ("caffenet", "googlenet", "resnet18", "resnet50", "resnet152
 SMALL_NETS = (("cifar10_quick", "15", "2"), ("cifar10_full", "15", "2"),
               ("cifar10_full_sigmoid_bn", "15", "2"), ("mnist_autoencoder", "30", "3"),
               ("mnist_siamese", "30", "3"), ("mtcnn_pnet", "30", "3"), ("srcnn", "30", "3"),
-              ("fsrcnn", "30", "3"))
+              ("fsrcnn", "30", "3"), ("char_rnn", "30", "3"))
 
 
 def products(key):
@@ -488,6 +488,9 @@ def render(state, opts):
          "four 3x3s of 12, a 1x1 to 56, PReLUs, a 9x9 Deconvolution of stride 3 to one "
          "channel, EuclideanLoss at 21x21)", "train_fsrcnn",
          forward_gflop("fsrcnn", False) * 3, None),
+        ("Training step, char-rnn (50 timesteps x 50 streams; an Embed of 65 characters, "
+         "two LSTMs of 128 units, a classifier at each timestep, SoftmaxWithLoss)",
+         "train_char_rnn", forward_gflop("char_rnn", False) * 3, None),
         ("Training step, CaffeNet (batch 32, 3x227x227)", "train_caffenet",
          forward_gflop("caffenet", False) * 3, REFERENCE["caffenet"]),
         ("Training step, AlexNet (batch 32, 3x227x227; CaffeNet's layers with each LRN "
@@ -598,6 +601,8 @@ def render(state, opts):
          forward_gflop("srcnn", True), None),
         ("Forward (deploy, TEST), FSRCNN (batch 128 sub-images, 1x11x11)", "forward_fsrcnn",
          forward_gflop("fsrcnn", True), None),
+        ("Forward (deploy, TEST), char-rnn (50 timesteps x 50 streams)", "forward_char_rnn",
+         forward_gflop("char_rnn", True), None),
         ("Forward (deploy, TEST), CaffeNet", "forward_caffenet",
          forward_gflop("caffenet", True), None),
         ("Forward (deploy, TEST), AlexNet (batch 32, 3x227x227)", "forward_alexnet",

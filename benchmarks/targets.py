@@ -10,6 +10,7 @@ import re
 
 TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn",
               "mnist_autoencoder", "mnist_siamese", "mtcnn_pnet", "srcnn", "fsrcnn",
+              "char_rnn",
               "caffenet", "alexnet", "googlenet",
               "resnet18", "resnet34", "resnet50", "resnet152", "mobilenet", "mobilenet_v2",
               "squeezenet", "nin", "densenet121",
@@ -43,7 +44,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "mtcnn_pnet": "MTCNN P-Net", "mtcnn_pnet_image": "MTCNN P-Net, one image",
          "srcnn": "SRCNN", "srcnn_image": "SRCNN, one image",
          "fsrcnn": "FSRCNN", "fsrcnn_image": "FSRCNN, one image",
-         "lrcn": "LRCN", "vgg16": "VGG-16"}
+         "lrcn": "LRCN", "char_rnn": "char-rnn", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"
