@@ -375,9 +375,10 @@ def test_colorization_contenders_agree():
     Deconvolution of stride 2 and pad 1, SoftmaxWithLoss over 313 bins per pixel. The
     deploy outputs on a 224x224 image and on a crop, and the first step's loss. Not the
     moves: in float32 its gradients are mostly rounding in places, at the references'
-    Gaussian weights (nets.init_params): params perturbed by 1e-7 of themselves change the pure JAX step's
-    first move of conv6_2 by 29% of its largest (jcaffe's and pure JAX's differ alike).
-    The pattern's backward is checked in float64 (test_model_zoo's norm_upconv_bins)."""
+    Gaussian weights (nets.init_params). Params perturbed by 1e-7 of themselves change
+    the pure JAX step's first move of conv6_2 by 29% of its largest, and jcaffe's moves
+    differ from pure JAX's as much. The pattern's backward is checked in float64
+    (test_model_zoo's norm_upconv_bins)."""
     _check_deploy("colorization_image", 1)
     _check("colorization", 1)
 

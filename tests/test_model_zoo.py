@@ -69,11 +69,11 @@ NETS = {
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
-NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn", "char_rnn",     # (as their published prototxts)
+NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
                "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
-               "srcnn", "fsrcnn", "colorization"}
+               "srcnn", "fsrcnn", "colorization", "char_rnn"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
-# batch (every dim equal to the number of streams written is set to the batch).
+# batch (nets.with_streams: axis 1 of a (T, N, ...) shape, axis 0 of an (N, ...) one).
 STREAMS = {"lrcn": 100, "char_rnn": 50}
 
 
