@@ -1185,6 +1185,15 @@ def test_prelu_deconv_pattern_backward_is_jax_grads_in_float64(tmp_path):
             "param conv3[1]"} <= names, names
 
 
+def _param_counts(net, stats_suffix):
+    """({layer: its params' shapes}, {False: the learnable values, True: the BatchNorm
+    statistics}), the BatchNorm layers told by their names' ``stats_suffix``."""
+    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
+    count = {bn: sum(int(np.prod(s)) for k, v in shapes.items()
+                     if k.endswith(stats_suffix) == bn for s in v) for bn in (False, True)}
+    return shapes, count
+
+
 def test_resnet56_cifar_as_its_release_writes_it():
     """ResNet-56 for CIFAR-10 (ethanhe42/resnet-cifar10-caffe): 855,786 learnable values
     (the paper's 0.85M) and 4,313 of BatchNorm's statistics; a 3x3 of 16 with a bias,
@@ -1193,9 +1202,7 @@ def test_resnet56_cifar_as_its_release_writes_it():
     global average pooling to a 10-way InnerProduct. Its Accuracy has no phase: it runs
     in training too, as a net output beside the loss."""
     net = jcaffe.Net(_load("resnet56_cifar", 2), jcaffe.TRAIN)
-    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
-    count = {bn: sum(int(np.prod(s)) for k, v in shapes.items() if k.endswith("_bn") == bn
-                     for s in v) for bn in (False, True)}
+    shapes, count = _param_counts(net, "_bn")
     assert count == {False: 855786, True: 4313}
     assert shapes["first_conv"] == [(16, 3, 3, 3), (16,)]
     assert shapes["group0_block0_conv0"] == [(16, 16, 3, 3)]
@@ -1220,9 +1227,7 @@ def test_colorization_as_its_release_writes_it():
     pad 1 to 44x44, 313 colour-bin scores per pixel. The deploy size, 224x224, comes out
     at 56x56."""
     net = jcaffe.Net(_load("colorization", 1), jcaffe.TRAIN)
-    shapes = {k: [b.shape for b in v] for k, v in net.params.items()}
-    count = {bn: sum(int(np.prod(s)) for k, v in shapes.items() if k.endswith("norm") == bn
-                     for s in v) for bn in (False, True)}
+    shapes, count = _param_counts(net, "norm")
     assert count == {False: 32230393, True: 4999}
     assert shapes["bw_conv1_1"] == [(64, 1, 3, 3), (64,)]
     assert shapes["conv8_1"] == [(512, 256, 4, 4), (256,)]
