@@ -73,17 +73,25 @@ def heads(n, top, with_accuracy=True):
     n.loss = L.SoftmaxWithLoss(top, n.label)
 
 
-def _bn_relu(n, name, bottom, relu_after=True, eps=None, top_name=None):
+def _bn_relu(n, name, bottom, relu_after=True, eps=None, top_name=None, maf=None,
+             rates=False):
     """A port's normalization, soeaver/caffe-model's names: BatchNorm in place as
     ``name``_bn (or, with ``top_name``, out of place into a top and layer of that
     name), Scale with bias ``name``_scale and (``relu_after``) ReLU ``name``_relu, both
-    in place. ``eps``: BatchNorm's, where the port writes one."""
-    kw = {} if eps is None else dict(batch_norm_param=dict(eps=eps))
+    in place. ``eps``, ``maf`` (moving_average_fraction): BatchNorm's, where the port
+    writes them; ``rates``: the port writes BatchNorm's three blobs at rate 0 and
+    Scale's at LEARN's."""
+    bn = {k: v for k, v in (("eps", eps), ("moving_average_fraction", maf)) if v is not None}
+    kw = dict(batch_norm_param=bn) if bn else {}
+    scale = {}
+    if rates:
+        kw["param"] = [dict(lr_mult=0, decay_mult=0)] * 3
+        scale["param"] = LEARN
     if top_name:
         n[top_name] = top = L.BatchNorm(bottom, **kw)
     else:
         n[name + "_bn"] = top = L.BatchNorm(bottom, in_place=True, **kw)
-    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True)
+    n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True, **scale)
     if relu_after:
         n[name + "_relu"] = relu(top)
     return top
@@ -1567,13 +1575,7 @@ def resnet56_cifar():
         top = n[name] = L.Convolution(bottom, param=rates, num_output=num, pad=pad,
                                       kernel_size=k, stride=stride, weight_filler=msra,
                                       **extra)
-        n[name + "_bn"] = L.BatchNorm(top, in_place=True,
-                                      param=[dict(lr_mult=0, decay_mult=0)] * 3,
-                                      moving_average_fraction=0.9)
-        n[name + "_scale"] = L.Scale(top, bias_term=True, in_place=True, param=LEARN)
-        if relu_after:
-            n[name + "_relu"] = relu(top)
-        return top
+        return _bn_relu(n, name, top, relu_after, maf=0.9, rates=True)
 
     x = unit("first_conv", n.data, 16, 3, 1, 1, True, bias=True)
     for group, width in enumerate((16, 32, 64)):
