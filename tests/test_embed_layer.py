@@ -113,6 +113,25 @@ def test_embed_in_a_net_learns_rows_and_gives_no_diff_to_indices(tmp_path, rng, 
     np.testing.assert_allclose(net.params["embed"][1].diff, dvec.sum(0), rtol=1e-5, atol=1e-7)
 
 
+def test_bad_index_in_a_fused_solver_step_raises_naming_the_layer():
+    """The check calls the host only when an index is bad (a lax.cond inside the compiled
+    step): a good batch steps, a bad one raises the layer's error from the fused step."""
+    from google.protobuf import text_format
+    import jcaffe
+    from jcaffe.proto import caffe_pb2
+    sp = caffe_pb2.SolverParameter(base_lr=0.1, lr_policy="fixed", max_iter=10, display=0)
+    text_format.Parse(EMBED_NET % "", sp.net_param)
+    solver = jcaffe.get_solver(sp)
+    assert solver.fuse_step
+    solver.net.blobs["words"].data[...] = [1, 4, 1, 0]
+    solver.step(1)
+    assert np.isfinite(solver.net.blobs["loss"].data)
+    solver.net.blobs["words"].data[...] = [1, 6, 1, 0]
+    with pytest.raises(Exception, match="Embed layer 'embed': indices \\(bottom 0\\) must be "
+                                        "integers in \\[0, 6\\); got values in \\[0, 6\\]"):
+        solver.step(1)
+
+
 def test_embed_net_whose_indices_need_backward_raises_clearly(tmp_path):
     text = """
         layer { name: "in" type: "Input" top: "x" input_param { shape { dim: 4 } } }
