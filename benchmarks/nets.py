@@ -75,6 +75,8 @@ NETS = {
     "resnet56_cifar": ("resnet56_cifar.prototxt", 128, (3, 32, 32), "fc"),
     "lrcn": ("lrcn.prototxt", 100, None, "predict"),
     "char_rnn": ("char_rnn.prototxt", 50, None, "predict"),
+    # (Zaremba et al.'s medium word-level model: 35 timesteps of 20 streams, 10,000 words)
+    "ptb_lstm": ("ptb_lstm.prototxt", 20, None, "predict"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
     "cifar10_full_sigmoid_bn": ("cifar10_full_sigmoid_bn.prototxt", 100, (3, 32, 32), "ip1"),
@@ -94,7 +96,7 @@ NETS = {
     # exceeded this 24 GB machine)
     "dpn92": ("dpn92.prototxt", 8, (3, 224, 224), "classifier"),
 }
-SEQUENCE_STREAMS = {"lrcn": 100, "char_rnn": 50}
+SEQUENCE_STREAMS = {"lrcn": 100, "char_rnn": 50, "ptb_lstm": 20}
 
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 # The benchmarks' Adam (bench_train.py --solver Adam): Kingma & Ba's rates, Caffe's

@@ -463,6 +463,18 @@ def test_char_rnn_contenders_agree():
     _steps_agree("char_rnn", 4)
 
 
+def test_ptb_lstm_contenders_agree(monkeypatch):
+    """Zaremba et al.'s medium model at 3 streams (35 timesteps each): an Embed of
+    10,000 words, two LSTMs of 650, a 10,000-way classifier at each timestep. The deploy
+    outputs, and three steps' losses and moves against the pure JAX step's with its
+    Dropouts' ratio set to 0 (each contender draws its own masks)."""
+    _without_dropout(monkeypatch)
+    param = nets.net_param("ptb_lstm", 3)
+    assert [list(s.dim) for s in param.layer[0].input_param.shape] == [[35, 3]] * 3
+    _check_deploy("ptb_lstm", 3)
+    _steps_agree("ptb_lstm", 3)
+
+
 def test_lrcn_gflop_counts_every_product():
     """run_all's GFLOP of LRCN's forward: per timestep and stream each LSTM's W_xc x_t and
     W_hc h_{t-1} (4000 x 1000 each), the classifier (8801 x 1000); the static input's

@@ -66,15 +66,17 @@ NETS = {
     "fsrcnn": ("conv1", "conv3", (1, 1, 21, 21), True),
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "char_rnn": ("embedded_chars", "predict", (50, 1, 65), True),
+    "ptb_lstm": ("embedded_words", "predict", (35, 1, 10000), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
 NO_ACCURACY = {"googlenet", "fcn32s", "fcn8s", "lrcn",     # (as their published prototxts)
                "mnist_autoencoder", "mnist_siamese", "openpose", "unet",
-               "srcnn", "fsrcnn", "colorization", "char_rnn"}
+               "srcnn", "fsrcnn", "colorization", "char_rnn",
+               "ptb_lstm"}
 # Sequence nets: their data are (T, N, ...) and (N, ...); the N streams stand for the
 # batch (nets.with_streams: axis 1 of a (T, N, ...) shape, axis 0 of an (N, ...) one).
-STREAMS = {"lrcn": 100, "char_rnn": 50}
+STREAMS = {"lrcn": 100, "char_rnn": 50, "ptb_lstm": 20}
 
 
 def _load(name, batch):
@@ -1282,3 +1284,29 @@ def test_norm_upconv_bins_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "norm_upconv_bins", NORM_UPCONV_BINS)
     assert {"param conv1[0]", "param conv2[0]", "param up[0]", "param up[1]",
             "param bins[0]"} <= names, names
+
+
+def test_ptb_lstm_as_the_paper_describes_it():
+    """Zaremba et al.'s medium word-level model: 19,775,200 learnable values (the
+    paper's 20M): an Embed of 10,000 words to 650, two LSTMs of 650 (W_xc, b_c, W_hc),
+    a 10,000-way classifier at each of 35 timesteps. Its three Dropouts work in place on
+    the connections between layers; in TEST they pass their bottoms through, and in
+    TRAIN they zero about half of them, scaling the rest by 2."""
+    net = jcaffe.Net(_load("ptb_lstm", 2), jcaffe.TRAIN)
+    shapes, count = _param_counts(net, "(no statistics)")
+    assert count == {False: 19775200, True: 0}
+    assert shapes["embedded_words"] == [(10000, 650)]
+    assert shapes["lstm1"] == shapes["lstm2"] == [(2600, 650), (2600,), (2600, 650)]
+    assert shapes["predict"] == [(10000, 650), (10000,)]
+    assert net.blobs["predict"].shape == (35, 2, 10000)
+    assert [net.top_names[d] for d in ("drop0", "drop1", "drop2")] == \
+        [["embedded_words"], ["lstm1"], ["lstm2"]]
+    net.forward(end="drop0")
+    kept = np.array(net.blobs["embedded_words"].data)
+    net.forward(end="embedded_words")
+    whole = net.blobs["embedded_words"].data
+    assert 0.4 < np.mean(kept == 0) < 0.6
+    np.testing.assert_allclose(kept[kept != 0], 2 * whole[kept != 0], rtol=1e-6)
+    test = jcaffe.Net(_load("ptb_lstm", 2), jcaffe.TEST)
+    test.forward(end="drop0")
+    assert np.all(test.blobs["embedded_words"].data != 0)

@@ -1790,6 +1790,37 @@ def char_rnn():
     n.loss = L.SoftmaxWithLoss(n.predict, n.target_chars, softmax_param=dict(axis=2))
     return n
 
+
+def ptb_lstm():
+    """A word-level language model with Zaremba, Sutskever & Vinyals' "medium" settings
+    (2014, Penn Treebank): a vocabulary of 10,000 words, an Embed of 650, two LSTMs of
+    650 units, 35 timesteps of 20 streams a batch, Dropout of 0.5 on the connections
+    between layers (not the recurrent ones), weights uniform in [-0.05, 0.05], and a
+    classifier over the 10,000 words at each timestep (InnerProduct, axis 2) into
+    SoftmaxWithLoss along axis 2. The paper's solver (plain SGD at rate 1, gradients
+    clipped to norm 5) is the solver's business, not the net's. DummyData stands for the
+    sequences: input words 1, targets 2, cont 1."""
+    T, N, V, H = 35, 20, 10000, 650
+    uniform = dict(type="uniform", min=-0.05, max=0.05)
+    n = NetSpec()
+    n.input_words, n.cont, n.target_words = L.DummyData(
+        shape=[dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[T, N])],
+        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
+                     dict(type="constant", value=2)],
+        ntop=3)
+    n.embedded_words = L.Embed(n.input_words, input_dim=V, num_output=H, bias_term=False,
+                               weight_filler=uniform)
+    n.drop0 = L.Dropout(n.embedded_words, dropout_ratio=0.5, in_place=True)
+    recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=uniform)
+    n.lstm1 = L.LSTM(n.drop0, n.cont, recurrent_param=recurrent)
+    n.drop1 = L.Dropout(n.lstm1, dropout_ratio=0.5, in_place=True)
+    n.lstm2 = L.LSTM(n.drop1, n.cont, recurrent_param=recurrent)
+    n.drop2 = L.Dropout(n.lstm2, dropout_ratio=0.5, in_place=True)
+    n.predict = L.InnerProduct(n.drop2, num_output=V, axis=2, weight_filler=uniform,
+                               bias_filler=uniform)
+    n.loss = L.SoftmaxWithLoss(n.predict, n.target_words, softmax_param=dict(axis=2))
+    return n
+
 NETS = {
     "lenet": (lenet, "LeNet"),
     "cifar10_quick": (cifar10_quick, "CIFAR10_quick"),
@@ -1830,6 +1861,7 @@ NETS = {
     "mtcnn_onet": (mtcnn_onet, "ONet"),
     "lrcn": (lrcn, "LRCN"),
     "char_rnn": (char_rnn, "char-rnn"),
+    "ptb_lstm": (ptb_lstm, "PTB-LSTM-medium"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
     "cifar10_full_sigmoid_bn": (cifar10_full_sigmoid_bn, "CIFAR10_full"),
