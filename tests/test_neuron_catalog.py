@@ -111,6 +111,24 @@ def test_prelu_needs_two_axes():
         make_layer('type: "PReLU"', [(5,)])
 
 
+def test_prelu_rejects_more_than_four_axes_as_bvlc_does():
+    """BVLC's PReLU reads its channels through the legacy 4-axis accessor, which stops
+    Caffe on a volume; jcaffe says so, and the way round it: a 3-axis view (Flatten
+    from axis 2), which BVLC's PReLU takes, with the same slopes per channel."""
+    with pytest.raises(LayerSetupError) as err:
+        make_layer('type: "PReLU"', [(2, 3, 4, 5, 6)])
+    text = str(err.value)
+    assert "PReLU layer 'prelu'" in text and "(2, 3, 4, 5, 6)" in text
+    assert "more than 4 axes" in text and "Flatten" in text
+    volume = np.random.RandomState(0).standard_normal((2, 3, 4, 5, 6))
+    layer = make_layer('type: "PReLU" prelu_param { filler { type: "gaussian" } }',
+                       [(2, 3, 120)])
+    tops, _ = forward(layer, [volume.reshape(2, 3, 120)])
+    a = np.asarray(layer.blobs[0].data).reshape(1, 3, 1, 1, 1)
+    np.testing.assert_allclose(np.asarray(tops[0]).reshape(volume.shape),
+                               np.where(volume > 0, volume, a * volume), rtol=1e-6)
+
+
 # ---------------------------------------------------------------------------
 # Power, Exp, Log special cases and errors
 

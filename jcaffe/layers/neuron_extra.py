@@ -75,10 +75,22 @@ class PReLU(_BottomNeuron):
         finally:
             del self._channel
 
-    def setup(self, bottom_shapes):
-        shape = bottom_shapes[0]
+    def _check_axes(self, shape):
         if len(shape) < 2:
             self.fail("Number of axes of bottom blob must be >=2 (got shape %s)", shape)
+        if len(shape) > 4:
+            # BVLC reads the channels with Blob::channels(), a legacy accessor whose
+            # check stops Caffe on a blob of more than 4 axes
+            self.fail("BVLC's PReLU takes at most 4 axes: it reads its channels through "
+                      "the legacy accessor channels(), and Caffe stops on a bottom of more "
+                      "than 4 axes ('Cannot use legacy accessors on Blobs with > 4 axes'; "
+                      "got shape %s). On a volume, give it a 3-axis view: a Flatten with "
+                      "flatten_param { axis: 2 } before it (N, C, D*H*W: the same slopes per "
+                      "channel) and a Reshape back after it", shape)
+
+    def setup(self, bottom_shapes):
+        shape = bottom_shapes[0]
+        self._check_axes(shape)
         p = self.p
         self.channel_shared = p.channel_shared
         if p.HasField("filler"):
@@ -92,8 +104,7 @@ class PReLU(_BottomNeuron):
 
     def reshape(self, bottom_shapes):
         shape = bottom_shapes[0]
-        if len(shape) < 2:
-            self.fail("Number of axes of bottom blob must be >=2 (got shape %s)", shape)
+        self._check_axes(shape)
         if not self.channel_shared and shape[1] != self.blobs[0].shape[0]:
             self.fail("bottom has %d channels, the slopes were set up for %d",
                       shape[1], self.blobs[0].shape[0])
