@@ -14,6 +14,7 @@ from PIL import Image
 import jcaffe
 from jcaffe import io as caffe_io
 from jcaffe.db import DataSourceError, make_key, open_db
+from jcaffe.errors import LayerSetupError
 from netutil import make_net, write_prototxt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -287,8 +288,9 @@ def test_hdf5_data_and_output(tmp_path):
     assert got == [[0, 1], [2, 3], [4, 0]]
     net.layers[1].close()
     with h5py.File(out_file, "r") as f:
-        np.testing.assert_array_equal(f["label"][:], [0, 1, 2, 3, 4, 0])
-        np.testing.assert_array_equal(f["data"][:4], x[:4])
+        # (Caffe's legacy 4 axes: (N, C, 1, 1), the labels (N, 1, 1, 1))
+        np.testing.assert_array_equal(f["label"][:], np.reshape([0, 1, 2, 3, 4, 0], (6, 1, 1, 1)))
+        np.testing.assert_array_equal(f["data"][:4], x[:4, :, None, None])
     shuffled = make_net(tmp_path, """
         layer { name: "h" type: "HDF5Data" top: "x" top: "y"
           hdf5_data_param { source: "%s" batch_size: 5 shuffle: true } }""" % (tmp_path / "list.txt"))
@@ -311,7 +313,33 @@ def test_hdf5_output_file_taken_over_by_a_new_net_while_the_old_one_lives(tmp_pa
     new.forward()
     new.layers[-1].close()
     with h5py.File(out_file, "r") as f:
-        np.testing.assert_array_equal(f["label"][:], [7, 8])
+        np.testing.assert_array_equal(f["label"][:, 0, 0, 0], [7, 8])
+
+
+def test_hdf5_output_writes_caffes_four_axes(tmp_path):
+    """Caffe's HDF5Output reads its bottoms through Blob's legacy accessors: 4-axis
+    datasets, (num, channels, height, width), a 3-axis bottom padded with a 1; a bottom
+    of more than 4 axes is an error (Caffe stops), and so are nums that differ."""
+    out_file = tmp_path / "out.h5"
+    net = make_net(tmp_path, """
+        input: "x" input_shape { dim: 2 dim: 3 dim: 4 } input: "y" input_shape { dim: 2 }
+        layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y"
+          hdf5_output_param { file_name: "%s" } }""" % out_file)
+    x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    net.blobs["x"].data[...] = x
+    net.forward()
+    net.layers[-1].close()
+    with h5py.File(out_file, "r") as f:
+        np.testing.assert_array_equal(f["data"][:], x[..., None])
+        assert f["label"].shape == (2, 1, 1, 1)
+    for shapes, words in [("dim: 2 dim: 3 dim: 4 dim: 5 dim: 6", "bottom 0 has 5 axes"),
+                          ("dim: 3 dim: 4", r"data blob and label blob must have the same batch size \(num\): "
+                          r"bottom 0 has shape 3 4 \(12\), bottom 1 2 3 4 5 ")]:
+        with pytest.raises(LayerSetupError, match="HDF5Output layer 'o': " + words):
+            make_net(tmp_path, """
+                input: "x" input_shape { %s } input: "y" input_shape { dim: 2 dim: 3 dim: 4 dim: 5 }
+                layer { name: "o" type: "HDF5Output" bottom: "x" bottom: "y"
+                  hdf5_output_param { file_name: "%s" } }""" % (shapes, out_file))
 
 
 def test_hdf5_data_missing_dataset(tmp_path):

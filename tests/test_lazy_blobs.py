@@ -213,7 +213,7 @@ def test_forward_with_effects_is_never_recomputed(tmp_path):
         net.blobs["conv"].data.copy()
     net.layers[list(net._layer_names).index("out")].close()
     with h5py.File(out_file, "r") as f:
-        assert f["data"].shape == (9, 5)
+        assert f["data"].shape == (9, 5, 1, 1)     # (Caffe's legacy 4 axes)
 
 
 def test_slim_forwards_compile_once_in_steady_state():

@@ -228,6 +228,22 @@ def test_euclidean_loss_dimension_check():
         make_layer('type: "EuclideanLoss"', [(4, 3), (3, 4)])
 
 
+@pytest.mark.parametrize("text, label", [('type: "EuclideanLoss"', (2, 3, 4, 5, 6)),
+                                         ('type: "HingeLoss"', (2,))])
+def test_losses_that_divide_by_caffes_num_take_at_most_four_axes(text, label):
+    """BVLC's EuclideanLoss and HingeLoss divide by bottom 0's num(), a legacy accessor
+    that stops Caffe on a blob of more than 4 axes (a 3-d map's): an error naming the
+    bottom and its shape and the way round it (a Flatten first, the same loss). Bottom
+    1 is read by count only (EuclideanLoss's may have 5 axes in Caffe too)."""
+    with pytest.raises(LayerSetupError) as err:
+        make_layer(text, [(2, 3, 4, 5, 6), label])
+    assert "bottom 0 has 5 axes (shape 2 3 4 5 6 (720))" in str(err.value)
+    assert "legacy accessors" in str(err.value) and "Flatten" in str(err.value)
+    make_layer(text, [(2, 3, 4, 30), label])
+    if text == 'type: "EuclideanLoss"':
+        make_layer(text, [(2, 360), label])
+
+
 # -- Accuracy --------------------------------------------------------------------
 
 def accuracy_reference(x, labels, top_k=1, axis=1, ignore_label=None, num_classes=None):

@@ -299,6 +299,20 @@ def test_mvn_forward_and_exact_backward(x64, rng, opts):
     check_backward(layer, [x], rtol=1e-9, atol=1e-11)
 
 
+def test_mvn_takes_at_most_four_axes_as_caffes_does(x64, rng):
+    """Caffe's MVN sizes its statistics by num() and channels(), legacy accessors that
+    stop Caffe on a blob of more than 4 axes: an error, and the way round it (a 3-axis
+    view, N, C and the rest), whose result per channel is the 5-axis one's."""
+    with pytest.raises(LayerSetupError, match="MVN layer 'mvn': bottom 0 has 5 axes.*"
+                       "legacy accessors.*Flatten with flatten_param \\{ axis: 2 \\}"):
+        make_layer('type: "MVN"', [(2, 3, 4, 5, 6)])
+    x = rng.normal(1.0, 2.0, size=(2, 3, 4, 5, 6))
+    layer = make_layer('type: "MVN"', [(2, 3, 120)])
+    (y,), _ = forward(layer, [x.reshape(2, 3, 120)])
+    np.testing.assert_allclose(np.asarray(y).reshape(x.shape), _mvn_ref(x), rtol=1e-12,
+                               atol=1e-12)
+
+
 def test_mvn_eps_is_added_to_the_standard_deviation(x64):
     x = np.array([[[1.0, 3.0]]])   # one slice: mean 2, std 1
     layer = make_layer('type: "MVN" mvn_param { eps: 1 }', [x.shape])

@@ -32,8 +32,8 @@ def _mvn(draw):
     per_slice = 1
     for d in shape[1 if across else 2:]:
         per_slice *= d
-    if norm and per_slice < 2:
-        shape, per_slice = shape + (2,), 2
+    if norm and per_slice < 2:      # (at most 4 axes: Caffe's MVN takes no more)
+        shape, per_slice = (shape + (2,) if len(shape) < 4 else shape[:-1] + (2,)), 2
     seed = draw(_seeds)
     kwargs = {}
     if norm:

@@ -24,6 +24,29 @@ def canonical_axis(layer, axis, shape, what="axis"):
     return axis + n if axis < 0 else axis
 
 
+def legacy_shape(layer, shape, bottom, instead):
+    """``shape`` as Caffe's legacy accessors num(), channels(), height() and width() read
+    it: 4 axes, 1 past its last. A BVLC layer that reads a bottom through them stops
+    Caffe on a blob of more than 4 axes; so does this, naming the layer, the bottom and
+    its shape, and saying ``instead``: what a net for BVLC's Caffe writes."""
+    if len(shape) > 4:
+        layer.fail("bottom %d has %d axes (shape %s): BVLC's %s reads it through Blob's "
+                   "legacy accessors num(), channels(), height() and width(), which stop "
+                   "Caffe on a blob of more than 4 axes ('Cannot use legacy accessors on "
+                   "Blobs with > 4 axes'). %s", bottom, len(shape), shape_string(shape),
+                   layer.type, instead)
+    return tuple(shape) + (1,) * (4 - len(shape))
+
+
+# A view of a bottom past 4 axes that BVLC's legacy-accessor layers take: the words of
+# legacy_shape's errors
+FLATTEN_FOR_LOSS = ("Flatten it to 2 axes first (a Flatten layer: N and the rest); the "
+                    "loss is the same.")
+FLATTEN_PER_CHANNEL = ("On a volume, give it a 3-axis view: a Flatten with flatten_param "
+                       "{ axis: 2 } before it (N, C and D*H*W: the same result per "
+                       "channel) and a Reshape back after it.")
+
+
 def axis_or_legacy(layer, legacy, shape):
     """The ``axis`` of ``layer.p``, or its legacy uint32 field ``legacy`` (concat_dim,
     slice_dim) when that is set; giving both is an error, as in Caffe."""

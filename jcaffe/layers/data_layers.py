@@ -33,8 +33,10 @@ import numpy as np
 from .. import common
 from ..data_transformer import DataTransformer, decode_image_bytes
 from ..db import DataSourceError, backend_name, open_db, parse_datum
+from ..blob import shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
+from .common import legacy_shape
 
 _LIVE = weakref.WeakSet()
 
@@ -620,6 +622,13 @@ class HDF5Output(JaxLayer):
     """Caffe's HDF5OutputLayer: appends its two bottoms to the datasets ``data`` and
     ``label`` of ``hdf5_output_param.file_name`` on every forward; no tops.
 
+    As Caffe's, it reads each bottom through Blob's legacy accessors: the datasets are
+    4-axis, (num, channels, height, width), a bottom of fewer axes padded with 1s (a
+    (N, C) bottom is written (N, C, 1, 1)), a bottom of more is an error, and the two
+    bottoms' nums must agree. Where Caffe's differs: it makes both datasets anew on
+    every forward (``H5LTmake_dataset``), which HDF5 refuses once they exist, so only
+    its first forward is written; this one appends every forward's rows.
+
     The file is created (truncated) at setup. The write is an ordered
     ``jax.experimental.io_callback`` inside the compiled forward, so the layer
     does not split the net into host and compiled parts. Backward, as Caffe's,
@@ -656,6 +665,13 @@ class HDF5Output(JaxLayer):
         self._lock = threading.Lock()
 
     def reshape(self, bottom_shapes):
+        flatten = ("Flatten it to 2 axes first (a Flatten layer); the file then holds "
+                   "(N, the rest, 1, 1), as Caffe writes a 2-axis bottom.")
+        data, label = (legacy_shape(self, s, i, flatten) for i, s in enumerate(bottom_shapes))
+        if data[0] != label[0]:
+            self.fail("data blob and label blob must have the same batch size (num): "
+                      "bottom 0 has shape %s, bottom 1 %s", shape_string(bottom_shapes[0]),
+                      shape_string(bottom_shapes[1]))
         return []
 
     def _write(self, data, label):
@@ -663,6 +679,7 @@ class HDF5Output(JaxLayer):
             if self._file is None:
                 return
             for name, arr in (("data", np.asarray(data, np.float32)), ("label", np.asarray(label, np.float32))):
+                arr = arr.reshape(arr.shape + (1,) * (4 - arr.ndim))    # (Caffe's 4 axes)
                 if name not in self._file:
                     self._file.create_dataset(name, data=arr, maxshape=(None,) + arr.shape[1:], chunks=True)
                 else:

@@ -11,7 +11,7 @@ from ..blob import shape_count, shape_string
 from ..errors import BackwardError
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
-from .common import canonical_axis, softmax
+from .common import FLATTEN_FOR_LOSS, canonical_axis, legacy_shape, softmax
 
 _Norm = caffe_pb2.LossParameter
 
@@ -168,6 +168,7 @@ class EuclideanLoss(LossLayer):
     def reshape(self, bottom_shapes):
         tops = LossLayer.reshape(self, bottom_shapes)
         a, b = bottom_shapes
+        legacy_shape(self, a, 0, FLATTEN_FOR_LOSS)      # (BVLC divides by its num())
         if shape_count(a, 1) != shape_count(b, 1):
             self.fail("Inputs must have the same dimension: bottom 0 has shape %s, bottom 1 "
                       "has shape %s (counts from axis 1 on: %d vs %d)", shape_string(a),

@@ -15,7 +15,7 @@ from ..blob import shape_count, shape_string
 from ..errors import BackwardError
 from ..layer import register
 from ..proto import caffe_pb2
-from .common import canonical_axis, softmax
+from .common import FLATTEN_FOR_LOSS, canonical_axis, legacy_shape, softmax
 from .loss import LossLayer, _check_label_count
 
 _Norm = caffe_pb2.LossParameter
@@ -72,6 +72,7 @@ class HingeLoss(LossLayer):
 
     def reshape(self, bottom_shapes):
         tops = LossLayer.reshape(self, bottom_shapes)
+        legacy_shape(self, bottom_shapes[0], 0, FLATTEN_FOR_LOSS)     # (BVLC's num())
         _check_one_label_per_item(self, bottom_shapes)
         return tops
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 
 from ..errors import BackwardError
 from ..layer import register
+from .common import FLATTEN_PER_CHANNEL, legacy_shape
 from .neuron import NeuronLayer
 
 
@@ -78,15 +79,7 @@ class PReLU(_BottomNeuron):
     def _check_axes(self, shape):
         if len(shape) < 2:
             self.fail("Number of axes of bottom blob must be >=2 (got shape %s)", shape)
-        if len(shape) > 4:
-            # BVLC reads the channels with Blob::channels(), a legacy accessor whose
-            # check stops Caffe on a blob of more than 4 axes
-            self.fail("BVLC's PReLU takes at most 4 axes: it reads its channels through "
-                      "the legacy accessor channels(), and Caffe stops on a bottom of more "
-                      "than 4 axes ('Cannot use legacy accessors on Blobs with > 4 axes'; "
-                      "got shape %s). On a volume, give it a 3-axis view: a Flatten with "
-                      "flatten_param { axis: 2 } before it (N, C, D*H*W: the same slopes per "
-                      "channel) and a Reshape back after it", shape)
+        legacy_shape(self, shape, 0, FLATTEN_PER_CHANNEL)      # (BVLC's channels())
 
     def setup(self, bottom_shapes):
         shape = bottom_shapes[0]

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 
 from .. import engine
 from ..layer import JaxLayer, register
+from .common import FLATTEN_PER_CHANNEL, legacy_shape
 
 
 def _centred_for_reduction(x, mean):
@@ -169,6 +170,7 @@ class MVN(JaxLayer):
         shape = bottom_shapes[0]
         if len(shape) == 0:
             self.fail("bottom must have at least one axis")
+        legacy_shape(self, shape, 0, FLATTEN_PER_CHANNEL)   # (BVLC's num(), channels())
         return [shape]
 
     def _rows(self, x):
