@@ -626,8 +626,9 @@ class HDF5Output(JaxLayer):
     4-axis, (num, channels, height, width), a bottom of fewer axes padded with 1s (a
     (N, C) bottom is written (N, C, 1, 1)), a bottom of more is an error, and the two
     bottoms' nums must agree. Where Caffe's differs: it makes both datasets anew on
-    every forward (``H5LTmake_dataset``), which HDF5 refuses once they exist, so only
-    its first forward is written; this one appends every forward's rows.
+    every forward (``H5LTmake_dataset``), which HDF5 refuses once they exist, and its
+    check on that stops Caffe at the second forward; this one appends every forward's
+    rows.
 
     The file is created (truncated) at setup. The write is an ordered
     ``jax.experimental.io_callback`` inside the compiled forward, so the layer
