@@ -546,3 +546,34 @@ def test_setup_logs_the_zero_initial_state_rule():
         "RNN layer 'rnn': each forward starts from zero hidden state (Caffe carries the last "
         "forward's h_T over): start sequences with cont = 0 at t = 0, or use expose_hidden and "
         "feed h_T back as h_0"]
+
+
+def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
+    """Caffe continues a stream whose cont is 1 at t = 0 from the previous forward's h_T
+    and c_T; jcaffe starts from zero. The first forward where that happens says so (a
+    warning naming the layer and the streams), inside a jitted forward too; a forward
+    that starts every stream (cont 0 at t = 0) says nothing."""
+    from netutil import LogLines
+    layer = make_layer(_snippet("LSTM", 2), [(3, 4, 5), (3, 4)], dtype=np.float32)
+    params = _params(layer)
+    x = jnp.ones((3, 4, 5), jnp.float32)
+    forward = jax.jit(lambda cont: layer.forward(params, [x, cont], None)[0][0])
+    fresh = jnp.ones((3, 4), jnp.float32).at[0].set(0)
+    with LogLines() as logs:
+        forward(fresh).block_until_ready()
+        assert not [l for l in logs.lines if "cont is nonzero" in l]
+        forward(fresh.at[0, 1:3].set(1)).block_until_ready()
+        forward(jnp.ones((3, 4), jnp.float32)).block_until_ready()
+    warned = [l for l in logs.lines if "cont is nonzero" in l]
+    assert warned == [
+        "LSTM layer 'lstm': cont is nonzero at t = 0 in 2 of 4 streams. Caffe continues "
+        "such a stream from the previous forward's final state (h_T, c_T); jcaffe starts "
+        "every forward from zero state, so from here its results differ from Caffe's. "
+        "Start sequences with cont = 0 at t = 0, or use expose_hidden and feed h_T/c_T "
+        "back as h_0/c_0 to continue them."]
+    exposed = make_layer(_snippet("RNN", 2, expose=True), [(3, 4, 5), (3, 4), (1, 4, 2)],
+                         dtype=np.float32)
+    with LogLines() as logs:
+        exposed.forward(_params(exposed),
+                        [x, jnp.ones((3, 4)), jnp.zeros((1, 4, 2))], None)
+    assert not [l for l in logs.lines if "cont is nonzero" in l]

@@ -18,7 +18,8 @@ TanH and LSTMUnit layers, one copy per timestep. Here the same math runs as one
 
 Differences from Caffe, on purpose: without ``expose_hidden`` every forward
 starts from h_0 = c_0 = 0 (Caffe carries the previous forward's h_T into h_0;
-both agree whenever ``cont`` is 0 at t = 0). With ``expose_hidden`` the diffs of
+both agree whenever ``cont`` is 0 at t = 0; where it is not, a forward logs a
+warning, once per layer, when it happens). With ``expose_hidden`` the diffs of
 ``h_T``/``c_T`` are backpropagated and ``h_0``/``c_0`` receive their diffs
 (Caffe drops both). The number of timesteps may change between forwards.
 """
@@ -147,7 +148,29 @@ class RecurrentLayer(JaxLayer):
     def _initial_state(self, bottoms, j, N, dtype):
         if self._num_exposed:
             return bottoms[self.hidden_start + j][0]
+        if j == 0:
+            self._warn_if_continued(bottoms[1][0])
         return jnp.zeros((N, self.H), dtype)
+
+    def _warn_if_continued(self, cont_0):
+        """Where cont is nonzero at t = 0, Caffe continues the stream from the last
+        forward's h_T (and c_T); here it starts from zero. Say so when it happens, once
+        per layer: the host is called only then (a lax.cond, as check_indices')."""
+        continued, streams = jnp.sum(cont_0 != 0), cont_0.shape[0]
+
+        def warn(n):
+            if not getattr(self, "_warned_continued", False):
+                self._warned_continued = True
+                log.warning(
+                    "%s layer '%s': cont is nonzero at t = 0 in %d of %d streams. Caffe "
+                    "continues such a stream from the previous forward's final state "
+                    "(h_T%s); jcaffe starts every forward from zero state, so from here its "
+                    "results differ from Caffe's. Start sequences with cont = 0 at t = 0, or "
+                    "use expose_hidden and feed h_T%s back as h_0%s to continue them.",
+                    self.type, self.name, int(n), streams,
+                    *((", c_T", "/c_T", "/c_0") if len(self.hidden_names) > 1
+                      else ("", "", "")))
+        lax.cond(continued > 0, lambda: jax.debug.callback(warn, continued), lambda: None)
 
     def _input_diffs(self, params, bottoms, X, dpre, propagate_down):
         """Diffs of x, x_static and W_x, b, W_x_static from dE/d(pre-activation) (T, N, G)."""
