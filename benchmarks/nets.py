@@ -77,6 +77,8 @@ NETS = {
     "char_rnn": ("char_rnn.prototxt", 50, None, "predict"),
     # (Zaremba et al.'s medium word-level model: 35 timesteps of 20 streams, 10,000 words)
     "ptb_lstm": ("ptb_lstm.prototxt", 20, None, "predict"),
+    # (Light CNN-9's Max-Feature-Maps: 128x128 grey faces, its release's batch of 20)
+    "lightcnn9": ("lightcnn9.prototxt", 20, (1, 128, 128), "fc2"),
     "cifar10_quick": ("cifar10_quick.prototxt", 100, (3, 32, 32), "ip2"),
     "cifar10_full": ("cifar10_full.prototxt", 100, (3, 32, 32), "ip1"),
     "cifar10_full_sigmoid_bn": ("cifar10_full_sigmoid_bn.prototxt", 100, (3, 32, 32), "ip1"),
@@ -543,10 +545,16 @@ def contrastive_distance(d_sq, sqrt, stop_gradient):
     return dist + (d_sq - stop_gradient(d_sq)) / (2 * (dist + 1e-4))
 
 
-def eltwise(l, xs):
-    """Eltwise SUM with its coefficients, or PROD (OpenPose's masks): the operations the
-    zoo nets use, in whichever framework's arrays ``xs`` are."""
+def eltwise(l, xs, maximum):
+    """Eltwise SUM with its coefficients, PROD (OpenPose's masks) or MAX (Light CNN's
+    Max-Feature-Maps): the operations the zoo nets use, in whichever framework's arrays
+    ``xs`` are (``maximum``: its elementwise max of two)."""
     p = l.eltwise_param
+    if p.operation == p.MAX:
+        out = xs[0]
+        for v in xs[1:]:
+            out = maximum(out, v)
+        return out
     if p.operation == p.PROD:
         out = xs[0]
         for v in xs[1:]:
@@ -686,7 +694,7 @@ def jax_forward_fn(param, train):
             elif typ == "Reshape":
                 y = x.reshape(reshaped(l, x.shape))
             elif typ == "Eltwise":
-                y = eltwise(l, xs)
+                y = eltwise(l, xs, jnp.maximum)
             elif typ == "Concat":
                 y = jnp.concatenate(xs, axis=1)
             elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)
@@ -984,7 +992,7 @@ def torch_forward_fn(param, train):
                 if len(ps) > 1:
                     y = y + ps[1].view(1, -1, 1, 1)
             elif typ == "Eltwise":
-                y = eltwise(l, xs)
+                y = eltwise(l, xs, torch.maximum)
             elif typ == "Concat":
                 y = torch.cat(xs, dim=1)
             elif typ == "SoftmaxWithLoss":   # per image, pixel (FCN) or timestep (LRCN)

@@ -320,7 +320,8 @@ def main():
                                         ("colorization", "3", "1"),
                                         ("mtcnn_onet", "15", "2"),
                                         ("lrcn", "3", "1"),
-                                        ("ptb_lstm", "5", "1")]) + runs(
+                                        ("ptb_lstm", "5", "1"),
+                                        ("lightcnn9", "5", "1")]) + runs(
             "train", "bench_train.py", [("vgg16", "3", "1")], "--no-memory") + [
             ("train_caffenet_adam", "bench_train.py",
              ["--net", "caffenet", "--solver", "Adam", "--repeats", "5", "--warmup", "1",
@@ -346,7 +347,8 @@ def main():
              ("unet", "5", "1"), ("resnet56_cifar", "7", "1"),
              ("mtcnn_onet", "15", "2"), ("mtcnn_pnet_image", "30", "3"),
              ("srcnn_image", "30", "3"), ("fsrcnn_image", "30", "3"),
-             ("colorization_image", "5", "1"), ("ptb_lstm", "7", "1")],
+             ("colorization_image", "5", "1"), ("ptb_lstm", "7", "1"),
+             ("lightcnn9", "7", "1")],
             "--no-memory")
         # one image at a time, as a classification script feeds a deploy net
         plan += [("forward1_%s" % name, "bench_forward.py",
@@ -584,6 +586,9 @@ def render(state, opts):
          "timesteps x 20 streams; an Embed of 10,000 words to 650, two LSTMs of 650 units, "
          "Dropout 0.5 between layers, a classifier over 10,000 words at each timestep)",
          "train_ptb_lstm", forward_gflop("ptb_lstm", False) * 3, None),
+        ("Training step, Light CNN-9 (batch 20, 1x128x128 faces; a Max-Feature-Map, Slice "
+         "of the channels and Eltwise MAX, after each of nine products; a 10,575-way "
+         "classifier)", "train_lightcnn9", forward_gflop("lightcnn9", False) * 3, None),
         ("Training step, VGG-16 (batch 16, 3x224x224; thirteen 3x3 convolutions)",
          "train_vgg16", forward_gflop("vgg16", False) * 3, None),
         ("Training step with Adam, CaffeNet (batch 32; jcaffe's AdamSolver, the same update "
@@ -673,6 +678,8 @@ def render(state, opts):
          "forward_resnet56_cifar", forward_gflop("resnet56_cifar", True), None),
         ("Forward (deploy, TEST), the word-level LSTM language model (35 timesteps x 20 "
          "streams, 10,000 words)", "forward_ptb_lstm", forward_gflop("ptb_lstm", True), None),
+        ("Forward (deploy, TEST), Light CNN-9 (batch 20, 1x128x128)", "forward_lightcnn9",
+         forward_gflop("lightcnn9", True), None),
         ("Forward (deploy, TEST), VGG-16 (batch 16, 3x224x224)", "forward_vgg16",
          forward_gflop("vgg16", True), None),
     ] + [("Forward (deploy, TEST), %s, one image (batch 1)" % targets.NAMES[name], "forward1_" + name,

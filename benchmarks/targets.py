@@ -17,7 +17,7 @@ TRAIN_NETS = ("lenet", "cifar10_quick", "cifar10_full", "cifar10_full_sigmoid_bn
               "se_bn_inception", "inception_v3", "inception_v4", "inception_resnet_v2",
               "xception", "resnext50", "dpn92", "fcn32s", "openpose", "deeplab_largefov",
               "unet", "resnet56_cifar", "colorization", "mtcnn_onet", "lrcn",
-              "ptb_lstm", "vgg16")
+              "ptb_lstm", "lightcnn9", "vgg16")
 # Nets timed in deploy forwards only (P-Net, SRCNN, FSRCNN and Colorization on a whole
 # image: they train on crops).
 DEPLOY_NETS = ("mtcnn_pnet_image", "srcnn_image", "fsrcnn_image", "colorization_image")
@@ -45,7 +45,7 @@ NAMES = {"lenet": "LeNet", "cifar10_quick": "CIFAR-10 quick", "cifar10_full": "C
          "srcnn": "SRCNN", "srcnn_image": "SRCNN, one image",
          "fsrcnn": "FSRCNN", "fsrcnn_image": "FSRCNN, one image",
          "lrcn": "LRCN", "char_rnn": "char-rnn",
-         "ptb_lstm": "PTB LSTM (medium)", "vgg16": "VGG-16"}
+         "ptb_lstm": "PTB LSTM (medium)", "lightcnn9": "Light CNN-9", "vgg16": "VGG-16"}
 PURE_JAX = "pure JAX"
 PYTORCH = "PyTorch eager"
 JTIME_AGREES = (0.8, 1.25)       # `jcaffe time` / forward()+backward(): "within noise"

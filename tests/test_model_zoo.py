@@ -67,6 +67,7 @@ NETS = {
     "lrcn": ("embedded_input_sentence", "predict", (20, 1, 8801), True),
     "char_rnn": ("embedded_chars", "predict", (50, 1, 65), True),
     "ptb_lstm": ("embedded_words", "predict", (35, 1, 10000), True),
+    "lightcnn9": ("conv1", "fc2", (1, 10575), True),
     "mnist_autoencoder": ("encode1", "decode1", (1, 784), True),
     "mnist_siamese": ("conv1", "feat", (1, 2), True),
 }
@@ -1310,3 +1311,63 @@ def test_ptb_lstm_as_the_paper_describes_it():
     test = jcaffe.Net(_load("ptb_lstm", 2), jcaffe.TEST)
     test.forward(end="drop0")
     assert np.all(test.blobs["embedded_words"].data != 0)
+
+
+def test_lightcnn9_as_its_release_writes_it():
+    """Light CNN-9 (LightenedCNN_B of AlfredXiangWu/face_verification_experiment):
+    8,198,639 learnable values, 5,480,864 before its 10,575-way classifier (the
+    paper's 5.5M); a
+    Max-Feature-Map after each of the nine products, a Slice of the channels in halves
+    (the legacy slice_dim) into an Eltwise MAX, which halves the width (96 -> 48 at
+    128x128); MAX pools of 2 down to 8x8; fc1 512 -> 256."""
+    net = jcaffe.Net(_load("lightcnn9", 2), jcaffe.TRAIN)
+    shapes, count = _param_counts(net, "(no statistics)")
+    assert count == {False: 8198639, True: 0}
+    assert count[False] - 10575 * 257 == 5480864
+    assert shapes["conv1"] == [(96, 1, 5, 5), (96,)]
+    assert shapes["conv2a"] == [(96, 48, 1, 1), (96,)]
+    assert shapes["conv5"] == [(256, 128, 3, 3), (256,)]
+    assert shapes["fc1"] == [(512, 8192), (512,)]
+    assert shapes["fc2"] == [(10575, 256), (10575,)]
+    assert [net.blobs[b].shape for b in ("slice1_1", "eltwise1", "pool1", "eltwise5",
+                                          "pool4", "eltwise_fc1")] == \
+        [(2, 48, 128, 128), (2, 48, 128, 128), (2, 48, 64, 64), (2, 128, 16, 16),
+         (2, 128, 8, 8), (2, 256)]
+    assert [net.top_names[l] for l in ("etlwise1", "drop1")] == [["eltwise1"], ["eltwise_fc1"]]
+    assert sum(1 for name in net._layer_names if name.startswith("etlwise")) == 10
+
+
+MFM = """
+name: "mfm"
+layer { name: "data" type: "Input" top: "data" top: "label"
+        input_param { shape { dim: 3 dim: 1 dim: 6 dim: 6 } shape { dim: 3 } } }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 pad: 1 weight_filler { type: "msra" }
+                            bias_filler { type: "gaussian" } } }
+layer { name: "slice1" type: "Slice" bottom: "conv1" top: "slice1_1" top: "slice1_2"
+        slice_param { slice_dim: 1 } }
+layer { name: "etlwise1" type: "Eltwise" bottom: "slice1_1" bottom: "slice1_2"
+        top: "eltwise1" eltwise_param { operation: MAX } }
+layer { name: "pool1" type: "Pooling" bottom: "eltwise1" top: "pool1"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "fc1" type: "InnerProduct" bottom: "pool1" top: "fc1"
+        inner_product_param { num_output: 6 weight_filler { type: "msra" } } }
+layer { name: "slice_fc1" type: "Slice" bottom: "fc1" top: "slice_fc1_1" top: "slice_fc1_2"
+        slice_param { slice_dim: 1 } }
+layer { name: "etlwise_fc1" type: "Eltwise" bottom: "slice_fc1_1" bottom: "slice_fc1_2"
+        top: "eltwise_fc1" eltwise_param { operation: MAX } }
+layer { name: "fc2" type: "InnerProduct" bottom: "eltwise_fc1" top: "fc2"
+        inner_product_param { num_output: 4 weight_filler { type: "msra" } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label" top: "loss" }
+"""
+
+
+def test_max_feature_maps_backward_is_jax_grads_in_float64(tmp_path):
+    """Light CNN's pattern, small: Max-Feature-Maps (a Slice of the channels in halves
+    into an Eltwise MAX, each element's diff to the half that won) after a convolution
+    and after an InnerProduct, a MAX pool between. The whole net's backward, in
+    float64, against jax.grad of its composed forward and finite differences
+    (gradcheck.check_net)."""
+    names = _checked_net(tmp_path, "mfm", MFM)
+    assert {"param conv1[0]", "param conv1[1]", "param fc1[0]", "param fc2[0]"} <= names, \
+        names

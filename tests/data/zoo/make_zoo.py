@@ -1821,6 +1821,51 @@ def ptb_lstm():
     n.loss = L.SoftmaxWithLoss(n.predict, n.target_words, softmax_param=dict(axis=2))
     return n
 
+
+def lightcnn9():
+    """Light CNN-9 (Wu, He, Sun & Tan 2015, "LightenedCNN_B" in the authors'
+    face_verification_experiment release) as its prototxt writes it: after every
+    convolution and after fc1 a Max-Feature-Map, a Slice of the channels into two
+    halves and an Eltwise MAX of them (the release's layers are named etlwise*); 1x1
+    convolutions between the 3x3s (conv2a to conv5a); MAX pools of 2 (128x128 grey faces
+    -> 64 -> 32 -> 16 -> 8); xavier weights, biases 0.1 at twice the rate without decay
+    (fc2's at Caffe's defaults, as the release leaves them); Dropout 0.75 after fc1's
+    MFM; fc2 over CASIA-WebFace's 10,575 identities. Training
+    as its release's (deploy) net ends, with SoftmaxWithLoss for its Softmax and the
+    Accuracy in TEST; a batch of 20, its input_dim."""
+    n = NetSpec()
+    data(n, 20, (1, 128, 128), classes=10575)
+    rates = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+    bias = dict(type="constant", value=0.1)
+
+    def mfm(x, suffix):
+        halves = L.Slice(x, name="slice" + suffix, slice_param=dict(slice_dim=1), ntop=2)
+        n["slice%s_1" % suffix], n["slice%s_2" % suffix] = halves
+        out = n["eltwise" + suffix] = L.Eltwise(*halves, name="etlwise" + suffix,
+                                                operation=P.Eltwise.MAX)
+        return out
+
+    x = n.data
+    for name, num, k, pad, pool in [("1", 96, 5, 2, True), ("2a", 96, 1, 0, False),
+                                    ("2", 192, 3, 1, True), ("3a", 192, 1, 0, False),
+                                    ("3", 384, 3, 1, True), ("4a", 384, 1, 0, False),
+                                    ("4", 256, 3, 1, False), ("5a", 256, 1, 0, False),
+                                    ("5", 256, 3, 1, True)]:
+        kw = dict(pad=pad) if pad else {}
+        x = n["conv" + name] = L.Convolution(x, param=rates, num_output=num, kernel_size=k,
+                                             stride=1, weight_filler=XAVIER,
+                                             bias_filler=bias, **kw)
+        x = mfm(x, name)
+        if pool:
+            x = n["pool%d" % {"1": 1, "2": 2, "3": 3, "5": 4}[name]] = max_pool(x, 2, 2)
+    x = n.fc1 = L.InnerProduct(x, param=rates, num_output=512, weight_filler=XAVIER,
+                               bias_filler=bias)
+    x = mfm(x, "_fc1")
+    n.drop1 = L.Dropout(x, dropout_ratio=0.75, in_place=True)
+    n.fc2 = L.InnerProduct(x, num_output=10575, weight_filler=XAVIER, bias_filler=bias)
+    heads(n, n.fc2)
+    return n
+
 NETS = {
     "lenet": (lenet, "LeNet"),
     "cifar10_quick": (cifar10_quick, "CIFAR10_quick"),
@@ -1862,6 +1907,7 @@ NETS = {
     "lrcn": (lrcn, "LRCN"),
     "char_rnn": (char_rnn, "char-rnn"),
     "ptb_lstm": (ptb_lstm, "PTB-LSTM-medium"),
+    "lightcnn9": (lightcnn9, "DeepFace_set003_net"),
     "mnist_autoencoder": (mnist_autoencoder, "MNISTAutoencoder"),
     "mnist_siamese": (mnist_siamese, "mnist_siamese_train_test"),
     "cifar10_full_sigmoid_bn": (cifar10_full_sigmoid_bn, "CIFAR10_full"),
