@@ -1371,3 +1371,18 @@ def test_max_feature_maps_backward_is_jax_grads_in_float64(tmp_path):
     names = _checked_net(tmp_path, "mfm", MFM)
     assert {"param conv1[0]", "param conv1[1]", "param fc1[0]", "param fc2[0]"} <= names, \
         names
+
+
+def test_max_feature_map_in_place_backward_is_jax_grads_in_float64(tmp_path):
+    """The Eltwise MAX written in place (top = its bottom 0) and that blob overwritten
+    again by a PReLU in place after it: the MAX's backward cannot find its winners from
+    the bottoms then, and uses the ones its forward saved. The whole net's backward in
+    float64 against jax.grad and finite differences (gradcheck.check_net)."""
+    text = MFM.replace('top: "eltwise1" eltwise_param', 'top: "slice1_1" eltwise_param').replace(
+        'layer { name: "pool1" type: "Pooling" bottom: "eltwise1"',
+        'layer { name: "prelu1" type: "PReLU" bottom: "slice1_1" top: "slice1_1" '
+        'prelu_param { filler { type: "constant" value: -0.7 } } }\n'
+        'layer { name: "pool1" type: "Pooling" bottom: "slice1_1"')
+    assert text.count('top: "slice1_1"') == 3
+    names = _checked_net(tmp_path, "mfm_in_place", text)
+    assert {"param conv1[0]", "param prelu1[0]"} <= names, names

@@ -66,17 +66,25 @@ def test_eltwise_max_ties_and_mask(x64, rng):
     a = np.array([1.0, 2.0, 3.0, 0.0])
     b = np.array([1.0, 1.0, 4.0, 0.0])
     c = np.array([0.0, 2.0, 4.0, 0.5])
-    layer = make_layer('type: "Eltwise" eltwise_param { operation: MAX }', [(4,)] * 3)
-    tops, saved = forward(layer, [a, b, c])
     top, mask = eltwise_max_reference([a, b, c])
-    np.testing.assert_array_equal(np.asarray(tops[0]), top)
-    np.testing.assert_array_equal(np.asarray(saved), mask)
     np.testing.assert_array_equal(mask, [1, 0, 1, 2])   # tie 0/1 -> 1; later ties keep earlier
     dy = np.array([10.0, 20.0, 30.0, 40.0])
-    diffs, _ = layer.backward([], [jnp.asarray(x) for x in (a, b, c)], tops, saved,
-                              [jnp.asarray(dy)], (True, True, True))
-    for i in range(3):
-        np.testing.assert_array_equal(np.asarray(diffs[i]), np.where(mask == i, dy, 0))
+    # out of place nothing is saved (the backward finds the winners again from the
+    # bottoms); in place (top = bottom 0) the winners are saved, as bytes
+    for text, saves in [('', False), ('bottom: "a" bottom: "b" bottom: "c" top: "a"', True)]:
+        layer = make_layer('type: "Eltwise" eltwise_param { operation: MAX } ' + text,
+                           [(4,)] * 3)
+        tops, saved = forward(layer, [a, b, c])
+        np.testing.assert_array_equal(np.asarray(tops[0]), top)
+        if saves:
+            assert saved.dtype == np.uint8
+            np.testing.assert_array_equal(np.asarray(saved), mask)
+        else:
+            assert saved is None
+        diffs, _ = layer.backward([], [jnp.asarray(x) for x in (a, b, c)], tops, saved,
+                                  [jnp.asarray(dy)], (True, True, True))
+        for i in range(3):
+            np.testing.assert_array_equal(np.asarray(diffs[i]), np.where(mask == i, dy, 0))
     xs = [rng.standard_normal((2, 5)) for _ in range(3)]
     layer = make_layer('type: "Eltwise" eltwise_param { operation: MAX }', [(2, 5)] * 3)
     check_backward(layer, xs)
