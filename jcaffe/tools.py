@@ -97,6 +97,7 @@ def read_image_to_datum(path, label, height=0, width=0, is_color=True, encoded=F
 
 
 def convert_imageset(argv):
+    from .layers.data_layers import root_hint, rooted
     spec = {"gray": False, "shuffle": False, "backend": "lmdb", "resize_width": 0,
             "resize_height": 0, "check_size": False, "encoded": False, "encode_type": ""}
     pos, f = parse_tool_flags(argv, spec, CONVERT_USAGE)
@@ -132,8 +133,14 @@ def convert_imageset(argv):
     count = 0
     with open_db(db_name, "w", f["backend"]) as db:
         for line_id, (name, label) in enumerate(lines):
-            datum = read_image_to_datum(os.path.join(root, name), label, f["resize_height"],
-                                        f["resize_width"], not f["gray"], f["encoded"], f["encode_type"])
+            try:
+                datum = read_image_to_datum(rooted(root, name), label, f["resize_height"],
+                                            f["resize_width"], not f["gray"], f["encoded"],
+                                            f["encode_type"])
+            except DataSourceError as e:
+                if os.path.exists(rooted(root, name)) or not root_hint(root):
+                    raise
+                raise DataSourceError(str(e) + root_hint(root)) from e
             if f["check_size"] and not datum.encoded:
                 this = len(datum.data)
                 if size is None:

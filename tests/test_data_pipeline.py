@@ -243,6 +243,49 @@ def test_image_data_missing_image(tmp_path):
               image_data_param { source: "%s" batch_size: 1 } }""" % (tmp_path / "list.txt"))
 
 
+def test_image_data_root_folder_is_a_text_prefix_as_in_caffe(tmp_path):
+    """Caffe opens root_folder + name: a root without its trailing '/' runs into the
+    name (here too, where os.path.join would have added one), and the error says so; a
+    name starting with '/' stays under the root."""
+    (tmp_path / "imgs").mkdir()
+    Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "imgs" / "a.png")
+    Image.fromarray(np.full((4, 5, 3), 7, np.uint8)).save(tmp_path / "imgs_a.png")
+    text = """
+        layer { name: "img" type: "ImageData" top: "data" top: "label"
+          image_data_param { source: "%s" root_folder: "%s" batch_size: 1 } }"""
+    (tmp_path / "list.txt").write_text("a.png 1\n")
+    with pytest.raises(DataSourceError, match="cannot open image '.*imgsa.png'.*prepended as "
+                                              "text.*end root_folder with '/'"):
+        make_net(tmp_path, text % (tmp_path / "list.txt", tmp_path / "imgs"))
+    assert make_net(tmp_path, text % (tmp_path / "list.txt", tmp_path / "imgs_")
+                    ).forward()["data"].max() == 7               # (imgs_ + a.png)
+    (tmp_path / "abs.txt").write_text("/a.png 1\n")
+    net = make_net(tmp_path, text % (tmp_path / "abs.txt", tmp_path / "imgs"))
+    assert net.forward()["data"].shape == (1, 3, 4, 5)           # (imgs + /a.png)
+
+
+@pytest.mark.parametrize("param, words", [
+    ("batch_size: 0", "image_data_param.batch_size must be positive"),
+    ("batch_size: 1 new_height: 4", "new_height and new_width must be set together.*new_width 0"),
+])
+def test_image_data_setup_errors_as_caffes_checks(tmp_path, param, words):
+    (tmp_path / "list.txt").write_text("a.png 1\n")
+    with pytest.raises(LayerSetupError, match="ImageData layer 'img': " + words):
+        make_net(tmp_path, """
+            layer { name: "img" type: "ImageData" top: "data" top: "label"
+              image_data_param { source: "%s" %s } }""" % (tmp_path / "list.txt", param))
+
+
+def test_memory_data_needs_its_shape(tmp_path):
+    """Caffe checks batch_size x channels x height x width > 0 at setup: a MemoryData
+    without its shape is an error there, not a 0-sized top."""
+    with pytest.raises(LayerSetupError, match="MemoryData layer 'm': .*channels, height and "
+                                              "width must all be given.*got 0, 2 and 3"):
+        make_net(tmp_path, """
+            layer { name: "m" type: "MemoryData" top: "data" top: "label"
+              memory_data_param { batch_size: 2 height: 2 width: 3 } }""")
+
+
 def test_memory_data_and_set_input_arrays(tmp_path):
     net = make_net(tmp_path, """
         layer { name: "m" type: "MemoryData" top: "data" top: "label"

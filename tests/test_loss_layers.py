@@ -76,6 +76,20 @@ def test_softmax_loss_two_tops_need_two_loss_weights():
     assert layer.loss == [1.0, 0.0] and layer.top_shapes == ((), (4, 3))
 
 
+def test_softmax_loss_second_top_warns_that_bvlc_cannot_set_it_up():
+    """With two loss_weights jcaffe computes the probabilities; BVLC's inner Softmax
+    inherits both weights and stops (issue #2968): a warning says so, and what to write
+    for a net that runs there too. One top: no warning."""
+    from netutil import LogLines
+    with LogLines() as logs:
+        make_layer(loss_snippet(extra='top: "loss" top: "prob" loss_weight: 1 loss_weight: 0'),
+                   [(4, 3), (4,)])
+        make_layer(loss_snippet(), [(4, 3), (4,)])
+    warned = [l for l in logs.lines if "#2968" in l]
+    assert len(warned) == 1 and warned[0].startswith("SoftmaxWithLoss layer 'softmaxwithloss'")
+    assert "a Softmax layer beside it" in warned[0]
+
+
 # -- SoftmaxWithLoss -------------------------------------------------------------
 
 MODES = ["FULL", "VALID", "BATCH_SIZE", "NONE"]

@@ -366,3 +366,9 @@ def test_batch_norm_forward_writes_no_centred_copy_of_its_input():
     written = re.findall(r"= %s\{[\d,]*\} (fusion|add|subtract|multiply|divide)\(" %
                          re.escape(full), entry)
     assert len(written) == 1, entry
+
+
+def test_batch_norm_needs_an_axis():
+    with pytest.raises(LayerSetupError, match="BatchNorm layer 'batchnorm': bottom must have at "
+                                              "least one axis"):
+        make_layer('type: "BatchNorm"', [()])

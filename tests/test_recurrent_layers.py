@@ -388,7 +388,10 @@ def test_lstm_unit_shape_errors(shapes, match):
 # -- errors ------------------------------------------------------------------------
 @pytest.mark.parametrize("snippet,shapes,match", [
     ('type: "LSTM" recurrent_param { }', [(3, 2, 4), (3, 2)], "num_output must be positive"),
-    (_snippet("LSTM", 2), [(3,), (3, 2)], "bottom 0 \\(x\\) must have at least 2 axes"),
+    (_snippet("LSTM", 2), [(3,), (3, 2)], "bottom 0 \\(x\\) must have at least 3 axes"),
+    (_snippet("RNN", 2), [(3, 2), (3, 2)], "at least 3 axes .* got shape 3 2 .*axis 2"),
+    (_snippet("LSTM", 2), [(3, 2, 4), (3, 2), (2,)],
+     "bottom 2 \\(x_static\\) must have at least 2 axes"),
     (_snippet("RNN", 2), [(3, 2, 4), (3, 3)], "bottom 1 \\(cont\\) must have shape .*= \\(3, 2\\)"),
     (_snippet("RNN", 2), [(3, 2, 4), (3, 2, 1)], "bottom 1 \\(cont\\)"),
     (_snippet("LSTM", 2), [(3, 2, 4), (3, 2), (3, 5)], "bottom 2 \\(x_static\\) must have shape \\(2"),

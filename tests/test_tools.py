@@ -92,6 +92,13 @@ def test_convert_imageset_errors(images, capsys):
     assert "Usage" in capsys.readouterr().err
     (tmp / "bad.txt").write_text("missing.png 0\n")
     assert cli.main(["convert_imageset", str(tmp) + "/", str(tmp / "bad.txt"), str(tmp / "x")]) == 1
+    # Caffe's root_folder + name: a root without its '/' runs into the name, and the
+    # error says so
+    capsys.readouterr()
+    assert cli.main(["convert_imageset", str(tmp / "imgs"), str(tmp / "list.txt"),
+                     str(tmp / "y")]) == 1
+    err = capsys.readouterr().err
+    assert "imgsa0.png" in err and "end root_folder with '/'" in err
 
 
 def test_compute_image_mean(images):

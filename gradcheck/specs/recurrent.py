@@ -16,10 +16,12 @@ _FILLERS = ('weight_filler { type: "gaussian" std: 0.5 } '
 @st.composite
 def _recurrent(draw, type_name, num_hidden):
     T, N, H = draw(st.integers(1, 4)), draw(st.integers(1, 3)), draw(st.integers(1, 3))
-    x = (T, N) + draw(small_dims(draw(st.integers(0, 2)), 1, 3))
+    # (features from axis 2 of x and axis 1 of x_static on, as Caffe's unrolled net's
+    # InnerProducts read them: at least one such axis each)
+    x = (T, N) + draw(small_dims(draw(st.integers(1, 2)), 1, 3))
     shapes = [x, (T, N)]
     if draw(st.booleans()):                       # static input x_static (N, ...)
-        shapes.append((N,) + draw(small_dims(draw(st.integers(0, 2)), 1, 3)))
+        shapes.append((N,) + draw(small_dims(draw(st.integers(1, 2)), 1, 3)))
     expose = draw(st.booleans())
     if expose:
         shapes += [(1, N, H)] * num_hidden

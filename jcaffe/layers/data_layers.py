@@ -352,14 +352,32 @@ def _read_list_file(path, layer):
     return [l for l in lines if l.strip()]
 
 
-def read_image(path, new_height=0, new_width=0, is_color=True, where=None):
+def rooted(root, name):
+    """Caffe's ``root_folder + name``: the root is prepended as text, no separator added
+    (ImageData, WindowData, convert_imageset), as Caffe's own examples write it, with a
+    trailing '/'."""
+    return root + name
+
+
+def root_hint(root):
+    """What an error about a file missing under ``root`` adds: a root without a trailing
+    '/' is a prefix of the file's name, in Caffe and here."""
+    if not root or root.endswith(("/", os.sep)):
+        return ""
+    return (" (root_folder %r is prepended as text, as in Caffe, so the path is the root "
+            "and the name run together: end root_folder with '/' for a folder)" % root)
+
+
+def read_image(path, new_height=0, new_width=0, is_color=True, where=None, hint=""):
     """Caffe's ReadImageToCVMat: an ``H x W x C`` uint8 image (BGR colour, 1-channel gray),
-    resized to ``new_height x new_width`` (bilinear) when both are given."""
+    resized to ``new_height x new_width`` (bilinear) when both are given. ``hint``: added
+    to the error when the file cannot be opened."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        raise DataSourceError("%s: cannot open image '%s': %s" % (where or "image", path, e)) from e
+        raise DataSourceError("%s: cannot open image '%s': %s%s"
+                              % (where or "image", path, e, hint)) from e
     img = decode_image_bytes(data, force_color=is_color, force_gray=not is_color,
                              where="%s: image '%s'" % (where or "image", path))
     if new_height > 0 and new_width > 0 and img.shape[:2] != (new_height, new_width):
@@ -386,6 +404,11 @@ class ImageData(SourceLayer):
         self.p_img = p
         self.source = p.source
         self.batch_size = p.batch_size
+        if self.batch_size < 1:
+            self.fail("image_data_param.batch_size must be positive")
+        if (p.new_height > 0) != (p.new_width > 0):
+            self.fail("new_height and new_width must be set together (Caffe resizes to both "
+                      "or neither); got new_height %d, new_width %d", p.new_height, p.new_width)
         lines = _read_list_file(p.source, self)
         self.lines = []
         for n, line in enumerate(lines, 1):
@@ -426,9 +449,9 @@ class ImageData(SourceLayer):
 
     def _read(self, name):
         p = self.p_img
-        return read_image(os.path.join(p.root_folder, name) if p.root_folder else name,
-                          p.new_height, p.new_width, p.is_color,
-                          where="ImageData layer '%s' (%s)" % (self.name, p.source))
+        return read_image(rooted(p.root_folder, name), p.new_height, p.new_width, p.is_color,
+                          where="ImageData layer '%s' (%s)" % (self.name, p.source),
+                          hint=root_hint(p.root_folder))
 
     def _next(self):
         self.pos += 1
@@ -475,6 +498,9 @@ class MemoryData(SourceLayer):
         self.batch_size, self.shape = p.batch_size, (p.channels, p.height, p.width)
         if self.batch_size < 1:
             self.fail("memory_data_param.batch_size must be positive")
+        if not all(self.shape):
+            self.fail("memory_data_param's channels, height and width must all be given, "
+                      "positive; got %d, %d and %d", *self.shape)
         self.data = self.labels = None
         self.pos = 0
         return [(self.batch_size,) + self.shape, (self.batch_size,)]
@@ -800,7 +826,7 @@ class WindowData(SourceLayer):
                 path = lines[i + 1]
                 c, h, w, n = (int(lines[i + k]) for k in range(2, 6))
                 index = len(self.images)
-                self.images.append((os.path.join(self.root, path) if self.root else path, (c, h, w)))
+                self.images.append((rooted(self.root, path), (c, h, w)))
                 i += 6
                 for _ in range(n):
                     cls, overlap, x1, y1, x2, y2 = lines[i].split()
@@ -833,7 +859,8 @@ class WindowData(SourceLayer):
                 window = pool[int(self.rng.integers(0, len(pool)))]
                 do_mirror = bool(self.mirror) and int(self.rng.integers(0, 2)) == 1
                 path = self.images[window[0]][0]
-                img = read_image(path, where="WindowData layer '%s' (%s)" % (self.name, self.source))
+                img = read_image(path, where="WindowData layer '%s' (%s)" % (self.name, self.source),
+                                 hint=root_hint(self.root))
                 x1, y1, x2, y2 = window[3:7]
                 pad_w = pad_h = 0
                 crop_w = crop_h = cs

@@ -4,6 +4,8 @@ A loss top's diff holds its loss weight (Caffe's SetLossWeights), so a
 backward scales by ``top_diffs[0]``, a scalar array. Labels arrive as float
 arrays holding integers and are cast inside.
 """
+import logging
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -12,6 +14,8 @@ from ..errors import BackwardError
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
 from .common import FLATTEN_FOR_LOSS, canonical_axis, legacy_shape, softmax
+
+log = logging.getLogger("jcaffe")
 
 _Norm = caffe_pb2.LossParameter
 
@@ -64,7 +68,10 @@ class SoftmaxWithLoss(LossLayer):
     """E = -sum_valid log(max(p[label], FLT_MIN)) / normalizer, p = softmax(x) along axis.
 
     dE/dx = loss_weight * (p - onehot(label)) / normalizer, 0 at ignored labels.
-    The optional second top is p; like Caffe, backward ignores that top's diff.
+    The optional second top is p; like Caffe, backward ignores that top's diff. BVLC's
+    Caffe declares that top but cannot set the layer up with it (its inner Softmax
+    inherits the loss_weights and fails their count check: BVLC/caffe issue #2968, open);
+    jcaffe computes it, and says at setup that such a net does not run in BVLC's Caffe.
     """
 
     exact_num_top_blobs = -1
@@ -80,6 +87,12 @@ class SoftmaxWithLoss(LossLayer):
             self.normalization = lp.normalization
         if self.normalization not in (_Norm.FULL, _Norm.VALID, _Norm.BATCH_SIZE, _Norm.NONE):
             self.fail("Unknown normalization mode: %d", self.normalization)
+        if self.num_top == 2:
+            log.warning("SoftmaxWithLoss layer '%s': its second top (the probabilities) is "
+                        "computed here, but BVLC's Caffe stops setting this layer up "
+                        "('loss_weight must be unspecified or specified once per top blob'; "
+                        "BVLC/caffe issue #2968): for a net that runs there too, take the "
+                        "probabilities from a Softmax layer beside it", self.name)
 
     def reshape(self, bottom_shapes):
         tops = LossLayer.reshape(self, bottom_shapes)

@@ -67,6 +67,8 @@ class BatchNorm(JaxLayer):
         self.maf = p.moving_average_fraction
         self.use_global_stats = (p.use_global_stats if p.HasField("use_global_stats")
                                  else self.phase == caffe_pb2.TEST)
+        if len(shape) == 0:
+            self.fail("bottom must have at least one axis")
         self.channels = 1 if len(shape) == 1 else shape[1]
         self.eps = p.eps
         c = self.channels

@@ -79,15 +79,20 @@ class RecurrentLayer(JaxLayer):
         self.static_input = len(bottom_shapes) > 2 + self._num_exposed
         self.hidden_start = 2 + int(self.static_input)
         x = bottom_shapes[0]
-        if len(x) < 2:
-            self.fail("bottom 0 (x) must have at least 2 axes (#timesteps, #streams, ...), got "
-                      "shape %s", shape_string(x))
+        if len(x) < 3:
+            self.fail("bottom 0 (x) must have at least 3 axes (#timesteps, #streams, "
+                      "features...), got shape %s: Caffe's unrolled net reads the features "
+                      "from axis 2 on (an InnerProduct with axis 2); give a (T, N) input a "
+                      "third axis of 1 (a Reshape)", shape_string(x))
         self.D = shape_count(x, 2)
         self.Ds = None
         if self.static_input:
             xs = bottom_shapes[2]
-            if len(xs) < 1:
-                self.fail("bottom 2 (x_static) must have at least 1 axis (#streams, ...)")
+            if len(xs) < 2:
+                self.fail("bottom 2 (x_static) must have at least 2 axes (#streams, "
+                          "features...), got shape %s: Caffe's unrolled net reads its "
+                          "features from axis 1 on (an InnerProduct with axis 1)",
+                          shape_string(xs))
             self.Ds = shape_count(xs, 1)
         log.info("Initializing recurrent layer: assuming input batch contains %d timesteps of %d "
                  "independent streams.", x[0], x[1])
@@ -99,9 +104,11 @@ class RecurrentLayer(JaxLayer):
 
     def reshape(self, bottom_shapes):
         x, cont = bottom_shapes[0], bottom_shapes[1]
-        if len(x) < 2:
-            self.fail("bottom 0 (x) must have at least 2 axes (#timesteps, #streams, ...), got "
-                      "shape %s", shape_string(x))
+        if len(x) < 3:
+            self.fail("bottom 0 (x) must have at least 3 axes (#timesteps, #streams, "
+                      "features...), got shape %s: Caffe's unrolled net reads the features "
+                      "from axis 2 on (an InnerProduct with axis 2); give a (T, N) input a "
+                      "third axis of 1 (a Reshape)", shape_string(x))
         T, N = x[0], x[1]
         if len(cont) != 2 or tuple(cont) != (T, N):
             self.fail("bottom 1 (cont) must have shape (#timesteps, #streams) = (%d, %d) like "
