@@ -186,6 +186,34 @@ def test_datum_size_mismatch_names_source_and_key(tmp_path):
         net.forward()
 
 
+def test_records_of_several_sizes_are_cropped_one_by_one_as_caffe(tmp_path):
+    """With crop_size Caffe takes records of any size at least the crop into one batch
+    (each cropped on its own: TEST's centre crop here, mean_value subtracted); raw and
+    encoded records alike. Without crop_size they must agree (the test above)."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (3, 4, 5)).astype(np.uint8)
+    big = rng.integers(0, 256, (3, 7, 6)).astype(np.uint8)
+    path = str(tmp_path / "db")
+    with open_db(path, "w") as db:
+        db.put(make_key(0, "a"), caffe_io.array_to_datum(small, 0).SerializeToString())
+        db.put(make_key(1, "b"), caffe_io.array_to_datum(big, 1).SerializeToString())
+    net = data_net(tmp_path, path, batch=2, phase=jcaffe.TEST,
+                   transform="transform_param { crop_size: 3 mean_value: 10 }")
+    data = net.forward()["data"]
+    np.testing.assert_array_equal(data[0], small[:, 0:3, 1:4] - 10.0)     # ((4-3)//2, (5-3)//2)
+    np.testing.assert_array_equal(data[1], big[:, 2:5, 1:4] - 10.0)       # ((7-3)//2, (6-3)//2)
+    (tmp_path / "imgs").mkdir()
+    for name, chw in (("a.png", small), ("b.png", big)):
+        Image.fromarray(chw[::-1].transpose(1, 2, 0)).save(tmp_path / "imgs" / name)
+    (tmp_path / "list.txt").write_text("a.png 0\nb.png 1\n")
+    images = make_net(tmp_path, """
+        layer { name: "img" type: "ImageData" top: "data" top: "label"
+          transform_param { crop_size: 3 mean_value: 10 }
+          image_data_param { source: "%s" root_folder: "%s/" batch_size: 2 } }"""
+                      % (tmp_path / "list.txt", tmp_path / "imgs"), phase=jcaffe.TEST)
+    np.testing.assert_array_equal(images.forward()["data"], data)
+
+
 def test_undecodable_image_names_source_and_key(tmp_path):
     path = str(tmp_path / "db")
     with open_db(path, "w") as db:

@@ -290,7 +290,11 @@ class Data(SourceLayer):
         raw = self._plain_pixels(keys, labels)
         if raw is None:
             raw = self._decoded_pixels(keys, labels, where)
-        data = self.transformer.transform_batch(raw, where)
+        if isinstance(raw, list):   # (records of several sizes, cropped: one at a time)
+            data = np.stack([self.transformer.transform(r, _Where(where, i))
+                             for i, r in enumerate(raw)])
+        else:
+            data = self.transformer.transform_batch(raw, where)
         return [data, labels] if self.output_labels else [data]
 
     def _plain_pixels(self, keys, labels):
@@ -314,21 +318,26 @@ class Data(SourceLayer):
         return np.frombuffer(buf, np.uint8).reshape((len(keys),) + shape)
 
     def _decoded_pixels(self, keys, labels, where):
-        """The batch record by record (decoding images, float_data), checking that all
-        have one size."""
+        """The batch record by record (decoding images, float_data): one array where all
+        have one size; with crop_size, as Caffe, records of several sizes (each at least
+        the crop) as a list, to be cropped one at a time."""
         raws = []
         with contextlib.closing(self.cursor.values(keys)) as values:
             for i, value in enumerate(values):
                 datum = parse_datum(value, self.source, keys[i])
                 raw = self.transformer.datum_array(datum, _Where(where, i))
-                if raws and raw.shape != raws[0].shape:
+                if raws and raw.shape != raws[0].shape and (
+                        not self.transformer.param.crop_size or raw.shape[0] != raws[0].shape[0]):
                     raise DataSourceError(
                         "Data layer '%s': %s has size %s but %s in the same batch has %s (every record "
-                        "of a batch must have the same channels x height x width)"
+                        "of a batch must have the same channels x height x width, or, with "
+                        "crop_size, the same channels)"
                         % (self.name, where(i), "x".join(map(str, raw.shape)), where(0),
                            "x".join(map(str, raws[0].shape))))
                 raws.append(raw)
                 labels[i] = datum.label
+        if any(r.shape != raws[0].shape for r in raws):
+            return raws
         return np.stack(raws)
 
 
@@ -472,10 +481,12 @@ class ImageData(SourceLayer):
             if shape is None:
                 shape, first = chw.shape, name
                 data = np.empty((self.batch_size,) + self.transformer.infer_shape(shape), np.float32)
-            elif chw.shape != shape:
+            elif chw.shape != shape and (not self.transformer.param.crop_size
+                                         or chw.shape[0] != shape[0]):
                 raise DataSourceError(
                     "ImageData layer '%s' (%s): image '%s' is %s but '%s' in the same batch is %s; "
-                    "set new_height/new_width" % (self.name, self.source, name, chw.shape, first, shape))
+                    "set new_height/new_width (or crop_size: Caffe crops images of several "
+                    "sizes)" % (self.name, self.source, name, chw.shape, first, shape))
             data[i] = self.transformer.transform(chw, "image '%s'" % name)
             labels[i] = label
             self._next()
