@@ -59,6 +59,20 @@ def test_dummy_data_legacy_dims_and_default_zero(tmp_path):
     assert out["x"].shape == (2, 3, 4, 5) and not out["x"].any()
 
 
+def test_dummy_data_legacy_dims_each_once_or_per_top(tmp_path):
+    """Caffe's rule (and its own DummyData test's setup): num, channels, height and width
+    are each given once or once per top, independently of the others."""
+    net = make_net(tmp_path, """
+        layer { name: "d" type: "DummyData" top: "a" top: "b"
+          dummy_data_param { num: 5 num: 3 channels: 3 height: 2 width: 4 width: 1 } }""")
+    assert [net.blobs[b].shape for b in "ab"] == [(5, 3, 2, 4), (3, 3, 2, 1)]
+    with pytest.raises(LayerSetupError, match="DummyData layer 'd': Must specify 'height' once, "
+                                              "or once per top blob \\(2\\); specified 3"):
+        make_net(tmp_path, """
+            layer { name: "d" type: "DummyData" top: "a" top: "b"
+              dummy_data_param { num: 5 channels: 3 height: 2 height: 1 height: 1 width: 4 } }""")
+
+
 def test_dummy_data_bad_filler_count(tmp_path):
     with pytest.raises(LayerSetupError, match="DummyData layer 'd'.*data_filler"):
         make_net(tmp_path, """

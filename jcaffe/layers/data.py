@@ -68,10 +68,12 @@ class DummyData(JaxLayer):
         if p.shape and any(legacy):
             self.fail("give either shape or num/channels/height/width, not both")
         if any(legacy):
-            if len(set(legacy)) != 1 or legacy[0] not in (1, num_top):
-                self.fail("num, channels, height and width must each be given once or once per top")
-            n = legacy[0]
-            pick = (lambda lst, i: lst[i if n > 1 else 0])
+            # (Caffe's rule: each of the four once, or once per top, independently)
+            for name, n in zip(("num", "channels", "height", "width"), legacy):
+                if n not in (1, num_top):
+                    self.fail("Must specify '%s' once, or once per top blob (%d); specified %d",
+                              name, num_top, n)
+            pick = (lambda lst, i: lst[i if len(lst) > 1 else 0])
             self.shapes = [(pick(p.num, i), pick(p.channels, i), pick(p.height, i), pick(p.width, i))
                            for i in range(num_top)]
         else:
