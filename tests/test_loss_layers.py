@@ -247,8 +247,9 @@ def test_euclidean_loss_dimension_check():
 def test_losses_that_divide_by_caffes_num_take_at_most_four_axes(text, label):
     """BVLC's EuclideanLoss and HingeLoss divide by bottom 0's num(), a legacy accessor
     that stops Caffe on a blob of more than 4 axes (a 3-d map's): an error naming the
-    bottom and its shape and the way round it (a Flatten first, the same loss). Bottom
-    1 is read by count only (EuclideanLoss's may have 5 axes in Caffe too)."""
+    bottom and its shape and the way round it (a Flatten first, the same loss). Caffe's
+    forward reads bottom 1 by its count only: EuclideanLoss's targets may have 5 axes
+    there too (its backward divides by their num() where they take a diff)."""
     with pytest.raises(LayerSetupError) as err:
         make_layer(text, [(2, 3, 4, 5, 6), label])
     assert "bottom 0 has 5 axes (shape 2 3 4 5 6 (720))" in str(err.value)

@@ -31,9 +31,9 @@ import jax
 import numpy as np
 
 from .. import common
+from ..blob import shape_string
 from ..data_transformer import DataTransformer, decode_image_bytes
 from ..db import DataSourceError, backend_name, open_db, parse_datum
-from ..blob import shape_string
 from ..layer import JaxLayer, register
 from ..proto import caffe_pb2
 from .common import legacy_shape

@@ -79,11 +79,7 @@ class RecurrentLayer(JaxLayer):
         self.static_input = len(bottom_shapes) > 2 + self._num_exposed
         self.hidden_start = 2 + int(self.static_input)
         x = bottom_shapes[0]
-        if len(x) < 3:
-            self.fail("bottom 0 (x) must have at least 3 axes (#timesteps, #streams, "
-                      "features...), got shape %s: Caffe's unrolled net reads the features "
-                      "from axis 2 on (an InnerProduct with axis 2); give a (T, N) input a "
-                      "third axis of 1 (a Reshape)", shape_string(x))
+        self._check_x(x)
         self.D = shape_count(x, 2)
         self.Ds = None
         if self.static_input:
@@ -102,13 +98,16 @@ class RecurrentLayer(JaxLayer):
                      "use expose_hidden and feed h_T back as h_0", self.type, self.name)
         self.init_params(self.param_specs(), self.filler_rng)
 
-    def reshape(self, bottom_shapes):
-        x, cont = bottom_shapes[0], bottom_shapes[1]
+    def _check_x(self, x):
         if len(x) < 3:
             self.fail("bottom 0 (x) must have at least 3 axes (#timesteps, #streams, "
                       "features...), got shape %s: Caffe's unrolled net reads the features "
                       "from axis 2 on (an InnerProduct with axis 2); give a (T, N) input a "
                       "third axis of 1 (a Reshape)", shape_string(x))
+
+    def reshape(self, bottom_shapes):
+        x, cont = bottom_shapes[0], bottom_shapes[1]
+        self._check_x(x)
         T, N = x[0], x[1]
         if len(cont) != 2 or tuple(cont) != (T, N):
             self.fail("bottom 1 (cont) must have shape (#timesteps, #streams) = (%d, %d) like "

@@ -1764,6 +1764,15 @@ def lrcn():
 
 
 
+def _token_sequences(T, N):
+    """A language model's DummyData: (T, N) input tokens 1, cont 1, target tokens 2."""
+    return L.DummyData(shape=[dict(dim=[T, N])] * 3,
+                       data_filler=[dict(type="constant", value=1),
+                                    dict(type="constant", value=1),
+                                    dict(type="constant", value=2)],
+                       ntop=3)
+
+
 def char_rnn():
     """A character-level language model with char-rnn's defaults (Karpathy 2015: two
     LSTMs of 128 units, sequences of 50 characters, 50 of them a batch, no dropout),
@@ -1775,11 +1784,7 @@ def char_rnn():
     T, N, V, H = 50, 50, 65, 128
     uniform = dict(type="uniform", min=-0.08, max=0.08)
     n = NetSpec()
-    n.input_chars, n.cont, n.target_chars = L.DummyData(
-        shape=[dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[T, N])],
-        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
-                     dict(type="constant", value=2)],
-        ntop=3)
+    n.input_chars, n.cont, n.target_chars = _token_sequences(T, N)
     n.embedded_chars = L.Embed(n.input_chars, input_dim=V, num_output=H, bias_term=False,
                                weight_filler=uniform)
     recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=ZERO)
@@ -1803,11 +1808,7 @@ def ptb_lstm():
     T, N, V, H = 35, 20, 10000, 650
     uniform = dict(type="uniform", min=-0.05, max=0.05)
     n = NetSpec()
-    n.input_words, n.cont, n.target_words = L.DummyData(
-        shape=[dict(dim=[T, N]), dict(dim=[T, N]), dict(dim=[T, N])],
-        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
-                     dict(type="constant", value=2)],
-        ntop=3)
+    n.input_words, n.cont, n.target_words = _token_sequences(T, N)
     n.embedded_words = L.Embed(n.input_words, input_dim=V, num_output=H, bias_term=False,
                                weight_filler=uniform)
     n.drop0 = L.Dropout(n.embedded_words, dropout_ratio=0.5, in_place=True)
