@@ -1764,13 +1764,31 @@ def lrcn():
 
 
 
-def _token_sequences(T, N):
-    """A language model's DummyData: (T, N) input tokens 1, cont 1, target tokens 2."""
-    return L.DummyData(shape=[dict(dim=[T, N])] * 3,
-                       data_filler=[dict(type="constant", value=1),
-                                    dict(type="constant", value=1),
-                                    dict(type="constant", value=2)],
-                       ntop=3)
+def _lstm_language_model(token, T, N, V, H, init, bias_filler, dropout=None):
+    """Tokens through an Embed of H, two LSTMs of H and a V-way classifier at each of T
+    timesteps (InnerProduct and SoftmaxWithLoss along axis 2), N streams; weights from
+    ``init``; ``dropout``: a ratio for Dropouts in place after the Embed and each LSTM.
+    DummyData stands for the sequences: input tokens 1, targets 2, cont 1. Blobs are
+    named by ``token`` (input_chars, embedded_chars, ...)."""
+    n = NetSpec()
+    inputs, targets, embedded = "input_" + token, "target_" + token, "embedded_" + token
+    n[inputs], n.cont, n[targets] = L.DummyData(
+        shape=[dict(dim=[T, N])] * 3,
+        data_filler=[dict(type="constant", value=1), dict(type="constant", value=1),
+                     dict(type="constant", value=2)],
+        ntop=3)
+    x = n[embedded] = L.Embed(n[inputs], input_dim=V, num_output=H, bias_term=False,
+                              weight_filler=init)
+    recurrent = dict(num_output=H, weight_filler=init, bias_filler=bias_filler)
+    for k in range(3):
+        if dropout is not None:
+            x = n["drop%d" % k] = L.Dropout(x, dropout_ratio=dropout, in_place=True)
+        if k < 2:
+            x = n["lstm%d" % (k + 1)] = L.LSTM(x, n.cont, recurrent_param=recurrent)
+    n.predict = L.InnerProduct(x, num_output=V, axis=2, weight_filler=init,
+                               bias_filler=bias_filler)
+    n.loss = L.SoftmaxWithLoss(n.predict, n[targets], softmax_param=dict(axis=2))
+    return n
 
 
 def char_rnn():
@@ -1781,19 +1799,8 @@ def char_rnn():
     128), two LSTMs, a classifier over the characters at each timestep (InnerProduct,
     axis 2) and SoftmaxWithLoss along axis 2. 65 characters (tiny Shakespeare's).
     DummyData stands for the sequences: input characters 1, targets 2, cont 1."""
-    T, N, V, H = 50, 50, 65, 128
-    uniform = dict(type="uniform", min=-0.08, max=0.08)
-    n = NetSpec()
-    n.input_chars, n.cont, n.target_chars = _token_sequences(T, N)
-    n.embedded_chars = L.Embed(n.input_chars, input_dim=V, num_output=H, bias_term=False,
-                               weight_filler=uniform)
-    recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=ZERO)
-    n.lstm1 = L.LSTM(n.embedded_chars, n.cont, recurrent_param=recurrent)
-    n.lstm2 = L.LSTM(n.lstm1, n.cont, recurrent_param=recurrent)
-    n.predict = L.InnerProduct(n.lstm2, num_output=V, axis=2, weight_filler=uniform,
-                               bias_filler=ZERO)
-    n.loss = L.SoftmaxWithLoss(n.predict, n.target_chars, softmax_param=dict(axis=2))
-    return n
+    return _lstm_language_model("chars", 50, 50, 65, 128,
+                                dict(type="uniform", min=-0.08, max=0.08), ZERO)
 
 
 def ptb_lstm():
@@ -1805,22 +1812,8 @@ def ptb_lstm():
     SoftmaxWithLoss along axis 2. The paper's solver (plain SGD at rate 1, gradients
     clipped to norm 5) is the solver's business, not the net's. DummyData stands for the
     sequences: input words 1, targets 2, cont 1."""
-    T, N, V, H = 35, 20, 10000, 650
     uniform = dict(type="uniform", min=-0.05, max=0.05)
-    n = NetSpec()
-    n.input_words, n.cont, n.target_words = _token_sequences(T, N)
-    n.embedded_words = L.Embed(n.input_words, input_dim=V, num_output=H, bias_term=False,
-                               weight_filler=uniform)
-    n.drop0 = L.Dropout(n.embedded_words, dropout_ratio=0.5, in_place=True)
-    recurrent = dict(num_output=H, weight_filler=uniform, bias_filler=uniform)
-    n.lstm1 = L.LSTM(n.drop0, n.cont, recurrent_param=recurrent)
-    n.drop1 = L.Dropout(n.lstm1, dropout_ratio=0.5, in_place=True)
-    n.lstm2 = L.LSTM(n.drop1, n.cont, recurrent_param=recurrent)
-    n.drop2 = L.Dropout(n.lstm2, dropout_ratio=0.5, in_place=True)
-    n.predict = L.InnerProduct(n.drop2, num_output=V, axis=2, weight_filler=uniform,
-                               bias_filler=uniform)
-    n.loss = L.SoftmaxWithLoss(n.predict, n.target_words, softmax_param=dict(axis=2))
-    return n
+    return _lstm_language_model("words", 35, 20, 10000, 650, uniform, uniform, dropout=0.5)
 
 
 def lightcnn9():
