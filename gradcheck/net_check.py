@@ -124,9 +124,15 @@ class _NetRunner:
     def __init__(self, net):
         self.net = net
         self.last = len(net._slots) - 1
+        # the state the recurrent layers carry in (their last forward's h_T), the same
+        # for every forward here
+        self.states = {s.index: s.layer.hidden_state for s in net._slots
+                       if s.layer.carries_state}
 
     def loss(self):
         self.net._forward_count = 0          # the same PRNG key on every forward
+        for i, state in self.states.items():
+            self.net._slots[i].layer.hidden_state = state
         return self.net._forward(0, self.last)
 
     def targets(self):
@@ -187,7 +193,9 @@ class _NetRunner:
                 key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
                 lp = [p if pd else jax.lax.stop_gradient(p) for p, pd in
                       zip(_layer_params(s, dict(enumerate(params))), layer.param_propagate_down)]
-                tops = layer.forward(lp, bottoms, key)[0]
+                carried = self.states.get(s.index)
+                tops = (layer.forward(lp, bottoms, key, state=carried) if carried is not None
+                        else layer.forward(lp, bottoms, key))[0]
                 if not s.need_backward:
                     tops = [jax.lax.stop_gradient(t) for t in tops]
                 for name, value, w in zip(s.tops, tops, layer.loss):

@@ -3,7 +3,9 @@
 A segment's forward is a pure function of the data blobs it reads, the loss
 weights (diffs of loss tops), the learnable params and a PRNG key; it returns
 the final value of every blob it writes, each layer's ``saved`` residuals,
-updated params (BatchNorm statistics) and the loss. Its backward is a pure
+updated params (BatchNorm statistics), the loss and the new carried state of the
+layers that carry one from forward to forward (a recurrent layer's h_T: the
+``state`` in and out, {layer index: arrays}). Its backward is a pure
 function of blob data, the top diffs it reads, the saved residuals and the
 param diffs so far; it returns every diff it writes and the accumulated param
 diffs. Blob I/O happens outside, in the Net. The trace functions are kept
@@ -191,7 +193,7 @@ class PendingForward:
 
     def __init__(self, segment, args):
         self.segment = segment
-        self.args = args            # (params, data, loss_weights, base_key, count)
+        self.args = args            # (params, data, loss_weights, base_key, count, state)
         self.waiting = []           # (weakref to SyncedArray, blob name)
         PendingForward._live.add(self)
 
@@ -497,6 +499,10 @@ class Segment:
         self.loss_tops = loss_tops
         self.param_ids = sorted({p for s in slots for p in s.param_ids})
         self.needs_rng = any(s.layer.needs_rng for s in slots)
+        # The layers that carry a state from one forward to the next (a recurrent
+        # layer's h_T, Caffe's copy into h_0): their index, in order.
+        self.state_slots = tuple(s.index for s in slots
+                                 if s.layer.carries_state and s.layer.forward_writes_tops)
         # Blobs every forward returns (read outside the run), and those found read
         # after a slim forward; the rest may be left pending when no backward follows.
         self.keep = set(keep) | (set(reads) & written) | set(loss_tops)
@@ -606,15 +612,20 @@ class Segment:
         return plan, frozenset(last & set(self.writes))
 
     # -- forward ---------------------------------------------------------------
-    def trace_forward(self, params, data, loss_weights, rng, held=False):
+    def trace_forward(self, params, data, loss_weights, rng, held=False, state=None):
         """(params {pid: a}, data {blob: a}, loss_weights {blob: a}, rng) ->
-        (written {blob: a}, saved {layer index: pytree}, new params {pid: a}, loss).
+        (written {blob: a}, saved {layer index: pytree}, new params {pid: a}, loss,
+        new state {layer index: tuple of a}).
+
+        ``state``: {layer index: tuple of arrays} for the layers in ``state_slots``,
+        the state each starts from (what the last forward left); a layer not in it
+        starts from its zero state, and its new state is not returned.
 
         ``held``: the blobs computed channels-last (:meth:`last_writes`) are returned as
         :func:`_held` (a fused solver step: no transpose for blobs nobody reads; their
         Blob reorders them when read)."""
         env = dict(data)
-        saved, new_params = {}, {}
+        saved, new_params, new_state = {}, {}, {}
         loss = None
         written_here = set()
         plan = self.layout_plan()
@@ -641,6 +652,8 @@ class Segment:
             with jax.named_scope(_scope(layer, "forward")), _user_layer(layer, "forward"):
                 fn = (layer.forward_channels_last if run
                       else layer.forward_top_last if top_last else layer.forward)
+                if state is not None and s.index in state:   # (its own forward, Caffe's order)
+                    fn = functools.partial(layer.forward, state=state[s.index])
                 out = fn(lp, [_as(env[b], b in last, run and c)
                               for b, c in zip(s.bottoms, _carried(s))], key)
             tops = out[0]
@@ -653,6 +666,8 @@ class Segment:
                 for pid, value in zip(s.param_ids, out[2]):
                     if value is not None:
                         new_params[pid] = value
+            if state is not None and s.index in state:
+                new_state[s.index] = tuple(out[2])
             if len(tops) != len(s.tops):
                 raise ValueError("%s layer '%s' returned %d tops, expected %d"
                                  % (layer.type, layer.name, len(tops), len(s.tops)))
@@ -679,7 +694,7 @@ class Segment:
         # XLA cancels the two transposes)
         written = _returned({name: kept.get(name, env[name]) for name in self.writes}, last,
                             held)
-        return written, saved, new_params, loss
+        return written, saved, new_params, loss, new_state
 
     def _forward_fn(self, returned, held=False):
         """The function a forward jits: the blobs ``returned`` (all it writes, or a slim
@@ -687,25 +702,28 @@ class Segment:
         residuals, params and loss as a Distinct (a value written under several names, a
         Split's tops, once; a blob read back unchanged is the input array, never params:
         a fused step donates them)."""
-        def forward(params, data, loss_weights, base_key, count):
+        def forward(params, data, loss_weights, base_key, count, state):
             with runtime_one(base_key):
-                written, saved, new_params, loss = self.trace_forward(
-                    params, data, loss_weights, jax.random.fold_in(base_key, count), held)
-            return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss),
-                               data)
+                written, saved, new_params, loss, new_state = self.trace_forward(
+                    params, data, loss_weights, jax.random.fold_in(base_key, count), held,
+                    state)
+            return Distinct.of(({n: written[n] for n in returned}, saved, new_params, loss,
+                                new_state), data)
         return forward
 
-    def run_full(self, params, data, loss_weights, base_key, count):
+    def run_full(self, params, data, loss_weights, base_key, count, state):
         self.full_forwards += 1
-        return self._forward_jit(params, data, loss_weights, base_key, count).restore(data)
+        return self._forward_jit(params, data, loss_weights, base_key, count,
+                                 state).restore(data)
 
-    def run_forward(self, params, data, loss_weights, base_key, count, wanted=()):
-        """The forward with the key ``fold_in(base_key, count)`` (count: a host int).
+    def run_forward(self, params, data, loss_weights, base_key, count, wanted=(), state=None):
+        """The forward with the key ``fold_in(base_key, count)`` (count: a host int),
+        from the carried ``state`` (see trace_forward; None: every layer from zero).
 
-        -> (written, saved, new params, loss, pending): ``written`` holds every blob
+        -> (written, saved, new params, loss, new state, pending): ``written`` holds every blob
         it writes, or, once the segment may run slim, the blobs read outside it plus
         ``wanted``; then ``pending`` is the :class:`PendingForward` of the others."""
-        args = (params, data, loss_weights, base_key, np.uint32(count))
+        args = (params, data, loss_weights, base_key, np.uint32(count), state or {})
         if not self._may_slim or self.slim_after is None or self.full_forwards < self.slim_after:
             return self.run_full(*args) + (None,)
         self.learned |= set(wanted) & set(self.writes)     # asked for once: keep returning it

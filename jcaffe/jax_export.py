@@ -19,10 +19,12 @@ computation whose hand-written backward the Net runs. User Python layers can be
 included when they define ``jax_forward(self, params, bottoms) -> tops``;
 other Python layers cannot be exported (an error names them). Layers that
 update their params in forward (BatchNorm's running statistics) do not do so
-here: the function is pure. Random layers (Dropout in TRAIN, random DummyData)
-draw from ``rng`` (``jax.random.PRNGKey(0)`` when not given). Input shapes may
-differ from the net's blobs (a layer's shape logic runs at trace time), and
-``jax.vmap`` over an extra leading axis works as usual.
+here, and recurrent layers start from zero state rather than the net's carried
+h_T (a warning says so where ``cont`` is nonzero at t = 0): the function is pure.
+Random layers (Dropout in TRAIN, random DummyData) draw from ``rng``
+(``jax.random.PRNGKey(0)`` when not given). Input shapes may differ from the
+net's blobs (a layer's shape logic runs at trace time), and ``jax.vmap`` over
+an extra leading axis works as usual.
 """
 import jax
 import jax.numpy as jnp

@@ -87,6 +87,12 @@ class _LayerCommon:
     max_top_blobs = -1
     equal_num_bottom_top_blobs = False
     auto_top_blobs = False
+    # Does it carry a state from one forward to the next, outside its blobs (a recurrent
+    # layer's h_T, which Caffe copies into h_0 before the next forward)? Then its JAX
+    # forward takes ``state=`` (a tuple of arrays shaped as state_shapes(); absent:
+    # zeros) and returns (tops, saved, new_state); the net keeps it in ``hidden_state``.
+    carries_state = False
+    hidden_state = None
     # Loss weight of each top when the prototxt gives none (LossLayer: (1,)).
     default_loss_weights = ()
 
@@ -171,6 +177,10 @@ class JaxLayer(_LayerCommon):
     # channels_last_context (their own forward and backward, with the axes they use
     # moved for the call) or the *_channels_last methods.
     layout_free = False
+
+    def state_shapes(self):
+        """The shapes of the carried state (``carries_state``) for the last reshape."""
+        return []
 
     def stores_tops_after(self, writers):
         """Whether the engine stores this layer's tops once (engine.materialize) in a

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import common, engine, hdf5, netgraph, protoio
-from .blob import Blob, shape_epoch, shape_string
+from .blob import Blob, device_zeros, shape_epoch, shape_string
 from .engine import LayerSlot, Segment
 from .errors import BackwardError, JcaffeError, NetGraphError, PythonLayerError, ShapeMismatchError
 from .layer import create_layer, note_python_layer
@@ -758,8 +758,8 @@ class Net:
             params.update(self._kernel_layouts(seg, params))
         data = {name: self.blobs[name].device_data() for name in seg.reads}
         loss_w = {name: self.blobs[name].device_diff() for name in seg.loss_tops}
-        written, saved, new_params, loss, pending = seg.run_forward(params, data, loss_w, *key,
-                                                                   wanted=wanted)
+        written, saved, new_params, loss, new_state, pending = seg.run_forward(
+            params, data, loss_w, *key, wanted=wanted, state=self._carried_state(seg))
         held, once = seg.held_blobs(), {}     # (once: a value under several names)
         for name in seg.writes:
             if name in written:
@@ -775,7 +775,33 @@ class Net:
         self._saved.update(saved)
         for pid, value in new_params.items():
             self._learnable[pid].set_device_data(value)
+        self._keep_state(new_state)
         return 0.0 if loss is None else float(loss)
+
+    def _carried_state(self, seg):
+        """{layer index: state} the layers of ``seg`` that carry one start from: what
+        their last forward left (``layer.hidden_state``), or zeros (the first forward,
+        after ``reset()``, or where the state's shape changed: a new number of streams;
+        Caffe's reshaped blob would keep stale values there)."""
+        out = {}
+        for i in seg.state_slots:
+            layer = self._slots[i].layer
+            shapes = [tuple(shape) for shape in layer.state_shapes()]
+            held = layer.hidden_state
+            if held is None or [tuple(a.shape) for a in held] != shapes:
+                if held is not None:
+                    log.info("%s layer '%s': its carried state has shape %s now, was %s: "
+                             "it starts from zero", layer.type, layer.name,
+                             shape_string(shapes[0]), shape_string(held[0].shape))
+                held = layer.hidden_state = tuple(device_zeros(shape, self.dtype)
+                                                  for shape in shapes)
+            out[i] = held
+        return out
+
+    def _keep_state(self, new_state):
+        """Each layer's state after a forward (see _carried_state)."""
+        for i, value in new_state.items():
+            self._slots[i].layer.hidden_state = value
 
     def _backward(self, start, end, cleared=False):
         """Layers ``start`` down to ``end``. ``cleared``: the caller (a solver's iteration)

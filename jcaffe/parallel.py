@@ -35,6 +35,10 @@ the effective batch is N x batch_size):
   every device the same values.
 * **MemoryData**: a source layer like the others (each local device takes the
   next batch of the arrays given to ``set_input_arrays``).
+* **Recurrent layers** start every forward from zero state: the state Caffe
+  carries from batch to batch (h_T into h_0) is not kept per device here. The
+  first forward where that differs from Caffe (``cont`` nonzero at t = 0) logs
+  a warning naming the layer.
 
 After a step the solver's net shows the root device's (this process's first
 device's) blobs, and the mean loss over all devices; params and solver history
@@ -535,7 +539,7 @@ class DataParallel:
             def body(params, history, data_in, extra, loss_w, top_diffs, keys, count0, rate, t):
                 out = fused(params, history, squeeze(data_in), squeeze(extra), squeeze(loss_w),
                             squeeze(top_diffs), keys, count0, rate, t)
-                new_params, new_hist, values, norm, written, _saved, diffs, loss = out
+                new_params, new_hist, values, norm, written, _saved, diffs, loss, _state = out
                 return (new_params, new_hist, values, norm, loss), (expand(written), expand(diffs))
 
             return jax.shard_map(

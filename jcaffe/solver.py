@@ -818,14 +818,16 @@ class Solver:
         rate = self._next_rate()
         count0 = self._iter * self.param.iter_size
         rest = (data_in, extra, loss_w, top_diffs, net._base_key, np.int32(count0),
-                np.asarray([rate, rate], net.dtype), np.int32(self._iter))
+                np.asarray([rate, rate], net.dtype), np.int32(self._iter),
+                net._carried_state(seg))
         if self._fused[3] is None or self._fused[3][2] != spec:     # first call, or reshaped
             self._compile_fused(params, spec, rest)
         state = self._history_state()
         recycled = (self._recycled((params, state, data_in, extra, loss_w, top_diffs))
                     if self._fused[3][1] else [])
         out = self._fused[1](params, state, recycled, spec, *rest)
-        new_params, state, values, norm, outputs, loss = out
+        new_params, state, values, norm, outputs, loss, carried = out
+        net._keep_state(carried)
         self._set_history_state(state)
         written, saved, diffs = outputs.restore(rest[:4])
         self._set_params_and_diffs(new_params, values, state, self._diff_is_history, rate,
@@ -896,7 +898,7 @@ class Solver:
                 out[k] = {name: jnp.reshape(v, like[name][0]).astype(like[name][1])
                           for name, v in out[k].items()}
             outputs = engine.Distinct.of(tuple(out[4:7]), rest[:4])
-            return tuple(out[:4]) + (outputs, out[7])
+            return tuple(out[:4]) + (outputs, out[7], out[8])
 
         def step(params, history, recycled, spec, *rest):
             # ``recycled``: only its buffers are used, as the outputs' (_recycled).
@@ -1077,6 +1079,9 @@ class Solver:
         params that forward updates (BatchNorm statistics) over the devices;
         ``vary`` marks the accumulators of the ``iter_size`` loop as per-device.
         ``stacked``: input blobs holding one batch per iter_size pass (data layers).
+        ``state``, its last argument: the state the recurrent layers carry in (see
+        engine.Segment.trace_forward; None under data-parallel training: zeros), from
+        pass to pass; the function returns it last.
         ``share_history``: where a param's update value is one of its new history
         arrays (SGD: the momentum), return it once, as history, and leave None in
         its place among the values (``self._diff_is_history[i]`` names the slot):
@@ -1092,14 +1097,14 @@ class Solver:
         vary = self.parallel.vary if self.parallel is not None else (lambda tree: tree)
 
         def one(k, params, pdiffs, data_in, extra, loss_w, top_diffs, base_key, count0,
-                probes=None, in_order=None):
+                state, probes=None, in_order=None):
             if stacked:
                 data_in = {name: value[k] if name in stacked else value
                            for name, value in data_in.items()}
             key = jax.random.fold_in(base_key, count0 + k + 1)
             seg_params = {pid: params[pid] for pid in seg.param_ids}
-            written, saved, new_params, loss = seg.trace_forward(seg_params, data_in, loss_w, key,
-                                                                 held=True)
+            written, saved, new_params, loss, state = seg.trace_forward(
+                seg_params, data_in, loss_w, key, held=True, state=state)
             params = dict(params)
             params.update(mean(new_params))
             seg_params = {pid: params[pid] for pid in seg.param_ids}
@@ -1110,15 +1115,16 @@ class Solver:
                                                update=in_order and in_order(params))
             if loss is None:
                 loss = jnp.zeros((), self.net.dtype)
-            return params, pdiffs, written, saved, diffs, loss
+            return params, pdiffs, written, saved, diffs, loss, state
 
-        def fused(params, history, data_in, extra, loss_w, top_diffs, base_key, count0, rate, t):
+        def fused(params, history, data_in, extra, loss_w, top_diffs, base_key, count0, rate, t,
+                  state=None):
             with engine.runtime_one(base_key):      # (values computed once: engine.materialize)
                 return iteration(params, history, data_in, extra, loss_w, top_diffs, base_key,
-                                 count0, rate, t)
+                                 count0, rate, t, {} if state is None else state)
 
         def iteration(params, history, data_in, extra, loss_w, top_diffs, base_key, count0,
-                      rate, t):
+                      rate, t, state):
             params = dict(enumerate(params))
             pdiffs = {pid: jnp.zeros_like(params[pid]) for pid in pids}
             args = (data_in, extra, loss_w, top_diffs, base_key, count0)
@@ -1142,16 +1148,16 @@ class Solver:
             else:
                 in_order = None
             if iter_size == 1:
-                carry = one(0, params, pdiffs, *args, probes=probes, in_order=in_order)
-            else:   # one traced body, whatever iter_size is
+                carry = one(0, params, pdiffs, *args, state, probes=probes, in_order=in_order)
+            else:   # one traced body, whatever iter_size is; each pass from the last's state
                 def body(k, carry):
-                    out = one(k, carry[0], carry[1], *args)
-                    return (out[0],) + vary(out[1:5] + (carry[5] + out[5],))
-                shapes = jax.eval_shape(one, 0, params, pdiffs, *args)
+                    out = one(k, carry[0], carry[1], *args, carry[6])
+                    return (out[0],) + vary(out[1:5] + (carry[5] + out[5],)) + (out[6],)
+                shapes = jax.eval_shape(one, 0, params, pdiffs, *args, state)
                 init = (params, vary(pdiffs)) + vary(jax.tree_util.tree_map(
-                    lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:]))
+                    lambda s: jnp.zeros(s.shape, s.dtype), shapes[2:6])) + (state,)
                 carry = jax.lax.fori_loop(0, iter_size, body, init)
-            params, pdiffs, written, saved, diffs, loss = carry
+            params, pdiffs, written, saved, diffs, loss, state = carry
             loss = loss / jnp.asarray(iter_size, loss.dtype)
             grads = [pdiffs[pid] if pid in pdiffs else jnp.zeros_like(params[pid])
                      for pid in range(n)]
@@ -1166,7 +1172,7 @@ class Solver:
                 self._diff_is_history = _history_slots(new_hist, values, self._derived)
                 values = [None if k is not None else v
                           for k, v in zip(self._diff_is_history, values)]
-            return new_params, new_hist, values, norm, written, saved, diffs, loss
+            return new_params, new_hist, values, norm, written, saved, diffs, loss, state
 
         return fused
 

@@ -41,20 +41,22 @@ def _params(layer):
 
 def forward(layer, bottoms):
     """(tops, saved) of one jitted forward (eager lax.scan compiles op by op: slow)."""
-    fn = jax.jit(lambda params, bottoms: layer.forward(params, bottoms, None))
+    fn = jax.jit(lambda params, bottoms: layer.forward(params, bottoms, None)[:2])
     return fn(_params(layer), [jnp.asarray(b) for b in bottoms])
 
 
-def check_backward(layer, bottoms, propagate_down, rtol, atol):
+def check_backward(layer, bottoms, propagate_down, rtol, atol, state=None):
     """The hand-written backward == jax.vjp of the forward, in one jitted call
-    (tests/layer_testing.check_backward's comparison)."""
+    (tests/layer_testing.check_backward's comparison); ``state``: the carried state
+    the forward starts from (Net's), held fixed."""
     top_shapes = layer.top_shapes
     v = [jnp.asarray(np.random.default_rng(1).standard_normal(s)) for s in top_shapes]
+    kw = {} if state is None else {"state": tuple(jnp.asarray(a) for a in state)}
 
     @jax.jit
     def both(params, bottoms, v):
-        tops, vjp = jax.vjp(lambda p, b: layer.forward(p, b, None)[0], params, bottoms)
-        saved = layer.forward(params, bottoms, None)[1]
+        tops, vjp = jax.vjp(lambda p, b: layer.forward(p, b, None, **kw)[0], params, bottoms)
+        saved = layer.forward(params, bottoms, None, **kw)[1]
         return vjp(v), layer.backward(params, bottoms, tops, saved, v, tuple(propagate_down))
 
     (ref_params, ref_bottoms), (bottom_diffs, param_diffs) = both(
@@ -292,6 +294,21 @@ def test_bptt_matches_vjp(x64, rng, type_name, weight_first):
     bottom_diffs, param_diffs = check_backward(layer, bottoms, pd, rtol=1e-9, atol=1e-11)
     assert bottom_diffs[1] is None
     assert len(param_diffs) == len(layer.blobs) and all(d is not None for d in param_diffs)
+
+
+@pytest.mark.parametrize("type_name", ["LSTM", "RNN"])
+def test_bptt_from_a_carried_state_matches_vjp(x64, rng, type_name):
+    """From the state a net carries in (Caffe's h_0 = last h_T), W_hh/W_hc's diff has
+    the t = 0 term cont_0 h_0; no diff goes to the state (truncated BPTT)."""
+    T, N, H = 4, 3, 2
+    layer = make_layer(_snippet(type_name, H), [(T, N, 2), (T, N)])
+    state = [rng.standard_normal((N, H)) for _ in layer.state_shapes()]
+    bottoms = [rng.standard_normal((T, N, 2)), rng.uniform(0.5, 1.5, (T, N))]
+    _, param_diffs = check_backward(layer, bottoms, [True, False], rtol=1e-9, atol=1e-11,
+                                    state=state)
+    _, from_zero = check_backward(layer, bottoms, [True, False], rtol=1e-9, atol=1e-11)
+    k = layer._w_h_index()
+    assert not np.allclose(np.asarray(param_diffs[k]), np.asarray(from_zero[k]))
 
 
 def test_propagate_down_and_lr_mult_zero(x64, rng):
@@ -539,23 +556,98 @@ def test_captioning_net_trains_with_the_fused_solver_step():
     assert last < 0.8 * first, (first, last)
 
 
-def test_setup_logs_the_zero_initial_state_rule():
+def test_setup_logs_the_streams():
     from netutil import LogLines
     with LogLines() as logs:
         make_layer(_snippet("RNN", 2), [(3, 2, 4), (3, 2)], dtype=np.float32)
-        make_layer(_snippet("RNN", 2, expose=True), [(3, 2, 4), (3, 2), (1, 2, 2)])
-    assert "3 timesteps of 2 independent streams" in logs.lines[0]
-    assert [l for l in logs.lines if "zero hidden state" in l] == [
-        "RNN layer 'rnn': each forward starts from zero hidden state (Caffe carries the last "
-        "forward's h_T over): start sequences with cont = 0 at t = 0, or use expose_hidden and "
-        "feed h_T back as h_0"]
+    assert logs.lines == ["Initializing recurrent layer: assuming input batch contains 3 "
+                          "timesteps of 2 independent streams."]
+
+
+# -- the state carried from forward to forward (Caffe's h_T copied into h_0) ------------
+def _carry_net(tmp_path, type_name, T, N, H, phase=jcaffe.TRAIN):
+    from netutil import make_net
+    return make_net(tmp_path, """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: %d dim: %d dim: 2 } } }
+        layer { name: "cont" type: "Input" top: "cont" input_param { shape { dim: %d dim: %d } } }
+        layer { name: "rec" bottom: "x" bottom: "cont" top: "h" %s }
+        """ % (T, N, T, N, _snippet(type_name, H)), phase, dtype=np.float64)
+
+
+def _reference(layer, x, cont, state=None):
+    """(tops, final state) of Caffe's unrolled net from ``state`` (default zeros)."""
+    w = _weights(layer)
+    if layer.type == "LSTM":
+        h0, c0 = (None, None) if state is None else (state[0][None], state[1][None])
+        ref, h_T, c_T = lstm_reference(x, cont, *w, h0=h0, c0=c0)
+        return ref, (h_T[0], c_T[0])
+    ref, h_T = rnn_reference(x, cont, *w, h0=None if state is None else state[0][None])
+    return ref, (h_T[0],)
+
+
+@pytest.mark.parametrize("phase", [jcaffe.TRAIN, jcaffe.TEST])
+@pytest.mark.parametrize("type_name", ["LSTM", "RNN"])
+def test_net_forwards_carry_the_final_state_as_caffe(x64, rng, tmp_path, type_name, phase):
+    """Each forward starts from the last one's h_T (and c_T): three batches of a
+    stream continued at t = 0 give what one forward over the whole sequence gives
+    (a TEST net's later forwards run slim, returning only what is read outside). No
+    warning: nothing differs from Caffe. reset() starts from zero again, as does a new
+    number of streams."""
+    from netutil import LogLines
+    T, N, H = 3, 2, 3
+    net = _carry_net(tmp_path, type_name, T, N, H, phase)
+    layer = net.layer_dict["rec"]
+    x = rng.standard_normal((3 * T, N, 2))
+    cont = np.ones((3 * T, N))
+    cont[0] = 0
+    cont[4, 1] = 0                          # stream 1 restarts inside the second batch
+    whole, final = _reference(layer, x, cont)
+    with LogLines() as logs:
+        for k in range(3):
+            part = slice(k * T, (k + 1) * T)
+            out = net.forward(x=x[part], cont=cont[part])["h"]
+            np.testing.assert_allclose(out, whole[part], rtol=1e-12, atol=1e-12,
+                                       err_msg="batch %d" % k)
+        jax.effects_barrier()
+    assert not [line for line in logs.lines if "cont is nonzero" in line]
+    for got, want in zip(layer.hidden_state, final):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+
+    layer.reset()
+    fresh, _ = _reference(layer, x[T:2 * T], cont[T:2 * T])
+    np.testing.assert_allclose(net.forward(x=x[T:2 * T], cont=cont[T:2 * T])["h"], fresh,
+                               rtol=1e-12, atol=1e-12)
+    assert not np.allclose(fresh, whole[T:2 * T])     # (the state mattered)
+
+    net.blobs["x"].reshape(T, N + 1, 2)
+    net.blobs["cont"].reshape(T, N + 1)
+    x3, cont3 = rng.standard_normal((T, N + 1, 2)), np.ones((T, N + 1))
+    with LogLines() as logs:
+        out = net.forward(x=x3, cont=cont3)["h"]
+    np.testing.assert_allclose(out, _reference(layer, x3, cont3)[0], rtol=1e-12, atol=1e-12)
+    assert ("%s layer 'rec': its carried state has shape %d %d (%d) now, was %d %d (%d): it "
+            "starts from zero" % (type_name, N + 1, H, (N + 1) * H, N, H, N * H)) in logs.lines
+
+
+def test_backward_and_gradcheck_from_a_carried_state(x64, rng, tmp_path):
+    """net.backward() after a forward from a carried state: the whole-net gradient check
+    (finite differences and jax.grad, each forward from that same state) agrees."""
+    from gradcheck import check_net
+    T, N = 3, 2
+    net = _carry_net(tmp_path, "LSTM", T, N, 2)
+    net.force_backward = True
+    net.forward(x=rng.standard_normal((T, N, 2)), cont=np.ones((T, N)))
+    assert np.any(np.asarray(net.layer_dict["rec"].hidden_state[0]))
+    report = check_net(net, inputs={"cont": np.ones((T, N))})
+    assert report.ok, str(report)
 
 
 def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
     """Caffe continues a stream whose cont is 1 at t = 0 from the previous forward's h_T
-    and c_T; jcaffe starts from zero. The first forward where that happens says so (a
-    warning naming the layer and the streams), inside a jitted forward too; a forward
-    that starts every stream (cont 0 at t = 0) says nothing."""
+    and c_T; a forward given no state (a layer called alone, as Net.to_jax's functions
+    and data-parallel training call it) starts from zero. The first forward where that
+    happens says so (a warning naming the layer and the streams), inside a jitted
+    forward too; a forward that starts every stream (cont 0 at t = 0) says nothing."""
     from netutil import LogLines
     layer = make_layer(_snippet("LSTM", 2), [(3, 4, 5), (3, 4)], dtype=np.float32)
     params = _params(layer)
@@ -572,13 +664,53 @@ def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
     warned = [l for l in logs.lines if "cont is nonzero" in l]
     assert warned == [
         "LSTM layer 'lstm': cont is nonzero at t = 0 in 2 of 4 streams. Caffe continues "
-        "such a stream from the previous forward's final state (h_T, c_T); jcaffe starts "
-        "every forward from zero state, so from here its results differ from Caffe's. "
-        "Start sequences with cont = 0 at t = 0, or use expose_hidden and feed h_T/c_T "
-        "back as h_0/c_0 to continue them."]
+        "such a stream from the previous forward's final state (h_T, c_T); this forward "
+        "starts from zero state (data-parallel training and Net.to_jax functions carry no "
+        "state), so from here its results differ from Caffe's. Start sequences with "
+        "cont = 0 at t = 0, or use expose_hidden and feed h_T/c_T back as h_0/c_0 to "
+        "continue them."]
     exposed = make_layer(_snippet("RNN", 2, expose=True), [(3, 4, 5), (3, 4), (1, 4, 2)],
                          dtype=np.float32)
     with LogLines() as logs:
         exposed.forward(_params(exposed),
                         [x, jnp.ones((3, 4)), jnp.zeros((1, 4, 2))], None)
     assert not [l for l in logs.lines if "cont is nonzero" in l]
+
+
+@pytest.mark.parametrize("iter_size", [1, 2])
+def test_solver_iterations_carry_the_state_pass_to_pass(iter_size):
+    """A training iteration carries the state too, from pass to pass (iter_size) and
+    from step to step: the fused step (one compiled call, its passes inside) keeps to
+    the layer-by-layer path, whose net.forward() carries it (tests above)."""
+    from test_solver import text_solver
+    T, N, H = 3, 2, 3
+    net_text = """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: %d dim: %d dim: 2 } } }
+        layer { name: "cont" type: "Input" top: "cont" input_param { shape { dim: %d dim: %d } } }
+        layer { name: "y" type: "Input" top: "y" input_param { shape { dim: %d dim: %d dim: %d } } }
+        layer { name: "rec" bottom: "x" bottom: "cont" top: "h" %s }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }
+        """ % (T, N, T, N, T, N, H, _snippet("LSTM", H))
+    solver_text = ('base_lr: 0.1 momentum: 0.9 lr_policy: "fixed" random_seed: 1 type: "SGD" '
+                   'display: 0 iter_size: %d' % iter_size)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((T, N, 2)), rng.standard_normal((T, N, H))
+    solvers = []
+    for fuse in (True, False):
+        solver = text_solver(solver_text, net_text)
+        solver.fuse_step = fuse
+        assert solver._can_fuse() == fuse
+        solver.net.blobs["x"].data[...] = x
+        solver.net.blobs["cont"].data[...] = 1
+        solver.net.blobs["y"].data[...] = y
+        solver.step(3)
+        solvers.append(solver)
+    fused, plain = (s.net for s in solvers)
+    for got, want in zip(fused.layer_dict["rec"].hidden_state,
+                         plain.layer_dict["rec"].hidden_state):
+        assert np.any(np.asarray(want))
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
+    for got, want in zip(fused.learnable_params, plain.learnable_params):
+        np.testing.assert_allclose(got.data, want.data, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused.blobs["h"].data, plain.blobs["h"].data, rtol=1e-5,
+                               atol=1e-6)

@@ -16,10 +16,18 @@ TanH and LSTMUnit layers, one copy per timestep. Here the same math runs as one
   (H, Ds)], ``W_hh`` (H, H), ``W_ho`` (H, H), ``b_o`` (H,); LSTM gates in
   Caffe's order i, f, o, g.
 
-Differences from Caffe, on purpose: without ``expose_hidden`` every forward
-starts from h_0 = c_0 = 0 (Caffe carries the previous forward's h_T into h_0;
-both agree whenever ``cont`` is 0 at t = 0; where it is not, a forward logs a
-warning, once per layer, when it happens). With ``expose_hidden`` the diffs of
+Without ``expose_hidden`` each forward starts from the previous forward's final
+state, as Caffe's copies h_T (and c_T) into h_0 (and c_0): a stream whose
+``cont`` is 1 at t = 0 goes on where the last batch left it (truncated
+backpropagation through time: no diff crosses the batches). The net keeps that
+state on the layer (``hidden_state``), per net (a solver's test net has its
+own); it starts at zero, :meth:`RecurrentLayer.reset` zeroes it (Caffe's
+``Reset``), and a new number of streams starts it at zero again (Caffe's
+reshaped blob keeps stale values). Data-parallel training and ``Net.to_jax``
+functions start every forward from zero; a forward that so differs from Caffe
+(``cont`` nonzero at t = 0) logs a warning, once per layer.
+
+Differences from Caffe, on purpose: with ``expose_hidden`` the diffs of
 ``h_T``/``c_T`` are backpropagated and ``h_0``/``c_0`` receive their diffs
 (Caffe drops both). The number of timesteps may change between forwards.
 """
@@ -50,6 +58,18 @@ class RecurrentLayer(JaxLayer):
     param_field = "recurrent_param"
     hidden_names = ()   # recurrent states exposed by expose_hidden ("h", "c")
     gates = 1           # the hidden pre-activation has gates * num_output channels
+
+    @property
+    def carries_state(self):
+        return not self.p.expose_hidden
+
+    def state_shapes(self):
+        return [(self.N, self.H)] * len(self.hidden_names)
+
+    def reset(self):
+        """Zero the carried state (Caffe's RecurrentLayer::Reset): the next forward
+        starts every stream from h_0 = c_0 = 0."""
+        self.hidden_state = None
 
     @property
     def _num_exposed(self):
@@ -92,10 +112,7 @@ class RecurrentLayer(JaxLayer):
             self.Ds = shape_count(xs, 1)
         log.info("Initializing recurrent layer: assuming input batch contains %d timesteps of %d "
                  "independent streams.", x[0], x[1])
-        if not p.expose_hidden:
-            log.info("%s layer '%s': each forward starts from zero hidden state (Caffe carries "
-                     "the last forward's h_T over): start sequences with cont = 0 at t = 0, or "
-                     "use expose_hidden and feed h_T back as h_0", self.type, self.name)
+        self.N = x[1]
         self.init_params(self.param_specs(), self.filler_rng)
 
     def _check_x(self, x):
@@ -109,6 +126,7 @@ class RecurrentLayer(JaxLayer):
         x, cont = bottom_shapes[0], bottom_shapes[1]
         self._check_x(x)
         T, N = x[0], x[1]
+        self.N = N
         if len(cont) != 2 or tuple(cont) != (T, N):
             self.fail("bottom 1 (cont) must have shape (#timesteps, #streams) = (%d, %d) like "
                       "x, got %s", T, N, shape_string(cont))
@@ -151,17 +169,22 @@ class RecurrentLayer(JaxLayer):
             pre = pre + times_weight_t(xs, params[2])[None]
         return X, pre
 
-    def _initial_state(self, bottoms, j, N, dtype):
+    def _initial_state(self, bottoms, state, j, N, dtype):
+        """h_0 (j = 0) or c_0 (j = 1), (N, H): the exposed bottom, the carried state, or
+        zeros where no state is given (warning where Caffe's would not be zero)."""
         if self._num_exposed:
             return bottoms[self.hidden_start + j][0]
+        if state is not None:
+            return state[j].astype(dtype)
         if j == 0:
             self._warn_if_continued(bottoms[1][0])
         return jnp.zeros((N, self.H), dtype)
 
     def _warn_if_continued(self, cont_0):
         """Where cont is nonzero at t = 0, Caffe continues the stream from the last
-        forward's h_T (and c_T); here it starts from zero. Say so when it happens, once
-        per layer: the host is called only then (a lax.cond, as check_indices')."""
+        forward's h_T (and c_T); a forward given no state starts from zero. Say so when
+        it happens, once per layer: the host is called only then (a lax.cond, as
+        check_indices')."""
         continued, streams = jnp.sum(cont_0 != 0), cont_0.shape[0]
 
         def warn(n):
@@ -170,9 +193,10 @@ class RecurrentLayer(JaxLayer):
                 log.warning(
                     "%s layer '%s': cont is nonzero at t = 0 in %d of %d streams. Caffe "
                     "continues such a stream from the previous forward's final state "
-                    "(h_T%s); jcaffe starts every forward from zero state, so from here its "
-                    "results differ from Caffe's. Start sequences with cont = 0 at t = 0, or "
-                    "use expose_hidden and feed h_T%s back as h_0%s to continue them.",
+                    "(h_T%s); this forward starts from zero state (data-parallel training "
+                    "and Net.to_jax functions carry no state), so from here its results "
+                    "differ from Caffe's. Start sequences with cont = 0 at t = 0, or use "
+                    "expose_hidden and feed h_T%s back as h_0%s to continue them.",
                     self.type, self.name, int(n), streams,
                     *((", c_T", "/c_T", "/c_0") if len(self.hidden_names) > 1
                       else ("", "", "")))
@@ -220,12 +244,12 @@ class RNN(RecurrentLayer):
         return self._input_specs() + [((H, H), p.weight_filler), ((H, H), p.weight_filler),
                                       ((H,), p.bias_filler)]
 
-    def forward(self, params, bottoms, rng):
+    def forward(self, params, bottoms, rng, state=None):
         k = self._w_h_index()
         w_hh, w_ho, b_o = params[k], params[k + 1], params[k + 2]
         cont = bottoms[1]
         _, pre = self._input_term(params, bottoms)
-        h0 = self._initial_state(bottoms, 0, cont.shape[1], pre.dtype)
+        h0 = self._initial_state(bottoms, state, 0, cont.shape[1], pre.dtype)
 
         def step(h_prev, inputs):
             pre_t, cont_t = inputs
@@ -235,7 +259,7 @@ class RNN(RecurrentLayer):
         h_T, hs = lax.scan(step, h0, (pre, cont))
         o = jnp.tanh(hs @ w_ho.T + b_o)
         tops = [o] + ([h_T[None]] if self._num_exposed else [])
-        return tops, (h0, hs, o)
+        return tops, (h0, hs, o), (h_T,)
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         _no_backward_to_cont(self, propagate_down, 1)
@@ -315,13 +339,13 @@ class LSTM(RecurrentLayer):
     def param_specs(self):
         return self._input_specs() + [((4 * self.H, self.H), self.p.weight_filler)]
 
-    def forward(self, params, bottoms, rng):
+    def forward(self, params, bottoms, rng, state=None):
         H, w_hc = self.H, params[self._w_h_index()]
         cont = bottoms[1]
         _, pre = self._input_term(params, bottoms)
         N = cont.shape[1]
-        h0 = self._initial_state(bottoms, 0, N, pre.dtype)
-        c0 = self._initial_state(bottoms, 1, N, pre.dtype)
+        h0 = self._initial_state(bottoms, state, 0, N, pre.dtype)
+        c0 = self._initial_state(bottoms, state, 1, N, pre.dtype)
 
         def step(state, inputs):
             h_prev, c_prev = state
@@ -333,7 +357,7 @@ class LSTM(RecurrentLayer):
 
         (h_T, c_T), (hs, cs, acts) = lax.scan(step, (h0, c0), (pre, cont))
         tops = [hs] + ([h_T[None], c_T[None]] if self._num_exposed else [])
-        return tops, (h0, c0, hs, cs, acts)
+        return tops, (h0, c0, hs, cs, acts), (h_T, c_T)
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
         _no_backward_to_cont(self, propagate_down, 1)
