@@ -321,11 +321,13 @@ def test_memory_data_and_set_input_arrays(tmp_path):
         layer { name: "s" type: "ReLU" bottom: "data" top: "y" }""")
     data = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
     net.set_input_arrays(data, np.arange(4, dtype=np.float32))
+    assert net.blobs["label"].shape == (2,)             # Caffe's LayerSetUp
     out = net.forward()
+    assert net.blobs["label"].shape == (2, 1, 1, 1)     # Caffe's Forward reshapes it
     np.testing.assert_array_equal(out["y"], data[:2])
-    np.testing.assert_array_equal(out["label"], [0, 1])
-    np.testing.assert_array_equal(net.forward()["label"], [2, 3])
-    np.testing.assert_array_equal(net.forward()["label"], [0, 1])
+    np.testing.assert_array_equal(out["label"].ravel(), [0, 1])
+    np.testing.assert_array_equal(net.forward()["label"].ravel(), [2, 3])
+    np.testing.assert_array_equal(net.forward()["label"].ravel(), [0, 1])
     with pytest.raises(Exception, match="multiple of batch_size"):
         net.set_input_arrays(data[:3], np.zeros(3, np.float32))
     with pytest.raises(Exception, match="channels x height x width"):

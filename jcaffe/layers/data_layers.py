@@ -499,7 +499,9 @@ class MemoryData(SourceLayer):
 
     ``memory_data_param``: batch_size, channels, height, width. The arrays'
     first dimension must be a multiple of batch_size; each forward takes the
-    next batch, wrapping around. Data is used as given (no transform).
+    next batch, wrapping around. Data is used as given (no transform). The
+    label top is (batch_size,) after setup and (batch_size, 1, 1, 1) from the
+    first forward on, as Caffe's Forward reshapes it.
     """
 
     exact_num_top_blobs = 2
@@ -549,7 +551,8 @@ class MemoryData(SourceLayer):
         if self.data is None:
             self.fail("no data: call net.set_input_arrays(data, labels) first")
         b, n = self.batch_size, len(self.data)
-        out = [self.data[self.pos:self.pos + b].copy(), self.labels[self.pos:self.pos + b].copy()]
+        out = [self.data[self.pos:self.pos + b].copy(),
+               self.labels[self.pos:self.pos + b].reshape(b, 1, 1, 1).copy()]
         self.pos = (self.pos + b * self.shard_count) % n
         return out
 
