@@ -79,3 +79,50 @@ def test_dummy_data_bad_filler_count(tmp_path):
             layer { name: "d" type: "DummyData" top: "a" top: "b" top: "c"
               dummy_data_param { shape { dim: 2 }
                 data_filler { type: "constant" } data_filler { type: "constant" } } }""")
+
+
+def test_dummy_data_takes_every_caffe_filler(tmp_path):
+    """Caffe's DummyData takes any filler: the random ones refill at every forward
+    (xavier and msra scaled by the top's fan-in, positive_unitball's rows summing to 1,
+    a sparse gaussian keeping sparse / shape[0] of its values), bilinear's kernel is
+    fixed."""
+    jcaffe.set_random_seed(3)
+    net = make_net(tmp_path, """
+        layer { name: "d" type: "DummyData" top: "x" top: "m" top: "p" top: "s" top: "b"
+          dummy_data_param {
+            shape { dim: 50 dim: 2 dim: 10 dim: 10 } shape { dim: 50 dim: 2 dim: 10 dim: 10 }
+            shape { dim: 40 dim: 30 } shape { dim: 20 dim: 500 } shape { dim: 2 dim: 1 dim: 4 dim: 4 }
+            data_filler { type: "xavier" } data_filler { type: "msra" }
+            data_filler { type: "positive_unitball" }
+            data_filler { type: "gaussian" std: 2 sparse: 5 }
+            data_filler { type: "bilinear" } } }""")
+    out = net.forward()
+    a = np.sqrt(3.0 / 200)                               # fan_in = 2 * 10 * 10
+    assert np.abs(out["x"]).max() <= a and abs(out["x"].std() - a / np.sqrt(3)) < 0.05 * a
+    assert abs(out["m"].std() - np.sqrt(2.0 / 200)) < 0.03 * np.sqrt(2.0 / 200)
+    assert out["p"].min() >= 0
+    np.testing.assert_allclose(out["p"].sum(axis=1), np.ones(40), rtol=1e-5)
+    kept = out["s"] != 0
+    assert abs(kept.mean() - 5 / 20) < 0.03 and abs(out["s"][kept].std() - 2) < 0.1
+    from jcaffe import fillers
+    from jcaffe.proto import caffe_pb2
+    np.testing.assert_array_equal(out["b"], fillers.fill(
+        caffe_pb2.FillerParameter(type="bilinear"), (2, 1, 4, 4), None))
+    again = net.forward()
+    assert not np.array_equal(again["x"], out["x"]) and not np.array_equal(again["s"], out["s"])
+    np.testing.assert_array_equal(again["b"], out["b"])
+
+
+@pytest.mark.parametrize("filler,match", [
+    ('type: "bilinear"', "\\(shape 2 3 \\(6\\)\\): bilinear filler: needs a 4-d blob"),
+    ('type: "gaussian" std: 1 sparse: 5', "sparse \\(5\\) must not exceed"),
+    ('type: "uniform" min: 1 max: 0', "min \\(1\\) must not exceed max \\(0\\)"),
+    ('type: "gaussian" std: 0', "std must be positive"),
+    ('type: "nope"', "unknown filler type 'nope'"),
+])
+def test_dummy_data_filler_errors_name_the_layer_and_top(tmp_path, filler, match):
+    with pytest.raises(LayerSetupError, match="DummyData layer 'd': data_filler of top 0.*"
+                                              + match):
+        make_net(tmp_path, """
+            layer { name: "d" type: "DummyData" top: "a"
+              dummy_data_param { shape { dim: 2 dim: 3 } data_filler { %s } } }""" % filler)

@@ -1,8 +1,14 @@
 """Data-less input layers: Input (blobs the user fills) and DummyData (fillers)."""
+import math
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from .. import fillers
 from .. import rng as rng_draws
+from ..blob import shape_string
+from ..errors import LayerSetupError
 from ..layer import JaxLayer, register
 
 
@@ -45,7 +51,24 @@ class Input(JaxLayer):
         return [], []
 
 
-_JAX_FILLERS = ("constant", "uniform", "gaussian")
+def _draw(f, shape, key, dtype):
+    """A random filler's values on the device (fillers.fill's formulas; key: this top's)."""
+    if f.type == "uniform":
+        return rng_draws.uniform(key, shape, dtype, f.min, f.max)
+    if f.type == "xavier":
+        scale = math.sqrt(3.0 / fillers.fan(f, shape))
+        return rng_draws.uniform(key, shape, dtype, -scale, scale)
+    if f.type == "msra":
+        return math.sqrt(2.0 / fillers.fan(f, shape)) * rng_draws.normal(key, shape, dtype)
+    if f.type == "positive_unitball":
+        rows = rng_draws.uniform(key, shape, dtype).reshape(shape[0], -1)
+        return (rows / jnp.sum(rows, axis=1, keepdims=True)).reshape(shape)
+    value = f.mean + f.std * rng_draws.normal(key, shape, dtype)
+    if f.sparse >= 0:       # each value kept with probability sparse / shape[0]
+        keep = rng_draws.bernoulli(jax.random.fold_in(key, 1),
+                                   fillers.keep_probability(f, shape), shape)
+        value = jnp.where(keep, value, jnp.zeros((), dtype))
+    return value
 
 
 @register("DummyData")
@@ -53,8 +76,10 @@ class DummyData(JaxLayer):
     """Tops filled by ``data_filler`` on every forward (constant 0 by default).
 
     Shapes come from ``shape`` (or the legacy num/channels/height/width lists);
-    fillers are given once for all tops or once per top. Constant, uniform and
-    gaussian fillers are drawn on the device with the net's random key.
+    fillers are given once for all tops or once per top, any of Caffe's: constant
+    and bilinear values are computed once, at setup; the random ones (uniform,
+    gaussian, sparse gaussian, xavier, msra, positive_unitball) are drawn on the
+    device with the net's random key, again at every forward, as Caffe refills them.
     """
 
     exact_num_bottom_blobs = 0
@@ -85,10 +110,16 @@ class DummyData(JaxLayer):
             self.fail("data_filler must be given once, once per top (%d), or not at all; got %d",
                       num_top, len(fl))
         self.fillers = [fl[0] if len(fl) == 1 else fl[i] if fl else None for i in range(num_top)]
-        for f in self.fillers:
-            if f is not None and f.type not in _JAX_FILLERS:
-                self.fail("data_filler type '%s' is not supported here; use one of %s",
-                          f.type, ", ".join(_JAX_FILLERS))
+        self.fixed = {}     # top index: its values where they never change
+        for i, (shape, f) in enumerate(zip(self.shapes, self.fillers)):
+            if f is None:
+                continue
+            try:
+                fillers.check(f, shape)
+            except LayerSetupError as e:
+                self.fail("data_filler of top %d (shape %s): %s", i, shape_string(shape), e)
+            if f.type == "bilinear":
+                self.fixed[i] = fillers.fill(f, shape, None, np.dtype(self.dtype))
 
     def reshape(self, bottom_shapes):
         return self.shapes
@@ -96,14 +127,13 @@ class DummyData(JaxLayer):
     def forward(self, params, bottoms, rng):
         tops = []
         for i, (shape, f) in enumerate(zip(self.shapes, self.fillers)):
-            key = jax.random.fold_in(rng, i)
             if f is None or f.type == "constant":
                 value = 0.0 if f is None else f.value
                 tops.append(jnp.full(shape, value, self.dtype))
-            elif f.type == "uniform":
-                tops.append(rng_draws.uniform(key, shape, self.dtype, f.min, f.max))
+            elif i in self.fixed:
+                tops.append(jnp.asarray(self.fixed[i]))
             else:
-                tops.append(f.mean + f.std * rng_draws.normal(key, shape, self.dtype))
+                tops.append(_draw(f, shape, jax.random.fold_in(rng, i), self.dtype))
         return tops, None
 
     def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
