@@ -35,10 +35,13 @@ the effective batch is N x batch_size):
   every device the same values.
 * **MemoryData**: a source layer like the others (each local device takes the
   next batch of the arrays given to ``set_input_arrays``).
-* **Recurrent layers** start every forward from zero state: the state Caffe
-  carries from batch to batch (h_T into h_0) is not kept per device here. The
-  first forward where that differs from Caffe (``cont`` nonzero at t = 0) logs
-  a warning naming the layer.
+* **Recurrent layers** carry their state (h_T into the next forward's h_0, as
+  in Caffe) per device: each device's streams go on from that device's last
+  batch, as each of Caffe's solvers carried its own; the root device's state
+  is the net's (``layer.hidden_state``). An Input blob is split along its
+  first axis, which for a recurrent net's (T, N, ...) inputs is time: feed
+  such nets through a data source layer, which gives each device a whole
+  batch of its own.
 
 After a step the solver's net shows the root device's (this process's first
 device's) blobs, and the mean loss over all devices; params and solver history
@@ -296,6 +299,7 @@ class DataParallel:
         self._keys = None               # (net base key, per-device keys)
         self._cache = {}                # id(root copy) -> (root copy, global replicated array)
         self._copies = {}               # id(blob value) -> (value, its copy on every device)
+        self._state = {}                # layer index -> (its state's shapes, per-device arrays)
         common.set_solver_count(self.num_devices)
         net = solver.net
         self.sources, _ = self._plan()
@@ -529,24 +533,26 @@ class DataParallel:
         mesh = self.mesh
 
         def step(scalars, params, history, data_in, extra, loss_w, top_diffs, keys, count0,
-                 rate, t):
+                 rate, t, state):
             def squeeze(d):
                 return {k: (jnp.reshape(v, ()) if k in scalars else v) for k, v in d.items()}
 
             def expand(d):
                 return {k: (jnp.reshape(v, (1,)) if k in scalars else v) for k, v in d.items()}
 
-            def body(params, history, data_in, extra, loss_w, top_diffs, keys, count0, rate, t):
+            def body(params, history, data_in, extra, loss_w, top_diffs, keys, count0, rate, t,
+                     state):
                 out = fused(params, history, squeeze(data_in), squeeze(extra), squeeze(loss_w),
-                            squeeze(top_diffs), keys, count0, rate, t)
-                new_params, new_hist, values, norm, written, _saved, diffs, loss, _state = out
-                return (new_params, new_hist, values, norm, loss), (expand(written), expand(diffs))
+                            squeeze(top_diffs), keys, count0, rate, t, state)
+                new_params, new_hist, values, norm, written, _saved, diffs, loss, state = out
+                return ((new_params, new_hist, values, norm, loss),
+                        (expand(written), expand(diffs)), state)
 
             return jax.shard_map(
                 body, mesh=mesh,
-                in_specs=(rep, rep, split, split, split, split, split, rep, rep, rep),
-                out_specs=(rep, split))(params, history, data_in, extra, loss_w, top_diffs, keys,
-                                        count0, rate, t)
+                in_specs=(rep, rep, split, split, split, split, split, rep, rep, rep, split),
+                out_specs=(rep, split, split))(params, history, data_in, extra, loss_w,
+                                               top_diffs, keys, count0, rate, t, state)
 
         return xla_options.jit(step, static_argnums=0)
 
@@ -597,8 +603,13 @@ class DataParallel:
         scalars_in = [self._replicate(np.asarray(v, dt)) for v, dt in
                       ((count0, np.int32), (rate, net.dtype), (solver._iter, np.int32))]
         self._cache = {}
-        (new_params, solver._history, values, norm, loss), (written, diffs) = self._compiled[1](
-            scalars, params, history, data_in, extra, loss_w, top_diffs, keys, *scalars_in)
+        state = self._carried_state(seg)
+        (new_params, solver._history, values, norm, loss), (written, diffs), state = \
+            self._compiled[1](scalars, params, history, data_in, extra, loss_w, top_diffs, keys,
+                              *scalars_in, state)
+        for i, value in state.items():
+            self._state[i] = (self._state[i][0], value)
+            net._slots[i].layer.hidden_state = tuple(self._root_part(a) for a in value)
         for blob, value, diff in zip(learnable, new_params, values):
             blob.set_device_data(self._remember(value))
             blob.set_device_diff(self._root_part(diff))
@@ -612,6 +623,25 @@ class DataParallel:
             net._saved.pop(slot.index, None)
         net._forward_count = count0 + solver.param.iter_size
         return self._root_part(loss), solver._after_fused(rate, display, self._root_part(norm))
+
+    def _carried_state(self, seg):
+        """{layer index: state} for the layers of ``seg`` that carry one (recurrent
+        layers' h_T), each array global: one (N, H) part per device, that device's own,
+        split along axis 0 (Net._carried_state's rule per device: zeros at first, after
+        ``reset()``, or where a device's share of the streams changed)."""
+        out = {}
+        for i in seg.state_slots:
+            layer = self.solver.net._slots[i].layer
+            shapes = [tuple(shape) for shape in layer.state_shapes()]
+            held = self._state.get(i)
+            if held is None or held[0] != shapes or layer.hidden_state is None:
+                dtype = self.solver.net.dtype
+                held = self._state[i] = (shapes, tuple(
+                    self._global_from_parts([np.zeros(shape, dtype)] * self.num_local)
+                    for shape in shapes))
+                layer.hidden_state = tuple(self._root_part(a) for a in held[1])
+            out[i] = held[1]
+        return out
 
     # -- inspection --------------------------------------------------------------------
     def replica_params(self):

@@ -1080,8 +1080,8 @@ class Solver:
         ``vary`` marks the accumulators of the ``iter_size`` loop as per-device.
         ``stacked``: input blobs holding one batch per iter_size pass (data layers).
         ``state``, its last argument: the state the recurrent layers carry in (see
-        engine.Segment.trace_forward; None under data-parallel training: zeros), from
-        pass to pass; the function returns it last.
+        engine.Segment.trace_forward; under data-parallel training each device's own;
+        None: zeros), from pass to pass; the function returns it last.
         ``share_history``: where a param's update value is one of its new history
         arrays (SGD: the momentum), return it once, as history, and leave None in
         its place among the values (``self._diff_is_history[i]`` names the slot):

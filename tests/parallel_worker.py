@@ -119,6 +119,51 @@ class ShardedFeeder(jcaffe.Layer):
 
 SHARDED_NET = FED_NET % {"name": "sharded", "module": "parallel_worker",
                          "layer": "ShardedFeeder"}
+
+# Streams of a recurrent net: chunk c of time holds STREAM_X[c] (T, 4 streams, 2), cont 1
+# everywhere (every stream goes on from the last chunk, Caffe's h_T carried over).
+STREAM_T, STREAM_N = 3, 4
+STREAM_X = np.random.default_rng(5).normal(size=(8, STREAM_T, STREAM_N, 2)).astype(np.float32)
+STREAM_Y = np.random.default_rng(6).normal(size=(8, STREAM_T, STREAM_N, 3)).astype(np.float32)
+
+
+class StreamFeeder(jcaffe.Layer):
+    """Tops x (T, n, 2), cont (T, n), y (T, n, 3). ``param_str`` "wide": each forward
+    the next chunk, all 4 streams; "halves": call k the half k % 2 of chunk k // 2, as
+    two devices taking consecutive batches each go on with their own 2 streams."""
+
+    def setup(self, bottom, top):
+        self.halves, self.pos = self.param_str == "halves", 0
+
+    def reshape(self, bottom, top):
+        n = STREAM_N // 2 if self.halves else STREAM_N
+        for t, shape in zip(top, ((STREAM_T, n, 2), (STREAM_T, n), (STREAM_T, n, 3))):
+            t.reshape(*shape)
+
+    def forward(self, bottom, top):
+        if self.halves:
+            chunk, n = self.pos // 2, STREAM_N // 2
+            streams = slice(self.pos % 2 * n, (self.pos % 2 + 1) * n)
+        else:
+            chunk, streams = self.pos, slice(None)
+        top[0].data[...] = STREAM_X[chunk][:, streams]
+        top[1].data[...] = 1
+        top[2].data[...] = STREAM_Y[chunk][:, streams]
+        self.pos += 1
+
+
+# (the wide net's loss weight 0.5: the mean of the two halves' losses, as two devices
+# average their gradients)
+STREAM_NET = """
+name: "streams"
+layer { name: "feed" type: "Python" top: "x" top: "cont" top: "y"
+  python_param { module: "parallel_worker" layer: "StreamFeeder" param_str: "%(mode)s" } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 }
+                    bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss"
+  loss_weight: %(weight)s }
+"""
 TINY_XS = np.random.default_rng(3).normal(size=(64, 3)).astype(np.float32)
 TINY_YS = np.random.default_rng(4).normal(size=(64, 2)).astype(np.float32)
 
@@ -226,6 +271,17 @@ def local(out_path):
         fed4.step(3)
         result["source_diff"] = max_diff(params_of(fed1), params_of(fed4))
         result["source_root_shape"] = list(fed4.net.blobs["x"].shape)
+        # a recurrent net fed by a data source: each device carries its own streams' state
+        wide = jcaffe.get_solver(solver_param(STREAM_NET % {"mode": "wide", "weight": 0.5}, 0))
+        halves = jcaffe.get_solver(solver_param(STREAM_NET % {"mode": "halves", "weight": 1},
+                                                0), devices=2)
+        wide.step(3)
+        halves.step(3)
+        result["stream_diff"] = max_diff(params_of(wide), params_of(halves))
+        wide_h, root_h = (s.net.layer_dict["lstm"].hidden_state for s in (wide, halves))
+        result["stream_state_diff"] = max_diff([np.asarray(a)[:STREAM_N // 2] for a in wide_h],
+                                               [np.asarray(a) for a in root_h])
+        result["stream_state_nonzero"] = bool(np.any(np.asarray(root_h[0])))
         # Caffe's Data layer (LMDB): batch_size is per device, each device its own records
         source = lmdb_source(os.path.join(tmp, "lmdb"))
         db1 = jcaffe.get_solver(solver_param(LMDB_NET.replace("%(source)s", source), 8))

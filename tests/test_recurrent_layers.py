@@ -645,7 +645,7 @@ def test_backward_and_gradcheck_from_a_carried_state(x64, rng, tmp_path):
 def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
     """Caffe continues a stream whose cont is 1 at t = 0 from the previous forward's h_T
     and c_T; a forward given no state (a layer called alone, as Net.to_jax's functions
-    and data-parallel training call it) starts from zero. The first forward where that
+    call it) starts from zero. The first forward where that
     happens says so (a warning naming the layer and the streams), inside a jitted
     forward too; a forward that starts every stream (cont 0 at t = 0) says nothing."""
     from netutil import LogLines
@@ -665,10 +665,9 @@ def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
     assert warned == [
         "LSTM layer 'lstm': cont is nonzero at t = 0 in 2 of 4 streams. Caffe continues "
         "such a stream from the previous forward's final state (h_T, c_T); this forward "
-        "starts from zero state (data-parallel training and Net.to_jax functions carry no "
-        "state), so from here its results differ from Caffe's. Start sequences with "
-        "cont = 0 at t = 0, or use expose_hidden and feed h_T/c_T back as h_0/c_0 to "
-        "continue them."]
+        "starts from zero state (Net.to_jax functions carry no state), so from here its "
+        "results differ from Caffe's. Start sequences with cont = 0 at t = 0, or use "
+        "expose_hidden and feed h_T/c_T back as h_0/c_0 to continue them."]
     exposed = make_layer(_snippet("RNN", 2, expose=True), [(3, 4, 5), (3, 4), (1, 4, 2)],
                          dtype=np.float32)
     with LogLines() as logs:
