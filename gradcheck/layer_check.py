@@ -146,13 +146,22 @@ def _check(lp, bottom_shapes, bottoms, propagate_down, check_bottom, phase, seed
     key = jax.random.PRNGKey(seed)
     params = [jnp.asarray(b.data, jnp.float64) for b in layer.blobs]
     xs = [jnp.asarray(b) for b in bottoms]
+    kw = {}
+    if layer.carries_state:     # (a net's forward after the first: from the last h_T)
+        kw["state"] = tuple(jnp.asarray(rng.standard_normal(shape))
+                            for shape in layer.state_shapes())
+        report.notes.append("forward from a drawn carried state (as a net's forward after "
+                            "its first starts from the last one's): held fixed, no diff")
+
+    def forward(p, b):
+        return layer.forward(p, b, key, **kw)
 
     def tops_of(p, b):
-        return layer.forward(p, b, key)[0]
+        return forward(p, b)[0]
 
     # forward, backward and the vjp each jitted, as a net runs layers (op by op, a layer
     # of many small ops, like im2col or max pooling, compiled each on its own: slower)
-    tops, saved = jax.jit(lambda p, b: layer.forward(p, b, key)[:2])(params, xs)
+    tops, saved = jax.jit(lambda p, b: forward(p, b)[:2])(params, xs)
     _check_tops(report, layer, tops)
     if not report.ok:
         return report

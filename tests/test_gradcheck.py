@@ -91,6 +91,30 @@ def test_broken_backward_is_caught(family, type_name, snippet, shapes, fix):
         bad.assert_ok()
 
 
+def test_recurrent_backward_from_a_carried_state_is_checked():
+    """An RNN/LSTM without expose_hidden forwards from the state its net carries (the
+    last forward's h_T); gradcheck draws one. A backward that forgets it (h_0 taken as
+    zero in W_hh's t = 0 term) is caught."""
+    from jcaffe.layers.recurrent import LSTM
+    snippet = ('type: "LSTM" recurrent_param { num_output: 2 weight_filler { type: "gaussian" '
+               'std: 0.5 } bias_filler { type: "gaussian" std: 0.5 } }')
+    bottoms = [np.random.default_rng(0).standard_normal((3, 2, 2)), np.ones((3, 2))]
+    good = gradcheck.check_layer(snippet, bottoms=bottoms, label_bottoms=[1])
+    assert good.ok, str(good)
+    assert any("carried state" in note for note in good.notes)
+
+    class ForgetsTheState(LSTM):
+        type = "LSTM"
+
+        def backward(self, params, bottoms, tops, saved, top_diffs, propagate_down):
+            h0, c0, *rest = saved
+            return super().backward(params, bottoms, tops, (0 * h0, c0, *rest), top_diffs,
+                                    propagate_down)
+    bad = gradcheck.check_layer(snippet, bottoms=bottoms, label_bottoms=[1],
+                                layer_class=ForgetsTheState)
+    assert not bad.ok and not bad["param 2"].ok and bad["bottom 0"].ok
+
+
 def test_one_wrong_element_is_named():
     snippet = 'type: "LRN" lrn_param { local_size: 3 alpha: 1 }'
     fix = lambda bd, pd, b: ([bd[0].at[0, 1, 1, 0].add(1e-3)], pd)
