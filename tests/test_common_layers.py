@@ -305,7 +305,9 @@ def test_concat_axis_and_concat_dim_conflict():
 @pytest.mark.parametrize("param,expected", [("", (2, 60)), ("axis: 2", (2, 3, 20)),
                                             ("axis: 1 end_axis: 2", (2, 12, 5)),
                                             ("axis: 0 end_axis: -2", (24, 5)),
-                                            ("axis: -1", (2, 3, 4, 5))])
+                                            ("axis: -1", (2, 3, 4, 5)),
+                                            # (Caffe's count(2, 2) = 1: a unit axis)
+                                            ("axis: 2 end_axis: 1", (2, 3, 1, 4, 5))])
 def test_flatten(x64, rng, param, expected):
     layer = make_layer('type: "Flatten" flatten_param { %s }' % param, [(2, 3, 4, 5)])
     x = rng.standard_normal((2, 3, 4, 5))
@@ -316,7 +318,8 @@ def test_flatten(x64, rng, param, expected):
 
 
 def test_flatten_errors():
-    with pytest.raises(LayerSetupError, match="end_axis 0 comes before axis 1"):
-        make_layer('type: "Flatten" flatten_param { end_axis: 0 }', [(2, 3)])
+    with pytest.raises(LayerSetupError, match="end_axis 0 comes more than one axis before "
+                                              "axis 2 \\(bottom shape 2 3 4 \\(24\\)\\)"):
+        make_layer('type: "Flatten" flatten_param { axis: 2 end_axis: 0 }', [(2, 3, 4)])
     with pytest.raises(LayerSetupError, match="in-place"):
         make_layer('type: "Flatten" bottom: "x" top: "x"', [(2, 3)])

@@ -582,6 +582,18 @@ def test_pooling_setup_errors_name_the_layer(param, shape, message):
         make_layer('type: "Pooling" pooling_param { %s }' % param, [shape])
 
 
+def test_pooling_kernel_size_with_one_of_kernel_h_w_is_caffes_kernel_size():
+    """Caffe's check refuses kernel_size with both kernel_h and kernel_w, but lets one of
+    them through beside kernel_size, and uses kernel_size: so does jcaffe, and says so."""
+    from netutil import LogLines
+    with LogLines() as logs:
+        layer = make_layer('type: "Pooling" pooling_param { kernel_size: 2 kernel_h: 3 }',
+                           [(1, 1, 4, 4)])
+    assert layer.kernel == (2, 2) and [tuple(t) for t in layer.top_shapes] == [(1, 1, 3, 3)]
+    assert "Pooling layer 'pooling': kernel_size 2 is used, its kernel_h 3 is ignored (as in " \
+        "Caffe)" in logs.lines
+
+
 def test_pooling_mask_top_only_for_max():
     make_layer('type: "Pooling" top: "y" top: "m" pooling_param { pool: MAX kernel_size: 2 }',
                [(1, 1, 4, 4)])

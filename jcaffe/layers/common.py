@@ -376,7 +376,8 @@ def _slice(x, axis, start, stop):
 
 @register("Flatten")
 class Flatten(JaxLayer):
-    """y = x with axes ``axis``..``end_axis`` merged into one;  dE/dx = dE/dy reshaped back."""
+    """y = x with axes ``axis``..``end_axis`` merged into one (end_axis = axis - 1, as in
+    Caffe: a unit axis inserted before ``axis``);  dE/dx = dE/dy reshaped back."""
 
     exact_num_bottom_blobs = 1
     exact_num_top_blobs = 1
@@ -390,8 +391,8 @@ class Flatten(JaxLayer):
     def _flat_shape(self, shape):
         start = canonical_axis(self, self.p.axis, shape)
         end = canonical_axis(self, self.p.end_axis, shape, "end_axis")
-        if end < start:
-            self.fail("end_axis %d comes before axis %d (bottom shape %s)",
+        if end < start - 1:
+            self.fail("end_axis %d comes more than one axis before axis %d (bottom shape %s)",
                       self.p.end_axis, self.p.axis, shape_string(shape))
         return shape[:start] + (shape_count(shape, start, end + 1),) + shape[end + 1:]
 

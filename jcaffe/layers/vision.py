@@ -16,6 +16,7 @@ adds on a GPU).
 import contextlib
 import functools
 import itertools
+import logging
 import math
 
 import jax
@@ -30,6 +31,8 @@ from ..proto import caffe_pb2
 from . import conv_blocks, conv_depth, conv_depthwise, conv_gemm
 from .conv_rules import CpuRules, _macs
 from .common import canonical_axis
+
+log = logging.getLogger("jcaffe")
 
 _POOL = caffe_pb2.PoolingParameter
 _LRN = caffe_pb2.LRNParameter
@@ -796,11 +799,15 @@ class Pooling(JaxLayer):
         if p.global_pooling:
             if has_size or has_h or has_w:
                 self.fail("with global_pooling: true the kernel size cannot be specified")
-        elif has_size == (has_h or has_w) or has_h != has_w:
+        elif has_size == (has_h and has_w):
             self.fail("kernel size is kernel_size OR kernel_h and kernel_w (both are required "
                       "for non-square kernels); not both")
         else:
             self.kernel = (p.kernel_size,) * 2 if has_size else (p.kernel_h, p.kernel_w)
+            if has_size and (has_h or has_w):   # (Caffe's check lets one of them through)
+                log.warning("Pooling layer '%s': kernel_size %d is used, its %s is ignored "
+                            "(as in Caffe)", self.name, p.kernel_size,
+                            "kernel_h %d" % p.kernel_h if has_h else "kernel_w %d" % p.kernel_w)
         self.pad = self._pair("pad")
         self.stride = self._pair("stride")
         if p.global_pooling and (self.pad != (0, 0) or self.stride != (1, 1)):
