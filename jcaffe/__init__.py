@@ -1,6 +1,6 @@
 """jcaffe: Caffe rebuilt on JAX, with pycaffe's API (``import jcaffe as caffe``)."""
 from .blob import Blob
-from .common import (Timer, has_nccl, init_log, set_device, set_mode_cpu, set_mode_gpu,
+from .common import (NCCL, Timer, has_nccl, init_log, set_device, set_mode_cpu, set_mode_gpu,
                      set_multiprocess, set_random_seed, set_solver_count, set_solver_rank,
                      solver_count, solver_rank)
 from .common import log_message as log
@@ -29,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AdaDeltaSolver", "AdaGradSolver", "AdamSolver", "Blob", "Classifier", "Detector",
-    "JaxLayer", "Layer", "Net",
+    "JaxLayer", "Layer", "NCCL", "Net",
     "NesterovSolver", "NetSpec", "RMSPropSolver", "SGDSolver", "Solver", "TEST", "TRAIN", "Timer",
     "caffe_pb2", "coord_map", "get_solver", "io",
     "has_nccl", "init_distributed", "init_log", "layer_type_list", "layers", "log", "params", "register",

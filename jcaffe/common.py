@@ -94,6 +94,35 @@ def has_nccl():
     return False
 
 
+class NCCL:
+    """pycaffe's ``caffe.NCCL(solver, uid)``, as BVLC's python/train.py uses it: one
+    process per GPU, each with its own solver, the gradients all-reduced by NCCL.
+    jcaffe trains on several devices inside one process instead
+    (``get_solver(path, devices=N)``, ``jcaffe train -gpu all``). With one solver
+    (``set_solver_count(1)``: train.py's default ``--gpus 0``) there is nothing to
+    reduce: ``bcast()`` does nothing, and ``solver.add_callback(nccl)`` and
+    ``net.after_backward(nccl)`` register nothing (the step stays one compiled call),
+    so the script trains as on one GPU. With more solvers it raises, naming the way."""
+
+    def __init__(self, solver, uid):
+        if solver_count() > 1:
+            from .errors import DeviceError
+            raise DeviceError(
+                "caffe.NCCL: jcaffe has no NCCL, and does not train with one process per "
+                "device (solver count %d, rank %d): train on several devices in one process "
+                "with jcaffe.get_solver(path, devices=N) (or `jcaffe train -solver ... -gpu "
+                "all`); the gradients are averaged as NCCL's all-reduce averaged them"
+                % (solver_count(), solver_rank()))
+        self.solver, self.uid = solver, uid
+
+    @staticmethod
+    def new_uid():
+        return os.urandom(16)
+
+    def bcast(self):
+        """Caffe broadcasts the root's params to the other solvers: there are none."""
+
+
 class _GlogFormatter(logging.Formatter):
     """Lines shaped like glog's: ``I1122 17:03:04.123456 4242 net.py:120] message``."""
 

@@ -630,6 +630,8 @@ class Net:
         self._hooks["before_backward"].append(callback)
 
     def after_backward(self, callback):
+        if isinstance(callback, common.NCCL):   # (layer-wise reduce: one solver, nothing)
+            return
         self._hooks["after_backward"].append(callback)
 
     # ======================================================================

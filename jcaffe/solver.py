@@ -477,9 +477,16 @@ class Solver:
                       for k, v in zip(self._update_diff_is_history, values)]
         return new_params, self._layout.pack(history), values, norm
 
-    def add_callback(self, on_start, on_gradients_ready):
+    def add_callback(self, on_start, on_gradients_ready=None):
         """Call ``on_start()`` before each iteration's forward and
-        ``on_gradients_ready()`` before its update (pycaffe's add_callback)."""
+        ``on_gradients_ready()`` before its update (pycaffe's add_callback). pycaffe's
+        other form, ``add_callback(nccl)``, takes a :class:`jcaffe.NCCL`, which has
+        nothing to do with one solver: nothing is registered."""
+        if on_gradients_ready is None:
+            if isinstance(on_start, common.NCCL):
+                return
+            raise TypeError("add_callback(on_start, on_gradients_ready) takes two callables "
+                            "(or a caffe.NCCL), got %r alone" % (on_start,))
         self._callbacks.append((on_start, on_gradients_ready))
 
     def set_action_function(self, function):

@@ -24,10 +24,8 @@ PYCAFFE_EXPORTS = [
     "AdamSolver", "Timer", "init_log", "log", "set_mode_cpu", "set_mode_gpu", "set_device", "Layer",
     "get_solver", "layer_type_list", "set_random_seed", "solver_count", "set_solver_count",
     "solver_rank", "set_solver_rank", "set_multiprocess", "has_nccl", "__version__", "TRAIN",
-    "TEST", "Classifier", "Detector", "io", "layers", "params", "NetSpec", "to_proto"]
+    "TEST", "Classifier", "Detector", "io", "layers", "params", "NetSpec", "to_proto", "NCCL"]
 PYCAFFE_MODULES = ["io", "draw", "net_spec", "classifier", "detector", "coord_map", "proto.caffe_pb2"]
-# Left out: caffe.NCCL (multi-GPU through one process per GPU and NCCL): jcaffe trains
-# data parallel with get_solver(..., devices=...) or `jcaffe train -gpu all` (README).
 
 
 def test_every_pycaffe_export_and_module_is_here():
@@ -84,3 +82,42 @@ def test_python_layer_with_learnable_blob_gets_backward_and_param_str(tmp_path):
     np.testing.assert_allclose(net.params["scale"][0].diff[0], np.sum((1.5 * x - t) / 3 * x), rtol=1e-5)
     # The net's loss counts a Python loss layer only through its loss_weight.
     assert net.blob_loss_weights["loss"] == 1.0
+
+
+def test_bvlc_train_py_with_one_gpu_runs_its_nccl_calls_as_nothing(tmp_path):
+    """BVLC's python/train.py, one rank of it (its default --gpus 0): NCCL's uid, bcast,
+    add_callback(nccl) and the layer-wise after_backward(nccl) do nothing with one
+    solver, and the step stays one compiled call. With two solvers NCCL says to train
+    in one process with devices=."""
+    import pytest
+    from jcaffe.errors import DeviceError
+    from netutil import write_prototxt
+    net = write_prototxt(tmp_path, """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 4 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+          inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "ip" top: "loss" }""")
+    proto = write_prototxt(tmp_path, 'net: "%s" base_lr: 0.1 lr_policy: "fixed" max_iter: 2 '
+                           'display: 0' % net, "solver.prototxt")
+    uid = jcaffe.NCCL.new_uid()
+    jcaffe.set_solver_count(1)
+    jcaffe.set_solver_rank(0)
+    jcaffe.set_multiprocess(True)
+    solver = jcaffe.SGDSolver(proto)
+    nccl = jcaffe.NCCL(solver, uid)
+    nccl.bcast()
+    solver.add_callback(nccl)
+    solver.net.after_backward(nccl)
+    assert solver._can_fuse()
+    solver.step(solver.param.max_iter)
+    assert solver.iter == 2
+    with pytest.raises(TypeError, match="two callables"):
+        solver.add_callback(lambda: None)
+    jcaffe.set_solver_count(2)
+    try:
+        with pytest.raises(DeviceError, match="jcaffe has no NCCL.*solver count 2, rank 0.*"
+                                              "devices=N"):
+            jcaffe.NCCL(solver, uid)
+    finally:
+        jcaffe.set_solver_count(1)
+        jcaffe.set_multiprocess(False)
