@@ -377,6 +377,36 @@ class Net:
     def _layer_names(self):
         return [s.layer.name for s in self._slots]
 
+    # pycaffe's own internals (its Net properties are built on them), which scripts
+    # that walk a net's graph use: blobs by index, a layer's tops/bottoms as indices.
+    @property
+    def _blob_names(self):
+        return list(self.blobs)
+
+    @property
+    def _blobs(self):
+        return list(self.blobs.values())
+
+    @property
+    def _blob_loss_weights(self):
+        return list(self.blob_loss_weights.values())
+
+    @property
+    def _inputs(self):
+        return [self._blob_names.index(name) for name in self.inputs]
+
+    @property
+    def _outputs(self):
+        return [self._blob_names.index(name) for name in self.outputs]
+
+    def _top_ids(self, i):
+        names = self._blob_names
+        return [names.index(name) for name in self._slots[i].tops]
+
+    def _bottom_ids(self, i):
+        names = self._blob_names
+        return [names.index(name) for name in self._slots[i].bottoms]
+
     @property
     def layer_dict(self):
         return OrderedDict((s.layer.name, s.layer) for s in self._slots)

@@ -121,3 +121,25 @@ def test_bvlc_train_py_with_one_gpu_runs_its_nccl_calls_as_nothing(tmp_path):
     finally:
         jcaffe.set_solver_count(1)
         jcaffe.set_multiprocess(False)
+
+
+def test_pycaffes_own_internals_rebuild_its_properties(tmp_path):
+    """pycaffe builds Net.blobs, inputs, outputs, top_names and bottom_names from
+    _blob_names, _blobs, _inputs, _outputs, _top_ids(i) and _bottom_ids(i), which scripts
+    walking a net's graph use too: the same rebuild gives jcaffe's properties."""
+    net = make_net(tmp_path, """
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+          inner_product_param { num_output: 2 } }
+        layer { name: "relu" type: "ReLU" bottom: "ip" top: "ip" }
+        layer { name: "loss" type: "EuclideanLoss" bottom: "ip" bottom: "ip" top: "loss"
+          loss_weight: 2 }""")
+    names = net._blob_names
+    assert dict(zip(names, net._blobs)) == dict(net.blobs)
+    assert [names[i] for i in net._inputs] == net.inputs == ["x"]
+    assert [names[i] for i in net._outputs] == net.outputs == ["loss"]
+    for i, layer in enumerate(net._layer_names):
+        assert [names[j] for j in net._top_ids(i)] == net.top_names[layer]
+        assert [names[j] for j in net._bottom_ids(i)] == net.bottom_names[layer]
+    assert net._top_ids(2) == net._bottom_ids(2)        # in place: one blob
+    assert dict(zip(names, net._blob_loss_weights))["loss"] == 2
