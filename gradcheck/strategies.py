@@ -125,7 +125,7 @@ def _split(draw):
 def _flatten(draw):
     shape = draw(small_dims(draw(st.integers(2, 4))))
     a = draw(st.integers(0, len(shape) - 1))
-    e = draw(st.integers(a, len(shape) - 1))
+    e = draw(st.integers(max(a - 1, 0), len(shape) - 1))     # (a - 1: a unit axis, as Caffe)
     return Case('type: "Flatten" flatten_param { axis: %d end_axis: %d }' % (a, e), [shape],
                 seed=draw(_seeds))
 
@@ -140,7 +140,9 @@ def _input(draw):
 def _dummy(draw):
     dims = " ".join("dim: %d" % d for d in draw(small_dims(draw(st.integers(1, 4)))))
     filler = draw(st.sampled_from(['type: "constant" value: 1', 'type: "gaussian"',
-                                   'type: "uniform"']))
+                                   'type: "uniform"', 'type: "gaussian" sparse: 1',
+                                   'type: "xavier"', 'type: "msra"',
+                                   'type: "positive_unitball"']))
     return Case('type: "DummyData" dummy_data_param { shape { %s } data_filler { %s } }'
                 % (dims, filler), [], backward=False, seed=draw(_seeds))
 
