@@ -19,8 +19,13 @@ computation whose hand-written backward the Net runs. User Python layers can be
 included when they define ``jax_forward(self, params, bottoms) -> tops``;
 other Python layers cannot be exported (an error names them). Layers that
 update their params in forward (BatchNorm's running statistics) do not do so
-here, and recurrent layers start from zero state rather than the net's carried
-h_T (a warning says so where ``cont`` is nonzero at t = 0): the function is pure.
+here: the function is pure. Recurrent layers (RNN, LSTM without expose_hidden)
+start from zero state unless given one: ``f(params, inputs, state=s)`` and
+``f.loss(..., state=s)`` start from ``s`` ({layer name: (h,) or (h, c)}, as
+``f.state_from_net()`` reads the Net's carried h_T), and ``f.carry(params,
+inputs, s)`` returns ``(outputs, new state)`` for the next chunk, as the Net
+carries it; without a state, a forward whose ``cont`` is nonzero at t = 0 (where
+Caffe would continue the stream) logs a warning.
 Random layers (Dropout in TRAIN, random DummyData) draw from ``rng``
 (``jax.random.PRNGKey(0)`` when not given). Input shapes may differ from the
 net's blobs (a layer's shape logic runs at trace time), and ``jax.vmap`` over
@@ -95,6 +100,12 @@ class JaxNet:
         """{input blob: the Net's current data}."""
         return {name: jnp.asarray(self._net.blobs[name].host_data()) for name in self.input_names}
 
+    def state_from_net(self):
+        """{layer name: tuple of arrays}: the state each recurrent layer of the range
+        carries in the Net (its last forward's h_T, c_T), or None before its first."""
+        return {s.layer.name: s.layer.hidden_state for s in self.slots
+                if s.layer.carries_state}
+
     # -- the function --------------------------------------------------------------
     def _layer_params(self, s, params):
         vals = []
@@ -110,13 +121,16 @@ class JaxNet:
             vals.append(v)
         return vals
 
-    def _run(self, params, inputs, rng):
+    def _run(self, params, inputs, rng, state=None):
+        """-> (every blob's value, new state); ``state`` None: none given (zeros, and
+        no new state), else {layer name: tuple}, zeros for a layer not in it."""
         missing = [n for n in self.input_names if n not in inputs]
         if missing:
             raise ExportError("inputs lack %s (this function reads %s)" % (missing, self.input_names))
         env = {n: jnp.asarray(inputs[n]) for n in self.input_names}
         if rng is None:
             rng = jax.random.PRNGKey(0)
+        new_state = {}
         for s in self.slots:
             layer = s.layer
             if not layer.is_host and not layer.forward_writes_tops:
@@ -128,24 +142,39 @@ class JaxNet:
             else:
                 layer.do_reshape([tuple(b.shape) for b in bottoms])
                 key = jax.random.fold_in(rng, s.index) if layer.needs_rng else None
-                tops = layer.forward(lp, bottoms, key)[0]
+                if state is not None and layer.carries_state:
+                    start = state.get(layer.name)
+                    if start is None:
+                        start = tuple(jnp.zeros(shape, bottoms[0].dtype)
+                                      for shape in layer.state_shapes())
+                    out = layer.forward(lp, bottoms, key, state=tuple(start))
+                    tops, new_state[layer.name] = out[0], tuple(out[2])
+                else:
+                    tops = layer.forward(lp, bottoms, key)[0]
             if len(tops) != len(s.tops):
                 raise ExportError("%s layer '%s' returned %d tops, expected %d"
                                   % (layer.type, layer.name, len(tops), len(s.tops)))
             for name, value in zip(s.tops, tops):
                 env[name] = value
-        return env
+        return env, new_state
 
-    def __call__(self, params, inputs, rng=None):
-        env = self._run(params, inputs, rng)
+    def __call__(self, params, inputs, rng=None, state=None):
+        env, _ = self._run(params, inputs, rng, state)
         return {name: env[name] for name in self.output_names}
 
-    def loss(self, params, inputs, rng=None):
+    def carry(self, params, inputs, state, rng=None):
+        """(outputs, new state): a forward from ``state`` (see the module docstring;
+        {} starts every recurrent layer from zero) and the state it leaves, which the
+        next chunk of the streams starts from (Caffe's h_T copied into h_0)."""
+        env, new_state = self._run(params, inputs, rng, state)
+        return {name: env[name] for name in self.output_names}, new_state
+
+    def loss(self, params, inputs, rng=None, state=None):
         """The weighted sum of the range's loss tops (a scalar, for jax.grad)."""
         if not self.loss_weights:
             raise ExportError("to_jax: the exported layers of net '%s' have no loss top"
                               % self.net_name)
-        env = self._run(params, inputs, rng)
+        env, _ = self._run(params, inputs, rng, state)
         total = None
         for name, w in self.loss_weights.items():
             term = jnp.sum(env[name]) * jnp.asarray(w, env[name].dtype)

@@ -665,7 +665,7 @@ def test_a_stream_continued_at_t0_warns_once_that_caffe_would_carry_h_T():
     assert warned == [
         "LSTM layer 'lstm': cont is nonzero at t = 0 in 2 of 4 streams. Caffe continues "
         "such a stream from the previous forward's final state (h_T, c_T); this forward "
-        "starts from zero state (Net.to_jax functions carry no state), so from here its "
+        "starts from zero state (a Net.to_jax function given no state=), so from here its "
         "results differ from Caffe's. Start sequences with cont = 0 at t = 0, or use "
         "expose_hidden and feed h_T/c_T back as h_0/c_0 to continue them."]
     exposed = make_layer(_snippet("RNN", 2, expose=True), [(3, 4, 5), (3, 4), (1, 4, 2)],

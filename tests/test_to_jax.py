@@ -115,3 +115,45 @@ def _write(tmp_path, name, text):
     p = tmp_path / name
     p.write_text(text)
     return p
+
+
+LSTM_NET = """
+layer { name: "in" type: "Input" top: "x" top: "cont" top: "y"
+  input_param { shape { dim: 3 dim: 2 dim: 2 } shape { dim: 3 dim: 2 }
+                shape { dim: 3 dim: 2 dim: 3 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 3 weight_filler { type: "gaussian" std: 0.5 }
+                    bias_filler { type: "gaussian" std: 0.5 } } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "y" top: "loss" }
+"""
+
+
+def test_recurrent_state_in_and_out_as_the_net_carries_it(tmp_path):
+    """f.carry threads the state from chunk to chunk as the Net's forwards carry it;
+    f(..., state=) and jax.grad(f.loss)(..., state=) start from the Net's state
+    (state_from_net) and give the Net's forward and backward; no state: zeros."""
+    net = make_net(tmp_path, LSTM_NET, dtype=np.float64)
+    r = np.random.default_rng(0)
+    chunks = [{"x": r.normal(size=(3, 2, 2)), "cont": np.ones((3, 2)),
+               "y": r.normal(size=(3, 2, 3))} for _ in range(3)]
+    with jax.enable_x64(True):
+        f = net.to_jax()
+        params = f.params
+        assert f.state_from_net() == {"lstm": None}
+        state = {}
+        for k, chunk in enumerate(chunks[:2]):
+            out, state = f.carry(params, chunk, state)
+            np.testing.assert_allclose(out["loss"], net.forward(**chunk)["loss"], rtol=1e-12,
+                                       err_msg="chunk %d" % k)
+        for got, want in zip(state["lstm"], f.state_from_net()["lstm"]):
+            np.testing.assert_allclose(got, want, rtol=1e-12)
+        carried = f.state_from_net()
+        out = net.forward(**chunks[2])["loss"]
+        np.testing.assert_allclose(f(params, chunks[2], state=carried)["loss"], out,
+                                   rtol=1e-12)
+        assert not np.allclose(f(params, chunks[2])["loss"], out)      # (from zero)
+        net.clear_param_diffs()
+        net.backward()
+        grads = jax.grad(f.loss)(params, chunks[2], state=carried)
+        for k, blob in enumerate(net.params["lstm"]):
+            np.testing.assert_allclose(grads["lstm"][k], blob.diff, rtol=1e-9, atol=1e-12)

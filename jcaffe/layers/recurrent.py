@@ -24,9 +24,9 @@ state on the layer (``hidden_state``), per net (a solver's test net has its
 own; data-parallel training one per device); it starts at zero,
 :meth:`RecurrentLayer.reset` zeroes it (Caffe's ``Reset``), and a new number of
 streams starts it at zero again (Caffe's reshaped blob keeps stale values).
-``Net.to_jax`` functions (and the layer called alone) start every forward from
-zero; a forward that so differs from Caffe (``cont`` nonzero at t = 0) logs a
-warning, once per layer.
+``Net.to_jax`` functions given no ``state=`` (and the layer called alone) start
+every forward from zero; a forward that so differs from Caffe (``cont`` nonzero
+at t = 0) logs a warning, once per layer.
 
 Differences from Caffe, on purpose: with ``expose_hidden`` the diffs of
 ``h_T``/``c_T`` are backpropagated and ``h_0``/``c_0`` receive their diffs
@@ -194,8 +194,8 @@ class RecurrentLayer(JaxLayer):
                 log.warning(
                     "%s layer '%s': cont is nonzero at t = 0 in %d of %d streams. Caffe "
                     "continues such a stream from the previous forward's final state "
-                    "(h_T%s); this forward starts from zero state (Net.to_jax functions "
-                    "carry no state), so from here its results differ from Caffe's. Start sequences with cont = 0 at t = 0, or use "
+                    "(h_T%s); this forward starts from zero state (a Net.to_jax function "
+                    "given no state=), so from here its results differ from Caffe's. Start sequences with cont = 0 at t = 0, or use "
                     "expose_hidden and feed h_T%s back as h_0%s to continue them.",
                     self.type, self.name, int(n), streams,
                     *((", c_T", "/c_T", "/c_0") if len(self.hidden_names) > 1
