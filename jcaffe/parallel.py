@@ -39,9 +39,9 @@ the effective batch is N x batch_size):
   in Caffe) per device: each device's streams go on from that device's last
   batch, as each of Caffe's solvers carried its own; the root device's state
   is the net's (``layer.hidden_state``). An Input blob is split along its
-  first axis, which for a recurrent net's (T, N, ...) inputs is time: feed
-  such nets through a data source layer, which gives each device a whole
-  batch of its own.
+  first axis, which for a recurrent net's (T, N, ...) inputs is time (a
+  warning says so at setup): feed such nets through a data source layer,
+  which gives each device a whole batch of its own.
 
 After a step the solver's net shows the root device's (this process's first
 device's) blobs, and the mean loss over all devices; params and solver history
@@ -312,6 +312,8 @@ class DataParallel:
                          self.process_index, self.process_count)
         if self.process_count > 1:
             self._sync_from_root()
+        if self.num_devices > 1:
+            self._warn_time_split()
         batch = ", ".join("%s %s" % (name, net.blobs[name].shape[0]) for name in self.split_inputs)
         log.info("Data-parallel training on %d device(s) (%d process(es) x %d): %s; each device "
                  "runs the net's own batch, the effective batch is %d x it%s",
@@ -320,6 +322,23 @@ class DataParallel:
                  "; Input blobs hold this process's whole batch (%s rows)" % batch if batch else "")
 
     # -- setup -------------------------------------------------------------------
+    def _warn_time_split(self):
+        """A recurrent layer whose ``cont`` comes from a split Input blob gets the
+        devices' rows of (T, N): timesteps, not streams. Say so: Caffe's solvers each
+        read whole sequences of their own streams."""
+        split = set(self.split_inputs)
+        for slot in self.solver.net._slots:
+            if slot.layer.type in ("RNN", "LSTM") and slot.bottoms[1] in split:
+                log.warning(
+                    "Data-parallel training: %s layer '%s' reads its sequence indicators "
+                    "('%s', #timesteps x #streams) from Input blobs, which the devices split "
+                    "along their first axis: each device gets timesteps of all streams, not "
+                    "sequences of its own as each of Caffe's solvers read. Feed the net from "
+                    "a data source layer (each device its own batch) instead.",
+                    slot.layer.type, slot.layer.name, slot.bottoms[1])
+            if any(b in split for b in slot.bottoms):
+                split.update(slot.tops)
+
     def _global_devices(self):
         """The mesh: the same local positions on every process, process by process."""
         local_all = jax.local_devices()

@@ -152,6 +152,15 @@ class StreamFeeder(jcaffe.Layer):
         self.pos += 1
 
 
+STREAM_INPUT_NET = """
+name: "streams_in"
+layer { name: "in" type: "Input" top: "x" top: "c" input_param { shape { dim: 4 dim: 2 dim: 2 }
+                                                                 shape { dim: 4 dim: 2 } } }
+layer { name: "emb" type: "TanH" bottom: "c" top: "cont" }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 3 } }
+layer { name: "loss" type: "EuclideanLoss" bottom: "h" bottom: "h" top: "loss" }
+"""
 # (the wide net's loss weight 0.5: the mean of the two halves' losses, as two devices
 # average their gradients)
 STREAM_NET = """
@@ -282,6 +291,15 @@ def local(out_path):
         result["stream_state_diff"] = max_diff([np.asarray(a)[:STREAM_N // 2] for a in wide_h],
                                                [np.asarray(a) for a in root_h])
         result["stream_state_nonzero"] = bool(np.any(np.asarray(root_h[0])))
+        # the same net fed by Input blobs: split along time, which a warning says
+        import logging
+        warned = []
+        handler = logging.Handler()
+        handler.emit = lambda record: warned.append(record.getMessage())
+        logging.getLogger("jcaffe").addHandler(handler)
+        jcaffe.get_solver(solver_param(STREAM_INPUT_NET, 0), devices=2)
+        logging.getLogger("jcaffe").removeHandler(handler)
+        result["time_split_warning"] = [line for line in warned if "timesteps" in line]
         # Caffe's Data layer (LMDB): batch_size is per device, each device its own records
         source = lmdb_source(os.path.join(tmp, "lmdb"))
         db1 = jcaffe.get_solver(solver_param(LMDB_NET.replace("%(source)s", source), 8))

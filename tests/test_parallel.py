@@ -239,6 +239,13 @@ def test_recurrent_state_is_carried_per_device(local):
     assert res["stream_state_nonzero"]
     assert res["stream_diff"] < 1e-5
     assert res["stream_state_diff"] < 1e-5
+    # fed by Input blobs, split along time: said at setup (cont through a TanH here)
+    assert res["time_split_warning"] == [
+        "Data-parallel training: LSTM layer 'lstm' reads its sequence indicators ('cont', "
+        "#timesteps x #streams) from Input blobs, which the devices split along their first "
+        "axis: each device gets timesteps of all streams, not sequences of its own as each "
+        "of Caffe's solvers read. Feed the net from a data source layer (each device its "
+        "own batch) instead."]
 
 
 def test_lmdb_data_layer_gives_each_device_its_own_batch(local):
