@@ -1,13 +1,12 @@
-"""The three questions Caffe users keep asking, answered by tests.
+"""The questions Caffe users keep asking, answered by tests.
 
 1. Why is my Python layer's backward never called?
 2. Why are my diffs zero after net.backward(start=..., end=...)?
 3. Why does propagate_down not stop my conv layer from updating?
+4. Why does my LSTM net give other outputs for the same input?
 """
 import numpy as np
-import pytest
 
-import jcaffe
 from netutil import LogLines, make_net
 from pylayers import Identity
 
@@ -153,3 +152,28 @@ def test_param_diffs_accumulate_until_cleared(tmp_path):
     np.testing.assert_allclose(net.params["ip1"][0].diff, 2 * once, rtol=1e-6)
     net.clear_param_diffs()
     assert np.all(net.params["ip1"][0].diff == 0)
+
+
+LSTM_NET = """
+layer { name: "in" type: "Input" top: "x" top: "cont"
+  input_param { shape { dim: 3 dim: 2 dim: 1 } shape { dim: 3 dim: 2 } } }
+layer { name: "lstm" type: "LSTM" bottom: "x" bottom: "cont" top: "h"
+  recurrent_param { num_output: 2 weight_filler { type: "gaussian" std: 1 } } }
+"""
+
+
+def test_lstm_continues_its_streams_from_the_last_forward(tmp_path):
+    """As Caffe's, a recurrent layer starts each forward from the last one's h_T/c_T
+    wherever cont is 1 at t = 0 (a stream going on across batches): the same input
+    gives other outputs. cont 0 at t = 0 starts the streams afresh; reset() zeroes the
+    carried state (Caffe's RecurrentLayer::Reset)."""
+    net = make_net(tmp_path, LSTM_NET)
+    x, cont = np.ones((3, 2, 1)), np.ones((3, 2))
+    first = net.forward(x=x, cont=cont)["h"].copy()
+    assert not np.allclose(net.forward(x=x, cont=cont)["h"], first)
+    net.layer_dict["lstm"].reset()
+    np.testing.assert_allclose(net.forward(x=x, cont=cont)["h"], first, rtol=1e-6)
+    cont[0] = 0
+    fresh = net.forward(x=x, cont=cont)["h"].copy()
+    np.testing.assert_allclose(net.forward(x=x, cont=cont)["h"], fresh, rtol=1e-6)
+    np.testing.assert_allclose(fresh, first, rtol=1e-6)

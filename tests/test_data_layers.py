@@ -1,11 +1,9 @@
 """Input and DummyData: shapes, fillers, Caffe's once/once-per-top rules."""
-import jax
 import numpy as np
 import pytest
 
 import jcaffe
 from jcaffe.errors import LayerSetupError
-from layer_testing import forward
 from netutil import make_net
 
 

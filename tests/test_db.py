@@ -6,7 +6,6 @@ import pytest
 
 from jcaffe import io as caffe_io
 from jcaffe.db import Cursor, DataSourceError, make_key, open_db, parse_datum, read_datums
-from jcaffe.proto import caffe_pb2
 
 
 def write_db(path, n=5, backend="lmdb", shape=(1, 2, 3)):
